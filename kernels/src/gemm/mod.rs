@@ -1,0 +1,116 @@
+//! General matrix multiply: `C = α·op(A)·op(B) + β·C`, row-major, f32 accumulation, A and B
+//! stored as f32 or f16 (widened while packing).
+//!
+//! This is the one GEMM every dense kernel (pointwise conv, fc, im2col KxK conv and their
+//! backward passes) goes through, so an ISA path added here speeds up all of them.
+
+mod scalar;
+
+use crate::elem::Elem;
+use crate::error::{ensure, KernelError, Result};
+use crate::isa::{Isa, IsaKind};
+
+/// Whether an operand is used as stored (`N`) or transposed (`T`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Trans {
+    /// `op(X) = X`.
+    N,
+    /// `op(X) = Xᵀ`.
+    T,
+}
+
+/// The dimensions and strides of one GEMM call (row-major, leading dimensions in elements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemmShape {
+    /// Rows of `op(A)` and `C`.
+    pub m: usize,
+    /// Columns of `op(B)` and `C`.
+    pub n: usize,
+    /// Columns of `op(A)`, rows of `op(B)`.
+    pub k: usize,
+    /// `op` applied to A.
+    pub ta: Trans,
+    /// `op` applied to B.
+    pub tb: Trans,
+    /// Row stride of A as stored.
+    pub lda: usize,
+    /// Row stride of B as stored.
+    pub ldb: usize,
+    /// Row stride of C.
+    pub ldc: usize,
+}
+
+impl GemmShape {
+    /// Dense operands with no transposes: `A` is `m×k`, `B` is `k×n`, `C` is `m×n`.
+    pub const fn nn(m: usize, n: usize, k: usize) -> Self {
+        GemmShape { m, n, k, ta: Trans::N, tb: Trans::N, lda: k, ldb: n, ldc: n }
+    }
+    /// Dense operands with `op(A) = Aᵀ` (`A` stored `k×m`), `B` is `k×n`.
+    pub const fn tn(m: usize, n: usize, k: usize) -> Self {
+        GemmShape { m, n, k, ta: Trans::T, tb: Trans::N, lda: m, ldb: n, ldc: n }
+    }
+    /// Dense operands with `op(B) = Bᵀ` (`B` stored `n×k`), `A` is `m×k`.
+    pub const fn nt(m: usize, n: usize, k: usize) -> Self {
+        GemmShape { m, n, k, ta: Trans::N, tb: Trans::T, lda: k, ldb: k, ldc: n }
+    }
+    /// Stored (rows, cols) of A.
+    const fn a_dims(&self) -> (usize, usize) {
+        match self.ta {
+            Trans::N => (self.m, self.k),
+            Trans::T => (self.k, self.m),
+        }
+    }
+    /// Stored (rows, cols) of B.
+    const fn b_dims(&self) -> (usize, usize) {
+        match self.tb {
+            Trans::N => (self.k, self.n),
+            Trans::T => (self.n, self.k),
+        }
+    }
+    /// Minimum slice length of a stored `rows×cols` matrix with row stride `ld`.
+    const fn min_len(rows: usize, cols: usize, ld: usize) -> usize {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * ld + cols
+        }
+    }
+    /// Floating-point operations of one call (`2·m·n·k`).
+    pub const fn flops(&self) -> usize {
+        2 * self.m * self.n * self.k
+    }
+}
+
+fn check_matrix(arg: &'static str, len: usize, rows: usize, cols: usize, ld: usize) -> Result<()> {
+    ensure(ld >= cols || rows <= 1, "gemm: leading dimension smaller than the row length")?;
+    let need = GemmShape::min_len(rows, cols, ld);
+    if len < need {
+        return Err(KernelError::Len { arg, expected: need, got: len });
+    }
+    Ok(())
+}
+
+/// `C[m×n] = α·op(A)[m×k]·op(B)[k×n] + β·C`; row-major with strides; when `β = 0`, `C` is
+/// only written (NaN in `C` does not propagate). Slices may be longer than needed.
+pub fn gemm<A: Elem, B: Elem>(
+    isa: Isa,
+    s: &GemmShape,
+    alpha: f32,
+    a: &[A],
+    b: &[B],
+    beta: f32,
+    c: &mut [f32],
+) -> Result<()> {
+    let (ar, ac) = s.a_dims();
+    let (br, bc) = s.b_dims();
+    check_matrix("a", a.len(), ar, ac, s.lda)?;
+    check_matrix("b", b.len(), br, bc, s.ldb)?;
+    check_matrix("c", c.len(), s.m, s.n, s.ldc)?;
+    if s.m == 0 || s.n == 0 {
+        return Ok(());
+    }
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::gemm(s, alpha, a, b, beta, c),
+    }
+    Ok(())
+}
