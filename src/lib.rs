@@ -10,3 +10,9 @@ pub mod config;
 
 pub use config::{Arch, ModelConfig, Stem};
 pub use tinykd_kernels as kernels;
+
+pub mod crc32;
+pub mod weights;
+
+#[cfg(feature = "std")]
+pub mod host;
