@@ -1,1 +1,111 @@
-//! (being written)
+//! Dense layers over rows: the pointwise (1x1, stride 1) conv with `rows = n·h·w` over NHWC, and
+//! the fully-connected layer with `rows = n`. Weights are IO `w[c_in][c_out]`, bias `b[c_out]`.
+//!
+//! All three passes are one call of [`crate::gemm::gemm`], so they speed up with it; only the
+//! forward's bias + activation epilogue and the bias gradient are computed here.
+
+use crate::act::Act;
+use crate::elem::Elem;
+use crate::error::{check_len, Result};
+use crate::gemm::{gemm, GemmShape};
+use crate::isa::{Isa, IsaKind};
+use crate::shape::Linear;
+
+/// Forward `y = act(x · w + b)`: `x[rows][c_in]`, `w[c_in][c_out]` (f32 or f16), optional
+/// `b[c_out]` (same dtype), `y[rows][c_out]` (overwritten).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_fwd<W: Elem>(
+    isa: Isa,
+    s: &Linear,
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("w", w.len(), s.w_len())?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), s.c_out)?;
+    }
+    check_len("y", y.len(), s.y_len())?;
+    gemm(isa, &GemmShape::nn(s.rows, s.c_out, s.c_in), 1.0, x, w, 0.0, y)?;
+    if bias.is_none() && act == Act::None {
+        return Ok(());
+    }
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::bias_act(s.c_out, bias, act, y),
+    }
+    Ok(())
+}
+
+/// Input gradient `dX = dY · Wᵀ`: `dy[rows][c_out]`, `w[c_in][c_out]`, `dx[rows][c_in]`
+/// (overwritten).
+pub fn linear_bwd_input(isa: Isa, s: &Linear, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("dy", dy.len(), s.y_len())?;
+    check_len("w", w.len(), s.w_len())?;
+    check_len("dx", dx.len(), s.x_len())?;
+    gemm(isa, &GemmShape::nt(s.rows, s.c_in, s.c_out), 1.0, dy, w, 0.0, dx)
+}
+
+/// Weight and bias gradients `dW = Xᵀ · dY`, `db = Σ_rows dY`: `x[rows][c_in]`,
+/// `dy[rows][c_out]`, `dw[c_in][c_out]`, `db[c_out]` (both overwritten; `db` optional).
+pub fn linear_bwd_weight(
+    isa: Isa,
+    s: &Linear,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("dy", dy.len(), s.y_len())?;
+    check_len("dw", dw.len(), s.w_len())?;
+    if let Some(db) = &db {
+        check_len("db", db.len(), s.c_out)?;
+    }
+    gemm(isa, &GemmShape::tn(s.c_in, s.c_out, s.rows), 1.0, x, dy, 0.0, dw)?;
+    if let Some(db) = db {
+        match isa.kind() {
+            IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::column_sums(s.c_out, dy, db),
+        }
+    }
+    Ok(())
+}
+
+/// Portable paths (the specification). Lengths are checked by the callers.
+mod scalar {
+    use crate::act::Act;
+    use crate::elem::Elem;
+
+    /// `y[r][j] = act(y[r][j] + b[j])` over rows of `c_out`.
+    pub(super) fn bias_act<W: Elem>(c_out: usize, bias: Option<&[W]>, act: Act, y: &mut [f32]) {
+        for row in y.chunks_exact_mut(c_out) {
+            match bias {
+                Some(b) => {
+                    for (v, &b) in row.iter_mut().zip(b) {
+                        *v = act.apply(*v + b.to_f32());
+                    }
+                }
+                None => {
+                    for v in row.iter_mut() {
+                        *v = act.apply(*v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `db[j] = Σ_r dy[r][j]`, rows summed in order.
+    pub(super) fn column_sums(c_out: usize, dy: &[f32], db: &mut [f32]) {
+        db.fill(0.0);
+        for row in dy.chunks_exact(c_out) {
+            for (acc, &v) in db.iter_mut().zip(row) {
+                *acc += v;
+            }
+        }
+    }
+}

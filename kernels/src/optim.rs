@@ -1,1 +1,43 @@
-//! (being written)
+//! Optimizers: SGD with momentum and L2 weight decay (Paddle's `Momentum` with an `L2Decay`
+//! regularizer), in place over flat parameter slices.
+
+use crate::error::{check_len, ensure, Result};
+use crate::isa::{Isa, IsaKind};
+
+/// Momentum SGD hyper-parameters (`wd = 0` is the tutorial's plain `Momentum(lr 0.01, 0.9)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Momentum {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum `μ`.
+    pub mu: f32,
+    /// L2 weight decay, added to the gradient as `wd·p`.
+    pub wd: f32,
+}
+
+/// One momentum step `v = μ·v + g + wd·p; p −= lr·v`, elementwise over `p`, `g`, `v` (same
+/// length); `p` and `v` updated in place.
+pub fn sgd_momentum(isa: Isa, h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f32]) -> Result<()> {
+    check_len("g", g.len(), p.len())?;
+    check_len("v", v.len(), p.len())?;
+    ensure(
+        h.lr.is_finite() && h.mu.is_finite() && h.wd.is_finite(),
+        "sgd_momentum: hyper-parameters must be finite",
+    )?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::sgd_momentum(h, p, g, v),
+    }
+    Ok(())
+}
+
+/// Portable path (the specification). Lengths are checked by the caller.
+mod scalar {
+    use super::Momentum;
+
+    pub(super) fn sgd_momentum(h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f32]) {
+        for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
+            *v = h.mu * *v + g + h.wd * *p;
+            *p -= h.lr * *v;
+        }
+    }
+}

@@ -1,1 +1,160 @@
-//! (being written)
+//! Pooling over NHWC batches ([`Pool`]): max pool 3x3 / stride 2 / padding 1 (the ResNet50
+//! stem) and global average pool (the head of both models), forward and backward.
+
+use crate::error::{check_len, Result};
+use crate::isa::{Isa, IsaKind};
+use crate::shape::Pool;
+
+/// Max pool forward `y[n][oy][ox][c] = max_{ky,kx<3} x[n][2oy+ky−1][2ox+kx−1][c]`, padding 1
+/// that never wins (the window is clipped to the image, never padded with zeros or −∞):
+/// `x[n][h][w][c]`, `y[n][max_out_h][max_out_w][c]` (overwritten).
+pub fn maxpool3x3s2_fwd(isa: Isa, s: &Pool, x: &[f32], y: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("y", y.len(), s.max_y_len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::maxpool_fwd(s, x, y),
+    }
+    Ok(())
+}
+
+/// Max pool backward: `dx[p] = Σ dy[o]` over the outputs `o` whose window's FIRST maximum (in
+/// row-major window order, found as the first `x == y[o]`) is `p`; every other `dx` is 0.
+/// `dx` is overwritten. If a window holds no element equal to `y[o]` (a `y` not computed from
+/// this `x`), its gradient goes to the window's first maximum of `x`.
+pub fn maxpool3x3s2_bwd(isa: Isa, s: &Pool, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("y", y.len(), s.max_y_len())?;
+    check_len("dy", dy.len(), s.max_y_len())?;
+    check_len("dx", dx.len(), s.x_len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::maxpool_bwd(s, x, y, dy, dx),
+    }
+    Ok(())
+}
+
+/// Global average pool forward `y[n][c] = (1/(h·w)) Σ_{h,w} x[n][h][w][c]`; `y` overwritten.
+pub fn global_avg_fwd(isa: Isa, s: &Pool, x: &[f32], y: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("y", y.len(), s.avg_y_len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::avg_fwd(s, x, y),
+    }
+    Ok(())
+}
+
+/// Global average pool backward `dx[n][h][w][c] = dy[n][c] / (h·w)`; `dx` overwritten.
+pub fn global_avg_bwd(isa: Isa, s: &Pool, dy: &[f32], dx: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("dy", dy.len(), s.avg_y_len())?;
+    check_len("dx", dx.len(), s.x_len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::avg_bwd(s, dy, dx),
+    }
+    Ok(())
+}
+
+/// Portable paths (the specification). Lengths are checked by the callers.
+mod scalar {
+    use crate::shape::Pool;
+
+    /// The input rows (or columns) `2o−1 ..= 2o+1` of output `o`, clipped to `0..len`.
+    #[inline(always)]
+    fn window(o: usize, len: usize) -> core::ops::Range<usize> {
+        (2 * o).saturating_sub(1)..(2 * o + 2).min(len)
+    }
+
+    pub(super) fn maxpool_fwd(s: &Pool, x: &[f32], y: &mut [f32]) {
+        let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);
+        for n in 0..s.n {
+            let img = &x[n * s.h * s.w * c..(n + 1) * s.h * s.w * c];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let out = &mut y[((n * oh + oy) * ow + ox) * c..][..c];
+                    let mut first = true;
+                    for iy in window(oy, s.h) {
+                        for ix in window(ox, s.w) {
+                            let px = &img[(iy * s.w + ix) * c..][..c];
+                            if first {
+                                out.copy_from_slice(px);
+                                first = false;
+                            } else {
+                                for (o, &v) in out.iter_mut().zip(px) {
+                                    if v > *o {
+                                        *o = v;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn maxpool_bwd(s: &Pool, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);
+        dx.fill(0.0);
+        let plane = s.h * s.w * c;
+        for n in 0..s.n {
+            let img = &x[n * plane..(n + 1) * plane];
+            let dimg = &mut dx[n * plane..(n + 1) * plane];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = ((n * oh + oy) * ow + ox) * c;
+                    for ch in 0..c {
+                        let target = y[o + ch];
+                        let mut hit = None;
+                        let mut best: Option<(usize, f32)> = None;
+                        'scan: for iy in window(oy, s.h) {
+                            for ix in window(ox, s.w) {
+                                let i = (iy * s.w + ix) * c + ch;
+                                let v = img[i];
+                                if v == target {
+                                    hit = Some(i);
+                                    break 'scan;
+                                }
+                                if best.map_or(true, |(_, b)| v > b) {
+                                    best = Some((i, v));
+                                }
+                            }
+                        }
+                        if let Some(i) = hit.or(best.map(|(i, _)| i)) {
+                            dimg[i] += dy[o + ch];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn avg_fwd(s: &Pool, x: &[f32], y: &mut [f32]) {
+        let c = s.c;
+        let inv = 1.0 / (s.h * s.w) as f32;
+        for (img, out) in x.chunks_exact(s.h * s.w * c).zip(y.chunks_exact_mut(c)) {
+            out.fill(0.0);
+            for px in img.chunks_exact(c) {
+                for (o, &v) in out.iter_mut().zip(px) {
+                    *o += v;
+                }
+            }
+            for o in out.iter_mut() {
+                *o *= inv;
+            }
+        }
+    }
+
+    pub(super) fn avg_bwd(s: &Pool, dy: &[f32], dx: &mut [f32]) {
+        let c = s.c;
+        let inv = 1.0 / (s.h * s.w) as f32;
+        for (dimg, g) in dx.chunks_exact_mut(s.h * s.w * c).zip(dy.chunks_exact(c)) {
+            for px in dimg.chunks_exact_mut(c) {
+                for (d, &g) in px.iter_mut().zip(g) {
+                    *d = g * inv;
+                }
+            }
+        }
+    }
+}
