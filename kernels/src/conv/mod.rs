@@ -1,1 +1,81 @@
-//! (being written)
+//! KxK convolution (NHWC activations, HWIO weights `w[kh][kw][c_in][c_out]`, zero padding,
+//! no dilation or groups): forward, grad-input and grad-weight, as im2col + GEMM over tiles of
+//! [`IM2COL_ROWS`](crate::shape::IM2COL_ROWS) output rows.
+//!
+//! Scratch: every function takes at least [`Conv2d::scratch_len`] f32 (one im2col tile,
+//! `IM2COL_ROWS·kh·kw·c_in`; 0 for a pointwise conv, which runs the GEMM on `x` directly).
+//! Its contents on entry are ignored and on return are unspecified.
+//!
+//! The ISA-independent data movement (im2col / col2im) lives in `im2col`, the tile loops in
+//! `tiled`; all arithmetic goes through [`crate::gemm::gemm`], which dispatches on the ISA.
+
+mod im2col;
+mod tiled;
+
+use crate::act::Act;
+use crate::elem::Elem;
+use crate::error::{check_len, check_scratch, Result};
+use crate::isa::{Isa, IsaKind};
+use crate::shape::Conv2d;
+
+/// `y = act(conv(x, w) + b)`: `x[n][h][w][c_in]` → `y[n][out_h][out_w][c_out]`, weights HWIO
+/// `w[kh][kw][c_in][c_out]` and optional `bias[c_out]` stored as f32 or f16, f32 accumulation.
+///
+/// Errors: [`KernelError::Shape`](crate::KernelError::Shape) if `s` is invalid;
+/// [`KernelError::Len`](crate::KernelError::Len) naming `x`, `w`, `bias`, `y` (exact lengths)
+/// or `scratch` (at least [`Conv2d::scratch_len`]). Nothing is written on error.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_fwd<W: Elem>(
+    isa: Isa,
+    s: &Conv2d,
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("w", w.len(), s.w_len())?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), s.c_out)?;
+    }
+    check_len("y", y.len(), s.y_len())?;
+    check_scratch("scratch", scratch.len(), s.scratch_len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => tiled::fwd(isa, s, x, w, bias, act, y, scratch),
+    }
+}
+
+/// `dX = col2im(dY · Wᵀ)` (overwrites `dx`): `dy[n][out_h][out_w][c_out]`, weights HWIO
+/// `w[kh][kw][c_in][c_out]` → `dx[n][h][w][c_in]`.
+///
+/// Errors: `Shape` if `s` is invalid; `Len` naming `dy`, `w`, `dx` (exact) or `scratch` (at
+/// least [`Conv2d::scratch_len`]). Nothing is written on error.
+pub fn conv2d_bwd_input(isa: Isa, s: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("dy", dy.len(), s.y_len())?;
+    check_len("w", w.len(), s.w_len())?;
+    check_len("dx", dx.len(), s.x_len())?;
+    check_scratch("scratch", scratch.len(), s.scratch_len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => tiled::bwd_input(isa, s, dy, w, dx, scratch),
+    }
+}
+
+/// `dW = im2col(X)ᵀ · dY` (overwrites `dw`): `x[n][h][w][c_in]`, `dy[n][out_h][out_w][c_out]`
+/// → `dw[kh][kw][c_in][c_out]` (HWIO).
+///
+/// Errors: `Shape` if `s` is invalid; `Len` naming `x`, `dy`, `dw` (exact) or `scratch` (at
+/// least [`Conv2d::scratch_len`]). Nothing is written on error.
+pub fn conv2d_bwd_weight(isa: Isa, s: &Conv2d, x: &[f32], dy: &[f32], dw: &mut [f32], scratch: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("dy", dy.len(), s.y_len())?;
+    check_len("dw", dw.len(), s.w_len())?;
+    check_scratch("scratch", scratch.len(), s.scratch_len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => tiled::bwd_weight(isa, s, x, dy, dw, scratch),
+    }
+}

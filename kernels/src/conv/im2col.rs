@@ -1,0 +1,97 @@
+//! im2col packing and its adjoint, col2im scatter-add, over a tile of output rows.
+//!
+//! Row `r` of a tile is output pixel `row0 + r` of the flattened `n·out_h·out_w` grid (NHWC
+//! order). Its `K = kh·kw·c_in` columns are ordered `(ky, kx, ci)`, matching the rows of the
+//! HWIO weight `w[kh][kw][c_in][c_out]`, so `y_tile = col · w` is a plain row-major GEMM.
+//!
+//! For one output pixel and one kernel row `ky`, the in-bounds taps `kx_lo..kx_hi` read
+//! consecutive input pixels, i.e. one contiguous run of `(kx_hi − kx_lo)·c_in` floats of `x`;
+//! padding is the zero runs either side. So both directions are slice copies / adds with no
+//! per-element bounds branches.
+
+use crate::shape::Conv2d;
+
+/// The receptive field of one output pixel, clipped to the input.
+struct Window {
+    /// Offset of image `n` (`x[n][0][0][0]`) in the NHWC input.
+    img: usize,
+    /// Top-left input row of the field (padded coordinates: input row + `pad`).
+    iyp: usize,
+    /// Top-left input column of the field (padded coordinates).
+    ixp: usize,
+    /// In-bounds kernel rows `ky_lo..ky_hi`.
+    ky_lo: usize,
+    ky_hi: usize,
+    /// In-bounds kernel columns `kx_lo..kx_hi`.
+    kx_lo: usize,
+    kx_hi: usize,
+}
+
+impl Window {
+    /// The window of flattened output pixel `g` (`g < n·out_h·out_w`).
+    #[inline]
+    fn of(s: &Conv2d, g: usize) -> Window {
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let (n, rem) = (g / (oh * ow), g % (oh * ow));
+        let (iyp, ixp) = ((rem / ow) * s.stride, (rem % ow) * s.stride);
+        let (ky_lo, ky_hi) = clip(iyp, s.pad, s.h, s.kh);
+        let (kx_lo, kx_hi) = clip(ixp, s.pad, s.w, s.kw);
+        Window { img: n * s.h * s.w * s.c_in, iyp, ixp, ky_lo, ky_hi, kx_lo, kx_hi }
+    }
+
+    /// Offset in `x` of input pixel `(ky, kx_lo)` of this window (`ky` in bounds).
+    #[inline]
+    fn src(&self, s: &Conv2d, ky: usize) -> usize {
+        let iy = self.iyp + ky - s.pad;
+        let ix = self.ixp + self.kx_lo - s.pad;
+        self.img + (iy * s.w + ix) * s.c_in
+    }
+}
+
+/// Kernel taps `lo..hi` (of `k`) whose padded position `start + t` lies in
+/// `pad..pad + len`, i.e. inside the unpadded input.
+#[inline]
+fn clip(start: usize, pad: usize, len: usize, k: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(start).min(k);
+    let hi = (pad + len).saturating_sub(start).min(k).max(lo);
+    (lo, hi)
+}
+
+/// Packs `col.len() / K` rows starting at output pixel `row0`: `col[r][(ky·kw + kx)·c_in + ci]
+/// = x[n][oy·stride + ky − pad][ox·stride + kx − pad][ci]`, zero where that is padding.
+/// `col.len()` is a multiple of `K`; lengths are checked by the caller.
+pub(super) fn pack(s: &Conv2d, x: &[f32], row0: usize, col: &mut [f32]) {
+    let c_in = s.c_in;
+    let seg = s.kw * c_in;
+    for (r, row) in col.chunks_exact_mut(s.k()).enumerate() {
+        let win = Window::of(s, row0 + r);
+        let (lo, hi) = (win.kx_lo * c_in, win.kx_hi * c_in);
+        row[..win.ky_lo * seg].fill(0.0);
+        row[win.ky_hi * seg..].fill(0.0);
+        for ky in win.ky_lo..win.ky_hi {
+            let dst = &mut row[ky * seg..(ky + 1) * seg];
+            let src = win.src(s, ky);
+            dst[..lo].fill(0.0);
+            dst[lo..hi].copy_from_slice(&x[src..src + (hi - lo)]);
+            dst[hi..].fill(0.0);
+        }
+    }
+}
+
+/// The adjoint of [`pack`]: adds every in-bounds column of `col` (rows from output pixel
+/// `row0`) into the input position it was read from; padding columns are dropped.
+pub(super) fn scatter_add(s: &Conv2d, col: &[f32], row0: usize, dx: &mut [f32]) {
+    let c_in = s.c_in;
+    let seg = s.kw * c_in;
+    for (r, row) in col.chunks_exact(s.k()).enumerate() {
+        let win = Window::of(s, row0 + r);
+        let (lo, hi) = (win.kx_lo * c_in, win.kx_hi * c_in);
+        for ky in win.ky_lo..win.ky_hi {
+            let src = &row[ky * seg + lo..ky * seg + hi];
+            let at = win.src(s, ky);
+            for (d, &v) in dx[at..at + (hi - lo)].iter_mut().zip(src) {
+                *d += v;
+            }
+        }
+    }
+}

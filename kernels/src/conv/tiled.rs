@@ -1,0 +1,95 @@
+//! The im2col + GEMM drivers: every KxK conv pass is a loop over tiles of at most
+//! [`IM2COL_ROWS`] output rows (rows = flattened `n·out_h·out_w` pixels), each one GEMM call,
+//! so the conv runs at the speed of [`crate::gemm::gemm`]. A pointwise conv (1x1, stride 1,
+//! no padding) is a single GEMM over the input itself, with no scratch.
+//!
+//! Lengths and the shape are checked by the public functions in the parent module.
+
+use super::im2col;
+use crate::act::Act;
+use crate::elem::Elem;
+use crate::error::Result;
+use crate::gemm::{gemm, GemmShape};
+use crate::isa::Isa;
+use crate::shape::{Conv2d, IM2COL_ROWS};
+
+/// The output rows of the conv, split into tiles: yields `(row0, rows)`.
+fn tiles(s: &Conv2d) -> impl Iterator<Item = (usize, usize)> {
+    let total = s.n * s.out_h() * s.out_w();
+    (0..total).step_by(IM2COL_ROWS).map(move |row0| (row0, IM2COL_ROWS.min(total - row0)))
+}
+
+/// Epilogue `y[r][co] = act(y[r][co] + bias[co])` over a tile of `c_out`-wide rows.
+fn bias_act<W: Elem>(y: &mut [f32], c_out: usize, bias: Option<&[W]>, act: Act) {
+    match (bias, act) {
+        (None, Act::None) => {}
+        (None, _) => y.iter_mut().for_each(|v| *v = act.apply(*v)),
+        (Some(b), _) => {
+            for row in y.chunks_exact_mut(c_out) {
+                for (v, b) in row.iter_mut().zip(b) {
+                    *v = act.apply(*v + b.to_f32());
+                }
+            }
+        }
+    }
+}
+
+/// `y = act(im2col(x) · w + b)`, tile by tile.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fwd<W: Elem>(
+    isa: Isa,
+    s: &Conv2d,
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
+    let (k, c_out) = (s.k(), s.c_out);
+    if s.is_pointwise() {
+        gemm(isa, &GemmShape::nn(s.n * s.h * s.w, c_out, k), 1.0, x, w, 0.0, y)?;
+        bias_act(y, c_out, bias, act);
+        return Ok(());
+    }
+    for (row0, rows) in tiles(s) {
+        let col = &mut scratch[..rows * k];
+        im2col::pack(s, x, row0, col);
+        let y_tile = &mut y[row0 * c_out..(row0 + rows) * c_out];
+        gemm(isa, &GemmShape::nn(rows, c_out, k), 1.0, col, w, 0.0, y_tile)?;
+        bias_act(y_tile, c_out, bias, act);
+    }
+    Ok(())
+}
+
+/// `dx = col2im(dy · wᵀ)`: per tile `dcol = dy_tile · wᵀ`, scatter-added into a zeroed `dx`.
+pub(super) fn bwd_input(isa: Isa, s: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) -> Result<()> {
+    let (k, c_out) = (s.k(), s.c_out);
+    if s.is_pointwise() {
+        return gemm(isa, &GemmShape::nt(s.n * s.h * s.w, k, c_out), 1.0, dy, w, 0.0, dx);
+    }
+    dx.fill(0.0);
+    for (row0, rows) in tiles(s) {
+        let dcol = &mut scratch[..rows * k];
+        let dy_tile = &dy[row0 * c_out..(row0 + rows) * c_out];
+        gemm(isa, &GemmShape::nt(rows, k, c_out), 1.0, dy_tile, w, 0.0, dcol)?;
+        im2col::scatter_add(s, dcol, row0, dx);
+    }
+    Ok(())
+}
+
+/// `dw = im2col(x)ᵀ · dy`: the first tile overwrites `dw`, later tiles accumulate (β = 1).
+pub(super) fn bwd_weight(isa: Isa, s: &Conv2d, x: &[f32], dy: &[f32], dw: &mut [f32], scratch: &mut [f32]) -> Result<()> {
+    let (k, c_out) = (s.k(), s.c_out);
+    if s.is_pointwise() {
+        return gemm(isa, &GemmShape::tn(k, c_out, s.n * s.h * s.w), 1.0, x, dy, 0.0, dw);
+    }
+    for (row0, rows) in tiles(s) {
+        let col = &mut scratch[..rows * k];
+        im2col::pack(s, x, row0, col);
+        let dy_tile = &dy[row0 * c_out..(row0 + rows) * c_out];
+        let beta = if row0 == 0 { 0.0 } else { 1.0 };
+        gemm(isa, &GemmShape::tn(k, c_out, rows), 1.0, col, dy_tile, beta, dw)?;
+    }
+    Ok(())
+}
