@@ -1,1 +1,74 @@
-//! (being written)
+//! Depthwise 3x3 convolution, padding 1, stride 1 or 2, channel multiplier 1: NHWC
+//! activations, HWC weights `w[3][3][c]`; forward, grad-input and grad-weight. Direct loops
+//! (channel-innermost), no scratch.
+//!
+//! The per-ISA loops live in submodules (`scalar` today); each public function checks its
+//! arguments and dispatches once on [`Isa::kind`].
+
+mod scalar;
+
+use crate::act::Act;
+use crate::elem::Elem;
+use crate::error::{check_len, Result};
+use crate::isa::{Isa, IsaKind};
+use crate::shape::DwConv3x3;
+
+/// `y = act(dwconv3x3(x, w) + b)`: `x[n][h][w][c]` → `y[n][out_h][out_w][c]`, weights
+/// `w[3][3][c]` and optional `bias[c]` stored as f32 or f16, f32 accumulation.
+///
+/// Errors: [`KernelError::Shape`](crate::KernelError::Shape) if `s` is invalid (stride not 1
+/// or 2, a zero dimension); [`KernelError::Len`](crate::KernelError::Len) naming `x`, `w`,
+/// `bias` or `y`. Nothing is written on error.
+pub fn dwconv3x3_fwd<W: Elem>(
+    isa: Isa,
+    s: &DwConv3x3,
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("w", w.len(), s.w_len())?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), s.c)?;
+    }
+    check_len("y", y.len(), s.y_len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::fwd(s, x, w, bias, act, y),
+    }
+    Ok(())
+}
+
+/// `dX = Σ_taps shift(dY ⊙ w[tap])` (overwrites `dx`): `dy[n][out_h][out_w][c]`, weights
+/// `w[3][3][c]` → `dx[n][h][w][c]`.
+///
+/// Errors: `Shape` if `s` is invalid; `Len` naming `dy`, `w` or `dx`. Nothing is written on
+/// error.
+pub fn dwconv3x3_bwd_input(isa: Isa, s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("dy", dy.len(), s.y_len())?;
+    check_len("w", w.len(), s.w_len())?;
+    check_len("dx", dx.len(), s.x_len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::bwd_input(s, dy, w, dx),
+    }
+    Ok(())
+}
+
+/// `dW[ky][kx][c] = Σ_{n,oy,ox} X[n][oy·s+ky−1][ox·s+kx−1][c] · dY[n][oy][ox][c]` (overwrites
+/// `dw`): `x[n][h][w][c]`, `dy[n][out_h][out_w][c]` → `dw[3][3][c]`.
+///
+/// Errors: `Shape` if `s` is invalid; `Len` naming `x`, `dy` or `dw`. Nothing is written on
+/// error.
+pub fn dwconv3x3_bwd_weight(isa: Isa, s: &DwConv3x3, x: &[f32], dy: &[f32], dw: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("dy", dy.len(), s.y_len())?;
+    check_len("dw", dw.len(), s.w_len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::bwd_weight(s, x, dy, dw),
+    }
+    Ok(())
+}
