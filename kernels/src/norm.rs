@@ -82,9 +82,7 @@ pub fn bn_merge_moments(
     check_len("m2", m2.len(), c)?;
     ensure(acc_count + count > 0, "bn_merge_moments: both counts are zero")?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => {
-            scalar::merge(acc_count, acc_mean, acc_m2, count, mean, m2)
-        }
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::merge(acc_count, acc_mean, acc_m2, count, mean, m2),
     }
     Ok(acc_count + count)
 }
@@ -334,7 +332,10 @@ pub fn bn_fold(
     w_out: &mut [f32],
     b_out: &mut [f32],
 ) -> Result<()> {
-    ensure(c_out > 0 && !w.is_empty() && w.len() % c_out == 0, "bn_fold: w.len() must be a positive multiple of c_out")?;
+    ensure(
+        c_out > 0 && !w.is_empty() && w.len() % c_out == 0,
+        "bn_fold: w.len() must be a positive multiple of c_out",
+    )?;
     ensure(eps >= 0.0 && eps.is_finite(), "bn_fold: eps must be finite and >= 0")?;
     check_len("gamma", gamma.len(), c_out)?;
     check_len("beta", beta.len(), c_out)?;

@@ -20,10 +20,7 @@ pub struct Momentum {
 pub fn sgd_momentum(isa: Isa, h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f32]) -> Result<()> {
     check_len("g", g.len(), p.len())?;
     check_len("v", v.len(), p.len())?;
-    ensure(
-        h.lr.is_finite() && h.mu.is_finite() && h.wd.is_finite(),
-        "sgd_momentum: hyper-parameters must be finite",
-    )?;
+    ensure(h.lr.is_finite() && h.mu.is_finite() && h.wd.is_finite(), "sgd_momentum: hyper-parameters must be finite")?;
     match isa.kind() {
         IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::sgd_momentum(h, p, g, v),
     }

@@ -2,7 +2,9 @@
 mod common;
 
 use common::{assert_close, dot64, grad_check, projection, Rng};
-use tinykd_kernels::act::{add, add_inplace, add_relu_inplace, relu_bwd, relu_bwd_inplace, relu_fwd, relu_inplace, Act};
+use tinykd_kernels::act::{
+    add, add_inplace, add_relu_inplace, relu_bwd, relu_bwd_inplace, relu_fwd, relu_inplace, Act,
+};
 use tinykd_kernels::{Isa, KernelError};
 
 /// The path under test (every path runs the scalar specification today).
@@ -12,7 +14,16 @@ fn isa() -> Isa {
 
 /// Values away from 0, so finite differences never straddle the kink.
 fn away_from_zero(rng: &mut Rng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| { let v = rng.uniform(0.1, 1.0); if rng.unit() < 0.5 { -v } else { v } }).collect()
+    (0..len)
+        .map(|_| {
+            let v = rng.uniform(0.1, 1.0);
+            if rng.unit() < 0.5 {
+                -v
+            } else {
+                v
+            }
+        })
+        .collect()
 }
 
 #[test]

@@ -8,7 +8,8 @@ use tinykd_kernels::linear::{linear_bwd_input, linear_bwd_weight, linear_fwd};
 use tinykd_kernels::shape::Linear;
 use tinykd_kernels::{f16, Isa, KernelError};
 
-const SHAPES: [Linear; 4] = [Linear::new(1, 1, 1), Linear::new(3, 5, 7), Linear::new(37, 17, 10), Linear::new(8, 33, 2)];
+const SHAPES: [Linear; 4] =
+    [Linear::new(1, 1, 1), Linear::new(3, 5, 7), Linear::new(37, 17, 10), Linear::new(8, 33, 2)];
 
 fn naive(s: &Linear, x: &[f32], w: &[f32], b: Option<&[f32]>, act: Act) -> Vec<f32> {
     let mut y = vec![0.0; s.y_len()];
@@ -33,7 +34,13 @@ fn forward_matches_naive_f32() {
             for bias in [None, Some(&b[..])] {
                 let mut y = vec![f32::NAN; s.y_len()];
                 linear_fwd(Isa::scalar(), &s, &x, &w, bias, act, &mut y).unwrap();
-                assert_close(&format!("{s:?} {act:?} bias {}", bias.is_some()), &y, &naive(&s, &x, &w, bias, act), 1e-5, 1e-5);
+                assert_close(
+                    &format!("{s:?} {act:?} bias {}", bias.is_some()),
+                    &y,
+                    &naive(&s, &x, &w, bias, act),
+                    1e-5,
+                    1e-5,
+                );
             }
         }
     }

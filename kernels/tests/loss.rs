@@ -40,12 +40,9 @@ fn cross_entropy_matches_naive_and_is_stable() {
     // Logits far beyond exp's f32 range: a naive softmax overflows.
     let logits: Vec<f32> = rng.vec(s.len()).iter().map(|v| 200.0 * v).collect();
     let labels: Vec<u32> = (0..s.n).map(|_| rng.below(s.classes) as u32).collect();
-    let want: f64 = logits
-        .chunks(s.classes)
-        .zip(&labels)
-        .map(|(row, &l)| -log_softmax(row, 1.0)[l as usize])
-        .sum::<f64>()
-        / s.n as f64;
+    let want: f64 =
+        logits.chunks(s.classes).zip(&labels).map(|(row, &l)| -log_softmax(row, 1.0)[l as usize]).sum::<f64>()
+            / s.n as f64;
     let mut d = vec![f32::NAN; s.len()];
     let l = softmax_ce(isa(), &s, &logits, &labels, Some(&mut d)).unwrap();
     close("ce", l, want, 1e-5);
@@ -75,7 +72,10 @@ fn label_out_of_range_is_a_shape_error_and_writes_nothing() {
     assert!(matches!(e, KernelError::Shape(_)), "{e:?}");
     assert!(d.iter().all(|&v| v == 7.0));
     assert!(matches!(topk_correct(&s, &[0.0; 6], &[5, 0], 1), Err(KernelError::Shape(_))));
-    assert_eq!(softmax_ce(isa(), &s, &[0.0; 6], &[0], None), Err(KernelError::Len { arg: "labels", expected: 2, got: 1 }));
+    assert_eq!(
+        softmax_ce(isa(), &s, &[0.0; 6], &[0], None),
+        Err(KernelError::Len { arg: "labels", expected: 2, got: 1 })
+    );
     let e = softmax_ce(isa(), &s, &[0.0; 6], &[0, 1], Some(&mut d[..5])).unwrap_err();
     assert_eq!(e, KernelError::Len { arg: "dlogits", expected: 6, got: 5 });
 }
@@ -120,7 +120,15 @@ fn l2_by_hand_and_gradient() {
     assert!(matches!(l2_loss(isa(), &[], &[], None), Err(KernelError::Shape(_))));
 }
 
-fn fsp(sh: &Fsp, t1: &[f32], t2: &[f32], s1: &[f32], s2: &[f32], ds1: Option<&mut [f32]>, ds2: Option<&mut [f32]>) -> f32 {
+fn fsp(
+    sh: &Fsp,
+    t1: &[f32],
+    t2: &[f32],
+    s1: &[f32],
+    s2: &[f32],
+    ds1: Option<&mut [f32]>,
+    ds2: Option<&mut [f32]>,
+) -> f32 {
     let mut scratch = vec![f32::NAN; sh.scratch_len()];
     fsp_loss(isa(), sh, t1, t2, s1, s2, ds1, ds2, &mut scratch).unwrap()
 }
@@ -130,7 +138,9 @@ fn naive_gram(sh: &Fsp, x: &[f32], y: &[f32]) -> Vec<f64> {
     for n in 0..sh.n {
         for i in 0..sh.c1 {
             for j in 0..sh.c2 {
-                let sum: f64 = (0..sh.hw).map(|p| x[(n * sh.hw + p) * sh.c1 + i] as f64 * y[(n * sh.hw + p) * sh.c2 + j] as f64).sum();
+                let sum: f64 = (0..sh.hw)
+                    .map(|p| x[(n * sh.hw + p) * sh.c1 + i] as f64 * y[(n * sh.hw + p) * sh.c2 + j] as f64)
+                    .sum();
                 g[(n * sh.c1 + i) * sh.c2 + j] = sum / sh.hw as f64;
             }
         }
@@ -195,7 +205,8 @@ fn soft_label_with_equal_logits() {
     // Student == teacher at the same temperature: L = the teacher's entropy.
     let z = [1.0, 2.0, 0.5, -1.0, 3.0, 0.0, 0.0, 1.0, 2.0, -2.0];
     let l = soft_label_loss(isa(), &s, &z, &z, 1.5, 1.5, Some(&mut ds)).unwrap();
-    let entropy: f64 = z.chunks(5).map(|r| -log_softmax(r, 1.5).iter().map(|lp| lp.exp() * lp).sum::<f64>()).sum::<f64>() / 2.0;
+    let entropy: f64 =
+        z.chunks(5).map(|r| -log_softmax(r, 1.5).iter().map(|lp| lp.exp() * lp).sum::<f64>()).sum::<f64>() / 2.0;
     close("entropy", l, entropy, 1e-5);
     assert!(ds.iter().all(|v| v.abs() < 1e-7), "{ds:?}");
 }
@@ -229,7 +240,10 @@ fn soft_label_matches_naive_and_gradient_matches_finite_differences() {
 fn soft_label_errors() {
     let s = Logits::new(1, 3);
     let mut ds = vec![7.0; 3];
-    assert!(matches!(soft_label_loss(isa(), &s, &[0.0; 3], &[0.0; 3], 0.0, 1.0, Some(&mut ds)), Err(KernelError::Shape(_))));
+    assert!(matches!(
+        soft_label_loss(isa(), &s, &[0.0; 3], &[0.0; 3], 0.0, 1.0, Some(&mut ds)),
+        Err(KernelError::Shape(_))
+    ));
     assert_eq!(
         soft_label_loss(isa(), &s, &[0.0; 2], &[0.0; 3], 1.0, 1.0, Some(&mut ds)),
         Err(KernelError::Len { arg: "t_logits", expected: 3, got: 2 })

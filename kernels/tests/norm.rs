@@ -186,14 +186,37 @@ fn chunked_batch_equals_whole_batch() {
         for (r0, cs) in &parts {
             let range = rows(*r0, cs);
             let (mut a, mut bsum) = (vec![f32::NAN; c], vec![f32::NAN; c]);
-            bn_bwd_partial_sums(isa(), cs, &x[range.clone()], &dy[range], &whole.mean, &whole.invstd, &mut a, &mut bsum).unwrap();
+            bn_bwd_partial_sums(
+                isa(),
+                cs,
+                &x[range.clone()],
+                &dy[range],
+                &whole.mean,
+                &whole.invstd,
+                &mut a,
+                &mut bsum,
+            )
+            .unwrap();
             add_inplace(isa(), &mut sdy, &a).unwrap();
             add_inplace(isa(), &mut sdx, &bsum).unwrap();
         }
         let mut dx = vec![f32::NAN; s.len()];
         for (r0, cs) in &parts {
             let range = rows(*r0, cs);
-            bn_bwd_apply(isa(), cs, s.rows, &x[range.clone()], &dy[range.clone()], &g, &whole.mean, &whole.invstd, &sdy, &sdx, &mut dx[range]).unwrap();
+            bn_bwd_apply(
+                isa(),
+                cs,
+                s.rows,
+                &x[range.clone()],
+                &dy[range.clone()],
+                &g,
+                &whole.mean,
+                &whole.invstd,
+                &sdy,
+                &sdx,
+                &mut dx[range],
+            )
+            .unwrap();
         }
         assert_close(&format!("{name} dbeta"), &sdy, &db_whole, 1e-5, 1e-5);
         assert_close(&format!("{name} dgamma"), &sdx, &dg_whole, 1e-5, 1e-5);
@@ -213,6 +236,7 @@ fn merge_into_empty_accumulator_copies() {
     assert!((m[0] - 2.0).abs() < 1e-6 && (q[0] - 8.0).abs() < 1e-5, "mean {} m2 {}", m[0], q[0]);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn naive_infer(s: &Channels, eps: f32, x: &[f32], g: &[f32], b: &[f32], m: &[f32], v: &[f32], act: Act) -> Vec<f32> {
     (0..s.len())
         .map(|i| {
@@ -233,7 +257,13 @@ fn inference_matches_naive_f32_and_f16() {
         for act in [Act::None, Act::Relu] {
             let mut y = vec![f32::NAN; s.len()];
             bn_infer_fwd(isa(), &s, 1e-5, &x, &g, &b, &m, &v, act, &mut y).unwrap();
-            assert_close(&format!("{s:?} {act:?} f32"), &y, &naive_infer(&s, 1e-5, &x, &g, &b, &m, &v, act), 1e-5, 1e-5);
+            assert_close(
+                &format!("{s:?} {act:?} f32"),
+                &y,
+                &naive_infer(&s, 1e-5, &x, &g, &b, &m, &v, act),
+                1e-5,
+                1e-5,
+            );
 
             let h = |v: &[f32]| v.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
             let w = |v: &[f16]| v.iter().map(|v| v.to_f32()).collect::<Vec<_>>();
@@ -247,7 +277,19 @@ fn inference_matches_naive_f32_and_f16() {
 
 /// Naive NHWC conv, HWIO weights `[k][k][c_in][c_out]`, zero padding, in f64.
 #[allow(clippy::too_many_arguments)]
-fn naive_conv(n: usize, h: usize, wd: usize, ci: usize, co: usize, k: usize, stride: usize, pad: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+fn naive_conv(
+    n: usize,
+    h: usize,
+    wd: usize,
+    ci: usize,
+    co: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let oh = (h + 2 * pad - k) / stride + 1;
     let ow = (wd + 2 * pad - k) / stride + 1;
     let mut y = vec![0.0; n * oh * ow * co];
@@ -258,7 +300,10 @@ fn naive_conv(n: usize, h: usize, wd: usize, ci: usize, co: usize, k: usize, str
                     let mut acc = bias.map_or(0.0, |b| b[o] as f64);
                     for ky in 0..k {
                         for kx in 0..k {
-                            let (iy, ix) = ((oy * stride + ky) as isize - pad as isize, (ox * stride + kx) as isize - pad as isize);
+                            let (iy, ix) = (
+                                (oy * stride + ky) as isize - pad as isize,
+                                (ox * stride + kx) as isize - pad as isize,
+                            );
                             if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
                                 continue;
                             }
@@ -277,7 +322,17 @@ fn naive_conv(n: usize, h: usize, wd: usize, ci: usize, co: usize, k: usize, str
 }
 
 /// Naive depthwise 3x3, pad 1, HWC weights `[3][3][c]`.
-fn naive_dwconv(n: usize, h: usize, wd: usize, c: usize, stride: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+#[allow(clippy::too_many_arguments)]
+fn naive_dwconv(
+    n: usize,
+    h: usize,
+    wd: usize,
+    c: usize,
+    stride: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let (oh, ow) = ((h - 1) / stride + 1, (wd - 1) / stride + 1);
     let mut y = vec![0.0; n * oh * ow * c];
     for b in 0..n {
@@ -289,7 +344,8 @@ fn naive_dwconv(n: usize, h: usize, wd: usize, c: usize, stride: usize, x: &[f32
                         for kx in 0..3 {
                             let (iy, ix) = ((oy * stride + ky) as isize - 1, (ox * stride + kx) as isize - 1);
                             if iy >= 0 && ix >= 0 && iy < h as isize && ix < wd as isize {
-                                acc += x[((b * h + iy as usize) * wd + ix as usize) * c + ch] as f64 * w[(ky * 3 + kx) * c + ch] as f64;
+                                acc += x[((b * h + iy as usize) * wd + ix as usize) * c + ch] as f64
+                                    * w[(ky * 3 + kx) * c + ch] as f64;
                             }
                         }
                     }
@@ -301,11 +357,14 @@ fn naive_dwconv(n: usize, h: usize, wd: usize, c: usize, stride: usize, x: &[f32
     y
 }
 
+/// A conv over fixed input: `(weights, optional bias) -> output`.
+type ConvFn<'a> = dyn Fn(&[f32], Option<&[f32]>) -> Vec<f32> + 'a;
+
 #[test]
 fn folded_conv_equals_conv_then_bn() {
     let mut rng = Rng::new(26);
     let eps = 1e-5;
-    let check = |name: &str, c_out: usize, w: &[f32], conv: &dyn Fn(&[f32], Option<&[f32]>) -> Vec<f32>, rng: &mut Rng| {
+    let check = |name: &str, c_out: usize, w: &[f32], conv: &ConvFn, rng: &mut Rng| {
         let (g, b, m) = (rng.vec(c_out), rng.vec(c_out), rng.vec(c_out));
         let v: Vec<f32> = (0..c_out).map(|_| rng.uniform(0.05, 3.0)).collect();
         let plain = conv(w, None);
@@ -338,12 +397,16 @@ fn errors_leave_outputs_untouched() {
     let p = BnParams::PADDLE;
     let x = vec![1.0; 12];
     let one = vec![1.0; 3];
-    let (mut rm, mut rv, mut y, mut sm, mut si) = (vec![7.0; 3], vec![7.0; 3], vec![7.0; 12], vec![7.0; 3], vec![7.0; 2]);
+    let (mut rm, mut rv, mut y, mut sm, mut si) =
+        (vec![7.0; 3], vec![7.0; 3], vec![7.0; 12], vec![7.0; 3], vec![7.0; 2]);
     let e = bn_train_fwd(isa(), &s, p, &x, &one, &one, &mut rm, &mut rv, &mut y, &mut sm, &mut si).unwrap_err();
     assert_eq!(e, KernelError::Len { arg: "save_invstd", expected: 3, got: 2 });
     let bad = BnParams { eps: 1e-5, momentum: 1.5 };
     let mut si = vec![7.0; 3];
-    assert!(matches!(bn_train_fwd(isa(), &s, bad, &x, &one, &one, &mut rm, &mut rv, &mut y, &mut sm, &mut si), Err(KernelError::Shape(_))));
+    assert!(matches!(
+        bn_train_fwd(isa(), &s, bad, &x, &one, &one, &mut rm, &mut rv, &mut y, &mut sm, &mut si),
+        Err(KernelError::Shape(_))
+    ));
     assert!(rm.iter().chain(&rv).chain(&y).chain(&sm).chain(&si).all(|&v| v == 7.0));
 
     let (mut dx, mut dg, mut db) = (vec![7.0; 12], vec![7.0; 3], vec![7.0; 3]);

@@ -44,8 +44,14 @@ fn plain_momentum_matches_naive_loop() {
 fn wrong_lengths_are_errors_and_write_nothing() {
     let h = Momentum { lr: 0.1, mu: 0.9, wd: 0.0 };
     let (mut p, mut v) = ([7.0f32; 3], [7.0f32; 3]);
-    assert_eq!(sgd_momentum(Isa::scalar(), h, &mut p, &[1.0; 2], &mut v), Err(KernelError::Len { arg: "g", expected: 3, got: 2 }));
-    assert_eq!(sgd_momentum(Isa::scalar(), h, &mut p, &[1.0; 3], &mut v[..1]), Err(KernelError::Len { arg: "v", expected: 3, got: 1 }));
+    assert_eq!(
+        sgd_momentum(Isa::scalar(), h, &mut p, &[1.0; 2], &mut v),
+        Err(KernelError::Len { arg: "g", expected: 3, got: 2 })
+    );
+    assert_eq!(
+        sgd_momentum(Isa::scalar(), h, &mut p, &[1.0; 3], &mut v[..1]),
+        Err(KernelError::Len { arg: "v", expected: 3, got: 1 })
+    );
     let nan = Momentum { lr: f32::NAN, ..h };
     assert!(matches!(sgd_momentum(Isa::scalar(), nan, &mut p, &[1.0; 3], &mut v), Err(KernelError::Shape(_))));
     assert_eq!((p, v), ([7.0; 3], [7.0; 3]));

@@ -11,7 +11,8 @@ fn isa() -> Isa {
     Isa::scalar()
 }
 
-const SHAPES: [Pool; 5] = [Pool::new(1, 1, 1, 1), Pool::new(1, 2, 2, 5), Pool::new(2, 7, 6, 3), Pool::new(3, 8, 8, 4), Pool::new(1, 5, 9, 2)];
+const SHAPES: [Pool; 5] =
+    [Pool::new(1, 1, 1, 1), Pool::new(1, 2, 2, 5), Pool::new(2, 7, 6, 3), Pool::new(3, 8, 8, 4), Pool::new(1, 5, 9, 2)];
 
 /// Distinct values (a shuffled ramp with gaps of 0.01), so no window has a tie.
 fn distinct(rng: &mut Rng, len: usize) -> Vec<f32> {
@@ -128,10 +129,19 @@ fn wrong_lengths_are_errors_and_write_nothing() {
     let x = vec![1.0; 32];
     let mut y = vec![7.0; 8];
     let mut dx = vec![7.0; 32];
-    assert_eq!(maxpool3x3s2_fwd(isa(), &s, &x[..31], &mut y), Err(KernelError::Len { arg: "x", expected: 32, got: 31 }));
-    assert_eq!(maxpool3x3s2_bwd(isa(), &s, &x, &y, &y[..7], &mut dx), Err(KernelError::Len { arg: "dy", expected: 8, got: 7 }));
+    assert_eq!(
+        maxpool3x3s2_fwd(isa(), &s, &x[..31], &mut y),
+        Err(KernelError::Len { arg: "x", expected: 32, got: 31 })
+    );
+    assert_eq!(
+        maxpool3x3s2_bwd(isa(), &s, &x, &y, &y[..7], &mut dx),
+        Err(KernelError::Len { arg: "dy", expected: 8, got: 7 })
+    );
     assert_eq!(global_avg_fwd(isa(), &s, &x, &mut y[..4]), Err(KernelError::Len { arg: "y", expected: 2, got: 4 }));
-    assert_eq!(global_avg_bwd(isa(), &s, &y[..2], &mut dx[..30]), Err(KernelError::Len { arg: "dx", expected: 32, got: 30 }));
+    assert_eq!(
+        global_avg_bwd(isa(), &s, &y[..2], &mut dx[..30]),
+        Err(KernelError::Len { arg: "dx", expected: 32, got: 30 })
+    );
     assert!(y.iter().chain(&dx).all(|&v| v == 7.0));
     assert!(matches!(global_avg_fwd(isa(), &Pool::new(1, 0, 4, 2), &[], &mut y[..2]), Err(KernelError::Shape(_))));
 }
