@@ -16,7 +16,17 @@ fn isas() -> Vec<Isa> {
 
 /// A (possibly non-square) conv shape.
 #[allow(clippy::too_many_arguments)]
-const fn conv(n: usize, h: usize, w: usize, c_in: usize, c_out: usize, kh: usize, kw: usize, stride: usize, pad: usize) -> Conv2d {
+const fn conv(
+    n: usize,
+    h: usize,
+    w: usize,
+    c_in: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+) -> Conv2d {
     Conv2d { n, h, w, c_in, c_out, kh, kw, stride, pad }
 }
 
@@ -120,7 +130,14 @@ fn atol(terms: usize) -> f32 {
 }
 
 /// Runs the forward with `y` and `scratch` full of NaN (so stale contents would show).
-fn run_fwd<W: tinykd_kernels::Elem>(isa: Isa, s: &Conv2d, x: &[f32], w: &[W], bias: Option<&[W]>, act: Act) -> Vec<f32> {
+fn run_fwd<W: tinykd_kernels::Elem>(
+    isa: Isa,
+    s: &Conv2d,
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+) -> Vec<f32> {
     let mut y = vec![f32::NAN; s.y_len()];
     let mut scratch = vec![f32::NAN; s.scratch_len()];
     conv2d_fwd(isa, s, x, w, bias, act, &mut y, &mut scratch).unwrap();
@@ -157,7 +174,9 @@ fn forward_matches_naive() {
     for isa in isas() {
         for s in SHAPES {
             let (x, w, b) = (rng.vec(s.x_len()), rng.vec(s.w_len()), rng.vec(s.c_out));
-            for (bias, act) in [(None, Act::None), (Some(&b[..]), Act::Relu), (Some(&b[..]), Act::None), (None, Act::Relu)] {
+            for (bias, act) in
+                [(None, Act::None), (Some(&b[..]), Act::Relu), (Some(&b[..]), Act::None), (None, Act::Relu)]
+            {
                 let got = run_fwd(isa, s, &x, &w, bias, act);
                 let want = ref_fwd(s, &x, &w, bias, act == Act::Relu);
                 let what = format!("conv2d_fwd {isa:?} {s:?} bias={} {act:?}", bias.is_some());
@@ -358,7 +377,8 @@ fn invalid_shapes_are_rejected_without_writing() {
         let (x, w, dy) = (vec![0.5; good.x_len()], vec![0.5; good.w_len()], vec![0.5; good.y_len()]);
         let mut out = vec![7.0; good.x_len() + good.w_len() + good.y_len()];
         let mut sc = vec![7.0; good.scratch_len()];
-        let shape_err = |r: tinykd_kernels::Result<()>| assert!(matches!(r, Err(KernelError::Shape(_))), "{s:?}: {r:?}");
+        let shape_err =
+            |r: tinykd_kernels::Result<()>| assert!(matches!(r, Err(KernelError::Shape(_))), "{s:?}: {r:?}");
         shape_err(conv2d_fwd(isa, &s, &x, &w, None, Act::None, &mut out[..good.y_len()], &mut sc));
         shape_err(conv2d_bwd_input(isa, &s, &dy, &w, &mut out[..good.x_len()], &mut sc));
         shape_err(conv2d_bwd_weight(isa, &s, &x, &dy, &mut out[..good.w_len()], &mut sc));

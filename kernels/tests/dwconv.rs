@@ -60,7 +60,11 @@ fn naive_taps(s: &DwConv3x3, mut f: impl FnMut(usize, usize, usize)) {
                             let (Some(iy), Some(ix)) = (src(oy, ky, s.stride, s.h), src(ox, kx, s.stride, s.w)) else {
                                 continue;
                             };
-                            f(((n * s.h + iy) * s.w + ix) * s.c + c, (ky * 3 + kx) * s.c + c, ((n * oh + oy) * ow + ox) * s.c + c);
+                            f(
+                                ((n * s.h + iy) * s.w + ix) * s.c + c,
+                                (ky * 3 + kx) * s.c + c,
+                                ((n * oh + oy) * ow + ox) * s.c + c,
+                            );
                         }
                     }
                 }
@@ -123,7 +127,9 @@ fn forward_matches_naive() {
     for isa in isas() {
         for s in SHAPES {
             let (x, w, b) = (rng.vec(s.x_len()), rng.vec(s.w_len()), rng.vec(s.c));
-            for (bias, act) in [(None, Act::None), (Some(&b[..]), Act::Relu), (Some(&b[..]), Act::None), (None, Act::Relu)] {
+            for (bias, act) in
+                [(None, Act::None), (Some(&b[..]), Act::Relu), (Some(&b[..]), Act::None), (None, Act::Relu)]
+            {
                 let got = run_fwd(isa, s, &x, &w, bias, act);
                 let want = ref_fwd(s, &x, &w, bias, act == Act::Relu);
                 let what = format!("dwconv3x3_fwd {isa:?} {s:?} bias={} {act:?}", bias.is_some());
@@ -157,7 +163,13 @@ fn backward_matches_naive() {
             assert_close(&format!("dwconv3x3_bwd_input {isa:?} {s:?}"), &dx, &want_dx, 1e-5, 1e-5);
             let dw = run_bwd_weight(isa, s, &x, &dy);
             let terms = s.y_len() / s.c;
-            assert_close(&format!("dwconv3x3_bwd_weight {isa:?} {s:?}"), &dw, &want_dw, 1e-5, 2e-6 * terms as f32 + 1e-6);
+            assert_close(
+                &format!("dwconv3x3_bwd_weight {isa:?} {s:?}"),
+                &dw,
+                &want_dw,
+                1e-5,
+                2e-6 * terms as f32 + 1e-6,
+            );
         }
     }
 }
@@ -265,7 +277,8 @@ fn invalid_shapes_are_rejected_without_writing() {
         let mut y = vec![7.0; s.y_len()];
         let mut dx = vec![7.0; s.x_len()];
         let mut dwt = vec![7.0; s.w_len()];
-        let shape_err = |r: tinykd_kernels::Result<()>| assert!(matches!(r, Err(KernelError::Shape(_))), "{s:?}: {r:?}");
+        let shape_err =
+            |r: tinykd_kernels::Result<()>| assert!(matches!(r, Err(KernelError::Shape(_))), "{s:?}: {r:?}");
         shape_err(dwconv3x3_fwd(isa, &s, &x, &w, None, Act::None, &mut y));
         shape_err(dwconv3x3_bwd_input(isa, &s, &dy, &w, &mut dx));
         shape_err(dwconv3x3_bwd_weight(isa, &s, &x, &dy, &mut dwt));

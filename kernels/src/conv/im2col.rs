@@ -19,11 +19,13 @@ struct Window {
     iyp: usize,
     /// Top-left input column of the field (padded coordinates).
     ixp: usize,
-    /// In-bounds kernel rows `ky_lo..ky_hi`.
+    /// First in-bounds kernel row.
     ky_lo: usize,
+    /// One past the last in-bounds kernel row.
     ky_hi: usize,
-    /// In-bounds kernel columns `kx_lo..kx_hi`.
+    /// First in-bounds kernel column.
     kx_lo: usize,
+    /// One past the last in-bounds kernel column.
     kx_hi: usize,
 }
 

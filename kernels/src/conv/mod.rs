@@ -53,7 +53,14 @@ pub fn conv2d_fwd<W: Elem>(
 ///
 /// Errors: `Shape` if `s` is invalid; `Len` naming `dy`, `w`, `dx` (exact) or `scratch` (at
 /// least [`Conv2d::scratch_len`]). Nothing is written on error.
-pub fn conv2d_bwd_input(isa: Isa, s: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) -> Result<()> {
+pub fn conv2d_bwd_input(
+    isa: Isa,
+    s: &Conv2d,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
     s.validate()?;
     check_len("dy", dy.len(), s.y_len())?;
     check_len("w", w.len(), s.w_len())?;
@@ -69,7 +76,14 @@ pub fn conv2d_bwd_input(isa: Isa, s: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f
 ///
 /// Errors: `Shape` if `s` is invalid; `Len` naming `x`, `dy`, `dw` (exact) or `scratch` (at
 /// least [`Conv2d::scratch_len`]). Nothing is written on error.
-pub fn conv2d_bwd_weight(isa: Isa, s: &Conv2d, x: &[f32], dy: &[f32], dw: &mut [f32], scratch: &mut [f32]) -> Result<()> {
+pub fn conv2d_bwd_weight(
+    isa: Isa,
+    s: &Conv2d,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
     s.validate()?;
     check_len("x", x.len(), s.x_len())?;
     check_len("dy", dy.len(), s.y_len())?;

@@ -63,7 +63,14 @@ pub(super) fn fwd<W: Elem>(
 }
 
 /// `dx = col2im(dy · wᵀ)`: per tile `dcol = dy_tile · wᵀ`, scatter-added into a zeroed `dx`.
-pub(super) fn bwd_input(isa: Isa, s: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) -> Result<()> {
+pub(super) fn bwd_input(
+    isa: Isa,
+    s: &Conv2d,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
     let (k, c_out) = (s.k(), s.c_out);
     if s.is_pointwise() {
         return gemm(isa, &GemmShape::nt(s.n * s.h * s.w, k, c_out), 1.0, dy, w, 0.0, dx);
@@ -79,7 +86,14 @@ pub(super) fn bwd_input(isa: Isa, s: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f
 }
 
 /// `dw = im2col(x)ᵀ · dy`: the first tile overwrites `dw`, later tiles accumulate (β = 1).
-pub(super) fn bwd_weight(isa: Isa, s: &Conv2d, x: &[f32], dy: &[f32], dw: &mut [f32], scratch: &mut [f32]) -> Result<()> {
+pub(super) fn bwd_weight(
+    isa: Isa,
+    s: &Conv2d,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
     let (k, c_out) = (s.k(), s.c_out);
     if s.is_pointwise() {
         return gemm(isa, &GemmShape::tn(k, c_out, s.n * s.h * s.w), 1.0, x, dy, 0.0, dw);
