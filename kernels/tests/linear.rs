@@ -25,6 +25,10 @@ fn naive(s: &Linear, x: &[f32], w: &[f32], b: Option<&[f32]>, act: Act) -> Vec<f
     y
 }
 
+/// Asserts every value is finite: a NaN gradient would slip through `grad_check`'s comparisons.
+fn assert_finite(what: &str, v: &[f32]) {
+    assert!(v.iter().all(|x| x.is_finite()), "{what}: non-finite value in {v:?}");
+}
 #[test]
 fn forward_matches_naive_f32() {
     let mut rng = Rng::new(1);
@@ -87,8 +91,11 @@ fn gradients_match_finite_differences() {
         linear_bwd_input(Isa::scalar(), &s, &r, &w, &mut dx).unwrap();
         linear_bwd_weight(Isa::scalar(), &s, &x, &r, &mut dw, Some(&mut db)).unwrap();
         let name = format!("{s:?}");
+        assert_finite(&format!("{name} dx"), &dx);
         grad_check(&format!("{name} dx"), &x, &dx, 1e-2, 1e-2, 200, |xp| loss_of(&s, xp, &w, &b, &r));
+        assert_finite(&format!("{name} dw"), &dw);
         grad_check(&format!("{name} dw"), &w, &dw, 1e-2, 1e-2, 200, |wp| loss_of(&s, &x, wp, &b, &r));
+        assert_finite(&format!("{name} db"), &db);
         grad_check(&format!("{name} db"), &b, &db, 1e-2, 1e-2, 200, |bp| loss_of(&s, &x, &w, bp, &r));
 
         // Without `db`, `dw` is the same.

@@ -7,6 +7,10 @@ use tinykd_kernels::loss::{fsp_loss, l2_loss, soft_label_loss, softmax_ce, topk_
 use tinykd_kernels::shape::{Fsp, Logits};
 use tinykd_kernels::{Isa, KernelError};
 
+/// Asserts every value is finite: a NaN gradient would slip through `grad_check`'s comparisons.
+fn assert_finite(what: &str, v: &[f32]) {
+    assert!(v.iter().all(|x| x.is_finite()), "{what}: non-finite value in {v:?}");
+}
 fn isa() -> Isa {
     Isa::scalar()
 }
@@ -57,6 +61,7 @@ fn cross_entropy_gradient_matches_finite_differences() {
     let labels = [0u32, 6, 3, 3];
     let mut d = vec![f32::NAN; s.len()];
     softmax_ce(isa(), &s, &logits, &labels, Some(&mut d)).unwrap();
+    assert_finite("ce dlogits", &d);
     grad_check("ce dlogits", &logits, &d, 1e-2, 1e-2, 100, |z| softmax_ce(isa(), &s, z, &labels, None).unwrap() as f64);
     // Each row of (softmax − onehot)/n sums to zero.
     for row in d.chunks(s.classes) {
@@ -114,6 +119,7 @@ fn l2_by_hand_and_gradient() {
     let l = l2_loss(isa(), &t, &s, Some(&mut ds)).unwrap();
     let want = t.iter().zip(&s).map(|(&t, &s)| (s as f64 - t as f64).powi(2)).sum::<f64>() / 57.0;
     close("l2", l, want, 1e-5);
+    assert_finite("l2 ds", &ds);
     grad_check("l2 ds", &s, &ds, 1e-2, 1e-2, 100, |sp| l2_loss(isa(), &t, sp, None).unwrap() as f64);
 
     assert_eq!(l2_loss(isa(), &t[..3], &s, None), Err(KernelError::Len { arg: "t", expected: 57, got: 3 }));
@@ -171,7 +177,9 @@ fn fsp_matches_naive_and_gradients_match_finite_differences() {
     let (mut d1, mut d2) = (vec![f32::NAN; sh.x_len()], vec![f32::NAN; sh.y_len()]);
     let l = fsp(&sh, &t1, &t2, &s1, &s2, Some(&mut d1), Some(&mut d2));
     close("fsp", l, want, 1e-5);
+    assert_finite("fsp ds1", &d1);
     grad_check("fsp ds1", &s1, &d1, 1e-2, 1e-2, 100, |p| fsp(&sh, &t1, &t2, p, &s2, None, None) as f64);
+    assert_finite("fsp ds2", &d2);
     grad_check("fsp ds2", &s2, &d2, 1e-2, 1e-2, 100, |p| fsp(&sh, &t1, &t2, &s1, p, None, None) as f64);
     // Asking for one gradient gives the same values.
     let mut only2 = vec![f32::NAN; sh.y_len()];
@@ -230,6 +238,7 @@ fn soft_label_matches_naive_and_gradient_matches_finite_differences() {
         let mut ds = vec![f32::NAN; s.len()];
         let l = soft_label_loss(isa(), &s, &t, &z, tt, ts, Some(&mut ds)).unwrap();
         close(&format!("Tt {tt} Ts {ts}"), l, want, 1e-5);
+        assert_finite(&format!("soft label ds Tt {tt} Ts {ts}"), &ds);
         grad_check(&format!("soft label ds Tt {tt} Ts {ts}"), &z, &ds, 1e-2, 1e-2, 100, |zp| {
             soft_label_loss(isa(), &s, &t, zp, tt, ts, None).unwrap() as f64
         });

@@ -9,6 +9,10 @@ use tinykd_kernels::norm::*;
 use tinykd_kernels::shape::Channels;
 use tinykd_kernels::{f16, Isa, KernelError};
 
+/// Asserts every value is finite: a NaN gradient would slip through `grad_check`'s comparisons.
+fn assert_finite(what: &str, v: &[f32]) {
+    assert!(v.iter().all(|x| x.is_finite()), "{what}: non-finite value in {v:?}");
+}
 fn isa() -> Isa {
     Isa::scalar()
 }
@@ -124,8 +128,11 @@ fn backward_matches_finite_differences() {
         let (mut dg, mut db) = (vec![f32::NAN; s.c], vec![f32::NAN; s.c]);
         bn_bwd(isa(), &s, &x, &r, &g, &t.mean, &t.invstd, &mut dx, &mut dg, &mut db).unwrap();
         let name = format!("{s:?}");
+        assert_finite(&format!("{name} dx"), &dx);
         grad_check(&format!("{name} dx"), &x, &dx, 1e-2, 2e-2, 200, |xp| train_loss(&s, xp, &g, &b, &r));
+        assert_finite(&format!("{name} dgamma"), &dg);
         grad_check(&format!("{name} dgamma"), &g, &dg, 1e-2, 1e-2, 200, |gp| train_loss(&s, &x, gp, &b, &r));
+        assert_finite(&format!("{name} dbeta"), &db);
         grad_check(&format!("{name} dbeta"), &b, &db, 1e-2, 1e-2, 200, |bp| train_loss(&s, &x, &g, bp, &r));
     }
 }

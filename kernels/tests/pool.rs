@@ -7,6 +7,10 @@ use tinykd_kernels::pool::{global_avg_bwd, global_avg_fwd, maxpool3x3s2_bwd, max
 use tinykd_kernels::shape::Pool;
 use tinykd_kernels::{Isa, KernelError};
 
+/// Asserts every value is finite: a NaN gradient would slip through `grad_check`'s comparisons.
+fn assert_finite(what: &str, v: &[f32]) {
+    assert!(v.iter().all(|x| x.is_finite()), "{what}: non-finite value in {v:?}");
+}
 fn isa() -> Isa {
     Isa::scalar()
 }
@@ -74,6 +78,7 @@ fn maxpool_backward_matches_finite_differences() {
         let r = projection(&mut rng, y.len());
         let mut dx = vec![f32::NAN; s.x_len()];
         maxpool3x3s2_bwd(isa(), &s, &x, &y, &r, &mut dx).unwrap();
+        assert_finite(&format!("{s:?}"), &dx);
         grad_check(&format!("{s:?}"), &x, &dx, 1e-3, 1e-2, 300, |xp| dot64(&r, &maxpool(&s, xp)));
     }
 }
@@ -94,6 +99,20 @@ fn maxpool_backward_routes_to_first_max_and_accumulates() {
     let y = maxpool(&s, &x);
     assert_eq!(y, [9.0; 4]);
     maxpool3x3s2_bwd(isa(), &s, &x, &y, &dy, &mut dx).unwrap();
+    assert_eq!(dx, [0.0, 0.0, 0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn maxpool_backward_follows_y_and_falls_back_to_first_max() {
+    let s = Pool::new(1, 3, 3, 1);
+    let x = [0.0, 1.0, 0.0, 1.0, 9.0, 1.0, 0.0, 1.0, 0.0];
+    let mut dx = [f32::NAN; 9];
+    // A `y` that is not x's max routes to the first element equal to it: 1.0 at (0,1) for the top
+    // windows, (1,0) and (1,2) for the bottom ones.
+    maxpool3x3s2_bwd(isa(), &s, &x, &[1.0; 4], &[1.0, 2.0, 3.0, 4.0], &mut dx).unwrap();
+    assert_eq!(dx, [0.0, 3.0, 0.0, 3.0, 0.0, 4.0, 0.0, 0.0, 0.0]);
+    // A `y` equal to nothing in the window routes to the first maximum of x (the centre).
+    maxpool3x3s2_bwd(isa(), &s, &x, &[-5.0; 4], &[1.0, 2.0, 3.0, 4.0], &mut dx).unwrap();
     assert_eq!(dx, [0.0, 0.0, 0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 0.0]);
 }
 
@@ -119,6 +138,7 @@ fn global_avg_forward_matches_naive_and_backward_matches_finite_differences() {
         let r = projection(&mut rng, s.avg_y_len());
         let mut dx = vec![f32::NAN; s.x_len()];
         global_avg_bwd(isa(), &s, &r, &mut dx).unwrap();
+        assert_finite(&format!("{s:?} dx"), &dx);
         grad_check(&format!("{s:?} dx"), &x, &dx, 1e-2, 1e-2, 300, |xp| dot64(&r, &avg(&s, xp)));
     }
 }
