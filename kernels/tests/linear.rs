@@ -6,7 +6,7 @@ use common::{assert_close, dot64, grad_check, projection, Rng};
 use tinykd_kernels::act::Act;
 use tinykd_kernels::linear::{linear_bwd_input, linear_bwd_weight, linear_fwd};
 use tinykd_kernels::shape::Linear;
-use tinykd_kernels::{f16, Isa, KernelError};
+use tinykd_kernels::{f16, Isa, IsaKind, KernelError};
 
 const SHAPES: [Linear; 4] =
     [Linear::new(1, 1, 1), Linear::new(3, 5, 7), Linear::new(37, 17, 10), Linear::new(8, 33, 2)];
@@ -29,17 +29,23 @@ fn naive(s: &Linear, x: &[f32], w: &[f32], b: Option<&[f32]>, act: Act) -> Vec<f
 fn assert_finite(what: &str, v: &[f32]) {
     assert!(v.iter().all(|x| x.is_finite()), "{what}: non-finite value in {v:?}");
 }
+
+/// Every path this CPU can run (all three passes go through the GEMM, which has per-ISA paths).
+fn isas() -> Vec<Isa> {
+    IsaKind::ALL.iter().filter_map(|&k| Isa::force(k)).collect()
+}
+
 #[test]
 fn forward_matches_naive_f32() {
     let mut rng = Rng::new(1);
     for s in SHAPES {
         let (x, w, b) = (rng.vec(s.x_len()), rng.vec(s.w_len()), rng.vec(s.c_out));
         for act in [Act::None, Act::Relu] {
-            for bias in [None, Some(&b[..])] {
+            for (bias, isa) in [None, Some(&b[..])].into_iter().flat_map(|b| isas().into_iter().map(move |i| (b, i))) {
                 let mut y = vec![f32::NAN; s.y_len()];
-                linear_fwd(Isa::scalar(), &s, &x, &w, bias, act, &mut y).unwrap();
+                linear_fwd(isa, &s, &x, &w, bias, act, &mut y).unwrap();
                 assert_close(
-                    &format!("{s:?} {act:?} bias {}", bias.is_some()),
+                    &format!("{s:?} {act:?} bias {} {:?}", bias.is_some(), isa.kind()),
                     &y,
                     &naive(&s, &x, &w, bias, act),
                     1e-5,
@@ -102,6 +108,18 @@ fn gradients_match_finite_differences() {
         let mut dw2 = vec![f32::NAN; s.w_len()];
         linear_bwd_weight(Isa::scalar(), &s, &x, &r, &mut dw2, None).unwrap();
         assert_eq!(dw, dw2);
+
+        // Every other path agrees with the scalar specification.
+        for isa in isas() {
+            let (mut dx_i, mut dw_i, mut db_i) =
+                (vec![f32::NAN; dx.len()], vec![f32::NAN; dw.len()], vec![f32::NAN; s.c_out]);
+            linear_bwd_input(isa, &s, &r, &w, &mut dx_i).unwrap();
+            linear_bwd_weight(isa, &s, &x, &r, &mut dw_i, Some(&mut db_i)).unwrap();
+            let name = format!("{name} {:?}", isa.kind());
+            assert_close(&format!("{name} dx"), &dx_i, &dx, 1e-5, 1e-5);
+            assert_close(&format!("{name} dw"), &dw_i, &dw, 1e-5, 1e-5);
+            assert_close(&format!("{name} db"), &db_i, &db, 1e-5, 1e-5);
+        }
     }
 }
 
