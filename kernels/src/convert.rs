@@ -1,1 +1,196 @@
-//! (being written)
+//! f16 ↔ f32 conversion of whole slices: `dst[i] = f16(src[i])` (round to nearest even, the same
+//! bits as `half::f16::from_f32`) and `dst[i] = f32(src[i])` (exact).
+//!
+//! Paths: scalar (`half`), x86_64 F16C (`vcvtps2ph` / `vcvtph2ps`, 8 lanes, scalar tail) and
+//! aarch64 NEON (`fcvtn` / `fcvtl`, 4 lanes, scalar tail). The NEON f16 intrinsics
+//! (`vcvt_f16_f32`, `vcvt_f32_f16`) need the unstable `f16` primitive type in Rust 1.95, so the
+//! NEON path issues the two instructions through stable inline `asm!` on `uint16x4_t`
+//! registers. Both SIMD paths round to nearest even with the default rounding mode (MXCSR /
+//! FPCR as Rust programs run) and quiet NaNs the way `half` does, so every path yields the
+//! same bits for non-NaN inputs and a NaN for a NaN.
+
+use crate::elem::f16;
+use crate::error::{check_len, Result};
+use crate::isa::{Isa, IsaKind};
+
+/// `dst[i] = f16(src[i])`, round to nearest even (overflow → ±inf, NaN stays NaN).
+/// `dst.len()` must equal `src.len()`.
+pub fn f32_to_f16(isa: Isa, src: &[f32], dst: &mut [f16]) -> Result<()> {
+    check_len("dst", dst.len(), src.len())?;
+    match isa.kind() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an `Isa` of kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx2 => unsafe { x86::f32_to_f16(src, dst) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: an `Isa` of kind Neon exists only on aarch64 CPUs with NEON (isa.rs).
+        IsaKind::Neon => unsafe { arm::f32_to_f16(src, dst) },
+        _ => scalar_f32_to_f16(src, dst),
+    }
+    Ok(())
+}
+
+/// `dst[i] = f32(src[i])`, exact. `dst.len()` must equal `src.len()`.
+pub fn f16_to_f32(isa: Isa, src: &[f16], dst: &mut [f32]) -> Result<()> {
+    check_len("dst", dst.len(), src.len())?;
+    match isa.kind() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an `Isa` of kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx2 => unsafe { x86::f16_to_f32(src, dst) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: an `Isa` of kind Neon exists only on aarch64 CPUs with NEON (isa.rs).
+        IsaKind::Neon => unsafe { arm::f16_to_f32(src, dst) },
+        _ => scalar_f16_to_f32(src, dst),
+    }
+    Ok(())
+}
+
+/// The specification: `half`'s conversion element by element (`dst.len() == src.len()`).
+fn scalar_f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f16::from_f32(s);
+    }
+}
+
+/// The specification: `half`'s conversion element by element (`dst.len() == src.len()`).
+fn scalar_f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s.to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    //! F16C conversions, 8 lanes at a time.
+    use super::{f16, scalar_f32_to_f16};
+    use core::arch::x86_64::*;
+
+    /// `dst[i] = f16(src[i])` over `min(src.len(), dst.len())` elements.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+        let n = src.len().min(dst.len());
+        let body = n - n % 8;
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 8 <= n, so 8 f32 are readable at src[i..] and 8 f16 (16 bytes,
+            // `f16` is a transparent u16) writable at dst[i..]; unaligned load/store.
+            unsafe {
+                let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+            }
+            i += 8;
+        }
+        scalar_f32_to_f16(&src[body..n], &mut dst[body..n]);
+    }
+
+    /// `dst[i] = f32(src[i])` over `min(src.len(), dst.len())` elements.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        // SAFETY: `dst` has at least n writable elements; the caller vouches for the CPU.
+        unsafe { f16_to_f32_raw(&src[..n], dst.as_mut_ptr()) }
+    }
+
+    /// Writes `f32(src[i])` to `dst.add(i)` for every `i < src.len()` (used by GEMM packing,
+    /// whose destination is an uninitialised buffer).
+    ///
+    /// # Safety
+    /// `dst` is valid for `src.len()` f32 writes; the CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn f16_to_f32_raw(src: &[f16], dst: *mut f32) {
+        let n = src.len();
+        let body = n - n % 8;
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 8 <= n: 16 bytes of f16 readable at src[i..], 8 f32 writable at
+            // dst.add(i) (caller); unaligned load/store.
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+                _mm256_storeu_ps(dst.add(i), _mm256_cvtph_ps(h));
+            }
+            i += 8;
+        }
+        for (j, h) in src[body..].iter().enumerate() {
+            // SAFETY: body + j < n, writable by the caller's guarantee.
+            unsafe { dst.add(body + j).write(h.to_f32()) };
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod arm {
+    //! NEON conversions through `fcvtn` / `fcvtl` (4 lanes), issued with inline `asm!` because
+    //! the f16 intrinsics are unstable.
+    use super::{f16, scalar_f32_to_f16};
+    use core::arch::aarch64::*;
+    use core::arch::asm;
+
+    /// `dst[i] = f16(src[i])` over `min(src.len(), dst.len())` elements.
+    ///
+    /// # Safety
+    /// The CPU must support NEON (every aarch64 CPU does).
+    #[target_feature(enable = "neon")]
+    pub(crate) unsafe fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+        let n = src.len().min(dst.len());
+        let body = n - n % 4;
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 4 <= n: 4 f32 readable at src[i..], 4 f16 (8 bytes) writable at
+            // dst[i..]; `fcvtn` only reads and writes the named vector registers.
+            unsafe {
+                let v = vld1q_f32(src.as_ptr().add(i));
+                let h: uint16x4_t;
+                asm!("fcvtn {h:v}.4h, {v:v}.4s", v = in(vreg) v, h = lateout(vreg) h,
+                     options(pure, nomem, nostack, preserves_flags));
+                vst1_u16(dst.as_mut_ptr().add(i) as *mut u16, h);
+            }
+            i += 4;
+        }
+        scalar_f32_to_f16(&src[body..n], &mut dst[body..n]);
+    }
+
+    /// `dst[i] = f32(src[i])` over `min(src.len(), dst.len())` elements.
+    ///
+    /// # Safety
+    /// The CPU must support NEON (every aarch64 CPU does).
+    #[target_feature(enable = "neon")]
+    pub(crate) unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        // SAFETY: `dst` has at least n writable elements; the caller vouches for the CPU.
+        unsafe { f16_to_f32_raw(&src[..n], dst.as_mut_ptr()) }
+    }
+
+    /// Writes `f32(src[i])` to `dst.add(i)` for every `i < src.len()` (used by GEMM packing,
+    /// whose destination is an uninitialised buffer).
+    ///
+    /// # Safety
+    /// `dst` is valid for `src.len()` f32 writes; the CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub(crate) unsafe fn f16_to_f32_raw(src: &[f16], dst: *mut f32) {
+        let n = src.len();
+        let body = n - n % 4;
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 4 <= n: 8 bytes of f16 readable at src[i..], 4 f32 writable at
+            // dst.add(i) (caller); `fcvtl` only reads and writes the named vector registers.
+            unsafe {
+                let h = vld1_u16(src.as_ptr().add(i) as *const u16);
+                let v: float32x4_t;
+                asm!("fcvtl {v:v}.4s, {h:v}.4h", h = in(vreg) h, v = lateout(vreg) v,
+                     options(pure, nomem, nostack, preserves_flags));
+                vst1q_f32(dst.add(i), v);
+            }
+            i += 4;
+        }
+        for (j, h) in src[body..].iter().enumerate() {
+            // SAFETY: body + j < n, writable by the caller's guarantee.
+            unsafe { dst.add(body + j).write(h.to_f32()) };
+        }
+    }
+}

@@ -3,8 +3,33 @@
 //!
 //! This is the one GEMM every dense kernel (pointwise conv, fc, im2col KxK conv and their
 //! backward passes) goes through, so an ISA path added here speeds up all of them.
+//!
+//! Paths (chosen by the one `match` in [`gemm`]):
+//! - scalar (`scalar.rs`): the specification — each output one f32 dot product in k order,
+//!   register-blocked 4×4, no packing, no stack buffers (what a Cortex-M4F runs);
+//! - AVX2+FMA+F16C (`avx2.rs`): 6×16 micro-kernel, KC 256, MC 144, 160 KiB of packing
+//!   buffers on the stack;
+//! - NEON (`neon.rs`): 8×8 micro-kernel, KC 256, MC 128, 136 KiB of packing buffers;
+//! - the SIMD paths share the loop nest and the f16→f32-widening packers (`blocked.rs`).
+//!
+//! Accuracy contract: the SIMD paths sum in k order within each KC block, fuse multiply-adds
+//! and add the KC blocks into C one after another, so they do not match the scalar path bit
+//! for bit. Every path satisfies the standard dot-product bound
+//! `|C − C_exact| ≤ γ·(|α|·Σ_p |op(A)[i][p]·op(B)[p][j]| + |β·C₀[i][j]|)` with
+//! `γ = (k + 4)·2⁻²⁴` (f16 operands are widened exactly, so the bound holds for them too);
+//! the tests check each path against an f64 reference with that bound and the SIMD paths
+//! against the scalar path with twice it.
 
 mod scalar;
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod blocked;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 use crate::elem::Elem;
 use crate::error::{ensure, KernelError, Result};
@@ -110,7 +135,15 @@ pub fn gemm<A: Elem, B: Elem>(
         return Ok(());
     }
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::gemm(s, alpha, a, b, beta, c),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths checked above, m, n ≥ 1; an `Isa` of kind Avx2 exists only when the
+        // CPU has AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx2 => unsafe { avx2::gemm(s, alpha, a, b, beta, c) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: lengths checked above, m, n ≥ 1; an `Isa` of kind Neon exists only on
+        // aarch64 CPUs with NEON (isa.rs).
+        IsaKind::Neon => unsafe { neon::gemm(s, alpha, a, b, beta, c) },
+        _ => scalar::gemm(s, alpha, a, b, beta, c),
     }
     Ok(())
 }

@@ -1,0 +1,155 @@
+//! x86_64 AVX2+FMA path: `f32-gemm 6x16 fma3` micro-kernel (12 ymm accumulators, 2 B loads
+//! and 6 broadcasts per k step), KC = 256, MC = 144; f16 operands widened with F16C while
+//! packing. Packing buffers: 144·256 + 256·16 f32 = 160 KiB on the stack, 64-byte aligned.
+
+use super::blocked::{self, as_f16, as_f32, Buf, MicroKernel};
+use super::GemmShape;
+use crate::convert;
+use crate::elem::Elem;
+use core::arch::x86_64::*;
+
+const MR: usize = 6;
+const NR: usize = 16;
+const KC: usize = 256;
+const MC: usize = 144;
+
+/// `C = α·op(A)·op(B) + β·C` (see [`super::gemm`]).
+///
+/// # Safety
+/// The slices satisfy [`super::gemm`]'s length checks for `s`, `m, n ≥ 1`, and the CPU
+/// supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemm<A: Elem, B: Elem>(
+    s: &GemmShape,
+    alpha: f32,
+    a: &[A],
+    b: &[B],
+    beta: f32,
+    c: &mut [f32],
+) {
+    let mut abuf = Buf::<{ MC * KC }>::new();
+    let mut bbuf = Buf::<{ KC * NR }>::new();
+    // SAFETY: the buffers hold MC·KC and KC·NR f32 and are 64-byte aligned, MC is a multiple
+    // of MR, the caller guarantees the slice lengths and the CPU features.
+    unsafe {
+        blocked::run::<Fma6x16, A, B, MR, NR>(
+            s,
+            alpha,
+            a,
+            b,
+            beta,
+            c,
+            abuf.as_mut_ptr(),
+            KC,
+            MC,
+            bbuf.as_mut_ptr(),
+        )
+    }
+}
+
+/// The 6×16 AVX2+FMA micro-kernel.
+struct Fma6x16;
+
+impl MicroKernel for Fma6x16 {
+    const MR: usize = MR;
+    const NR: usize = NR;
+
+    #[inline(always)]
+    unsafe fn widen<E: Elem>(src: &[E], dst: *mut f32) {
+        if let Some(h) = as_f16(src) {
+            // SAFETY: `dst` is valid for `src.len()` writes (caller); F16C is present (caller).
+            unsafe { convert::x86::f16_to_f32_raw(h, dst) }
+        } else if let Some(x) = as_f32(src) {
+            // SAFETY: `dst` is valid for `x.len()` writes and cannot overlap a shared slice.
+            unsafe { core::ptr::copy_nonoverlapping(x.as_ptr(), dst, x.len()) }
+        } else {
+            for (i, v) in src.iter().enumerate() {
+                // SAFETY: i < src.len(), valid by the caller's guarantee.
+                unsafe { dst.add(i).write(v.to_f32()) };
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: forwarded verbatim; same contract.
+        unsafe { tile_6x16(kc, a, b, c, ldc, mr, nr, alpha, beta) }
+    }
+}
+
+/// See [`MicroKernel::tile`].
+///
+/// # Safety
+/// As [`MicroKernel::tile`] with MR = 6, NR = 16; the CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_6x16(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        // SAFETY: p < kc: the B panel holds kc·16 f32 (aligned, so each 8-lane row half is
+        // 32-byte aligned) and the A panel kc·6 f32.
+        unsafe {
+            let bp = b.add(p * NR);
+            let b0 = _mm256_load_ps(bp);
+            let b1 = _mm256_load_ps(bp.add(8));
+            let ap = a.add(p * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(r));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+        }
+    }
+    let va = _mm256_set1_ps(alpha);
+    if mr == MR && nr == NR {
+        let vb = _mm256_set1_ps(beta);
+        for (r, row) in acc.iter().enumerate() {
+            // SAFETY: a full tile: row r < 6, columns 0..16 are inside C (caller).
+            unsafe {
+                let cr = c.add(r * ldc);
+                for (h, &v) in row.iter().enumerate() {
+                    let d = cr.add(8 * h);
+                    let out = if beta == 0.0 {
+                        _mm256_mul_ps(va, v)
+                    } else if beta == 1.0 {
+                        _mm256_fmadd_ps(va, v, _mm256_loadu_ps(d))
+                    } else {
+                        _mm256_fmadd_ps(va, v, _mm256_mul_ps(vb, _mm256_loadu_ps(d)))
+                    };
+                    _mm256_storeu_ps(d, out);
+                }
+            }
+        }
+    } else {
+        let mut t = [0.0f32; MR * NR];
+        for (r, row) in acc.iter().enumerate() {
+            // SAFETY: t holds 6·16 f32; row r writes t[r·16 ..][.. 16].
+            unsafe {
+                _mm256_storeu_ps(t.as_mut_ptr().add(r * NR), row[0]);
+                _mm256_storeu_ps(t.as_mut_ptr().add(r * NR + 8), row[1]);
+            }
+        }
+        // SAFETY: t holds MR·NR values, the caller guarantees the mr×nr part of C.
+        unsafe { blocked::edge_epilogue::<NR>(&t, c, ldc, mr, nr, alpha, beta) };
+    }
+}

@@ -1,0 +1,277 @@
+//! The blocked GEMM loop nest shared by the SIMD paths, and operand packing.
+//!
+//! Loop order (BLIS-style, adapted to a fixed stack budget):
+//!
+//! ```text
+//! for p0 in k by KC:                      β applies on the first KC block only
+//!   for i0 in m by MC:   pack op(A)[i0.., p0..] → MR-row panels    (block stays in L2)
+//!     for j0 in n by NR: pack op(B)[p0.., j0..] → one NR-column panel (stays in L1)
+//!       for each MR-row panel: micro-kernel MR×NR over kc, α/β epilogue into C
+//! ```
+//!
+//! Each element of A is packed once; B is packed `⌈m/MC⌉` times, which with a large MC costs
+//! about `1/(2·MC)` of the arithmetic. f16 operands are widened to f32 while packing (by the
+//! kernel's [`MicroKernel::widen`], i.e. F16C / NEON `fcvtl`), never in the micro-kernel.
+//! Panels are zero-padded to MR/NR lanes, so the micro-kernel always runs a full tile; edge
+//! tiles are cut in its epilogue.
+
+use super::{scalar, GemmShape, Trans};
+use crate::elem::{f16, Elem};
+use core::any::TypeId;
+use core::mem::MaybeUninit;
+
+/// A 64-byte-aligned buffer of `N` f32, left uninitialised until it is packed (so a call does
+/// not pay for zeroing ~150 KB of stack).
+#[repr(C, align(64))]
+pub(super) struct Buf<const N: usize>(MaybeUninit<[f32; N]>);
+
+impl<const N: usize> Buf<N> {
+    /// An uninitialised buffer.
+    #[inline(always)]
+    pub(super) fn new() -> Self {
+        Buf(MaybeUninit::uninit())
+    }
+    /// Pointer to its first element (64-byte aligned).
+    #[inline(always)]
+    pub(super) fn as_mut_ptr(&mut self) -> *mut f32 {
+        self.0.as_mut_ptr() as *mut f32
+    }
+}
+
+/// `Some(x as &[f16])` when `E` is `f16`.
+#[inline(always)]
+pub(super) fn as_f16<E: Elem>(x: &[E]) -> Option<&[f16]> {
+    if TypeId::of::<E>() == TypeId::of::<f16>() {
+        // SAFETY: `E` is `f16` itself, so the pointer, length and lifetime are unchanged.
+        Some(unsafe { core::slice::from_raw_parts(x.as_ptr() as *const f16, x.len()) })
+    } else {
+        None
+    }
+}
+
+/// `Some(x as &[f32])` when `E` is `f32`.
+#[inline(always)]
+pub(super) fn as_f32<E: Elem>(x: &[E]) -> Option<&[f32]> {
+    if TypeId::of::<E>() == TypeId::of::<f32>() {
+        // SAFETY: `E` is `f32` itself, so the pointer, length and lifetime are unchanged.
+        Some(unsafe { core::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+    } else {
+        None
+    }
+}
+
+/// One ISA's register-blocked micro-kernel and its widening routine.
+pub(super) trait MicroKernel {
+    /// Rows of a tile (lanes of an A panel).
+    const MR: usize;
+    /// Columns of a tile (lanes of a B panel).
+    const NR: usize;
+
+    /// Writes `src[i]` widened to f32 to `dst.add(i)` for every `i < src.len()`.
+    ///
+    /// # Safety
+    /// `dst` is valid for `src.len()` f32 writes and the CPU supports the kernel's ISA.
+    unsafe fn widen<E: Elem>(src: &[E], dst: *mut f32);
+
+    /// `C[..mr][..nr] = α·(Ã·B̃) + β·C` (only written when `β = 0`), where `Ã` is an MR-row
+    /// panel `a[p·MR + r]` and `B̃` an NR-column panel `b[p·NR + j]`, both `kc` deep.
+    ///
+    /// # Safety
+    /// `a` is readable for `kc·MR` f32, `b` for `kc·NR` f32 and 32-byte aligned; `c` is
+    /// valid for reads and writes at `c.add(r·ldc + j)` for `r < mr ≤ MR`, `j < nr ≤ NR`;
+    /// `kc ≥ 1`; the CPU supports the kernel's ISA.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        alpha: f32,
+        beta: f32,
+    );
+}
+
+/// Packs an `L`-lane, `kc`-deep panel of a stored matrix `x` (row stride `ld`) into
+/// `dst[p·L + l]`: lane `l < nl` at depth `p` is `x[(d0+p)·ld + lane0+l]` when the lanes are
+/// contiguous in memory (`lanes_contig`), else `x[(lane0+l)·ld + d0+p]`. Lanes `≥ nl` are 0.
+///
+/// # Safety
+/// `dst` is valid for `kc·L` f32 writes; every element named above is inside `x` (else this
+/// panics); the CPU supports `K`'s ISA.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_panel<K: MicroKernel, E: Elem, const L: usize>(
+    x: &[E],
+    lanes_contig: bool,
+    ld: usize,
+    lane0: usize,
+    nl: usize,
+    d0: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
+    if lanes_contig {
+        for p in 0..kc {
+            let run = &x[(d0 + p) * ld + lane0..][..nl];
+            // SAFETY: p < kc, so `dst.add(p·L)` starts L in-bounds slots; `nl ≤ L` are widened
+            // and the rest zeroed.
+            unsafe {
+                let out = dst.add(p * L);
+                K::widen(run, out);
+                for l in nl..L {
+                    out.add(l).write(0.0);
+                }
+            }
+        }
+    } else {
+        const CHUNK: usize = 32;
+        let mut tmp = [0.0f32; CHUNK];
+        for l in 0..nl {
+            let run = &x[(lane0 + l) * ld + d0..][..kc];
+            if let Some(run) = as_f32(run) {
+                for (p, &v) in run.iter().enumerate() {
+                    // SAFETY: p < kc and l < L: inside the `kc·L` slots of `dst`.
+                    unsafe { dst.add(p * L + l).write(v) };
+                }
+                continue;
+            }
+            for (ci, chunk) in run.chunks(CHUNK).enumerate() {
+                // SAFETY: `chunk.len() ≤ CHUNK` slots of `tmp`; then (ci·CHUNK + q) < kc and
+                // l < L index inside the `kc·L` slots of `dst`.
+                unsafe {
+                    K::widen(chunk, tmp.as_mut_ptr());
+                    for (q, &v) in tmp[..chunk.len()].iter().enumerate() {
+                        dst.add((ci * CHUNK + q) * L + l).write(v);
+                    }
+                }
+            }
+        }
+        for l in nl..L {
+            for p in 0..kc {
+                // SAFETY: p < kc and l < L: inside the `kc·L` slots of `dst`.
+                unsafe { dst.add(p * L + l).write(0.0) };
+            }
+        }
+    }
+}
+
+/// `C = α·op(A)·op(B) + β·C` by the loop nest in the module docs, with packing buffers
+/// `abuf` (`mc_max·kc_max` f32) and `bbuf` (`kc_max·NR` f32).
+///
+/// # Safety
+/// The slices satisfy the length checks of [`super::gemm`] for `s`; `m, n ≥ 1`; `abuf` and
+/// `bbuf` are valid for reads and writes of the sizes above and 32-byte aligned; `mc_max` is a
+/// positive multiple of `MR`, `kc_max ≥ 1`; the CPU supports `K`'s ISA. (`MR`, `NR` repeat
+/// `K::MR`, `K::NR` as const parameters; a mismatch fails to compile.)
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, const NR: usize>(
+    s: &GemmShape,
+    alpha: f32,
+    a: &[A],
+    b: &[B],
+    beta: f32,
+    c: &mut [f32],
+    abuf: *mut f32,
+    kc_max: usize,
+    mc_max: usize,
+    bbuf: *mut f32,
+) {
+    const { assert!(MR == K::MR && NR == K::NR) };
+    debug_assert!(mc_max % MR == 0);
+    if s.k == 0 {
+        scalar::gemm(s, alpha, a, b, beta, c);
+        return;
+    }
+    let cp = c.as_mut_ptr();
+    let mut p0 = 0;
+    while p0 < s.k {
+        let kc = kc_max.min(s.k - p0);
+        let beta_p = if p0 == 0 { beta } else { 1.0 };
+        let mut i0 = 0;
+        while i0 < s.m {
+            let mc = mc_max.min(s.m - i0);
+            let panels = mc.div_ceil(MR);
+            for ir in 0..panels {
+                let mr = MR.min(mc - ir * MR);
+                // SAFETY: panel `ir` occupies abuf[ir·MR·kc ..][.. MR·kc], inside
+                // `mc_max·kc_max` since ir < ⌈mc/MR⌉ ≤ mc_max/MR and kc ≤ kc_max; the A
+                // elements read are inside `a` by the caller's length checks.
+                unsafe {
+                    pack_panel::<K, A, MR>(
+                        a,
+                        s.ta == Trans::T,
+                        s.lda,
+                        i0 + ir * MR,
+                        mr,
+                        p0,
+                        kc,
+                        abuf.add(ir * MR * kc),
+                    )
+                };
+            }
+            let mut j0 = 0;
+            while j0 < s.n {
+                let nr = NR.min(s.n - j0);
+                // SAFETY: the B panel takes `kc·NR ≤ kc_max·NR` slots of `bbuf`; the B
+                // elements read are inside `b` by the caller's length checks.
+                unsafe { pack_panel::<K, B, NR>(b, s.tb == Trans::N, s.ldb, j0, nr, p0, kc, bbuf) };
+                for ir in 0..panels {
+                    let mr = MR.min(mc - ir * MR);
+                    let row = i0 + ir * MR;
+                    // SAFETY: both panels were packed above (`kc·MR` and `kc·NR` f32, `bbuf`
+                    // aligned); the tile's C elements (row+r)·ldc + j0+j for r < mr, j < nr are
+                    // inside `c` because the caller checked `c.len() ≥ (m−1)·ldc + n`.
+                    unsafe {
+                        K::tile(
+                            kc,
+                            abuf.add(ir * MR * kc),
+                            bbuf,
+                            cp.add(row * s.ldc + j0),
+                            s.ldc,
+                            mr,
+                            nr,
+                            alpha,
+                            beta_p,
+                        )
+                    };
+                }
+                j0 += NR;
+            }
+            i0 += mc_max;
+        }
+        p0 += kc_max;
+    }
+}
+
+/// The α/β epilogue of an edge tile, from an accumulator tile `acc[r·NR + j]`:
+/// `C[r][j] = α·acc + β·C` for `r < mr`, `j < nr` (C only written when `β = 0`).
+///
+/// # Safety
+/// `c` is valid for reads and writes at `c.add(r·ldc + j)` for `r < mr`, `j < nr`, and
+/// `acc.len() ≥ mr·NR`, `nr ≤ NR`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn edge_epilogue<const NR: usize>(
+    acc: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    for r in 0..mr {
+        for j in 0..nr {
+            let t = alpha * acc[r * NR + j];
+            // SAFETY: r < mr and j < nr, covered by the caller's guarantee on `c`.
+            unsafe {
+                let d = c.add(r * ldc + j);
+                *d = if beta == 0.0 { t } else { t + beta * *d };
+            }
+        }
+    }
+}

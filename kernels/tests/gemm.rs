@@ -1,0 +1,269 @@
+//! GEMM: every available ISA path against the scalar path and an independent f64 triple loop,
+//! over shapes that hit every micro-kernel tail and cross the KC/MC blocking, all four
+//! transpose combinations, padded leading dimensions (padding filled with NaN, so reading it
+//! would show), α ≠ 1, β ∈ {0, 1, 0.5} (β = 0 over a NaN-filled C) and f16 A and/or B.
+//!
+//! Tolerance (the contract in `gemm/mod.rs`): `|C − C_exact| ≤ (k+4)·2⁻²⁴·(|α|·Σ|a·b| + |β·C₀|)`
+//! against f64, twice that between a SIMD path and the scalar path.
+
+mod common;
+
+use common::Rng;
+use tinykd_kernels::gemm::{gemm, GemmShape, Trans};
+use tinykd_kernels::{f16, Elem, Isa, IsaKind, KernelError};
+
+/// Every ISA this CPU can run (always including scalar), printed so the log shows which ran.
+fn isas() -> Vec<Isa> {
+    let v: Vec<Isa> = IsaKind::ALL.iter().filter_map(|&k| Isa::force(k)).collect();
+    let names: Vec<&str> = v.iter().map(|i| i.kind().name()).collect();
+    let skipped: Vec<&str> =
+        IsaKind::ALL.iter().filter(|k| Isa::force(**k).is_none()).map(|k| k.name()).collect();
+    eprintln!("gemm paths tested: {names:?}; unavailable here: {skipped:?}");
+    v
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: Trans,
+    tb: Trans,
+    /// Extra elements at the end of every stored row of A, B and C.
+    pad: usize,
+    alpha: f32,
+    beta: f32,
+}
+
+impl Case {
+    fn shape(&self) -> GemmShape {
+        let (ac, bc) = (self.a_dims().1, self.b_dims().1);
+        GemmShape {
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            ta: self.ta,
+            tb: self.tb,
+            lda: ac + self.pad,
+            ldb: bc + self.pad,
+            ldc: self.n + self.pad,
+        }
+    }
+    fn a_dims(&self) -> (usize, usize) {
+        match self.ta {
+            Trans::N => (self.m, self.k),
+            Trans::T => (self.k, self.m),
+        }
+    }
+    fn b_dims(&self) -> (usize, usize) {
+        match self.tb {
+            Trans::N => (self.k, self.n),
+            Trans::T => (self.n, self.k),
+        }
+    }
+}
+
+/// A stored `rows×cols` matrix with row stride `cols + pad`: values uniform in [-1, 1),
+/// padding NaN, exactly the minimum length.
+fn stored(rng: &mut Rng, rows: usize, cols: usize, pad: usize) -> Vec<f32> {
+    let ld = cols + pad;
+    let len = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };
+    (0..len).map(|i| if i % ld < cols { rng.uniform(-1.0, 1.0) } else { f32::NAN }).collect()
+}
+
+/// Independent reference: `(value, error scale)` per C element, in f64 from the stored
+/// (already rounded) operands.
+fn reference(cs: &Case, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<(f64, f64)> {
+    let s = cs.shape();
+    let mut out = Vec::with_capacity(cs.m * cs.n);
+    for i in 0..cs.m {
+        for j in 0..cs.n {
+            let (mut acc, mut mag) = (0.0f64, 0.0f64);
+            for p in 0..cs.k {
+                let x = match cs.ta {
+                    Trans::N => a[i * s.lda + p],
+                    Trans::T => a[p * s.lda + i],
+                } as f64;
+                let y = match cs.tb {
+                    Trans::N => b[p * s.ldb + j],
+                    Trans::T => b[j * s.ldb + p],
+                } as f64;
+                acc += x * y;
+                mag += (x * y).abs();
+            }
+            let alpha = cs.alpha as f64;
+            let (bc, bmag) = if cs.beta == 0.0 {
+                (0.0, 0.0)
+            } else {
+                let v = cs.beta as f64 * c0[i * s.ldc + j] as f64;
+                (v, v.abs())
+            };
+            out.push((alpha * acc + bc, alpha.abs() * mag + bmag));
+        }
+    }
+    out
+}
+
+/// Runs `cs` with A stored as `EA` and B as `EB` on every ISA, checking against f64 and
+/// against the scalar path; also that C's row padding is untouched.
+fn check_case<EA: Elem, EB: Elem>(isas: &[Isa], rng: &mut Rng, cs: &Case) {
+    let s = cs.shape();
+    let (ar, ac) = cs.a_dims();
+    let (br, bc) = cs.b_dims();
+    let a: Vec<EA> = stored(rng, ar, ac, cs.pad).into_iter().map(EA::from_f32).collect();
+    let b: Vec<EB> = stored(rng, br, bc, cs.pad).into_iter().map(EB::from_f32).collect();
+    let a32: Vec<f32> = a.iter().map(|v| v.to_f32()).collect();
+    let b32: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+    let mut c0 = stored(rng, cs.m, cs.n, cs.pad);
+    if cs.beta == 0.0 {
+        c0.iter_mut().for_each(|v| *v = f32::NAN);
+    }
+    // Row padding of C gets a sentinel that must survive.
+    for (idx, v) in c0.iter_mut().enumerate() {
+        if idx % s.ldc >= cs.n {
+            *v = 7.25;
+        }
+    }
+    let want = reference(cs, &a32, &b32, &c0);
+    let gamma = (cs.k as f64 + 4.0) * 2f64.powi(-24);
+    let tag = format!("{cs:?} A:{:?} B:{:?}", EA::DTYPE, EB::DTYPE);
+
+    let mut spec = c0.clone();
+    gemm(Isa::scalar(), &s, cs.alpha, &a, &b, cs.beta, &mut spec).unwrap();
+    for isa in isas {
+        let mut c = c0.clone();
+        gemm(*isa, &s, cs.alpha, &a, &b, cs.beta, &mut c).unwrap();
+        let name = isa.kind().name();
+        for i in 0..cs.m {
+            for j in 0..cs.n {
+                let idx = i * s.ldc + j;
+                let (w, mag) = want[i * cs.n + j];
+                let tol = gamma * mag + 1e-30;
+                let g = c[idx] as f64;
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{name} {tag}: C[{i}][{j}] = {g}, f64 reference {w} (tol {tol:e})"
+                );
+                let sp = spec[idx] as f64;
+                assert!(
+                    (g - sp).abs() <= 2.0 * tol,
+                    "{name} {tag}: C[{i}][{j}] = {g}, scalar path {sp} (tol {:e})",
+                    2.0 * tol
+                );
+            }
+            for j in cs.n..s.ldc.min(c.len() - i * s.ldc) {
+                assert_eq!(c[i * s.ldc + j], 7.25, "{name} {tag}: C row padding [{i}][{j}] written");
+            }
+        }
+    }
+}
+
+/// Dispatches on a storage combination index: 0 f32·f32, 1 f16·f32, 2 f32·f16, 3 f16·f16.
+fn check_dtypes(isas: &[Isa], rng: &mut Rng, cs: &Case, dtypes: usize) {
+    match dtypes % 4 {
+        0 => check_case::<f32, f32>(isas, rng, cs),
+        1 => check_case::<f16, f32>(isas, rng, cs),
+        2 => check_case::<f32, f16>(isas, rng, cs),
+        _ => check_case::<f16, f16>(isas, rng, cs),
+    }
+}
+
+const TRANS: [(Trans, Trans); 4] =
+    [(Trans::N, Trans::N), (Trans::T, Trans::N), (Trans::N, Trans::T), (Trans::T, Trans::T)];
+const ALPHAS: [f32; 3] = [1.0, -0.75, 2.5];
+const BETAS: [f32; 3] = [0.0, 1.0, 0.5];
+
+/// Every micro-kernel tail: m and n below, at and above MR/NR (6/16 on AVX2, 8/8 on NEON,
+/// 4/4 scalar) and their multiples, cycling α, β, padding and dtypes.
+#[test]
+fn tails_all_transposes() {
+    let isas = isas();
+    let mut rng = Rng::new(1);
+    let dims = [1usize, 2, 5, 6, 7, 8, 9, 15, 16, 17, 31, 33];
+    let ks = [1usize, 2, 7, 16, 33];
+    let mut idx = 0usize;
+    for &m in &dims {
+        for &n in &dims {
+            for &k in &ks {
+                for &(ta, tb) in &TRANS {
+                    let cs = Case {
+                        m,
+                        n,
+                        k,
+                        ta,
+                        tb,
+                        pad: [0, 3][idx % 2],
+                        alpha: ALPHAS[idx % 3],
+                        beta: BETAS[(idx / 3) % 3],
+                    };
+                    check_dtypes(&isas, &mut rng, &cs, idx / 9);
+                    idx += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Shapes crossing the blocking: k > KC (256), m > MC (144 AVX2, 128 NEON), several NR
+/// panels, with every β, both pads and all dtype combinations.
+#[test]
+fn blocking_boundaries() {
+    let isas = isas();
+    let mut rng = Rng::new(2);
+    let shapes = [(150, 40, 300), (289, 33, 257), (100, 257, 64), (7, 100, 513), (145, 17, 256)];
+    let mut idx = 0usize;
+    for &(m, n, k) in &shapes {
+        for &(ta, tb) in &TRANS {
+            let cs = Case { m, n, k, ta, tb, pad: idx % 2 * 5, alpha: ALPHAS[idx % 3], beta: BETAS[idx % 3] };
+            check_dtypes(&isas, &mut rng, &cs, idx);
+            idx += 1;
+        }
+    }
+}
+
+/// Model layer shapes: pointwise conv (m = n·h·w), fc, an im2col tile, 256³ with f16 weights.
+#[test]
+fn model_shapes() {
+    let isas = isas();
+    let mut rng = Rng::new(3);
+    let shapes = [(256, 64, 32), (64, 10, 1024), (64, 64, 9 * 32), (256, 256, 256)];
+    for (idx, &(m, n, k)) in shapes.iter().enumerate() {
+        for dtypes in [0, 2] {
+            let cs = Case { m, n, k, ta: Trans::N, tb: Trans::N, pad: 0, alpha: 1.0, beta: 0.0 };
+            check_dtypes(&isas, &mut rng, &cs, dtypes + idx % 2);
+        }
+    }
+}
+
+/// `k = 0` gives `C = β·C` (zeros for β = 0, even over NaN).
+#[test]
+fn empty_k_scales_c() {
+    for isa in isas() {
+        for beta in [0.0f32, 0.5] {
+            let s = GemmShape::nn(3, 5, 0);
+            let mut c = vec![if beta == 0.0 { f32::NAN } else { 2.0 }; 15];
+            gemm::<f32, f32>(isa, &s, 1.5, &[], &[], beta, &mut c).unwrap();
+            let want = if beta == 0.0 { 0.0 } else { 1.0 };
+            assert!(c.iter().all(|&v| v == want), "{:?} β={beta}: {c:?}", isa.kind());
+        }
+    }
+}
+
+/// Short slices and a leading dimension below the row length are errors, and C is untouched.
+#[test]
+fn bad_arguments_are_errors() {
+    for isa in isas() {
+        let s = GemmShape::nn(4, 5, 6);
+        let (a, b) = (vec![1.0f32; 24], vec![1.0f32; 30]);
+        let mut c = vec![9.0f32; 20];
+        let e = gemm(isa, &s, 1.0, &a[..23], &b, 0.0, &mut c).unwrap_err();
+        assert_eq!(e, KernelError::Len { arg: "a", expected: 24, got: 23 });
+        let e = gemm(isa, &s, 1.0, &a, &b[..29], 0.0, &mut c).unwrap_err();
+        assert_eq!(e, KernelError::Len { arg: "b", expected: 30, got: 29 });
+        let e = gemm(isa, &s, 1.0, &a, &b, 0.0, &mut c[..19]).unwrap_err();
+        assert_eq!(e, KernelError::Len { arg: "c", expected: 20, got: 19 });
+        let bad = GemmShape { ldc: 4, ..s };
+        assert!(matches!(gemm(isa, &bad, 1.0, &a, &b, 0.0, &mut c), Err(KernelError::Shape(_))));
+        assert!(c.iter().all(|&v| v == 9.0));
+    }
+}
