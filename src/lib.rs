@@ -14,5 +14,14 @@ pub use tinykd_kernels as kernels;
 pub mod crc32;
 pub mod weights;
 
+pub mod graph;
+pub mod models;
+pub mod plan;
+pub mod engine;
+#[cfg(feature = "std")]
+pub mod params;
+#[cfg(feature = "std")]
+pub mod fold;
+
 #[cfg(feature = "std")]
 pub mod host;

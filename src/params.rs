@@ -1,0 +1,130 @@
+//! A named f32 store of every trainable parameter and batch-norm statistic of a model (`std`).
+//!
+//! [`ParamStore::init`] creates them in program order with deterministic initial values:
+//! conv and fc weights He/Kaiming-uniform `U(−√(6/fan_in), √(6/fan_in))` (fan_in = `k·k·c_in`
+//! for a conv, 9 for a depthwise conv, `c_in` for the fc), fc offset 0, BN scale 1, offset 0,
+//! mean 0, variance 1. Each tensor draws from its own SplitMix64 stream seeded by the global
+//! seed and the tensor's name, so values do not depend on the order tensors are created in.
+
+use std::collections::HashMap;
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+use crate::config::ModelConfig;
+use crate::graph::{OpKind, ParamRole, VarKind};
+use crate::models::{self, ModelError};
+use crate::weights::TensorOut;
+
+/// One named tensor of a [`ParamStore`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    /// Its name, e.g. `conv1_weights`, `conv1_bn_mean`.
+    pub name: String,
+    /// Its dims (conv HWIO, depthwise HWC, fc IO, per-channel vectors 1-D).
+    pub dims: Vec<usize>,
+    /// Parameter or statistic.
+    pub kind: VarKind,
+    /// Its elements, row-major.
+    pub data: Vec<f32>,
+}
+
+/// All parameters and statistics of one model, in program order, looked up by name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamStore {
+    config: ModelConfig,
+    params: Vec<Param>,
+    index: HashMap<String, usize>,
+}
+
+impl ParamStore {
+    /// Every parameter and statistic of `cfg`, initialised deterministically from `seed` (see
+    /// the [module docs](self)).
+    pub fn init(cfg: &ModelConfig, seed: u64) -> Result<ParamStore, ModelError> {
+        let prog = models::program(cfg)?;
+        let mut params = Vec::new();
+        for op in prog.ops() {
+            for spec in prog.params(op).iter() {
+                let name = spec.name().to_string();
+                let dims = spec.dims.as_slice().to_vec();
+                let numel = spec.dims.numel();
+                let data = match (spec.role, op.kind) {
+                    (ParamRole::Weights, _) => {
+                        let fan_in = match op.kind {
+                            OpKind::DwConv { .. } => 9,
+                            _ => numel / dims[dims.len() - 1],
+                        };
+                        let bound = (6.0 / fan_in as f64).sqrt();
+                        let mut rng = SplitMix64::new(seed ^ fnv1a(&name));
+                        (0..numel).map(|_| ((2.0 * rng.unit() - 1.0) * bound) as f32).collect()
+                    }
+                    (ParamRole::Scale | ParamRole::Variance, _) => vec![1.0; numel],
+                    _ => vec![0.0; numel],
+                };
+                params.push(Param { name, dims, kind: spec.kind(), data });
+            }
+        }
+        let index = params.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+        Ok(ParamStore { config: *cfg, params, index })
+    }
+
+    /// The configuration the store was created for.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// All tensors in program order.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// All tensors in program order, mutably (names and dims should not be changed).
+    pub fn params_mut(&mut self) -> &mut [Param] {
+        &mut self.params
+    }
+
+    /// The tensor `name`.
+    pub fn get(&self, name: &str) -> Option<&Param> {
+        self.index.get(name).map(|&i| &self.params[i])
+    }
+
+    /// The tensor `name`, mutably.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Param> {
+        self.index.get(name).map(|&i| &mut self.params[i])
+    }
+
+    /// Total elements of the tensors of `kind`.
+    pub fn count(&self, kind: VarKind) -> usize {
+        self.params.iter().filter(|p| p.kind == kind).map(|p| p.data.len()).sum()
+    }
+
+    /// Every tensor as a [`TensorOut`] for [`crate::weights::to_bytes`] (a
+    /// [`FileKind::Params`](crate::weights::FileKind::Params) file).
+    pub fn to_tensors(&self) -> Vec<TensorOut<'_>> {
+        self.params.iter().map(|p| TensorOut { name: &p.name, dims: &p.dims, data: &p.data }).collect()
+    }
+}
+
+/// FNV-1a hash of a name (seeds each tensor's stream).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// SplitMix64: a small, fast, well-mixed deterministic generator for initial values.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1) with 53 bits.
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
