@@ -1,0 +1,351 @@
+//! CIFAR-10, binary version: reader, writer, normalisation to NHWC f32 and augmentation.
+//!
+//! A CIFAR-10 binary file is a sequence of 3073-byte records: one label byte (0..=9) and
+//! 3072 pixel bytes in CHW order (1024 red, 1024 green, 1024 blue, each a row-major 32x32
+//! plane). A dataset directory holds `data_batch_1.bin` .. `data_batch_5.bin` (training; any
+//! of them, read in that order) and `test_batch.bin` (test), and optionally
+//! `batches.meta.txt` with one class name per line.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::rng::Rng;
+use crate::host::atomic::write_atomic;
+
+/// Image height in pixels.
+pub const IMAGE_H: usize = 32;
+/// Image width in pixels.
+pub const IMAGE_W: usize = 32;
+/// Colour channels.
+pub const IMAGE_C: usize = 3;
+/// Bytes of one image (CHW).
+pub const IMAGE_BYTES: usize = IMAGE_H * IMAGE_W * IMAGE_C;
+/// Bytes of one record: label + image.
+pub const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
+/// Number of classes; labels are `0..NUM_CLASSES`.
+pub const NUM_CLASSES: usize = 10;
+/// Training files, in the order they are read.
+pub const TRAIN_FILES: [&str; 5] =
+    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+/// The test file.
+pub const TEST_FILE: &str = "test_batch.bin";
+/// The optional class-name file (one name per line).
+pub const META_FILE: &str = "batches.meta.txt";
+/// CIFAR-10's class names, used when a directory has no `batches.meta.txt`.
+pub const CIFAR10_CLASSES: [&str; NUM_CLASSES] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+
+/// What went wrong reading or writing a CIFAR-format dataset. Every variant names the file.
+#[derive(Debug)]
+pub enum DataError {
+    /// The dataset directory does not exist or is not a directory.
+    DirMissing { dir: PathBuf },
+    /// None of `data_batch_1.bin` .. `data_batch_5.bin` exists.
+    NoTrainFiles { dir: PathBuf },
+    /// `test_batch.bin` does not exist.
+    TestMissing { path: PathBuf },
+    /// A file has no bytes.
+    Empty { path: PathBuf },
+    /// A file's length is not a multiple of [`RECORD_BYTES`].
+    Truncated { path: PathBuf, len: u64 },
+    /// A record's label byte is not in `0..=9`.
+    BadLabel { path: PathBuf, record: usize, value: u8 },
+    /// Reading or writing failed.
+    Io { path: PathBuf, source: io::Error },
+    /// Inputs given to a writer or generator are inconsistent.
+    Invalid { what: String },
+}
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataError::DirMissing { dir } => {
+                write!(f, "dataset directory {} does not exist or is not a directory", dir.display())
+            }
+            DataError::NoTrainFiles { dir } => write!(
+                f,
+                "dataset directory {} has no training file (expected at least one of data_batch_1.bin .. data_batch_5.bin)",
+                dir.display()
+            ),
+            DataError::TestMissing { path } => write!(f, "test file {} is missing", path.display()),
+            DataError::Empty { path } => write!(f, "file {} is empty (0 bytes)", path.display()),
+            DataError::Truncated { path, len } => write!(
+                f,
+                "file {} has {len} bytes, which is not a whole number of {RECORD_BYTES}-byte records; truncated?",
+                path.display()
+            ),
+            DataError::BadLabel { path, record, value } => write!(
+                f,
+                "file {}: record {record} has label {value}, but labels must be 0..={}",
+                path.display(),
+                NUM_CLASSES - 1
+            ),
+            DataError::Io { path, source } => write!(f, "cannot access {}: {source}", path.display()),
+            DataError::Invalid { what } => write!(f, "{what}"),
+        }
+    }
+}
+
+impl std::error::Error for DataError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DataError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Labelled 32x32 RGB images, stored as read: CHW `u8` per record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataset {
+    /// `len() * IMAGE_BYTES` bytes, image `i` at `i * IMAGE_BYTES`, CHW.
+    pub images: Vec<u8>,
+    /// One label per image, each `< NUM_CLASSES`.
+    pub labels: Vec<u8>,
+    /// Class names, `NUM_CLASSES` of them.
+    pub class_names: Vec<String>,
+}
+
+impl Dataset {
+    /// A dataset from labels and CHW images, checking lengths and labels; class names are
+    /// CIFAR-10's.
+    pub fn new(labels: Vec<u8>, images: Vec<u8>) -> Result<Self, DataError> {
+        check_records(&labels, &images)?;
+        Ok(Dataset { images, labels, class_names: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect() })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Image `i`, CHW bytes. Panics if `i >= len()`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+    }
+
+    /// Label of image `i`. Panics if `i >= len()`.
+    pub fn label(&self, i: usize) -> u8 {
+        self.labels[i]
+    }
+
+    /// How many images each class has.
+    pub fn class_counts(&self) -> [usize; NUM_CLASSES] {
+        let mut counts = [0; NUM_CLASSES];
+        for &l in &self.labels {
+            counts[l as usize] += 1;
+        }
+        counts
+    }
+
+    /// The images at `indices` as a normalised NHWC f32 batch (`(x − 127.5)/127.5`), written to
+    /// `out` (resized to `indices.len() * IMAGE_BYTES`). Panics if an index is out of range.
+    pub fn batch_nhwc(&self, indices: &[usize], out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(indices.len() * IMAGE_BYTES, 0.0);
+        for (&i, dst) in indices.iter().zip(out.chunks_exact_mut(IMAGE_BYTES)) {
+            to_nhwc_f32(self.image(i), dst);
+        }
+    }
+
+    /// Like [`Dataset::batch_nhwc`], with each image augmented by a draw of `aug` from `rng`.
+    pub fn batch_nhwc_augmented(&self, indices: &[usize], aug: &Augment, rng: &mut Rng, out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(indices.len() * IMAGE_BYTES, 0.0);
+        for (&i, dst) in indices.iter().zip(out.chunks_exact_mut(IMAGE_BYTES)) {
+            let draw = aug.draw(rng);
+            augment_to_nhwc_f32(self.image(i), &draw, dst);
+        }
+    }
+
+    /// The labels at `indices`.
+    pub fn batch_labels(&self, indices: &[usize]) -> Vec<u8> {
+        indices.iter().map(|&i| self.labels[i]).collect()
+    }
+}
+
+/// The tutorial's input transform of one pixel: `(x − 127.5)/127.5`, into [-1, 1].
+#[inline]
+pub fn normalize_pixel(x: u8) -> f32 {
+    (x as f32 - 127.5) / 127.5
+}
+
+/// One CHW `u8` image → normalised HWC f32. `chw.len()` and `hwc.len()` must be
+/// [`IMAGE_BYTES`] (panics otherwise).
+pub fn to_nhwc_f32(chw: &[u8], hwc: &mut [f32]) {
+    augment_to_nhwc_f32(chw, &AugDraw::IDENTITY, hwc);
+}
+
+/// Augmentation policy: random crop after zero padding, random horizontal flip.
+///
+/// The padding is zero in the *normalised* domain, i.e. the value 0.0 of a pixel 127.5
+/// (mid grey), so padding is neutral for the network; in raw pixels it is mid grey, not black.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Augment {
+    /// Padding on each side before a 32x32 crop (0 disables cropping).
+    pub pad: usize,
+    /// Flip horizontally with probability 1/2.
+    pub flip: bool,
+}
+
+impl Default for Augment {
+    /// The usual CIFAR policy: 4-pixel padding, random flips.
+    fn default() -> Self {
+        Augment { pad: 4, flip: true }
+    }
+}
+
+/// One random outcome of an [`Augment`]: the crop's shift and whether to flip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AugDraw {
+    /// Vertical shift in `-pad..=pad`: output row `y` reads input row `y + dy`.
+    pub dy: i32,
+    /// Horizontal shift in `-pad..=pad`: (unflipped) output column `x` reads input column `x + dx`.
+    pub dx: i32,
+    /// Mirror the cropped image left–right.
+    pub flip: bool,
+}
+
+impl AugDraw {
+    /// No change.
+    pub const IDENTITY: AugDraw = AugDraw { dy: 0, dx: 0, flip: false };
+}
+
+impl Augment {
+    /// Draws a crop offset (uniform over the `(2·pad+1)²` positions) and a flip.
+    pub fn draw(&self, rng: &mut Rng) -> AugDraw {
+        let span = 2 * self.pad + 1;
+        let dy = rng.below(span) as i32 - self.pad as i32;
+        let dx = rng.below(span) as i32 - self.pad as i32;
+        let flip = self.flip && rng.coin();
+        AugDraw { dy, dx, flip }
+    }
+}
+
+/// One CHW `u8` image → normalised HWC f32, cropped and flipped by `draw`:
+/// `out[y][x][c] = norm(in[c][y+dy][x'+dx])` with `x' = W−1−x` when flipping, else `x`; pixels
+/// outside the image are 0.0 (normalised zero padding). Panics unless both lengths are
+/// [`IMAGE_BYTES`].
+pub fn augment_to_nhwc_f32(chw: &[u8], draw: &AugDraw, hwc: &mut [f32]) {
+    assert_eq!(chw.len(), IMAGE_BYTES, "CHW image length");
+    assert_eq!(hwc.len(), IMAGE_BYTES, "HWC output length");
+    let plane = IMAGE_H * IMAGE_W;
+    for y in 0..IMAGE_H {
+        let sy = y as i32 + draw.dy;
+        for x in 0..IMAGE_W {
+            let xx = if draw.flip { IMAGE_W - 1 - x } else { x };
+            let sx = xx as i32 + draw.dx;
+            let dst = &mut hwc[(y * IMAGE_W + x) * IMAGE_C..][..IMAGE_C];
+            if (0..IMAGE_H as i32).contains(&sy) && (0..IMAGE_W as i32).contains(&sx) {
+                let src = sy as usize * IMAGE_W + sx as usize;
+                for (c, d) in dst.iter_mut().enumerate() {
+                    *d = normalize_pixel(chw[c * plane + src]);
+                }
+            } else {
+                dst.fill(0.0);
+            }
+        }
+    }
+}
+
+fn check_records(labels: &[u8], images: &[u8]) -> Result<(), DataError> {
+    if images.len() != labels.len() * IMAGE_BYTES {
+        return Err(DataError::Invalid {
+            what: format!(
+                "{} labels need {} image bytes, got {}",
+                labels.len(),
+                labels.len() * IMAGE_BYTES,
+                images.len()
+            ),
+        });
+    }
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= NUM_CLASSES) {
+        return Err(DataError::Invalid { what: format!("label {l} of image {i} is not in 0..={}", NUM_CLASSES - 1) });
+    }
+    Ok(())
+}
+
+/// Reads one CIFAR binary file, appending its records to `labels` and `images`.
+pub fn read_cifar_file(path: &Path, labels: &mut Vec<u8>, images: &mut Vec<u8>) -> Result<(), DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    if bytes.is_empty() {
+        return Err(DataError::Empty { path: path.to_path_buf() });
+    }
+    if bytes.len() % RECORD_BYTES != 0 {
+        return Err(DataError::Truncated { path: path.to_path_buf(), len: bytes.len() as u64 });
+    }
+    let n = bytes.len() / RECORD_BYTES;
+    labels.reserve(n);
+    images.reserve(n * IMAGE_BYTES);
+    for (record, r) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
+        if r[0] as usize >= NUM_CLASSES {
+            return Err(DataError::BadLabel { path: path.to_path_buf(), record, value: r[0] });
+        }
+        labels.push(r[0]);
+        images.extend_from_slice(&r[1..]);
+    }
+    Ok(())
+}
+
+/// Writes `labels` and CHW `images` as one CIFAR binary file, atomically.
+pub fn write_cifar_file(path: &Path, labels: &[u8], images: &[u8]) -> Result<(), DataError> {
+    check_records(labels, images)?;
+    let mut bytes = Vec::with_capacity(labels.len() * RECORD_BYTES);
+    for (l, img) in labels.iter().zip(images.chunks_exact(IMAGE_BYTES)) {
+        bytes.push(*l);
+        bytes.extend_from_slice(img);
+    }
+    write_atomic(path, &bytes).map_err(|source| DataError::Io { path: path.to_path_buf(), source })
+}
+
+/// Loads a CIFAR-10 binary directory: (train, test). Training images are the existing
+/// `data_batch_N.bin` files (N = 1..=5, at least one) concatenated in order; class names come
+/// from `batches.meta.txt` when it has [`NUM_CLASSES`] non-empty lines, else CIFAR-10's.
+pub fn load_cifar_dir(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
+    if !dir.is_dir() {
+        return Err(DataError::DirMissing { dir: dir.to_path_buf() });
+    }
+    let train_paths: Vec<PathBuf> = TRAIN_FILES.iter().map(|f| dir.join(f)).filter(|p| p.exists()).collect();
+    if train_paths.is_empty() {
+        return Err(DataError::NoTrainFiles { dir: dir.to_path_buf() });
+    }
+    let test_path = dir.join(TEST_FILE);
+    if !test_path.exists() {
+        return Err(DataError::TestMissing { path: test_path });
+    }
+    let class_names = read_class_names(dir)?;
+    let (mut labels, mut images) = (Vec::new(), Vec::new());
+    for p in &train_paths {
+        read_cifar_file(p, &mut labels, &mut images)?;
+    }
+    let train = Dataset { images, labels, class_names: class_names.clone() };
+    let (mut labels, mut images) = (Vec::new(), Vec::new());
+    read_cifar_file(&test_path, &mut labels, &mut images)?;
+    let test = Dataset { images, labels, class_names };
+    Ok((train, test))
+}
+
+fn read_class_names(dir: &Path) -> Result<Vec<String>, DataError> {
+    let path = dir.join(META_FILE);
+    let default = || CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
+    if !path.exists() {
+        return Ok(default());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    Ok(if names.len() == NUM_CLASSES { names } else { default() })
+}
+
+/// Writes class names as `batches.meta.txt` (one per line), atomically.
+pub fn write_class_names(dir: &Path, names: &[&str]) -> Result<(), DataError> {
+    let path = dir.join(META_FILE);
+    let mut text = names.join("\n");
+    text.push('\n');
+    write_atomic(&path, text.as_bytes()).map_err(|source| DataError::Io { path, source })
+}

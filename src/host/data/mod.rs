@@ -1,0 +1,10 @@
+//! Image data for training: the CIFAR-10 binary format (reader, writer, normalisation,
+//! augmentation), a built-in synthetic dataset in that format, and the seeded RNG used for
+//! shuffling, augmentation and synthesis.
+
+pub mod cifar;
+pub mod rng;
+pub mod synth;
+
+pub use cifar::{load_cifar_dir, write_cifar_file, AugDraw, Augment, DataError, Dataset};
+pub use rng::Rng;
