@@ -265,6 +265,24 @@ fn header_bytes_match_the_documented_layout() {
 }
 
 #[test]
+fn worked_example_of_format_md() {
+    let cfg = ModelConfig::mobilenet_v1(500).with_stem(Stem::Cifar);
+    let data = [0.25f32; 432];
+    let b = to_bytes(
+        &cfg,
+        FileKind::Inference,
+        DType::F16,
+        &[TensorOut { name: "conv1.w", dims: &[3, 3, 3, 16], data: &data }],
+    )
+    .unwrap();
+    assert_eq!(b.len(), 960);
+    assert_eq!(rd_u32(&b, 36), 0x8BF5_7E1E);
+    assert_eq!(rd_u64(&b, 0x41), 96);
+    assert!(b[0x51..0x60].iter().all(|&x| x == 0));
+    assert_eq!(&b[0x60..0x64], &[0x00, 0x34, 0x00, 0x34]);
+}
+
+#[test]
 fn every_data_offset_is_aligned_to_16_and_ordered() {
     for dtype in [DType::F32, DType::F16] {
         let (bytes, ts) = sample_file(dtype);
