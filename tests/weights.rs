@@ -160,6 +160,7 @@ fn check_round_trip(dtype: DType, kind: FileKind, cfg: ModelConfig) {
     let buf = AlignedBuf::from_bytes(&bytes);
     let f = parse(&buf).unwrap();
     assert_eq!(f.config(), cfg);
+    assert!(format!("{f:?}").contains(&format!("tensors: {}", ts.len())));
     assert_eq!(f.kind(), kind);
     assert_eq!(f.dtype(), dtype);
     assert_eq!(f.len(), ts.len());

@@ -186,7 +186,7 @@ pub struct TensorRef<'a> {
 pub struct Aligned<B: ?Sized>(pub B);
 
 /// A validated weight file: a view over the bytes passed to [`WeightFile::parse`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct WeightFile<'a> {
     bytes: &'a [u8],
     config: ModelConfig,
@@ -239,6 +239,19 @@ impl<'a> WeightFile<'a> {
     /// The tensor named `name` (a linear scan), or `None`.
     pub fn get(&self, name: &str) -> Option<TensorRef<'a>> {
         self.iter().find(|t| t.name == name)
+    }
+}
+
+impl fmt::Debug for WeightFile<'_> {
+    /// The header fields, not the (possibly megabytes of) bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeightFile")
+            .field("config", &self.config)
+            .field("kind", &self.kind)
+            .field("dtype", &self.dtype)
+            .field("tensors", &self.count)
+            .field("file_len", &self.bytes.len())
+            .finish()
     }
 }
 

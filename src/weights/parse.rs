@@ -226,7 +226,7 @@ fn read_entry(bytes: &[u8], pos: usize, index: u32) -> Result<(RawEntry<'_>, usi
 }
 
 /// Iterator over the tensors of a [`WeightFile`], in file order.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Tensors<'a> {
     bytes: &'a [u8],
     dtype: DType,
