@@ -71,6 +71,9 @@ pub fn grad_check(
     mut loss: impl FnMut(&[f32]) -> f64,
 ) {
     assert_eq!(x.len(), analytic.len(), "{what}: gradient length");
+    if let Some(i) = analytic.iter().position(|g| !g.is_finite()) {
+        panic!("{what}: analytic gradient[{i}] is {}", analytic[i]);
+    }
     let n = x.len();
     let step = if n <= max_checks { 1 } else { n.div_ceil(max_checks) };
     let mut idx: Vec<usize> = (0..n).step_by(step).collect();
@@ -89,6 +92,7 @@ pub fn grad_check(
         let lm = loss(&xp);
         xp[i] = orig;
         let num = (lp - lm) / (2.0 * eps as f64);
+        assert!(num.is_finite(), "{what}: numeric gradient at index {i} is {num}");
         let a = analytic[i] as f64;
         let excess = (a - num).abs() - (tol * a.abs().max(num.abs()) + atol);
         if excess > worst.1 || worst.1 == 0.0 && excess > 0.0 {
