@@ -1,9 +1,9 @@
 //! MobileNetV1 (PaddleSlim's definition) as a [`Program`].
 //!
-//! `conv1` (3x3, stride 2, or 1 with the CIFAR stem) + BN + ReLU, then thirteen depthwise
-//! separable blocks `convX_Y` = `convX_Y_dw` (3x3 depthwise) + BN + ReLU, `convX_Y_sep` (1x1)
-//! + BN + ReLU, then global average pool `pool` and `fc7`. Every channel count is
-//! `int(c·scale)`; BN layers are `<conv>_bn`.
+//! `conv1` (3x3, stride 2, or 1 with the CIFAR stem) with BN and ReLU, then thirteen
+//! depthwise separable blocks `convX_Y`: `convX_Y_dw` (3x3 depthwise) with BN and ReLU, then
+//! `convX_Y_sep` (1x1) with BN and ReLU; then global average pool `pool` and `fc7`. Every
+//! channel count is `int(c·scale)`; BN layers are `<conv>_bn`.
 
 use crate::config::{ModelConfig, Stem};
 use crate::graph::{Builder, Name, Program};
