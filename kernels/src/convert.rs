@@ -18,12 +18,14 @@ use crate::isa::{Isa, IsaKind};
 pub fn f32_to_f16(isa: Isa, src: &[f32], dst: &mut [f16]) -> Result<()> {
     check_len("dst", dst.len(), src.len())?;
     match isa.kind() {
+        IsaKind::Scalar => scalar_f32_to_f16(src, dst),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
         IsaKind::Avx2 => unsafe { x86::f32_to_f16(src, dst) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: an `Isa` of kind Neon exists only on aarch64 CPUs with NEON (isa.rs).
         IsaKind::Neon => unsafe { arm::f32_to_f16(src, dst) },
+        // Kinds of another architecture: no `Isa` of them can exist on this target.
         _ => scalar_f32_to_f16(src, dst),
     }
     Ok(())
@@ -33,12 +35,14 @@ pub fn f32_to_f16(isa: Isa, src: &[f32], dst: &mut [f16]) -> Result<()> {
 pub fn f16_to_f32(isa: Isa, src: &[f16], dst: &mut [f32]) -> Result<()> {
     check_len("dst", dst.len(), src.len())?;
     match isa.kind() {
+        IsaKind::Scalar => scalar_f16_to_f32(src, dst),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
         IsaKind::Avx2 => unsafe { x86::f16_to_f32(src, dst) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: an `Isa` of kind Neon exists only on aarch64 CPUs with NEON (isa.rs).
         IsaKind::Neon => unsafe { arm::f16_to_f32(src, dst) },
+        // Kinds of another architecture: no `Isa` of them can exist on this target.
         _ => scalar_f16_to_f32(src, dst),
     }
     Ok(())

@@ -16,8 +16,7 @@ use tinykd_kernels::{f16, Elem, Isa, IsaKind, KernelError};
 fn isas() -> Vec<Isa> {
     let v: Vec<Isa> = IsaKind::ALL.iter().filter_map(|&k| Isa::force(k)).collect();
     let names: Vec<&str> = v.iter().map(|i| i.kind().name()).collect();
-    let skipped: Vec<&str> =
-        IsaKind::ALL.iter().filter(|k| Isa::force(**k).is_none()).map(|k| k.name()).collect();
+    let skipped: Vec<&str> = IsaKind::ALL.iter().filter(|k| Isa::force(**k).is_none()).map(|k| k.name()).collect();
     eprintln!("gemm paths tested: {names:?}; unavailable here: {skipped:?}");
     v
 }
@@ -140,10 +139,7 @@ fn check_case<EA: Elem, EB: Elem>(isas: &[Isa], rng: &mut Rng, cs: &Case) {
                 let (w, mag) = want[i * cs.n + j];
                 let tol = gamma * mag + 1e-30;
                 let g = c[idx] as f64;
-                assert!(
-                    (g - w).abs() <= tol,
-                    "{name} {tag}: C[{i}][{j}] = {g}, f64 reference {w} (tol {tol:e})"
-                );
+                assert!((g - w).abs() <= tol, "{name} {tag}: C[{i}][{j}] = {g}, f64 reference {w} (tol {tol:e})");
                 let sp = spec[idx] as f64;
                 assert!(
                     (g - sp).abs() <= 2.0 * tol,

@@ -19,31 +19,13 @@ const MC: usize = 144;
 /// The slices satisfy [`super::gemm`]'s length checks for `s`, `m, n ≥ 1`, and the CPU
 /// supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn gemm<A: Elem, B: Elem>(
-    s: &GemmShape,
-    alpha: f32,
-    a: &[A],
-    b: &[B],
-    beta: f32,
-    c: &mut [f32],
-) {
+pub(super) unsafe fn gemm<A: Elem, B: Elem>(s: &GemmShape, alpha: f32, a: &[A], b: &[B], beta: f32, c: &mut [f32]) {
     let mut abuf = Buf::<{ MC * KC }>::new();
     let mut bbuf = Buf::<{ KC * NR }>::new();
     // SAFETY: the buffers hold MC·KC and KC·NR f32 and are 64-byte aligned, MC is a multiple
     // of MR, the caller guarantees the slice lengths and the CPU features.
     unsafe {
-        blocked::run::<Fma6x16, A, B, MR, NR>(
-            s,
-            alpha,
-            a,
-            b,
-            beta,
-            c,
-            abuf.as_mut_ptr(),
-            KC,
-            MC,
-            bbuf.as_mut_ptr(),
-        )
+        blocked::run::<Fma6x16, A, B, MR, NR>(s, alpha, a, b, beta, c, abuf.as_mut_ptr(), KC, MC, bbuf.as_mut_ptr())
     }
 }
 

@@ -201,16 +201,7 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                 // `mc_max·kc_max` since ir < ⌈mc/MR⌉ ≤ mc_max/MR and kc ≤ kc_max; the A
                 // elements read are inside `a` by the caller's length checks.
                 unsafe {
-                    pack_panel::<K, A, MR>(
-                        a,
-                        s.ta == Trans::T,
-                        s.lda,
-                        i0 + ir * MR,
-                        mr,
-                        p0,
-                        kc,
-                        abuf.add(ir * MR * kc),
-                    )
+                    pack_panel::<K, A, MR>(a, s.ta == Trans::T, s.lda, i0 + ir * MR, mr, p0, kc, abuf.add(ir * MR * kc))
                 };
             }
             let mut j0 = 0;

@@ -135,6 +135,7 @@ pub fn gemm<A: Elem, B: Elem>(
         return Ok(());
     }
     match isa.kind() {
+        IsaKind::Scalar => scalar::gemm(s, alpha, a, b, beta, c),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: lengths checked above, m, n ≥ 1; an `Isa` of kind Avx2 exists only when the
         // CPU has AVX2+FMA+F16C (isa.rs).
@@ -143,6 +144,7 @@ pub fn gemm<A: Elem, B: Elem>(
         // SAFETY: lengths checked above, m, n ≥ 1; an `Isa` of kind Neon exists only on
         // aarch64 CPUs with NEON (isa.rs).
         IsaKind::Neon => unsafe { neon::gemm(s, alpha, a, b, beta, c) },
+        // Kinds of another architecture: no `Isa` of them can exist on this target.
         _ => scalar::gemm(s, alpha, a, b, beta, c),
     }
     Ok(())
