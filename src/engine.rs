@@ -33,7 +33,7 @@ use crate::weights::{self, FileKind, TensorData, WeightFile};
 
 /// Why the engine refused to be built or to run. Nothing is written to the logits on error
 /// (the arena may have been written).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineError {
     /// The configuration (or batch) is invalid.
     Model(ModelError),
@@ -119,7 +119,9 @@ impl fmt::Display for EngineError {
                 write!(f, "arena of {got} bytes is too small: the plan needs {needed} bytes at this alignment")
             }
             EngineError::InputLen { expected, got } => write!(f, "input has {got} values, the model needs {expected}"),
-            EngineError::LogitsLen { expected, got } => write!(f, "logits slice has {got} values, the model writes {expected}"),
+            EngineError::LogitsLen { expected, got } => {
+                write!(f, "logits slice has {got} values, the model writes {expected}")
+            }
             EngineError::Kernel { layer, err } => write!(f, "layer `{layer}`: {err}"),
             EngineError::OverlappingOperands { layer } => write!(f, "layer `{layer}`: the plan overlaps its operands"),
         }

@@ -87,7 +87,11 @@ fn fetch<'a>(params: &'a ParamStore, spec: &ParamSpec) -> Result<&'a [f32], Fold
     let name = spec.name();
     let p = params.get(name.as_str()).ok_or_else(|| FoldError::Missing(name.to_string()))?;
     if p.dims != spec.dims.as_slice() || p.data.len() != spec.dims.numel() {
-        return Err(FoldError::Dims { name: name.to_string(), expected: spec.dims.as_slice().to_vec(), got: p.dims.clone() });
+        return Err(FoldError::Dims {
+            name: name.to_string(),
+            expected: spec.dims.as_slice().to_vec(),
+            got: p.dims.clone(),
+        });
     }
     Ok(&p.data)
 }
@@ -106,7 +110,11 @@ pub fn inference_tensors(cfg: &ModelConfig, params: &ParamStore) -> Result<Vec<I
             OpKind::Conv { .. } | OpKind::DwConv { .. } => {
                 let bn = ops.get(i + 1).filter(|b| b.kind == OpKind::BatchNorm && b.input() == op.output);
                 let bn = bn.ok_or_else(|| FoldError::Missing(format!("batch norm after {}", op.name)))?;
-                let wspec = prog.params(op).iter().next().ok_or_else(|| FoldError::Missing(named(op.name, ParamRole::Weights)))?;
+                let wspec = prog
+                    .params(op)
+                    .iter()
+                    .next()
+                    .ok_or_else(|| FoldError::Missing(named(op.name, ParamRole::Weights)))?;
                 let w = fetch(params, &wspec)?;
                 let mut stats = [&[][..]; 4];
                 for (slot, spec) in stats.iter_mut().zip(prog.params(bn).iter()) {
@@ -127,7 +135,11 @@ pub fn inference_tensors(cfg: &ModelConfig, params: &ParamStore) -> Result<Vec<I
             OpKind::Fc => {
                 for spec in prog.params(op).iter() {
                     let data = fetch(params, &spec)?.to_vec();
-                    out.push(InferenceTensor { name: spec.name().to_string(), dims: spec.dims.as_slice().to_vec(), data });
+                    out.push(InferenceTensor {
+                        name: spec.name().to_string(),
+                        dims: spec.dims.as_slice().to_vec(),
+                        data,
+                    });
                 }
             }
             OpKind::BatchNorm | OpKind::Relu | OpKind::MaxPool | OpKind::AddRelu | OpKind::GlobalAvgPool => {}

@@ -601,7 +601,12 @@ impl Program {
     /// Elements of all parameters of `kind` ([`VarKind::Parameter`] or
     /// [`VarKind::Statistic`]).
     pub fn count(&self, kind: VarKind) -> usize {
-        self.ops().iter().flat_map(|op| self.params(op).iter()).filter(|p| p.kind() == kind).map(|p| p.dims.numel()).sum()
+        self.ops()
+            .iter()
+            .flat_map(|op| self.params(op).iter())
+            .filter(|p| p.kind() == kind)
+            .map(|p| p.dims.numel())
+            .sum()
     }
 }
 
@@ -617,13 +622,8 @@ impl Builder {
     /// An empty program whose tensor 0 is `image`.
     pub(crate) const fn new(cfg: &ModelConfig) -> Builder {
         let blank_tensor = Tensor { name: Name::EMPTY, shape: Shape::nc(0) };
-        let blank_op = Op {
-            name: Name::EMPTY,
-            kind: OpKind::Relu,
-            inputs: [TensorId(0); 2],
-            n_inputs: 0,
-            output: TensorId(0),
-        };
+        let blank_op =
+            Op { name: Name::EMPTY, kind: OpKind::Relu, inputs: [TensorId(0); 2], n_inputs: 0, output: TensorId(0) };
         let mut p = Program {
             config: *cfg,
             ops: [blank_op; MAX_OPS],

@@ -20,8 +20,7 @@
 //! static mut ARENA: [u8; plan::arena_bytes(&CFG, 1)] = [0; plan::arena_bytes(&CFG, 1)];
 //! ```
 //!
-//! This works for ResNet50 as well (its const evaluation takes about as long as compiling a
-//! small crate). [`arena_bytes`] includes [`ALIGN`] bytes of slack so the arena may start at any
+//! This works for ResNet50 as well. [`arena_bytes`] includes [`ALIGN`] bytes of slack so the arena may start at any
 //! address; [`Plan::peak`] is the size of an arena that starts 16-aligned.
 
 use tinykd_kernels::shape::{Conv2d, DwConv3x3, Linear, Pool};
@@ -257,7 +256,16 @@ impl Step {
     /// Conv kernel shape for batch `n`.
     pub const fn conv2d(&self, n: usize) -> Conv2d {
         let (x, y) = (self.x_shape, self.y_shape);
-        Conv2d::new(n, x.h as usize, x.w as usize, x.c as usize, y.c as usize, self.k as usize, self.stride as usize, self.pad as usize)
+        Conv2d::new(
+            n,
+            x.h as usize,
+            x.w as usize,
+            x.c as usize,
+            y.c as usize,
+            self.k as usize,
+            self.stride as usize,
+            self.pad as usize,
+        )
     }
     /// Depthwise kernel shape for batch `n`.
     pub const fn dwconv(&self, n: usize) -> DwConv3x3 {
@@ -325,12 +333,15 @@ impl Schedule {
             match op.kind {
                 OpKind::Conv { .. } | OpKind::DwConv { .. } => {
                     assert!(
-                        i + 1 < ops.len() && matches!(ops[i + 1].kind, OpKind::BatchNorm) && ops[i + 1].input().0 == op.output.0,
+                        i + 1 < ops.len()
+                            && matches!(ops[i + 1].kind, OpKind::BatchNorm)
+                            && ops[i + 1].input().0 == op.output.0,
                         "every conv must be followed by its batch norm"
                     );
                     out = ops[i + 1].output;
                     consumed = 2;
-                    let relu = i + 2 < ops.len() && matches!(ops[i + 2].kind, OpKind::Relu) && ops[i + 2].input().0 == out.0;
+                    let relu =
+                        i + 2 < ops.len() && matches!(ops[i + 2].kind, OpKind::Relu) && ops[i + 2].input().0 == out.0;
                     if relu {
                         out = ops[i + 2].output;
                         consumed = 3;

@@ -207,7 +207,12 @@ fn assert_rel(what: &str, got: &[f32], want: &[f32], rel: f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.0 && scale.is_finite(), "{what}: degenerate reference (max |logit| {scale})");
-    let (i, err) = got.iter().zip(want).map(|(g, w)| (g - w).abs()).enumerate().fold((0, 0.0f32), |a, b| if b.1 > a.1 { b } else { a });
+    let (i, err) =
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .enumerate()
+            .fold((0, 0.0f32), |a, b| if b.1 > a.1 { b } else { a });
     assert!(
         err <= rel * scale,
         "{what}: logit {i} got {} want {} (error {err:e} > {rel:e} x max|logit| {scale})",
@@ -278,7 +283,12 @@ fn folded_tensors_are_named_and_shaped_for_the_engine() {
     assert_eq!(&names[names.len() - 2..], ["fc7_weights", "fc7_offset"]);
     assert_eq!(t.len(), 2 * 27 + 2);
     // Folding: w' = w·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε), checked on one channel of conv1.
-    let (g, be, m, v) = (param(&store, "conv1_bn_scale")[5], param(&store, "conv1_bn_offset")[5], param(&store, "conv1_bn_mean")[5], param(&store, "conv1_bn_variance")[5]);
+    let (g, be, m, v) = (
+        param(&store, "conv1_bn_scale")[5],
+        param(&store, "conv1_bn_offset")[5],
+        param(&store, "conv1_bn_mean")[5],
+        param(&store, "conv1_bn_variance")[5],
+    );
     let s = g / (v + BN_EPS).sqrt();
     let w0 = param(&store, "conv1_weights")[5];
     assert!((t[0].data[5] - w0 * s).abs() <= 1e-6 * (w0 * s).abs().max(1e-3));
@@ -289,7 +299,8 @@ fn folded_tensors_are_named_and_shaped_for_the_engine() {
 #[test]
 fn param_store_init_is_deterministic() {
     let cfg = ModelConfig::mobilenet_v1(250);
-    let (a, b, c) = (ParamStore::init(&cfg, 1).unwrap(), ParamStore::init(&cfg, 1).unwrap(), ParamStore::init(&cfg, 2).unwrap());
+    let (a, b, c) =
+        (ParamStore::init(&cfg, 1).unwrap(), ParamStore::init(&cfg, 1).unwrap(), ParamStore::init(&cfg, 2).unwrap());
     assert_eq!(a, b);
     assert_ne!(a.get("conv1_weights"), c.get("conv1_weights"));
     let w = &a.get("conv2_1_sep_weights").unwrap().data;

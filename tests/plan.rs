@@ -17,7 +17,12 @@ fn check_plan(what: &str, reqs: &[BufferReq], plan: &Plan) -> usize {
     assert_eq!(off.len(), reqs.len(), "{what}: one offset per buffer");
     for (i, (r, &o)) in reqs.iter().zip(off).enumerate() {
         assert_eq!(o % ALIGN, 0, "{what}: buffer {i} offset {o} not aligned");
-        assert!(o + r.bytes <= plan.peak, "{what}: buffer {i} [{o}, {}) outside the arena of {}", o + r.bytes, plan.peak);
+        assert!(
+            o + r.bytes <= plan.peak,
+            "{what}: buffer {i} [{o}, {}) outside the arena of {}",
+            o + r.bytes,
+            plan.peak
+        );
     }
     for i in 0..reqs.len() {
         for j in i + 1..reqs.len() {
@@ -141,7 +146,10 @@ fn model_schedules_fold_bn_and_fuse_relu() {
     let steps = sc.steps();
     // conv1, 13 x (dw, sep), pool, fc.
     assert_eq!(steps.len(), 29);
-    assert_eq!((steps[0].kind, steps[0].x, steps[0].layer), (StepKind::Conv { relu: true }, Buf::Input, Name::new("conv1")));
+    assert_eq!(
+        (steps[0].kind, steps[0].x, steps[0].layer),
+        (StepKind::Conv { relu: true }, Buf::Input, Name::new("conv1"))
+    );
     assert_eq!(steps[23].layer, "conv5_6_dw");
     assert!(matches!(steps[0].scratch, Buf::Arena(_)), "3x3 conv needs im2col scratch");
     assert_eq!(steps[2].scratch, Buf::None, "pointwise conv needs none");

@@ -116,6 +116,6 @@ pub const fn program(cfg: &ModelConfig) -> Result<Program, ModelError> {
 #[cfg(feature = "std")]
 mod vars;
 
+pub use crate::graph::VarKind;
 #[cfg(feature = "std")]
 pub use vars::{find_var, list_vars, summary, Summary, VarInfo};
-pub use crate::graph::VarKind;

@@ -26,7 +26,16 @@ pub const fn total_stride(stem: Stem) -> usize {
 
 /// conv `res<block><branch>` over `x` + BN `bn<block><branch>` (+ ReLU).
 #[allow(clippy::too_many_arguments)]
-const fn conv_bn(b: Builder, block: Name, branch: &str, x: TensorId, k: usize, stride: usize, c_out: usize, relu: bool) -> Builder {
+const fn conv_bn(
+    b: Builder,
+    block: Name,
+    branch: &str,
+    x: TensorId,
+    k: usize,
+    stride: usize,
+    c_out: usize,
+    relu: bool,
+) -> Builder {
     let conv = Name::new("res").push_str(block.as_str()).push_str(branch);
     let bn = Name::new("bn").push_str(block.as_str()).push_str(branch);
     let b = b.conv(conv, x, k, stride, c_out).bn(bn);
@@ -42,7 +51,9 @@ pub(crate) const fn build(cfg: &ModelConfig) -> Program {
     let mut b = Builder::new(cfg);
     let conv1 = Name::new("conv1");
     b = match cfg.stem {
-        Stem::ImageNet => b.conv(conv1, b.last(), 7, 2, 64).bn(Name::new("bn_conv1")).relu().max_pool(Name::new("pool1")),
+        Stem::ImageNet => {
+            b.conv(conv1, b.last(), 7, 2, 64).bn(Name::new("bn_conv1")).relu().max_pool(Name::new("pool1"))
+        }
         Stem::Cifar => b.conv(conv1, b.last(), 3, 1, 64).bn(Name::new("bn_conv1")).relu(),
     };
     let mut stage = 0;
