@@ -83,11 +83,14 @@ impl Conv2d {
     pub const fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
-    /// f32 scratch length needed by the forward, grad-input and grad-weight kernels
-    /// (one im2col tile of [`IM2COL_ROWS`] rows; 0 for a pointwise conv).
+    /// f32 scratch length needed by the forward, grad-input and grad-weight kernels:
+    /// one im2col tile of `min(IM2COL_ROWS, n·out_h·out_w)` rows of `K`; 0 for a pointwise conv.
     pub const fn scratch_len(&self) -> usize {
+        let rows = self.n * self.out_h() * self.out_w();
         if self.is_pointwise() {
             0
+        } else if rows < IM2COL_ROWS {
+            rows * self.k()
         } else {
             IM2COL_ROWS * self.k()
         }
