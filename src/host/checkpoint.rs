@@ -111,11 +111,9 @@ impl fmt::Display for CkptError {
         match self {
             CkptError::Missing { path } => write!(f, "checkpoint {} does not exist", path.display()),
             CkptError::Io { path, source } => write!(f, "cannot access checkpoint {}: {source}", path.display()),
-            CkptError::Truncated { path, len, expected } => write!(
-                f,
-                "checkpoint {} is truncated: it has {len} bytes, its header needs {expected}",
-                path.display()
-            ),
+            CkptError::Truncated { path, len, expected } => {
+                write!(f, "checkpoint {} is truncated: it has {len} bytes, its header needs {expected}", path.display())
+            }
             CkptError::BadMagic { path } => {
                 write!(f, "{} is not a tinykd checkpoint (bad magic bytes)", path.display())
             }
@@ -182,12 +180,7 @@ impl Checkpoint {
             for t in section {
                 let n = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
                 if n != Some(t.data.len()) {
-                    return Err(format!(
-                        "tensor {} has dims {:?} but {} values",
-                        t.name,
-                        t.dims,
-                        t.data.len()
-                    ));
+                    return Err(format!("tensor {} has dims {:?} but {} values", t.name, t.dims, t.data.len()));
                 }
                 put_len(&mut out, t.name.len(), "tensor name")?;
                 out.extend_from_slice(t.name.as_bytes());
@@ -355,18 +348,18 @@ fn parse_section(r: &mut Reader<'_>, section: &str) -> Result<Vec<NamedTensor>, 
     let mut out = Vec::with_capacity(count.min(r.bytes.len() / 8));
     for i in 0..count {
         let name = r.string(&format!("{section} tensor {i} name"))?;
-        let rank = r.u32(&format!("rank of {name}"))? as usize;
+        let rank = r.u32(&format!("rank of {name:?}"))? as usize;
         let mut dims = Vec::with_capacity(rank.min(r.bytes.len() / 8));
         for _ in 0..rank {
-            let d = r.u64(&format!("dims of {name}"))?;
-            dims.push(usize::try_from(d).map_err(|_| format!("dimension {d} of {name} is too large"))?);
+            let d = r.u64(&format!("dims of {name:?}"))?;
+            dims.push(usize::try_from(d).map_err(|_| format!("dimension {d} of {name:?} is too large"))?);
         }
         let n = dims
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .filter(|n| n.checked_mul(4).is_some())
-            .ok_or_else(|| format!("dims {dims:?} of {name} overflow"))?;
-        let raw = r.take(n * 4, &format!("data of {name} ({n} values)"))?;
+            .ok_or_else(|| format!("dims {dims:?} of {name:?} overflow"))?;
+        let raw = r.take(n * 4, &format!("data of {name:?} ({n} values)"))?;
         let data = raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
         out.push(NamedTensor { name, dims, data });
     }

@@ -191,8 +191,8 @@ impl MetricsLog {
             H = PANEL_H
         );
         let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-        panel(&mut svg, 0.0, "Loss", &epochs, &loss_series, None);
-        panel(&mut svg, PANEL_W, "Accuracy (%)", &epochs, &acc_series, Some((0.0, 100.0)));
+        panel(&mut svg, 0.0, "Loss", &epochs, &loss_series, None, false);
+        panel(&mut svg, PANEL_W, "Accuracy (%)", &epochs, &acc_series, Some((0.0, 100.0)), true);
         svg.push_str("</svg>\n");
         svg
     }
@@ -245,7 +245,15 @@ fn escape(s: &str) -> String {
 }
 
 /// Draws one panel at horizontal offset `x0`: frame, ticks, grid, curves, legend.
-fn panel(svg: &mut String, x0: f64, title: &str, xs: &[f64], series: &[Series], y_range: Option<(f64, f64)>) {
+fn panel(
+    svg: &mut String,
+    x0: f64,
+    title: &str,
+    xs: &[f64],
+    series: &[Series],
+    y_range: Option<(f64, f64)>,
+    legend_bottom: bool,
+) {
     let (plot_l, plot_r) = (x0 + MARGIN_L, x0 + PANEL_W - MARGIN_R);
     let (plot_t, plot_b) = (MARGIN_T, PANEL_H - MARGIN_B);
     let (xmin, mut xmax) = (xs.first().copied().unwrap_or(0.0), xs.last().copied().unwrap_or(1.0));
@@ -306,40 +314,42 @@ fn panel(svg: &mut String, x0: f64, title: &str, xs: &[f64], series: &[Series], 
         (plot_l + plot_r) / 2.0,
         PANEL_H - 12.0
     );
-    // Curves: a polyline per run of present values, and a dot per point.
+    // Curves: one polyline through the present values (gaps are bridged), a dot per point.
     for (k, s) in series.iter().enumerate() {
         let colour = COLOURS[k % COLOURS.len()];
-        let mut run: Vec<String> = Vec::new();
-        let flush = |run: &mut Vec<String>, svg: &mut String| {
-            if run.len() > 1 {
-                let _ = writeln!(
-                    svg,
-                    r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
-                    run.join(" ")
-                );
-            }
-            run.clear();
-        };
-        for (&xv, v) in xs.iter().zip(&s.values) {
-            match v {
-                Some(v) => {
-                    let (cx, cy) = (px(xv), py(v.clamp(ymin, ymax)));
-                    run.push(format!("{cx:.1},{cy:.1}"));
-                    let _ = writeln!(svg, r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="2.5" fill="{colour}"/>"#);
-                }
-                None => flush(&mut run, svg),
-            }
+        let points: Vec<(f64, f64)> =
+            xs.iter().zip(&s.values).filter_map(|(&x, v)| v.map(|v| (px(x), py(v.clamp(ymin, ymax))))).collect();
+        if points.len() > 1 {
+            let coords: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            let _ = writeln!(
+                svg,
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+                coords.join(" ")
+            );
         }
-        flush(&mut run, svg);
-        // Legend entry.
-        let ly = plot_t + 8.0 + 16.0 * k as f64;
-        let lx = plot_r - 130.0;
+        for (cx, cy) in points {
+            let _ = writeln!(svg, r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="2.5" fill="{colour}"/>"#);
+        }
+    }
+    // Legend on a white box, in the corner the curves are least likely to cross: top right
+    // for decreasing curves (losses), bottom right for increasing ones (accuracies).
+    let (lw, lh) = (140.0, 8.0 + 16.0 * series.len() as f64);
+    let lx = plot_r - lw - 6.0;
+    let ly = if legend_bottom { plot_b - lh - 6.0 } else { plot_t + 6.0 };
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{lx:.1}" y="{ly:.1}" width="{lw:.1}" height="{lh:.1}" fill="white" fill-opacity="0.85" stroke="#c0c0c0"/>"##
+    );
+    for (k, s) in series.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        let y = ly + 12.0 + 16.0 * k as f64;
         let _ = writeln!(
             svg,
-            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            lx + 20.0,
+            r#"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{colour}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            lx + 6.0,
             lx + 26.0,
-            ly + 4.0,
+            lx + 32.0,
+            y + 4.0,
             escape(&s.name)
         );
     }

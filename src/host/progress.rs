@@ -37,11 +37,9 @@ impl Progress {
         self.started = Instant::now();
         if self.live {
             let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(
-                "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} eta {eta}",
-            )
-            .expect("static progress template is valid")
-            .progress_chars("=> ");
+            let style = ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} eta {eta}")
+                .expect("static progress template is valid")
+                .progress_chars("=> ");
             bar.set_style(style);
             bar.set_prefix(format!("epoch {epoch}/{}", self.epochs));
             bar.enable_steady_tick(Duration::from_millis(200));
@@ -63,12 +61,7 @@ impl Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        eprintln!(
-            "epoch {}/{} ({:.1} s): {summary}",
-            self.epoch,
-            self.epochs,
-            self.started.elapsed().as_secs_f64()
-        );
+        eprintln!("epoch {}/{} ({:.1} s): {summary}", self.epoch, self.epochs, self.started.elapsed().as_secs_f64());
     }
 }
 

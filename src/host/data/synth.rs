@@ -108,7 +108,8 @@ fn render(label: u8, rng: &mut Rng, canvas: &mut Canvas) {
             let (x1, y1) = (x0 + rng.uniform(-10.0, 10.0), y0 + rng.uniform(-10.0, 10.0));
             canvas.stroke(x0, y0, x1, y1, 0.6, colour);
         } else {
-            let obj = Object::new(Shape::Disk, rng.uniform(0.0, 32.0), rng.uniform(0.0, 32.0), rng.uniform(0.8, 2.0), 0.0);
+            let obj =
+                Object::new(Shape::Disk, rng.uniform(0.0, 32.0), rng.uniform(0.0, 32.0), rng.uniform(0.8, 2.0), 0.0);
             canvas.paint(&obj, |_, _| colour);
         }
     }
