@@ -1,1 +1,46 @@
-fn main() {}
+//! GEMM throughput per ISA path on 256³ and model layer shapes. Ids are
+//! `gemm/<weight dtype>/<isa>/<m>x<n>x<k>`; the throughput unit is FLOP (2·m·n·k), so
+//! criterion's "elem/s" reads as FLOP/s. `f16` means B (the weights) is stored as f16 and
+//! A (activations) as f32, the deployment case.
+//!
+//! `cargo bench -p tinykd-kernels --bench gemm -- --warm-up-time 1 --measurement-time 2`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+use tinykd_kernels::gemm::{gemm, GemmShape};
+use tinykd_kernels::{f16, Elem, Isa, IsaKind};
+
+/// (m, n, k): 256³; pointwise convs at batch 64 (m = 64·h·w): 8x8x64→128, 4x4x128→256,
+/// 2x2x512→512; the fc (1024 → 10); an im2col tile of a 3x3 conv over 32 channels.
+const SHAPES: [(usize, usize, usize); 6] =
+    [(256, 256, 256), (4096, 128, 64), (1024, 256, 128), (256, 512, 512), (64, 10, 1024), (64, 64, 9 * 32)];
+
+fn bench_one<B: Elem>(c: &mut Criterion, isa: Isa, m: usize, n: usize, k: usize) {
+    let s = GemmShape::nn(m, n, k);
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+    let b: Vec<B> = (0..k * n).map(|i| B::from_f32(((i * 104_729 % 1000) as f32 - 500.0) * 1e-3)).collect();
+    let mut out = vec![0.0f32; m * n];
+    let mut g = c.benchmark_group(format!("gemm/{}/{}", B::DTYPE.name(), isa.kind().name()));
+    g.throughput(Throughput::Elements(s.flops() as u64));
+    g.bench_function(format!("{m}x{n}x{k}"), |bench| {
+        bench.iter(|| gemm(isa, &s, 1.0, black_box(&a), black_box(&b), 0.0, black_box(&mut out)).unwrap())
+    });
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    for kind in IsaKind::ALL {
+        let Some(isa) = Isa::force(kind) else { continue };
+        // The scalar path is ~20x slower: only the headline shape.
+        let shapes: &[_] = if kind == IsaKind::Scalar { &SHAPES[..1] } else { &SHAPES };
+        for &(m, n, k) in shapes {
+            bench_one::<f32>(c, isa, m, n, k);
+        }
+        for &(m, n, k) in &shapes[..shapes.len().min(2)] {
+            bench_one::<f16>(c, isa, m, n, k);
+        }
+    }
+}
+
+criterion_group!(gemm_benches, benches);
+criterion_main!(gemm_benches);
