@@ -308,6 +308,11 @@ fn synth_dir_loads_with_the_reader() {
     synth::write_synth_dir(&small, 2, 1, 0).unwrap();
     assert!(small.join("data_batch_2.bin").exists() && !small.join("data_batch_3.bin").exists());
     assert_eq!(load_cifar_dir(&small).unwrap().0.len(), 2);
+    // A stale training file that would not be overwritten is refused, leaving the directory as it was.
+    let before = std::fs::read(out.join("data_batch_1.bin")).unwrap();
+    let e = synth::write_synth_dir(&out, 3, 1, 99).unwrap_err();
+    assert!(e.to_string().contains("data_batch_4.bin already exists"), "{e}");
+    assert_eq!(std::fs::read(out.join("data_batch_1.bin")).unwrap(), before);
     // Zero images is refused before anything is written.
     let none = dir.path().join("none");
     assert!(synth::write_synth_dir(&none, 0, 5, 0).is_err());

@@ -50,17 +50,29 @@ pub fn generate(train: usize, test: usize, seed: u64) -> (Dataset, Dataset) {
 }
 
 /// Generates the synthetic dataset and writes it to `dir` (created if needed) in CIFAR binary
-/// format: the training images split evenly over up to five `data_batch_N.bin` files,
-/// `test_batch.bin` and `batches.meta.txt` with the class names. Both counts must be at least 1.
+/// format: the training images split evenly over up to five `data_batch_N.bin` files (one per
+/// image below five images), `test_batch.bin` and `batches.meta.txt` with the class names. Both
+/// counts must be at least 1, and `dir` must not hold a training file this run would not
+/// overwrite (it would be read as part of the dataset).
 pub fn write_synth_dir(dir: &Path, train: usize, test: usize, seed: u64) -> Result<(), DataError> {
     if train == 0 || test == 0 {
         return Err(DataError::Invalid {
             what: format!("the synthetic dataset needs at least 1 training and 1 test image (got {train} and {test})"),
         });
     }
+    let files = train.min(TRAIN_FILES.len());
+    // A training file this run would not overwrite would silently join the dataset.
+    if let Some(stale) = TRAIN_FILES[files..].iter().map(|f| dir.join(f)).find(|p| p.exists()) {
+        return Err(DataError::Invalid {
+            what: format!(
+                "{} already exists and would not be overwritten by a dataset of {train} training images; \
+                 use an empty directory",
+                stale.display()
+            ),
+        });
+    }
     let (tr, te) = generate(train, test, seed);
     std::fs::create_dir_all(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
-    let files = train.min(TRAIN_FILES.len());
     let mut start = 0;
     for (k, name) in TRAIN_FILES.iter().take(files).enumerate() {
         let end = train * (k + 1) / files;
