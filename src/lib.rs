@@ -25,3 +25,7 @@ pub mod fold;
 
 #[cfg(feature = "std")]
 pub mod host;
+#[cfg(feature = "std")]
+pub mod train;
+#[cfg(feature = "std")]
+pub mod dist;

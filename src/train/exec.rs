@@ -1,0 +1,928 @@
+//! The host training executor: runs a [`Program`] forward (train or eval mode) and backward over
+//! Vec-backed buffers for a batch, on one or more threads.
+//!
+//! # Buffers
+//!
+//! Every tensor of the program has a whole-batch activation buffer (`max_batch · h·w·c` f32,
+//! NHWC, batch outermost) and, once [`Executor::backward`] has run, a gradient buffer of the same
+//! size; every trainable parameter has a gradient buffer. Tensor 0 (`image`) keeps a copy of the
+//! input after a train-mode forward (the first conv's weight gradient needs it); an eval-mode
+//! forward reads the caller's input slice directly and keeps no copy.
+//!
+//! # Threads and determinism
+//!
+//! The batch is split into `min(threads, n)` contiguous chunks of samples (sizes differ by at
+//! most one, the larger ones first); thread `k` runs every op on chunk `k`. The only couplings
+//! between chunks are handled in a fixed order:
+//! - a train-mode batch norm: each chunk computes its moments (count, mean, M2), publishes
+//!   them, waits at a barrier, then EVERY thread merges all chunks' moments in chunk order 0, 1,
+//!   … with [`norm::bn_merge_moments`] — identical inputs in an identical order give every
+//!   thread bitwise-identical whole-batch statistics; the running statistics are updated once,
+//!   after the pass, from chunk 0's copy;
+//! - a train-mode batch-norm backward: the chunks' `Σdy`, `Σdy·x̂` are added in chunk order the
+//!   same way (their totals are `dβ`, `dγ`);
+//! - conv / depthwise / fc parameter gradients: each thread computes its chunk's gradient; the
+//!   results are summed in thread order `((g₀ + g₁) + g₂) + …` after the pass.
+//!
+//! So a run is **bitwise reproducible for a given thread count** (and kernel path). A
+//! **different thread count changes the bits** (not the math): chunk moments are merged instead
+//! of computed in one pass, and sums are grouped differently. Results agree within f32
+//! rounding.
+//!
+//! # Backward
+//!
+//! [`Executor::backward`] takes gradients seeded at any tensors (the logits for
+//! cross-entropy, hint tensors for distillation losses) and propagates them in reverse op
+//! order down to the parameters. Ops whose output receives no gradient are skipped (their
+//! parameter gradients are zero). The input's gradient is computed only when asked for
+//! ([`Executor::set_input_grad`]). ReLU and residual add+ReLU backward use their outputs; batch
+//! norm uses the mean and `1/σ` saved by the forward; max pool recomputes its argmax from the
+//! saved input and output.
+
+use std::ops::Range;
+use std::string::{String, ToString};
+use std::sync::{Barrier, OnceLock};
+use std::vec::Vec;
+use std::{fmt, thread};
+
+use tinykd_kernels::act::{self, Act};
+use tinykd_kernels::norm::{self, BnParams};
+use tinykd_kernels::shape::{Channels, Pool};
+use tinykd_kernels::{conv, dwconv, linear, pool, Isa, KernelError};
+
+use crate::graph::{Dims, Name, OpKind, ParamRole, Program, TensorId, VarKind, BN_EPS};
+use crate::params::ParamStore;
+
+/// Batch-norm hyper-parameters of both models (eps [`BN_EPS`], momentum 0.9).
+const BN: BnParams = BnParams { eps: BN_EPS, momentum: 0.9 };
+
+/// Forward mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Batch norm normalises with whole-batch statistics and updates its running statistics.
+    Train,
+    /// Batch norm uses its running statistics and never updates them.
+    Eval,
+}
+
+/// Why the executor refused to run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExecError {
+    /// A parameter or statistic the program needs is not in the store.
+    MissingParam {
+        /// Its name.
+        name: String,
+    },
+    /// A parameter in the store has other dims than the program needs.
+    ParamDims {
+        /// Its name.
+        name: String,
+        /// The dims the program needs.
+        expected: Dims,
+        /// The dims in the store.
+        got: Vec<usize>,
+    },
+    /// The input length is not a positive multiple (up to `max_batch`) of one sample's size.
+    InputLen {
+        /// Values in one sample (`h·w·c`).
+        per_sample: usize,
+        /// The largest batch the executor holds.
+        max_batch: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// [`Executor::backward`] was called without a train-mode forward before it.
+    NoTrainForward,
+    /// A seeded gradient has the wrong length for its tensor.
+    SeedLen {
+        /// The tensor.
+        tensor: Name,
+        /// Values needed (`batch · h·w·c`).
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// A kernel refused its arguments (a bug: the executor sizes every argument).
+    Kernel {
+        /// The layer.
+        layer: Name,
+        /// The kernel's error.
+        err: KernelError,
+    },
+    /// Another thread failed at a batch-norm synchronisation point (its error is reported too).
+    PeerFailed {
+        /// The layer.
+        layer: Name,
+    },
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecError::MissingParam { name } => write!(f, "parameter `{name}` is missing from the parameter store"),
+            ExecError::ParamDims { name, expected, got } => {
+                write!(f, "parameter `{name}` has dims {got:?} in the store, the program needs {expected}")
+            }
+            ExecError::InputLen { per_sample, max_batch, got } => write!(
+                f,
+                "input has {got} values: it must be n·{per_sample} values (NHWC) for a batch n in 1..={max_batch}"
+            ),
+            ExecError::NoTrainForward => f.write_str("backward needs a train-mode forward of the same batch first"),
+            ExecError::SeedLen { tensor, expected, got } => {
+                write!(f, "gradient seeded at `{tensor}` has {got} values, the tensor has {expected}")
+            }
+            ExecError::Kernel { layer, err } => write!(f, "layer `{layer}`: {err}"),
+            ExecError::PeerFailed { layer } => write!(f, "layer `{layer}`: another thread failed"),
+        }
+    }
+}
+
+impl std::error::Error for ExecError {}
+
+/// A trainable parameter's gradient.
+#[derive(Clone, Debug)]
+struct GradSlot {
+    name: String,
+    /// Index of the op it belongs to.
+    op: usize,
+    /// Whether it is a batch-norm γ/β (a whole-batch quantity computed identically by every
+    /// thread, taken from thread 0) rather than a per-chunk sum.
+    bn: bool,
+    grad: Vec<f32>,
+}
+
+/// Whole-batch statistics of one train-mode batch norm, as merged by one thread.
+#[derive(Clone, Debug, Default)]
+struct BnSaved {
+    /// Rows (`n·h·w`) of the whole batch.
+    count: usize,
+    mean: Vec<f32>,
+    m2: Vec<f32>,
+    invstd: Vec<f32>,
+}
+
+/// One thread's private state.
+#[derive(Debug, Default)]
+struct Worker {
+    /// Conv scratch (im2col), sized for the largest chunk.
+    scratch: Vec<f32>,
+    /// Chunk-sized buffers for gradients that are accumulated rather than overwritten.
+    tmp: Vec<f32>,
+    /// Per batch norm (by ordinal): the statistics of the last train-mode forward.
+    bn: Vec<BnSaved>,
+    /// Per gradient slot: this chunk's parameter gradient.
+    pgrads: Vec<Vec<f32>>,
+    /// Two channel-sized buffers: throw-away running statistics for `bn_finish_moments`.
+    dummy: [Vec<f32>; 2],
+}
+
+/// One chunk's published batch-norm moments (`None` if the thread failed).
+type Moments = Option<(usize, Vec<f32>, Vec<f32>)>;
+
+/// The parameter slices of one op (empty when the op has no such parameter).
+#[derive(Clone, Copy, Debug, Default)]
+struct OpParams<'a> {
+    weights: &'a [f32],
+    scale: &'a [f32],
+    offset: &'a [f32],
+    mean: &'a [f32],
+    var: &'a [f32],
+    /// Gradient slots of (weights or scale, offset).
+    slots: [Option<usize>; 2],
+}
+
+/// How a backward op delivers the gradient of one of its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deliver {
+    /// The input needs no gradient.
+    Skip,
+    /// First contribution: overwrite the input's gradient buffer.
+    Overwrite,
+    /// Later contribution: compute into scratch, then add.
+    Accumulate,
+}
+
+/// Which ops run backward and how each delivers its input gradients.
+#[derive(Clone, Debug)]
+struct BackwardPlan {
+    active: Vec<bool>,
+    deliver: Vec<[Deliver; 2]>,
+}
+
+/// The training executor of one program (see the [module docs](self)).
+#[derive(Debug)]
+pub struct Executor {
+    prog: Program,
+    isa: Isa,
+    max_batch: usize,
+    threads: usize,
+    /// Elements per sample of each tensor.
+    numel: Vec<usize>,
+    /// Batch-norm ordinal of each op (`None` for other kinds).
+    bn_ord: Vec<Option<usize>>,
+    acts: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    slots: Vec<GradSlot>,
+    /// Gradient slots of each op: (weights or scale, offset).
+    op_slots: Vec<[Option<usize>; 2]>,
+    workers: Vec<Worker>,
+    /// Batch of the last forward, and whether it was train mode.
+    last: Option<(usize, Mode)>,
+    input_grad: bool,
+}
+
+impl Executor {
+    /// An executor for batches of up to `max_batch` samples of `prog` on `threads` threads
+    /// (both at least 1; 0 is taken as 1), with the best kernel path of this CPU.
+    pub fn new(prog: &Program, max_batch: usize, threads: usize) -> Executor {
+        Executor::with_isa(prog, max_batch, threads, Isa::detect())
+    }
+
+    /// Like [`Executor::new`] with an explicit kernel path.
+    pub fn with_isa(prog: &Program, max_batch: usize, threads: usize, isa: Isa) -> Executor {
+        let max_batch = max_batch.max(1);
+        let threads = threads.clamp(1, max_batch);
+        let numel: Vec<usize> = prog.tensors().iter().map(|t| t.shape.numel()).collect();
+        let acts = numel.iter().map(|&e| vec![0.0; e * max_batch]).collect();
+        let mut bn_ord = Vec::with_capacity(prog.ops().len());
+        let mut bn_channels = Vec::new();
+        let mut slots = Vec::new();
+        let mut op_slots = Vec::with_capacity(prog.ops().len());
+        for (i, op) in prog.ops().iter().enumerate() {
+            bn_ord.push(if op.kind == OpKind::BatchNorm {
+                bn_channels.push(prog.tensor(op.output).shape.c as usize);
+                Some(bn_channels.len() - 1)
+            } else {
+                None
+            });
+            let mut pair = [None; 2];
+            for spec in prog.params(op).iter().filter(|p| p.kind() == VarKind::Parameter) {
+                let k = usize::from(spec.role == ParamRole::Offset);
+                pair[k] = Some(slots.len());
+                slots.push(GradSlot {
+                    name: spec.name().to_string(),
+                    op: i,
+                    bn: op.kind == OpKind::BatchNorm,
+                    grad: vec![0.0; spec.dims.numel()],
+                });
+            }
+            op_slots.push(pair);
+        }
+        let chunk = max_batch.div_ceil(threads);
+        let scratch_len = prog
+            .ops()
+            .iter()
+            .filter(|op| matches!(op.kind, OpKind::Conv { .. }))
+            .map(|op| prog.conv2d(op, chunk).scratch_len())
+            .max()
+            .unwrap_or(0);
+        // Twice the largest chunk tensor: residual add+ReLU keeps its gradient and an accumulator.
+        let tmp_len = 2 * numel.iter().max().copied().unwrap_or(0) * chunk;
+        let max_c = bn_channels.iter().copied().max().unwrap_or(0);
+        let workers = (0..threads)
+            .map(|_| Worker {
+                scratch: vec![0.0; scratch_len],
+                tmp: vec![0.0; tmp_len],
+                bn: bn_channels
+                    .iter()
+                    .map(|&c| BnSaved { count: 0, mean: vec![0.0; c], m2: vec![0.0; c], invstd: vec![0.0; c] })
+                    .collect(),
+                pgrads: Vec::new(),
+                dummy: [vec![0.0; max_c], vec![0.0; max_c]],
+            })
+            .collect();
+        Executor {
+            prog: *prog,
+            isa,
+            max_batch,
+            threads,
+            numel,
+            bn_ord,
+            acts,
+            grads: Vec::new(),
+            slots,
+            op_slots,
+            workers,
+            last: None,
+            input_grad: false,
+        }
+    }
+
+    /// The program.
+    pub fn program(&self) -> &Program {
+        &self.prog
+    }
+
+    /// The kernel path.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The largest batch.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// The number of threads (at most [`Executor::max_batch`]).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The batch of the last forward (0 before the first).
+    pub fn batch(&self) -> usize {
+        self.last.map_or(0, |(n, _)| n)
+    }
+
+    /// Whether [`Executor::backward`] also computes the gradient of the input `image`
+    /// (off by default: training does not need it).
+    pub fn set_input_grad(&mut self, on: bool) {
+        self.input_grad = on;
+    }
+
+    /// The values of tensor `id` for the last forward's batch (`batch · h·w·c`, NHWC or NC).
+    /// For `image` after an eval-mode forward (which keeps no copy of the input) the values are
+    /// those of the last train-mode forward.
+    pub fn tensor(&self, id: TensorId) -> &[f32] {
+        &self.acts[id.index()][..self.batch() * self.numel[id.index()]]
+    }
+
+    /// The tensor called `name` (aliases resolved by [`Program::find`]) with its dims for the
+    /// last batch, or `None` if the program has no such tensor.
+    pub fn activation(&self, name: &str) -> Option<(&[f32], Dims)> {
+        let id = self.prog.find(name)?;
+        Some((self.tensor(id), self.prog.tensor(id).shape.dims(self.batch())))
+    }
+
+    /// The logits of the last forward (`batch · classes`).
+    pub fn logits(&self) -> &[f32] {
+        self.tensor(self.prog.output())
+    }
+
+    /// The input (`image`) of the last train-mode forward.
+    pub fn input(&self) -> &[f32] {
+        self.tensor(self.prog.input())
+    }
+
+    /// The gradient of tensor `id` after the last backward (`None` before any backward).
+    /// Tensors the backward did not reach hold stale values; the input's gradient is only
+    /// computed when [`Executor::set_input_grad`] is on.
+    pub fn tensor_grad(&self, id: TensorId) -> Option<&[f32]> {
+        self.grads.get(id.index()).map(|g| &g[..self.batch() * self.numel[id.index()]])
+    }
+
+    /// The gradient of the trainable parameter `name` after the last backward.
+    pub fn param_grad(&self, name: &str) -> Option<&[f32]> {
+        self.slots.iter().find(|s| s.name == name).map(|s| s.grad.as_slice())
+    }
+
+    /// Every trainable parameter's name and gradient, in program order.
+    pub fn param_grads(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        self.slots.iter().map(|s| (s.name.as_str(), s.grad.as_slice()))
+    }
+
+    /// Runs the forward pass in `mode` on the NHWC batch `input` (`n · h·w·c` normalised
+    /// values, `1 ≤ n ≤ max_batch`). Train mode updates the running statistics in `params`.
+    pub fn forward(&mut self, params: &mut ParamStore, input: &[f32], mode: Mode) -> Result<(), ExecError> {
+        match mode {
+            Mode::Train => self.forward_train(params, input),
+            Mode::Eval => self.forward_eval(params, input),
+        }
+    }
+
+    /// Train-mode forward: batch statistics, running statistics of `params` updated.
+    pub fn forward_train(&mut self, params: &mut ParamStore, input: &[f32]) -> Result<(), ExecError> {
+        let n = self.batch_of(input)?;
+        self.last = None;
+        self.run_forward(params, input, n, Mode::Train)?;
+        // Running statistics, once, from thread 0's copy of the merged moments (every thread
+        // holds the same bits).
+        let mut invstd = Vec::new();
+        for (i, op) in self.prog.ops().iter().enumerate() {
+            let Some(b) = self.bn_ord[i] else { continue };
+            let saved = &self.workers[0].bn[b];
+            invstd.resize(saved.mean.len(), 0.0);
+            let (rm, rv) = stats_mut(params, op.name)?;
+            norm::bn_finish_moments(self.isa, BN, saved.count, &saved.mean, &saved.m2, rm, rv, &mut invstd)
+                .map_err(|err| ExecError::Kernel { layer: op.name, err })?;
+        }
+        self.last = Some((n, Mode::Train));
+        Ok(())
+    }
+
+    /// Eval-mode forward: batch norm with the running statistics of `params`, which are
+    /// never changed. Reads `input` in place (no copy).
+    pub fn forward_eval(&mut self, params: &ParamStore, input: &[f32]) -> Result<(), ExecError> {
+        let n = self.batch_of(input)?;
+        self.last = None;
+        self.run_forward(params, input, n, Mode::Eval)?;
+        self.last = Some((n, Mode::Eval));
+        Ok(())
+    }
+
+    /// The batch size of `input`, checked.
+    fn batch_of(&self, input: &[f32]) -> Result<usize, ExecError> {
+        let per = self.numel[0];
+        let n = input.len().checked_div(per).unwrap_or(0);
+        if n == 0 || n > self.max_batch || n * per != input.len() {
+            return Err(ExecError::InputLen { per_sample: per, max_batch: self.max_batch, got: input.len() });
+        }
+        Ok(n)
+    }
+
+    /// The sample ranges of the threads for a batch of `n`.
+    fn chunks(&self, n: usize) -> Vec<Range<usize>> {
+        let t = self.threads.min(n);
+        let (q, r) = (n / t, n % t);
+        let mut start = 0;
+        (0..t)
+            .map(|k| {
+                let len = q + usize::from(k < r);
+                start += len;
+                start - len..start
+            })
+            .collect()
+    }
+
+    /// The parameter slices of every op, checked against the program.
+    fn resolve<'a>(&self, store: &'a ParamStore) -> Result<Vec<OpParams<'a>>, ExecError> {
+        let mut out = Vec::with_capacity(self.prog.ops().len());
+        for (i, op) in self.prog.ops().iter().enumerate() {
+            let mut p = OpParams { slots: self.op_slots[i], ..OpParams::default() };
+            for spec in self.prog.params(op).iter() {
+                let name = spec.name();
+                let got = store.get(name.as_str()).ok_or_else(|| ExecError::MissingParam { name: name.to_string() })?;
+                if got.dims != spec.dims.as_slice() || got.data.len() != spec.dims.numel() {
+                    return Err(ExecError::ParamDims { name: name.to_string(), expected: spec.dims, got: got.dims.clone() });
+                }
+                let data = got.data.as_slice();
+                match spec.role {
+                    ParamRole::Weights | ParamRole::Bias => p.weights = data,
+                    ParamRole::Scale => p.scale = data,
+                    ParamRole::Offset => p.offset = data,
+                    ParamRole::Mean => p.mean = data,
+                    ParamRole::Variance => p.var = data,
+                }
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// Runs the forward pass of a batch of `n` on the threads.
+    fn run_forward(&mut self, params: &ParamStore, input: &[f32], n: usize, mode: Mode) -> Result<(), ExecError> {
+        let ops = self.resolve(params)?;
+        let chunks = self.chunks(n);
+        let t = chunks.len();
+        let (first, rest) = self.acts.split_first_mut().expect("a program has an input tensor");
+        let image: &[f32] = match mode {
+            Mode::Train => {
+                first[..input.len()].copy_from_slice(input);
+                &first[..input.len()]
+            }
+            Mode::Eval => input,
+        };
+        let mut views = split_views(rest, &self.numel[1..], &chunks);
+        let n_bn = self.workers[0].bn.len();
+        let slots: Vec<OnceLock<Moments>> = (0..n_bn * t).map(|_| OnceLock::new()).collect();
+        let barrier = Barrier::new(t);
+        let ctx = Ctx {
+            prog: &self.prog,
+            isa: self.isa,
+            ops: &ops,
+            bn_ord: &self.bn_ord,
+            numel: &self.numel,
+            chunks: &chunks,
+            barrier: &barrier,
+            slots: &slots,
+        };
+        let images: Vec<&[f32]> = chunks.iter().map(|r| &image[r.start * self.numel[0]..r.end * self.numel[0]]).collect();
+        let jobs = views.drain(..).zip(images).zip(self.workers.iter_mut()).enumerate();
+        let results = run_threads(jobs.map(|(k, ((v, img), w))| {
+            let ctx = &ctx;
+            move || forward_chunk(ctx, k, mode, img, v, w)
+        }));
+        results.into_iter().collect()
+    }
+
+    /// Backpropagates gradients seeded at tensors (`seeds`: tensor and its gradient for the
+    /// whole batch; several seeds on one tensor add up) through the last train-mode forward,
+    /// down to every trainable parameter (and to the input if [`Executor::set_input_grad`]).
+    /// `params` must be the store the forward ran with (its running statistics may have been
+    /// updated since; only weights and γ are read).
+    pub fn backward(&mut self, params: &ParamStore, seeds: &[(TensorId, &[f32])]) -> Result<(), ExecError> {
+        let n = match self.last {
+            Some((n, Mode::Train)) => n,
+            _ => return Err(ExecError::NoTrainForward),
+        };
+        for &(id, g) in seeds {
+            let expected = n * self.numel[id.index()];
+            if g.len() != expected {
+                return Err(ExecError::SeedLen { tensor: self.prog.tensor(id).name, expected, got: g.len() });
+            }
+        }
+        let ops = self.resolve(params)?;
+        if self.grads.is_empty() {
+            self.grads = self.numel.iter().map(|&e| vec![0.0; e * self.max_batch]).collect();
+        }
+        let plan = self.plan(seeds);
+        let mut seeded = vec![false; self.numel.len()];
+        for &(id, g) in seeds {
+            let dst = &mut self.grads[id.index()][..g.len()];
+            if seeded[id.index()] {
+                act::add_inplace(self.isa, dst, g).map_err(|err| ExecError::Kernel { layer: self.prog.tensor(id).name, err })?;
+            } else {
+                dst.copy_from_slice(g);
+                seeded[id.index()] = true;
+            }
+        }
+        let chunks = self.chunks(n);
+        let t = chunks.len();
+        for w in &mut self.workers[..t] {
+            if w.pgrads.is_empty() {
+                w.pgrads = self.slots.iter().map(|s| vec![0.0; s.grad.len()]).collect();
+            }
+        }
+        let views = split_views(&mut self.grads, &self.numel, &chunks);
+        let n_bn = self.workers[0].bn.len();
+        let slots: Vec<OnceLock<Moments>> = (0..n_bn * t).map(|_| OnceLock::new()).collect();
+        let barrier = Barrier::new(t);
+        let ctx = Ctx {
+            prog: &self.prog,
+            isa: self.isa,
+            ops: &ops,
+            bn_ord: &self.bn_ord,
+            numel: &self.numel,
+            chunks: &chunks,
+            barrier: &barrier,
+            slots: &slots,
+        };
+        let acts = &self.acts;
+        let plan = &plan;
+        let jobs = views.into_iter().zip(self.workers.iter_mut()).enumerate();
+        let results = run_threads(jobs.map(|(k, (v, w))| {
+            let ctx = &ctx;
+            move || backward_chunk(ctx, plan, k, acts, v, w)
+        }));
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        // Parameter gradients: chunk sums in thread order; batch-norm γ/β from thread 0.
+        let isa = self.isa;
+        for (s, slot) in self.slots.iter_mut().enumerate() {
+            if !plan.active[slot.op] {
+                slot.grad.fill(0.0);
+                continue;
+            }
+            slot.grad.copy_from_slice(&self.workers[0].pgrads[s]);
+            if !slot.bn {
+                for w in &self.workers[1..t] {
+                    act::add_inplace(isa, &mut slot.grad, &w.pgrads[s])
+                        .map_err(|err| ExecError::Kernel { layer: self.prog.ops()[slot.op].name, err })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Which ops are reached by the seeded gradients, and how each delivers its input
+    /// gradients (the first contribution to a tensor overwrites, later ones add).
+    fn plan(&self, seeds: &[(TensorId, &[f32])]) -> BackwardPlan {
+        let ops = self.prog.ops();
+        let mut has = vec![false; self.numel.len()];
+        for &(id, _) in seeds {
+            has[id.index()] = true;
+        }
+        let mut active = vec![false; ops.len()];
+        let mut deliver = vec![[Deliver::Skip; 2]; ops.len()];
+        for (i, op) in ops.iter().enumerate().rev() {
+            if !has[op.output.index()] {
+                continue;
+            }
+            active[i] = true;
+            for (j, &x) in op.inputs().iter().enumerate() {
+                if x == self.prog.input() && !self.input_grad {
+                    continue;
+                }
+                deliver[i][j] = if has[x.index()] { Deliver::Accumulate } else { Deliver::Overwrite };
+                has[x.index()] = true;
+            }
+        }
+        BackwardPlan { active, deliver }
+    }
+}
+
+/// The running mean and variance of batch norm `layer` in `params`, mutably.
+fn stats_mut<'p>(params: &'p mut ParamStore, layer: Name) -> Result<(&'p mut [f32], &'p mut [f32]), ExecError> {
+    let [mean, var] = [ParamRole::Mean, ParamRole::Variance].map(|r| crate::graph::param_name(layer, r));
+    let all = params.params_mut();
+    let find = |name: Name| all.iter().position(|p| p.name == name.as_str()).ok_or_else(|| ExecError::MissingParam { name: name.to_string() });
+    let (im, iv) = (find(mean)?, find(var)?);
+    if im < iv {
+        let (lo, hi) = all.split_at_mut(iv);
+        Ok((&mut lo[im].data, &mut hi[0].data))
+    } else {
+        let (lo, hi) = all.split_at_mut(im);
+        Ok((&mut hi[0].data, &mut lo[iv].data))
+    }
+}
+
+/// Splits each whole-batch buffer (with `numel[t]` values per sample) into the threads'
+/// chunks: `out[k][t]` is thread `k`'s part of tensor `t`.
+fn split_views<'a>(bufs: &'a mut [Vec<f32>], numel: &[usize], chunks: &[Range<usize>]) -> Vec<Vec<&'a mut [f32]>> {
+    let mut out: Vec<Vec<&'a mut [f32]>> = chunks.iter().map(|_| Vec::with_capacity(bufs.len())).collect();
+    for (buf, &per) in bufs.iter_mut().zip(numel) {
+        let mut rest: &'a mut [f32] = buf.as_mut_slice();
+        for (k, r) in chunks.iter().enumerate() {
+            let (part, tail) = rest.split_at_mut(r.len() * per);
+            out[k].push(part);
+            rest = tail;
+        }
+    }
+    out
+}
+
+/// Runs each job on its own thread (the first on the calling thread) and returns their results
+/// in job order.
+fn run_threads<F>(jobs: impl Iterator<Item = F>) -> Vec<Result<(), ExecError>>
+where
+    F: FnOnce() -> Result<(), ExecError> + Send,
+{
+    let mut jobs = jobs;
+    let Some(first) = jobs.next() else { return Vec::new() };
+    thread::scope(|s| {
+        let handles: Vec<_> = jobs.map(|job| s.spawn(job)).collect();
+        let mut out = vec![first()];
+        for h in handles {
+            out.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
+}
+
+/// What every thread of one pass shares.
+struct Ctx<'a> {
+    prog: &'a Program,
+    isa: Isa,
+    ops: &'a [OpParams<'a>],
+    bn_ord: &'a [Option<usize>],
+    numel: &'a [usize],
+    chunks: &'a [Range<usize>],
+    barrier: &'a Barrier,
+    /// Published per-chunk batch-norm values, index `bn · threads + k`.
+    slots: &'a [OnceLock<Moments>],
+}
+
+impl Ctx<'_> {
+    fn slot(&self, bn: usize, k: usize) -> &OnceLock<Moments> {
+        &self.slots[bn * self.chunks.len() + k]
+    }
+
+    /// Publishes `m` as chunk `k`'s value for batch norm `bn`, waits for every chunk, and
+    /// returns all chunks' values in chunk order (`None` if any thread failed).
+    fn exchange(&self, bn: usize, k: usize, m: Moments) -> Option<Vec<&(usize, Vec<f32>, Vec<f32>)>> {
+        // Each slot is set exactly once per pass, by its own thread.
+        let _ = self.slot(bn, k).set(m);
+        self.barrier.wait();
+        (0..self.chunks.len()).map(|u| self.slot(bn, u).get().and_then(|m| m.as_ref())).collect()
+    }
+}
+
+/// Thread `k`'s forward over its chunk. On an error it keeps taking part in the batch-norm
+/// synchronisations (publishing a failure) so that no other thread waits forever.
+fn forward_chunk(
+    ctx: &Ctx<'_>,
+    k: usize,
+    mode: Mode,
+    image: &[f32],
+    mut views: Vec<&mut [f32]>,
+    w: &mut Worker,
+) -> Result<(), ExecError> {
+    let mut failed = None;
+    for i in 0..ctx.prog.ops().len() {
+        let sync = if mode == Mode::Train { ctx.bn_ord[i] } else { None };
+        if failed.is_some() {
+            if let Some(b) = sync {
+                ctx.exchange(b, k, None);
+            }
+            continue;
+        }
+        if let Err(e) = forward_op(ctx, k, mode, i, image, &mut views, w) {
+            failed = Some(e);
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// One op of thread `k`'s forward.
+fn forward_op(
+    ctx: &Ctx<'_>,
+    k: usize,
+    mode: Mode,
+    i: usize,
+    image: &[f32],
+    views: &mut [&mut [f32]],
+    w: &mut Worker,
+) -> Result<(), ExecError> {
+    let prog = ctx.prog;
+    let op = &prog.ops()[i];
+    let p = &ctx.ops[i];
+    let nc = ctx.chunks[k].len();
+    let isa = ctx.isa;
+    let kernel = |err| ExecError::Kernel { layer: op.name, err };
+    // Tensor t ≥ 1 is views[t − 1]; every input precedes the output.
+    let (before, after) = views.split_at_mut(op.output.index() - 1);
+    let y: &mut [f32] = after[0];
+    let before: &[&mut [f32]] = before;
+    let read = |t: TensorId| -> &[f32] { if t.index() == 0 { image } else { &*before[t.index() - 1] } };
+    let x = read(op.input());
+    let shape = prog.tensor(op.output).shape;
+    match op.kind {
+        OpKind::Conv { .. } => {
+            conv::conv2d_fwd(isa, &prog.conv2d(op, nc), x, p.weights, None, Act::None, y, &mut w.scratch).map_err(kernel)
+        }
+        OpKind::DwConv { .. } => {
+            dwconv::dwconv3x3_fwd(isa, &prog.dwconv(op, nc), x, p.weights, None, Act::None, y).map_err(kernel)
+        }
+        OpKind::BatchNorm => {
+            let c = shape.c as usize;
+            let rows = nc * shape.h as usize * shape.w as usize;
+            let ch = Channels::new(rows, c);
+            if mode == Mode::Eval {
+                return norm::bn_infer_fwd(isa, &ch, BN.eps, x, p.scale, p.offset, p.mean, p.var, Act::None, y)
+                    .map_err(kernel);
+            }
+            let b = ctx.bn_ord[i].expect("batch norms have an ordinal");
+            let mut mean = vec![0.0; c];
+            let mut m2 = vec![0.0; c];
+            let local = norm::bn_partial_moments(isa, &ch, x, &mut mean, &mut m2);
+            let all = ctx.exchange(b, k, local.is_ok().then_some((rows, mean, m2)));
+            local.map_err(kernel)?;
+            let all = all.ok_or(ExecError::PeerFailed { layer: op.name })?;
+            let saved = &mut w.bn[b];
+            let mut count = 0;
+            for (cnt, mean, m2) in all {
+                count = norm::bn_merge_moments(isa, count, &mut saved.mean, &mut saved.m2, *cnt, mean, m2)
+                    .map_err(kernel)?;
+            }
+            saved.count = count;
+            let [rm, rv] = &mut w.dummy;
+            norm::bn_finish_moments(isa, BN, count, &saved.mean, &saved.m2, &mut rm[..c], &mut rv[..c], &mut saved.invstd)
+                .map_err(kernel)?;
+            norm::bn_train_apply(isa, &ch, x, p.scale, p.offset, &saved.mean, &saved.invstd, y).map_err(kernel)
+        }
+        OpKind::Relu => act::relu_fwd(isa, x, y).map_err(kernel),
+        OpKind::MaxPool => pool::maxpool3x3s2_fwd(isa, &prog.pool(op, nc), x, y).map_err(kernel),
+        OpKind::AddRelu => {
+            act::add(isa, x, read(op.inputs()[1]), y).map_err(kernel)?;
+            act::relu_inplace(isa, y);
+            Ok(())
+        }
+        OpKind::GlobalAvgPool => pool::global_avg_fwd(isa, &prog.pool(op, nc), x, y).map_err(kernel),
+        OpKind::Fc => {
+            linear::linear_fwd(isa, &prog.linear(op, nc), x, p.weights, Some(p.offset), Act::None, y).map_err(kernel)
+        }
+    }
+}
+
+/// Thread `k`'s backward over its chunk (reverse op order), with the same failure protocol as
+/// [`forward_chunk`].
+fn backward_chunk(
+    ctx: &Ctx<'_>,
+    plan: &BackwardPlan,
+    k: usize,
+    acts: &[Vec<f32>],
+    mut grads: Vec<&mut [f32]>,
+    w: &mut Worker,
+) -> Result<(), ExecError> {
+    let r = &ctx.chunks[k];
+    let act_of = |t: TensorId| -> &[f32] {
+        let per = ctx.numel[t.index()];
+        &acts[t.index()][r.start * per..r.end * per]
+    };
+    let mut failed = None;
+    for i in (0..ctx.prog.ops().len()).rev() {
+        if !plan.active[i] {
+            continue;
+        }
+        if failed.is_some() {
+            if let Some(b) = ctx.bn_ord[i] {
+                ctx.exchange(b, k, None);
+            }
+            continue;
+        }
+        if let Err(e) = backward_op(ctx, plan, k, i, &act_of, &mut grads, w) {
+            failed = Some(e);
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// One op of thread `k`'s backward.
+fn backward_op<'a>(
+    ctx: &Ctx<'_>,
+    plan: &BackwardPlan,
+    k: usize,
+    i: usize,
+    act_of: &dyn Fn(TensorId) -> &'a [f32],
+    grads: &mut [&mut [f32]],
+    w: &mut Worker,
+) -> Result<(), ExecError> {
+    let prog = ctx.prog;
+    let op = &prog.ops()[i];
+    let p = &ctx.ops[i];
+    let nc = ctx.chunks[k].len();
+    let isa = ctx.isa;
+    let kernel = |err| ExecError::Kernel { layer: op.name, err };
+    let (before, after) = grads.split_at_mut(op.output.index());
+    let dy: &[f32] = after[0];
+    let x = act_of(op.input());
+    let y = act_of(op.output);
+    let deliver = plan.deliver[i];
+    let Worker { scratch, tmp, bn, pgrads, .. } = w;
+    let len_in = |j: usize| ctx.numel[op.inputs()[j].index()] * nc;
+    // Computes input j's gradient with `f` into its buffer (overwrite) or tmp (then adds).
+    let mut deliver_to = |j: usize, tmp: &mut [f32], f: &mut dyn FnMut(&mut [f32]) -> Result<(), KernelError>| {
+        let t = op.inputs()[j].index();
+        match deliver[j] {
+            Deliver::Skip => Ok(()),
+            Deliver::Overwrite => f(&mut *before[t]).map_err(kernel),
+            Deliver::Accumulate => {
+                let buf = &mut tmp[..len_in(j)];
+                f(buf).map_err(kernel)?;
+                act::add_inplace(isa, &mut *before[t], buf).map_err(kernel)
+            }
+        }
+    };
+    match op.kind {
+        OpKind::Conv { .. } => {
+            let s = prog.conv2d(op, nc);
+            let dw = &mut pgrads[p.slots[0].expect("conv has weights")];
+            conv::conv2d_bwd_weight(isa, &s, x, dy, dw, scratch).map_err(kernel)?;
+            deliver_to(0, tmp, &mut |dx| conv::conv2d_bwd_input(isa, &s, dy, p.weights, dx, scratch))
+        }
+        OpKind::DwConv { .. } => {
+            let s = prog.dwconv(op, nc);
+            let dw = &mut pgrads[p.slots[0].expect("dwconv has weights")];
+            dwconv::dwconv3x3_bwd_weight(isa, &s, x, dy, dw).map_err(kernel)?;
+            deliver_to(0, tmp, &mut |dx| dwconv::dwconv3x3_bwd_input(isa, &s, dy, p.weights, dx))
+        }
+        OpKind::BatchNorm => {
+            let shape = prog.tensor(op.output).shape;
+            let c = shape.c as usize;
+            let ch = Channels::new(nc * shape.h as usize * shape.w as usize, c);
+            let b = ctx.bn_ord[i].expect("batch norms have an ordinal");
+            let saved = &bn[b];
+            let mut sdy = vec![0.0; c];
+            let mut sdyx = vec![0.0; c];
+            let local = norm::bn_bwd_partial_sums(isa, &ch, x, dy, &saved.mean, &saved.invstd, &mut sdy, &mut sdyx);
+            let all = ctx.exchange(b, k, local.is_ok().then_some((0, sdy, sdyx)));
+            local.map_err(kernel)?;
+            let all = all.ok_or(ExecError::PeerFailed { layer: op.name })?;
+            let (gs, go) = (p.slots[0].expect("bn has a scale"), p.slots[1].expect("bn has an offset"));
+            let (mut dgamma, mut dbeta) = (std::mem::take(&mut pgrads[gs]), std::mem::take(&mut pgrads[go]));
+            dbeta.copy_from_slice(&all[0].1);
+            dgamma.copy_from_slice(&all[0].2);
+            for (_, sdy, sdyx) in &all[1..] {
+                act::add_inplace(isa, &mut dbeta, sdy).map_err(kernel)?;
+                act::add_inplace(isa, &mut dgamma, sdyx).map_err(kernel)?;
+            }
+            let r = deliver_to(0, tmp, &mut |dx| {
+                norm::bn_bwd_apply(isa, &ch, saved.count, x, dy, p.scale, &saved.mean, &saved.invstd, &dbeta, &dgamma, dx)
+            });
+            pgrads[gs] = dgamma;
+            pgrads[go] = dbeta;
+            r
+        }
+        OpKind::Relu => deliver_to(0, tmp, &mut |dx| act::relu_bwd(isa, y, dy, dx)),
+        OpKind::MaxPool => {
+            let s: Pool = prog.pool(op, nc);
+            deliver_to(0, tmp, &mut |dx| pool::maxpool3x3s2_bwd(isa, &s, x, y, dy, dx))
+        }
+        OpKind::AddRelu => {
+            // d(a+b) = dy·[y > 0] for both inputs; computed once, delivered twice.
+            let len = dy.len();
+            let (g, rest) = tmp.split_at_mut(len);
+            act::relu_bwd(isa, y, dy, g).map_err(kernel)?;
+            let g: &[f32] = g;
+            deliver_to(0, rest, &mut |dx| {
+                dx.copy_from_slice(g);
+                Ok(())
+            })?;
+            deliver_to(1, rest, &mut |dx| {
+                dx.copy_from_slice(g);
+                Ok(())
+            })
+        }
+        OpKind::GlobalAvgPool => {
+            let s = prog.pool(op, nc);
+            deliver_to(0, tmp, &mut |dx| pool::global_avg_bwd(isa, &s, dy, dx))
+        }
+        OpKind::Fc => {
+            let s = prog.linear(op, nc);
+            let (ws, bs) = (p.slots[0].expect("fc has weights"), p.slots[1].expect("fc has an offset"));
+            let mut db = std::mem::take(&mut pgrads[bs]);
+            let r = linear::linear_bwd_weight(isa, &s, x, dy, &mut pgrads[ws], Some(&mut db)).map_err(kernel);
+            pgrads[bs] = db;
+            r?;
+            deliver_to(0, tmp, &mut |dx| linear::linear_bwd_input(isa, &s, dy, p.weights, dx))
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Host training (`std`): the multi-threaded forward/backward [`Executor`] over a model
+//! program, learning-rate [`Schedule`]s and the library [`Trainer`] loop (distillation losses
+//! come from [`crate::dist`]).
+
+pub mod exec;
+pub mod sched;
+pub mod trainer;
+
+pub use exec::{ExecError, Executor, Mode};
+pub use sched::{Schedule, ScheduleError};
+pub use trainer::{DataSource, EvalReport, MemoryData, StepReport, TrainConfig, TrainError, Trainer};

@@ -1,0 +1,396 @@
+//! The library training loop: Momentum SGD with L2 weight decay over the student's trainable
+//! parameters, on any weighted sum of [`Loss`]es over a [`Merged`] student (+ frozen teacher).
+//!
+//! One step: student forward in train mode; teacher forward in eval mode on the student's own
+//! input buffer (only when a loss reads a teacher tensor); losses and their gradients
+//! ([`Losses::compute`]); a check that every loss value is finite (otherwise the step stops
+//! with [`TrainError::NonFinite`] naming the step, before any parameter changes); student
+//! backward; `v = μ·v + g + wd·p; p −= lr·v` ([`optim::sgd_momentum`]) for every trainable
+//! parameter (batch-norm running statistics are updated by the forward, never by the optimizer;
+//! the teacher is never touched).
+//!
+//! Data comes from a [`DataSource`]: anything that fills a batch of normalised NHWC images and
+//! labels for given sample indices. Each epoch visits the samples in an order shuffled by a
+//! generator seeded with `(seed, epoch)`, in batches of `batch_size`; a last partial batch is
+//! dropped in training (small batches make batch-norm statistics noisy) and kept in evaluation.
+
+use std::fmt;
+use std::string::String;
+use std::vec::Vec;
+
+use tinykd_kernels::optim::{self, Momentum};
+use tinykd_kernels::shape::Logits;
+use tinykd_kernels::{loss, Isa, KernelError};
+
+use super::exec::{ExecError, Executor};
+use super::sched::Schedule;
+use crate::dist::{DistError, Loss, LossValues, Losses, Merged};
+use crate::graph::VarKind;
+use crate::host::data::Rng;
+use crate::params::ParamStore;
+
+/// A dataset the trainer can draw batches from.
+pub trait DataSource {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// Whether there are no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Replaces `images` with samples `indices` as normalised NHWC f32 (`indices.len() · h·w·c`
+    /// values) and `labels` with their labels.
+    fn fill(&mut self, indices: &[usize], images: &mut Vec<f32>, labels: &mut Vec<u32>) -> Result<(), String>;
+}
+
+/// Samples held in memory: `images` is `len · per_sample` NHWC values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryData {
+    images: Vec<f32>,
+    labels: Vec<u32>,
+    per_sample: usize,
+}
+
+impl MemoryData {
+    /// `labels.len()` samples of `per_sample` values each (`images.len()` must match).
+    pub fn new(images: Vec<f32>, labels: Vec<u32>, per_sample: usize) -> Result<MemoryData, String> {
+        if per_sample == 0 || images.len() != labels.len() * per_sample {
+            return Err(format!(
+                "{} image values for {} labels of {per_sample} values each",
+                images.len(),
+                labels.len()
+            ));
+        }
+        Ok(MemoryData { images, labels, per_sample })
+    }
+}
+
+impl DataSource for MemoryData {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn fill(&mut self, indices: &[usize], images: &mut Vec<f32>, labels: &mut Vec<u32>) -> Result<(), String> {
+        images.clear();
+        labels.clear();
+        for &i in indices {
+            let img = self.images.get(i * self.per_sample..(i + 1) * self.per_sample).ok_or("sample index out of range")?;
+            images.extend_from_slice(img);
+            labels.push(self.labels[i]);
+        }
+        Ok(())
+    }
+}
+
+/// Hyper-parameters of a [`Trainer`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Samples per step (also the evaluation batch).
+    pub batch_size: usize,
+    /// Worker threads of the executors.
+    pub threads: usize,
+    /// Seed of the per-epoch shuffling.
+    pub seed: u64,
+    /// Momentum `μ`.
+    pub momentum: f32,
+    /// L2 weight decay (added to the gradient as `wd·p`).
+    pub weight_decay: f32,
+    /// Learning rate per step.
+    pub schedule: Schedule,
+}
+
+impl Default for TrainConfig {
+    /// The tutorial's optimizer `Momentum(0.01, 0.9)`, batch 64, one thread, seed 0.
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 64,
+            threads: 1,
+            seed: 0,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            schedule: Schedule::Constant(0.01),
+        }
+    }
+}
+
+/// Why training stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainError {
+    /// The executor failed.
+    Exec(ExecError),
+    /// A loss failed (or did not resolve).
+    Dist(DistError),
+    /// A loss value was NaN or infinite at `step` (parameters were not updated).
+    NonFinite {
+        /// The global step (0-based).
+        step: usize,
+        /// The losses of that step.
+        values: LossValues,
+    },
+    /// The data source failed or gave a batch of the wrong size.
+    Data(String),
+    /// An invalid configuration.
+    Config(String),
+    /// The optimizer or a metric kernel refused its arguments.
+    Kernel(KernelError),
+}
+
+impl fmt::Display for TrainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrainError::Exec(e) => write!(f, "{e}"),
+            TrainError::Dist(e) => write!(f, "{e}"),
+            TrainError::NonFinite { step, values } => {
+                write!(f, "loss is not finite at step {step} (total {}", values.total)?;
+                for (label, w, v) in &values.parts {
+                    write!(f, "; {label} ×{w}: {v}")?;
+                }
+                f.write_str("); try a lower learning rate")
+            }
+            TrainError::Data(e) => write!(f, "data: {e}"),
+            TrainError::Config(e) => write!(f, "configuration: {e}"),
+            TrainError::Kernel(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+impl From<ExecError> for TrainError {
+    fn from(e: ExecError) -> Self {
+        TrainError::Exec(e)
+    }
+}
+
+impl From<DistError> for TrainError {
+    fn from(e: DistError) -> Self {
+        TrainError::Dist(e)
+    }
+}
+
+/// What one training step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// The global step (0-based, counted over all epochs).
+    pub step: usize,
+    /// The epoch (0-based; 0 for a bare [`Trainer::step`]).
+    pub epoch: usize,
+    /// The learning rate used.
+    pub lr: f32,
+    /// Samples in the batch.
+    pub batch: usize,
+    /// The loss values.
+    pub losses: LossValues,
+}
+
+/// Accuracy and cross-entropy of the student over a dataset, eval mode.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalReport {
+    /// Samples evaluated.
+    pub samples: usize,
+    /// Fraction whose label is the top logit.
+    pub top1: f64,
+    /// Fraction whose label is among the five highest logits (all classes if fewer than 5).
+    pub top5: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+}
+
+/// The training loop over a student (and optional frozen teacher); see the
+/// [module docs](self).
+#[derive(Debug)]
+pub struct Trainer {
+    cfg: TrainConfig,
+    isa: Isa,
+    merged: Merged,
+    losses: Losses,
+    params: ParamStore,
+    /// Per store entry: momentum buffer (empty for statistics) and executor gradient slot.
+    velocity: Vec<Vec<f32>>,
+    grad_of: Vec<Option<usize>>,
+    student: Executor,
+    teacher: Option<Executor>,
+    step: usize,
+    images: Vec<f32>,
+    labels: Vec<u32>,
+}
+
+impl Trainer {
+    /// A trainer of `merged`'s student, starting from `params`, on `losses`.
+    pub fn new(merged: Merged, params: ParamStore, losses: &[Loss], cfg: TrainConfig) -> Result<Trainer, TrainError> {
+        if cfg.batch_size == 0 {
+            return Err(TrainError::Config("the batch size must be at least 1".into()));
+        }
+        if losses.is_empty() {
+            return Err(TrainError::Config("at least one loss is needed".into()));
+        }
+        if *params.config() != merged.student().config {
+            return Err(TrainError::Config(format!(
+                "the parameters are for {:?}, the student is {:?}",
+                params.config(),
+                merged.student().config
+            )));
+        }
+        let isa = Isa::detect();
+        let resolved = Losses::new(&merged, losses)?;
+        let student = Executor::with_isa(merged.student(), cfg.batch_size, cfg.threads, isa);
+        let teacher = match merged.teacher() {
+            Some(t) if resolved.needs_teacher() => Some(Executor::with_isa(&t.program, cfg.batch_size, cfg.threads, isa)),
+            _ => None,
+        };
+        let slots: Vec<&str> = student.param_grads().map(|(n, _)| n).collect();
+        let grad_of: Vec<Option<usize>> = params.params().iter().map(|p| slots.iter().position(|&n| n == p.name)).collect();
+        let velocity = params
+            .params()
+            .iter()
+            .map(|p| if p.kind == VarKind::Parameter { vec![0.0; p.data.len()] } else { Vec::new() })
+            .collect();
+        Ok(Trainer {
+            cfg,
+            isa,
+            merged,
+            losses: resolved,
+            params,
+            velocity,
+            grad_of,
+            student,
+            teacher,
+            step: 0,
+            images: Vec::new(),
+            labels: Vec::new(),
+        })
+    }
+
+    /// The student's parameters and statistics.
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    /// The student's parameters and statistics, consuming the trainer.
+    pub fn into_params(self) -> ParamStore {
+        self.params
+    }
+
+    /// The merged name space (and the frozen teacher's parameters).
+    pub fn merged(&self) -> &Merged {
+        &self.merged
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Steps taken so far (the next step's index).
+    pub fn step_count(&self) -> usize {
+        self.step
+    }
+
+    /// Sets the step counter (e.g. when resuming), which drives the learning-rate schedule.
+    pub fn set_step_count(&mut self, step: usize) {
+        self.step = step;
+    }
+
+    /// The student executor (activations and gradients of the last step).
+    pub fn student(&self) -> &Executor {
+        &self.student
+    }
+
+    /// The teacher executor, if a loss reads teacher tensors.
+    pub fn teacher(&self) -> Option<&Executor> {
+        self.teacher.as_ref()
+    }
+
+    /// One step on a batch (`images` NHWC normalised, one label per sample; at most
+    /// `batch_size` samples).
+    pub fn step(&mut self, images: &[f32], labels: &[u32]) -> Result<StepReport, TrainError> {
+        self.step_in_epoch(images, labels, 0)
+    }
+
+    fn step_in_epoch(&mut self, images: &[f32], labels: &[u32], epoch: usize) -> Result<StepReport, TrainError> {
+        self.student.forward_train(&mut self.params, images)?;
+        if labels.len() != self.student.batch() {
+            return Err(TrainError::Data(format!("{} labels for a batch of {}", labels.len(), self.student.batch())));
+        }
+        if let (Some(tex), Some(t)) = (self.teacher.as_mut(), self.merged.teacher()) {
+            // The teacher reads the student's input buffer in place (`image` is mapped).
+            tex.forward_eval(&t.params, self.student.input())?;
+        }
+        let (values, seeds) = self.losses.compute(self.isa, &self.student, self.teacher.as_ref(), labels)?;
+        if !values.total.is_finite() || values.parts.iter().any(|p| !p.2.is_finite()) {
+            return Err(TrainError::NonFinite { step: self.step, values });
+        }
+        let seeds: Vec<_> = seeds.iter().map(|(id, g)| (*id, g.as_slice())).collect();
+        self.student.backward(&self.params, &seeds)?;
+        let lr = self.cfg.schedule.lr(self.step);
+        let h = Momentum { lr, mu: self.cfg.momentum, wd: self.cfg.weight_decay };
+        let grads: Vec<&[f32]> = self.student.param_grads().map(|(_, g)| g).collect();
+        for ((p, v), slot) in self.params.params_mut().iter_mut().zip(&mut self.velocity).zip(&self.grad_of) {
+            if let (VarKind::Parameter, Some(s)) = (p.kind, slot) {
+                optim::sgd_momentum(self.isa, h, &mut p.data, grads[*s], v).map_err(TrainError::Kernel)?;
+            }
+        }
+        let report = StepReport { step: self.step, epoch, lr, batch: labels.len(), losses: values };
+        self.step += 1;
+        Ok(report)
+    }
+
+    /// One epoch over `data` (shuffled by `(seed, epoch)`, last partial batch dropped), calling
+    /// `on_step` after every step. Returns the mean total loss over the epoch's steps.
+    pub fn train_epoch(
+        &mut self,
+        data: &mut dyn DataSource,
+        epoch: usize,
+        on_step: &mut dyn FnMut(&StepReport),
+    ) -> Result<f64, TrainError> {
+        let bs = self.cfg.batch_size;
+        if data.len() < bs {
+            return Err(TrainError::Data(format!("{} samples are fewer than one batch of {bs}", data.len())));
+        }
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        Rng::stream(self.cfg.seed, epoch as u64).shuffle(&mut order);
+        let mut images = std::mem::take(&mut self.images);
+        let mut labels = std::mem::take(&mut self.labels);
+        let mut sum = 0.0f64;
+        let mut steps = 0usize;
+        let result = (|| {
+            for idx in order.chunks_exact(bs) {
+                data.fill(idx, &mut images, &mut labels).map_err(TrainError::Data)?;
+                let r = self.step_in_epoch(&images, &labels, epoch)?;
+                sum += r.losses.total as f64;
+                steps += 1;
+                on_step(&r);
+            }
+            Ok(sum / steps as f64)
+        })();
+        self.images = images;
+        self.labels = labels;
+        result
+    }
+
+    /// Evaluates the student in eval mode over all of `data` in batches of `batch_size`.
+    pub fn evaluate(&mut self, data: &mut dyn DataSource) -> Result<EvalReport, TrainError> {
+        let n = data.len();
+        if n == 0 {
+            return Err(TrainError::Data("nothing to evaluate".into()));
+        }
+        let classes = self.merged.student().tensor(self.merged.student().output()).shape.c as usize;
+        let (mut top1, mut top5, mut ce) = (0usize, 0usize, 0.0f64);
+        let mut images = std::mem::take(&mut self.images);
+        let mut labels = std::mem::take(&mut self.labels);
+        let order: Vec<usize> = (0..n).collect();
+        let result = (|| {
+            for idx in order.chunks(self.cfg.batch_size) {
+                data.fill(idx, &mut images, &mut labels).map_err(TrainError::Data)?;
+                self.student.forward_eval(&self.params, &images)?;
+                let z = self.student.logits();
+                let sh = Logits::new(idx.len(), classes);
+                top1 += loss::topk_correct(&sh, z, &labels, 1).map_err(TrainError::Kernel)?;
+                top5 += loss::topk_correct(&sh, z, &labels, 5.min(classes)).map_err(TrainError::Kernel)?;
+                ce += loss::softmax_ce(self.isa, &sh, z, &labels, None).map_err(TrainError::Kernel)? as f64 * idx.len() as f64;
+            }
+            Ok(EvalReport { samples: n, top1: top1 as f64 / n as f64, top5: top5 as f64 / n as f64, loss: ce / n as f64 })
+        })();
+        self.images = images;
+        self.labels = labels;
+        result
+    }
+}
