@@ -9,8 +9,10 @@
 //!       for each MR-row panel: micro-kernel MR×NR over kc, α/β epilogue into C
 //! ```
 //!
-//! Each element of A is packed once; B is packed `⌈m/MC⌉` times, which with a large MC costs
-//! about `1/(2·MC)` of the arithmetic. f16 operands are widened to f32 while packing (by the
+//! k is cut into equal KC blocks (at most the kernel's KC, a multiple of 8), and MC is as many
+//! rows as the A buffer holds at that depth (MC·KC is fixed), so a short k gets a tall A block.
+//! Each element of A is packed once; B is packed `⌈m/MC⌉` times, which costs about
+//! `1/(2·MC)` of the arithmetic. f16 operands are widened to f32 while packing (by the
 //! kernel's [`MicroKernel::widen`], i.e. F16C / NEON `fcvtl`), never in the micro-kernel.
 //! Panels are zero-padded to MR/NR lanes, so the micro-kernel always runs a full tile; edge
 //! tiles are cut in its epilogue.
@@ -127,33 +129,27 @@ unsafe fn pack_panel<K: MicroKernel, E: Elem, const L: usize>(
             }
         }
     } else {
+        // Widen CHUNK-deep pieces of the nl rows into `tmp` (rows ≥ nl stay 0), then write
+        // them out depth-major so the stores into `dst` are contiguous.
         const CHUNK: usize = 32;
-        let mut tmp = [0.0f32; CHUNK];
-        for l in 0..nl {
-            let run = &x[(lane0 + l) * ld + d0..][..kc];
-            if let Some(run) = as_f32(run) {
-                for (p, &v) in run.iter().enumerate() {
-                    // SAFETY: p < kc and l < L: inside the `kc·L` slots of `dst`.
-                    unsafe { dst.add(p * L + l).write(v) };
-                }
-                continue;
+        let mut tmp = [[0.0f32; CHUNK]; L];
+        let mut c0 = 0;
+        while c0 < kc {
+            let len = CHUNK.min(kc - c0);
+            for (l, t) in tmp.iter_mut().enumerate().take(nl) {
+                let run = &x[(lane0 + l) * ld + d0 + c0..][..len];
+                // SAFETY: `len ≤ CHUNK` slots of `t` are written.
+                unsafe { K::widen(run, t.as_mut_ptr()) };
             }
-            for (ci, chunk) in run.chunks(CHUNK).enumerate() {
-                // SAFETY: `chunk.len() ≤ CHUNK` slots of `tmp`; then (ci·CHUNK + q) < kc and
-                // l < L index inside the `kc·L` slots of `dst`.
-                unsafe {
-                    K::widen(chunk, tmp.as_mut_ptr());
-                    for (q, &v) in tmp[..chunk.len()].iter().enumerate() {
-                        dst.add((ci * CHUNK + q) * L + l).write(v);
-                    }
+            for q in 0..len {
+                // SAFETY: c0 + q < kc: the L slots at (c0+q)·L are inside the `kc·L` of `dst`.
+                let out = unsafe { dst.add((c0 + q) * L) };
+                for (l, t) in tmp.iter().enumerate() {
+                    // SAFETY: l < L, see above.
+                    unsafe { out.add(l).write(t[q]) };
                 }
             }
-        }
-        for l in nl..L {
-            for p in 0..kc {
-                // SAFETY: p < kc and l < L: inside the `kc·L` slots of `dst`.
-                unsafe { dst.add(p * L + l).write(0.0) };
-            }
+            c0 += CHUNK;
         }
     }
 }
@@ -187,18 +183,23 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
         return;
     }
     let cp = c.as_mut_ptr();
+    // Equal KC blocks (k = 288 runs as 2×144, not 256 + 32), rounded up to a multiple of 8.
+    let kc_blk = s.k.div_ceil(s.k.div_ceil(kc_max)).next_multiple_of(8).min(kc_max);
+    // As many rows as the A buffer holds at that depth: fewer B repacks when k is short.
+    let mc_blk = (mc_max * kc_max / kc_blk) / MR * MR;
     let mut p0 = 0;
     while p0 < s.k {
-        let kc = kc_max.min(s.k - p0);
+        let kc = kc_blk.min(s.k - p0);
         let beta_p = if p0 == 0 { beta } else { 1.0 };
         let mut i0 = 0;
         while i0 < s.m {
-            let mc = mc_max.min(s.m - i0);
+            let mc = mc_blk.min(s.m - i0);
             let panels = mc.div_ceil(MR);
             for ir in 0..panels {
                 let mr = MR.min(mc - ir * MR);
                 // SAFETY: panel `ir` occupies abuf[ir·MR·kc ..][.. MR·kc], inside
-                // `mc_max·kc_max` since ir < ⌈mc/MR⌉ ≤ mc_max/MR and kc ≤ kc_max; the A
+                // `mc_max·kc_max` since ir < ⌈mc/MR⌉ ≤ mc_blk/MR and mc_blk·kc ≤
+                // mc_blk·kc_blk ≤ mc_max·kc_max (kc ≤ kc_blk ≤ kc_max); the A
                 // elements read are inside `a` by the caller's length checks.
                 unsafe {
                     pack_panel::<K, A, MR>(a, s.ta == Trans::T, s.lda, i0 + ir * MR, mr, p0, kc, abuf.add(ir * MR * kc))
@@ -232,9 +233,9 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                 }
                 j0 += NR;
             }
-            i0 += mc_max;
+            i0 += mc_blk;
         }
-        p0 += kc_max;
+        p0 += kc_blk;
     }
 }
 
