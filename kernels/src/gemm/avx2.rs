@@ -1,6 +1,7 @@
 //! x86_64 AVX2+FMA path: `f32-gemm 6x16 fma3` micro-kernel (12 ymm accumulators, 2 B loads
-//! and 6 broadcasts per k step), KC = 256, MC = 144; f16 operands widened with F16C while
-//! packing. Packing buffers: 144·256 + 256·16 f32 = 160 KiB on the stack, 64-byte aligned.
+//! and 6 broadcasts per k step), KC ≤ 256, MC = 144 at KC = 256 (more rows for a shorter kc);
+//! f16 operands widened with F16C while packing. Packing buffers: 144·256 + 256·16 f32 =
+//! 160 KiB on the stack, 64-byte aligned.
 
 use super::blocked::{self, as_f16, as_f32, Buf, MicroKernel};
 use super::GemmShape;

@@ -7,9 +7,9 @@
 //! Paths (chosen by the one `match` in [`gemm`]):
 //! - scalar (`scalar.rs`): the specification — each output one f32 dot product in k order,
 //!   register-blocked 4×4, no packing, no stack buffers (what a Cortex-M4F runs);
-//! - AVX2+FMA+F16C (`avx2.rs`): 6×16 micro-kernel, KC 256, MC 144, 160 KiB of packing
+//! - AVX2+FMA+F16C (`avx2.rs`): 6×16 micro-kernel, KC ≤ 256, MC·KC = 144·256, 160 KiB of packing
 //!   buffers on the stack;
-//! - NEON (`neon.rs`): 8×8 micro-kernel, KC 256, MC 128, 136 KiB of packing buffers;
+//! - NEON (`neon.rs`): 8×8 micro-kernel, KC ≤ 256, MC·KC = 128·256, 136 KiB of packing buffers;
 //! - the SIMD paths share the loop nest and the f16→f32-widening packers (`blocked.rs`).
 //!
 //! Accuracy contract: the SIMD paths sum in k order within each KC block, fuse multiply-adds

@@ -1,7 +1,7 @@
 //! aarch64 NEON path: `f32-gemm 8x8 neonfma` micro-kernel (16 q-register accumulators,
-//! `vfmaq_laneq_f32` against 2 A and 2 B vectors per k step), KC = 256, MC = 128; f16 operands
-//! widened with `fcvtl` while packing. Packing buffers: 128·256 + 256·8 f32 = 136 KiB on the
-//! stack, 64-byte aligned.
+//! `vfmaq_laneq_f32` against 2 A and 2 B vectors per k step), KC ≤ 256, MC = 128 at KC = 256;
+//! f16 operands widened with `fcvtl` while packing. Packing buffers: 128·256 + 256·8 f32 =
+//! 136 KiB on the stack, 64-byte aligned.
 
 use super::blocked::{self, as_f16, as_f32, Buf, MicroKernel};
 use super::GemmShape;
