@@ -1,0 +1,303 @@
+//! Training executor and trainer: whole-program gradient checks of cross-entropy (every op kind
+//! of both models), thread determinism, the training loop (loss falls, NaN detection) and
+//! learning-rate schedules. Distillation losses are checked in `tests/dist.rs`.
+
+#[path = "../kernels/tests/common/mod.rs"]
+mod common;
+
+use common::{assert_close, dot64, grad_check, Rng};
+use tinykd::dist::{Loss, Merged};
+use tinykd::graph::{Program, TensorId};
+use tinykd::kernels::loss::softmax_ce;
+use tinykd::kernels::shape::Logits;
+use tinykd::kernels::Isa;
+use tinykd::models;
+use tinykd::params::ParamStore;
+use tinykd::train::{Executor, MemoryData, Mode, Schedule, TrainConfig, TrainError, Trainer};
+use tinykd::{ModelConfig, Stem};
+
+/// MobileNetV1 at 0.25 width, CIFAR stem, 32x32 inputs (ends at 2x2), 10 classes.
+fn tiny_mobilenet(seed: u64) -> (Program, ParamStore) {
+    let cfg = ModelConfig::mobilenet_v1(250).with_stem(Stem::Cifar);
+    (models::program(&cfg).unwrap(), ParamStore::init(&cfg, seed).unwrap())
+}
+
+/// Softmax cross-entropy averaged over the batch, in f64 (independent of the kernel).
+fn ce64(logits: &[f32], labels: &[u32], classes: usize) -> f64 {
+    let per_row = logits.chunks(classes).zip(labels).map(|(z, &l)| {
+        let m = z.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+        m + z.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() - z[l as usize] as f64
+    });
+    per_row.sum::<f64>() / labels.len() as f64
+}
+
+fn batch(rng: &mut Rng, prog: &Program, n: usize) -> (Vec<f32>, Vec<u32>) {
+    let per = prog.tensor(prog.input()).shape.numel();
+    let classes = prog.tensor(prog.output()).shape.c as usize;
+    (rng.vec(n * per), (0..n).map(|_| rng.below(classes) as u32).collect())
+}
+
+/// Backward of the kernel's cross-entropy gradient at the logits.
+fn ce_backward(ex: &mut Executor, params: &ParamStore, labels: &[u32]) {
+    let classes = ex.program().tensor(ex.program().output()).shape.c as usize;
+    let mut d = vec![0.0; ex.logits().len()];
+    softmax_ce(Isa::detect(), &Logits::new(labels.len(), classes), ex.logits(), labels, Some(&mut d)).unwrap();
+    let out = ex.program().output();
+    ex.backward(params, &[(out, &d)]).unwrap();
+}
+
+/// Checks `ex`'s gradient of each parameter in `names` against central differences of
+/// `loss(params)` (a train-mode forward of a perturbed copy).
+fn check_params(
+    ex: &Executor,
+    params: &ParamStore,
+    names: &[&str],
+    eps: f32,
+    tol: f64,
+    max_checks: usize,
+    mut loss: impl FnMut(&mut ParamStore) -> f64,
+) {
+    for &name in names {
+        let analytic = ex.param_grad(name).unwrap_or_else(|| panic!("no gradient for {name}")).to_vec();
+        assert!(analytic.iter().all(|g| g.is_finite()), "{name}: non-finite gradient");
+        assert!(analytic.iter().any(|&g| g != 0.0), "{name}: gradient is all zero");
+        let base = params.get(name).unwrap().data.clone();
+        grad_check(name, &base, &analytic, eps, tol, max_checks, |v| {
+            let mut q = params.clone();
+            q.get_mut(name).unwrap().data.copy_from_slice(v);
+            loss(&mut q)
+        });
+    }
+}
+
+#[test]
+fn mobilenet_ce_gradients_match_finite_differences() {
+    // The upper layers hold every op kind (pointwise conv, depthwise conv, BN scale/offset,
+    // ReLU, global average pool, fc); deeper layers are checked through shallow hint losses in
+    // tests/dist.rs, because a random BN network's loss is too kinked there for differences.
+    let (prog, params) = tiny_mobilenet(7);
+    let mut rng = Rng::new(1);
+    let (x, labels) = batch(&mut rng, &prog, 4);
+    let mut ex = Executor::new(&prog, 4, 1);
+    ex.forward(&mut params.clone(), &x, Mode::Train).unwrap();
+    ce_backward(&mut ex, &params, &labels);
+    let mut probe = Executor::new(&prog, 4, 1);
+    let names = [
+        "fc7_weights",
+        "fc7_offset",
+        "conv6_sep_bn_scale",
+        "conv6_sep_bn_offset",
+        "conv6_sep_weights",
+        "conv6_dw_bn_scale",
+        "conv6_dw_weights",
+        "conv5_6_sep_weights",
+    ];
+    check_params(&ex, &params, &names, 1e-3, 3e-2, 8, |q| {
+        probe.forward(q, &x, Mode::Train).unwrap();
+        ce64(probe.logits(), &labels, 10)
+    });
+}
+
+#[test]
+fn resnet50_gradients_match_finite_differences() {
+    // ImageNet stem (7x7 conv, max pool), residual add+ReLU, shortcut convs, strided 3x3
+    // convs; the loss is Σ r·T at a tensor (f64), the network runs to the end.
+    let cfg = ModelConfig::resnet50();
+    let prog = models::program(&cfg).unwrap();
+    let params = ParamStore::init(&cfg, 3).unwrap();
+    let mut rng = Rng::new(5);
+    let (x, _) = batch(&mut rng, &prog, 2);
+    let cases: [(&str, &[&str]); 3] = [
+        ("pool1", &["conv1_weights", "bn_conv1_scale", "bn_conv1_offset"]),
+        ("res2a.add.relu", &["res2a_branch1_weights", "bn2a_branch1_scale", "res2a_branch2c_weights"]),
+        ("res3a_branch2b", &["res3a_branch2b_weights", "bn3a_branch2a_scale"]),
+    ];
+    let mut ex = Executor::new(&prog, 2, 1);
+    let mut probe = Executor::new(&prog, 2, 1);
+    for (tensor, names) in cases {
+        let id = prog.find(tensor).unwrap();
+        ex.forward(&mut params.clone(), &x, Mode::Train).unwrap();
+        let r = rng.vec(ex.tensor(id).len());
+        ex.backward(&params, &[(id, &r)]).unwrap();
+        check_params(&ex, &params, names, 3e-4, 5e-2, 4, |q| {
+            probe.forward(q, &x, Mode::Train).unwrap();
+            dot64(&r, probe.tensor(id))
+        });
+    }
+}
+
+#[test]
+fn eval_mode_uses_and_keeps_running_statistics() {
+    let (prog, params) = tiny_mobilenet(7);
+    let mut rng = Rng::new(2);
+    let (x, _) = batch(&mut rng, &prog, 3);
+    let mut ex = Executor::new(&prog, 3, 1);
+    let mut p = params.clone();
+    ex.forward(&mut p, &x, Mode::Train).unwrap();
+    assert_ne!(p, params, "train mode updates the running statistics");
+    let after_train = p.clone();
+    ex.forward(&mut p, &x, Mode::Eval).unwrap();
+    assert_eq!(p, after_train, "eval mode never changes them");
+    // With the running statistics converged to this batch's statistics (no weight updates),
+    // eval mode reproduces train mode.
+    for _ in 0..250 {
+        ex.forward(&mut p, &x, Mode::Train).unwrap();
+    }
+    let train_logits = ex.logits().to_vec();
+    ex.forward(&mut p, &x, Mode::Eval).unwrap();
+    let scale = train_logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert_close("eval vs train logits", ex.logits(), &train_logits, 1e-2, 1e-2 * scale);
+    // Eval results do not depend on the other samples of the batch.
+    let first = ex.logits()[..10].to_vec();
+    ex.forward_eval(&p, &x[..32 * 32 * 3]).unwrap();
+    assert_close("eval logits of sample 0", ex.logits(), &first, 1e-5, 1e-6);
+    assert_eq!(ex.backward(&p, &[]), Err(tinykd::train::ExecError::NoTrainForward));
+}
+
+#[test]
+fn threads_match_one_thread_and_repeat_bitwise() {
+    let (prog, params) = tiny_mobilenet(7);
+    let mut rng = Rng::new(3);
+    let (x, labels) = batch(&mut rng, &prog, 5); // chunks of 3 and 2 samples
+    let run = |threads: usize| {
+        let mut ex = Executor::new(&prog, 5, threads);
+        ex.set_input_grad(true);
+        let mut p = params.clone();
+        ex.forward(&mut p, &x, Mode::Train).unwrap();
+        ce_backward(&mut ex, &params, &labels);
+        let grads: Vec<Vec<f32>> = ex.param_grads().map(|(_, g)| g.to_vec()).collect();
+        (ex.logits().to_vec(), grads, ex.tensor_grad(TensorId(0)).unwrap().to_vec(), p)
+    };
+    let one = run(1);
+    let two = run(2);
+    assert_eq!(two, run(2), "two threads twice: bitwise identical");
+    // Different thread counts sum in different orders: equal within f32 rounding, amplified
+    // by the depth of a random network (tolerances relative to each tensor's largest value).
+    // A structural error (e.g. per-chunk instead of whole-batch statistics) is O(1) off.
+    let close = |what: &str, a: &[f32], b: &[f32]| {
+        let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        let diff: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+        assert!(norm(b) > 0.0, "{what}: all zero");
+        assert!(norm(&diff) <= 2e-2 * norm(b) + 1e-4, "{what}: |a − b| = {} vs |b| = {}", norm(&diff), norm(b));
+    };
+    close("logits", &two.0, &one.0);
+    for (i, (a, b)) in two.1.iter().zip(&one.1).enumerate() {
+        close(&format!("param grad {i}"), a, b);
+    }
+    close("input grad", &two.2, &one.2);
+    for (a, b) in two.3.params().iter().zip(one.3.params()) {
+        assert_close(&a.name, &a.data, &b.data, 1e-3, 1e-4);
+    }
+}
+
+fn tiny_data(n: usize, seed: u64) -> MemoryData {
+    let cfg = ModelConfig::mobilenet_v1(250).with_stem(Stem::Cifar).with_input(16, 16);
+    let per = 16 * 16 * 3;
+    let mut rng = Rng::new(seed);
+    let labels: Vec<u32> = (0..n).map(|i| (i % 10) as u32).collect();
+    // Each class gets its own mean colour plus noise: learnable.
+    let images = labels
+        .iter()
+        .flat_map(|&l| {
+            let base = l as f32 / 5.0 - 0.9;
+            (0..per).map(|k| base * [1.0, -0.5, 0.25][k % 3] + 0.3 * rng.uniform(-1.0, 1.0)).collect::<Vec<_>>()
+        })
+        .collect();
+    let _ = cfg;
+    MemoryData::new(images, labels, per).unwrap()
+}
+
+fn tiny16() -> (ModelConfig, Program, ParamStore) {
+    let cfg = ModelConfig::mobilenet_v1(250).with_stem(Stem::Cifar).with_input(16, 16);
+    (cfg, models::program(&cfg).unwrap(), ParamStore::init(&cfg, 11).unwrap())
+}
+
+#[test]
+fn training_loss_falls() {
+    let (_, prog, params) = tiny16();
+    let cfg = TrainConfig { batch_size: 10, threads: 2, seed: 1, schedule: Schedule::constant(0.05).unwrap(), ..TrainConfig::default() };
+    let mut t = Trainer::new(Merged::student_only(&prog), params, &[Loss::ce()], cfg).unwrap();
+    let mut data = tiny_data(10, 4);
+    let mut losses = Vec::new();
+    for epoch in 0..20 {
+        t.train_epoch(&mut data, epoch, &mut |r| losses.push(r.losses.total)).unwrap();
+    }
+    assert_eq!(losses.len(), 20);
+    assert_eq!(t.step_count(), 20);
+    let first = losses[..3].iter().sum::<f32>() / 3.0;
+    let last = losses[17..].iter().sum::<f32>() / 3.0;
+    assert!(last < 0.5 * first, "loss did not fall: {losses:?}");
+    let eval = t.evaluate(&mut data).unwrap();
+    assert_eq!(eval.samples, 10);
+    assert!(eval.top5 >= eval.top1 && eval.loss.is_finite(), "{eval:?}");
+}
+
+#[test]
+fn trainer_is_bitwise_reproducible_with_two_threads() {
+    let run = || {
+        let (_, prog, params) = tiny16();
+        let cfg = TrainConfig { batch_size: 6, threads: 2, seed: 9, weight_decay: 1e-4, ..TrainConfig::default() };
+        let mut t = Trainer::new(Merged::student_only(&prog), params, &[Loss::ce()], cfg).unwrap();
+        let mut data = tiny_data(13, 5); // 2 batches per epoch, 1 sample dropped
+        for epoch in 0..2 {
+            t.train_epoch(&mut data, epoch, &mut |_| {}).unwrap();
+        }
+        assert_eq!(t.step_count(), 4);
+        t.into_params()
+    };
+    let a = run();
+    let b = run();
+    for (x, y) in a.params().iter().zip(b.params()) {
+        assert!(x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits()), "{} differs", x.name);
+    }
+}
+
+#[test]
+fn nan_loss_stops_with_the_step() {
+    let (_, prog, mut params) = tiny16();
+    params.get_mut("fc7_offset").unwrap().data[3] = f32::NAN;
+    let cfg = TrainConfig { batch_size: 4, ..TrainConfig::default() };
+    let before = params.clone();
+    let mut t = Trainer::new(Merged::student_only(&prog), params, &[Loss::ce()], cfg).unwrap();
+    let mut data = tiny_data(4, 1);
+    t.set_step_count(7);
+    let err = t.train_epoch(&mut data, 0, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, TrainError::NonFinite { step: 7, .. }), "{err:?}");
+    assert!(err.to_string().contains("step 7"), "{err}");
+    let trainable = |p: &ParamStore| p.params().iter().filter(|x| x.kind == tinykd::graph::VarKind::Parameter).map(|x| x.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+    assert_eq!(trainable(t.params()), trainable(&before), "no update on a non-finite step");
+}
+
+#[test]
+fn errors_are_reported() {
+    let (_, prog, params) = tiny16();
+    let mut ex = Executor::new(&prog, 2, 1);
+    let mut p = params.clone();
+    assert!(matches!(ex.forward(&mut p, &[0.0; 5], Mode::Train), Err(tinykd::train::ExecError::InputLen { .. })));
+    assert!(matches!(ex.forward(&mut p, &vec![0.0; 3 * 768], Mode::Train), Err(tinykd::train::ExecError::InputLen { .. })));
+    let mut q = params.clone();
+    q.get_mut("conv1_weights").unwrap().dims = vec![1, 2];
+    let e = ex.forward(&mut q, &vec![0.0; 768], Mode::Train).unwrap_err();
+    assert!(e.to_string().contains("conv1_weights"), "{e}");
+}
+
+#[test]
+fn schedules() {
+    let c = Schedule::constant(0.1).unwrap();
+    assert_eq!(c.lr(0), 0.1);
+    assert_eq!(c.lr(1000), 0.1);
+    let p = Schedule::piecewise(vec![10, 20], vec![1.0, 0.1, 0.01]).unwrap();
+    assert_eq!([p.lr(0), p.lr(9), p.lr(10), p.lr(19), p.lr(20), p.lr(99)], [1.0, 1.0, 0.1, 0.1, 0.01, 0.01]);
+    assert!(Schedule::piecewise(vec![10], vec![1.0]).is_err());
+    assert!(Schedule::piecewise(vec![10, 10], vec![1.0, 2.0, 3.0]).is_err());
+    let cos = Schedule::cosine(1.0, 100).unwrap();
+    assert_eq!(cos.lr(0), 1.0);
+    assert!((cos.lr(50) - 0.5).abs() < 1e-6);
+    assert!(cos.lr(100).abs() < 1e-7 && cos.lr(150).abs() < 1e-7);
+    assert!(cos.lr(25) > cos.lr(26));
+    let w = Schedule::warmup(4, Schedule::cosine(1.0, 10).unwrap()).unwrap();
+    assert_eq!([w.lr(0), w.lr(1), w.lr(3)], [0.25, 0.5, 1.0]);
+    assert_eq!(w.lr(4), 1.0);
+    assert!((w.lr(9) - 0.5).abs() < 1e-6);
+    assert!(Schedule::constant(f32::NAN).is_err() && Schedule::cosine(1.0, 0).is_err() && Schedule::warmup(0, c).is_err());
+}
