@@ -5,9 +5,15 @@
 //! failure. Every error is printed as one paragraph on stderr, prefixed with `error:`.
 
 pub mod data;
+pub mod distill;
+pub mod eval;
+pub mod export;
+pub mod fit;
 pub mod list_vars;
 pub mod model_args;
 pub mod summary;
+pub mod train;
+pub mod weights_io;
 
 use std::fmt;
 use std::io::{self, Write};
@@ -36,6 +42,14 @@ pub enum Command {
     ListVars(list_vars::Args),
     /// Print a model's parameter and statistic counts, MACs and inference arena size.
     Summary(summary::Args),
+    /// Top-1 / top-5 accuracy of weights on a dataset's test split, run by the no_std engine.
+    Eval(eval::Args),
+    /// Fold batch norm into a params file or checkpoint and write an inference file (f32 or f16).
+    Export(export::Args),
+    /// Train a model from scratch with cross-entropy (a teacher, or a baseline student).
+    Train(train::Args),
+    /// Train a student against a frozen teacher on distillation losses.
+    Distill(distill::Args),
 }
 
 /// Invalid input found after parsing (e.g. an option that does not apply to the model):
@@ -57,6 +71,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::ListVars(args) => list_vars::run(args),
         Command::Summary(args) => summary::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Distill(args) => distill::run(args),
     }
 }
 
@@ -80,6 +98,11 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The default worker-thread count: every core the process may use.
+pub(crate) fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Writes `text` to stdout; a closed pipe (e.g. `| head`) is not an error.

@@ -1,0 +1,509 @@
+//! The training run behind `tinykd train`, `distill` and `pipeline`: options, learning-rate
+//! schedule, the epoch loop with per-epoch checkpoints (exact resume), metrics and progress.
+//!
+//! One step is the library trainer's ([`crate::train::trainer`]): student forward (train mode),
+//! teacher forward (eval mode, on the student's input buffer) when a loss reads the teacher,
+//! [`Losses::compute`], a finiteness check, student backward, then Momentum SGD
+//! `v = μ·v + g + wd·p; p −= lr·v` on every trainable parameter. The loop is written here over
+//! the same pieces because a checkpoint must save and restore the momentum buffers, which
+//! [`crate::train::Trainer`] keeps private.
+//!
+//! # Determinism and resume
+//!
+//! Epoch `e` (0-based) visits the training images in the order of a shuffle drawn from
+//! `Rng::stream(seed, 2e)` and augments them from `Rng::stream(seed, 2e + 1)`; the last partial
+//! batch is dropped. Parameters start from [`ParamStore::init`]`(cfg, seed)`. The checkpoint
+//! written after each epoch holds the parameters, statistics, momentum buffers, epoch and step;
+//! everything else is a function of them, so `--resume` continues bit for bit (for the same
+//! thread count: the executor's reductions are grouped per thread).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use tinykd_kernels::optim::{self, Momentum};
+use tinykd_kernels::{DType, Isa};
+
+use super::eval::{check_fits_cifar, evaluate, fold_f32, Accuracy, Hits};
+use super::weights_io::{named_tensors, store_from_checkpoint};
+use super::{default_threads, UsageError};
+use crate::dist::{Loss, Losses, Merged};
+use crate::graph::VarKind;
+use crate::host::checkpoint::{Checkpoint, CkptError, NamedTensor, TrainState};
+use crate::host::data::{load_cifar_dir, Augment, Dataset, Rng};
+use crate::host::metrics::{EpochMetrics, MetricsLog};
+use crate::host::progress::Progress;
+use crate::params::ParamStore;
+use crate::train::{Executor, Schedule};
+use crate::weights::{self, FileKind, WeightFile};
+
+/// Images per engine run when evaluating the test split after an epoch.
+const EVAL_BATCH: usize = 100;
+
+/// `--schedule`: the learning-rate schedule over the run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScheduleSpec {
+    /// `--lr` throughout.
+    Constant,
+    /// Cosine decay from `--lr` to 0 at the last step.
+    Cosine,
+    /// `piecewise:B1,B2:V0,V1,V2`: rate `V0` before epoch `B1`, `V1` from `B1`, `V2` from
+    /// `B2` (`--lr` is not used).
+    Piecewise {
+        /// Epochs at which the rate changes.
+        epochs: Vec<u64>,
+        /// The rates.
+        values: Vec<f32>,
+    },
+}
+
+impl FromStr for ScheduleSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a schedule: use constant, cosine or piecewise:B1,B2:V0,V1,V2");
+        match s.trim() {
+            "constant" => Ok(ScheduleSpec::Constant),
+            "cosine" => Ok(ScheduleSpec::Cosine),
+            other => {
+                let rest = other.strip_prefix("piecewise:").ok_or_else(bad)?;
+                let (b, v) = rest.split_once(':').ok_or_else(bad)?;
+                let epochs: Vec<u64> = b.split(',').map(|x| x.trim().parse()).collect::<Result<_, _>>().map_err(|_| bad())?;
+                let values: Vec<f32> = v.split(',').map(|x| x.trim().parse()).collect::<Result<_, _>>().map_err(|_| bad())?;
+                if values.len() != epochs.len() + 1 {
+                    return Err(format!("`{s}`: piecewise needs one more rate than boundaries"));
+                }
+                if epochs.windows(2).any(|w| w[0] >= w[1]) || epochs.first() == Some(&0) {
+                    return Err(format!("`{s}`: boundaries must be increasing epochs >= 1"));
+                }
+                if values.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+                    return Err(format!("`{s}`: rates must be finite and >= 0"));
+                }
+                Ok(ScheduleSpec::Piecewise { epochs, values })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ScheduleSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScheduleSpec::Constant => f.write_str("constant"),
+            ScheduleSpec::Cosine => f.write_str("cosine"),
+            ScheduleSpec::Piecewise { epochs, values } => {
+                let e: Vec<String> = epochs.iter().map(u64::to_string).collect();
+                let v: Vec<String> = values.iter().map(f32::to_string).collect();
+                write!(f, "piecewise:{}:{}", e.join(","), v.join(","))
+            }
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a finite number >= 0")),
+    }
+}
+
+/// The options every training command shares.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TrainOpts {
+    /// Dataset directory (CIFAR-10 binary format).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Epochs to train (in total, counting those of a resumed run).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000), value_name = "E")]
+    pub epochs: u64,
+    /// The final params weight file; `<out>.ckpt` (checkpoint) and `<out stem>.metrics.{csv,svg}` go beside it.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Images per step.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096), value_name = "B")]
+    pub batch: u64,
+    /// Base learning rate.
+    #[arg(long, default_value = "0.1", value_parser = parse_rate, value_name = "LR")]
+    pub lr: f64,
+    /// Momentum μ.
+    #[arg(long, default_value = "0.9", value_parser = parse_rate, value_name = "MU")]
+    pub momentum: f64,
+    /// L2 weight decay.
+    #[arg(long, default_value = "5e-4", value_parser = parse_rate, value_name = "WD")]
+    pub wd: f64,
+    /// Learning-rate schedule: constant, cosine, or piecewise:B1,B2:V0,V1,V2 (boundaries in epochs).
+    #[arg(long, default_value = "cosine", value_name = "S")]
+    pub schedule: ScheduleSpec,
+    /// Epochs of linear warmup in front of the schedule.
+    #[arg(long, default_value_t = 0, value_name = "W")]
+    pub warmup_epochs: u64,
+    /// Random crops (4-pixel padding) and flips of the training images (default on).
+    #[arg(long, overrides_with = "no_augment")]
+    pub augment: bool,
+    /// Train on the images as they are.
+    #[arg(long, overrides_with = "augment")]
+    pub no_augment: bool,
+    /// Seed of the initial weights, shuffling and augmentation.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+    /// Worker threads (default: all cores). A resumed run repeats an uninterrupted one bit for bit at the same count.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), value_name = "T")]
+    pub threads: Option<u64>,
+    /// Continue from `<out>.ckpt` if it exists (same epoch, step, momentum, learning-rate position).
+    #[arg(long)]
+    pub resume: bool,
+    /// Evaluate on the test split every N epochs (0: only after the last).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub eval_every: u64,
+}
+
+impl TrainOpts {
+    /// Options with the defaults of the command line.
+    pub fn new(data: PathBuf, epochs: u64, out: PathBuf) -> TrainOpts {
+        TrainOpts {
+            data,
+            epochs,
+            out,
+            batch: 64,
+            lr: 0.1,
+            momentum: 0.9,
+            wd: 5e-4,
+            schedule: ScheduleSpec::Cosine,
+            warmup_epochs: 0,
+            augment: false,
+            no_augment: false,
+            seed: 0,
+            threads: None,
+            resume: false,
+            eval_every: 1,
+        }
+    }
+
+    /// Whether training images are augmented.
+    pub fn augmenting(&self) -> bool {
+        !self.no_augment
+    }
+
+    /// Worker threads.
+    pub fn thread_count(&self) -> usize {
+        self.threads.map_or_else(default_threads, |t| t as usize)
+    }
+
+    /// The checkpoint path, `<out>.ckpt`.
+    pub fn ckpt_path(&self) -> PathBuf {
+        let mut s = OsString::from(self.out.as_os_str());
+        s.push(".ckpt");
+        PathBuf::from(s)
+    }
+
+    /// The metrics CSV path, `<out without extension>.metrics.csv` (the SVG beside it).
+    pub fn metrics_path(&self) -> PathBuf {
+        self.out.with_extension("metrics.csv")
+    }
+
+    /// The per-step schedule for `steps_per_epoch` steps per epoch.
+    fn lr_schedule(&self, steps_per_epoch: usize) -> Result<Schedule, UsageError> {
+        let spe = steps_per_epoch;
+        let warm = self.warmup_epochs as usize * spe;
+        let total = self.epochs as usize * spe;
+        let lr = self.lr as f32;
+        let inner = match &self.schedule {
+            ScheduleSpec::Constant => Schedule::constant(lr),
+            ScheduleSpec::Cosine => Schedule::cosine(lr, total.saturating_sub(warm).max(1)),
+            ScheduleSpec::Piecewise { epochs, values } => {
+                if epochs.iter().any(|&b| b <= self.warmup_epochs) {
+                    return Err(UsageError(format!(
+                        "piecewise boundaries must come after the {} warmup epochs",
+                        self.warmup_epochs
+                    )));
+                }
+                Schedule::piecewise(epochs.iter().map(|&b| b as usize * spe - warm).collect(), values.clone())
+            }
+        };
+        let inner = inner.map_err(|e| UsageError(e.to_string()))?;
+        if warm == 0 {
+            return Ok(inner);
+        }
+        Schedule::warmup(warm, inner).map_err(|e| UsageError(e.to_string()))
+    }
+
+    /// The options that define the run's trajectory (compared on resume; threads excluded).
+    fn fingerprint(&self, losses: &[String]) -> serde_json::Value {
+        serde_json::json!({
+            "batch": self.batch, "lr": self.lr, "momentum": self.momentum, "wd": self.wd,
+            "schedule": self.schedule.to_string(), "warmup_epochs": self.warmup_epochs,
+            "epochs": self.epochs, "augment": self.augmenting(), "seed": self.seed, "losses": losses,
+        })
+    }
+}
+
+/// A training run: the student (with its merged teacher, if any) and its losses.
+pub struct Job<'a> {
+    /// The student and optional frozen teacher.
+    pub merged: Merged,
+    /// The weighted losses.
+    pub losses: Vec<Loss>,
+    /// The options.
+    pub opts: &'a TrainOpts,
+    /// A description of the command, stored in the checkpoint's metadata.
+    pub command: String,
+}
+
+/// What a finished run produced.
+pub struct Outcome {
+    /// The final parameters and statistics (also written to `--out`).
+    pub params: ParamStore,
+    /// Test accuracy after the last epoch (engine, BN folded).
+    pub test: Accuracy,
+    /// Wall-clock seconds of the training in this process.
+    pub seconds: f64,
+}
+
+/// The CSV column of a loss label (commas and semicolons would break the CSV).
+fn column_name(label: &str) -> String {
+    label.replace([',', ';'], "|")
+}
+
+/// Runs `job` to completion (see the [module docs](self)); returns the final parameters.
+pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
+    let o = job.opts;
+    let merged = &job.merged;
+    let cfg = merged.student().config;
+    check_fits_cifar(&cfg, "the student model")?;
+    let losses = Losses::new(merged, &job.losses).map_err(|e| UsageError(e.to_string()))?;
+    let labels = losses.labels();
+    let (train, test) = load_cifar_dir(&o.data)?;
+    let bs = o.batch as usize;
+    if train.len() < bs {
+        return Err(UsageError(format!(
+            "the training split has {} images, fewer than one batch of {bs}; use a smaller --batch",
+            train.len()
+        ))
+        .into());
+    }
+    let spe = train.len() / bs;
+    let schedule = o.lr_schedule(spe)?;
+    let threads = o.thread_count();
+    let fingerprint = o.fingerprint(&labels);
+    let ckpt_path = o.ckpt_path();
+    if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+
+    let isa = Isa::detect();
+    let mut params = ParamStore::init(&cfg, o.seed).map_err(|e| UsageError(e.to_string()))?;
+    let mut velocity: Vec<Vec<f32>> = params
+        .params()
+        .iter()
+        .map(|p| if p.kind == VarKind::Parameter { vec![0.0; p.data.len()] } else { Vec::new() })
+        .collect();
+    let (mut epoch, mut step, mut best) = (0u64, 0usize, None::<f64>);
+    if o.resume {
+        match Checkpoint::load(&ckpt_path) {
+            Ok(ck) => {
+                restore(&ck, &ckpt_path, &cfg, &fingerprint, &mut params, &mut velocity)?;
+                (epoch, step, best) = (ck.state.epoch, ck.state.step as usize, ck.state.best_metric);
+                eprintln!("resuming from {} after epoch {epoch} (step {step})", ckpt_path.display());
+            }
+            Err(CkptError::Missing { .. }) => eprintln!("no checkpoint {}: starting from scratch", ckpt_path.display()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let parts: Vec<String> = labels.iter().map(|l| column_name(l)).collect();
+    let part_refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let mut metrics = if epoch > 0 {
+        MetricsLog::resume(o.metrics_path(), &part_refs, epoch)?
+    } else {
+        MetricsLog::new(o.metrics_path(), &part_refs)
+    };
+
+    let mut student = Executor::with_isa(merged.student(), bs, threads, isa);
+    let mut teacher = match merged.teacher() {
+        Some(t) if losses.needs_teacher() => Some(Executor::with_isa(&t.program, bs, threads, isa)),
+        _ => None,
+    };
+    let slots: Vec<String> = student.param_grads().map(|(n, _)| n.to_string()).collect();
+    let grad_of: Vec<Option<usize>> = params.params().iter().map(|p| slots.iter().position(|n| *n == p.name)).collect();
+    let aug = Augment::default();
+    let h_base = Momentum { lr: 0.0, mu: o.momentum as f32, wd: o.wd as f32 };
+    let mut progress = Progress::new(o.epochs);
+    let started = Instant::now();
+    let mut last_test = None;
+    let (mut images, mut order) = (Vec::new(), Vec::new());
+
+    while epoch < o.epochs {
+        let e_start = Instant::now();
+        order.clear();
+        order.extend(0..train.len());
+        Rng::stream(o.seed, 2 * epoch).shuffle(&mut order);
+        let mut aug_rng = Rng::stream(o.seed, 2 * epoch + 1);
+        progress.start_epoch(epoch + 1, spe as u64);
+        let mut sums = vec![0.0f64; labels.len()];
+        let (mut total, mut hits, mut seen, mut lr) = (0.0f64, Hits::default(), 0usize, 0.0f32);
+        for (k, idx) in order.chunks_exact(bs).enumerate() {
+            if o.augmenting() {
+                train.batch_nhwc_augmented(idx, &aug, &mut aug_rng, &mut images);
+            } else {
+                train.batch_nhwc(idx, &mut images);
+            }
+            let y: Vec<u32> = idx.iter().map(|&i| train.label(i) as u32).collect();
+            student.forward_train(&mut params, &images)?;
+            if let (Some(tex), Some(t)) = (teacher.as_mut(), merged.teacher()) {
+                tex.forward_eval(&t.params, student.input())?;
+            }
+            let (values, seeds) = losses.compute(isa, &student, teacher.as_ref(), &y)?;
+            if !values.total.is_finite() || values.parts.iter().any(|p| !p.2.is_finite()) {
+                let parts: Vec<String> = values.parts.iter().map(|(l, _, v)| format!("{l} = {v}")).collect();
+                let kept = if epoch > 0 {
+                    format!("the checkpoint {} of epoch {epoch} is intact", ckpt_path.display())
+                } else {
+                    "no checkpoint was written".to_string()
+                };
+                bail!(
+                    "the loss is not finite at step {step} (epoch {}, lr {}): {}; training stopped; {kept}; \
+                     try a lower learning rate than --lr {}",
+                    epoch + 1,
+                    schedule.lr(step),
+                    parts.join(", "),
+                    o.lr
+                );
+            }
+            hits.add(student.logits(), &y)?;
+            let seeds: Vec<_> = seeds.iter().map(|(id, g)| (*id, g.as_slice())).collect();
+            student.backward(&params, &seeds)?;
+            lr = schedule.lr(step);
+            let h = Momentum { lr, ..h_base };
+            let grads: Vec<&[f32]> = student.param_grads().map(|(_, g)| g).collect();
+            for ((p, v), slot) in params.params_mut().iter_mut().zip(&mut velocity).zip(&grad_of) {
+                if let (VarKind::Parameter, Some(s)) = (p.kind, slot) {
+                    optim::sgd_momentum(isa, h, &mut p.data, grads[*s], v)?;
+                }
+            }
+            step += 1;
+            seen += idx.len();
+            total += values.total as f64;
+            for (s, p) in sums.iter_mut().zip(&values.parts) {
+                *s += p.2 as f64;
+            }
+            progress.update(k as u64 + 1, total / (k + 1) as f64, seen as f64 / e_start.elapsed().as_secs_f64());
+        }
+        epoch += 1;
+        let train_secs = e_start.elapsed().as_secs_f64();
+        let due = epoch == o.epochs || (o.eval_every > 0 && epoch % o.eval_every == 0);
+        let test_acc = if due { Some(eval_params(&params, &test, threads)?) } else { None };
+        if let Some(a) = test_acc {
+            best = Some(best.map_or(a.top1, |b: f64| b.max(a.top1)));
+            last_test = Some(a);
+        }
+        let ck = Checkpoint {
+            config: cfg,
+            params: named_tensors(&params, VarKind::Parameter),
+            statistics: named_tensors(&params, VarKind::Statistic),
+            momentum: params
+                .params()
+                .iter()
+                .zip(&velocity)
+                .filter(|(p, _)| p.kind == VarKind::Parameter)
+                .map(|(p, v)| NamedTensor::new(p.name.clone(), p.dims.clone(), v.clone()))
+                .collect(),
+            state: TrainState {
+                epoch,
+                step: step as u64,
+                rng_state: Rng::stream(o.seed, 2 * epoch).state(),
+                lr_step: step as u64,
+                lr: schedule.lr(step) as f64,
+                best_metric: best,
+            },
+            meta: serde_json::json!({ "command": job.command, "run": fingerprint }).to_string(),
+        };
+        ck.save(&ckpt_path)?;
+        let steps = spe as f64;
+        let row = EpochMetrics {
+            epoch,
+            step: step as u64,
+            lr: lr as f64,
+            train_loss: total / steps,
+            loss_parts: sums.iter().map(|s| s / steps).collect(),
+            train_top1: hits.top1 as f64 / seen as f64,
+            test_top1: test_acc.map(|a| a.top1),
+            test_top5: test_acc.map(|a| a.top5),
+            images_per_sec: seen as f64 / train_secs,
+            seconds: e_start.elapsed().as_secs_f64(),
+        };
+        let mut summary = format!("loss {:.4}", row.train_loss);
+        for (name, v) in parts.iter().zip(&row.loss_parts) {
+            summary.push_str(&format!(" [{name} {v:.4}]"));
+        }
+        summary.push_str(&format!(" train top-1 {:.2}%", row.train_top1 * 100.0));
+        if let Some(a) = test_acc {
+            summary.push_str(&format!(" test top-1 {:.2}% top-5 {:.2}%", a.top1 * 100.0, a.top5 * 100.0));
+        }
+        summary.push_str(&format!(" {:.0} img/s", row.images_per_sec));
+        metrics.push(row).with_context(|| format!("cannot write {}", o.metrics_path().display()))?;
+        progress.finish_epoch(&summary);
+    }
+    let test = match last_test {
+        Some(a) => a,
+        None => eval_params(&params, &test, threads)?,
+    };
+    weights::write_file(&o.out, &cfg, FileKind::Params, DType::F32, &params.to_tensors())
+        .with_context(|| format!("cannot write {}", o.out.display()))?;
+    Ok(Outcome { params, test, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Test accuracy of `params` through the engine (BN folded, f32).
+fn eval_params(params: &ParamStore, test: &Dataset, threads: usize) -> anyhow::Result<Accuracy> {
+    let buf = fold_f32(params)?;
+    let file = WeightFile::parse(&buf).context("folded weights do not parse")?;
+    evaluate(&file, test, EVAL_BATCH, threads)
+}
+
+/// Restores parameters, statistics and momentum from `ck`, after checking it belongs to this
+/// run (same model and trajectory-defining options).
+fn restore(
+    ck: &Checkpoint,
+    path: &Path,
+    cfg: &crate::config::ModelConfig,
+    fingerprint: &serde_json::Value,
+    params: &mut ParamStore,
+    velocity: &mut [Vec<f32>],
+) -> anyhow::Result<()> {
+    if ck.config != *cfg {
+        return Err(UsageError(format!(
+            "checkpoint {} is for {:?}, this run trains {:?}; remove it or drop --resume",
+            path.display(),
+            ck.config,
+            cfg
+        ))
+        .into());
+    }
+    let meta: serde_json::Value = serde_json::from_str(&ck.meta).unwrap_or_default();
+    if let (Some(old), Some(new)) = (meta["run"].as_object(), fingerprint.as_object()) {
+        for (k, v) in new {
+            if old.get(k) != Some(v) {
+                return Err(UsageError(format!(
+                    "checkpoint {} was written with {k} = {}, this run has {k} = {v}; use the same options or drop --resume",
+                    path.display(),
+                    old.get(k).map_or("nothing".to_string(), |o| o.to_string())
+                ))
+                .into());
+            }
+        }
+    }
+    *params = store_from_checkpoint(ck, path)?;
+    for (p, v) in params.params().iter().zip(velocity.iter_mut()) {
+        if p.kind != VarKind::Parameter {
+            continue;
+        }
+        let m = ck
+            .momentum
+            .iter()
+            .find(|t| t.name == p.name)
+            .with_context(|| format!("checkpoint {} has no momentum for {}", path.display(), p.name))?;
+        if m.data.len() != v.len() {
+            bail!("checkpoint {}: momentum of {} has {} values, not {}", path.display(), p.name, m.data.len(), v.len());
+        }
+        v.copy_from_slice(&m.data);
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Reading the weights the commands accept: a Params weight file, an Inference weight file
+//! (f32 or f16) or a training checkpoint, told apart by their magic bytes.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use super::UsageError;
+use crate::config::ModelConfig;
+use crate::graph::VarKind;
+use crate::host::checkpoint::{self, Checkpoint, NamedTensor};
+use crate::params::ParamStore;
+use crate::weights::{self, AlignedBuf, FileKind, WeightFile};
+
+/// Weights as read from a file.
+pub enum Loaded {
+    /// Raw parameters and statistics (from a Params file or a checkpoint).
+    Params(ParamStore),
+    /// A BN-folded inference file, kept as its aligned bytes (parse with [`WeightFile::parse`]).
+    Inference(AlignedBuf),
+}
+
+impl Loaded {
+    /// The model configuration of the weights.
+    pub fn config(&self) -> ModelConfig {
+        match self {
+            Loaded::Params(p) => *p.config(),
+            Loaded::Inference(buf) => WeightFile::parse(buf).expect("validated when loaded").config(),
+        }
+    }
+}
+
+/// Reads `path`: a checkpoint (by [`checkpoint::MAGIC`]) or a weight file (by
+/// [`weights::MAGIC`]); Params files and checkpoints become a [`ParamStore`] (every parameter
+/// and statistic of the model must be present with the model's dims).
+pub fn load(path: &Path) -> anyhow::Result<Loaded> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
+    if bytes.starts_with(&checkpoint::MAGIC) {
+        let ckpt = Checkpoint::from_bytes(&bytes, path)?;
+        return Ok(Loaded::Params(store_from_checkpoint(&ckpt, path)?));
+    }
+    if !bytes.starts_with(&weights::MAGIC) {
+        bail!("{} is neither a tinykd weight file nor a checkpoint (unknown magic bytes)", path.display());
+    }
+    let buf = AlignedBuf::from_bytes(&bytes);
+    let file = WeightFile::parse(&buf).with_context(|| format!("invalid weight file {}", path.display()))?;
+    match file.kind() {
+        FileKind::Inference => Ok(Loaded::Inference(buf)),
+        FileKind::Params => {
+            let cfg = file.config();
+            let mut store = ParamStore::init(&cfg, 0).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            for p in store.params_mut() {
+                let t = file
+                    .get(&p.name)
+                    .with_context(|| format!("weight file {} lacks tensor {}", path.display(), p.name))?;
+                let dims: Vec<usize> = t.dims.as_slice().iter().map(|&d| d as usize).collect();
+                if dims != p.dims {
+                    bail!("weight file {}: tensor {} has dims {:?}, the model needs {:?}", path.display(), p.name, dims, p.dims);
+                }
+                for (i, v) in p.data.iter_mut().enumerate() {
+                    *v = t.data.get(i).expect("dims checked");
+                }
+            }
+            Ok(Loaded::Params(store))
+        }
+    }
+}
+
+/// Reads `path` as parameters (a Params file or a checkpoint); an inference file is refused
+/// with a [`UsageError`] (batch norm is folded: the raw parameters cannot be recovered).
+pub fn load_params(path: &Path) -> anyhow::Result<ParamStore> {
+    match load(path)? {
+        Loaded::Params(p) => Ok(p),
+        Loaded::Inference(_) => Err(UsageError(format!(
+            "{} is an inference file (batch norm folded); this needs a params file or a checkpoint",
+            path.display()
+        ))
+        .into()),
+    }
+}
+
+/// The parameters and statistics of a checkpoint as a [`ParamStore`] of its configuration.
+pub fn store_from_checkpoint(ckpt: &Checkpoint, path: &Path) -> anyhow::Result<ParamStore> {
+    let mut store = ParamStore::init(&ckpt.config, 0).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for p in store.params_mut() {
+        let section = if p.kind == VarKind::Parameter { &ckpt.params } else { &ckpt.statistics };
+        let t = section
+            .iter()
+            .find(|t| t.name == p.name)
+            .with_context(|| format!("checkpoint {} lacks tensor {}", path.display(), p.name))?;
+        if t.dims != p.dims {
+            bail!("checkpoint {}: tensor {} has dims {:?}, the model needs {:?}", path.display(), p.name, t.dims, p.dims);
+        }
+        p.data.copy_from_slice(&t.data);
+    }
+    Ok(store)
+}
+
+/// The tensors of `store` of `kind` as checkpoint tensors, in program order.
+pub fn named_tensors(store: &ParamStore, kind: VarKind) -> Vec<NamedTensor> {
+    store
+        .params()
+        .iter()
+        .filter(|p| p.kind == kind)
+        .map(|p| NamedTensor::new(p.name.clone(), p.dims.clone(), p.data.clone()))
+        .collect()
+}
