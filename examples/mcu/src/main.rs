@@ -1,0 +1,327 @@
+//! tinykd's MobileNetV1 student on a Cortex-M4F, no heap: weights in flash (f32, or f16 with the
+//! `f16` feature), a static arena sized by the memory planner at compile time, the test images
+//! and the host engine's logits embedded by `cargo run --example mcu_assets`.
+//!
+//! At boot it calibrates SysTick against a loop of known instruction count, then runs the
+//! engine's scalar path on every image and logs (defmt over semihosting) the top-1, the logits,
+//! their largest difference from the host engine's and the SysTick ticks per inference; finally
+//! the stack high-water mark (the stack is painted at reset by cortex-m-rt's `paint-stack`).
+//! It exits QEMU with status 0 if every image matches the host (same top-1, logits within
+//! [`TOLERANCE`]), 1 otherwise; a panic prints to the host's stderr and exits with 101.
+#![no_std]
+#![no_main]
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m::peripheral::{SCB, SYST};
+use cortex_m_rt::{entry, exception};
+use defmt_semihosting as _;
+use semihosting as _;
+use tinykd::engine::Engine;
+use tinykd::kernels::Isa;
+use tinykd::plan::{self, Plan};
+use tinykd::weights::{Aligned, WeightFile};
+use tinykd::models;
+
+/// `CFG` (the student's `ModelConfig`) and `N_IMAGES`, written by `mcu_assets`.
+mod assets {
+    use tinykd::{Arch, ModelConfig, Stem};
+    include!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/model.rs"));
+}
+use assets::{CFG, N_IMAGES};
+
+/// Storage dtype of the weights this build runs.
+#[cfg(not(feature = "f16"))]
+const DTYPE: &str = "f32";
+#[cfg(feature = "f16")]
+const DTYPE: &str = "f16";
+
+/// The inference weight file in flash, 16-aligned so it is parsed and read in place.
+#[cfg(not(feature = "f16"))]
+static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("../assets/student_f32.tkd"));
+#[cfg(feature = "f16")]
+static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("../assets/student_f16.tkd"));
+
+/// The host engine's logits for the same weight file, `[N_IMAGES][classes]` f32 LE.
+#[cfg(not(feature = "f16"))]
+static EXPECTED: &Aligned<[u8]> = &Aligned(*include_bytes!("../assets/expected_f32.bin"));
+#[cfg(feature = "f16")]
+static EXPECTED: &Aligned<[u8]> = &Aligned(*include_bytes!("../assets/expected_f16.bin"));
+
+/// The test images, `[N_IMAGES][h][w][c]` normalised f32 LE (NHWC).
+static IMAGES: &Aligned<[u8]> = &Aligned(*include_bytes!("../assets/images.bin"));
+
+/// Largest accepted `|device − host|` per logit (the same as `check.sh`). The device runs the
+/// same scalar kernels as the host reference, so both are bit-identical in practice.
+#[cfg(not(feature = "f16"))]
+const TOLERANCE: f32 = 1e-3;
+#[cfg(feature = "f16")]
+const TOLERANCE: f32 = 1e-5;
+
+/// The batch-1 memory plan of [`CFG`], evaluated at compile time.
+const PLAN: Plan = match plan::plan_for(&CFG, 1) {
+    Ok((_, plan)) => plan,
+    Err(_) => panic!("invalid model configuration"),
+};
+/// Multiply-accumulates of one inference.
+const MACS: usize = match models::program(&CFG) {
+    Ok(prog) => prog.total_macs(),
+    Err(_) => panic!("invalid model configuration"),
+};
+/// Values of one input image.
+const IMAGE_LEN: usize = CFG.in_h as usize * CFG.in_w as usize * CFG.in_c as usize;
+/// Logits of one image.
+const CLASSES: usize = CFG.classes as usize;
+
+/// The activation arena: exactly [`Plan::peak`] bytes, 16-aligned so the engine needs no slack
+/// (an unaligned `[u8; plan::arena_bytes(&CFG, 1)]` works as well).
+#[repr(C, align(16))]
+struct Arena {
+    bytes: UnsafeCell<[u8; PLAN.peak]>,
+    taken: AtomicBool,
+}
+
+// SAFETY: the bytes are only reachable through `Arena::take`, which hands out the one `&mut`
+// at most once (guarded by the atomic flag).
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// The arena's bytes, the first time; `None` afterwards.
+    fn take(&'static self) -> Option<&'static mut [u8]> {
+        if self.taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: the flag was false, so no other reference to the bytes exists or ever will.
+        Some(unsafe { &mut *self.bytes.get() })
+    }
+}
+
+static ARENA: Arena = Arena { bytes: UnsafeCell::new([0; PLAN.peak]), taken: AtomicBool::new(false) };
+
+/// SysTick reload value: the counter's full 24 bits.
+const SYST_RELOAD: u32 = 0x00FF_FFFF;
+/// SysTick wrap-arounds since [`Ticks::start`].
+static WRAPS: AtomicU32 = AtomicU32::new(0);
+
+#[exception]
+fn SysTick() {
+    WRAPS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A free-running 64-bit tick count from SysTick (processor clock) plus its wrap interrupt.
+struct Ticks(SYST);
+
+impl Ticks {
+    /// Starts SysTick counting down from [`SYST_RELOAD`] with its interrupt enabled.
+    fn start(mut syst: SYST) -> Ticks {
+        syst.set_clock_source(SystClkSource::Core);
+        syst.set_reload(SYST_RELOAD);
+        syst.clear_current();
+        syst.enable_interrupt();
+        syst.enable_counter();
+        // The first reload from the cleared value is not a wrap: wait for it, then count.
+        while SYST::get_current() == 0 {}
+        WRAPS.store(0, Ordering::Relaxed);
+        Ticks(syst)
+    }
+
+    /// Ticks since [`Ticks::start`].
+    fn now(&self) -> u64 {
+        loop {
+            let w1 = WRAPS.load(Ordering::Relaxed);
+            let cvr = SYST::get_current();
+            // A wrap whose interrupt is still pending has reloaded the counter but not yet
+            // counted: the value read is then near the top.
+            let pending = SCB::is_pendst_pending() && cvr > SYST_RELOAD / 2;
+            if WRAPS.load(Ordering::Relaxed) == w1 {
+                let wraps = w1 as u64 + pending as u64;
+                return wraps * (SYST_RELOAD as u64 + 1) + (SYST_RELOAD - cvr) as u64;
+            }
+        }
+    }
+}
+
+/// Runs a loop of exactly `2·n` instructions (`subs`, `bne`) and returns the ticks it took.
+fn loop_ticks(t: &Ticks, n: u32) -> u64 {
+    let t0 = t.now();
+    // SAFETY: the asm only decrements a scratch register to zero; it touches no memory or stack.
+    unsafe {
+        core::arch::asm!("2:", "subs {0}, {0}, #1", "bne 2b", inout(reg) n => _, options(nomem, nostack));
+    }
+    t.now() - t0
+}
+
+/// The bytes of a little-endian f32 blob as `&[f32]` (16-aligned by [`Aligned`]).
+fn as_f32s(bytes: &'static [u8]) -> &'static [f32] {
+    // SAFETY: every bit pattern is a valid f32; `align_to` only reinterprets the aligned middle.
+    let (pre, floats, post) = unsafe { bytes.align_to::<f32>() };
+    assert!(pre.is_empty() && post.is_empty(), "f32 blob misaligned or not a multiple of 4 bytes");
+    floats
+}
+
+/// The painted stack region `_stack_end.._stack_start` (cortex-m-rt paints it at reset).
+fn stack_region() -> (usize, usize) {
+    extern "C" {
+        static mut _stack_end: u32;
+        static mut _stack_start: u32;
+    }
+    (&raw const _stack_end as usize, &raw const _stack_start as usize)
+}
+
+/// Bytes of the stack used since it was last painted: the region is scanned from the bottom
+/// for the first word that is no longer `STACK_PAINT_VALUE`.
+fn stack_used() -> usize {
+    let (bottom, top) = stack_region();
+    let mut p = bottom;
+    while p < top {
+        // SAFETY: `p` is a word-aligned address inside the stack region (cortex-m-rt aligns
+        // both ends to 4); volatile so the scan really reads the painted memory.
+        if unsafe { core::ptr::read_volatile(p as *const u32) } != cortex_m_rt::STACK_PAINT_VALUE {
+            break;
+        }
+        p += 4;
+    }
+    top - p
+}
+
+/// Paints the free part of the stack again (from its bottom to just below the current stack
+/// pointer), so the next [`stack_used`] measures only what runs after this call; returns the
+/// bytes in use by the callers' frames.
+#[inline(never)]
+fn repaint_free_stack() -> usize {
+    let sp: usize;
+    // SAFETY: reads the stack pointer into a register; no memory is touched.
+    unsafe { core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    let (bottom, _) = stack_region();
+    // Stay clear of this function's own frame, which sits at and above `sp`.
+    let mut p = bottom;
+    while p + 64 < sp {
+        // SAFETY: `p` is word-aligned, inside the stack region and below the stack pointer,
+        // so no live frame is there (an interrupt taken meanwhile pushes and pops its frame
+        // below `sp` before this loop resumes; at worst a word is repainted after it).
+        unsafe { core::ptr::write_volatile(p as *mut u32, cortex_m_rt::STACK_PAINT_VALUE) };
+        p += 4;
+    }
+    stack_region().1 - sp
+}
+
+/// Index of the largest logit (the first one on ties).
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[entry]
+fn main() -> ! {
+    let status = run();
+    semihosting::process::exit(status)
+}
+
+/// Everything the firmware does; returns the exit status.
+fn run() -> i32 {
+    let cp = cortex_m::Peripherals::take().expect("core peripherals taken once");
+    let ticks = Ticks::start(cp.SYST);
+
+    // Calibration: two loop lengths, so the fixed cost of reading the counter cancels.
+    let (n1, n2) = (100_000u32, 1_100_000u32);
+    let (t1, t2) = (loop_ticks(&ticks, n1), loop_ticks(&ticks, n2));
+    defmt::info!("calib loop_insns={=u32} ticks={=u64} loop_insns={=u32} ticks={=u64}", 2 * n1, t1, 2 * n2, t2);
+
+    defmt::info!(
+        "model mobilenet_v1 scale_permille={=u16} dtype={=str} macs={=usize} weights_bytes={=usize}",
+        CFG.scale_permille,
+        DTYPE,
+        MACS,
+        WEIGHTS.0.len()
+    );
+    defmt::info!("arena bytes={=usize} lower_bound={=usize}", PLAN.peak, PLAN.lower_bound);
+
+    let t_setup = ticks.now();
+    let Some(engine) = setup() else { return 1 };
+    defmt::info!(
+        "setup ticks={=u64} stack_used={=usize} engine_bytes={=usize}",
+        ticks.now() - t_setup,
+        stack_used(),
+        core::mem::size_of::<Engine>()
+    );
+
+    let caller = repaint_free_stack();
+    let result = infer_all(&ticks, &engine);
+    defmt::info!(
+        "stack inference_used={=usize} caller_frames={=usize} region={=usize}",
+        stack_used(),
+        caller,
+        stack_region().1 - stack_region().0
+    );
+    match result {
+        Some(0) => {
+            defmt::info!("result PASS images={=usize}", N_IMAGES);
+            0
+        }
+        Some(failures) => {
+            defmt::error!("result FAIL mismatches={=u32} of {=usize}", failures, N_IMAGES);
+            1
+        }
+        None => 1,
+    }
+}
+
+/// Parses the weight file and prepares the engine (kept out of line so its temporaries,
+/// e.g. the model's `Program`, do not stay in the caller's frame during inference).
+#[inline(never)]
+fn setup() -> Option<Engine<'static>> {
+    let file = WeightFile::parse(&WEIGHTS.0).map_err(|e| defmt::error!("weight file: {}", defmt::Debug2Format(&e))).ok()?;
+    Engine::new(&CFG, 1, &file).map_err(|e| defmt::error!("engine: {}", defmt::Display2Format(&e))).ok()
+}
+
+/// Runs the engine (scalar path) on every image and compares with the host's logits; returns
+/// the number of mismatching images, or `None` on an error (logged).
+#[inline(never)]
+fn infer_all(ticks: &Ticks, engine: &Engine<'static>) -> Option<u32> {
+    let arena = ARENA.take().expect("arena taken once");
+    let images = as_f32s(&IMAGES.0);
+    let expected = as_f32s(&EXPECTED.0);
+    if images.len() != N_IMAGES * IMAGE_LEN || expected.len() != N_IMAGES * CLASSES {
+        defmt::error!(
+            "assets hold {=usize} image values and {=usize} logits, expected {=usize} and {=usize}",
+            images.len(),
+            expected.len(),
+            N_IMAGES * IMAGE_LEN,
+            N_IMAGES * CLASSES
+        );
+        return None;
+    }
+    let mut failures = 0u32;
+    for (i, (image, want)) in images.chunks_exact(IMAGE_LEN).zip(expected.chunks_exact(CLASSES)).enumerate() {
+        let mut logits = [0.0f32; CLASSES];
+        let t0 = ticks.now();
+        let result = engine.run(Isa::scalar(), image, arena, &mut logits);
+        let dt = ticks.now() - t0;
+        if let Err(e) = result {
+            defmt::error!("image {=usize}: engine: {}", i, defmt::Display2Format(&e));
+            return None;
+        }
+        let (top1, host_top1) = (argmax(&logits), argmax(want));
+        let diff = logits.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let ok = top1 == host_top1 && diff <= TOLERANCE;
+        failures += !ok as u32;
+        defmt::info!(
+            "image {=usize} top1={=usize} host_top1={=usize} max_diff={=f32} ok={=bool} ticks={=u64} logits={=[?]}",
+            i,
+            top1,
+            host_top1,
+            diff,
+            ok,
+            dt,
+            &logits[..]
+        );
+    }
+    Some(failures)
+}
