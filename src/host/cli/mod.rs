@@ -11,6 +11,7 @@ pub mod export;
 pub mod fit;
 pub mod list_vars;
 pub mod model_args;
+pub mod pipeline;
 pub mod summary;
 pub mod train;
 pub mod weights_io;
@@ -50,6 +51,8 @@ pub enum Command {
     Train(train::Args),
     /// Train a student against a frozen teacher on distillation losses.
     Distill(distill::Args),
+    /// The main job: synthetic data, teacher, distilled and baseline students, evaluation, export.
+    Pipeline(pipeline::Args),
 }
 
 /// Invalid input found after parsing (e.g. an option that does not apply to the model):
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(args),
         Command::Distill(args) => distill::run(args),
+        Command::Pipeline(args) => pipeline::run(args),
     }
 }
 
