@@ -62,7 +62,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     let losses = [Loss::l2("teacher_bn5c_branch2b", "depthwise_conv2d_11"), Loss::ce()];
 
     // 5. Momentum(lr 0.01, 0.9) over the student's parameters; a few steps on synthetic data.
-    let cfg = TrainConfig { batch_size: batch, threads, seed: 0, momentum: 0.9, weight_decay: 0.0, schedule: Schedule::constant(0.01)? };
+    let cfg = TrainConfig {
+        batch_size: batch,
+        threads,
+        seed: 0,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        schedule: Schedule::constant(0.01)?,
+    };
     let mut trainer = Trainer::new(merged, sparams, &losses, cfg)?;
     let (train, _test) = synth::generate(steps * batch, 1, 7);
     let mut data = Synth(train);
@@ -72,6 +79,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         println!("step {:3}  total {:.4}  ({})", r.step, r.losses.total, parts.join(", "));
     })?;
     let secs = start.elapsed().as_secs_f64();
-    println!("{steps} steps of {batch} images in {secs:.2} s ({:.1} img/s, {threads} threads)", (steps * batch) as f64 / secs);
+    println!(
+        "{steps} steps of {batch} images in {secs:.2} s ({:.1} img/s, {threads} threads)",
+        (steps * batch) as f64 / secs
+    );
     Ok(())
 }

@@ -120,7 +120,11 @@ impl fmt::Display for DistError {
             DistError::UnknownTensor { name, context, suggestions } => {
                 write!(f, "{context}: no tensor named `{name}`")?;
                 if !suggestions.is_empty() {
-                    write!(f, "; closest names: {}", suggestions.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))?;
+                    write!(
+                        f,
+                        "; closest names: {}",
+                        suggestions.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                    )?;
                 }
                 Ok(())
             }
@@ -212,13 +216,18 @@ pub fn merge(
         });
     }
     if data_name_map.is_empty() {
-        return Err(DistError::DataMap { why: "the teacher's input `image` must be mapped to a student tensor".into() });
+        return Err(DistError::DataMap {
+            why: "the teacher's input `image` must be mapped to a student tensor".into(),
+        });
     }
     for &(t, s) in data_name_map {
         if tprog.find(t) != Some(tprog.input()) {
-            return Err(DistError::DataMap { why: format!("`{t}` is not the teacher's input (only `image` can be mapped)") });
+            return Err(DistError::DataMap {
+                why: format!("`{t}` is not the teacher's input (only `image` can be mapped)"),
+            });
         }
-        let sid = student.find(s).ok_or_else(|| DistError::DataMap { why: format!("the student has no tensor `{s}`") })?;
+        let sid =
+            student.find(s).ok_or_else(|| DistError::DataMap { why: format!("the student has no tensor `{s}`") })?;
         let (ts, ss) = (tprog.tensor(tprog.input()).shape, student.tensor(sid).shape);
         if ts != ss || sid != student.input() {
             return Err(DistError::DataMap {
@@ -265,7 +274,11 @@ impl Merged {
             let shape = self.student.tensor(id).shape;
             return Ok(TensorRef { name: name.to_string(), side: Side::Student, id, shape });
         }
-        Err(DistError::UnknownTensor { name: name.to_string(), context: context.to_string(), suggestions: self.closest(name, 3) })
+        Err(DistError::UnknownTensor {
+            name: name.to_string(),
+            context: context.to_string(),
+            suggestions: self.closest(name, 3),
+        })
     }
 
     /// Every addressable name: student tensors and `depthwise_conv2d_<k>` aliases, prefixed
@@ -377,7 +390,9 @@ pub enum LossKind {
 impl fmt::Debug for LossKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LossKind::Custom { label, names, .. } => f.debug_struct("Custom").field("label", label).field("names", names).finish(),
+            LossKind::Custom { label, names, .. } => {
+                f.debug_struct("Custom").field("label", label).field("names", names).finish()
+            }
             other => f.write_str(&other.label()),
         }
     }
@@ -456,7 +471,13 @@ pub fn parse_loss(item: &str) -> Result<Loss, DistError> {
     if args.iter().any(|a| a.is_empty()) {
         return Err(bad("empty argument"));
     }
-    let want = |n: usize| if args.len() == n { Ok(()) } else { Err(bad(&format!("`{kind}` takes {n} tensor names, got {}", args.len()))) };
+    let want = |n: usize| {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(bad(&format!("`{kind}` takes {n} tensor names, got {}", args.len())))
+        }
+    };
     let loss = match kind {
         "ce" => {
             want(0)?;
@@ -568,7 +589,12 @@ impl Losses {
                 LossKind::Ce => {
                     let s = merged.student();
                     let id = s.output();
-                    vec![TensorRef { name: s.tensor(id).name.to_string(), side: Side::Student, id, shape: s.tensor(id).shape }]
+                    vec![TensorRef {
+                        name: s.tensor(id).name.to_string(),
+                        side: Side::Student,
+                        id,
+                        shape: s.tensor(id).shape,
+                    }]
                 }
                 LossKind::L2 { teacher, student } => {
                     let (t, s) = (get(teacher)?, get(student)?);
@@ -581,7 +607,11 @@ impl Losses {
                     let v = [get(t1)?, get(t2)?, get(s1)?, get(s2)?];
                     for r in &v[1..] {
                         if r.shape.layout != Layout::Nhwc || (r.shape.h, r.shape.w) != (v[0].shape.h, v[0].shape.w) {
-                            return Err(mismatch("all four maps must be NHWC with the same height and width", &v[0], r));
+                            return Err(mismatch(
+                                "all four maps must be NHWC with the same height and width",
+                                &v[0],
+                                r,
+                            ));
                         }
                     }
                     if v[0].shape.c != v[2].shape.c {
@@ -598,7 +628,10 @@ impl Losses {
                         return Err(mismatch("both must be NC logits with the same classes", &t, &s));
                     }
                     if !(*tt > 0.0 && *ts > 0.0 && tt.is_finite() && ts.is_finite()) {
-                        return Err(DistError::Spec { item: l.kind.label(), why: "temperatures must be positive".into() });
+                        return Err(DistError::Spec {
+                            item: l.kind.label(),
+                            why: "temperatures must be positive".into(),
+                        });
                     }
                     vec![t, s]
                 }
@@ -638,7 +671,9 @@ impl Losses {
         let data = |r: &TensorRef| -> Result<&[f32], DistError> {
             match r.side {
                 Side::Student => Ok(student.tensor(r.id)),
-                Side::Teacher => teacher.map(|t| t.tensor(r.id)).ok_or_else(|| DistError::NoTeacher { name: r.name.clone() }),
+                Side::Teacher => {
+                    teacher.map(|t| t.tensor(r.id)).ok_or_else(|| DistError::NoTeacher { name: r.name.clone() })
+                }
             }
         };
         let mut seeds: Seeds = Vec::new();
@@ -661,7 +696,8 @@ impl Losses {
                 LossKind::Ce => {
                     let z = data(&t[0])?;
                     let mut g = vec![0.0; z.len()];
-                    let v = loss::softmax_ce(isa, &Logits::new(n, t[0].shape.c as usize), z, labels, Some(&mut g)).map_err(kernel)?;
+                    let v = loss::softmax_ce(isa, &Logits::new(n, t[0].shape.c as usize), z, labels, Some(&mut g))
+                        .map_err(kernel)?;
                     add_seed(&t[0], l.weight, &g);
                     v
                 }
@@ -673,12 +709,27 @@ impl Losses {
                     v
                 }
                 LossKind::Fsp { .. } => {
-                    let sh = Fsp::new(n, t[0].shape.h as usize * t[0].shape.w as usize, t[0].shape.c as usize, t[1].shape.c as usize);
+                    let sh = Fsp::new(
+                        n,
+                        t[0].shape.h as usize * t[0].shape.w as usize,
+                        t[0].shape.c as usize,
+                        t[1].shape.c as usize,
+                    );
                     let (s1, s2) = (data(&t[2])?, data(&t[3])?);
                     let (mut g1, mut g2) = (vec![0.0; s1.len()], vec![0.0; s2.len()]);
                     let mut scratch = vec![0.0; sh.scratch_len()];
-                    let v = loss::fsp_loss(isa, &sh, data(&t[0])?, data(&t[1])?, s1, s2, Some(&mut g1), Some(&mut g2), &mut scratch)
-                        .map_err(kernel)?;
+                    let v = loss::fsp_loss(
+                        isa,
+                        &sh,
+                        data(&t[0])?,
+                        data(&t[1])?,
+                        s1,
+                        s2,
+                        Some(&mut g1),
+                        Some(&mut g2),
+                        &mut scratch,
+                    )
+                    .map_err(kernel)?;
                     add_seed(&t[2], l.weight, &g1);
                     add_seed(&t[3], l.weight, &g2);
                     v
@@ -695,7 +746,13 @@ impl Losses {
                     let args = t
                         .iter()
                         .map(|r| {
-                            Ok(TensorArg { name: &r.name, data: data(r)?, dims: r.dims(n), layout: r.shape.layout, side: r.side })
+                            Ok(TensorArg {
+                                name: &r.name,
+                                data: data(r)?,
+                                dims: r.dims(n),
+                                layout: r.shape.layout,
+                                side: r.side,
+                            })
                         })
                         .collect::<Result<Vec<_>, DistError>>()?;
                     let custom = |why: String| DistError::Custom { label: label.clone(), why };
@@ -711,7 +768,12 @@ impl Losses {
                             return Err(custom(format!("returned a gradient for teacher tensor `{}`", r.name)));
                         }
                         if g.len() != a.data.len() {
-                            return Err(custom(format!("gradient of `{}` has {} values, the tensor {}", r.name, g.len(), a.data.len())));
+                            return Err(custom(format!(
+                                "gradient of `{}` has {} values, the tensor {}",
+                                r.name,
+                                g.len(),
+                                a.data.len()
+                            )));
                         }
                         add_seed(r, l.weight, g);
                     }

@@ -8,7 +8,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{grad_check, Rng};
-use tinykd::dist::{self, default_losses, merge, parse_loss, parse_losses, DistError, Loss, LossKind, Losses, Merged, Side};
+use tinykd::dist::{
+    self, default_losses, merge, parse_loss, parse_losses, DistError, Loss, LossKind, Losses, Merged, Side,
+};
 use tinykd::graph::{Layout, Program};
 use tinykd::kernels::Isa;
 use tinykd::models;
@@ -49,7 +51,8 @@ fn gram64(x: &[f32], y: &[f32], n: usize, c1: usize, c2: usize) -> Vec<f64> {
         for p in 0..hw {
             for i in 0..c1 {
                 for j in 0..c2 {
-                    g[(b * c1 + i) * c2 + j] += x[(b * hw + p) * c1 + i] as f64 * y[(b * hw + p) * c2 + j] as f64 / hw as f64;
+                    g[(b * c1 + i) * c2 + j] +=
+                        x[(b * hw + p) * c1 + i] as f64 * y[(b * hw + p) * c2 + j] as f64 / hw as f64;
                 }
             }
         }
@@ -120,9 +123,12 @@ fn act<'a>(ex: &'a Executor, name: &str) -> &'a [f32] {
 #[test]
 fn ce_plus_l2_hint_gradients() {
     let losses = [Loss::ce(), Loss::l2("teacher_depthwise_conv2d_11", "depthwise_conv2d_11").weighted(2.0)];
-    check(&losses, &["fc7_weights", "conv6_dw_weights", "conv5_6_dw_weights", "conv5_6_dw_bn_offset"], 1e-3, |s, t, l| {
-        ce64(s.logits(), l, 10) + 2.0 * l2_64(act(t, "conv5_6_dw"), act(s, "conv5_6_dw"))
-    });
+    check(
+        &losses,
+        &["fc7_weights", "conv6_dw_weights", "conv5_6_dw_weights", "conv5_6_dw_bn_offset"],
+        1e-3,
+        |s, t, l| ce64(s.logits(), l, 10) + 2.0 * l2_64(act(t, "conv5_6_dw"), act(s, "conv5_6_dw")),
+    );
 }
 
 #[test]
@@ -137,12 +143,17 @@ fn shallow_l2_hint_gradients_reach_the_input() {
 #[test]
 fn fsp_gradients() {
     let losses = [Loss::fsp("teacher_conv5_4_sep_bn", "teacher_conv5_5_sep_bn", "conv5_4_sep_bn", "conv5_5_sep_bn")];
-    check(&losses, &["conv5_5_sep_weights", "conv5_5_dw_weights", "conv5_4_sep_bn_offset", "conv5_5_sep_bn_scale"], 1e-3, |s, t, _| {
-        let (c, n) = (128, 4);
-        let gs = gram64(act(s, "conv5_4_sep_bn"), act(s, "conv5_5_sep_bn"), n, c, c);
-        let gt = gram64(act(t, "conv5_4_sep_bn"), act(t, "conv5_5_sep_bn"), n, c, c);
-        gs.iter().zip(&gt).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / gs.len() as f64
-    });
+    check(
+        &losses,
+        &["conv5_5_sep_weights", "conv5_5_dw_weights", "conv5_4_sep_bn_offset", "conv5_5_sep_bn_scale"],
+        1e-3,
+        |s, t, _| {
+            let (c, n) = (128, 4);
+            let gs = gram64(act(s, "conv5_4_sep_bn"), act(s, "conv5_5_sep_bn"), n, c, c);
+            let gt = gram64(act(t, "conv5_4_sep_bn"), act(t, "conv5_5_sep_bn"), n, c, c);
+            gs.iter().zip(&gt).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / gs.len() as f64
+        },
+    );
 }
 
 #[test]
@@ -169,7 +180,8 @@ fn custom_loss_gradients() {
     let losses = [Loss::custom("dot", &["conv4_1_dw", "teacher_conv4_1_dw"], f).weighted(3.0)];
     check(&losses, &["conv4_1_dw_weights", "conv3_2_sep_bn_offset"], 1e-3, |s, t, _| {
         let (s, t) = (act(s, "conv4_1_dw"), act(t, "conv4_1_dw"));
-        3.0 * s.iter().zip(t).map(|(&a, &b)| a as f64 * b as f64 + 0.5 * a as f64 * a as f64).sum::<f64>() / s.len() as f64
+        3.0 * s.iter().zip(t).map(|(&a, &b)| a as f64 * b as f64 + 0.5 * a as f64 * a as f64).sum::<f64>()
+            / s.len() as f64
     });
 }
 
@@ -190,7 +202,11 @@ fn merged_teacher_is_frozen_and_reads_the_student_input() {
     let (sprog, sparams) = tiny(7);
     let original = tparams.clone();
     let merged = merge((&tprog, &tparams), &sprog, &[("image", "image")], "teacher_").unwrap();
-    let losses = [Loss::ce(), Loss::l2("teacher_conv5_6_sep_bn", "conv5_6_sep_bn"), Loss::soft_label("teacher_fc7", "fc7", 2.0, 2.0)];
+    let losses = [
+        Loss::ce(),
+        Loss::l2("teacher_conv5_6_sep_bn", "conv5_6_sep_bn"),
+        Loss::soft_label("teacher_fc7", "fc7", 2.0, 2.0),
+    ];
     let cfg = TrainConfig { batch_size: 4, threads: 2, ..TrainConfig::default() };
     let mut t = Trainer::new(merged, sparams.clone(), &losses, cfg).unwrap();
     let mut rng = Rng::new(4);
@@ -231,8 +247,13 @@ fn tutorial(scale: u16) -> Merged {
     let tcfg = ModelConfig::resnet50();
     let scfg = ModelConfig::mobilenet_v1(scale);
     let tprog = models::program(&tcfg).unwrap();
-    merge((&tprog, &ParamStore::init(&tcfg, 1).unwrap()), &models::program(&scfg).unwrap(), &[("image", "image")], "teacher_")
-        .unwrap()
+    merge(
+        (&tprog, &ParamStore::init(&tcfg, 1).unwrap()),
+        &models::program(&scfg).unwrap(),
+        &[("image", "image")],
+        "teacher_",
+    )
+    .unwrap()
 }
 
 #[test]
@@ -249,7 +270,9 @@ fn tutorial_names_defaults_and_errors() {
 
     let small = tutorial(250);
     let d = default_losses(&small);
-    assert!(matches!(&d[1].kind, LossKind::SoftLabel { teacher, student, .. } if teacher == "teacher_fc" && student == "fc7"));
+    assert!(
+        matches!(&d[1].kind, LossKind::SoftLabel { teacher, student, .. } if teacher == "teacher_fc" && student == "fc7")
+    );
 
     let e = Losses::new(&small, &[Loss::l2("teacher_bn5c_branch2", "depthwise_conv2d_11")]).unwrap_err().to_string();
     for close in ["teacher_bn5c_branch2a", "teacher_bn5c_branch2b", "teacher_bn5c_branch2c"] {
@@ -273,7 +296,10 @@ fn merge_rejects_bad_maps_and_stores() {
     assert!(matches!(merge((&tprog, &tparams), &sprog, &[("conv1", "image")], "t_"), Err(DistError::DataMap { .. })));
     assert!(matches!(merge((&tprog, &tparams), &sprog, &[], "t_"), Err(DistError::DataMap { .. })));
     let other = ParamStore::init(&ModelConfig::mobilenet_v1(500), 1).unwrap();
-    assert!(matches!(merge((&tprog, &other), &sprog, &[("image", "image")], "t_"), Err(DistError::TeacherParams { .. })));
+    assert!(matches!(
+        merge((&tprog, &other), &sprog, &[("image", "image")], "t_"),
+        Err(DistError::TeacherParams { .. })
+    ));
     // A custom prefix.
     let m = merge((&tprog, &tparams), &sprog, &[("image", "image")], "t_").unwrap();
     assert_eq!(m.resolve("t_fc7", "").unwrap().side, Side::Teacher);
@@ -285,7 +311,9 @@ fn loss_spec_parser() {
     let l = parse_loss("ce").unwrap();
     assert!(matches!(l.kind, LossKind::Ce) && l.weight == 1.0);
     let l = parse_loss("l2:teacher_bn5c_branch2b,depthwise_conv2d_11").unwrap();
-    assert!(matches!(&l.kind, LossKind::L2 { teacher, student } if teacher == "teacher_bn5c_branch2b" && student == "depthwise_conv2d_11"));
+    assert!(
+        matches!(&l.kind, LossKind::L2 { teacher, student } if teacher == "teacher_bn5c_branch2b" && student == "depthwise_conv2d_11")
+    );
     let l = parse_loss(" l2 : teacher_bn5c_branch2b.output.1.tmp_3 , depthwise_conv2d_11.tmp_0 *0.5").unwrap();
     assert!(matches!(&l.kind, LossKind::L2 { teacher, .. } if teacher == "teacher_bn5c_branch2b.output.1.tmp_3"));
     assert_eq!(l.weight, 0.5);
@@ -300,7 +328,23 @@ fn loss_spec_parser() {
     let all = parse_losses("ce; l2:a,b*0.5 ;soft:x,y,T=2;").unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(all[1].kind.label(), "l2:a,b");
-    for bad in ["", "xx", "ce:a", "l2:a", "l2:a,b,c", "l2:a,", "fsp:a,b,c", "soft:a", "soft:a,b,Q=1", "soft:a,b,T=0", "soft:a,b,T=x", "ce*", "ce*-1", "ce@nan", "custom:a"] {
+    for bad in [
+        "",
+        "xx",
+        "ce:a",
+        "l2:a",
+        "l2:a,b,c",
+        "l2:a,",
+        "fsp:a,b,c",
+        "soft:a",
+        "soft:a,b,Q=1",
+        "soft:a,b,T=0",
+        "soft:a,b,T=x",
+        "ce*",
+        "ce*-1",
+        "ce@nan",
+        "custom:a",
+    ] {
         let e = parse_loss(bad);
         assert!(matches!(e, Err(DistError::Spec { .. })), "{bad:?} parsed: {e:?}");
     }

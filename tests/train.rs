@@ -215,7 +215,13 @@ fn tiny16() -> (ModelConfig, Program, ParamStore) {
 #[test]
 fn training_loss_falls() {
     let (_, prog, params) = tiny16();
-    let cfg = TrainConfig { batch_size: 10, threads: 2, seed: 1, schedule: Schedule::constant(0.05).unwrap(), ..TrainConfig::default() };
+    let cfg = TrainConfig {
+        batch_size: 10,
+        threads: 2,
+        seed: 1,
+        schedule: Schedule::constant(0.05).unwrap(),
+        ..TrainConfig::default()
+    };
     let mut t = Trainer::new(Merged::student_only(&prog), params, &[Loss::ce()], cfg).unwrap();
     let mut data = tiny_data(10, 4);
     let mut losses = Vec::new();
@@ -264,7 +270,13 @@ fn nan_loss_stops_with_the_step() {
     let err = t.train_epoch(&mut data, 0, &mut |_| {}).unwrap_err();
     assert!(matches!(err, TrainError::NonFinite { step: 7, .. }), "{err:?}");
     assert!(err.to_string().contains("step 7"), "{err}");
-    let trainable = |p: &ParamStore| p.params().iter().filter(|x| x.kind == tinykd::graph::VarKind::Parameter).map(|x| x.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+    let trainable = |p: &ParamStore| {
+        p.params()
+            .iter()
+            .filter(|x| x.kind == tinykd::graph::VarKind::Parameter)
+            .map(|x| x.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(trainable(t.params()), trainable(&before), "no update on a non-finite step");
 }
 
@@ -274,7 +286,10 @@ fn errors_are_reported() {
     let mut ex = Executor::new(&prog, 2, 1);
     let mut p = params.clone();
     assert!(matches!(ex.forward(&mut p, &[0.0; 5], Mode::Train), Err(tinykd::train::ExecError::InputLen { .. })));
-    assert!(matches!(ex.forward(&mut p, &vec![0.0; 3 * 768], Mode::Train), Err(tinykd::train::ExecError::InputLen { .. })));
+    assert!(matches!(
+        ex.forward(&mut p, &vec![0.0; 3 * 768], Mode::Train),
+        Err(tinykd::train::ExecError::InputLen { .. })
+    ));
     let mut q = params.clone();
     q.get_mut("conv1_weights").unwrap().dims = vec![1, 2];
     let e = ex.forward(&mut q, &vec![0.0; 768], Mode::Train).unwrap_err();
@@ -299,5 +314,24 @@ fn schedules() {
     assert_eq!([w.lr(0), w.lr(1), w.lr(3)], [0.25, 0.5, 1.0]);
     assert_eq!(w.lr(4), 1.0);
     assert!((w.lr(9) - 0.5).abs() < 1e-6);
-    assert!(Schedule::constant(f32::NAN).is_err() && Schedule::cosine(1.0, 0).is_err() && Schedule::warmup(0, c).is_err());
+    assert!(
+        Schedule::constant(f32::NAN).is_err() && Schedule::cosine(1.0, 0).is_err() && Schedule::warmup(0, c).is_err()
+    );
+}
+
+#[test]
+fn momentum_buffers_round_trip() {
+    let (_, prog, params) = tiny16();
+    let cfg = TrainConfig { batch_size: 4, ..TrainConfig::default() };
+    let mut data = tiny_data(4, 1);
+    let mut a = Trainer::new(Merged::student_only(&prog), params.clone(), &[Loss::ce()], cfg.clone()).unwrap();
+    a.train_epoch(&mut data, 0, &mut |_| {}).unwrap();
+    // A second trainer restored from a's state continues identically.
+    let mut b = Trainer::new(Merged::student_only(&prog), a.params().clone(), &[Loss::ce()], cfg).unwrap();
+    b.set_momentum_buffers(a.momentum_buffers().to_vec()).unwrap();
+    b.set_step_count(a.step_count());
+    a.train_epoch(&mut data, 1, &mut |_| {}).unwrap();
+    b.train_epoch(&mut data, 1, &mut |_| {}).unwrap();
+    assert_eq!(a.params(), b.params());
+    assert!(b.set_momentum_buffers(vec![]).is_err());
 }

@@ -176,8 +176,12 @@ struct Worker {
     dummy: [Vec<f32>; 2],
 }
 
-/// One chunk's published batch-norm moments (`None` if the thread failed).
-type Moments = Option<(usize, Vec<f32>, Vec<f32>)>;
+/// One chunk's published batch-norm values: (rows, mean, M2) forward, (unused, `Σdy`,
+/// `Σdy·x̂`) backward.
+type Chunk = (usize, Vec<f32>, Vec<f32>);
+
+/// A published [`Chunk`], `None` if the thread failed.
+type Moments = Option<Chunk>;
 
 /// The parameter slices of one op (empty when the op has no such parameter).
 #[derive(Clone, Copy, Debug, Default)]
@@ -452,7 +456,11 @@ impl Executor {
                 let name = spec.name();
                 let got = store.get(name.as_str()).ok_or_else(|| ExecError::MissingParam { name: name.to_string() })?;
                 if got.dims != spec.dims.as_slice() || got.data.len() != spec.dims.numel() {
-                    return Err(ExecError::ParamDims { name: name.to_string(), expected: spec.dims, got: got.dims.clone() });
+                    return Err(ExecError::ParamDims {
+                        name: name.to_string(),
+                        expected: spec.dims,
+                        got: got.dims.clone(),
+                    });
                 }
                 let data = got.data.as_slice();
                 match spec.role {
@@ -495,7 +503,8 @@ impl Executor {
             barrier: &barrier,
             slots: &slots,
         };
-        let images: Vec<&[f32]> = chunks.iter().map(|r| &image[r.start * self.numel[0]..r.end * self.numel[0]]).collect();
+        let images: Vec<&[f32]> =
+            chunks.iter().map(|r| &image[r.start * self.numel[0]..r.end * self.numel[0]]).collect();
         let jobs = views.drain(..).zip(images).zip(self.workers.iter_mut()).enumerate();
         let results = run_threads(jobs.map(|(k, ((v, img), w))| {
             let ctx = &ctx;
@@ -529,7 +538,8 @@ impl Executor {
         for &(id, g) in seeds {
             let dst = &mut self.grads[id.index()][..g.len()];
             if seeded[id.index()] {
-                act::add_inplace(self.isa, dst, g).map_err(|err| ExecError::Kernel { layer: self.prog.tensor(id).name, err })?;
+                act::add_inplace(self.isa, dst, g)
+                    .map_err(|err| ExecError::Kernel { layer: self.prog.tensor(id).name, err })?;
             } else {
                 dst.copy_from_slice(g);
                 seeded[id.index()] = true;
@@ -610,10 +620,14 @@ impl Executor {
 }
 
 /// The running mean and variance of batch norm `layer` in `params`, mutably.
-fn stats_mut<'p>(params: &'p mut ParamStore, layer: Name) -> Result<(&'p mut [f32], &'p mut [f32]), ExecError> {
+fn stats_mut(params: &mut ParamStore, layer: Name) -> Result<(&mut [f32], &mut [f32]), ExecError> {
     let [mean, var] = [ParamRole::Mean, ParamRole::Variance].map(|r| crate::graph::param_name(layer, r));
     let all = params.params_mut();
-    let find = |name: Name| all.iter().position(|p| p.name == name.as_str()).ok_or_else(|| ExecError::MissingParam { name: name.to_string() });
+    let find = |name: Name| {
+        all.iter()
+            .position(|p| p.name == name.as_str())
+            .ok_or_else(|| ExecError::MissingParam { name: name.to_string() })
+    };
     let (im, iv) = (find(mean)?, find(var)?);
     if im < iv {
         let (lo, hi) = all.split_at_mut(iv);
@@ -677,7 +691,7 @@ impl Ctx<'_> {
 
     /// Publishes `m` as chunk `k`'s value for batch norm `bn`, waits for every chunk, and
     /// returns all chunks' values in chunk order (`None` if any thread failed).
-    fn exchange(&self, bn: usize, k: usize, m: Moments) -> Option<Vec<&(usize, Vec<f32>, Vec<f32>)>> {
+    fn exchange(&self, bn: usize, k: usize, m: Moments) -> Option<Vec<&Chunk>> {
         // Each slot is set exactly once per pass, by its own thread.
         let _ = self.slot(bn, k).set(m);
         self.barrier.wait();
@@ -731,12 +745,19 @@ fn forward_op(
     let (before, after) = views.split_at_mut(op.output.index() - 1);
     let y: &mut [f32] = after[0];
     let before: &[&mut [f32]] = before;
-    let read = |t: TensorId| -> &[f32] { if t.index() == 0 { image } else { &*before[t.index() - 1] } };
+    let read = |t: TensorId| -> &[f32] {
+        if t.index() == 0 {
+            image
+        } else {
+            &*before[t.index() - 1]
+        }
+    };
     let x = read(op.input());
     let shape = prog.tensor(op.output).shape;
     match op.kind {
         OpKind::Conv { .. } => {
-            conv::conv2d_fwd(isa, &prog.conv2d(op, nc), x, p.weights, None, Act::None, y, &mut w.scratch).map_err(kernel)
+            conv::conv2d_fwd(isa, &prog.conv2d(op, nc), x, p.weights, None, Act::None, y, &mut w.scratch)
+                .map_err(kernel)
         }
         OpKind::DwConv { .. } => {
             dwconv::dwconv3x3_fwd(isa, &prog.dwconv(op, nc), x, p.weights, None, Act::None, y).map_err(kernel)
@@ -764,8 +785,17 @@ fn forward_op(
             }
             saved.count = count;
             let [rm, rv] = &mut w.dummy;
-            norm::bn_finish_moments(isa, BN, count, &saved.mean, &saved.m2, &mut rm[..c], &mut rv[..c], &mut saved.invstd)
-                .map_err(kernel)?;
+            norm::bn_finish_moments(
+                isa,
+                BN,
+                count,
+                &saved.mean,
+                &saved.m2,
+                &mut rm[..c],
+                &mut rv[..c],
+                &mut saved.invstd,
+            )
+            .map_err(kernel)?;
             norm::bn_train_apply(isa, &ch, x, p.scale, p.offset, &saved.mean, &saved.invstd, y).map_err(kernel)
         }
         OpKind::Relu => act::relu_fwd(isa, x, y).map_err(kernel),
@@ -885,7 +915,19 @@ fn backward_op<'a>(
                 act::add_inplace(isa, &mut dgamma, sdyx).map_err(kernel)?;
             }
             let r = deliver_to(0, tmp, &mut |dx| {
-                norm::bn_bwd_apply(isa, &ch, saved.count, x, dy, p.scale, &saved.mean, &saved.invstd, &dbeta, &dgamma, dx)
+                norm::bn_bwd_apply(
+                    isa,
+                    &ch,
+                    saved.count,
+                    x,
+                    dy,
+                    p.scale,
+                    &saved.mean,
+                    &saved.invstd,
+                    &dbeta,
+                    &dgamma,
+                    dx,
+                )
             });
             pgrads[gs] = dgamma;
             pgrads[go] = dbeta;

@@ -72,7 +72,8 @@ impl DataSource for MemoryData {
         images.clear();
         labels.clear();
         for &i in indices {
-            let img = self.images.get(i * self.per_sample..(i + 1) * self.per_sample).ok_or("sample index out of range")?;
+            let img =
+                self.images.get(i * self.per_sample..(i + 1) * self.per_sample).ok_or("sample index out of range")?;
             images.extend_from_slice(img);
             labels.push(self.labels[i]);
         }
@@ -233,11 +234,14 @@ impl Trainer {
         let resolved = Losses::new(&merged, losses)?;
         let student = Executor::with_isa(merged.student(), cfg.batch_size, cfg.threads, isa);
         let teacher = match merged.teacher() {
-            Some(t) if resolved.needs_teacher() => Some(Executor::with_isa(&t.program, cfg.batch_size, cfg.threads, isa)),
+            Some(t) if resolved.needs_teacher() => {
+                Some(Executor::with_isa(&t.program, cfg.batch_size, cfg.threads, isa))
+            }
             _ => None,
         };
         let slots: Vec<&str> = student.param_grads().map(|(n, _)| n).collect();
-        let grad_of: Vec<Option<usize>> = params.params().iter().map(|p| slots.iter().position(|&n| n == p.name)).collect();
+        let grad_of: Vec<Option<usize>> =
+            params.params().iter().map(|p| slots.iter().position(|&n| n == p.name)).collect();
         let velocity = params
             .params()
             .iter()
@@ -267,6 +271,30 @@ impl Trainer {
     /// The student's parameters and statistics, consuming the trainer.
     pub fn into_params(self) -> ParamStore {
         self.params
+    }
+
+    /// The student's parameters and statistics, mutably (e.g. to restore a checkpoint; names
+    /// and dims must not change).
+    pub fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    /// The momentum buffers, one per entry of [`Trainer::params`] in the same order (empty for
+    /// batch-norm statistics), e.g. to save in a checkpoint.
+    pub fn momentum_buffers(&self) -> &[Vec<f32>] {
+        &self.velocity
+    }
+
+    /// Replaces the momentum buffers (e.g. from a checkpoint); they must have the layout of
+    /// [`Trainer::momentum_buffers`].
+    pub fn set_momentum_buffers(&mut self, buffers: Vec<Vec<f32>>) -> Result<(), TrainError> {
+        let same =
+            buffers.len() == self.velocity.len() && buffers.iter().zip(&self.velocity).all(|(a, b)| a.len() == b.len());
+        if !same {
+            return Err(TrainError::Config("momentum buffers do not match the parameters".into()));
+        }
+        self.velocity = buffers;
+        Ok(())
     }
 
     /// The merged name space (and the frozen teacher's parameters).
@@ -385,9 +413,15 @@ impl Trainer {
                 let sh = Logits::new(idx.len(), classes);
                 top1 += loss::topk_correct(&sh, z, &labels, 1).map_err(TrainError::Kernel)?;
                 top5 += loss::topk_correct(&sh, z, &labels, 5.min(classes)).map_err(TrainError::Kernel)?;
-                ce += loss::softmax_ce(self.isa, &sh, z, &labels, None).map_err(TrainError::Kernel)? as f64 * idx.len() as f64;
+                ce += loss::softmax_ce(self.isa, &sh, z, &labels, None).map_err(TrainError::Kernel)? as f64
+                    * idx.len() as f64;
             }
-            Ok(EvalReport { samples: n, top1: top1 as f64 / n as f64, top5: top5 as f64 / n as f64, loss: ce / n as f64 })
+            Ok(EvalReport {
+                samples: n,
+                top1: top1 as f64 / n as f64,
+                top5: top5 as f64 / n as f64,
+                loss: ce / n as f64,
+            })
         })();
         self.images = images;
         self.labels = labels;
