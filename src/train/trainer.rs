@@ -4,7 +4,9 @@
 //! One step: student forward in train mode; teacher forward in eval mode on the student's own
 //! input buffer (only when a loss reads a teacher tensor); losses and their gradients
 //! ([`Losses::compute`]); a check that every loss value is finite (otherwise the step stops
-//! with [`TrainError::NonFinite`] naming the step, before any parameter changes); student
+//! with [`TrainError::NonFinite`] naming the step, before any trainable parameter or momentum
+//! buffer changes — the student's batch-norm running statistics have already absorbed that
+//! forward); student
 //! backward; `v = μ·v + g + wd·p; p −= lr·v` ([`optim::sgd_momentum`]) for every trainable
 //! parameter (batch-norm running statistics are updated by the forward, never by the optimizer;
 //! the teacher is never touched).
@@ -119,7 +121,7 @@ pub enum TrainError {
     Exec(ExecError),
     /// A loss failed (or did not resolve).
     Dist(DistError),
-    /// A loss value was NaN or infinite at `step` (parameters were not updated).
+    /// A loss value was NaN or infinite at `step` (trainable parameters were not updated).
     NonFinite {
         /// The global step (0-based).
         step: usize,
@@ -334,10 +336,15 @@ impl Trainer {
     }
 
     fn step_in_epoch(&mut self, images: &[f32], labels: &[u32], epoch: usize) -> Result<StepReport, TrainError> {
-        self.student.forward_train(&mut self.params, images)?;
-        if labels.len() != self.student.batch() {
-            return Err(TrainError::Data(format!("{} labels for a batch of {}", labels.len(), self.student.batch())));
+        let per = self.merged.student().tensor(self.merged.student().input()).shape.numel();
+        if labels.len() * per != images.len() {
+            return Err(TrainError::Data(format!(
+                "{} labels for {} image values ({per} per sample)",
+                labels.len(),
+                images.len()
+            )));
         }
+        self.student.forward_train(&mut self.params, images)?;
         if let (Some(tex), Some(t)) = (self.teacher.as_mut(), self.merged.teacher()) {
             // The teacher reads the student's input buffer in place (`image` is mapped).
             tex.forward_eval(&t.params, self.student.input())?;
