@@ -227,13 +227,19 @@ impl TrainOpts {
         Schedule::warmup(warm, inner).map_err(|e| UsageError(e.to_string()))
     }
 
-    /// The options that define the run's trajectory (compared on resume; threads excluded).
+    /// The options that define the run's trajectory, compared on resume. Threads are left out
+    /// (they change rounding, not the math), and so is `--epochs` unless the schedule is cosine
+    /// (whose horizon it sets): a constant or piecewise run may be extended.
     fn fingerprint(&self, losses: &[String]) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "batch": self.batch, "lr": self.lr, "momentum": self.momentum, "wd": self.wd,
             "schedule": self.schedule.to_string(), "warmup_epochs": self.warmup_epochs,
-            "epochs": self.epochs, "augment": self.augmenting(), "seed": self.seed, "losses": losses,
-        })
+            "augment": self.augmenting(), "seed": self.seed, "losses": losses,
+        });
+        if self.schedule == ScheduleSpec::Cosine {
+            v["epochs"] = self.epochs.into();
+        }
+        v
     }
 }
 
