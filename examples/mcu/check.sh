@@ -88,23 +88,7 @@ for dtype in f32 f16; do
   fi
 
   # Host-side comparison with the host engine's logits (assets/expected.txt).
-  if ! awk -v dtype="$dtype" -v tol="$tol" '
-    FNR == NR { if ($1 == dtype) { top[$2] = $3; n = 0; for (k = 5; k <= NF; k++) want[$2, n++] = $k; classes = n; images++ } next }
-    / image [0-9]+ top1=/ {
-      i = $0; sub(/.* image /, "", i); sub(/ .*/, "", i)
-      t = $0; sub(/.* top1=/, "", t); sub(/ .*/, "", t)
-      l = $0; sub(/.*logits=\[/, "", l); sub(/\].*/, "", l); gsub(/,/, " ", l)
-      got = split(l, v, " ")
-      seen++
-      if (t != top[i]) { printf "FAIL (%s): image %d top-1 %d, host %d\n", dtype, i, t, top[i]; bad = 1 }
-      if (got != classes) { printf "FAIL (%s): image %d has %d logits, host %d\n", dtype, i, got, classes; bad = 1 }
-      for (k = 1; k <= got; k++) { d = v[k] - want[i, k - 1]; if (d < 0) d = -d; if (d > maxd) maxd = d; if (d > tol) { printf "FAIL (%s): image %d logit %d differs by %g (> %g)\n", dtype, i, k - 1, d, tol; bad = 1 } }
-    }
-    END {
-      if (seen != images) { printf "FAIL (%s): %d images on the device, %d on the host\n", dtype, seen, images; bad = 1 }
-      printf "host check (%s): %d images, top-1 equal, max |logit diff| %g (tolerance %g)\n", dtype, seen, maxd, tol
-      exit bad
-    }' "$mcu/assets/expected.txt" "$log"; then
+  if ! awk -v dtype="$dtype" -v tol="$tol" -f "$mcu/compare.awk" "$mcu/assets/expected.txt" "$log"; then
     fail=1
   fi
 

@@ -21,9 +21,9 @@ use defmt_semihosting as _;
 use semihosting as _;
 use tinykd::engine::Engine;
 use tinykd::kernels::Isa;
+use tinykd::models;
 use tinykd::plan::{self, Plan};
 use tinykd::weights::{Aligned, WeightFile};
-use tinykd::models;
 
 /// `CFG` (the student's `ModelConfig`) and `N_IMAGES`, written by `mcu_assets`.
 mod assets {
@@ -89,6 +89,8 @@ unsafe impl Sync for Arena {}
 
 impl Arena {
     /// The arena's bytes, the first time; `None` afterwards.
+    // The `&mut` from `&self` is sound: the flag makes it the only one ever handed out.
+    #[allow(clippy::mut_from_ref)]
     fn take(&'static self) -> Option<&'static mut [u8]> {
         if self.taken.swap(true, Ordering::AcqRel) {
             return None;
@@ -277,7 +279,8 @@ fn run() -> i32 {
 /// e.g. the model's `Program`, do not stay in the caller's frame during inference).
 #[inline(never)]
 fn setup() -> Option<Engine<'static>> {
-    let file = WeightFile::parse(&WEIGHTS.0).map_err(|e| defmt::error!("weight file: {}", defmt::Debug2Format(&e))).ok()?;
+    let file =
+        WeightFile::parse(&WEIGHTS.0).map_err(|e| defmt::error!("weight file: {}", defmt::Debug2Format(&e))).ok()?;
     Engine::new(&CFG, 1, &file).map_err(|e| defmt::error!("engine: {}", defmt::Display2Format(&e))).ok()
 }
 
