@@ -1,0 +1,374 @@
+//! Reliability promises (docs/RELIABILITY.md) that are not covered elsewhere: the fuzz seed
+//! corpora are valid inputs, every invalid command line of a training command fails with one
+//! paragraph, a non-zero exit and no output file, training is bitwise deterministic for a
+//! seed and thread count, and divergence stops the run with the last checkpoint intact.
+//! (The kill/resume test is `tests/kill_resume.rs`.)
+#![cfg(feature = "std")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tinykd::host::checkpoint::{Checkpoint, NamedTensor, TrainState};
+use tinykd::host::data::Rng;
+use tinykd::params::ParamStore;
+use tinykd::weights::{self, AlignedBuf, FileKind, TensorOut, WeightFile};
+use tinykd::kernels::DType;
+use tinykd::{ModelConfig, Stem};
+
+// ---------------------------------------------------------------------------------------------
+// Fuzz seed corpora (fuzz/seeds/<target>/): generated here, so they follow the formats.
+
+/// The fuzz crate's seed directory.
+fn seeds_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join("seeds")
+}
+
+/// Small tensors shaped like a model's (the parser does not tie tensors to the model).
+fn seed_tensors(rng: &mut Rng) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let shapes: [(&str, &[usize]); 5] = [
+        ("conv1_weights", &[3, 3, 3, 4]),
+        ("conv1_bn_scale", &[4]),
+        ("conv2_1_dw_weights", &[3, 3, 4]),
+        ("fc7_weights", &[4, 10]),
+        ("fc7_offset", &[10]),
+    ];
+    shapes
+        .iter()
+        .map(|(n, d)| (n.to_string(), d.to_vec(), (0..d.iter().product()).map(|_| rng.uniform(-1.0, 1.0)).collect()))
+        .collect()
+}
+
+/// `weights_parse` seeds: a mode byte (bit 0 reseal, bit 1 misaligned copy), then a file.
+fn weight_seeds() -> Vec<(String, Vec<u8>)> {
+    let ts = seed_tensors(&mut Rng::new(11));
+    let outs: Vec<TensorOut> = ts.iter().map(|(n, d, v)| TensorOut { name: n, dims: d, data: v }).collect();
+    let mnv1 = ModelConfig::mobilenet_v1(250).with_stem(Stem::Cifar);
+    let mut out = Vec::new();
+    for (name, mode, cfg, kind, dtype, tensors) in [
+        ("params_f32", 0u8, mnv1, FileKind::Params, DType::F32, &outs[..]),
+        ("inference_f16", 2, mnv1, FileKind::Inference, DType::F16, &outs[..]),
+        ("resnet_one_tensor_resealed", 1, ModelConfig::resnet50(), FileKind::Params, DType::F32, &outs[..1]),
+        ("empty", 3, mnv1, FileKind::Inference, DType::F32, &[]),
+    ] {
+        let mut bytes = vec![mode];
+        bytes.extend(weights::to_bytes(&cfg, kind, dtype, tensors).expect("seed weight file"));
+        out.push((name.to_string(), bytes));
+    }
+    out
+}
+
+/// `checkpoint_read` seeds: a mode byte (bit 0: reseal, the file then lacks its CRC), then a file.
+fn checkpoint_seeds() -> Vec<(String, Vec<u8>)> {
+    let ts = seed_tensors(&mut Rng::new(12));
+    let named = |r: std::ops::Range<usize>| -> Vec<NamedTensor> {
+        ts[r].iter().map(|(n, d, v)| NamedTensor::new(n.clone(), d.clone(), v.clone())).collect()
+    };
+    let ck = Checkpoint {
+        config: ModelConfig::mobilenet_v1(250).with_stem(Stem::Cifar),
+        params: named(0..2),
+        statistics: named(1..2),
+        momentum: named(0..2),
+        state: TrainState { epoch: 2, step: 8, rng_state: 77, lr_step: 8, lr: 0.05, best_metric: Some(0.5) },
+        meta: r#"{"command":"train","run":{"seed":0}}"#.to_string(),
+    };
+    let bytes = ck.to_bytes().expect("seed checkpoint");
+    let mut plain = vec![0u8];
+    plain.extend_from_slice(&bytes);
+    let mut resealed = vec![1u8];
+    resealed.extend_from_slice(&bytes[..bytes.len() - 4]);
+    vec![("small".to_string(), plain), ("small_resealed".to_string(), resealed)]
+}
+
+/// `cifar_read` seeds: two records, and a class-name file.
+fn cifar_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut rng = Rng::new(13);
+    let mut two = Vec::new();
+    for label in [3u8, 9] {
+        two.push(label);
+        two.extend((0..3072).map(|_| rng.below(256) as u8));
+    }
+    let meta = b"airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n".to_vec();
+    vec![("two_records".to_string(), two), ("meta".to_string(), meta)]
+}
+
+/// Every binary seed as written; with `TINYKD_WRITE_FUZZ_SEEDS=1` the files are (re)written.
+/// Otherwise they must be present and current, and each must be accepted by its parser (so
+/// the fuzzers start from valid inputs).
+#[test]
+fn fuzz_seed_corpora_are_current_and_valid() {
+    let write = std::env::var_os("TINYKD_WRITE_FUZZ_SEEDS").is_some();
+    for (target, seeds) in [("weights_parse", weight_seeds()), ("checkpoint_read", checkpoint_seeds()), ("cifar_read", cifar_seeds())] {
+        let dir = seeds_dir().join(target);
+        for (name, bytes) in seeds {
+            let path = dir.join(format!("{name}.bin"));
+            if write {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            let on_disk = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; regenerate with TINYKD_WRITE_FUZZ_SEEDS=1", path.display()));
+            assert!(on_disk == bytes, "{} is stale; regenerate with TINYKD_WRITE_FUZZ_SEEDS=1", path.display());
+        }
+    }
+    for (_, b) in weight_seeds() {
+        let buf = AlignedBuf::from_bytes(&b[1..]);
+        WeightFile::parse(&buf).expect("weight seed parses");
+    }
+    let (_, plain) = &checkpoint_seeds()[0];
+    Checkpoint::from_bytes(&plain[1..], Path::new("seed")).expect("checkpoint seed parses");
+    let total: u64 = walk(&seeds_dir()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert!(total < 200 * 1024, "seed corpora are {total} bytes; keep them under 200 KB");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The training commands: invalid input, determinism, divergence.
+
+fn tinykd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tinykd")).args(args).output().expect("run tinykd")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
+}
+
+/// A synthetic dataset of `train` + 16 images in `dir/data`.
+fn dataset(dir: &Path, train: usize) -> PathBuf {
+    let data = dir.join("data");
+    let o = tinykd(&["data", "synth", "--out", s(&data), "--train", &train.to_string(), "--test", "16", "--seed", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    data
+}
+
+/// The tiny student every test trains: MobileNetV1 x0.25, CIFAR stem, 32x32, 10 classes.
+const STUDENT: [&str; 8] = ["--model", "mobilenet_v1", "--scale", "0.25", "--stem", "cifar", "--classes", "10"];
+
+/// `train` with the tiny student and `extra` options (which must include --data and --out).
+fn train(extra: &[&str]) -> Output {
+    let mut args = vec!["train"];
+    args.extend(STUDENT);
+    args.extend(["--batch", "16", "--eval-every", "0"]);
+    args.extend(extra);
+    tinykd(&args)
+}
+
+/// A params file of the tiny student's architecture, usable as a teacher.
+fn teacher_file(dir: &Path) -> PathBuf {
+    let cfg = ModelConfig::mobilenet_v1(250).with_stem(Stem::Cifar);
+    let store = ParamStore::init(&cfg, 9).unwrap();
+    let path = dir.join("teacher.tkd");
+    weights::write_file(&path, &cfg, FileKind::Params, DType::F32, &store.to_tensors()).unwrap();
+    path
+}
+
+/// Files under `dir` (recursively), as paths relative to it.
+fn files_in(dir: &Path) -> Vec<String> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let mut v: Vec<String> =
+        walk(dir).iter().map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// Asserts a clean failure: exit `code`, nothing on stdout, stderr is one `error:` paragraph
+/// (optionally followed by clap's usage or `--help` hint) containing every word of `words`, no
+/// panic, and nothing written under `out_dir`.
+fn assert_clean_failure(o: &Output, code: i32, words: &[&str], out_dir: &Path) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert!(o.stdout.is_empty(), "stdout: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    let mut paragraphs = err.split("\n\n").filter(|p| !p.trim().is_empty());
+    let first = paragraphs.next().unwrap_or("");
+    assert!(first.starts_with("error:"), "stderr does not start with `error:`: {err}");
+    for p in paragraphs {
+        assert!(p.starts_with("For more information") || p.starts_with("Usage:"), "more than one paragraph: {err}");
+    }
+    for w in words {
+        assert!(first.contains(w), "the error lacks {w:?}: {err}");
+    }
+    assert_eq!(files_in(out_dir), Vec::<String>::new(), "files were left in {}", out_dir.display());
+}
+
+#[test]
+fn invalid_training_command_lines_fail_cleanly_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 32);
+    let out_dir = dir.path().join("out");
+    let out = out_dir.join("w.tkd");
+    let (d, o) = (s(&data), s(&out));
+    let base = |model: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["train".into()];
+        v.extend(model.iter().map(|x| x.to_string()));
+        v.extend(["--epochs", "1", "--batch", "16", "--data", d, "--out", o].iter().map(|x| x.to_string()));
+        v
+    };
+    let run = |args: Vec<String>| Command::new(env!("CARGO_BIN_EXE_tinykd")).args(&args).output().unwrap();
+
+    // Unknown model, bad scales.
+    assert_clean_failure(&run(base(&["--model", "vgg16"])), 2, &["vgg16", "--model"], &out_dir);
+    assert_clean_failure(&run(base(&["--model", "mobilenet_v1", "--scale", "0.3"])), 2, &["0.3", "0.25"], &out_dir);
+    assert_clean_failure(&run(base(&["--model", "mobilenet_v1", "--scale", "wide"])), 2, &["wide"], &out_dir);
+    assert_clean_failure(&run(base(&["--model", "resnet50", "--scale", "0.5"])), 2, &["--scale", "resnet50"], &out_dir);
+    assert_clean_failure(&run(base(&["--model", "mobilenet_v1", "--input", "0x32"])), 2, &["0x32"], &out_dir);
+
+    // Missing dataset directory.
+    let missing = dir.path().join("no-such-data");
+    let o2 = train(&["--epochs", "1", "--data", s(&missing), "--out", o]);
+    assert_clean_failure(&o2, 1, &["no-such-data"], &out_dir);
+
+    // A dataset whose file is truncated.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in ["data_batch_1.bin", "test_batch.bin"] {
+        std::fs::copy(data.join(f), bad.join(f)).unwrap();
+    }
+    let len = std::fs::metadata(bad.join("test_batch.bin")).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(bad.join("test_batch.bin")).unwrap().set_len(len - 5).unwrap();
+    assert_clean_failure(&train(&["--epochs", "1", "--data", s(&bad), "--out", o]), 1, &["test_batch.bin", "truncated"], &out_dir);
+
+    // Bad training options.
+    assert_clean_failure(&train(&["--epochs", "0", "--data", d, "--out", o]), 2, &["--epochs"], &out_dir);
+    assert_clean_failure(&train(&["--epochs", "1", "--lr", "nan", "--data", d, "--out", o]), 2, &["nan"], &out_dir);
+    assert_clean_failure(&train(&["--epochs", "1", "--schedule", "steps", "--data", d, "--out", o]), 2, &["steps"], &out_dir);
+}
+
+#[test]
+fn invalid_distillation_inputs_fail_cleanly_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 32);
+    let teacher = teacher_file(dir.path());
+    let out_dir = dir.path().join("out");
+    let out = out_dir.join("w.tkd");
+    let distill = |teacher: &Path, loss: &str| {
+        let mut args = vec!["distill", "--teacher", s(teacher)];
+        args.extend(["--student", "mobilenet_v1", "--scale", "0.25", "--stem", "cifar"]);
+        args.extend(["--epochs", "1", "--batch", "16", "--data", s(&data), "--out", s(&out)]);
+        if !loss.is_empty() {
+            args.extend(["--loss", loss]);
+        }
+        tinykd(&args)
+    };
+
+    // Missing, truncated and non-weight teacher files.
+    assert_clean_failure(&distill(&dir.path().join("nope.tkd"), ""), 1, &["nope.tkd"], &out_dir);
+    let bytes = std::fs::read(&teacher).unwrap();
+    let cut = dir.path().join("cut.tkd");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_failure(&distill(&cut, ""), 1, &["cut.tkd"], &out_dir);
+    let junk = dir.path().join("junk.tkd");
+    std::fs::write(&junk, b"this is not a weight file").unwrap();
+    assert_clean_failure(&distill(&junk, ""), 1, &["junk.tkd"], &out_dir);
+
+    // Loss specs: unknown tensor (with suggestions), shape-mismatched pair, bad syntax.
+    assert_clean_failure(&distill(&teacher, "l2:teacher_conv6_sepx,conv6_sep"), 2, &["teacher_conv6_sepx", "teacher_conv6_sep"], &out_dir);
+    assert_clean_failure(&distill(&teacher, "ce;l2:teacher_conv6_sep,conv7"), 2, &["conv7"], &out_dir);
+    assert_clean_failure(&distill(&teacher, "l2:teacher_fc7,conv1"), 2, &["teacher_fc7", "conv1", "NHWC"], &out_dir);
+    assert_clean_failure(&distill(&teacher, "fsp:teacher_conv1,teacher_fc7,conv1,fc7"), 2, &["fsp"], &out_dir);
+    assert_clean_failure(&distill(&teacher, "l3:teacher_fc7,fc7"), 2, &["l3"], &out_dir);
+    assert_clean_failure(&distill(&teacher, "soft:teacher_fc7,fc7,T=0"), 2, &["positive"], &out_dir);
+    assert_clean_failure(&distill(&teacher, "l2:teacher_fc7,fc7*-1"), 2, &["weight"], &out_dir);
+}
+
+#[test]
+fn a_corrupt_or_foreign_checkpoint_refuses_to_resume_and_stays_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 32);
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join("w.tkd");
+    let ckpt = out_dir.join("w.tkd.ckpt");
+    let garbage = b"TKDCKPT\0 but then nothing sensible".to_vec();
+    std::fs::write(&ckpt, &garbage).unwrap();
+    let o = train(&["--epochs", "1", "--resume", "--data", s(&data), "--out", s(&out)]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("w.tkd.ckpt") && !err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), garbage, "the checkpoint was modified");
+    assert_eq!(files_in(&out_dir), vec!["w.tkd.ckpt".to_string()]);
+
+    // A valid checkpoint of another run (different learning rate) is refused too.
+    std::fs::remove_file(&ckpt).unwrap();
+    let o = train(&["--epochs", "1", "--lr", "0.05", "--data", s(&data), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = std::fs::read(&ckpt).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let o = train(&["--epochs", "1", "--lr", "0.01", "--resume", "--data", s(&data), "--out", s(&out)]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("lr"));
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before, "the checkpoint was modified");
+    assert!(!out.exists());
+}
+
+#[test]
+fn same_seed_and_threads_give_bitwise_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 32);
+    let run = |name: &str, threads: &str, seed: &str| -> Vec<u8> {
+        let out = dir.path().join(name);
+        let o = train(&["--epochs", "2", "--threads", threads, "--seed", seed, "--data", s(&data), "--out", s(&out)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(&out).unwrap()
+    };
+    let a = run("a.tkd", "2", "3");
+    let b = run("b.tkd", "2", "3");
+    assert!(a == b, "two runs with the same seed and thread count differ");
+    let c = run("c.tkd", "2", "4");
+    assert!(a != c, "the seed has no effect");
+    let one = run("one.tkd", "1", "3");
+    // Documented in docs/RELIABILITY.md: a different thread count may change the rounding of
+    // reductions; report which it is on this machine.
+    eprintln!("threads 1 vs 2: {}", if one == a { "bitwise identical" } else { "different" });
+}
+
+/// Trains the tiny student for 3 epochs: epoch 1 at lr 0.05, then lr 1e30, under which the
+/// weights blow up in epoch 2. Returns the exit, stderr and the checkpoint path.
+fn diverging_run(dir: &Path) -> (Option<i32>, String, PathBuf) {
+    let data = dataset(dir, 32);
+    let out = dir.join("out").join("w.tkd");
+    let o = train(&["--epochs", "3", "--schedule", "piecewise:1:0.05,1e30", "--data", s(&data), "--out", s(&out)]);
+    assert!(!out.exists(), "no weight file after a diverged run");
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned(), dir.join("out").join("w.tkd.ckpt"))
+}
+
+#[test]
+fn divergence_stops_the_run_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err, ckpt) = diverging_run(dir.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for w in ["not finite", "step", "ce = ", "lower learning rate", "w.tkd.ckpt", "intact"] {
+        assert!(err.contains(w), "the message lacks {w:?}: {err}");
+    }
+    Checkpoint::load(&ckpt).expect("the checkpoint loads");
+}
+
+/// The weights turn Inf/NaN in the update of the first lr-1e30 step (epoch 2) while the
+/// batch-normalised loss stays finite, so the loss-only check fires a step later, in epoch 3,
+/// after the epoch-2 checkpoint has been overwritten with non-finite weights.
+#[test]
+#[ignore = "src/host/cli/fit.rs checks only the loss for NaN/Inf, not gradients or updated weights; reported to the lead"]
+fn divergence_leaves_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err, ckpt) = diverging_run(dir.path());
+    assert_eq!(code, Some(1), "{err}");
+    let ck = Checkpoint::load(&ckpt).expect("the last good checkpoint loads");
+    for t in ck.params.iter().chain(&ck.statistics).chain(&ck.momentum) {
+        let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+        assert_eq!(bad, 0, "checkpoint of epoch {} has {bad} non-finite values in {}; stderr: {err}", ck.state.epoch, t.name);
+    }
+    assert_eq!(ck.state.epoch, 1, "{err}");
+}
