@@ -18,6 +18,7 @@ pub mod graph;
 pub mod models;
 pub mod plan;
 pub mod engine;
+pub mod finetune;
 #[cfg(feature = "std")]
 pub mod params;
 #[cfg(feature = "std")]
