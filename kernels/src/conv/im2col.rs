@@ -80,6 +80,15 @@ pub(super) fn pack(s: &Conv2d, x: &[f32], row0: usize, col: &mut [f32]) {
     }
 }
 
+/// True when kernel tap `(ky, kx)` reads an in-bounds input pixel for at least one of the
+/// `rows` output pixels from `row0` (otherwise its im2col columns are all padding).
+pub(super) fn tap_used(s: &Conv2d, row0: usize, rows: usize, ky: usize, kx: usize) -> bool {
+    (row0..row0 + rows).any(|g| {
+        let win = Window::of(s, g);
+        (win.ky_lo..win.ky_hi).contains(&ky) && (win.kx_lo..win.kx_hi).contains(&kx)
+    })
+}
+
 /// The adjoint of [`pack`]: adds every in-bounds column of `col` (rows from output pixel
 /// `row0`) into the input position it was read from; padding columns are dropped.
 pub(super) fn scatter_add(s: &Conv2d, col: &[f32], row0: usize, dx: &mut [f32]) {

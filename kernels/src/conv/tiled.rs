@@ -1,7 +1,10 @@
 //! The im2col + GEMM drivers: every KxK conv pass is a loop over tiles of at most
 //! [`IM2COL_ROWS`] output rows (rows = flattened `n·out_h·out_w` pixels), each one GEMM call,
 //! so the conv runs at the speed of [`crate::gemm::gemm`]. A pointwise conv (1x1, stride 1,
-//! no padding) is a single GEMM over the input itself, with no scratch.
+//! no padding) is a single GEMM over the input itself, with no scratch. A forward with at most
+//! [`stream::MAX_ROWS`] output pixels (the late layers at batch 1) instead streams the weights
+//! once ([`stream`]), tap by tap, skipping taps that only ever read padding (at 1x1 spatial
+//! size a 3x3 conv reads 1/9 of its weights).
 //!
 //! Lengths and the shape are checked by the public functions in the parent module.
 
@@ -11,27 +14,14 @@ use crate::elem::Elem;
 use crate::error::Result;
 use crate::gemm::{gemm, GemmShape};
 use crate::isa::Isa;
+use crate::linear::epilogue::bias_act;
+use crate::linear::stream::{self, Product};
 use crate::shape::{Conv2d, IM2COL_ROWS};
 
 /// The output rows of the conv, split into tiles: yields `(row0, rows)`.
 fn tiles(s: &Conv2d) -> impl Iterator<Item = (usize, usize)> {
     let total = s.n * s.out_h() * s.out_w();
     (0..total).step_by(IM2COL_ROWS).map(move |row0| (row0, IM2COL_ROWS.min(total - row0)))
-}
-
-/// Epilogue `y[r][co] = act(y[r][co] + bias[co])` over a tile of `c_out`-wide rows.
-fn bias_act<W: Elem>(y: &mut [f32], c_out: usize, bias: Option<&[W]>, act: Act) {
-    match (bias, act) {
-        (None, Act::None) => {}
-        (None, _) => y.iter_mut().for_each(|v| *v = act.apply(*v)),
-        (Some(b), _) => {
-            for row in y.chunks_exact_mut(c_out) {
-                for (v, b) in row.iter_mut().zip(b) {
-                    *v = act.apply(*v + b.to_f32());
-                }
-            }
-        }
-    }
 }
 
 /// `y = act(im2col(x) · w + b)`, tile by tile.
@@ -47,18 +37,62 @@ pub(super) fn fwd<W: Elem>(
     scratch: &mut [f32],
 ) -> Result<()> {
     let (k, c_out) = (s.k(), s.c_out);
+    let total = s.n * s.out_h() * s.out_w();
     if s.is_pointwise() {
-        gemm(isa, &GemmShape::nn(s.n * s.h * s.w, c_out, k), 1.0, x, w, 0.0, y)?;
-        bias_act(y, c_out, bias, act);
+        let product = Product { m: total, n: c_out, k, a: x, lda: k, b: w };
+        if !stream::overwrite(isa, &product, y) {
+            gemm(isa, &GemmShape::nn(total, c_out, k), 1.0, x, w, 0.0, y)?;
+        }
+        bias_act(isa, c_out, bias, act, y);
         return Ok(());
+    }
+    if stream::applies(isa, total) {
+        return fwd_streamed(isa, s, x, w, bias, act, y, scratch);
     }
     for (row0, rows) in tiles(s) {
         let col = &mut scratch[..rows * k];
         im2col::pack(s, x, row0, col);
         let y_tile = &mut y[row0 * c_out..(row0 + rows) * c_out];
         gemm(isa, &GemmShape::nn(rows, c_out, k), 1.0, col, w, 0.0, y_tile)?;
-        bias_act(y_tile, c_out, bias, act);
+        bias_act(isa, c_out, bias, act, y_tile);
     }
+    Ok(())
+}
+
+/// The forward for few output pixels (one im2col tile): `y = Σ_taps col[.., tap] · w[tap]`
+/// over the taps some pixel reads in bounds, each a streamed `c_in × c_out` product.
+#[allow(clippy::too_many_arguments)]
+fn fwd_streamed<W: Elem>(
+    isa: Isa,
+    s: &Conv2d,
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
+    let (k, c_in, c_out) = (s.k(), s.c_in, s.c_out);
+    let total = s.n * s.out_h() * s.out_w();
+    let col = &mut scratch[..total * k];
+    im2col::pack(s, x, 0, col);
+    y.fill(0.0);
+    'taps: for ky in 0..s.kh {
+        for kx in 0..s.kw {
+            if !im2col::tap_used(s, 0, total, ky, kx) {
+                continue;
+            }
+            let t = ky * s.kw + kx;
+            let wt = &w[t * c_in * c_out..(t + 1) * c_in * c_out];
+            let product = Product { m: total, n: c_out, k: c_in, a: &col[t * c_in..], lda: k, b: wt };
+            if !stream::accumulate(isa, &product, y) {
+                // Only reachable if `applies` and `accumulate` disagree: redo it all as a GEMM.
+                gemm(isa, &GemmShape::nn(total, c_out, k), 1.0, &col[..], w, 0.0, y)?;
+                break 'taps;
+            }
+        }
+    }
+    bias_act(isa, c_out, bias, act, y);
     Ok(())
 }
 

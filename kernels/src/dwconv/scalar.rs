@@ -17,7 +17,7 @@ const CHANNEL_BLOCK: usize = 32;
 /// Taps `lo..hi` (of 3) whose input position `p + t − 1` lies in `0..len`, for an output
 /// pixel whose window starts at padded position `p = o·stride`.
 #[inline]
-fn taps(p: usize, len: usize) -> (usize, usize) {
+pub(super) fn taps(p: usize, len: usize) -> (usize, usize) {
     let lo = 1usize.saturating_sub(p);
     let hi = (len + 1).saturating_sub(p).min(3).max(lo);
     (lo, hi)
@@ -47,13 +47,22 @@ fn for_each_tap(s: &DwConv3x3, mut f: impl FnMut(usize, usize, usize)) {
     }
 }
 
-/// `y[n][oy][ox][c] = act(b[c] + Σ_taps x[n][oy·s + ky − 1][ox·s + kx − 1][c] · w[ky][kx][c])`,
+/// `y[n][oy][ox][c] = act(b[c] + Σ_taps x[n][oy·s + ky − 1][ox·s + kx − 1][c] · w[ky][kx][c])`
+/// for channels `c_lo..c` (0 for the whole layer; a SIMD path passes the tail it leaves over),
 /// in blocks of [`CHANNEL_BLOCK`] channels.
-pub(super) fn fwd<W: Elem>(s: &DwConv3x3, x: &[f32], w: &[W], bias: Option<&[W]>, act: Act, y: &mut [f32]) {
+pub(super) fn fwd<W: Elem>(
+    s: &DwConv3x3,
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+    c_lo: usize,
+) {
     let c = s.c;
     let mut wt = [[0.0f32; CHANNEL_BLOCK]; 9];
     let mut bt = [0.0f32; CHANNEL_BLOCK];
-    for c0 in (0..c).step_by(CHANNEL_BLOCK) {
+    for c0 in (c_lo..c).step_by(CHANNEL_BLOCK) {
         let cb = CHANNEL_BLOCK.min(c - c0);
         for (t, wt) in wt.iter_mut().enumerate() {
             for (dst, src) in wt.iter_mut().zip(&w[t * c + c0..t * c + c0 + cb]) {

@@ -2,7 +2,12 @@
 //! the fully-connected layer with `rows = n`. Weights are IO `w[c_in][c_out]`, bias `b[c_out]`.
 //!
 //! All three passes are one call of [`crate::gemm::gemm`], so they speed up with it; only the
-//! forward's bias + activation epilogue and the bias gradient are computed here.
+//! forward's bias + activation epilogue (`epilogue`) and the bias gradient are computed here.
+//! A forward of at most [`stream::MAX_ROWS`] rows (batch-1 fc, late pointwise convs) instead
+//! streams the weights once in their stored order (`stream`), which is what bounds its speed.
+
+pub(crate) mod epilogue;
+pub(crate) mod stream;
 
 use crate::act::Act;
 use crate::elem::Elem;
@@ -30,13 +35,11 @@ pub fn linear_fwd<W: Elem>(
         check_len("bias", b.len(), s.c_out)?;
     }
     check_len("y", y.len(), s.y_len())?;
-    gemm(isa, &GemmShape::nn(s.rows, s.c_out, s.c_in), 1.0, x, w, 0.0, y)?;
-    if bias.is_none() && act == Act::None {
-        return Ok(());
+    let product = stream::Product { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: w };
+    if !stream::overwrite(isa, &product, y) {
+        gemm(isa, &GemmShape::nn(s.rows, s.c_out, s.c_in), 1.0, x, w, 0.0, y)?;
     }
-    match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::bias_act(s.c_out, bias, act, y),
-    }
+    epilogue::bias_act(isa, s.c_out, bias, act, y);
     Ok(())
 }
 
@@ -78,27 +81,6 @@ pub fn linear_bwd_weight(
 
 /// Portable paths (the specification). Lengths are checked by the callers.
 mod scalar {
-    use crate::act::Act;
-    use crate::elem::Elem;
-
-    /// `y[r][j] = act(y[r][j] + b[j])` over rows of `c_out`.
-    pub(super) fn bias_act<W: Elem>(c_out: usize, bias: Option<&[W]>, act: Act, y: &mut [f32]) {
-        for row in y.chunks_exact_mut(c_out) {
-            match bias {
-                Some(b) => {
-                    for (v, &b) in row.iter_mut().zip(b) {
-                        *v = act.apply(*v + b.to_f32());
-                    }
-                }
-                None => {
-                    for v in row.iter_mut() {
-                        *v = act.apply(*v);
-                    }
-                }
-            }
-        }
-    }
-
     /// `db[j] = Σ_r dy[r][j]`, rows summed in order.
     pub(super) fn column_sums(c_out: usize, dy: &[f32], db: &mut [f32]) {
         db.fill(0.0);
