@@ -8,9 +8,9 @@ use std::process::{Command, Output};
 
 use tinykd::host::checkpoint::Checkpoint;
 use tinykd::host::data::synth;
+use tinykd::kernels::DType;
 use tinykd::params::ParamStore;
 use tinykd::weights::{self, AlignedBuf, FileKind, WeightFile};
-use tinykd::kernels::DType;
 use tinykd::ModelConfig;
 
 fn tinykd(args: &[&str]) -> Output {
@@ -55,8 +55,21 @@ fn dataset() -> (tempfile::TempDir, PathBuf) {
 /// `tinykd train` of MobileNetV1 x0.25 (ImageNet stem: fast) with `extra` options.
 fn train(data: &Path, out: &Path, epochs: &str, extra: &[&str]) -> Output {
     let mut args = vec![
-        "train", "--model", "mobilenet_v1", "--scale", "0.25", "--data", s(data), "--epochs", epochs, "--out", s(out),
-        "--batch", "32", "--threads", "2",
+        "train",
+        "--model",
+        "mobilenet_v1",
+        "--scale",
+        "0.25",
+        "--data",
+        s(data),
+        "--epochs",
+        epochs,
+        "--out",
+        s(out),
+        "--batch",
+        "32",
+        "--threads",
+        "2",
     ];
     args.extend_from_slice(extra);
     tinykd(&args)
@@ -133,7 +146,8 @@ fn eval_and_export_agree_across_params_checkpoint_and_inference_files() {
     let out = dir.path().join("m.tkd");
     ok(train(&data, &out, "2", &["--lr", "0.05"]));
     let eval = |w: &Path| -> serde_json::Value {
-        let o = ok(tinykd(&["eval", "--weights", s(w), "--data", s(&data), "--json", "--batch", "7", "--threads", "2"]));
+        let o =
+            ok(tinykd(&["eval", "--weights", s(w), "--data", s(&data), "--json", "--batch", "7", "--threads", "2"]));
         serde_json::from_str(&stdout(&o)).unwrap()
     };
     let base = eval(&out);
@@ -178,8 +192,23 @@ fn teacher_file(dir: &Path) -> PathBuf {
 
 fn distill(teacher: &Path, data: &Path, out: &Path, losses: &[&str]) -> Output {
     let mut args = vec![
-        "distill", "--teacher", s(teacher), "--student", "mobilenet_v1", "--scale", "0.25", "--data", s(data),
-        "--epochs", "1", "--out", s(out), "--batch", "32", "--threads", "2",
+        "distill",
+        "--teacher",
+        s(teacher),
+        "--student",
+        "mobilenet_v1",
+        "--scale",
+        "0.25",
+        "--data",
+        s(data),
+        "--epochs",
+        "1",
+        "--out",
+        s(out),
+        "--batch",
+        "32",
+        "--threads",
+        "2",
     ];
     for l in losses {
         args.extend(["--loss", l]);
@@ -244,7 +273,17 @@ fn errors_exit_codes_and_no_partial_output() {
     let o = train(&data, &out, "1", &["--schedule", "linear"]);
     assert_fails(&o, 2, &["linear", "piecewise"]);
     let o = tinykd(&[
-        "train", "--model", "mobilenet_v1", "--data", s(&data), "--epochs", "1", "--out", s(&out), "--batch", "500",
+        "train",
+        "--model",
+        "mobilenet_v1",
+        "--data",
+        s(&data),
+        "--epochs",
+        "1",
+        "--out",
+        s(&out),
+        "--batch",
+        "500",
     ]);
     assert_fails(&o, 2, &["fewer than one batch"]);
     assert!(gone());

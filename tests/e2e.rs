@@ -35,7 +35,8 @@ fn quick_pipeline_table_and_engine_eval_agree() {
         assert!(se.contains(stage), "no {stage} stage: {se}");
     }
     assert_eq!(std::fs::read_to_string(out.join("results.md")).unwrap(), so);
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let rows = json["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
     for r in rows {
@@ -90,6 +91,7 @@ fn quick_pipeline_table_and_engine_eval_agree() {
     test.batch_nhwc(&all, &mut input);
     ex.forward_eval(&params, &input).unwrap();
     let labels: Vec<u32> = all.iter().map(|&i| test.label(i) as u32).collect();
-    let exec_top1 = topk_correct(&Logits::new(test.len(), classes), ex.logits(), &labels, 1).unwrap() as f64 / test.len() as f64;
+    let exec_top1 =
+        topk_correct(&Logits::new(test.len(), classes), ex.logits(), &labels, 1).unwrap() as f64 / test.len() as f64;
     assert!((exec_top1 - engine_top1).abs() <= 2.0 / test.len() as f64, "executor {exec_top1} vs engine {engine_top1}");
 }

@@ -54,8 +54,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let tprog = models::program(&tcfg).map_err(|e| UsageError(e.to_string()))?;
     let sprog = models::program(&scfg).map_err(|e| UsageError(e.to_string()))?;
-    let merged =
-        merge((&tprog, &teacher), &sprog, &[("image", "image")], TEACHER_PREFIX).map_err(|e| UsageError(e.to_string()))?;
+    let merged = merge((&tprog, &teacher), &sprog, &[("image", "image")], TEACHER_PREFIX)
+        .map_err(|e| UsageError(e.to_string()))?;
     let losses: Vec<Loss> = if a.losses.is_empty() {
         default_losses(&merged)
     } else {

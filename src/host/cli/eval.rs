@@ -125,8 +125,11 @@ fn run_part(
     let cfg = file.config();
     let classes = cfg.classes as usize;
     let tail = range.len() % batch;
-    let tail_engine =
-        if tail > 0 { Some(Engine::new(&cfg, tail, file).context("cannot prepare the inference engine")?) } else { None };
+    let tail_engine = if tail > 0 {
+        Some(Engine::new(&cfg, tail, file).context("cannot prepare the inference engine")?)
+    } else {
+        None
+    };
     let arena_len = engine.arena_bytes().max(tail_engine.as_ref().map_or(0, Engine::arena_bytes));
     let mut arena = vec![0u8; arena_len];
     let mut input = Vec::new();

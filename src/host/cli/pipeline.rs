@@ -35,8 +35,8 @@ use super::weights_io::load;
 use super::{default_threads, emit, UsageError};
 use crate::config::{ModelConfig, Stem};
 use crate::dist::{default_losses, merge, Loss, Merged};
-use crate::host::data::synth::write_synth_dir;
 use crate::host::data::load_cifar_dir;
+use crate::host::data::synth::write_synth_dir;
 use crate::models;
 
 /// `tinykd pipeline`.
@@ -242,6 +242,7 @@ fn markdown(rows: &[Row], total: f64, losses: &[String]) -> String {
             r.path.display()
         );
     }
-    let _ = writeln!(s, "\ndistillation losses: {}; {} test images; total {total:.1} s", losses.join(" + "), rows[0].acc.n);
+    let _ =
+        writeln!(s, "\ndistillation losses: {}; {} test images; total {total:.1} s", losses.join(" + "), rows[0].acc.n);
     s
 }

@@ -55,7 +55,13 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
                     .with_context(|| format!("weight file {} lacks tensor {}", path.display(), p.name))?;
                 let dims: Vec<usize> = t.dims.as_slice().iter().map(|&d| d as usize).collect();
                 if dims != p.dims {
-                    bail!("weight file {}: tensor {} has dims {:?}, the model needs {:?}", path.display(), p.name, dims, p.dims);
+                    bail!(
+                        "weight file {}: tensor {} has dims {:?}, the model needs {:?}",
+                        path.display(),
+                        p.name,
+                        dims,
+                        p.dims
+                    );
                 }
                 for (i, v) in p.data.iter_mut().enumerate() {
                     *v = t.data.get(i).expect("dims checked");
@@ -89,7 +95,13 @@ pub fn store_from_checkpoint(ckpt: &Checkpoint, path: &Path) -> anyhow::Result<P
             .find(|t| t.name == p.name)
             .with_context(|| format!("checkpoint {} lacks tensor {}", path.display(), p.name))?;
         if t.dims != p.dims {
-            bail!("checkpoint {}: tensor {} has dims {:?}, the model needs {:?}", path.display(), p.name, t.dims, p.dims);
+            bail!(
+                "checkpoint {}: tensor {} has dims {:?}, the model needs {:?}",
+                path.display(),
+                p.name,
+                t.dims,
+                p.dims
+            );
         }
         p.data.copy_from_slice(&t.data);
     }
