@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 2 invalid usage (clap's parse errors and [`UsageError`]); 1 any other
 //! failure. Every error is printed as one paragraph on stderr, prefixed with `error:`.
 
+pub mod bench;
 pub mod data;
 pub mod distill;
 pub mod eval;
@@ -53,6 +54,9 @@ pub enum Command {
     Distill(distill::Args),
     /// The main job: synthetic data, teacher, distilled and baseline students, evaluation, export.
     Pipeline(pipeline::Args),
+    /// Speed of inference, a training step or a distillation step, as JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Invalid input found after parsing (e.g. an option that does not apply to the model):
@@ -79,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Distill(args) => distill::run(args),
         Command::Pipeline(args) => pipeline::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }
 

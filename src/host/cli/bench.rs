@@ -1,0 +1,216 @@
+//! `tinykd bench`: speed of inference (the no_std engine), of a training step and of a
+//! distillation step on random weights and inputs, printed as one JSON object.
+//!
+//! - `bench infer`: batch-`B` inference through [`Engine`] with BN-folded f32 or f16 weights;
+//! - `bench train-step`: one [`Trainer::step`] of the student alone (forward, cross-entropy,
+//!   backward, Momentum update);
+//! - `bench distill-step`: one step of the tutorial's distillation (frozen ResNet50 teacher
+//!   forward, student forward/backward, cross-entropy + L2 hint, Momentum update).
+//!
+//! Each runs `--warmup` untimed iterations, then `--iters` timed ones, and reports the median,
+//! 10th and 90th percentile in milliseconds and the throughput at the median.
+
+use std::time::Instant;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::export::DTypeArg;
+use super::{emit, ModelArgs, UsageError};
+use crate::config::{Arch, ModelConfig};
+use crate::dist::{default_losses, merge, Merged};
+use crate::engine::Engine;
+use crate::fold::export_inference;
+use crate::host::data::rng::Rng;
+use crate::kernels::{DType, Isa};
+use crate::models;
+use crate::params::ParamStore;
+use crate::train::{TrainConfig, Trainer};
+use crate::weights::{AlignedBuf, WeightFile};
+
+/// `tinykd bench ...`.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Inference latency of the no_std engine (random BN-folded weights).
+    Infer(InferArgs),
+    /// One training step of the model alone (cross-entropy), batch 64 by default.
+    TrainStep(StepArgs),
+    /// One distillation step: ResNet50 teacher forward + this student's training step with
+    /// the default losses (cross-entropy + the tutorial's L2 hint), batch 64 by default.
+    DistillStep(StepArgs),
+}
+
+/// Timing options shared by every benchmark.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Timing {
+    /// Timed iterations.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub iters: u32,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub warmup: u32,
+}
+
+/// `tinykd bench infer`.
+#[derive(clap::Args, Debug)]
+pub struct InferArgs {
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), value_name = "B")]
+    pub batch: u32,
+    /// Worker threads (the engine runs on the calling thread: only 1).
+    #[arg(long, default_value_t = 1, value_name = "T")]
+    pub threads: u32,
+    /// Weight storage.
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+    /// Timing.
+    #[command(flatten)]
+    pub timing: Timing,
+}
+
+/// `tinykd bench train-step` / `distill-step`.
+#[derive(clap::Args, Debug)]
+pub struct StepArgs {
+    /// The student model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images per step.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), value_name = "B")]
+    pub batch: u32,
+    /// Worker threads (default: every core).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "T")]
+    pub threads: Option<u32>,
+    /// Timing.
+    #[command(flatten)]
+    pub timing: Timing,
+}
+
+/// Runs `bench`.
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    let report = match cmd {
+        BenchCommand::Infer(a) => infer(a)?,
+        BenchCommand::TrainStep(a) => step(a, false)?,
+        BenchCommand::DistillStep(a) => step(a, true)?,
+    };
+    emit(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON values always serialise")))
+}
+
+/// Milliseconds per iteration: median, 10th and 90th percentile (nearest rank).
+struct Stats {
+    median: f64,
+    p10: f64,
+    p90: f64,
+}
+
+/// Times `f` for `t.warmup` untimed and `t.iters` timed calls.
+fn time(t: &Timing, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Stats> {
+    for _ in 0..t.warmup {
+        f()?;
+    }
+    let mut ms = Vec::with_capacity(t.iters as usize);
+    for _ in 0..t.iters {
+        let start = Instant::now();
+        f()?;
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+    Ok(Stats { median: at(0.5), p10: at(0.1), p90: at(0.9) })
+}
+
+/// `n` pseudo-random input values in [−1, 1).
+fn random_input(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect()
+}
+
+/// The JSON fields naming the model.
+fn model_fields(cfg: &ModelConfig) -> (&'static str, f64) {
+    let name = match cfg.arch {
+        Arch::MobileNetV1 => "mobilenet_v1",
+        Arch::ResNet50 => "resnet50",
+    };
+    (name, cfg.scale_permille as f64 / 1000.0)
+}
+
+fn infer(a: InferArgs) -> anyhow::Result<serde_json::Value> {
+    let cfg = a.model.to_config()?;
+    if a.threads != 1 {
+        return Err(UsageError(format!(
+            "--threads {}: the inference engine runs on the calling thread; use --threads 1",
+            a.threads
+        ))
+        .into());
+    }
+    let batch = a.batch as usize;
+    let dtype = DType::from(a.dtype);
+    let params = ParamStore::init(&cfg, 0).map_err(|e| UsageError(e.to_string()))?;
+    let bytes = AlignedBuf::from_bytes(&export_inference(&cfg, &params, dtype)?);
+    let file = WeightFile::parse(&bytes)?;
+    let engine = Engine::new(&cfg, batch, &file)?;
+    let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
+    let input = random_input(batch * per_image, 1);
+    let mut arena = vec![0u8; engine.arena_bytes()];
+    let mut logits = vec![0.0f32; batch * cfg.classes as usize];
+    let isa = Isa::detect();
+    let s = time(&a.timing, || Ok(engine.run(isa, &input, &mut arena, &mut logits)?))?;
+    let (model, scale) = model_fields(&cfg);
+    Ok(json!({
+        "bench": "infer",
+        "model": model,
+        "scale": scale,
+        "batch": batch,
+        "threads": 1,
+        "dtype": dtype.name(),
+        "isa": isa.kind().name(),
+        "ms_median": s.median,
+        "ms_p10": s.p10,
+        "ms_p90": s.p90,
+        "images_per_s": batch as f64 * 1e3 / s.median,
+    }))
+}
+
+fn step(a: StepArgs, distill: bool) -> anyhow::Result<serde_json::Value> {
+    let cfg = a.model.to_config()?;
+    let batch = a.batch as usize;
+    let threads = a.threads.map_or_else(super::default_threads, |t| t as usize);
+    let student = models::program(&cfg).map_err(|e| UsageError(e.to_string()))?;
+    let params = ParamStore::init(&cfg, 0).map_err(|e| UsageError(e.to_string()))?;
+    let merged = if distill {
+        let tcfg = ModelConfig::resnet50().with_classes(cfg.classes).with_input(cfg.in_h, cfg.in_w);
+        let tprog = models::program(&tcfg).map_err(|e| UsageError(format!("teacher: {e}")))?;
+        let tparams = ParamStore::init(&tcfg, 1).map_err(|e| UsageError(format!("teacher: {e}")))?;
+        merge((&tprog, &tparams), &student, &[("image", "image")], "teacher_")?
+    } else {
+        Merged::student_only(&student)
+    };
+    let losses = default_losses(&merged);
+    let tc = TrainConfig { batch_size: batch, threads, ..TrainConfig::default() };
+    let mut trainer = Trainer::new(merged, params, &losses, tc)?;
+    let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
+    let images = random_input(batch * per_image, 2);
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % cfg.classes as u32).collect();
+    let s = time(&a.timing, || {
+        trainer.step(&images, &labels)?;
+        Ok(())
+    })?;
+    let (model, scale) = model_fields(&cfg);
+    let loss_names: Vec<String> = losses.iter().map(|l| l.kind.label()).collect();
+    Ok(json!({
+        "bench": if distill { "distill-step" } else { "train-step" },
+        "model": model,
+        "scale": scale,
+        "batch": batch,
+        "threads": threads,
+        "dtype": "f32",
+        "isa": Isa::detect().kind().name(),
+        "losses": loss_names,
+        "ms_median": s.median,
+        "ms_p10": s.p10,
+        "ms_p90": s.p90,
+        "images_per_s": batch as f64 * 1e3 / s.median,
+    }))
+}
