@@ -54,9 +54,7 @@ fn ckpt_of(out: &Path) -> PathBuf {
 /// (`.<name>.<pid>.<n>.tmp`, see `host::atomic`).
 fn ckpt_temp_exists(dir: &Path, out: &Path, pid: u32) -> bool {
     let prefix = format!(".{}.ckpt.{pid}.", out.file_name().unwrap().to_string_lossy());
-    std::fs::read_dir(dir).map_or(false, |rd| {
-        rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-    })
+    std::fs::read_dir(dir).is_ok_and(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix)))
 }
 
 /// SIGKILLs `child` (std's `kill` sends SIGKILL on Unix) and reaps it; whether it was still
@@ -74,7 +72,11 @@ fn sigkill_at_24_points_then_resume_gives_the_uninterrupted_weights() {
     let data = dir.path().join("data");
     let test_n = "16".to_string();
     check(
-        tinykd().args(["data", "synth", "--train", &TRAIN.to_string(), "--test", &test_n, "--seed", "2", "--out"]).arg(&data).output().unwrap(),
+        tinykd()
+            .args(["data", "synth", "--train", &TRAIN.to_string(), "--test", &test_n, "--seed", "2", "--out"])
+            .arg(&data)
+            .output()
+            .unwrap(),
         "data synth",
     );
 
@@ -137,7 +139,8 @@ fn sigkill_at_24_points_then_resume_gives_the_uninterrupted_weights() {
         }
         kills += 1;
         if ckpt.exists() {
-            let ck = Checkpoint::load(&ckpt).unwrap_or_else(|e| panic!("kill {kills}: the checkpoint does not load: {e}"));
+            let ck =
+                Checkpoint::load(&ckpt).unwrap_or_else(|e| panic!("kill {kills}: the checkpoint does not load: {e}"));
             epochs_seen.push(ck.state.epoch);
         }
     }
@@ -145,7 +148,11 @@ fn sigkill_at_24_points_then_resume_gives_the_uninterrupted_weights() {
     // Resume to the end.
     check(train(&data, &out).output().unwrap(), "final resumed run");
     let resumed = std::fs::read(&out).unwrap();
-    let litter = std::fs::read_dir(&run_dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).count();
+    let litter = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .count();
     eprintln!(
         "{kills} kills ({write_kills} during checkpoint writes) over {restarts} starts; checkpoint epochs after kills: \
          {epochs_seen:?}; uninterrupted run {full:?}; {litter} temp files of killed writes left behind"

@@ -10,9 +10,9 @@ use std::process::{Command, Output};
 
 use tinykd::host::checkpoint::{Checkpoint, NamedTensor, TrainState};
 use tinykd::host::data::Rng;
+use tinykd::kernels::DType;
 use tinykd::params::ParamStore;
 use tinykd::weights::{self, AlignedBuf, FileKind, TensorOut, WeightFile};
-use tinykd::kernels::DType;
 use tinykd::{ModelConfig, Stem};
 
 // ---------------------------------------------------------------------------------------------
@@ -97,7 +97,9 @@ fn cifar_seeds() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn fuzz_seed_corpora_are_current_and_valid() {
     let write = std::env::var_os("TINYKD_WRITE_FUZZ_SEEDS").is_some();
-    for (target, seeds) in [("weights_parse", weight_seeds()), ("checkpoint_read", checkpoint_seeds()), ("cifar_read", cifar_seeds())] {
+    for (target, seeds) in
+        [("weights_parse", weight_seeds()), ("checkpoint_read", checkpoint_seeds()), ("cifar_read", cifar_seeds())]
+    {
         let dir = seeds_dir().join(target);
         for (name, bytes) in seeds {
             let path = dir.join(format!("{name}.bin"));
@@ -105,7 +107,8 @@ fn fuzz_seed_corpora_are_current_and_valid() {
                 std::fs::create_dir_all(&dir).unwrap();
                 std::fs::write(&path, &bytes).unwrap();
             }
-            let on_disk = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; regenerate with TINYKD_WRITE_FUZZ_SEEDS=1", path.display()));
+            let on_disk = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}; regenerate with TINYKD_WRITE_FUZZ_SEEDS=1", path.display()));
             assert!(on_disk == bytes, "{} is stale; regenerate with TINYKD_WRITE_FUZZ_SEEDS=1", path.display());
         }
     }
@@ -238,12 +241,22 @@ fn invalid_training_command_lines_fail_cleanly_and_write_nothing() {
     }
     let len = std::fs::metadata(bad.join("test_batch.bin")).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(bad.join("test_batch.bin")).unwrap().set_len(len - 5).unwrap();
-    assert_clean_failure(&train(&["--epochs", "1", "--data", s(&bad), "--out", o]), 1, &["test_batch.bin", "truncated"], &out_dir);
+    assert_clean_failure(
+        &train(&["--epochs", "1", "--data", s(&bad), "--out", o]),
+        1,
+        &["test_batch.bin", "truncated"],
+        &out_dir,
+    );
 
     // Bad training options.
     assert_clean_failure(&train(&["--epochs", "0", "--data", d, "--out", o]), 2, &["--epochs"], &out_dir);
     assert_clean_failure(&train(&["--epochs", "1", "--lr", "nan", "--data", d, "--out", o]), 2, &["nan"], &out_dir);
-    assert_clean_failure(&train(&["--epochs", "1", "--schedule", "steps", "--data", d, "--out", o]), 2, &["steps"], &out_dir);
+    assert_clean_failure(
+        &train(&["--epochs", "1", "--schedule", "steps", "--data", d, "--out", o]),
+        2,
+        &["steps"],
+        &out_dir,
+    );
 }
 
 #[test]
@@ -274,7 +287,12 @@ fn invalid_distillation_inputs_fail_cleanly_and_write_nothing() {
     assert_clean_failure(&distill(&junk, ""), 1, &["junk.tkd"], &out_dir);
 
     // Loss specs: unknown tensor (with suggestions), shape-mismatched pair, bad syntax.
-    assert_clean_failure(&distill(&teacher, "l2:teacher_conv6_sepx,conv6_sep"), 2, &["teacher_conv6_sepx", "teacher_conv6_sep"], &out_dir);
+    assert_clean_failure(
+        &distill(&teacher, "l2:teacher_conv6_sepx,conv6_sep"),
+        2,
+        &["teacher_conv6_sepx", "teacher_conv6_sep"],
+        &out_dir,
+    );
     assert_clean_failure(&distill(&teacher, "ce;l2:teacher_conv6_sep,conv7"), 2, &["conv7"], &out_dir);
     assert_clean_failure(&distill(&teacher, "l2:teacher_fc7,conv1"), 2, &["teacher_fc7", "conv1", "NHWC"], &out_dir);
     assert_clean_failure(&distill(&teacher, "fsp:teacher_conv1,teacher_fc7,conv1,fc7"), 2, &["fsp"], &out_dir);
@@ -368,7 +386,11 @@ fn divergence_leaves_the_last_good_checkpoint() {
     let ck = Checkpoint::load(&ckpt).expect("the last good checkpoint loads");
     for t in ck.params.iter().chain(&ck.statistics).chain(&ck.momentum) {
         let bad = t.data.iter().filter(|v| !v.is_finite()).count();
-        assert_eq!(bad, 0, "checkpoint of epoch {} has {bad} non-finite values in {}; stderr: {err}", ck.state.epoch, t.name);
+        assert_eq!(
+            bad, 0,
+            "checkpoint of epoch {} has {bad} non-finite values in {}; stderr: {err}",
+            ck.state.epoch, t.name
+        );
     }
     assert_eq!(ck.state.epoch, 1, "{err}");
 }

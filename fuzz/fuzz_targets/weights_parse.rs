@@ -1,5 +1,8 @@
 //! `WeightFile::parse` on arbitrary bytes: it must return `Ok` or `Err`, never panic, and
-//! everything an `Ok` file hands out must be consistent and re-writable.
+//! everything an `Ok` file hands out must be consistent and re-writable; then the firmware's
+//! path: `Engine::new` over the file's own config (mostly config, program, schedule, plan and
+//! tensor-binding checks, as a fuzzed file rarely holds a whole model) and, if it binds and
+//! its arena is small, a forward pass.
 //!
 //! Input: one mode byte, then the file. Mode bit 0 "reseals" the file (writes the real length
 //! and CRC-32 into the header) so mutations get past the checksum and reach the table checks;
@@ -8,6 +11,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tinykd::crc32::Crc32;
+use tinykd::engine::Engine;
+use tinykd::kernels::Isa;
 use tinykd::weights::{self, AlignedBuf, TensorData, TensorOut, WeightFile, HEADER_LEN};
 
 /// Header offsets of the file length and the CRC (docs/FORMAT.md).
@@ -42,8 +47,7 @@ fn exercise(f: &WeightFile) {
         owned.push((t.name, dims, values));
     }
     assert!(f.tensor(f.len()).is_none());
-    let outs: Vec<TensorOut> =
-        owned.iter().map(|(name, dims, data)| TensorOut { name, dims, data }).collect();
+    let outs: Vec<TensorOut> = owned.iter().map(|(name, dims, data)| TensorOut { name, dims, data }).collect();
     let bytes = weights::to_bytes(&f.config(), f.kind(), f.dtype(), &outs).expect("the writer accepts a parsed file");
     let buf = AlignedBuf::from_bytes(&bytes);
     let again = WeightFile::parse(&buf).expect("a rewritten file parses");
@@ -56,6 +60,25 @@ fn exercise(f: &WeightFile) {
     }
 }
 
+/// Largest arena the forward pass is tried with.
+const MAX_ARENA: usize = 64 << 20;
+
+fn engine(f: &WeightFile) {
+    let cfg = f.config();
+    match Engine::new(&cfg, 1, f) {
+        Ok(e) if e.arena_bytes() <= MAX_ARENA => {
+            let input = vec![0.0f32; cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize];
+            let mut arena = vec![0u8; e.arena_bytes()];
+            let mut logits = vec![0.0f32; cfg.classes as usize];
+            e.run(Isa::detect(), &input, &mut arena, &mut logits).expect("a bound engine runs");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let _ = format!("{e}");
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, body)) = data.split_first() else { return };
     let mut bytes = body.to_vec();
@@ -64,7 +87,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let buf = AlignedBuf::from_bytes(&bytes);
     match WeightFile::parse(&buf) {
-        Ok(f) => exercise(&f),
+        Ok(f) => {
+            exercise(&f);
+            engine(&f);
+        }
         Err(e) => {
             let _ = e.to_string();
         }
