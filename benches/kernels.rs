@@ -3,7 +3,9 @@
 //! `pool`; the throughput unit is FLOP (2 per multiply-add, 1 per add/max/compare), so
 //! criterion's "elem/s" reads as FLOP/s. `f16` is the weight storage (activations are f32).
 //! Shapes are the batch-1 layers of MobileNetV1 1.0 / ResNet50 at 32x32 (spatial 16x16 down to
-//! 1x1), where the late layers are bound by streaming their weights.
+//! 1x1), where the late layers are bound by streaming their weights. Shapes ending in `-cold`
+//! cycle through copies of the weights totalling 64 MiB (more than the last-level cache), as
+//! in a whole-model inference, so they measure the memory-bound case f16 storage is for.
 //!
 //! `cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 2 [filter]`
 
@@ -40,21 +42,31 @@ fn conv_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Conv2d) {
     });
 }
 
-fn dwconv_one<W: Elem>(c: &mut Criterion, isa: Isa, s: DwConv3x3) {
-    let (x, w, b) = (data::<f32>(s.x_len(), 1), data::<W>(s.w_len(), 2), data::<W>(s.c, 3));
+/// One copy of the weights (hot), or enough copies to fill 64 MiB (cold).
+fn weight_copies<W: Elem>(len: usize, cold: bool) -> Vec<Vec<W>> {
+    let copies = if cold { ((64 << 20) / (len * core::mem::size_of::<W>())).max(2) } else { 1 };
+    (0..copies).map(|i| data::<W>(len, 2 + i)).collect()
+}
+
+fn dwconv_one<W: Elem>(c: &mut Criterion, isa: Isa, s: DwConv3x3, cold: bool) {
+    let (x, ws, b) = (data::<f32>(s.x_len(), 1), weight_copies::<W>(s.w_len(), cold), data::<W>(s.c, 3));
     let mut y = vec![0.0f32; s.y_len()];
-    let shape = format!("{}x{}x{}s{}", s.h, s.w, s.c, s.stride);
+    let shape = format!("{}x{}x{}s{}{}", s.h, s.w, s.c, s.stride, if cold { "-cold" } else { "" });
+    let mut i = 0;
     run(c, ["dwconv", W::DTYPE.name(), isa.kind().name(), &shape], 2 * s.macs(), || {
-        dwconv::dwconv3x3_fwd(isa, &s, black_box(&x), &w, Some(&b), Act::Relu, &mut y).unwrap()
+        i = (i + 1) % ws.len();
+        dwconv::dwconv3x3_fwd(isa, &s, black_box(&x), &ws[i], Some(&b), Act::Relu, &mut y).unwrap()
     });
 }
 
-fn linear_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Linear) {
-    let (x, w, b) = (data::<f32>(s.x_len(), 1), data::<W>(s.w_len(), 2), data::<W>(s.c_out, 3));
+fn linear_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Linear, cold: bool) {
+    let (x, ws, b) = (data::<f32>(s.x_len(), 1), weight_copies::<W>(s.w_len(), cold), data::<W>(s.c_out, 3));
     let mut y = vec![0.0f32; s.y_len()];
-    let shape = format!("{}x{}-{}", s.rows, s.c_in, s.c_out);
+    let shape = format!("{}x{}-{}{}", s.rows, s.c_in, s.c_out, if cold { "-cold" } else { "" });
+    let mut i = 0;
     run(c, ["linear", W::DTYPE.name(), isa.kind().name(), &shape], 2 * s.macs(), || {
-        linear::linear_fwd(isa, &s, black_box(&x), &w, Some(&b), Act::None, &mut y).unwrap()
+        i = (i + 1) % ws.len();
+        linear::linear_fwd(isa, &s, black_box(&x), &ws[i], Some(&b), Act::None, &mut y).unwrap()
     });
 }
 
@@ -112,13 +124,13 @@ fn benches(c: &mut Criterion) {
             conv_one::<f32>(c, isa, s);
             conv_one::<f16>(c, isa, s);
         }
-        for s in dws {
-            dwconv_one::<f32>(c, isa, s);
-            dwconv_one::<f16>(c, isa, s);
+        for (s, cold) in dws.iter().map(|&s| (s, false)).chain([(dws[3], true), (dws[4], true)]) {
+            dwconv_one::<f32>(c, isa, s, cold);
+            dwconv_one::<f16>(c, isa, s, cold);
         }
-        for s in linears {
-            linear_one::<f32>(c, isa, s);
-            linear_one::<f16>(c, isa, s);
+        for (s, cold) in linears.iter().map(|&s| (s, false)).chain([(linears[1], true), (linears[2], true)]) {
+            linear_one::<f32>(c, isa, s, cold);
+            linear_one::<f16>(c, isa, s, cold);
         }
         elementwise(c, isa);
     }

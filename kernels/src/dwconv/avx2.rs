@@ -20,19 +20,24 @@ use core::arch::x86_64::*;
 /// The CPU supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn widen<W: Elem>(src: &[W], dst: &mut [f32; BLOCK]) {
-    dst.fill(0.0);
     let n = src.len().min(BLOCK);
-    if TypeId::of::<W>() == TypeId::of::<f16>() {
-        // SAFETY: `W` is `f16`, so this is the same slice; `dst` holds BLOCK ≥ n f32; the
-        // caller vouches for F16C.
+    let f16w = TypeId::of::<W>() == TypeId::of::<f16>();
+    if n == BLOCK {
+        // SAFETY: 8 elements of `src` are readable (as f16 bits when `W` is `f16`, else as
+        // f32, the only other `Elem`); `dst` holds 8 f32; the caller vouches for F16C.
         unsafe {
-            let h = core::slice::from_raw_parts(src.as_ptr() as *const f16, n);
-            crate::convert::x86::f16_to_f32_raw(h, dst.as_mut_ptr());
+            let v = if f16w {
+                _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr() as *const __m128i))
+            } else {
+                _mm256_loadu_ps(src.as_ptr() as *const f32)
+            };
+            _mm256_storeu_ps(dst.as_mut_ptr(), v);
         }
-    } else {
-        for (d, v) in dst.iter_mut().zip(&src[..n]) {
-            *d = v.to_f32();
-        }
+        return;
+    }
+    dst.fill(0.0);
+    for (d, v) in dst.iter_mut().zip(&src[..n]) {
+        *d = v.to_f32();
     }
 }
 

@@ -36,16 +36,18 @@ pub(super) unsafe fn accumulate<W: Elem>(p: &Product<'_, W>, c: &mut [f32]) {
     }
 }
 
-/// Loads 8 values of B at element offset `at` (f16 widened), or only the first `len < 8` of
-/// them (the rest 0).
+/// Loads 8 values of B at element offset `at` (f16 widened). With `len < 8` only the first
+/// `len` lanes are meaningful: the load reads 8 elements when B has them (the extra lanes hold
+/// other weights, which the caller never stores), else only `len` (the rest 0).
 ///
 /// # Safety
-/// Elements `at..at + min(len, 8)` of B are readable; the CPU supports AVX2 and F16C.
+/// Elements `at..at + min(len, 8)` of B are readable, and B has `b_len` elements; the CPU
+/// supports AVX2 and F16C.
 #[inline(always)]
-unsafe fn load_b(b: *const u16, f16b: bool, at: usize, len: usize) -> __m256 {
-    // SAFETY: forwarded contract.
+unsafe fn load_b(b: *const u16, f16b: bool, b_len: usize, at: usize, len: usize) -> __m256 {
+    // SAFETY: forwarded contract; the 8-wide loads are taken only when `at + 8 ≤ b_len`.
     unsafe {
-        if len >= 8 {
+        if len >= 8 || at + 8 <= b_len {
             if f16b {
                 _mm256_cvtph_ps(_mm_loadu_si128(b.add(at) as *const __m128i))
             } else {
@@ -53,7 +55,9 @@ unsafe fn load_b(b: *const u16, f16b: bool, at: usize, len: usize) -> __m256 {
             }
         } else if f16b {
             let mut t = [0u16; 8];
-            core::ptr::copy_nonoverlapping(b.add(at), t.as_mut_ptr(), len);
+            for (i, v) in t.iter_mut().enumerate().take(len) {
+                *v = *b.add(at + i);
+            }
             _mm256_cvtph_ps(_mm_loadu_si128(t.as_ptr() as *const __m128i))
         } else {
             _mm256_maskload_ps((b as *const f32).add(at), mask(len))
@@ -77,6 +81,7 @@ unsafe fn panel<W: Elem>(p: &Product<'_, W>, b: *const u16, f16b: bool, c: *mut 
     let (m, n, k, lda) = (p.m, p.n, p.k, p.lda);
     let a = p.a.as_ptr();
     let esize = if f16b { 2 } else { 4 };
+    let b_len = k * n;
     let k4 = k - k % 4;
     let mut q = 0;
     // SAFETY (every access below): row q + r < k of B at columns < j0 + cols ≤ n, rows i < m
@@ -87,10 +92,10 @@ unsafe fn panel<W: Elem>(p: &Product<'_, W>, b: *const u16, f16b: bool, c: *mut 
             while j < cols {
                 let len = cols - j;
                 let at = j0 + j;
-                let b0 = load_b(b, f16b, q * n + at, len);
-                let b1 = load_b(b, f16b, (q + 1) * n + at, len);
-                let b2 = load_b(b, f16b, (q + 2) * n + at, len);
-                let b3 = load_b(b, f16b, (q + 3) * n + at, len);
+                let b0 = load_b(b, f16b, b_len, q * n + at, len);
+                let b1 = load_b(b, f16b, b_len, (q + 1) * n + at, len);
+                let b2 = load_b(b, f16b, b_len, (q + 2) * n + at, len);
+                let b3 = load_b(b, f16b, b_len, (q + 3) * n + at, len);
                 // One prefetch per 64-byte line of the rows PREFETCH_ROWS ahead (prefetching
                 // past the end of B is harmless: it never faults and the address is not read).
                 if (at * esize) % 64 < 8 * esize {
@@ -122,7 +127,7 @@ unsafe fn panel<W: Elem>(p: &Product<'_, W>, b: *const u16, f16b: bool, c: *mut 
             while j < cols {
                 let len = cols - j;
                 let at = j0 + j;
-                let b0 = load_b(b, f16b, q * n + at, len);
+                let b0 = load_b(b, f16b, b_len, q * n + at, len);
                 for i in 0..m {
                     let cp = c.add(i * n + at);
                     let mut acc = if len >= 8 { _mm256_loadu_ps(cp) } else { _mm256_maskload_ps(cp, mask(len)) };
