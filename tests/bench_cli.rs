@@ -1,0 +1,63 @@
+//! `tinykd bench`: the JSON report of each benchmark (keys, types, consistency of the
+//! percentiles and throughput) and the usage errors.
+
+use std::process::Command;
+
+fn tinykd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tinykd")).args(args).output().expect("run tinykd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Parses a successful run's JSON report and checks the timing fields.
+fn report(args: &[&str]) -> serde_json::Value {
+    let (code, out, err) = tinykd(args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"));
+    let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{args:?}: no number `{k}` in {v}"));
+    let (p10, med, p90) = (f("ms_p10"), f("ms_median"), f("ms_p90"));
+    assert!(0.0 < p10 && p10 <= med && med <= p90, "{v}");
+    let batch = v["batch"].as_u64().unwrap() as f64;
+    assert!((f("images_per_s") - batch * 1e3 / med).abs() <= 1e-6 * f("images_per_s"), "{v}");
+    v
+}
+
+#[test]
+fn infer_reports_model_dtype_isa_and_times() {
+    let v = report(&["bench", "infer", "--model", "mobilenet_v1", "--scale", "0.25", "--dtype", "f16", "--iters", "3"]);
+    assert_eq!(v["bench"], "infer");
+    assert_eq!(v["model"], "mobilenet_v1");
+    assert_eq!(v["scale"], 0.25);
+    assert_eq!(v["dtype"], "f16");
+    assert_eq!(v["batch"], 1);
+    assert_eq!(v["threads"], 1);
+    assert!(["scalar", "avx2", "neon"].contains(&v["isa"].as_str().unwrap()), "{v}");
+    let v = report(&["bench", "infer", "--model", "mobilenet_v1", "--scale", "0.25", "--batch", "2", "--iters", "2"]);
+    assert_eq!((v["batch"].as_u64(), v["dtype"].as_str()), (Some(2), Some("f32")));
+}
+
+#[test]
+fn train_and_distill_steps_report_their_losses() {
+    let small = ["--model", "mobilenet_v1", "--scale", "0.25", "--batch", "2", "--iters", "1", "--warmup", "0"];
+    let v = report(&[&["bench", "train-step"][..], &small, &["--threads", "1"]].concat());
+    assert_eq!(v["bench"], "train-step");
+    assert_eq!(v["losses"], serde_json::json!(["ce"]));
+    let v = report(&[&["bench", "distill-step"][..], &small].concat());
+    assert_eq!(v["bench"], "distill-step");
+    assert_eq!(v["losses"][0], "ce");
+    assert_eq!(v["losses"].as_array().unwrap().len(), 2, "{v}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, err) = tinykd(&["bench", "infer", "--model", "resnet50", "--threads", "2"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--threads"), "{err}");
+    let (code, _, _) = tinykd(&["bench", "infer", "--model", "mobilenet_v1", "--iters", "0"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = tinykd(&["bench", "infer", "--model", "resnet50", "--scale", "0.5"]);
+    assert_eq!(code, 2);
+}
