@@ -352,6 +352,28 @@ fn same_seed_and_threads_give_bitwise_identical_weights() {
     eprintln!("threads 1 vs 2: {}", if one == a { "bitwise identical" } else { "different" });
 }
 
+/// A teacher file with one NaN weight: the run must not start, and the message must name the
+/// file and the tensor. Today a NaN in `conv1_weights` is silently absorbed (the ReLU after it
+/// maps NaN to 0) and distillation "succeeds"; a NaN in `fc7` makes the loss NaN at step 0 and
+/// the message advises a lower learning rate.
+#[test]
+#[ignore = "distill accepts non-finite teacher weights (src/host/cli/weights_io.rs); reported to the lead"]
+fn a_non_finite_teacher_weight_is_named_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 32);
+    let cfg = ModelConfig::mobilenet_v1(250).with_stem(Stem::Cifar);
+    let mut store = ParamStore::init(&cfg, 9).unwrap();
+    store.get_mut("conv1_weights").expect("conv1_weights").data[0] = f32::NAN;
+    let teacher = dir.path().join("nan_teacher.tkd");
+    weights::write_file(&teacher, &cfg, FileKind::Params, DType::F32, &store.to_tensors()).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = out_dir.join("w.tkd");
+    let mut args = vec!["distill", "--teacher", s(&teacher), "--student", "mobilenet_v1", "--scale", "0.25"];
+    args.extend(["--stem", "cifar", "--epochs", "1", "--batch", "16", "--data", s(&data), "--out", s(&out)]);
+    let o = tinykd(&args);
+    assert_clean_failure(&o, 1, &["nan_teacher.tkd", "conv1_weights"], &out_dir);
+}
+
 /// Trains the tiny student for 3 epochs: epoch 1 at lr 0.05, then lr 1e30, under which the
 /// weights blow up in epoch 2. Returns the exit, stderr and the checkpoint path.
 fn diverging_run(dir: &Path) -> (Option<i32>, String, PathBuf) {
