@@ -5,9 +5,10 @@ use crate::elem::{f16, Elem};
 use core::any::TypeId;
 use core::arch::x86_64::*;
 
-/// Rows of B ahead of the current four whose cache lines are prefetched: the hardware
-/// prefetchers stop at page boundaries, and a B row of 512+ f32 spans pages.
-const PREFETCH_ROWS: usize = 16;
+/// Bytes of B ahead of the current four rows whose cache lines are prefetched (at least 4
+/// rows): the hardware prefetchers stop at page boundaries, and a B row of 512+ f32 spans
+/// pages.
+const PREFETCH_BYTES: usize = 64 * 1024;
 
 /// Columns of C kept hot per sweep over B: `m·NC` f32 stay within 16 KiB of L1.
 const C_BYTES: usize = 16 * 1024;
@@ -82,6 +83,7 @@ unsafe fn panel<W: Elem>(p: &Product<'_, W>, b: *const u16, f16b: bool, c: *mut 
     let a = p.a.as_ptr();
     let esize = if f16b { 2 } else { 4 };
     let b_len = k * n;
+    let ahead_rows = (PREFETCH_BYTES / (n * esize)).max(4);
     let k4 = k - k % 4;
     let mut q = 0;
     // SAFETY (every access below): row q + r < k of B at columns < j0 + cols ≤ n, rows i < m
@@ -96,11 +98,11 @@ unsafe fn panel<W: Elem>(p: &Product<'_, W>, b: *const u16, f16b: bool, c: *mut 
                 let b1 = load_b(b, f16b, b_len, (q + 1) * n + at, len);
                 let b2 = load_b(b, f16b, b_len, (q + 2) * n + at, len);
                 let b3 = load_b(b, f16b, b_len, (q + 3) * n + at, len);
-                // One prefetch per 64-byte line of the rows PREFETCH_ROWS ahead (prefetching
+                // One prefetch per 64-byte line of the rows `ahead_rows` ahead (prefetching
                 // past the end of B is harmless: it never faults and the address is not read).
                 if (at * esize) % 64 < 8 * esize {
                     for r in 0..4 {
-                        let ahead = (q + PREFETCH_ROWS + r) * n + at;
+                        let ahead = (q + ahead_rows + r) * n + at;
                         _mm_prefetch::<_MM_HINT_T0>((b as *const i8).wrapping_add(ahead * esize));
                     }
                 }
