@@ -69,10 +69,12 @@ pub(crate) fn accumulate<W: Elem>(isa: Isa, p: &Product<'_, W>, c: &mut [f32]) -
     }
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: operand lengths checked above; an `Isa` of kind Avx2 exists only when the CPU
-        // has AVX2+FMA+F16C (isa.rs).
-        IsaKind::Avx2 => unsafe { avx2::accumulate(p, c) },
-        _ => return false,
+        IsaKind::Avx2 => {
+            // SAFETY: operand lengths checked above; an `Isa` of kind Avx2 exists only when the
+            // CPU has AVX2+FMA+F16C (isa.rs).
+            unsafe { avx2::accumulate(p, c) };
+            true
+        }
+        _ => false,
     }
-    true
 }
