@@ -1,14 +1,29 @@
 //! The allocation-free inference engine (`no_std`): runs a batch of either model over a
 //! caller-provided byte arena with weights borrowed from an inference weight file.
 //!
+//! On a host, [`Engine::new`] builds everything at run time:
+//!
 //! ```ignore
-//! use tinykd::{engine::Engine, plan, weights::{Aligned, WeightFile}, kernels::Isa, ModelConfig};
+//! let file = WeightFile::parse(&bytes)?;
+//! let engine = Engine::new(&cfg, batch, &file)?;        // checks every tensor's name and dims
+//! engine.run(Isa::detect(), &images, &mut arena, &mut logits)?;
+//! ```
+//!
+//! On a microcontroller the model's program, [`Schedule`] and [`Plan`] are evaluated by the
+//! compiler into a `static` [`EnginePlan`] (flash), and [`Engine::from_plan`] only finds the
+//! weight tensors, so start-up needs neither tens of KB of stack nor the time to lower the
+//! model; a weight file linked into the firmware may also skip its CRC pass
+//! ([`WeightFile::parse_unchecked_crc`], see its docs for when that is safe):
+//!
+//! ```ignore
+//! use tinykd::{engine::{Engine, EnginePlan, StaticEngine}, plan, weights::{Aligned, WeightFile}, kernels::Isa, ModelConfig};
 //! const CFG: ModelConfig = ModelConfig::mobilenet_v1(250);
+//! static ENGINE_PLAN: EnginePlan = EnginePlan::build(&CFG, 1);
 //! static W: &Aligned<[u8]> = &Aligned(*include_bytes!("student.tkd"));
 //! static mut ARENA: [u8; plan::arena_bytes(&CFG, 1)] = [0; plan::arena_bytes(&CFG, 1)];
 //!
 //! let file = WeightFile::parse(&W.0)?;
-//! let engine = Engine::new(&CFG, 1, &file)?;           // checks every tensor's name and dims
+//! let engine: StaticEngine = Engine::from_plan(&ENGINE_PLAN, &file)?;  // ~0.8 KB, checks every tensor
 //! let mut logits = [0.0f32; 10];
 //! engine.run(Isa::detect(), &image, arena, &mut logits)?;
 //! ```
@@ -19,17 +34,18 @@
 //! kernels, f32 accumulation). Steps follow [`Schedule`]: bias and ReLU in each conv's
 //! epilogue, residual add + ReLU in place; buffers sit at the offsets of its [`Plan`].
 
+use core::borrow::Borrow;
 use core::fmt;
 use core::ops::Range;
 
 use tinykd_kernels::act::{self, Act};
-use tinykd_kernels::{conv, dwconv, f16, linear, pool, Elem, Isa, KernelError};
+use tinykd_kernels::{conv, dwconv, f16, linear, pool, DType, Elem, Isa, KernelError};
 
 use crate::config::ModelConfig;
 use crate::graph::{self, param_name, Name, ParamRole};
 use crate::models::{self, ModelError};
-use crate::plan::{Buf, Plan, Schedule, Step, StepKind, ALIGN, MAX_STEPS};
-use crate::weights::{self, FileKind, TensorData, WeightFile};
+use crate::plan::{self, Buf, Plan, Schedule, Step, StepKind, ALIGN, MAX_STEPS};
+use crate::weights::{self, FileKind, TensorData, TensorRef, Tensors, WeightFile};
 
 /// Why the engine refused to be built or to run. Nothing is written to the logits on error
 /// (the arena may have been written).
@@ -145,48 +161,142 @@ enum StepWeights<'w> {
     F16 { w: &'w [f16], b: &'w [f16] },
 }
 
-/// A model ready to run: its schedule, memory plan and weights (borrowed from the file bytes).
-#[derive(Clone, Debug)]
-pub struct Engine<'w> {
+/// The compile-time part of an [`Engine`]: the model's inference [`Schedule`] and the arena
+/// [`Plan`] for one batch size (the weight tensors' names come from the schedule's layers).
+///
+/// Its constructors are `const fn`s, so a `no_std` firmware keeps it in a `static` (in
+/// flash, evaluated by the compiler) and builds a [`StaticEngine`] with
+/// [`Engine::from_plan`], which builds nothing large at run time:
+///
+/// ```
+/// use tinykd::engine::EnginePlan;
+/// use tinykd::ModelConfig;
+/// const CFG: ModelConfig = ModelConfig::mobilenet_v1(250);
+/// static ENGINE_PLAN: EnginePlan = EnginePlan::build(&CFG, 1);
+/// assert_eq!(ENGINE_PLAN.arena_bytes(), tinykd::plan::arena_bytes(&CFG, 1));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct EnginePlan {
     schedule: Schedule,
     plan: Plan,
-    weights: [StepWeights<'w>; MAX_STEPS],
 }
 
-impl<'w> Engine<'w> {
-    /// Prepares inference of `cfg` for batches of `batch` with the weights of `file`, checking
-    /// the file's kind and config and every tensor's presence and dims.
-    pub fn new(cfg: &ModelConfig, batch: usize, file: &WeightFile<'w>) -> Result<Engine<'w>, EngineError> {
-        if file.kind() != FileKind::Inference {
-            return Err(EngineError::NotInference);
+impl EnginePlan {
+    /// The schedule and plan of `cfg` at batch `batch` (see [`crate::plan::plan_for`]).
+    pub const fn new(cfg: &ModelConfig, batch: usize) -> Result<EnginePlan, ModelError> {
+        match plan::plan_for(cfg, batch) {
+            Ok((schedule, plan)) => Ok(EnginePlan { schedule, plan }),
+            Err(e) => Err(e),
         }
-        let prog = models::program(cfg)?;
-        if file.config() != *cfg {
-            return Err(EngineError::ConfigMismatch { file: file.config(), model: *cfg });
+    }
+
+    /// [`EnginePlan::new`] for a `const`/`static` item: panics (a compile error there) if
+    /// `cfg` or `batch` is invalid.
+    pub const fn build(cfg: &ModelConfig, batch: usize) -> EnginePlan {
+        match EnginePlan::new(cfg, batch) {
+            Ok(p) => p,
+            Err(_) => panic!("invalid model configuration or batch"),
         }
-        let schedule = Schedule::new(&prog, batch)?;
-        let plan = schedule.plan()?;
-        let mut weights = [StepWeights::None; MAX_STEPS];
-        for (slot, step) in weights.iter_mut().zip(schedule.steps()) {
-            *slot = bind(file, step)?;
-        }
-        Ok(Engine { schedule, plan, weights })
+    }
+
+    /// The model configuration.
+    pub const fn config(&self) -> ModelConfig {
+        self.schedule.config
+    }
+
+    /// The batch size.
+    pub const fn batch(&self) -> usize {
+        self.schedule.batch
     }
 
     /// The inference steps.
-    pub fn schedule(&self) -> &Schedule {
+    pub const fn schedule(&self) -> &Schedule {
         &self.schedule
     }
 
     /// The memory plan of the arena.
-    pub fn plan(&self) -> &Plan {
+    pub const fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Bytes of an arena that may start at any address ([`Plan::peak`] + [`ALIGN`]).
+    pub const fn arena_bytes(&self) -> usize {
+        self.plan.peak + ALIGN
+    }
+}
+
+/// An engine over a compile-time [`EnginePlan`] in a `static` (see [`Engine::from_plan`]).
+pub type StaticEngine<'w> = Engine<'w, &'static EnginePlan>;
+
+/// A model ready to run: its [`EnginePlan`] (owned, `P = EnginePlan`, as [`Engine::new`]
+/// builds it; or borrowed, e.g. `&'static EnginePlan`) and the weight file, in which every
+/// step's tensors have been found and checked (the engine keeps where their data starts).
+#[derive(Clone, Debug)]
+pub struct Engine<'w, P: Borrow<EnginePlan> = EnginePlan> {
+    setup: P,
+    file: WeightFile<'w>,
+    /// Per step, the byte offsets in the file of its weights' and bias's data (0 for a step
+    /// without weights); their lengths follow from the step's shapes.
+    data: [[usize; 2]; MAX_STEPS],
+}
+
+impl<'w> Engine<'w> {
+    /// Prepares inference of `cfg` for batches of `batch` with the weights of `file`, checking
+    /// the file's kind and config and every tensor's presence and dims. Builds the model's
+    /// program and schedule at run time (~99 KB of stack on a Cortex-M4); a microcontroller uses
+    /// [`Engine::from_plan`] with a compile-time [`EnginePlan`] instead.
+    pub fn new(cfg: &ModelConfig, batch: usize, file: &WeightFile<'w>) -> Result<Engine<'w>, EngineError> {
+        if file.kind() != FileKind::Inference {
+            return Err(EngineError::NotInference);
+        }
+        models::check(cfg)?;
+        if file.config() != *cfg {
+            return Err(EngineError::ConfigMismatch { file: file.config(), model: *cfg });
+        }
+        Engine::from_plan(EnginePlan::new(cfg, batch)?, file)
+    }
+}
+
+impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
+    /// Prepares inference with a ready [`EnginePlan`] (its config and batch) and the weights of
+    /// `file`, with the checks of [`Engine::new`]. With `setup: &'static EnginePlan` (a
+    /// `static` built by [`EnginePlan::build`]) nothing large is built: the engine is the
+    /// reference, the file view and a table of data offsets (~0.8 KB on a 32-bit target).
+    pub fn from_plan(setup: P, file: &WeightFile<'w>) -> Result<Engine<'w, P>, EngineError> {
+        if file.kind() != FileKind::Inference {
+            return Err(EngineError::NotInference);
+        }
+        let ep = setup.borrow();
+        if file.config() != ep.config() {
+            return Err(EngineError::ConfigMismatch { file: file.config(), model: ep.config() });
+        }
+        let mut data = [[0usize; 2]; MAX_STEPS];
+        let mut cursor = TableCursor::new(file);
+        for (slot, step) in data.iter_mut().zip(ep.schedule.steps()) {
+            *slot = bind(&mut cursor, step)?;
+        }
+        Ok(Engine { setup, file: *file, data })
+    }
+
+    /// The schedule and plan.
+    pub fn engine_plan(&self) -> &EnginePlan {
+        self.setup.borrow()
+    }
+
+    /// The inference steps.
+    pub fn schedule(&self) -> &Schedule {
+        &self.setup.borrow().schedule
+    }
+
+    /// The memory plan of the arena.
+    pub fn plan(&self) -> &Plan {
+        &self.setup.borrow().plan
     }
 
     /// Bytes of an arena that may start at any address ([`Plan::peak`] + [`ALIGN`]); the same
     /// as [`crate::plan::arena_bytes`].
     pub fn arena_bytes(&self) -> usize {
-        self.plan.peak + ALIGN
+        self.setup.borrow().arena_bytes()
     }
 
     /// Runs the forward pass: `input` is the NHWC batch (`batch·h·w·c` normalised values),
@@ -194,8 +304,9 @@ impl<'w> Engine<'w> {
     /// [`ALIGN`] ([`Self::arena_bytes`] always suffices), `logits` receives `batch·classes`
     /// values.
     pub fn run(&self, isa: Isa, input: &[f32], arena: &mut [u8], logits: &mut [f32]) -> Result<(), EngineError> {
-        let cfg = &self.schedule.config;
-        let n = self.schedule.batch;
+        let ep = self.setup.borrow();
+        let cfg = &ep.schedule.config;
+        let n = ep.schedule.batch;
         let want_in = n * cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
         if input.len() != want_in {
             return Err(EngineError::InputLen { expected: want_in, got: input.len() });
@@ -205,7 +316,7 @@ impl<'w> Engine<'w> {
             return Err(EngineError::LogitsLen { expected: want_out, got: logits.len() });
         }
         let skip = arena.as_ptr().align_offset(ALIGN);
-        let needed = skip.saturating_add(self.plan.peak);
+        let needed = skip.saturating_add(ep.plan.peak);
         if arena.len() < needed {
             return Err(EngineError::ArenaTooSmall { needed, got: arena.len() });
         }
@@ -216,18 +327,32 @@ impl<'w> Engine<'w> {
         if !pre.is_empty() || !post.is_empty() {
             return Err(EngineError::ArenaTooSmall { needed: needed + ALIGN, got: arena.len() });
         }
-        for (step, w) in self.schedule.steps().iter().zip(&self.weights) {
-            self.run_step(isa, step, *w, input, floats, logits)?;
+        for (step, &at) in ep.schedule.steps().iter().zip(&self.data) {
+            let w = self.weights(step, at).ok_or(EngineError::MissingTensor { name: step.layer })?;
+            self.run_step(isa, step, w, input, floats, logits)?;
         }
         Ok(())
     }
 
+    /// The weights of `step`, whose data starts at byte offsets `at` in the file (`None` only
+    /// if they were not where [`Engine::from_plan`] found them, which cannot happen).
+    fn weights(&self, step: &Step, [w_at, b_at]: [usize; 2]) -> Option<StepWeights<'w>> {
+        let Some((wdims, _)) = weight_dims(step) else { return Some(StepWeights::None) };
+        let (wn, bn) = (wdims.numel(), step.y_shape.c as usize);
+        let bytes = self.file.bytes();
+        Some(match self.file.dtype() {
+            DType::F32 => StepWeights::F32 { w: elems(bytes, w_at, wn)?, b: elems(bytes, b_at, bn)? },
+            DType::F16 => StepWeights::F16 { w: elems(bytes, w_at, wn)?, b: elems(bytes, b_at, bn)? },
+        })
+    }
+
     /// The f32 range of arena buffer `b` (None for a non-arena operand).
     fn region(&self, b: Buf) -> Option<Range<usize>> {
+        let ep = self.setup.borrow();
         match b {
             Buf::Arena(i) => {
-                let start = self.plan.offsets()[i as usize] / 4;
-                Some(start..start + self.schedule.buffers()[i as usize].bytes / 4)
+                let start = ep.plan.offsets()[i as usize] / 4;
+                Some(start..start + ep.schedule.buffers()[i as usize].bytes / 4)
             }
             Buf::None | Buf::Input | Buf::Output => None,
         }
@@ -242,7 +367,7 @@ impl<'w> Engine<'w> {
         arena: &mut [f32],
         logits: &mut [f32],
     ) -> Result<(), EngineError> {
-        let n = self.schedule.batch;
+        let n = self.setup.borrow().schedule.batch;
         let read = if step.kind == StepKind::AddRelu { step.x2 } else { step.x };
         let overlap = EngineError::OverlappingOperands { layer: step.layer };
         let (ro, rw, scratch) =
@@ -269,7 +394,7 @@ impl<'w> Engine<'w> {
             (StepKind::MaxPool, _) => pool::maxpool3x3s2_fwd(isa, &step.pool(n), x, y),
             (StepKind::GlobalAvgPool, _) => pool::global_avg_fwd(isa, &step.pool(n), x, y),
             (StepKind::AddRelu, _) => act::add_relu_inplace(isa, y, x),
-            // `bind` gives every conv and fc step its weights.
+            // `run` gives every conv and fc step its weights.
             (StepKind::Conv { .. } | StepKind::DwConv { .. } | StepKind::Fc, StepWeights::None) => {
                 Err(KernelError::Shape("layer without weights"))
             }
@@ -283,31 +408,114 @@ fn fc<W: Elem>(isa: Isa, step: &Step, n: usize, x: &[f32], w: &[W], b: &[W], y: 
     linear::linear_fwd(isa, &step.linear(n), x, w, Some(b), Act::None, y)
 }
 
-/// Looks up and checks the weights of `step` in `file`.
-fn bind<'w>(file: &WeightFile<'w>, step: &Step) -> Result<StepWeights<'w>, EngineError> {
+/// The dims of `step`'s weights and the role of its bias (`None` for a step without weights).
+const fn weight_dims(step: &Step) -> Option<(graph::Dims, ParamRole)> {
     let (c_in, c_out, k) = (step.x_shape.c as usize, step.y_shape.c as usize, step.k as usize);
-    let (wdims, bias_role) = match step.kind {
-        StepKind::Conv { .. } => (graph::Dims::new(&[k, k, c_in, c_out]), ParamRole::Bias),
-        StepKind::DwConv { .. } => (graph::Dims::new(&[3, 3, c_out]), ParamRole::Bias),
-        StepKind::Fc => (graph::Dims::new(&[c_in, c_out]), ParamRole::Offset),
-        StepKind::MaxPool | StepKind::AddRelu | StepKind::GlobalAvgPool => return Ok(StepWeights::None),
-    };
-    let w = tensor(file, param_name(step.layer, ParamRole::Weights), wdims)?;
-    let b = tensor(file, param_name(step.layer, bias_role), graph::Dims::new(&[c_out]))?;
-    match (w, b) {
-        (TensorData::F32(w), TensorData::F32(b)) => Ok(StepWeights::F32 { w, b }),
-        (TensorData::F16(w), TensorData::F16(b)) => Ok(StepWeights::F16 { w, b }),
-        _ => Err(EngineError::MixedDTypes { layer: step.layer }),
+    match step.kind {
+        StepKind::Conv { .. } => Some((graph::Dims::new(&[k, k, c_in, c_out]), ParamRole::Bias)),
+        StepKind::DwConv { .. } => Some((graph::Dims::new(&[3, 3, c_out]), ParamRole::Bias)),
+        StepKind::Fc => Some((graph::Dims::new(&[c_in, c_out]), ParamRole::Offset)),
+        StepKind::MaxPool | StepKind::AddRelu | StepKind::GlobalAvgPool => None,
     }
 }
 
+/// Element types whose every bit pattern is a valid value (f32 and f16 weights).
+trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for f16 {}
+
+/// The `n` elements of `T` stored at byte offset `at` of `bytes`; `None` if they run past the
+/// end or are misaligned.
+fn elems<T: Plain>(bytes: &[u8], at: usize, n: usize) -> Option<&[T]> {
+    let region = bytes.get(at..at.checked_add(n.checked_mul(core::mem::size_of::<T>())?)?)?;
+    // SAFETY: `T` is `f32` or `f16` (`Plain`), for which every bit pattern is a valid value,
+    // and `align_to` only reinterprets the correctly aligned middle part (the edges are
+    // checked to be empty below). The weight file is little-endian and `WeightFile::parse`
+    // refuses big-endian targets, so the bytes are in native order.
+    let (pre, mid, post) = unsafe { region.align_to::<T>() };
+    (pre.is_empty() && post.is_empty()).then_some(mid)
+}
+
+/// A layer's weights and bias, which must have the same dtype.
+fn pair<'w>(w: TensorData<'w>, b: TensorData<'w>, layer: Name) -> Result<StepWeights<'w>, EngineError> {
+    match (w, b) {
+        (TensorData::F32(w), TensorData::F32(b)) => Ok(StepWeights::F32 { w, b }),
+        (TensorData::F16(w), TensorData::F16(b)) => Ok(StepWeights::F16 { w, b }),
+        _ => Err(EngineError::MixedDTypes { layer }),
+    }
+}
+
+/// Finds and checks the weights and bias of `step` in the file; returns the byte offsets of
+/// their data in the file (`[0, 0]` for a step without weights).
+fn bind(cursor: &mut TableCursor<'_, '_>, step: &Step) -> Result<[usize; 2], EngineError> {
+    let Some((wdims, bias_role)) = weight_dims(step) else { return Ok([0, 0]) };
+    let w = tensor(cursor, param_name(step.layer, ParamRole::Weights), wdims)?;
+    let b = tensor(cursor, param_name(step.layer, bias_role), graph::Dims::new(&[step.y_shape.c as usize]))?;
+    pair(w, b, step.layer)?;
+    let start = cursor.file.bytes().as_ptr() as usize;
+    let at = |t: TensorData<'_>| match t {
+        TensorData::F32(v) => (v.as_ptr() as usize).wrapping_sub(start),
+        TensorData::F16(v) => (v.as_ptr() as usize).wrapping_sub(start),
+    };
+    Ok([at(w), at(b)])
+}
+
 /// The data of tensor `name`, which must have dims `dims`.
-fn tensor<'w>(file: &WeightFile<'w>, name: Name, dims: graph::Dims) -> Result<TensorData<'w>, EngineError> {
-    let t = file.get(name.as_str()).ok_or(EngineError::MissingTensor { name })?;
+fn tensor<'w>(cursor: &mut TableCursor<'_, 'w>, name: Name, dims: graph::Dims) -> Result<TensorData<'w>, EngineError> {
+    let t = cursor.find(name.as_str()).ok_or(EngineError::MissingTensor { name })?;
     if !dims.eq_u32(t.dims.as_slice()) || t.data.len() != dims.numel() {
         return Err(EngineError::TensorDims { name, expected: dims, got: t.dims });
     }
     Ok(t.data)
+}
+
+/// A position in a weight file's tensor table that moves forward: looking up tensors in
+/// (roughly) file order reads each table entry about once, where [`WeightFile::get`] starts
+/// from the first entry every time. The engine's steps and the exporter's tensors follow the
+/// program's layer order, so binding an engine decodes each entry once.
+struct TableCursor<'f, 'w> {
+    file: &'f WeightFile<'w>,
+    iter: Tensors<'w>,
+    /// Index of the entry `iter` yields next.
+    next: usize,
+}
+
+impl<'f, 'w> TableCursor<'f, 'w> {
+    fn new(file: &'f WeightFile<'w>) -> Self {
+        TableCursor { file, iter: file.iter(), next: 0 }
+    }
+
+    /// Back to the first entry.
+    fn rewind(&mut self) {
+        self.iter = self.file.iter();
+        self.next = 0;
+    }
+
+    /// The next entry.
+    fn advance(&mut self) -> Option<TensorRef<'w>> {
+        let t = self.iter.next()?;
+        self.next += 1;
+        Some(t)
+    }
+
+    /// The entry called `name`: searched from here to the end, then from the first entry up
+    /// to here.
+    fn find(&mut self, name: &str) -> Option<TensorRef<'w>> {
+        let start = self.next;
+        while let Some(t) = self.advance() {
+            if t.name == name {
+                return Some(t);
+            }
+        }
+        self.rewind();
+        while self.next < start {
+            let t = self.advance()?;
+            if t.name == name {
+                return Some(t);
+            }
+        }
+        None
+    }
 }
 
 /// Splits `arena` into a read-only region `ro`, a writable region `rw` and a scratch region

@@ -1,6 +1,6 @@
 //! Programs: a model as a fixed-capacity list of layers ([`Op`]) over named tensors, in forward
 //! order. A [`Program`] is plain `Copy` data built by a `const fn` from a
-//! [`ModelConfig`](crate::ModelConfig) (see [`crate::models::program`]), so it can live in
+//! [`ModelConfig`] (see [`crate::models::program`]), so it can live in
 //! flash on a microcontroller and needs no allocator.
 //!
 //! Every op knows its inputs, its output, its trainable parameters and its statistics

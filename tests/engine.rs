@@ -1,13 +1,13 @@
 //! The no_std inference engine against an independent reference forward written here: naive
 //! loops over the program's ops with plain `Vec` buffers, f64 accumulation, unfolded batch norm
 //! in eval mode and no fusion. Random parameters with non-trivial BN statistics; both models,
-//! both stems, batch 1 and 2; f16 weights; error cases.
+//! both stems, batch 1 and 2; f16 weights; error cases; the compile-time `EnginePlan` path.
 
 #[path = "../kernels/tests/common/mod.rs"]
 mod common;
 
 use common::Rng;
-use tinykd::engine::{Engine, EngineError};
+use tinykd::engine::{Engine, EngineError, EnginePlan, StaticEngine};
 use tinykd::fold::{export_inference, inference_tensors};
 use tinykd::graph::{OpKind, Program, VarKind, BN_EPS};
 use tinykd::kernels::{DType, Isa};
@@ -370,4 +370,116 @@ fn engine_reports_clear_errors() {
     let exact = &mut arena[base..base + engine.plan().peak];
     engine.run(Isa::scalar(), &image, exact, &mut logits).unwrap();
     assert!(logits.iter().all(|v| v.is_finite()) && logits != [7.0; 10]);
+}
+
+/// The student of the firmware (`examples/mcu`), planned by the compiler for batch 2.
+const STUDENT: ModelConfig = ModelConfig::mobilenet_v1(250);
+static STUDENT_PLAN: EnginePlan = EnginePlan::build(&STUDENT, 2);
+
+/// Runs `engine` on `image` (batch of `n`) with a fresh arena of `engine.arena_bytes()`.
+fn run_engine<P: core::borrow::Borrow<EnginePlan>>(engine: &Engine<'_, P>, n: usize, image: &[f32]) -> Vec<f32> {
+    let cfg = engine.schedule().config;
+    let mut arena = vec![0xFFu8; engine.arena_bytes()];
+    let mut logits = vec![0.0f32; n * cfg.classes as usize];
+    engine.run(Isa::detect(), image, &mut arena, &mut logits).unwrap();
+    logits
+}
+
+#[test]
+fn static_plan_engine_equals_engine_new() {
+    // The const plan is the runtime one.
+    let (schedule, plan) = tinykd::plan::plan_for(&STUDENT, 2).unwrap();
+    assert_eq!(STUDENT_PLAN.plan(), &plan);
+    assert_eq!(STUDENT_PLAN.schedule().steps(), schedule.steps());
+    assert_eq!(STUDENT_PLAN.schedule().buffers(), schedule.buffers());
+    assert_eq!((STUDENT_PLAN.config(), STUDENT_PLAN.batch()), (STUDENT, 2));
+    assert_eq!(STUDENT_PLAN.arena_bytes(), tinykd::plan::arena_bytes(&STUDENT, 2));
+
+    let store = random_params(&STUDENT, 21);
+    let image = Rng::new(22).vec(2 * 32 * 32 * 3);
+    for dtype in [DType::F32, DType::F16] {
+        let bytes = export(&STUDENT, &store, dtype);
+        let file = WeightFile::parse(&bytes).unwrap();
+        let host = Engine::new(&STUDENT, 2, &file).unwrap();
+        let want = run_engine(&host, 2, &image);
+        let fixed: StaticEngine = Engine::from_plan(&STUDENT_PLAN, &file).unwrap();
+        assert_eq!(fixed.plan(), host.plan());
+        assert_eq!(fixed.arena_bytes(), host.arena_bytes());
+        assert_eq!(run_engine(&fixed, 2, &image), want, "{dtype:?}: static plan vs Engine::new");
+        // An owned plan works through the same constructor.
+        let owned = Engine::from_plan(EnginePlan::new(&STUDENT, 2).unwrap(), &file).unwrap();
+        assert_eq!(run_engine(&owned, 2, &image), want, "{dtype:?}: owned plan");
+        // The reference forward agrees too (the engine is not just equal to itself).
+        if dtype == DType::F32 {
+            let prog = models::program(&STUDENT).unwrap();
+            assert_rel("static plan vs reference", &want, &reference_forward(&prog, &store, 2, &image), 1e-5);
+        }
+    }
+    // What a firmware holds: the reference, the file view and a per-step offset table, far
+    // smaller than the schedule and plan it borrows.
+    let small = core::mem::size_of::<StaticEngine>();
+    assert!(small <= 2 * 96 * core::mem::size_of::<usize>() + 128, "StaticEngine is {small} bytes");
+    assert!(core::mem::size_of::<EnginePlan>() > 4 * small);
+}
+
+#[test]
+fn tensors_are_found_in_any_file_order() {
+    let cfg = STUDENT;
+    let image = Rng::new(23).vec(2 * 32 * 32 * 3);
+    let in_order = edited_file(&cfg, |_| {});
+    let want =
+        run_engine(&Engine::from_plan(&STUDENT_PLAN, &WeightFile::parse(&in_order).unwrap()).unwrap(), 2, &image);
+    // Reversed (every lookup wraps around to the start) and interleaved with extra tensors.
+    let reversed = edited_file(&cfg, |t| t.reverse());
+    let padded = edited_file(&cfg, |t| {
+        let extra =
+            |i: usize| tinykd::fold::InferenceTensor { name: format!("extra_{i}"), dims: vec![3], data: vec![9.0; 3] };
+        let mut out = Vec::new();
+        for (i, x) in t.drain(..).enumerate() {
+            out.push(extra(i));
+            out.push(x);
+        }
+        out.swap(4, 40);
+        *t = out;
+    });
+    for (what, bytes) in [("reversed", reversed), ("padded and swapped", padded)] {
+        let file = WeightFile::parse(&bytes).unwrap();
+        assert_eq!(run_engine(&Engine::from_plan(&STUDENT_PLAN, &file).unwrap(), 2, &image), want, "{what}");
+        assert_eq!(run_engine(&Engine::new(&cfg, 2, &file).unwrap(), 2, &image), want, "{what}: Engine::new");
+    }
+}
+
+#[test]
+fn static_plan_engine_reports_clear_errors() {
+    let good = edited_file(&STUDENT, |_| {});
+    let file = WeightFile::parse(&good).unwrap();
+    // The plan is for another config than the file.
+    static WIDE: EnginePlan = EnginePlan::build(&ModelConfig::mobilenet_v1(500), 1);
+    let e = Engine::from_plan(&WIDE, &file).unwrap_err();
+    assert_eq!(e, EngineError::ConfigMismatch { file: STUDENT, model: ModelConfig::mobilenet_v1(500) });
+    // Missing tensor, wrong dims, raw parameters.
+    let bytes = edited_file(&STUDENT, |t| t.retain(|t| t.name != "fc7_offset"));
+    let e = Engine::from_plan(&STUDENT_PLAN, &WeightFile::parse(&bytes).unwrap()).unwrap_err();
+    assert!(matches!(e, EngineError::MissingTensor { name } if name == "fc7_offset"), "{e}");
+    let bytes =
+        edited_file(&STUDENT, |t| t.iter_mut().find(|t| t.name == "conv2_1_dw_weights").unwrap().dims = vec![8, 9]);
+    let e = Engine::from_plan(&STUDENT_PLAN, &WeightFile::parse(&bytes).unwrap()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "tensor `conv2_1_dw_weights` has dims [8, 9] in the weight file, the model needs [3, 3, 8]"
+    );
+    let params = random_params(&STUDENT, 1);
+    let raw = AlignedBuf::from_bytes(&to_bytes(&STUDENT, FileKind::Params, DType::F32, &params.to_tensors()).unwrap());
+    assert_eq!(
+        Engine::from_plan(&STUDENT_PLAN, &WeightFile::parse(&raw).unwrap()).unwrap_err(),
+        EngineError::NotInference
+    );
+    // Invalid plans are refused when built at run time (and fail to compile as a `static`).
+    assert_eq!(EnginePlan::new(&STUDENT, 0).unwrap_err(), models::ModelError::Batch);
+    assert!(matches!(EnginePlan::new(&ModelConfig::mobilenet_v1(10), 1), Err(models::ModelError::Scale { .. })));
+    // A wrong input length is still caught with a static plan (batch 2).
+    let engine = Engine::from_plan(&STUDENT_PLAN, &file).unwrap();
+    let mut arena = vec![0u8; engine.arena_bytes()];
+    let e = engine.run(Isa::scalar(), &[0.0; 3072], &mut arena, &mut [0.0; 20]).unwrap_err();
+    assert_eq!(e, EngineError::InputLen { expected: 6144, got: 3072 });
 }
