@@ -763,3 +763,78 @@ fn mutated_files_never_panic() {
     assert!(accepted > 0);
     assert!(kinds.len() >= 12, "only {} distinct errors", kinds.len());
 }
+
+/// `parse_unchecked_crc` (for files in flash) skips only the CRC: it reads the same tensors as
+/// `parse`, accepts a file whose CRC or values are wrong, and still returns every structural
+/// error `parse` returns — for every single-bit flip of the sample files, and for structural
+/// edits left unsealed (so only the structural check can catch them).
+#[test]
+fn unchecked_crc_parse_skips_only_the_crc() {
+    for dtype in [DType::F32, DType::F16] {
+        let (bytes, _) = sample_file(dtype);
+        let buf = AlignedBuf::from_bytes(&bytes);
+        let (checked, unchecked) = (parse(&buf).unwrap(), WeightFile::parse_unchecked_crc(&buf).unwrap());
+        assert_eq!(format!("{checked:?}"), format!("{unchecked:?}"));
+        assert_eq!(checked.len(), unchecked.len());
+        for (a, b) in checked.iter().zip(unchecked.iter()) {
+            assert_eq!((a.name, a.dims, a.data.len()), (b.name, b.dims, b.data.len()));
+            assert!((0..a.data.len()).all(|i| a.data.get(i).map(f32::to_bits) == b.data.get(i).map(f32::to_bits)));
+        }
+
+        // A flipped bit in a value: parse refuses it, the unchecked parse reads the new value.
+        let data_at = rd_u64(&bytes, entries(&bytes)[0].offset_at) as usize;
+        let mut b = bytes.clone();
+        b[data_at + 1] ^= 0x10;
+        assert!(matches!(parse_copy(&b), Err(WeightError::Checksum { .. })));
+        let flipped = AlignedBuf::from_bytes(&b);
+        let f = WeightFile::parse_unchecked_crc(&flipped).unwrap();
+        let (was, now) = (checked.tensor(0).unwrap().data.get(0).unwrap(), f.tensor(0).unwrap().data.get(0).unwrap());
+        assert_ne!(was.to_bits(), now.to_bits());
+        assert_eq!(f.tensor(0).unwrap().data.get(1), checked.tensor(0).unwrap().data.get(1));
+
+        // Every single-bit flip: the same error as `parse` unless that was the checksum; an
+        // accepted file is a consistent view.
+        let mut accepted = 0;
+        for i in 0..bytes.len() {
+            for bit in [0, 3, 7] {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                let b = AlignedBuf::from_bytes(&b);
+                match (parse(&b), WeightFile::parse_unchecked_crc(&b)) {
+                    (Err(WeightError::Checksum { .. }), Ok(f)) => {
+                        accepted += 1;
+                        check_parsed(&f);
+                    }
+                    (Err(WeightError::Checksum { .. }), Err(e)) => {
+                        assert!(!matches!(e, WeightError::Checksum { .. }), "byte {i}: {e:?}")
+                    }
+                    (Err(e), unchecked) => assert_eq!(unchecked.map(|f| f.len()), Err(e), "byte {i} bit {bit}"),
+                    (Ok(_), _) => panic!("byte {i} bit {bit}: corrupt file accepted by parse"),
+                }
+            }
+        }
+        assert!(accepted > 0, "value and CRC flips parse");
+
+        // Structural edits, CRC left stale: refused for the structure, never for the CRC.
+        let es = entries(&bytes);
+        let unsealed = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = bytes.clone();
+            edit(&mut b);
+            WeightFile::parse_unchecked_crc(&AlignedBuf::from_bytes(&b)).map(|f| f.len())
+        };
+        assert_eq!(unsealed(&|b| b[0] = b'X'), Err(WeightError::BadMagic));
+        assert_eq!(unsealed(&|b| b[23] = 1), Err(WeightError::ReservedNotZero));
+        assert_eq!(unsealed(&|b| b[21] = 3), Err(WeightError::BadCode { field: "dtype", code: 3 }));
+        assert_eq!(unsealed(&|b| b[es[1].name_at] = 0xFF), Err(WeightError::NameUtf8 { index: 1 }));
+        let off = rd_u64(&bytes, es[2].offset_at);
+        assert_eq!(
+            unsealed(&|b| put_u64(b, es[2].offset_at, off + 4)),
+            Err(WeightError::OffsetUnaligned { index: 2, offset: off + 4 })
+        );
+        assert!(matches!(unsealed(&|b| put_u64(b, es[3].count_at, 1 << 40)), Err(WeightError::CountMismatch { .. })));
+        assert!(matches!(unsealed(&|b| b.truncate(b.len() - 1)), Err(WeightError::Truncated { .. })));
+        // Misaligned slices are refused as well.
+        let shifted = AlignedBuf::from_bytes(&[&[0u8][..], &bytes].concat());
+        assert!(matches!(WeightFile::parse_unchecked_crc(&shifted[1..]), Err(WeightError::Misaligned { .. })));
+    }
+}
