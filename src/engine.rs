@@ -41,6 +41,7 @@ use core::ops::Range;
 use tinykd_kernels::act::{self, Act};
 use tinykd_kernels::{conv, dwconv, f16, linear, pool, DType, Elem, Isa, KernelError};
 
+use crate::arena;
 use crate::config::ModelConfig;
 use crate::graph::{self, param_name, Name, ParamRole};
 use crate::models::{self, ModelError};
@@ -155,7 +156,7 @@ impl From<ModelError> for EngineError {
 
 /// The weights of one step, borrowed from the file.
 #[derive(Clone, Copy, Debug)]
-enum StepWeights<'w> {
+pub(crate) enum StepWeights<'w> {
     None,
     F32 { w: &'w [f32], b: &'w [f32] },
     F16 { w: &'w [f16], b: &'w [f16] },
@@ -346,15 +347,15 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         })
     }
 
-    /// The f32 range of arena buffer `b` (None for a non-arena operand).
-    fn region(&self, b: Buf) -> Option<Range<usize>> {
+    /// The f32 range of arena buffer `b` (empty for a non-arena operand).
+    fn region(&self, b: Buf) -> Range<usize> {
         let ep = self.setup.borrow();
         match b {
             Buf::Arena(i) => {
                 let start = ep.plan.offsets()[i as usize] / 4;
-                Some(start..start + ep.schedule.buffers()[i as usize].bytes / 4)
+                start..start + ep.schedule.buffers()[i as usize].bytes / 4
             }
-            Buf::None | Buf::Input | Buf::Output => None,
+            Buf::None | Buf::Input | Buf::Output => 0..0,
         }
     }
 
@@ -368,39 +369,72 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         logits: &mut [f32],
     ) -> Result<(), EngineError> {
         let n = self.setup.borrow().schedule.batch;
-        let read = if step.kind == StepKind::AddRelu { step.x2 } else { step.x };
-        let overlap = EngineError::OverlappingOperands { layer: step.layer };
-        let (ro, rw, scratch) =
-            split3(arena, self.region(read), self.region(step.y), self.region(step.scratch)).ok_or(overlap)?;
+        let read = step_input(step);
+        let [ro, rw, scratch] =
+            arena::split(arena, [self.region(read), self.region(step.y), self.region(step.scratch)])
+                .ok_or(EngineError::OverlappingOperands { layer: step.layer })?;
         let x: &[f32] = if read == Buf::Input { input } else { ro };
         let y: &mut [f32] = if step.y == Buf::Output { logits } else { rw };
-        let kernel = |err| EngineError::Kernel { layer: step.layer, err };
-        let act = |relu| if relu { Act::Relu } else { Act::None };
-        match (step.kind, w) {
-            (StepKind::Conv { relu }, StepWeights::F32 { w, b }) => {
-                conv::conv2d_fwd(isa, &step.conv2d(n), x, w, Some(b), act(relu), y, scratch)
-            }
-            (StepKind::Conv { relu }, StepWeights::F16 { w, b }) => {
-                conv::conv2d_fwd(isa, &step.conv2d(n), x, w, Some(b), act(relu), y, scratch)
-            }
-            (StepKind::DwConv { relu }, StepWeights::F32 { w, b }) => {
-                dwconv::dwconv3x3_fwd(isa, &step.dwconv(n), x, w, Some(b), act(relu), y)
-            }
-            (StepKind::DwConv { relu }, StepWeights::F16 { w, b }) => {
-                dwconv::dwconv3x3_fwd(isa, &step.dwconv(n), x, w, Some(b), act(relu), y)
-            }
-            (StepKind::Fc, StepWeights::F32 { w, b }) => fc(isa, step, n, x, w, b, y),
-            (StepKind::Fc, StepWeights::F16 { w, b }) => fc(isa, step, n, x, w, b, y),
-            (StepKind::MaxPool, _) => pool::maxpool3x3s2_fwd(isa, &step.pool(n), x, y),
-            (StepKind::GlobalAvgPool, _) => pool::global_avg_fwd(isa, &step.pool(n), x, y),
-            (StepKind::AddRelu, _) => act::add_relu_inplace(isa, y, x),
-            // `run` gives every conv and fc step its weights.
-            (StepKind::Conv { .. } | StepKind::DwConv { .. } | StepKind::Fc, StepWeights::None) => {
-                Err(KernelError::Shape("layer without weights"))
-            }
-        }
-        .map_err(kernel)
+        forward_step(isa, step, n, w, x, y, scratch).map_err(|err| EngineError::Kernel { layer: step.layer, err })
     }
+}
+
+/// The buffer a step reads (`x`; for the in-place residual add, the other operand `x2`).
+pub(crate) fn step_input(step: &Step) -> Buf {
+    if step.kind == StepKind::AddRelu {
+        step.x2
+    } else {
+        step.x
+    }
+}
+
+/// Runs one inference step of a batch of `n` with its weights `w`: reads `x`
+/// ([`step_input`]), writes `y` (in place for the residual add + ReLU), uses `scratch`.
+/// The one kernel dispatch of the schedule's steps (the engine and the fine-tuner's frozen
+/// prefix both run it).
+pub(crate) fn forward_step(
+    isa: Isa,
+    step: &Step,
+    n: usize,
+    w: StepWeights<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), KernelError> {
+    let act = |relu| if relu { Act::Relu } else { Act::None };
+    match (step.kind, w) {
+        (StepKind::Conv { relu }, StepWeights::F32 { w, b }) => {
+            conv::conv2d_fwd(isa, &step.conv2d(n), x, w, Some(b), act(relu), y, scratch)
+        }
+        (StepKind::Conv { relu }, StepWeights::F16 { w, b }) => {
+            conv::conv2d_fwd(isa, &step.conv2d(n), x, w, Some(b), act(relu), y, scratch)
+        }
+        (StepKind::DwConv { relu }, StepWeights::F32 { w, b }) => {
+            dwconv::dwconv3x3_fwd(isa, &step.dwconv(n), x, w, Some(b), act(relu), y)
+        }
+        (StepKind::DwConv { relu }, StepWeights::F16 { w, b }) => {
+            dwconv::dwconv3x3_fwd(isa, &step.dwconv(n), x, w, Some(b), act(relu), y)
+        }
+        (StepKind::Fc, StepWeights::F32 { w, b }) => fc(isa, step, n, x, w, b, y),
+        (StepKind::Fc, StepWeights::F16 { w, b }) => fc(isa, step, n, x, w, b, y),
+        (StepKind::MaxPool, _) => pool::maxpool3x3s2_fwd(isa, &step.pool(n), x, y),
+        (StepKind::GlobalAvgPool, _) => pool::global_avg_fwd(isa, &step.pool(n), x, y),
+        (StepKind::AddRelu, _) => act::add_relu_inplace(isa, y, x),
+        // Binding gives every conv and fc step its weights.
+        (StepKind::Conv { .. } | StepKind::DwConv { .. } | StepKind::Fc, StepWeights::None) => {
+            Err(KernelError::Shape("layer without weights"))
+        }
+    }
+}
+
+/// Finds and checks the weights and bias of `step` in `file` (searching the table from its
+/// start; [`StepWeights::None`] for a step without weights).
+pub(crate) fn step_weights<'w>(file: &WeightFile<'w>, step: &Step) -> Result<StepWeights<'w>, EngineError> {
+    let Some((wdims, bias_role)) = weight_dims(step) else { return Ok(StepWeights::None) };
+    let mut cursor = TableCursor::new(file);
+    let w = tensor(&mut cursor, param_name(step.layer, ParamRole::Weights), wdims)?;
+    let b = tensor(&mut cursor, param_name(step.layer, bias_role), graph::Dims::new(&[step.y_shape.c as usize]))?;
+    pair(w, b, step.layer)
 }
 
 /// The fc into the logits.
@@ -516,39 +550,4 @@ impl<'f, 'w> TableCursor<'f, 'w> {
         }
         None
     }
-}
-
-/// Splits `arena` into a read-only region `ro`, a writable region `rw` and a scratch region
-/// `sc` (each empty when `None`); `None` if two non-empty regions overlap or one runs past the
-/// end.
-#[allow(clippy::type_complexity)]
-fn split3(
-    arena: &mut [f32],
-    ro: Option<Range<usize>>,
-    rw: Option<Range<usize>>,
-    sc: Option<Range<usize>>,
-) -> Option<(&[f32], &mut [f32], &mut [f32])> {
-    let mut parts: [(usize, Range<usize>); 3] = [(0, 0..0), (1, 0..0), (2, 0..0)];
-    for (slot, r) in parts.iter_mut().zip([ro, rw, sc]) {
-        slot.1 = r.unwrap_or(0..0);
-    }
-    parts.sort_unstable_by_key(|(_, r)| (r.start, r.end));
-    let mut out: [&mut [f32]; 3] = [&mut [], &mut [], &mut []];
-    let mut rest = arena;
-    let mut pos = 0;
-    for (tag, r) in parts {
-        if r.is_empty() {
-            continue;
-        }
-        if r.start < pos || r.end - pos > rest.len() {
-            return None;
-        }
-        let (_, tail) = core::mem::take(&mut rest).split_at_mut(r.start - pos);
-        let (mine, tail) = tail.split_at_mut(r.end - r.start);
-        out[tag] = mine;
-        rest = tail;
-        pos = r.end;
-    }
-    let [ro, rw, sc] = out;
-    Some((ro, rw, sc))
 }

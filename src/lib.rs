@@ -17,6 +17,7 @@ pub mod weights;
 pub mod graph;
 pub mod models;
 pub mod plan;
+mod arena;
 pub mod engine;
 pub mod finetune;
 #[cfg(feature = "std")]

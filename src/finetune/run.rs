@@ -6,24 +6,17 @@ use core::ops::Range;
 use tinykd_kernels::act::{self, Act};
 use tinykd_kernels::optim::{self, Momentum};
 use tinykd_kernels::shape::{Linear, Logits, Pool};
-use tinykd_kernels::{conv, dwconv, f16, linear, loss, pool, Isa, KernelError};
+use tinykd_kernels::{linear, loss, pool, Isa, KernelError};
 
+use crate::arena::split;
 use crate::config::ModelConfig;
-use crate::engine::EngineError;
-use crate::graph::{self, param_name, Name, ParamRole};
-use crate::plan::{Buf, Step, StepKind, ALIGN, MAX_STEPS};
-use crate::weights::{FileKind, TensorData, WeightFile};
+use crate::engine::{forward_step, step_input, step_weights, EngineError, StepWeights};
+use crate::graph::Name;
+use crate::plan::{Buf, Step, ALIGN, MAX_STEPS};
+use crate::weights::{FileKind, WeightFile};
 
 use super::layout::Layout;
 use super::{FinetuneError, Tail};
-
-/// The weights of one step, borrowed from the file.
-#[derive(Clone, Copy, Debug)]
-enum StepWeights<'w> {
-    None,
-    F32 { w: &'w [f32], b: &'w [f32] },
-    F16 { w: &'w [f16], b: &'w [f16] },
-}
 
 impl StepWeights<'_> {
     /// Copies weights and bias (widened to f32) into `w_out`, `b_out`.
@@ -74,7 +67,7 @@ impl<'w> FineTuner<'w> {
         let layout = Layout::new(cfg, tail, batch)?;
         let mut weights = [StepWeights::None; MAX_STEPS];
         for (slot, step) in weights.iter_mut().zip(layout.schedule.steps()) {
-            *slot = bind(file, step)?;
+            *slot = step_weights(file, step)?;
         }
         Ok(FineTuner { layout, weights })
     }
@@ -391,34 +384,11 @@ impl<'w> FineTuner<'w> {
         input: &[f32],
         ar: &mut [f32],
     ) -> Result<(), FinetuneError> {
-        let n = self.layout.dims.batch;
-        let read = if step.kind == StepKind::AddRelu { step.x2 } else { step.x };
+        let read = step_input(step);
         let [ro, y, scratch] = split(ar, [self.region(read), self.region(step.y), self.region(step.scratch)])
             .ok_or(self.overlap(step.layer))?;
         let x: &[f32] = if read == Buf::Input { input } else { ro };
-        let act = |relu| if relu { Act::Relu } else { Act::None };
-        match (step.kind, w) {
-            (StepKind::Conv { relu }, StepWeights::F32 { w, b }) => {
-                conv::conv2d_fwd(isa, &step.conv2d(n), x, w, Some(b), act(relu), y, scratch)
-            }
-            (StepKind::Conv { relu }, StepWeights::F16 { w, b }) => {
-                conv::conv2d_fwd(isa, &step.conv2d(n), x, w, Some(b), act(relu), y, scratch)
-            }
-            (StepKind::DwConv { relu }, StepWeights::F32 { w, b }) => {
-                dwconv::dwconv3x3_fwd(isa, &step.dwconv(n), x, w, Some(b), act(relu), y)
-            }
-            (StepKind::DwConv { relu }, StepWeights::F16 { w, b }) => {
-                dwconv::dwconv3x3_fwd(isa, &step.dwconv(n), x, w, Some(b), act(relu), y)
-            }
-            (StepKind::MaxPool, _) => pool::maxpool3x3s2_fwd(isa, &step.pool(n), x, y),
-            (StepKind::GlobalAvgPool, _) => pool::global_avg_fwd(isa, &step.pool(n), x, y),
-            (StepKind::AddRelu, _) => act::add_relu_inplace(isa, y, x),
-            // The fc is never part of the prefix, and `bind` gives every conv its weights.
-            (StepKind::Fc, _) | (StepKind::Conv { .. } | StepKind::DwConv { .. }, StepWeights::None) => {
-                Err(KernelError::Shape("layer without weights"))
-            }
-        }
-        .map_err(|e| self.kernel(step.layer, e))
+        forward_step(isa, step, self.layout.dims.batch, w, x, y, scratch).map_err(|e| self.kernel(step.layer, e))
     }
 }
 
@@ -442,56 +412,4 @@ fn affine_bwd(c: usize, z: &[f32], dz: &[f32], dgamma: &mut [f32], dbeta: &mut [
             *b += dv;
         }
     }
-}
-
-/// Disjoint mutable views of the `N` ranges of `arena` (empty ranges give empty slices);
-/// `None` if two non-empty ranges overlap or one runs past the end.
-fn split<const N: usize>(arena: &mut [f32], want: [Range<usize>; N]) -> Option<[&mut [f32]; N]> {
-    let mut order: [usize; N] = core::array::from_fn(|i| i);
-    order.sort_unstable_by_key(|&i| (want[i].start, want[i].end));
-    let mut out: [&mut [f32]; N] = core::array::from_fn(|_| Default::default());
-    let mut rest = arena;
-    let mut pos = 0;
-    for i in order {
-        let r = want[i].clone();
-        if r.is_empty() {
-            continue;
-        }
-        if r.start < pos || r.end - pos > rest.len() {
-            return None;
-        }
-        let (_, tail) = core::mem::take(&mut rest).split_at_mut(r.start - pos);
-        let (mine, tail) = tail.split_at_mut(r.end - r.start);
-        out[i] = mine;
-        rest = tail;
-        pos = r.end;
-    }
-    Some(out)
-}
-
-/// Looks up and checks the weights of `step` in `file`.
-fn bind<'w>(file: &WeightFile<'w>, step: &Step) -> Result<StepWeights<'w>, EngineError> {
-    let (c_in, c_out, k) = (step.x_shape.c as usize, step.y_shape.c as usize, step.k as usize);
-    let (wdims, bias_role) = match step.kind {
-        StepKind::Conv { .. } => (graph::Dims::new(&[k, k, c_in, c_out]), ParamRole::Bias),
-        StepKind::DwConv { .. } => (graph::Dims::new(&[3, 3, c_out]), ParamRole::Bias),
-        StepKind::Fc => (graph::Dims::new(&[c_in, c_out]), ParamRole::Offset),
-        StepKind::MaxPool | StepKind::AddRelu | StepKind::GlobalAvgPool => return Ok(StepWeights::None),
-    };
-    let w = tensor(file, param_name(step.layer, ParamRole::Weights), wdims)?;
-    let b = tensor(file, param_name(step.layer, bias_role), graph::Dims::new(&[c_out]))?;
-    match (w, b) {
-        (TensorData::F32(w), TensorData::F32(b)) => Ok(StepWeights::F32 { w, b }),
-        (TensorData::F16(w), TensorData::F16(b)) => Ok(StepWeights::F16 { w, b }),
-        _ => Err(EngineError::MixedDTypes { layer: step.layer }),
-    }
-}
-
-/// The data of tensor `name`, which must have dims `dims`.
-fn tensor<'w>(file: &WeightFile<'w>, name: Name, dims: graph::Dims) -> Result<TensorData<'w>, EngineError> {
-    let t = file.get(name.as_str()).ok_or(EngineError::MissingTensor { name })?;
-    if !dims.eq_u32(t.dims.as_slice()) || t.data.len() != dims.numel() {
-        return Err(EngineError::TensorDims { name, expected: dims, got: t.dims });
-    }
-    Ok(t.data)
 }
