@@ -4,9 +4,11 @@
 #
 #   bash examples/mcu/check.sh [mcu_assets options, e.g. --scale 0.5 or --weights FILE]
 #
-# Fails unless, for both weight dtypes: the firmware exits 0, every image's top-1 equals the host
-# engine's and every logit is within F32_TOL / F16_TOL of the host engine's (scalar path, same
-# weight file), and no allocator is linked. Installs what is missing: the thumbv7em target,
+# Fails unless the kernel check (src/bin/kernels.rs: the M4F GEMM / depthwise / conv / linear
+# path against naive loops on odd shapes, bit for bit) exits 0 and, for both weight dtypes: the
+# firmware exits 0, every image's top-1 equals the host engine's and every logit is within
+# F32_TOL / F16_TOL of the host engine's (scalar path, same weight file), and no allocator is
+# linked. Also prints the instructions per MAC of each layer kind. Installs what is missing: the thumbv7em target,
 # qemu-system-arm, binutils (readelf) and defmt-print (`cargo install defmt-print --locked`).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -15,8 +17,9 @@ cd "$root"
 start=$(date +%s)
 say() { echo "[mcu $(( $(date +%s) - start ))s] $*"; }
 
-# Largest accepted |device − host| per logit. The device runs the same scalar kernels as the host
-# reference, so both are bit-identical in practice (see docs/MCU.md); the bounds only give slack.
+# Largest accepted |device − host| per logit. The device's M4F kernels do the host's scalar
+# arithmetic in the same order (`vmla`, not fused), so both are bit-identical in practice (see
+# docs/MCU.md); the bounds only give slack.
 F32_TOL=1e-3
 F16_TOL=1e-5
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-120}
@@ -52,6 +55,33 @@ for dtype in f32 f16; do
   (cd "$mcu" && CARGO_TARGET_DIR="$mcu/target" cargo build --quiet --release "${feat[@]}")
   cp "$mcu/target/thumbv7em-none-eabihf/release/tinykd-mcu" "$out/tinykd-mcu-$dtype.elf"
 done
+# The kernel check binary (src/bin/kernels.rs) does not depend on the feature.
+cp "$mcu/target/thumbv7em-none-eabihf/release/kernels" "$out/kernels.elf"
+
+# --- kernel check: the M4F kernel path vs naive loops on odd shapes, and per-layer timing ------
+qemu() {
+  timeout "$QEMU_TIMEOUT" qemu-system-arm -machine mps2-an386 -cpu cortex-m4 -nographic \
+    -semihosting-config enable=on,target=native -icount shift=0 -kernel "$1" </dev/null \
+    | defmt-print -e "$1" > "$2"
+}
+ipt_of() {
+  local n1 t1 n2 t2
+  read -r n1 t1 n2 t2 <<< "$(grep ' calib ' "$1" | grep -oE '=[0-9]+' | tr -d = | tr '\n' ' ')"
+  awk -v a="$n1" -v b="$n2" -v s="$t1" -v t="$t2" 'BEGIN { printf "%.4f", (b - a) / (t - s) }'
+}
+fail=0
+klog="$out/kernels.log"
+say "kernel check: qemu-system-arm ... -kernel kernels.elf (src/bin/kernels.rs)"
+set +e
+qemu "$out/kernels.elf" "$klog"
+status=${PIPESTATUS[0]}
+set -e
+grep -v ' layer ' "$klog"
+if [ "$status" -ne 0 ]; then
+  echo "FAIL (kernels): kernel check exit status $status (124 = timeout)"; fail=1
+else
+  layers=$(awk -v ipt="$(ipt_of "$klog")" -f "$mcu/layers.awk" "$klog")
+fi
 
 # --- checks per variant ----------------------------------------------------------------------
 # Section sizes in bytes: flash = vector table + text + rodata + the load image of .data;
@@ -62,7 +92,6 @@ size_of() {
   echo $(( 16#${hex:-0} ))
 }
 
-fail=0
 summary=()
 for dtype in f32 f16; do
   elf="$out/tinykd-mcu-$dtype.elf"
@@ -77,9 +106,7 @@ for dtype in f32 f16; do
 
   say "run ($dtype): qemu-system-arm -machine mps2-an386 -cpu cortex-m4 -icount shift=0 -kernel $(basename "$elf")"
   set +e
-  timeout "$QEMU_TIMEOUT" qemu-system-arm -machine mps2-an386 -cpu cortex-m4 -nographic \
-    -semihosting-config enable=on,target=native -icount shift=0 -kernel "$elf" </dev/null \
-    | defmt-print -e "$elf" > "$log"
+  qemu "$elf" "$log"
   status=${PIPESTATUS[0]}
   set -e
   sed -E 's/logits=\[([^]]{0,60}).*/logits=[\1 ...]/' "$log"
@@ -94,9 +121,8 @@ for dtype in f32 f16; do
 
   # Figures.
   val() { grep -oE " $1=[0-9]+" "$log" | head -n "${2:-1}" | tail -n 1 | cut -d= -f2; }
-  calib=$(grep ' calib ' "$log")
-  read -r n1 t1 n2 t2 <<< "$(echo "$calib" | grep -oE '=[0-9]+' | tr -d = | tr '\n' ' ')"
-  ipt=$(awk -v a="$n1" -v b="$n2" -v s="$t1" -v t="$t2" 'BEGIN { printf "%.4f", (b - a) / (t - s) }')
+  read -r n1 t1 n2 t2 <<< "$(grep ' calib ' "$log" | grep -oE '=[0-9]+' | tr -d = | tr '\n' ' ')"
+  ipt=$(ipt_of "$log")
   ticks=$(grep ' image ' "$log" | grep -oE ' ticks=[0-9]+' | cut -d= -f2 | sort -n | tail -1)
   macs=$(val macs)
   insns=$(awk -v t="$ticks" -v r="$ipt" 'BEGIN { printf "%.0f", t * r }')
@@ -118,6 +144,11 @@ for line in "${summary[@]}"; do echo "$line"; done
 echo "(flash = vector table + .text + .rodata + .data; weights = the .tkd file inside .rodata; code = vector table + .text;"
 echo " ram = .data + .bss + .uninit (the arena is in .bss); setup_stk / infer_stk = stack high-water of WeightFile::parse +"
 echo " Engine::new / of the inference loop including its callers' frames; engine = size_of::<Engine>())"
+if [ -n "${layers:-}" ]; then
+  echo
+  echo "Per layer kind (src/bin/kernels.rs: each layer of the student through the public kernels, batch 1):"
+  echo "$layers"
+fi
 say "done"
 if [ "$fail" -ne 0 ]; then
   echo "mcu check FAILED"

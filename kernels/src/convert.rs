@@ -7,7 +7,9 @@
 //! NEON path issues the two instructions through stable inline `asm!` on `uint16x4_t`
 //! registers. Both SIMD paths round to nearest even with the default rounding mode (MXCSR /
 //! FPCR as Rust programs run) and quiet NaNs the way `half` does, so every path yields the
-//! same bits for non-NaN inputs and a NaN for a NaN.
+//! same bits for non-NaN inputs and a NaN for a NaN. On a Cortex-M4F (the `m4` module, see
+//! [`crate::gemm`] for the `cfg` that selects it) the scalar f16 → f32 direction uses the FPU's
+//! `vcvtb.f32.f16`.
 
 use crate::elem::f16;
 use crate::error::{check_len, Result};
@@ -35,7 +37,10 @@ pub fn f32_to_f16(isa: Isa, src: &[f32], dst: &mut [f16]) -> Result<()> {
 pub fn f16_to_f32(isa: Isa, src: &[f16], dst: &mut [f32]) -> Result<()> {
     check_len("dst", dst.len(), src.len())?;
     match isa.kind() {
+        #[cfg(not(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64"))))]
         IsaKind::Scalar => scalar_f16_to_f32(src, dst),
+        #[cfg(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64")))]
+        IsaKind::Scalar => m4::f16_to_f32(src, dst),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
         IsaKind::Avx2 => unsafe { x86::f16_to_f32(src, dst) },
@@ -195,6 +200,36 @@ pub(crate) mod arm {
         for (j, h) in src[body..].iter().enumerate() {
             // SAFETY: body + j < n, writable by the caller's guarantee.
             unsafe { dst.add(body + j).write(h.to_f32()) };
+        }
+    }
+}
+
+#[cfg(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64")))]
+pub(crate) mod m4 {
+    //! Cortex-M4F (FPv4-SP) widening with `vcvtb.f32.f16`, one instruction per value instead of
+    //! `half`'s bit manipulation; exact, and the same bits as `half` for every non-NaN input
+    //! (a NaN stays a NaN, quieted, with its payload: FPSCR.DN is 0 out of reset).
+    use super::f16;
+    use core::arch::asm;
+
+    /// `f32(h)` for the binary16 bit pattern `h`.
+    #[inline(always)]
+    pub(crate) fn widen1(h: u16) -> f32 {
+        let v: u32;
+        // SAFETY: converts through the scratch register s0 (declared clobbered); touches no
+        // memory. (Stable Rust cannot allocate `sreg` operands on this single-precision FPU,
+        // whose `vfp2` feature is not enabled, so the value goes through core registers.)
+        unsafe {
+            asm!("vmov s0, {h}", "vcvtb.f32.f16 s0, s0", "vmov {v}, s0", h = in(reg) h as u32, v = out(reg) v,
+                 out("s0") _, options(pure, nomem, nostack, preserves_flags));
+        }
+        f32::from_bits(v)
+    }
+
+    /// `dst[i] = f32(src[i])` over `min(src.len(), dst.len())` elements.
+    pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = widen1(s.to_bits());
         }
     }
 }

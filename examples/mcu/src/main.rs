@@ -11,12 +11,12 @@
 #![no_std]
 #![no_main]
 
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+mod ticks;
 
-use cortex_m::peripheral::syst::SystClkSource;
-use cortex_m::peripheral::{SCB, SYST};
-use cortex_m_rt::{entry, exception};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use cortex_m_rt::entry;
 use defmt_semihosting as _;
 use semihosting as _;
 use tinykd::engine::{Engine, EnginePlan, StaticEngine};
@@ -24,6 +24,7 @@ use tinykd::kernels::Isa;
 use tinykd::models;
 use tinykd::plan::{self, Plan};
 use tinykd::weights::{Aligned, WeightFile};
+use ticks::Ticks;
 
 /// `CFG` (the student's `ModelConfig`) and `N_IMAGES`, written by `mcu_assets`.
 mod assets {
@@ -105,59 +106,6 @@ impl Arena {
 
 static ARENA: Arena = Arena { bytes: UnsafeCell::new([0; PLAN.peak]), taken: AtomicBool::new(false) };
 
-/// SysTick reload value: the counter's full 24 bits.
-const SYST_RELOAD: u32 = 0x00FF_FFFF;
-/// SysTick wrap-arounds since [`Ticks::start`].
-static WRAPS: AtomicU32 = AtomicU32::new(0);
-
-#[exception]
-fn SysTick() {
-    WRAPS.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A free-running 64-bit tick count from SysTick (processor clock) plus its wrap interrupt.
-struct Ticks(SYST);
-
-impl Ticks {
-    /// Starts SysTick counting down from [`SYST_RELOAD`] with its interrupt enabled.
-    fn start(mut syst: SYST) -> Ticks {
-        syst.set_clock_source(SystClkSource::Core);
-        syst.set_reload(SYST_RELOAD);
-        syst.clear_current();
-        syst.enable_interrupt();
-        syst.enable_counter();
-        // The first reload from the cleared value is not a wrap: wait for it, then count.
-        while SYST::get_current() == 0 {}
-        WRAPS.store(0, Ordering::Relaxed);
-        Ticks(syst)
-    }
-
-    /// Ticks since [`Ticks::start`].
-    fn now(&self) -> u64 {
-        loop {
-            let w1 = WRAPS.load(Ordering::Relaxed);
-            let cvr = SYST::get_current();
-            // A wrap whose interrupt is still pending has reloaded the counter but not yet
-            // counted: the value read is then near the top.
-            let pending = SCB::is_pendst_pending() && cvr > SYST_RELOAD / 2;
-            if WRAPS.load(Ordering::Relaxed) == w1 {
-                let wraps = w1 as u64 + pending as u64;
-                return wraps * (SYST_RELOAD as u64 + 1) + (SYST_RELOAD - cvr) as u64;
-            }
-        }
-    }
-}
-
-/// Runs a loop of exactly `2·n` instructions (`subs`, `bne`) and returns the ticks it took.
-fn loop_ticks(t: &Ticks, n: u32) -> u64 {
-    let t0 = t.now();
-    // SAFETY: the asm only decrements a scratch register to zero; it touches no memory or stack.
-    unsafe {
-        core::arch::asm!("2:", "subs {0}, {0}, #1", "bne 2b", inout(reg) n => _, options(nomem, nostack));
-    }
-    t.now() - t0
-}
-
 /// The bytes of a little-endian f32 blob as `&[f32]` (16-aligned by [`Aligned`]).
 fn as_f32s(bytes: &'static [u8]) -> &'static [f32] {
     // SAFETY: every bit pattern is a valid f32; `align_to` only reinterprets the aligned middle.
@@ -234,10 +182,7 @@ fn run() -> i32 {
     let cp = cortex_m::Peripherals::take().expect("core peripherals taken once");
     let ticks = Ticks::start(cp.SYST);
 
-    // Calibration: two loop lengths, so the fixed cost of reading the counter cancels.
-    let (n1, n2) = (100_000u32, 1_100_000u32);
-    let (t1, t2) = (loop_ticks(&ticks, n1), loop_ticks(&ticks, n2));
-    defmt::info!("calib loop_insns={=u32} ticks={=u64} loop_insns={=u32} ticks={=u64}", 2 * n1, t1, 2 * n2, t2);
+    ticks::calibrate(&ticks);
 
     defmt::info!(
         "model mobilenet_v1 scale_permille={=u16} dtype={=str} macs={=usize} weights_bytes={=usize}",

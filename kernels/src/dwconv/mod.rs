@@ -4,7 +4,8 @@
 //!
 //! The per-ISA loops live in submodules: `scalar` (the specification, and the backward
 //! passes on every ISA), `avx2` and `neon` (channel-vectorised forward, 8 channels per block,
-//! f16 weights widened once per block). Each public function checks its arguments and
+//! f16 weights widened once per block), and `m4` (the scalar forward on a Cortex-M4F: 8 channel
+//! accumulators in registers per output pixel, bit-identical to `scalar`). Each public function checks its arguments and
 //! dispatches once on [`Isa::kind`].
 
 mod scalar;
@@ -14,6 +15,10 @@ mod avx2;
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
+
+/// Cortex-M4F (the `cfg` of [`crate::gemm`]'s M4F path).
+#[cfg(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64")))]
+mod m4;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use scalar::taps;
@@ -58,7 +63,11 @@ pub fn dwconv3x3_fwd<W: Elem>(
     }
     check_len("y", y.len(), s.y_len())?;
     match isa.kind() {
+        #[cfg(not(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64"))))]
         IsaKind::Scalar => scalar::fwd(s, x, w, bias, act, y, 0),
+        #[cfg(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64")))]
+        // SAFETY: shape validated and lengths checked above.
+        IsaKind::Scalar => unsafe { m4::fwd(s, x, w, bias, act, y) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
         // AVX2+FMA+F16C (isa.rs).

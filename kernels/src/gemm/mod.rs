@@ -6,7 +6,9 @@
 //!
 //! Paths (chosen by the one `match` in [`gemm`]):
 //! - scalar (`scalar.rs`): the specification — each output one f32 dot product in k order,
-//!   register-blocked 4×4, no packing, no stack buffers (what a Cortex-M4F runs);
+//!   register-blocked 4×4, no packing, no stack buffers;
+//! - Cortex-M4F (`m4.rs`, the scalar `Isa` on that target): the same arithmetic in inline
+//!   assembly (`vmla.f32`, 4×4 and 1×8 register tiles, f16 widened by `vcvtb`/`vcvtt`), bit-identical;
 //! - AVX2+FMA+F16C (`avx2.rs`): 6×16 micro-kernel, KC ≤ 256, MC·KC = 144·256, 160 KiB of packing
 //!   buffers on the stack;
 //! - NEON (`neon.rs`): 8×8 micro-kernel, KC ≤ 256, MC·KC = 128·256, 136 KiB of packing buffers;
@@ -21,6 +23,13 @@
 //! against the scalar path with twice it.
 
 mod scalar;
+
+/// Cortex-M4F (`thumbv7em-none-eabihf`; also `thumbv8m.main-none-eabihf`): a little-endian
+/// M-profile hard-float target, i.e. an FPU with 32 single-precision registers and f16
+/// conversions. Stable Rust exposes no ARM `target_feature` cfg, and the M-profile targets are
+/// the ARM ones without 64-bit atomics.
+#[cfg(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64")))]
+mod m4;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod blocked;
@@ -135,7 +144,11 @@ pub fn gemm<A: Elem, B: Elem>(
         return Ok(());
     }
     match isa.kind() {
+        #[cfg(not(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64"))))]
         IsaKind::Scalar => scalar::gemm(s, alpha, a, b, beta, c),
+        #[cfg(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64")))]
+        // SAFETY: lengths checked above, m, n ≥ 1.
+        IsaKind::Scalar => unsafe { m4::gemm(s, alpha, a, b, beta, c) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: lengths checked above, m, n ≥ 1; an `Isa` of kind Avx2 exists only when the
         // CPU has AVX2+FMA+F16C (isa.rs).
