@@ -1,5 +1,6 @@
 //! Crash-safe file replacement: readers of `path` see either the old file or the complete new
-//! one, never a partial write.
+//! one, never a partial write. A writer killed mid-write leaves its temp file behind; the next
+//! write of the same file removes it (see [`write_atomic`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -17,6 +18,12 @@ static NEXT_TEMP: AtomicU32 = AtomicU32::new(0);
 /// If creating, writing, syncing or renaming fails, the temp file is removed and an existing
 /// file at `path` is untouched. If only the final directory sync fails, `path` already holds
 /// the new contents and that error is returned.
+///
+/// Before writing, temp files of earlier writers of the same `path` that were killed before
+/// their rename are removed (best effort): exactly the names `.<file name>.<pid>.<n>.tmp` with
+/// decimal `pid` and `n`, where `pid` is not this process and no process `pid` runs. Whether a
+/// process runs is read from `/proc` on Linux (processes of the same PID namespace); elsewhere,
+/// or without `/proc`, nothing is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let file_name = path.file_name().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, format!("`{}` does not name a file", path.display()))
@@ -25,6 +32,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    remove_stale_temps(dir, &file_name.to_string_lossy());
     let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
     let temp: PathBuf = dir.join(format!(".{}.{}.{}.tmp", file_name.to_string_lossy(), std::process::id(), n));
 
@@ -35,6 +43,47 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         return Err(e);
     }
     sync_dir(dir)
+}
+
+/// Removes the temp files of dead writers of `<dir>/<file_name>` (see [`write_atomic`]);
+/// errors are ignored: a leftover temp file only costs disk space.
+fn remove_stale_temps(dir: &Path, file_name: &str) {
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| temp_pid(n, file_name)) else { continue };
+        if pid != me && process_running(pid) == Some(false) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The pid of `name` if it is a temp file name of `file_name`: `.<file_name>.<pid>.<n>.tmp`.
+fn temp_pid(name: &str, file_name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.strip_prefix(file_name)?.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (pid, n) = rest.split_once('.')?;
+    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !(decimal(pid) && decimal(n)) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` runs; `None` when that cannot be told.
+#[cfg(target_os = "linux")]
+fn process_running(pid: u32) -> Option<bool> {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return None;
+    }
+    Some(proc.join(pid.to_string()).exists())
+}
+
+/// Whether process `pid` runs: not known on this platform.
+#[cfg(not(target_os = "linux"))]
+fn process_running(_pid: u32) -> Option<bool> {
+    None
 }
 
 /// Writes and syncs `file` (which lives at `temp`), closes it, renames `temp` to `path`.

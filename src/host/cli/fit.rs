@@ -1,12 +1,19 @@
 //! The training run behind `tinykd train`, `distill` and `pipeline`: options, learning-rate
 //! schedule, the epoch loop with per-epoch checkpoints (exact resume), metrics and progress.
 //!
-//! One step is the library trainer's ([`crate::train::trainer`]): student forward (train mode),
-//! teacher forward (eval mode, on the student's input buffer) when a loss reads the teacher,
-//! [`Losses::compute`], a finiteness check, student backward, then Momentum SGD
-//! `v = μ·v + g + wd·p; p −= lr·v` on every trainable parameter. The loop is written here over
-//! the same pieces because a checkpoint must save and restore the momentum buffers, which
-//! [`crate::train::Trainer`] keeps private.
+//! Steps are the library [`Trainer`]'s ([`Trainer::step`]): student forward (train mode),
+//! teacher forward (eval mode) when a loss reads the teacher, [`Losses::compute`], a loss
+//! finiteness check, student backward, then Momentum SGD `v = μ·v + g + wd·p; p −= lr·v`. This
+//! module feeds it the batches (shuffle and augmentation below), saves and restores its
+//! parameters, momentum buffers and step count, and checks after every step that the
+//! gradients, parameters, statistics and momentum buffers are finite.
+//!
+//! # Divergence
+//!
+//! A NaN or infinity in the loss, a gradient or a weight stops the run in the step it appears,
+//! with a message naming the tensor, the step and the option that sets the learning rate.
+//! Checkpoints are written only at the end of an epoch whose every step passed the check, so
+//! none holds a non-finite value and the last one stays intact.
 //!
 //! # Determinism and resume
 //!
@@ -24,20 +31,20 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use tinykd_kernels::optim::{self, Momentum};
-use tinykd_kernels::{DType, Isa};
+use tinykd_kernels::DType;
 
 use super::eval::{check_fits_cifar, evaluate, fold_f32, Accuracy, Hits};
-use super::weights_io::{named_tensors, store_from_checkpoint};
+use super::model_args::describe;
+use super::weights_io::{all_finite, named_tensors, non_finite, store_from_checkpoint};
 use super::{default_threads, UsageError};
-use crate::dist::{Loss, Losses, Merged};
+use crate::dist::{Loss, LossValues, Losses, Merged};
 use crate::graph::VarKind;
 use crate::host::checkpoint::{Checkpoint, CkptError, NamedTensor, TrainState};
 use crate::host::data::{load_cifar_dir, Augment, Dataset, Rng};
 use crate::host::metrics::{EpochMetrics, MetricsLog};
 use crate::host::progress::Progress;
 use crate::params::ParamStore;
-use crate::train::{Executor, Schedule};
+use crate::train::{Schedule, TrainConfig, TrainError, Trainer};
 use crate::weights::{self, FileKind, WeightFile};
 
 /// Images per engine run when evaluating the test split after an epoch.
@@ -230,19 +237,59 @@ impl TrainOpts {
         Schedule::warmup(warm, inner).map_err(|e| UsageError(e.to_string()))
     }
 
-    /// The options that define the run's trajectory, compared on resume. Threads are left out
-    /// (they change rounding, not the math), and so is `--epochs` unless the schedule is cosine
+    /// The options that define the run's result, compared on resume (keys are option names
+    /// without `--`, see [`option_name`]). Threads are included: they change the rounding of
+    /// the executor's reductions, so a resume at another count would not repeat the
+    /// uninterrupted run bit for bit. `--epochs` is included only for the cosine schedule
     /// (whose horizon it sets): a constant or piecewise run may be extended.
     fn fingerprint(&self, losses: &[String]) -> serde_json::Value {
         let mut v = serde_json::json!({
             "batch": self.batch, "lr": self.lr, "momentum": self.momentum, "wd": self.wd,
             "schedule": self.schedule.to_string(), "warmup_epochs": self.warmup_epochs,
             "augment": self.augmenting(), "seed": self.seed, "losses": losses,
+            "threads": self.thread_count(),
         });
         if self.schedule == ScheduleSpec::Cosine {
             v["epochs"] = self.epochs.into();
         }
         v
+    }
+
+    /// How to lower the learning rate: the option that sets it under this schedule.
+    fn lr_advice(&self) -> String {
+        match &self.schedule {
+            ScheduleSpec::Constant | ScheduleSpec::Cosine => {
+                format!("try a lower learning rate than --lr {}", short(self.lr))
+            }
+            ScheduleSpec::Piecewise { epochs, values } => {
+                let e: Vec<String> = epochs.iter().map(u64::to_string).collect();
+                let v: Vec<String> = values.iter().map(|&v| short(v)).collect();
+                format!(
+                    "try a lower learning rate in --schedule piecewise:{}:{} (its rates set it; --lr is not used)",
+                    e.join(","),
+                    v.join(",")
+                )
+            }
+        }
+    }
+}
+
+/// `v` for a message: plain for ordinary magnitudes, in exponent notation (`1e30`) otherwise.
+fn short<T: Copy + Into<f64> + std::fmt::Display + std::fmt::LowerExp>(v: T) -> String {
+    let a = v.into().abs();
+    if a != 0.0 && a.is_finite() && !(1e-4..1e6).contains(&a) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The command-line spelling of a [`TrainOpts::fingerprint`] key.
+fn option_name(key: &str) -> String {
+    match key {
+        "augment" => "--augment/--no-augment".to_string(),
+        "losses" => "--loss".to_string(),
+        k => format!("--{}", k.replace('_', "-")),
     }
 }
 
@@ -276,11 +323,9 @@ fn column_name(label: &str) -> String {
 /// Runs `job` to completion (see the [module docs](self)); returns the final parameters.
 pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
     let o = job.opts;
-    let merged = &job.merged;
-    let cfg = merged.student().config;
+    let cfg = job.merged.student().config;
     check_fits_cifar(&cfg, "the student model")?;
-    let losses = Losses::new(merged, &job.losses).map_err(|e| UsageError(e.to_string()))?;
-    let labels = losses.labels();
+    let labels = Losses::new(&job.merged, &job.losses).map_err(|e| UsageError(e.to_string()))?.labels();
     let (train, test) = load_cifar_dir(&o.data)?;
     let bs = o.batch as usize;
     if train.len() < bs {
@@ -291,29 +336,32 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
         .into());
     }
     let spe = train.len() / bs;
-    let schedule = o.lr_schedule(spe)?;
     let threads = o.thread_count();
     let fingerprint = o.fingerprint(&labels);
     let ckpt_path = o.ckpt_path();
+    let mut params = ParamStore::init(&cfg, o.seed).map_err(|e| UsageError(e.to_string()))?;
+    zero_init_residuals(&mut params);
+    let tc = TrainConfig {
+        batch_size: bs,
+        threads,
+        seed: o.seed,
+        momentum: o.momentum as f32,
+        weight_decay: o.wd as f32,
+        schedule: o.lr_schedule(spe)?,
+    };
+    let mut trainer = Trainer::new(job.merged, params, &job.losses, tc).map_err(|e| UsageError(e.to_string()))?;
     if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
 
-    let isa = Isa::detect();
-    let mut params = ParamStore::init(&cfg, o.seed).map_err(|e| UsageError(e.to_string()))?;
-    zero_init_residuals(&mut params);
-    let mut velocity: Vec<Vec<f32>> = params
-        .params()
-        .iter()
-        .map(|p| if p.kind == VarKind::Parameter { vec![0.0; p.data.len()] } else { Vec::new() })
-        .collect();
-    let (mut epoch, mut step, mut best) = (0u64, 0usize, None::<f64>);
+    let (mut epoch, mut best) = (0u64, None::<f64>);
     if o.resume {
         match Checkpoint::load(&ckpt_path) {
             Ok(ck) => {
-                restore(&ck, &ckpt_path, &cfg, &fingerprint, &mut params, &mut velocity)?;
-                (epoch, step, best) = (ck.state.epoch, ck.state.step as usize, ck.state.best_metric);
-                eprintln!("resuming from {} after epoch {epoch} (step {step})", ckpt_path.display());
+                check_resumable(&ck, &ckpt_path, &cfg, &fingerprint, o, spe)?;
+                restore(&ck, &ckpt_path, &mut trainer)?;
+                (epoch, best) = (ck.state.epoch, ck.state.best_metric);
+                eprintln!("resuming from {} after epoch {epoch} (step {})", ckpt_path.display(), ck.state.step);
             }
             Err(CkptError::Missing { .. }) => eprintln!("no checkpoint {}: starting from scratch", ckpt_path.display()),
             Err(e) => return Err(e.into()),
@@ -322,25 +370,25 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
     let parts: Vec<String> = labels.iter().map(|l| column_name(l)).collect();
     let part_refs: Vec<&str> = parts.iter().map(String::as_str).collect();
     let mut metrics = if epoch > 0 {
-        MetricsLog::resume(o.metrics_path(), &part_refs, epoch)?
+        let log = MetricsLog::resume(o.metrics_path(), &part_refs, epoch)?;
+        let have: Vec<u64> = log.rows().iter().map(|r| r.epoch).collect();
+        if have != (1..=epoch).collect::<Vec<_>>() {
+            eprintln!(
+                "note: {} has rows for epochs {have:?}, not 1 to {epoch} (rows lost before this version wrote \
+                 them ahead of the checkpoint cannot be recomputed)",
+                o.metrics_path().display()
+            );
+        }
+        log
     } else {
         MetricsLog::new(o.metrics_path(), &part_refs)
     };
 
-    let mut student = Executor::with_isa(merged.student(), bs, threads, isa);
-    let mut teacher = match merged.teacher() {
-        Some(t) if losses.needs_teacher() => Some(Executor::with_isa(&t.program, bs, threads, isa)),
-        _ => None,
-    };
-    let slots: Vec<String> = student.param_grads().map(|(n, _)| n.to_string()).collect();
-    let grad_of: Vec<Option<usize>> = params.params().iter().map(|p| slots.iter().position(|n| *n == p.name)).collect();
     let aug = Augment::default();
-    let h_base = Momentum { lr: 0.0, mu: o.momentum as f32, wd: o.wd as f32 };
     let mut progress = Progress::new(o.epochs);
     let started = Instant::now();
     let mut last_test = None;
-    let (mut images, mut order) = (Vec::new(), Vec::new());
-
+    let (mut images, mut order, mut y) = (Vec::new(), Vec::new(), Vec::with_capacity(bs));
     while epoch < o.epochs {
         let e_start = Instant::now();
         order.clear();
@@ -356,77 +404,39 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
             } else {
                 train.batch_nhwc(idx, &mut images);
             }
-            let y: Vec<u32> = idx.iter().map(|&i| train.label(i) as u32).collect();
-            student.forward_train(&mut params, &images)?;
-            if let (Some(tex), Some(t)) = (teacher.as_mut(), merged.teacher()) {
-                tex.forward_eval(&t.params, student.input())?;
-            }
-            let (values, seeds) = losses.compute(isa, &student, teacher.as_ref(), &y)?;
-            if !values.total.is_finite() || values.parts.iter().any(|p| !p.2.is_finite()) {
-                let parts: Vec<String> = values.parts.iter().map(|(l, _, v)| format!("{l} = {v}")).collect();
-                let kept = if epoch > 0 {
-                    format!("the checkpoint {} of epoch {epoch} is intact", ckpt_path.display())
-                } else {
-                    "no checkpoint was written".to_string()
-                };
-                bail!(
-                    "the loss is not finite at step {step} (epoch {}, lr {}): {}; training stopped; {kept}; \
-                     try a lower learning rate than --lr {}",
-                    epoch + 1,
-                    schedule.lr(step),
-                    parts.join(", "),
-                    o.lr
-                );
-            }
-            hits.add(student.logits(), &y)?;
-            let seeds: Vec<_> = seeds.iter().map(|(id, g)| (*id, g.as_slice())).collect();
-            student.backward(&params, &seeds)?;
-            lr = schedule.lr(step);
-            let h = Momentum { lr, ..h_base };
-            let grads: Vec<&[f32]> = student.param_grads().map(|(_, g)| g).collect();
-            for ((p, v), slot) in params.params_mut().iter_mut().zip(&mut velocity).zip(&grad_of) {
-                if let (VarKind::Parameter, Some(s)) = (p.kind, slot) {
-                    optim::sgd_momentum(isa, h, &mut p.data, grads[*s], v)?;
+            y.clear();
+            y.extend(idx.iter().map(|&i| train.label(i) as u32));
+            let report = match trainer.step(&images, &y) {
+                Ok(r) => r,
+                Err(TrainError::NonFinite { step, values }) => {
+                    let d = Divergence { what: "the loss".into(), detail: None, step, epoch, values };
+                    return Err(d.error(o, &trainer, &ckpt_path));
                 }
+                Err(e) => return Err(anyhow::anyhow!("{e}")),
+            };
+            if let Some((what, detail)) = first_non_finite(&trainer) {
+                let (step, values) = (report.step, report.losses);
+                let d = Divergence { what, detail: Some(detail), step, epoch, values };
+                return Err(d.error(o, &trainer, &ckpt_path));
             }
-            step += 1;
+            hits.add(trainer.student().logits(), &y)?;
+            lr = report.lr;
             seen += idx.len();
-            total += values.total as f64;
-            for (s, p) in sums.iter_mut().zip(&values.parts) {
+            total += report.losses.total as f64;
+            for (s, p) in sums.iter_mut().zip(&report.losses.parts) {
                 *s += p.2 as f64;
             }
             progress.update(k as u64 + 1, total / (k + 1) as f64, seen as f64 / e_start.elapsed().as_secs_f64());
         }
         epoch += 1;
+        let step = trainer.step_count();
         let train_secs = e_start.elapsed().as_secs_f64();
         let due = epoch == o.epochs || (o.eval_every > 0 && epoch % o.eval_every == 0);
-        let test_acc = if due { Some(eval_params(&params, &test, threads)?) } else { None };
+        let test_acc = if due { Some(eval_params(trainer.params(), &test, threads)?) } else { None };
         if let Some(a) = test_acc {
             best = Some(best.map_or(a.top1, |b: f64| b.max(a.top1)));
             last_test = Some(a);
         }
-        let ck = Checkpoint {
-            config: cfg,
-            params: named_tensors(&params, VarKind::Parameter),
-            statistics: named_tensors(&params, VarKind::Statistic),
-            momentum: params
-                .params()
-                .iter()
-                .zip(&velocity)
-                .filter(|(p, _)| p.kind == VarKind::Parameter)
-                .map(|(p, v)| NamedTensor::new(p.name.clone(), p.dims.clone(), v.clone()))
-                .collect(),
-            state: TrainState {
-                epoch,
-                step: step as u64,
-                rng_state: Rng::stream(o.seed, 2 * epoch).state(),
-                lr_step: step as u64,
-                lr: schedule.lr(step) as f64,
-                best_metric: best,
-            },
-            meta: serde_json::json!({ "command": job.command, "run": fingerprint }).to_string(),
-        };
-        ck.save(&ckpt_path)?;
         let steps = spe as f64;
         let row = EpochMetrics {
             epoch,
@@ -449,9 +459,35 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
             summary.push_str(&format!(" test top-1 {:.2}% top-5 {:.2}%", a.top1 * 100.0, a.top5 * 100.0));
         }
         summary.push_str(&format!(" {:.0} img/s", row.images_per_sec));
+        // The metrics row goes first: a kill between the two writes leaves a row the resumed
+        // run drops and writes again, never a checkpoint whose row is missing.
         metrics.push(row).with_context(|| format!("cannot write {}", o.metrics_path().display()))?;
+        let ck = Checkpoint {
+            config: cfg,
+            params: named_tensors(trainer.params(), VarKind::Parameter),
+            statistics: named_tensors(trainer.params(), VarKind::Statistic),
+            momentum: trainer
+                .params()
+                .params()
+                .iter()
+                .zip(trainer.momentum_buffers())
+                .filter(|(p, _)| p.kind == VarKind::Parameter)
+                .map(|(p, v)| NamedTensor::new(p.name.clone(), p.dims.clone(), v.clone()))
+                .collect(),
+            state: TrainState {
+                epoch,
+                step: step as u64,
+                rng_state: Rng::stream(o.seed, 2 * epoch).state(),
+                lr_step: step as u64,
+                lr: trainer.config().schedule.lr(step) as f64,
+                best_metric: best,
+            },
+            meta: serde_json::json!({ "command": job.command, "run": fingerprint }).to_string(),
+        };
+        ck.save(&ckpt_path)?;
         progress.finish_epoch(&summary);
     }
+    let params = trainer.into_params();
     let test = match last_test {
         Some(a) => a,
         None => eval_params(&params, &test, threads)?,
@@ -459,6 +495,60 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
     weights::write_file(&o.out, &cfg, FileKind::Params, DType::F32, &params.to_tensors())
         .with_context(|| format!("cannot write {}", o.out.display()))?;
     Ok(Outcome { params, test, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The first tensor of the last step that holds a NaN or an infinity, in the order the step
+/// produced them: parameter gradients (backward), then parameters and batch-norm statistics,
+/// then momentum buffers (update). Returns what it is and what is wrong with it.
+fn first_non_finite(trainer: &Trainer) -> Option<(String, String)> {
+    if let Some((name, g)) = trainer.student().param_grads().find(|(_, g)| !all_finite(g)) {
+        return Some((format!("the gradient of {name}"), non_finite(g)?));
+    }
+    let store = trainer.params().params();
+    if let Some(p) = store.iter().find(|p| !all_finite(&p.data)) {
+        let kind = if p.kind == VarKind::Parameter { "weight" } else { "batch-norm statistic" };
+        return Some((format!("the {kind} {} after the update", p.name), non_finite(&p.data)?));
+    }
+    let (p, v) = store.iter().zip(trainer.momentum_buffers()).find(|(_, v)| !all_finite(v))?;
+    Some((format!("the momentum of {} after the update", p.name), non_finite(v)?))
+}
+
+/// A step that produced a NaN or an infinity.
+struct Divergence {
+    /// What held it: `the loss`, `the gradient of conv1_weights`, ...
+    what: String,
+    /// Which values, for a tensor.
+    detail: Option<String>,
+    /// The global step (0-based).
+    step: usize,
+    /// Epochs completed before it.
+    epoch: u64,
+    /// The losses of that step.
+    values: LossValues,
+}
+
+impl Divergence {
+    /// The error that stops the run: what, where, the losses, the checkpoint kept, advice.
+    fn error(&self, o: &TrainOpts, trainer: &Trainer, ckpt_path: &Path) -> anyhow::Error {
+        let parts: Vec<String> = self.values.parts.iter().map(|(l, _, v)| format!("{l} = {}", short(*v))).collect();
+        let losses = match &self.detail {
+            None => parts.join(", "),
+            Some(d) => format!("it {d}; the loss was {}", parts.join(", ")),
+        };
+        let kept = if self.epoch > 0 {
+            format!("the checkpoint {} of epoch {} is intact", ckpt_path.display(), self.epoch)
+        } else {
+            "no checkpoint was written".to_string()
+        };
+        anyhow::anyhow!(
+            "{} is not finite at step {} (epoch {}, lr {}): {losses}; training stopped; {kept}; {}",
+            self.what,
+            self.step,
+            self.epoch + 1,
+            short(trainer.config().schedule.lr(self.step)),
+            o.lr_advice()
+        )
+    }
 }
 
 /// Sets the scale γ of the last batch norm of every residual branch (`bn*_branch2c_scale`,
@@ -478,41 +568,66 @@ fn eval_params(params: &ParamStore, test: &Dataset, threads: usize) -> anyhow::R
     evaluate(&file, test, EVAL_BATCH, threads)
 }
 
-/// Restores parameters, statistics and momentum from `ck`, after checking it belongs to this
-/// run (same model and trajectory-defining options).
-fn restore(
+/// Refuses (with a [`UsageError`] naming the option and both values) a checkpoint of another
+/// model, of other result-defining options ([`TrainOpts::fingerprint`]; an option the
+/// checkpoint did not record, as older versions did not record threads, is not compared), past
+/// `--epochs`, or of a dataset with another number of steps per epoch.
+fn check_resumable(
     ck: &Checkpoint,
     path: &Path,
     cfg: &crate::config::ModelConfig,
     fingerprint: &serde_json::Value,
-    params: &mut ParamStore,
-    velocity: &mut [Vec<f32>],
+    o: &TrainOpts,
+    steps_per_epoch: usize,
 ) -> anyhow::Result<()> {
+    let refuse = |msg: String| -> anyhow::Result<()> {
+        Err(UsageError(format!("checkpoint {} {msg}; use the same options or drop --resume", path.display())).into())
+    };
     if ck.config != *cfg {
-        return Err(UsageError(format!(
-            "checkpoint {} is for {:?}, this run trains {:?}; remove it or drop --resume",
-            path.display(),
-            ck.config,
-            cfg
-        ))
-        .into());
+        return refuse(format!(
+            "is for {}, this run trains {} (--model/--scale/--stem/--classes/--input)",
+            describe(&ck.config),
+            describe(cfg)
+        ));
     }
     let meta: serde_json::Value = serde_json::from_str(&ck.meta).unwrap_or_default();
     if let (Some(old), Some(new)) = (meta["run"].as_object(), fingerprint.as_object()) {
         for (k, v) in new {
-            if old.get(k) != Some(v) {
-                return Err(UsageError(format!(
-                    "checkpoint {} was written with {k} = {}, this run has {k} = {v}; use the same options or drop --resume",
-                    path.display(),
-                    old.get(k).map_or("nothing".to_string(), |o| o.to_string())
-                ))
-                .into());
+            match old.get(k) {
+                Some(was) if was != v => {
+                    let why = if k == "epochs" { " (the cosine schedule's horizon)" } else { "" };
+                    return refuse(format!(
+                        "was written with {opt} {was}, this run has {opt} {v}{why}",
+                        opt = option_name(k)
+                    ));
+                }
+                _ => {}
             }
         }
     }
-    *params = store_from_checkpoint(ck, path)?;
-    for (p, v) in params.params().iter().zip(velocity.iter_mut()) {
+    if ck.state.epoch > o.epochs {
+        return refuse(format!("has trained {} epochs, more than --epochs {}", ck.state.epoch, o.epochs));
+    }
+    if ck.state.step != ck.state.epoch * steps_per_epoch as u64 {
+        return refuse(format!(
+            "took {} steps in {} epochs, but --data {} gives {steps_per_epoch} steps per epoch at --batch {}",
+            ck.state.step,
+            ck.state.epoch,
+            o.data.display(),
+            o.batch
+        ));
+    }
+    Ok(())
+}
+
+/// Restores parameters, statistics, momentum and the step count from `ck` (every value must
+/// be finite).
+fn restore(ck: &Checkpoint, path: &Path, trainer: &mut Trainer) -> anyhow::Result<()> {
+    let store = store_from_checkpoint(ck, path)?;
+    let mut buffers = Vec::with_capacity(store.params().len());
+    for p in store.params() {
         if p.kind != VarKind::Parameter {
+            buffers.push(Vec::new());
             continue;
         }
         let m = ck
@@ -520,10 +635,22 @@ fn restore(
             .iter()
             .find(|t| t.name == p.name)
             .with_context(|| format!("checkpoint {} has no momentum for {}", path.display(), p.name))?;
-        if m.data.len() != v.len() {
-            bail!("checkpoint {}: momentum of {} has {} values, not {}", path.display(), p.name, m.data.len(), v.len());
+        if m.data.len() != p.data.len() {
+            bail!(
+                "checkpoint {}: momentum of {} has {} values, not {}",
+                path.display(),
+                p.name,
+                m.data.len(),
+                p.data.len()
+            );
         }
-        v.copy_from_slice(&m.data);
+        if let Some(bad) = non_finite(&m.data) {
+            bail!("checkpoint {}: the momentum of {} {bad}; it cannot be used", path.display(), p.name);
+        }
+        buffers.push(m.data.clone());
     }
+    *trainer.params_mut() = store;
+    trainer.set_momentum_buffers(buffers).with_context(|| format!("checkpoint {}", path.display()))?;
+    trainer.set_step_count(ck.state.step as usize);
     Ok(())
 }

@@ -1,5 +1,8 @@
 //! Reading the weights the commands accept: a Params weight file, an Inference weight file
-//! (f32 or f16) or a training checkpoint, told apart by their magic bytes.
+//! (f32 or f16) or a training checkpoint, told apart by their magic bytes. Raw parameters (from
+//! a Params file or a checkpoint) must be finite: a NaN or infinity is refused naming the file
+//! and the tensor, because training from it (a teacher, a resumed run) cannot succeed and the
+//! damage would surface far from its cause.
 
 use std::path::Path;
 
@@ -32,7 +35,7 @@ impl Loaded {
 
 /// Reads `path`: a checkpoint (by [`checkpoint::MAGIC`]) or a weight file (by
 /// [`weights::MAGIC`]); Params files and checkpoints become a [`ParamStore`] (every parameter
-/// and statistic of the model must be present with the model's dims).
+/// and statistic of the model must be present with the model's dims, and finite).
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
     if bytes.starts_with(&checkpoint::MAGIC) {
@@ -66,6 +69,9 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
                 for (i, v) in p.data.iter_mut().enumerate() {
                     *v = t.data.get(i).expect("dims checked");
                 }
+                if let Some(bad) = non_finite(&p.data) {
+                    bail!("weight file {}: tensor {} {bad}; it cannot be used", path.display(), p.name);
+                }
             }
             Ok(Loaded::Params(store))
         }
@@ -85,7 +91,8 @@ pub fn load_params(path: &Path) -> anyhow::Result<ParamStore> {
     }
 }
 
-/// The parameters and statistics of a checkpoint as a [`ParamStore`] of its configuration.
+/// The parameters and statistics of a checkpoint as a [`ParamStore`] of its configuration
+/// (every value must be finite).
 pub fn store_from_checkpoint(ckpt: &Checkpoint, path: &Path) -> anyhow::Result<ParamStore> {
     let mut store = ParamStore::init(&ckpt.config, 0).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     for p in store.params_mut() {
@@ -103,9 +110,41 @@ pub fn store_from_checkpoint(ckpt: &Checkpoint, path: &Path) -> anyhow::Result<P
                 p.dims
             );
         }
+        if let Some(bad) = non_finite(&t.data) {
+            bail!("checkpoint {}: tensor {} {bad}; it cannot be used", path.display(), p.name);
+        }
         p.data.copy_from_slice(&t.data);
     }
     Ok(store)
+}
+
+/// Whether every value is finite: one pass without early exit, which the compiler vectorises
+/// (cheap enough to run over every parameter after every training step).
+pub fn all_finite(data: &[f32]) -> bool {
+    data.iter().fold(true, |ok, v| ok & v.is_finite())
+}
+
+/// `None` if every value is finite, else what is wrong, e.g. `has 3 of 216 values not finite
+/// (2 NaN, 1 +Inf; the first at index 7)`.
+pub fn non_finite(data: &[f32]) -> Option<String> {
+    if all_finite(data) {
+        return None;
+    }
+    let first = data.iter().position(|v| !v.is_finite())?;
+    let nan = data.iter().filter(|v| v.is_nan()).count();
+    let pos = data.iter().filter(|&&v| v == f32::INFINITY).count();
+    let neg = data.iter().filter(|&&v| v == f32::NEG_INFINITY).count();
+    let kinds: Vec<String> = [(nan, "NaN"), (pos, "+Inf"), (neg, "-Inf")]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, k)| format!("{n} {k}"))
+        .collect();
+    Some(format!(
+        "has {} of {} values not finite ({}; the first at index {first})",
+        nan + pos + neg,
+        data.len(),
+        kinds.join(", ")
+    ))
 }
 
 /// The tensors of `store` of `kind` as checkpoint tensors, in program order.
