@@ -22,8 +22,11 @@
 //! batch is dropped. Parameters start from [`ParamStore::init`]`(cfg, seed)`, with ResNet50's
 //! residual branches zero-initialised (see [`zero_init_residuals`]). The checkpoint
 //! written after each epoch holds the parameters, statistics, momentum buffers, epoch and step;
-//! everything else is a function of them, so `--resume` continues bit for bit (for the same
-//! thread count: the executor's reductions are grouped per thread).
+//! everything else is a function of them, so `--resume` continues bit for bit. A resume with
+//! options that would change the result (including the thread count: the executor's
+//! reductions are grouped per thread) is refused (see `TrainOpts::fingerprint`). The metrics
+//! row of an epoch is written before its checkpoint, so the log has one row per epoch however
+//! often the run is killed and resumed.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -156,7 +159,7 @@ pub struct TrainOpts {
     /// Seed of the initial weights, shuffling and augmentation.
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
-    /// Worker threads (default: all cores). A resumed run repeats an uninterrupted one bit for bit at the same count.
+    /// Worker threads (default: all cores). The count changes the rounding, so a resumed run must use the same one.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), value_name = "T")]
     pub threads: Option<u64>,
     /// Continue from `<out>.ckpt` if it exists (same epoch, step, momentum, learning-rate position).
