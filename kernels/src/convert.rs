@@ -37,9 +37,21 @@ pub fn f32_to_f16(isa: Isa, src: &[f32], dst: &mut [f16]) -> Result<()> {
 pub fn f16_to_f32(isa: Isa, src: &[f16], dst: &mut [f32]) -> Result<()> {
     check_len("dst", dst.len(), src.len())?;
     match isa.kind() {
-        #[cfg(not(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64"))))]
+        #[cfg(not(all(
+            target_arch = "arm",
+            target_os = "none",
+            target_abi = "eabihf",
+            target_endian = "little",
+            not(target_has_atomic = "64")
+        )))]
         IsaKind::Scalar => scalar_f16_to_f32(src, dst),
-        #[cfg(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64")))]
+        #[cfg(all(
+            target_arch = "arm",
+            target_os = "none",
+            target_abi = "eabihf",
+            target_endian = "little",
+            not(target_has_atomic = "64")
+        ))]
         IsaKind::Scalar => m4::f16_to_f32(src, dst),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
@@ -204,12 +216,20 @@ pub(crate) mod arm {
     }
 }
 
-#[cfg(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64")))]
+#[cfg(all(
+    target_arch = "arm",
+    target_os = "none",
+    target_abi = "eabihf",
+    target_endian = "little",
+    not(target_has_atomic = "64")
+))]
 pub(crate) mod m4 {
     //! Cortex-M4F (FPv4-SP) widening with `vcvtb.f32.f16`, one instruction per value instead of
     //! `half`'s bit manipulation; exact, and the same bits as `half` for every non-NaN input
     //! (a NaN stays a NaN, quieted, with its payload: FPSCR.DN is 0 out of reset).
     use super::f16;
+    use crate::elem::Elem;
+    use core::any::TypeId;
     use core::arch::asm;
 
     /// `f32(h)` for the binary16 bit pattern `h`.
@@ -226,10 +246,150 @@ pub(crate) mod m4 {
         f32::from_bits(v)
     }
 
+    /// `dst[i] = f32(src[i])` over `min(src.len(), dst.len())` elements of either storage
+    /// type: 8 at a time with one `vldmia`, one `vstmia` (and 8 `vcvtb`/`vcvtt` for f16, when
+    /// the source is 4-byte aligned), the rest one by one.
+    pub(crate) fn widen<E: Elem>(src: &[E], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let blocks = n / 8;
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        if TypeId::of::<E>() == TypeId::of::<f16>() {
+            let h = sp as *const u16;
+            let done = if h as usize % 4 == 0 && blocks > 0 {
+                // SAFETY: `E` is f16 (a transparent u16); 8·blocks ≤ n elements are readable
+                // from the 4-aligned `h` and writable at `dp`.
+                unsafe { widen_blocks_f16(h, dp, blocks) };
+                8 * blocks
+            } else {
+                0
+            };
+            for i in done..n {
+                // SAFETY: i < n, inside both slices; `E` is f16.
+                unsafe { *dp.add(i) = widen1(*h.add(i)) };
+            }
+        } else {
+            if blocks > 0 {
+                // SAFETY: `E` is f32 (the only other `Elem`); 8·blocks ≤ n elements are readable
+                // at `sp` and writable at `dp`.
+                unsafe { copy_blocks_f32(sp as *const f32, dp, blocks) };
+            }
+            for (d, s) in dst[8 * blocks..n].iter_mut().zip(&src[8 * blocks..n]) {
+                *d = s.to_f32();
+            }
+        }
+    }
+
+    /// `dst[r·8 + i] = f32(src[r·stride + i])` for `r < rows`, `i < 8`: rows of 8 values
+    /// `stride` elements apart (e.g. one channel group of each depthwise tap), one `vldmia` and
+    /// one `vstmia` per row (plus 8 conversions for f16 when the rows are 4-byte aligned).
+    ///
+    /// # Safety
+    /// Each row `src.add(r·stride)` is readable for 8 elements and `dst` writable for `8·rows`
+    /// f32; `rows ≥ 1`.
+    pub(crate) unsafe fn widen_rows8<E: Elem>(src: *const E, stride: usize, rows: usize, dst: *mut f32) {
+        let stride_bytes = stride * core::mem::size_of::<E>();
+        if TypeId::of::<E>() == TypeId::of::<f16>() {
+            if src as usize % 4 == 0 && stride_bytes % 4 == 0 {
+                // SAFETY: `E` is f16; the rows are 4-byte aligned and in bounds (caller).
+                unsafe {
+                    asm!(
+                        "2:",
+                        "vldmia {s}, {{s4-s7}}",
+                        "add {s}, {s}, {st}",
+                        "vcvtb.f32.f16 s8, s4", "vcvtt.f32.f16 s9, s4", "vcvtb.f32.f16 s10, s5", "vcvtt.f32.f16 s11, s5",
+                        "vcvtb.f32.f16 s12, s6", "vcvtt.f32.f16 s13, s6", "vcvtb.f32.f16 s14, s7", "vcvtt.f32.f16 s15, s7",
+                        "vstmia {d}!, {{s8-s15}}",
+                        "subs {n}, {n}, #1",
+                        "bne 2b",
+                        s = inout(reg) src => _,
+                        st = in(reg) stride_bytes,
+                        d = inout(reg) dst => _,
+                        n = inout(reg) rows => _,
+                        out("s4") _, out("s5") _, out("s6") _, out("s7") _, out("s8") _, out("s9") _, out("s10") _,
+                        out("s11") _, out("s12") _, out("s13") _, out("s14") _, out("s15") _,
+                        options(nostack),
+                    );
+                }
+            } else {
+                let h = src as *const u16;
+                for r in 0..rows {
+                    for i in 0..8 {
+                        // SAFETY: row r, element i < 8: in bounds (caller); `E` is f16.
+                        unsafe { *dst.add(r * 8 + i) = widen1(*h.add(r * stride + i)) };
+                    }
+                }
+            }
+        } else {
+            // SAFETY: `E` is f32 (the only other `Elem`); the rows are in bounds (caller).
+            unsafe {
+                asm!(
+                    "2:",
+                    "vldmia {s}, {{s0-s7}}",
+                    "add {s}, {s}, {st}",
+                    "vstmia {d}!, {{s0-s7}}",
+                    "subs {n}, {n}, #1",
+                    "bne 2b",
+                    s = inout(reg) src => _,
+                    st = in(reg) stride_bytes,
+                    d = inout(reg) dst => _,
+                    n = inout(reg) rows => _,
+                    out("s0") _, out("s1") _, out("s2") _, out("s3") _, out("s4") _, out("s5") _, out("s6") _, out("s7") _,
+                    options(nostack),
+                );
+            }
+        }
+    }
+
+    /// Widens `8·blocks` f16 from `src` to `dst`.
+    ///
+    /// # Safety
+    /// `src` is 4-byte aligned and readable for `8·blocks` u16, `dst` writable for as many f32;
+    /// `blocks ≥ 1`.
+    unsafe fn widen_blocks_f16(src: *const u16, dst: *mut f32, blocks: usize) {
+        // SAFETY: reads and writes exactly the ranges the caller vouches for.
+        unsafe {
+            asm!(
+                "2:",
+                "vldmia {s}!, {{s4-s7}}",
+                "vcvtb.f32.f16 s8, s4", "vcvtt.f32.f16 s9, s4", "vcvtb.f32.f16 s10, s5", "vcvtt.f32.f16 s11, s5",
+                "vcvtb.f32.f16 s12, s6", "vcvtt.f32.f16 s13, s6", "vcvtb.f32.f16 s14, s7", "vcvtt.f32.f16 s15, s7",
+                "vstmia {d}!, {{s8-s15}}",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                s = inout(reg) src => _,
+                d = inout(reg) dst => _,
+                n = inout(reg) blocks => _,
+                out("s4") _, out("s5") _, out("s6") _, out("s7") _, out("s8") _, out("s9") _, out("s10") _,
+                out("s11") _, out("s12") _, out("s13") _, out("s14") _, out("s15") _,
+                options(nostack),
+            );
+        }
+    }
+
+    /// Copies `8·blocks` f32 from `src` to `dst` (no library call for short runs).
+    ///
+    /// # Safety
+    /// `src` is readable and `dst` writable for `8·blocks` f32; `blocks ≥ 1`.
+    unsafe fn copy_blocks_f32(src: *const f32, dst: *mut f32, blocks: usize) {
+        // SAFETY: reads and writes exactly the ranges the caller vouches for.
+        unsafe {
+            asm!(
+                "2:",
+                "vldmia {s}!, {{s0-s7}}",
+                "vstmia {d}!, {{s0-s7}}",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                s = inout(reg) src => _,
+                d = inout(reg) dst => _,
+                n = inout(reg) blocks => _,
+                out("s0") _, out("s1") _, out("s2") _, out("s3") _, out("s4") _, out("s5") _, out("s6") _, out("s7") _,
+                options(nostack),
+            );
+        }
+    }
+
     /// `dst[i] = f32(src[i])` over `min(src.len(), dst.len())` elements.
     pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = widen1(s.to_bits());
-        }
+        widen(src, dst);
     }
 }

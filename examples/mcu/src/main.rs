@@ -19,12 +19,12 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use cortex_m_rt::entry;
 use defmt_semihosting as _;
 use semihosting as _;
+use ticks::Ticks;
 use tinykd::engine::{Engine, EnginePlan, StaticEngine};
 use tinykd::kernels::Isa;
 use tinykd::models;
 use tinykd::plan::{self, Plan};
 use tinykd::weights::{Aligned, WeightFile};
-use ticks::Ticks;
 
 /// `CFG` (the student's `ModelConfig`) and `N_IMAGES`, written by `mcu_assets`.
 mod assets {

@@ -7,10 +7,22 @@
 //! Its contents on entry are ignored and on return are unspecified.
 //!
 //! The ISA-independent data movement (im2col / col2im) lives in `im2col`, the tile loops in
-//! `tiled`; all arithmetic goes through [`crate::gemm::gemm`], which dispatches on the ISA.
+//! `tiled`; all arithmetic goes through [`crate::gemm::gemm`], which dispatches on the ISA —
+//! except the forward of a conv with few input channels on a Cortex-M4F (`m4`: direct, no
+//! im2col, same bits).
 
 mod im2col;
 mod tiled;
+
+/// Cortex-M4F direct forward for few input channels (the `cfg` of [`crate::gemm`]'s M4F path).
+#[cfg(all(
+    target_arch = "arm",
+    target_os = "none",
+    target_abi = "eabihf",
+    target_endian = "little",
+    not(target_has_atomic = "64")
+))]
+mod m4;
 
 use crate::act::Act;
 use crate::elem::Elem;
@@ -44,6 +56,18 @@ pub fn conv2d_fwd<W: Elem>(
     check_len("y", y.len(), s.y_len())?;
     check_scratch("scratch", scratch.len(), s.scratch_len())?;
     match isa.kind() {
+        #[cfg(all(
+            target_arch = "arm",
+            target_os = "none",
+            target_abi = "eabihf",
+            target_endian = "little",
+            not(target_has_atomic = "64")
+        ))]
+        IsaKind::Scalar if m4::applies(s) => {
+            // SAFETY: shape validated and lengths checked above; `applies` holds.
+            unsafe { m4::fwd(s, x, w, bias, act, y) };
+            Ok(())
+        }
         IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => tiled::fwd(isa, s, x, w, bias, act, y, scratch),
     }
 }

@@ -14,7 +14,7 @@ use crate::elem::Elem;
 use crate::error::Result;
 use crate::gemm::{gemm, GemmShape};
 use crate::isa::Isa;
-use crate::linear::epilogue::bias_act;
+use crate::linear::epilogue::{bias_act, gemm_bias_act};
 use crate::linear::stream::{self, Product};
 use crate::shape::{Conv2d, IM2COL_ROWS};
 
@@ -40,11 +40,11 @@ pub(super) fn fwd<W: Elem>(
     let total = s.n * s.out_h() * s.out_w();
     if s.is_pointwise() {
         let product = Product { m: total, n: c_out, k, a: x, lda: k, b: w };
-        if !stream::overwrite(isa, &product, y) {
-            gemm(isa, &GemmShape::nn(total, c_out, k), 1.0, x, w, 0.0, y)?;
+        if stream::overwrite(isa, &product, y) {
+            bias_act(isa, c_out, bias, act, y);
+            return Ok(());
         }
-        bias_act(isa, c_out, bias, act, y);
-        return Ok(());
+        return gemm_bias_act(isa, &GemmShape::nn(total, c_out, k), x, w, bias, act, y);
     }
     if stream::applies(isa, total) {
         return fwd_streamed(isa, s, x, w, bias, act, y, scratch);
@@ -53,8 +53,7 @@ pub(super) fn fwd<W: Elem>(
         let col = &mut scratch[..rows * k];
         im2col::pack(s, x, row0, col);
         let y_tile = &mut y[row0 * c_out..(row0 + rows) * c_out];
-        gemm(isa, &GemmShape::nn(rows, c_out, k), 1.0, col, w, 0.0, y_tile)?;
-        bias_act(isa, c_out, bias, act, y_tile);
+        gemm_bias_act(isa, &GemmShape::nn(rows, c_out, k), col, w, bias, act, y_tile)?;
     }
     Ok(())
 }

@@ -28,8 +28,14 @@ mod scalar;
 /// M-profile hard-float target, i.e. an FPU with 32 single-precision registers and f16
 /// conversions. Stable Rust exposes no ARM `target_feature` cfg, and the M-profile targets are
 /// the ARM ones without 64-bit atomics.
-#[cfg(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64")))]
-mod m4;
+#[cfg(all(
+    target_arch = "arm",
+    target_os = "none",
+    target_abi = "eabihf",
+    target_endian = "little",
+    not(target_has_atomic = "64")
+))]
+pub(crate) mod m4;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod blocked;
@@ -144,9 +150,21 @@ pub fn gemm<A: Elem, B: Elem>(
         return Ok(());
     }
     match isa.kind() {
-        #[cfg(not(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64"))))]
+        #[cfg(not(all(
+            target_arch = "arm",
+            target_os = "none",
+            target_abi = "eabihf",
+            target_endian = "little",
+            not(target_has_atomic = "64")
+        )))]
         IsaKind::Scalar => scalar::gemm(s, alpha, a, b, beta, c),
-        #[cfg(all(target_arch = "arm", target_os = "none", target_abi = "eabihf", target_endian = "little", not(target_has_atomic = "64")))]
+        #[cfg(all(
+            target_arch = "arm",
+            target_os = "none",
+            target_abi = "eabihf",
+            target_endian = "little",
+            not(target_has_atomic = "64")
+        ))]
         // SAFETY: lengths checked above, m, n ≥ 1.
         IsaKind::Scalar => unsafe { m4::gemm(s, alpha, a, b, beta, c) },
         #[cfg(target_arch = "x86_64")]

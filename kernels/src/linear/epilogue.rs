@@ -1,10 +1,13 @@
 //! The output epilogue shared by the dense kernels (linear, pointwise and KxK conv):
 //! `y[r][j] = act(y[r][j] + b[j])` over rows of `c_out`, with an f16 bias widened once per
-//! chunk of columns (by the ISA's conversion path) rather than once per element.
+//! chunk of columns (by the ISA's conversion path) rather than once per element; and
+//! [`gemm_bias_act`], the GEMM followed by it (fused into the GEMM's tiles on a Cortex-M4F).
 
 use crate::act::Act;
 use crate::convert;
 use crate::elem::{f16, Elem};
+use crate::error::Result;
+use crate::gemm::{gemm, GemmShape};
 use crate::isa::Isa;
 use core::any::TypeId;
 
@@ -48,4 +51,32 @@ pub(crate) fn bias_act<W: Elem>(isa: Isa, c_out: usize, bias: Option<&[W]>, act:
             }
         }
     }
+}
+
+/// `y = act(A·B + bias)`: [`gemm`] (`α = 1`, `β = 0`) then [`bias_act`]; `s` is untransposed
+/// with `ldc = n` and `y` holds whole rows of `n`. On a Cortex-M4F the scalar path does both
+/// in one pass (bias and ReLU on the accumulators, the same bits).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bias_act<W: Elem>(
+    isa: Isa,
+    s: &GemmShape,
+    a: &[f32],
+    b: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+) -> Result<()> {
+    #[cfg(all(
+        target_arch = "arm",
+        target_os = "none",
+        target_abi = "eabihf",
+        target_endian = "little",
+        not(target_has_atomic = "64")
+    ))]
+    if crate::gemm::m4::gemm_bias_act(isa, s, a, b, bias, act, y) {
+        return Ok(());
+    }
+    gemm(isa, s, 1.0, a, b, 0.0, y)?;
+    bias_act(isa, s.n, bias, act, y);
+    Ok(())
 }

@@ -36,11 +36,11 @@ pub fn linear_fwd<W: Elem>(
     }
     check_len("y", y.len(), s.y_len())?;
     let product = stream::Product { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: w };
-    if !stream::overwrite(isa, &product, y) {
-        gemm(isa, &GemmShape::nn(s.rows, s.c_out, s.c_in), 1.0, x, w, 0.0, y)?;
+    if stream::overwrite(isa, &product, y) {
+        epilogue::bias_act(isa, s.c_out, bias, act, y);
+        return Ok(());
     }
-    epilogue::bias_act(isa, s.c_out, bias, act, y);
-    Ok(())
+    epilogue::gemm_bias_act(isa, &GemmShape::nn(s.rows, s.c_out, s.c_in), x, w, bias, act, y)
 }
 
 /// Input gradient `dX = dY · Wᵀ`: `dy[rows][c_out]`, `w[c_in][c_out]`, `dx[rows][c_in]`

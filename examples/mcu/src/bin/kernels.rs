@@ -22,6 +22,7 @@ mod ticks;
 use cortex_m_rt::entry;
 use defmt_semihosting as _;
 use semihosting as _;
+use ticks::Ticks;
 use tinykd::kernels::act::Act;
 use tinykd::kernels::conv::conv2d_fwd;
 use tinykd::kernels::dwconv::dwconv3x3_fwd;
@@ -29,7 +30,6 @@ use tinykd::kernels::gemm::{gemm, GemmShape, Trans};
 use tinykd::kernels::linear::linear_fwd;
 use tinykd::kernels::shape::{Conv2d, DwConv3x3, Linear};
 use tinykd::kernels::{f16, Isa};
-use ticks::Ticks;
 
 /// `CFG` (the student's `ModelConfig`) and `N_IMAGES`, written by `mcu_assets`.
 #[allow(dead_code)]
@@ -82,7 +82,14 @@ fn same(case: &str, i: usize, got: &[f32], want: &[f32]) -> bool {
     match got.iter().zip(want).position(|(g, w)| g.to_bits() != w.to_bits()) {
         None => true,
         Some(at) => {
-            defmt::error!("{=str} case {=usize}: element {=usize} is {=f32}, reference {=f32}", case, i, at, got[at], want[at]);
+            defmt::error!(
+                "{=str} case {=usize}: element {=usize} is {=f32}, reference {=f32}",
+                case,
+                i,
+                at,
+                got[at],
+                want[at]
+            );
             false
         }
     }
@@ -125,7 +132,7 @@ fn main() -> ! {
 
 /// GEMM cases: (m, n, k, ta, tb, extra lda, extra ldb, extra ldc, α, β, B offset).
 #[allow(clippy::type_complexity)]
-const GEMM_CASES: [(usize, usize, usize, Trans, Trans, usize, usize, usize, f32, f32, usize); 22] = {
+const GEMM_CASES: [(usize, usize, usize, Trans, Trans, usize, usize, usize, f32, f32, usize); 24] = {
     use Trans::{N, T};
     [
         (1, 1, 1, N, N, 0, 0, 0, 1.0, 0.0, 0),
@@ -150,6 +157,8 @@ const GEMM_CASES: [(usize, usize, usize, Trans, Trans, usize, usize, usize, f32,
         (7, 8, 6, N, N, 0, 0, 0, 1.0, 0.0, 1),
         (5, 6, 7, T, N, 1, 0, 0, 1.0, 0.0, 0),
         (6, 5, 4, N, T, 0, 1, 0, 0.5, 2.0, 0),
+        (9, 20, 5, N, N, 1, 2, 3, 0.5, 2.0, 0),
+        (8, 8, 130, N, N, 0, 0, 0, 1.0, 0.0, 0),
     ]
 };
 
@@ -189,7 +198,8 @@ fn check_gemm(bufs: &mut Bufs) -> u32 {
             } else {
                 gemm(Isa::scalar(), &s, alpha, a, b, beta, &mut bufs.c[..clen])
             };
-            let ok = r.is_ok() && same(if f16_b { "gemm f16" } else { "gemm f32" }, i, &bufs.c[..clen], &bufs.want[..clen]);
+            let ok =
+                r.is_ok() && same(if f16_b { "gemm f16" } else { "gemm f32" }, i, &bufs.c[..clen], &bufs.want[..clen]);
             fails += !ok as u32;
         }
     }
@@ -262,21 +272,26 @@ fn check_dwconv(bufs: &mut Bufs) -> u32 {
 }
 
 /// KxK / pointwise conv cases (n, h, w, c_in, c_out, k, stride, pad, relu) and linear cases
-/// (rows, c_in, c_out) through the public forwards (im2col + GEMM, bias and ReLU epilogue);
-/// returns the number of mismatches.
+/// (rows, c_in, c_out) through the public forwards (the M4F direct conv for ≤ 8 input
+/// channels and c_out a multiple of 8, else im2col + GEMM; bias and ReLU fused into the
+/// tiles); returns the number of mismatches.
 fn check_conv_linear(bufs: &mut Bufs) -> u32 {
     /// (n, h, w, c_in, c_out, k, stride, pad, relu).
     type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
-    const CONV: [ConvCase; 4] = [
+    const CONV: [ConvCase; 7] = [
         (1, 7, 7, 3, 8, 3, 2, 1, true),
+        (2, 6, 5, 8, 16, 3, 1, 1, false),
+        (1, 5, 5, 1, 8, 5, 2, 2, true),
         (2, 5, 6, 5, 6, 3, 1, 1, false),
         (1, 3, 3, 7, 9, 1, 1, 0, true),
+        (1, 3, 3, 5, 27, 1, 1, 0, true),
         (1, 9, 9, 3, 12, 3, 2, 1, true),
     ];
-    const LINEAR: [(usize, usize, usize); 3] = [(1, 256, 10), (3, 5, 7), (5, 16, 9)];
+    const LINEAR: [(usize, usize, usize); 4] = [(1, 256, 10), (3, 5, 7), (5, 16, 9), (2, 33, 40)];
     let mut rng = Rng(0x0BAD_5EED);
     let mut fails = 0;
-    let cases = CONV.iter().map(|&(n, h, w, ci, co, k, st, pad, relu)| (Conv2d::new(n, h, w, ci, co, k, st, pad), relu));
+    let cases =
+        CONV.iter().map(|&(n, h, w, ci, co, k, st, pad, relu)| (Conv2d::new(n, h, w, ci, co, k, st, pad), relu));
     let lin = LINEAR.iter().map(|&(r, ci, co)| (Conv2d::new(1, 1, r, ci, co, 1, 1, 0), false));
     for (i, (s, relu)) in cases.chain(lin).enumerate() {
         let linear = i >= CONV.len();
@@ -314,10 +329,18 @@ fn check_conv_linear(bufs: &mut Bufs) -> u32 {
             let (x, y, scratch) = (&bufs.a[..s.x_len()], &mut bufs.c[..s.y_len()], &mut bufs.scratch[..]);
             let lin_s = Linear::new(s.w, s.c_in, s.c_out);
             let r = match (f16_w, linear) {
-                (false, false) => conv2d_fwd(Isa::scalar(), &s, x, &bufs.b[..s.w_len()], Some(&bufs.bias[..s.c_out]), a, y, scratch),
-                (true, false) => conv2d_fwd(Isa::scalar(), &s, x, &bufs.bh[..s.w_len()], Some(&bufs.biash[..s.c_out]), a, y, scratch),
-                (false, true) => linear_fwd(Isa::scalar(), &lin_s, x, &bufs.b[..s.w_len()], Some(&bufs.bias[..s.c_out]), a, y),
-                (true, true) => linear_fwd(Isa::scalar(), &lin_s, x, &bufs.bh[..s.w_len()], Some(&bufs.biash[..s.c_out]), a, y),
+                (false, false) => {
+                    conv2d_fwd(Isa::scalar(), &s, x, &bufs.b[..s.w_len()], Some(&bufs.bias[..s.c_out]), a, y, scratch)
+                }
+                (true, false) => {
+                    conv2d_fwd(Isa::scalar(), &s, x, &bufs.bh[..s.w_len()], Some(&bufs.biash[..s.c_out]), a, y, scratch)
+                }
+                (false, true) => {
+                    linear_fwd(Isa::scalar(), &lin_s, x, &bufs.b[..s.w_len()], Some(&bufs.bias[..s.c_out]), a, y)
+                }
+                (true, true) => {
+                    linear_fwd(Isa::scalar(), &lin_s, x, &bufs.bh[..s.w_len()], Some(&bufs.biash[..s.c_out]), a, y)
+                }
             };
             let name = if linear { "linear" } else { "conv" };
             let ok = r.is_ok() && same(name, i, y, &bufs.want[..s.y_len()]);
@@ -341,8 +364,21 @@ enum Kind {
 /// weights: logs `layer dtype=.. kind=.. index=.. macs=.. ticks=..`.
 fn time_layers(t: &Ticks, bufs: &mut Bufs) {
     /// MobileNetV1's separable blocks before scaling: (pointwise output channels, stride).
-    const BLOCKS: [(usize, usize); 13] =
-        [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)];
+    const BLOCKS: [(usize, usize); 13] = [
+        (64, 1),
+        (128, 2),
+        (128, 1),
+        (256, 2),
+        (256, 1),
+        (512, 2),
+        (512, 1),
+        (512, 1),
+        (512, 1),
+        (512, 1),
+        (512, 1),
+        (1024, 2),
+        (1024, 1),
+    ];
     let scaled = |c: usize| c * CFG.scale_permille as usize / 1000;
     let stem_stride = match CFG.stem {
         tinykd::Stem::ImageNet => 2,
@@ -382,14 +418,30 @@ fn time_layers(t: &Ticks, bufs: &mut Bufs) {
                     let d = DwConv3x3::new(1, s.h, s.w, s.c_in, s.stride);
                     dwconv3x3_fwd(Isa::scalar(), &d, x, &bufs.bh[..9 * co], Some(&bufs.biash[..co]), Act::Relu, y)
                 }
-                (Kind::Fc, false) => {
-                    linear_fwd(Isa::scalar(), &Linear::new(1, s.c_in, co), x, &bufs.b[..wl], Some(&bufs.bias[..co]), Act::None, y)
+                (Kind::Fc, false) => linear_fwd(
+                    Isa::scalar(),
+                    &Linear::new(1, s.c_in, co),
+                    x,
+                    &bufs.b[..wl],
+                    Some(&bufs.bias[..co]),
+                    Act::None,
+                    y,
+                ),
+                (Kind::Fc, true) => linear_fwd(
+                    Isa::scalar(),
+                    &Linear::new(1, s.c_in, co),
+                    x,
+                    &bufs.bh[..wl],
+                    Some(&bufs.biash[..co]),
+                    Act::None,
+                    y,
+                ),
+                (_, false) => {
+                    conv2d_fwd(Isa::scalar(), s, x, &bufs.b[..wl], Some(&bufs.bias[..co]), Act::Relu, y, scratch)
                 }
-                (Kind::Fc, true) => {
-                    linear_fwd(Isa::scalar(), &Linear::new(1, s.c_in, co), x, &bufs.bh[..wl], Some(&bufs.biash[..co]), Act::None, y)
+                (_, true) => {
+                    conv2d_fwd(Isa::scalar(), s, x, &bufs.bh[..wl], Some(&bufs.biash[..co]), Act::Relu, y, scratch)
                 }
-                (_, false) => conv2d_fwd(Isa::scalar(), s, x, &bufs.b[..wl], Some(&bufs.bias[..co]), Act::Relu, y, scratch),
-                (_, true) => conv2d_fwd(Isa::scalar(), s, x, &bufs.bh[..wl], Some(&bufs.biash[..co]), Act::Relu, y, scratch),
             };
             let dt = t.now() - t0;
             if let Err(e) = r {
