@@ -28,10 +28,10 @@
 //! with one `vstmia` per row; otherwise it goes through a stack tile and the α/β epilogue.
 //! Transposed operands, f16 A and `k = 0` run the portable path.
 //!
-//! [`gemm_bias_act`] is the dense forward layers' `y = act(A·B + b)` in one pass: the bias (widened
-//! once per 256 columns) is added to the accumulators and the ReLU applied in registers before
-//! the store — the same two roundings-free steps `linear::epilogue::bias_act` takes after the
-//! GEMM (`acc + b`, then `v > 0 ? v : 0`), so again the same bits.
+//! [`gemm_bias_act`] is the dense forward layers' `y = act(A·B + b)` in one pass: the bias
+//! (widened once per 256 columns) is added to the accumulators and the ReLU applied in
+//! registers before the store — the same operations `linear::epilogue::bias_act` applies to the
+//! stored GEMM result (`acc + b`, then `v > 0 ? v : 0`), so again the same bits.
 
 use super::{scalar, GemmShape, Trans};
 use crate::act::Act;
@@ -143,11 +143,12 @@ pub(crate) fn gemm_bias_act<W: Elem>(
 ) -> bool {
     let fits = s.m > 0
         && s.n > 0
+        && s.k > 0
         && s.lda >= s.k
         && s.ldb >= s.n
         && s.ldc == s.n
         && a.len() >= (s.m - 1) * s.lda + s.k
-        && b.len() >= (s.k.max(1) - 1) * s.ldb + s.n
+        && b.len() >= (s.k - 1) * s.ldb + s.n
         && y.len() >= s.m * s.n
         && bias.map_or(true, |b| b.len() >= s.n);
     let kind = match tiled_kind::<f32, W>(s, b) {
@@ -173,9 +174,13 @@ pub(crate) fn gemm_bias_act<W: Elem>(
 /// What the tiles do before storing: `C = α·acc + β·C` with `post = None`, or (`α = 1`,
 /// `β = 0`) add the bias of column j at `bias.wrapping_add(j)` and maybe ReLU.
 struct Epilogue {
+    /// α (1 unless `post` is `None`).
     alpha: f32,
+    /// β (0 unless `post` is `None`).
     beta: f32,
+    /// Bias / ReLU before the store.
     post: Post,
+    /// The bias of column j is at `bias.wrapping_add(j)` (unused with `Post::None`).
     bias: *const f32,
 }
 
@@ -201,7 +206,7 @@ unsafe fn tiles(
     let plain = epi.post != Post::None || (epi.alpha == 1.0 && epi.beta == 0.0);
     let mut tile = [0.0f32; 16];
     // The 4×4 tile at (i, j) with B's columns j..j+4 at `bj` (bytes, rows `ldb_bytes` apart).
-    let mut tile_4x4 = |i: usize, j: usize, bk: BKind, bj: *const u8, ldb_bytes: usize| {
+    let mut run_4x4 = |i: usize, j: usize, bk: BKind, bj: *const u8, ldb_bytes: usize| {
         // SAFETY: rows i..i+4 < m and columns j..j+4 ≤ n are inside the matrices and `bj`
         // walks k rows of 4 elements of `bk` (the caller's B or a widened panel); the
         // destination is either that C tile (row stride ldc) or the 4×4 stack tile; the bias
@@ -224,13 +229,13 @@ unsafe fn tiles(
             unsafe { widen_rows8(b.add(j * esz) as *const f16, s.ldb, s.k, panel.as_mut_ptr()) };
             let pp = panel.as_ptr() as *const u8;
             for i in (0..m4).step_by(4) {
-                tile_4x4(i, j, BKind::F32, pp, 32);
-                tile_4x4(i, j + 4, BKind::F32, pp.wrapping_add(16), 32);
+                run_4x4(i, j, BKind::F32, pp, 32);
+                run_4x4(i, j + 4, BKind::F32, pp.wrapping_add(16), 32);
             }
         }
         for i in (0..m4).step_by(4) {
             for j in (n8..n4).step_by(4) {
-                tile_4x4(i, j, kind, b.wrapping_add(j * esz), s.ldb * esz);
+                run_4x4(i, j, kind, b.wrapping_add(j * esz), s.ldb * esz);
             }
             // SAFETY: rows i..i+4 and columns n4..j0+nc are inside the matrices.
             unsafe { edge(s, a, b, kind, c, i..i + 4, n4..j0 + nc, epi) };
@@ -238,7 +243,7 @@ unsafe fn tiles(
     } else {
         for i in (0..m4).step_by(4) {
             for j in (j0..n4).step_by(4) {
-                tile_4x4(i, j, kind, b.wrapping_add(j * esz), s.ldb * esz);
+                run_4x4(i, j, kind, b.wrapping_add(j * esz), s.ldb * esz);
             }
             // SAFETY: rows i..i+4 and columns n4..j0+nc are inside the matrices.
             unsafe { edge(s, a, b, kind, c, i..i + 4, n4..j0 + nc, epi) };
