@@ -292,6 +292,26 @@ fn synth_images_are_varied() {
 }
 
 #[test]
+fn synth_class_pattern_reaches_the_corner() {
+    // The class texture fills the image, so even the top-left 6x6 corner (all that ResNet50's
+    // ImageNet stem sees at 32x32 through its shortcuts when the residual branches start at
+    // zero; see tests/train.rs) shows two colours: a spread well above the pixel noise (±14).
+    // The previous generator (an object on a smooth background) had this in ~half the images.
+    let (ds, _) = synth::generate(1000, 1, 5);
+    let textured = (0..ds.len())
+        .filter(|&i| {
+            let img = ds.image(i);
+            (0..3).any(|c| {
+                let px = (0..6).flat_map(|y| (0..6).map(move |x| img[c * 1024 + y * 32 + x]));
+                let (lo, hi) = px.fold((255u8, 0u8), |(l, h), v| (l.min(v), h.max(v)));
+                hi - lo > 50
+            })
+        })
+        .count();
+    assert!(textured >= 900, "{textured} of 1000 corners show the texture");
+}
+
+#[test]
 fn synth_dir_loads_with_the_reader() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("synth");

@@ -335,3 +335,62 @@ fn momentum_buffers_round_trip() {
     assert_eq!(a.params(), b.params());
     assert!(b.set_momentum_buffers(vec![]).is_err());
 }
+
+#[test]
+fn resnet50_two_threads_match_one_thread() {
+    // Residual add+ReLU (gradients delivered twice), max pool, batch norm at 1x1 spatial size
+    // (res5: only the batch's rows) across two chunks of 3 samples. A random 50-layer network
+    // amplifies rounding: a 1e-6 relative change of the input moves these gradients by ~3%,
+    // so the bound is 10%; a structural error (per-chunk statistics, a lost accumulation) is
+    // O(1) off.
+    let cfg = ModelConfig::resnet50();
+    let prog = models::program(&cfg).unwrap();
+    let params = ParamStore::init(&cfg, 3).unwrap();
+    let mut rng = Rng::new(5);
+    let (x, labels) = batch(&mut rng, &prog, 6);
+    let run = |threads: usize| {
+        let mut ex = Executor::new(&prog, 6, threads);
+        ex.set_input_grad(true);
+        ex.forward(&mut params.clone(), &x, Mode::Train).unwrap();
+        ce_backward(&mut ex, &params, &labels);
+        let mut all: Vec<(String, Vec<f32>)> = ex.param_grads().map(|(n, g)| (n.to_string(), g.to_vec())).collect();
+        all.push(("image".into(), ex.tensor_grad(TensorId(0)).unwrap().to_vec()));
+        all.push(("logits".into(), ex.logits().to_vec()));
+        all
+    };
+    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    for ((name, a), (_, b)) in run(2).iter().zip(&run(1)) {
+        let diff: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+        assert!(norm(b) > 0.0, "{name}: all zero");
+        assert!(norm(&diff) <= 0.1 * norm(b), "{name}: |a − b| = {} vs |b| = {}", norm(&diff), norm(b));
+    }
+}
+
+#[test]
+fn resnet50_with_identity_blocks_sees_only_the_top_left_corner() {
+    // Why the synthetic classes fill the whole image: with the ImageNet stem at 32x32 and every
+    // residual branch's last BN scale at 0 (the zero-init of `fit`), the network is its four
+    // strided 1x1 shortcuts, which keep position (0, 0) each time: the logits depend only on
+    // the pixels under pool1[0, 0], the top-left 6x6 corner.
+    let cfg = ModelConfig::resnet50();
+    let prog = models::program(&cfg).unwrap();
+    let mut params = ParamStore::init(&cfg, 1).unwrap();
+    for p in params.params_mut().iter_mut().filter(|p| p.name.ends_with("_branch2c_scale")) {
+        p.data.fill(0.0);
+    }
+    let mut rng = Rng::new(9);
+    let a = rng.vec(32 * 32 * 3);
+    let mut b = rng.vec(32 * 32 * 3);
+    for y in 0..6 {
+        b[y * 96..y * 96 + 18].copy_from_slice(&a[y * 96..y * 96 + 18]);
+    }
+    let mut ex = Executor::new(&prog, 1, 1);
+    ex.forward_eval(&params, &a).unwrap();
+    let la = ex.logits().to_vec();
+    ex.forward_eval(&params, &b).unwrap();
+    assert_eq!(la, ex.logits(), "only the top-left 6x6 pixels matter");
+    // A pixel inside the corner does matter.
+    b[5 * 96 + 5 * 3] += 1.0;
+    ex.forward_eval(&params, &b).unwrap();
+    assert_ne!(la, ex.logits());
+}
