@@ -51,9 +51,9 @@ fn data_synth_writes_a_dataset_the_reader_loads() {
     let text = stdout(&o);
     assert!(text.contains("57 training images, 13 test images"), "{text}");
     let counts = gt.class_counts();
-    let line = text.lines().find(|l| l.contains("ring_checks")).expect("class line");
+    let line = text.lines().find(|l| l.contains(synth::CLASS_NAMES[7])).expect("class line");
     let fields: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(fields, ["7", "ring_checks", &counts[7].to_string(), &ge.class_counts()[7].to_string()]);
+    assert_eq!(fields, ["7", synth::CLASS_NAMES[7], &counts[7].to_string(), &ge.class_counts()[7].to_string()]);
 }
 
 #[test]
