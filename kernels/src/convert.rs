@@ -37,21 +37,9 @@ pub fn f32_to_f16(isa: Isa, src: &[f32], dst: &mut [f16]) -> Result<()> {
 pub fn f16_to_f32(isa: Isa, src: &[f16], dst: &mut [f32]) -> Result<()> {
     check_len("dst", dst.len(), src.len())?;
     match isa.kind() {
-        #[cfg(not(all(
-            target_arch = "arm",
-            target_os = "none",
-            target_abi = "eabihf",
-            target_endian = "little",
-            not(target_has_atomic = "64")
-        )))]
+        #[cfg(not(tinykd_m4f))]
         IsaKind::Scalar => scalar_f16_to_f32(src, dst),
-        #[cfg(all(
-            target_arch = "arm",
-            target_os = "none",
-            target_abi = "eabihf",
-            target_endian = "little",
-            not(target_has_atomic = "64")
-        ))]
+        #[cfg(tinykd_m4f)]
         IsaKind::Scalar => m4::f16_to_f32(src, dst),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
@@ -216,13 +204,7 @@ pub(crate) mod arm {
     }
 }
 
-#[cfg(all(
-    target_arch = "arm",
-    target_os = "none",
-    target_abi = "eabihf",
-    target_endian = "little",
-    not(target_has_atomic = "64")
-))]
+#[cfg(tinykd_m4f)]
 pub(crate) mod m4 {
     //! Cortex-M4F (FPv4-SP) widening with `vcvtb.f32.f16`, one instruction per value instead of
     //! `half`'s bit manipulation; exact, and the same bits as `half` for every non-NaN input

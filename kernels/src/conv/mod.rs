@@ -15,13 +15,7 @@ mod im2col;
 mod tiled;
 
 /// Cortex-M4F direct forward for few input channels (the `cfg` of [`crate::gemm`]'s M4F path).
-#[cfg(all(
-    target_arch = "arm",
-    target_os = "none",
-    target_abi = "eabihf",
-    target_endian = "little",
-    not(target_has_atomic = "64")
-))]
+#[cfg(tinykd_m4f)]
 mod m4;
 
 use crate::act::Act;
@@ -56,13 +50,7 @@ pub fn conv2d_fwd<W: Elem>(
     check_len("y", y.len(), s.y_len())?;
     check_scratch("scratch", scratch.len(), s.scratch_len())?;
     match isa.kind() {
-        #[cfg(all(
-            target_arch = "arm",
-            target_os = "none",
-            target_abi = "eabihf",
-            target_endian = "little",
-            not(target_has_atomic = "64")
-        ))]
+        #[cfg(tinykd_m4f)]
         IsaKind::Scalar if m4::applies(s) => {
             // SAFETY: shape validated and lengths checked above; `applies` holds.
             unsafe { m4::fwd(s, x, w, bias, act, y) };

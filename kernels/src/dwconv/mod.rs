@@ -17,13 +17,7 @@ mod avx2;
 mod neon;
 
 /// Cortex-M4F (the `cfg` of [`crate::gemm`]'s M4F path).
-#[cfg(all(
-    target_arch = "arm",
-    target_os = "none",
-    target_abi = "eabihf",
-    target_endian = "little",
-    not(target_has_atomic = "64")
-))]
+#[cfg(tinykd_m4f)]
 mod m4;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -69,21 +63,9 @@ pub fn dwconv3x3_fwd<W: Elem>(
     }
     check_len("y", y.len(), s.y_len())?;
     match isa.kind() {
-        #[cfg(not(all(
-            target_arch = "arm",
-            target_os = "none",
-            target_abi = "eabihf",
-            target_endian = "little",
-            not(target_has_atomic = "64")
-        )))]
+        #[cfg(not(tinykd_m4f))]
         IsaKind::Scalar => scalar::fwd(s, x, w, bias, act, y, 0),
-        #[cfg(all(
-            target_arch = "arm",
-            target_os = "none",
-            target_abi = "eabihf",
-            target_endian = "little",
-            not(target_has_atomic = "64")
-        ))]
+        #[cfg(tinykd_m4f)]
         // SAFETY: shape validated and lengths checked above.
         IsaKind::Scalar => unsafe { m4::fwd(s, x, w, bias, act, y) },
         #[cfg(target_arch = "x86_64")]

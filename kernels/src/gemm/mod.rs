@@ -28,13 +28,7 @@ mod scalar;
 /// M-profile hard-float target, i.e. an FPU with 32 single-precision registers and f16
 /// conversions. Stable Rust exposes no ARM `target_feature` cfg, and the M-profile targets are
 /// the ARM ones without 64-bit atomics.
-#[cfg(all(
-    target_arch = "arm",
-    target_os = "none",
-    target_abi = "eabihf",
-    target_endian = "little",
-    not(target_has_atomic = "64")
-))]
+#[cfg(tinykd_m4f)]
 pub(crate) mod m4;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -150,21 +144,9 @@ pub fn gemm<A: Elem, B: Elem>(
         return Ok(());
     }
     match isa.kind() {
-        #[cfg(not(all(
-            target_arch = "arm",
-            target_os = "none",
-            target_abi = "eabihf",
-            target_endian = "little",
-            not(target_has_atomic = "64")
-        )))]
+        #[cfg(not(tinykd_m4f))]
         IsaKind::Scalar => scalar::gemm(s, alpha, a, b, beta, c),
-        #[cfg(all(
-            target_arch = "arm",
-            target_os = "none",
-            target_abi = "eabihf",
-            target_endian = "little",
-            not(target_has_atomic = "64")
-        ))]
+        #[cfg(tinykd_m4f)]
         // SAFETY: lengths checked above, m, n ≥ 1.
         IsaKind::Scalar => unsafe { m4::gemm(s, alpha, a, b, beta, c) },
         #[cfg(target_arch = "x86_64")]

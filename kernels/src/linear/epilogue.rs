@@ -66,13 +66,7 @@ pub(crate) fn gemm_bias_act<W: Elem>(
     act: Act,
     y: &mut [f32],
 ) -> Result<()> {
-    #[cfg(all(
-        target_arch = "arm",
-        target_os = "none",
-        target_abi = "eabihf",
-        target_endian = "little",
-        not(target_has_atomic = "64")
-    ))]
+    #[cfg(tinykd_m4f)]
     if crate::gemm::m4::gemm_bias_act(isa, s, a, b, bias, act, y) {
         return Ok(());
     }
