@@ -13,11 +13,9 @@
 #![no_main]
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
-use cortex_m::peripheral::syst::SystClkSource;
-use cortex_m::peripheral::{SCB, SYST};
-use cortex_m_rt::{entry, exception};
+use cortex_m_rt::entry;
 use defmt_semihosting as _;
 use semihosting as _;
 use tinykd::finetune::{finetune_arena_bytes, state_len, FineTuner, Tail};
@@ -26,6 +24,11 @@ use tinykd::kernels::Isa;
 use tinykd::weights::{Aligned, WeightFile};
 
 /// `CFG`, `BATCH`, `N_TRAIN`, `N_HELDOUT`, `EPOCHS`, `HP`, written by `finetune_assets`.
+/// SysTick instruction counting, shared with the inference firmware.
+#[path = "../../mcu/src/ticks.rs"]
+mod ticks;
+use ticks::Ticks;
+
 mod assets {
     use tinykd::kernels::optim::Momentum;
     use tinykd::ModelConfig;
@@ -87,56 +90,6 @@ static ARENA: Once<[u8; ARENA_BYTES]> = Once { value: UnsafeCell::new([0; ARENA_
 /// Trainable parameters and their momentum (f32).
 static STATE: Once<[f32; STATE_LEN]> = Once { value: UnsafeCell::new([0.0; STATE_LEN]), taken: AtomicBool::new(false) };
 
-/// SysTick reload value: the counter's full 24 bits.
-const SYST_RELOAD: u32 = 0x00FF_FFFF;
-/// SysTick wrap-arounds since [`Ticks::start`].
-static WRAPS: AtomicU32 = AtomicU32::new(0);
-
-#[exception]
-fn SysTick() {
-    WRAPS.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A free-running 64-bit tick count from SysTick (processor clock) plus its wrap interrupt.
-struct Ticks(SYST);
-
-impl Ticks {
-    /// Starts SysTick counting down from [`SYST_RELOAD`] with its interrupt enabled.
-    fn start(mut syst: SYST) -> Ticks {
-        syst.set_clock_source(SystClkSource::Core);
-        syst.set_reload(SYST_RELOAD);
-        syst.clear_current();
-        syst.enable_interrupt();
-        syst.enable_counter();
-        while SYST::get_current() == 0 {}
-        WRAPS.store(0, Ordering::Relaxed);
-        Ticks(syst)
-    }
-
-    /// Ticks since [`Ticks::start`].
-    fn now(&self) -> u64 {
-        loop {
-            let w1 = WRAPS.load(Ordering::Relaxed);
-            let cvr = SYST::get_current();
-            let pending = SCB::is_pendst_pending() && cvr > SYST_RELOAD / 2;
-            if WRAPS.load(Ordering::Relaxed) == w1 {
-                let wraps = w1 as u64 + pending as u64;
-                return wraps * (SYST_RELOAD as u64 + 1) + (SYST_RELOAD - cvr) as u64;
-            }
-        }
-    }
-}
-
-/// Runs a loop of exactly `2·n` instructions (`subs`, `bne`) and returns the ticks it took.
-fn loop_ticks(t: &Ticks, n: u32) -> u64 {
-    let t0 = t.now();
-    // SAFETY: the asm only decrements a scratch register to zero; it touches no memory or stack.
-    unsafe {
-        core::arch::asm!("2:", "subs {0}, {0}, #1", "bne 2b", inout(reg) n => _, options(nomem, nostack));
-    }
-    t.now() - t0
-}
-
 /// The bytes of a little-endian 4-byte-element blob as `&[T]` (16-aligned by [`Aligned`]).
 fn as_words<T: Copy>(bytes: &'static [u8]) -> &'static [T] {
     // SAFETY: only used with `f32` and `u32`, for which every bit pattern is valid; `align_to`
@@ -156,9 +109,7 @@ fn main() -> ! {
 fn run() -> i32 {
     let cp = cortex_m::Peripherals::take().expect("core peripherals taken once");
     let ticks = Ticks::start(cp.SYST);
-    let (n1, n2) = (100_000u32, 1_100_000u32);
-    let (t1, t2) = (loop_ticks(&ticks, n1), loop_ticks(&ticks, n2));
-    defmt::info!("calib loop_insns={=u32} ticks={=u64} loop_insns={=u32} ticks={=u64}", 2 * n1, t1, 2 * n2, t2);
+    ticks::calibrate(&ticks);
     match finetune(&ticks) {
         Ok(rise) if rise >= MIN_RISE as i32 => {
             defmt::info!("result PASS rise={=i32} min={=usize}", rise, MIN_RISE);
