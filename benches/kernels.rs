@@ -1,6 +1,7 @@
 //! Kernel throughput per family, weight dtype, ISA path and layer shape. Ids are
 //! `<family>/<dtype>/<isa>/<shape>` with families `conv`, `dwconv`, `linear`, `bn`, `relu`,
-//! `pool`; the throughput unit is FLOP (2 per multiply-add, 1 per add/max/compare), so
+//! `pool`, and `linear-panels` / `conv-panels` (weights packed into 16-column panels, as the
+//! engine runs its few-row layers); the throughput unit is FLOP (2 per multiply-add, 1 per add/max/compare), so
 //! criterion's "elem/s" reads as FLOP/s. `f16` is the weight storage (activations are f32).
 //! Shapes are the batch-1 layers of MobileNetV1 1.0 / ResNet50 at 32x32 (spatial 16x16 down to
 //! 1x1), where the late layers are bound by streaming their weights. Shapes ending in `-cold`
@@ -13,6 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use tinykd::kernels::act::{self, Act};
 use tinykd::kernels::shape::{Channels, Conv2d, DwConv3x3, Linear, Pool};
+use tinykd::kernels::linear::panels;
 use tinykd::kernels::{conv, dwconv, f16, linear, norm, pool, Elem, Isa, IsaKind};
 
 /// Deterministic values in [−0.5, 0.5).
@@ -67,6 +69,38 @@ fn linear_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Linear, cold: bool) {
     run(c, ["linear", W::DTYPE.name(), isa.kind().name(), &shape], 2 * s.macs(), || {
         i = (i + 1) % ws.len();
         linear::linear_fwd(isa, &s, black_box(&x), &ws[i], Some(&b), Act::None, &mut y).unwrap()
+    });
+}
+
+/// The linear forward over weights packed into panels (what the engine runs at batch 1).
+fn linear_panels_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Linear, cold: bool) {
+    let (x, b) = (data::<f32>(s.x_len(), 1), data::<W>(s.c_out, 3));
+    let ws: Vec<Vec<W>> = weight_copies::<W>(s.w_len(), cold)
+        .iter()
+        .map(|w| {
+            let mut wp = vec![W::from_f32(0.0); panels::panels_len(1, s.c_in, s.c_out)];
+            panels::pack_panels(1, s.c_in, s.c_out, w, &mut wp).unwrap();
+            wp
+        })
+        .collect();
+    let mut y = vec![0.0f32; s.y_len()];
+    let shape = format!("{}x{}-{}{}", s.rows, s.c_in, s.c_out, if cold { "-cold" } else { "" });
+    let mut i = 0;
+    run(c, ["linear-panels", W::DTYPE.name(), isa.kind().name(), &shape], 2 * s.macs(), || {
+        i = (i + 1) % ws.len();
+        linear::linear_fwd_panels(isa, &s, black_box(&x), &ws[i], Some(&b), Act::None, &mut y).unwrap()
+    });
+}
+
+/// The KxK conv forward over packed weights (few output pixels).
+fn conv_panels_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Conv2d) {
+    let (x, w, b) = (data::<f32>(s.x_len(), 1), data::<W>(s.w_len(), 2), data::<W>(s.c_out, 3));
+    let mut wp = vec![W::from_f32(0.0); panels::panels_len(s.kh * s.kw, s.c_in, s.c_out)];
+    panels::pack_panels(s.kh * s.kw, s.c_in, s.c_out, &w, &mut wp).unwrap();
+    let (mut y, mut scratch) = (vec![0.0f32; s.y_len()], vec![0.0f32; s.scratch_len()]);
+    let shape = format!("{}x{}x{}-{}k{}s{}", s.h, s.w, s.c_in, s.c_out, s.kh, s.stride);
+    run(c, ["conv-panels", W::DTYPE.name(), isa.kind().name(), &shape], 2 * s.macs(), || {
+        conv::conv2d_fwd_panels(isa, &s, black_box(&x), &wp, Some(&b), Act::Relu, &mut y, &mut scratch).unwrap()
     });
 }
 
@@ -131,6 +165,12 @@ fn benches(c: &mut Criterion) {
         for (s, cold) in linears.iter().map(|&s| (s, false)).chain([(linears[1], true), (linears[2], true)]) {
             linear_one::<f32>(c, isa, s, cold);
             linear_one::<f16>(c, isa, s, cold);
+            linear_panels_one::<f32>(c, isa, s, cold);
+            linear_panels_one::<f16>(c, isa, s, cold);
+        }
+        for &s in &convs[2..] {
+            conv_panels_one::<f32>(c, isa, s);
+            conv_panels_one::<f16>(c, isa, s);
         }
         elementwise(c, isa);
     }

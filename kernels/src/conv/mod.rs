@@ -22,6 +22,7 @@ use crate::act::Act;
 use crate::elem::Elem;
 use crate::error::{check_len, check_scratch, Result};
 use crate::isa::{Isa, IsaKind};
+use crate::linear::panels::panels_len;
 use crate::shape::Conv2d;
 
 /// `y = act(conv(x, w) + b)`: `x[n][h][w][c_in]` → `y[n][out_h][out_w][c_out]`, weights HWIO
@@ -58,6 +59,37 @@ pub fn conv2d_fwd<W: Elem>(
         }
         IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => tiled::fwd(isa, s, x, w, bias, act, y, scratch),
     }
+}
+
+/// [`conv2d_fwd`] with the weights packed by
+/// [`pack_panels`](crate::linear::panels::pack_panels)`(kh·kw, c_in, c_out, ..)`: `wp` holds
+/// [`panels_len`](crate::linear::panels::panels_len)`(kh·kw, c_in, c_out)` elements. Each
+/// im2col tile is one product per tap that some pixel of the tile reads in bounds, so it is
+/// fast for few output pixels and deep taps (the engine packs the convs for which
+/// [`worth_packing`](crate::linear::panels::worth_packing) holds).
+///
+/// Errors: as [`conv2d_fwd`], with `wp` in place of `w`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_fwd_panels<W: Elem>(
+    isa: Isa,
+    s: &Conv2d,
+    x: &[f32],
+    wp: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("wp", wp.len(), panels_len(s.kh * s.kw, s.c_in, s.c_out))?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), s.c_out)?;
+    }
+    check_len("y", y.len(), s.y_len())?;
+    check_scratch("scratch", scratch.len(), s.scratch_len())?;
+    tiled::fwd_panels(isa, s, x, wp, bias, act, y, scratch);
+    Ok(())
 }
 
 /// `dX = col2im(dY · Wᵀ)` (overwrites `dx`): `dy[n][out_h][out_w][c_out]`, weights HWIO

@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::gemm::{gemm, GemmShape};
 use crate::isa::Isa;
 use crate::linear::epilogue::{bias_act, gemm_bias_act};
+use crate::linear::panels::{self, PanelProduct};
 use crate::linear::stream::{self, Product};
 use crate::shape::{Conv2d, IM2COL_ROWS};
 
@@ -93,6 +94,46 @@ fn fwd_streamed<W: Elem>(
     }
     bias_act(isa, c_out, bias, act, y);
     Ok(())
+}
+
+/// `y = act(Σ_taps im2col(x)[.., tap] · wp[tap] + b)` over packed weights, tile by tile,
+/// skipping the taps no pixel of the tile reads in bounds (see [`crate::linear::panels`]).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fwd_panels<W: Elem>(
+    isa: Isa,
+    s: &Conv2d,
+    x: &[f32],
+    wp: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let (k, c_in, c_out) = (s.k(), s.c_in, s.c_out);
+    let per_tap = panels::panels_len(1, c_in, c_out);
+    y.fill(0.0);
+    if s.is_pointwise() {
+        let product = PanelProduct { m: s.n * s.h * s.w, n: c_out, k, a: x, lda: k, b: wp };
+        panels::accumulate(isa, &product, y);
+    } else {
+        for (row0, rows) in tiles(s) {
+            let col = &mut scratch[..rows * k];
+            im2col::pack(s, x, row0, col);
+            let y_tile = &mut y[row0 * c_out..(row0 + rows) * c_out];
+            for ky in 0..s.kh {
+                for kx in 0..s.kw {
+                    if !im2col::tap_used(s, row0, rows, ky, kx) {
+                        continue;
+                    }
+                    let t = ky * s.kw + kx;
+                    let b = &wp[t * per_tap..(t + 1) * per_tap];
+                    let product = PanelProduct { m: rows, n: c_out, k: c_in, a: &col[t * c_in..], lda: k, b };
+                    panels::accumulate(isa, &product, y_tile);
+                }
+            }
+        }
+    }
+    bias_act(isa, c_out, bias, act, y);
 }
 
 /// `dx = col2im(dy · wᵀ)`: per tile `dcol = dy_tile · wᵀ`, scatter-added into a zeroed `dx`.

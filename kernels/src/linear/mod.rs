@@ -4,9 +4,11 @@
 //! All three passes are one call of [`crate::gemm::gemm`], so they speed up with it; only the
 //! forward's bias + activation epilogue (`epilogue`) and the bias gradient are computed here.
 //! A forward of at most [`stream::MAX_ROWS`] rows (batch-1 fc, late pointwise convs) instead
-//! streams the weights once in their stored order (`stream`), which is what bounds its speed.
+//! streams the weights once in their stored order (`stream`), which is what bounds its speed;
+//! weights packed once into panels ([`panels`], as the engine does) stream faster still.
 
 pub(crate) mod epilogue;
+pub mod panels;
 pub(crate) mod stream;
 
 use crate::act::Act;
@@ -41,6 +43,34 @@ pub fn linear_fwd<W: Elem>(
         return Ok(());
     }
     epilogue::gemm_bias_act(isa, &GemmShape::nn(s.rows, s.c_out, s.c_in), x, w, bias, act, y)
+}
+
+/// [`linear_fwd`] with the weights packed by [`panels::pack_panels`]`(1, c_in, c_out, ..)`:
+/// `wp` holds [`panels::panels_len`]`(1, c_in, c_out)` elements. Fast for few rows (it reads
+/// `wp` once per 6 rows); the engine uses it for fc layers and pointwise convs with at most
+/// [`panels::PACK_MAX_ROWS`] rows.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_fwd_panels<W: Elem>(
+    isa: Isa,
+    s: &Linear,
+    x: &[f32],
+    wp: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("wp", wp.len(), panels::panels_len(1, s.c_in, s.c_out))?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), s.c_out)?;
+    }
+    check_len("y", y.len(), s.y_len())?;
+    y.fill(0.0);
+    let product = panels::PanelProduct { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: wp };
+    panels::accumulate(isa, &product, y);
+    epilogue::bias_act(isa, s.c_out, bias, act, y);
+    Ok(())
 }
 
 /// Input gradient `dX = dY · Wᵀ`: `dy[rows][c_out]`, `w[c_in][c_out]`, `dx[rows][c_in]`

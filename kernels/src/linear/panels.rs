@@ -1,0 +1,133 @@
+//! Weights packed once into 16-column panels, and the few-row product over them:
+//! `C[m×n] += A[m×k]·B[k×n]` with `B` read once, front to back, and `C` held in registers.
+//!
+//! Layout ([`pack_panels`]): `taps` stacked `k×n` matrices `w[t][p][j]` (an HWIO conv weight
+//! has `taps = kh·kw`, `k = c_in`; an fc or pointwise weight `taps = 1`) become
+//! `wp[t][j / 16][p][j % 16]`, the last panel's missing columns 0. One panel row is one 64-byte
+//! cache line of f32 (32 bytes of f16), so a panel — and the whole tensor — is a single
+//! sequential stream that the prefetchers run at full bandwidth, and a 16-column tile of `C`
+//! stays in registers across all of `k` (no load/store of `C` per step, unlike
+//! [`super::stream`], which works on the stored layout). This is what inference engines do
+//! at load time (onnxruntime's pre-packed GEMM, XNNPACK's packed weights); the engine packs
+//! the layers for which [`worth_packing`] holds.
+//!
+//! Paths: AVX2+FMA+F16C (`avx2.rs`: 1–6 rows per pass, independent accumulator sets for 1–3
+//! rows so the FMA latency is hidden, software prefetch ahead of the stream, f16 widened by
+//! `vcvtph2ps`); portable (below, the specification: each output `C₀ + Σ_p A·B` in `p`
+//! order, used by the scalar and NEON kinds). Both satisfy the GEMM's dot-product error bound.
+
+use crate::elem::Elem;
+use crate::error::{check_len, Result};
+use crate::isa::Isa;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+/// Columns per panel (the same on every ISA, so one packed file serves all of them).
+pub const PANEL: usize = 16;
+
+/// The most output rows (batch × output pixels) for which [`worth_packing`] holds: up to
+/// there a panel pass (at most 6 rows against one panel, `C` in registers) beats packing the
+/// weights at every call as the blocked GEMM does. At batch 1 and 32x32 that is every layer
+/// after the first of both models.
+pub const PACK_MAX_ROWS: usize = 256;
+
+/// Whether a layer with `rows` output rows, `taps` kernel taps and `c_in` input channels runs
+/// faster from packed panels: at most [`PACK_MAX_ROWS`] rows, and for a KxK conv at least 8
+/// input channels (each tap is one product of depth `c_in`; shallower ones are dominated by
+/// their pass over `C`, e.g. a 3-channel stem).
+pub const fn worth_packing(rows: usize, taps: usize, c_in: usize) -> bool {
+    rows <= PACK_MAX_ROWS && (taps == 1 || c_in >= 8)
+}
+
+/// Elements of `taps` stacked `k×n` matrices packed into panels: `taps·k·⌈n/16⌉·16`.
+pub const fn panels_len(taps: usize, k: usize, n: usize) -> usize {
+    taps * k * n.div_ceil(PANEL) * PANEL
+}
+
+/// Packs `w[t][p][j]` (`taps` stacked `k×n`, row-major) into `wp[t][j/16][p][j%16]`, padding
+/// columns set to 0. Errors: `w` not exactly `taps·k·n` or `wp` not exactly
+/// [`panels_len`]`(taps, k, n)` elements ([`crate::KernelError::Len`]).
+pub fn pack_panels<W: Elem>(taps: usize, k: usize, n: usize, w: &[W], wp: &mut [W]) -> Result<()> {
+    check_len("w", w.len(), taps * k * n)?;
+    check_len("wp", wp.len(), panels_len(taps, k, n))?;
+    if taps == 0 || k == 0 || n == 0 {
+        return Ok(());
+    }
+    let per_tap = panels_len(1, k, n);
+    for (src, dst) in w.chunks_exact(k * n).zip(wp.chunks_exact_mut(per_tap)) {
+        for (jp, panel) in dst.chunks_exact_mut(k * PANEL).enumerate() {
+            let j0 = jp * PANEL;
+            let cols = PANEL.min(n - j0);
+            for (p, out) in panel.chunks_exact_mut(PANEL).enumerate() {
+                out[..cols].copy_from_slice(&src[p * n + j0..p * n + j0 + cols]);
+                out[cols..].fill(W::from_f32(0.0));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One tap's product over packed weights: `A[i][p]` at `a[i·lda + p]`, `B` the `k×n` panels
+/// (`b.len() ≥ panels_len(1, k, n)`), `C[i][j]` at `c[i·n + j]`.
+pub(crate) struct PanelProduct<'a, W> {
+    /// Rows of A and C.
+    pub m: usize,
+    /// Columns of B and C.
+    pub n: usize,
+    /// Columns of A, rows of B.
+    pub k: usize,
+    /// A, row stride `lda`.
+    pub a: &'a [f32],
+    /// Row stride of A (at least `k`).
+    pub lda: usize,
+    /// B in panels.
+    pub b: &'a [W],
+}
+
+impl<W> PanelProduct<'_, W> {
+    /// Whether every operand is long enough for `C` of `c_len` elements.
+    fn fits(&self, c_len: usize) -> bool {
+        self.lda >= self.k
+            && (self.m == 0 || self.a.len() >= (self.m - 1) * self.lda + self.k)
+            && self.b.len() >= panels_len(1, self.k, self.n)
+            && c_len >= self.m * self.n
+    }
+}
+
+/// `C += A·B` over packed `B` (see [`PanelProduct`]). Operand lengths are checked by the
+/// public callers; a product that does not fit is an internal error and panics.
+pub(crate) fn accumulate<W: Elem>(isa: Isa, p: &PanelProduct<'_, W>, c: &mut [f32]) {
+    assert!(p.fits(c.len()), "panel product operands too short");
+    if p.m == 0 || p.n == 0 || p.k == 0 {
+        return;
+    }
+    match isa.kind() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: operand lengths checked above; an `Isa` of kind Avx2 exists only when the
+        // CPU has AVX2+FMA+F16C (isa.rs).
+        crate::isa::IsaKind::Avx2 => unsafe { avx2::accumulate(p, c) },
+        _ => portable(p, c),
+    }
+}
+
+/// The specification: per panel and row, a 16-lane accumulator summed over `p` in order
+/// (lanes are independent, so vectorising them changes no result), then added to `C`.
+fn portable<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
+    let (m, n, k) = (p.m, p.n, p.k);
+    for (jp, panel) in p.b.chunks_exact(k * PANEL).take(n.div_ceil(PANEL)).enumerate() {
+        let j0 = jp * PANEL;
+        let cols = PANEL.min(n - j0);
+        for i in 0..m {
+            let mut acc = [0.0f32; PANEL];
+            for (&av, brow) in p.a[i * p.lda..i * p.lda + k].iter().zip(panel.chunks_exact(PANEL)) {
+                for (s, b) in acc.iter_mut().zip(brow) {
+                    *s += av * b.to_f32();
+                }
+            }
+            for (out, s) in c[i * n + j0..i * n + j0 + cols].iter_mut().zip(acc) {
+                *out += s;
+            }
+        }
+    }
+}

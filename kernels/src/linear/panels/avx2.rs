@@ -1,0 +1,147 @@
+//! AVX2+FMA+F16C product over packed panels: per 16-column panel, passes of 1–6 rows whose
+//! `R×16` tile of `C` lives in 2·R ymm accumulators over all of `k`.
+
+use super::{PanelProduct, PANEL};
+use crate::elem::{f16, Elem};
+use core::any::TypeId;
+use core::arch::x86_64::*;
+
+/// Bytes ahead of the current panel row that are prefetched (the panels are one stream; the
+/// hardware prefetchers stop at 4 KiB page boundaries).
+const PREFETCH_BYTES: usize = 256;
+
+/// `C += A·B` (see [`super::accumulate`]).
+///
+/// # Safety
+/// `p` fits `c` (`PanelProduct::fits`), `m, n, k ≥ 1`, and the CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
+    if TypeId::of::<W>() == TypeId::of::<f16>() {
+        // SAFETY: forwarded; `W` is f16, 2 bytes per element.
+        unsafe { panels::<true>(p.m, p.n, p.k, p.a.as_ptr(), p.lda, p.b.as_ptr() as *const u8, c.as_mut_ptr()) }
+    } else {
+        // SAFETY: forwarded; `W` is f32 (the only other `Elem`), 4 bytes per element.
+        unsafe { panels::<false>(p.m, p.n, p.k, p.a.as_ptr(), p.lda, p.b.as_ptr() as *const u8, c.as_mut_ptr()) }
+    }
+}
+
+/// All panels, each in passes of at most 6 rows.
+///
+/// # Safety
+/// As [`accumulate`], with `b` the panels' bytes (f16 when `F16`, else f32).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panels<const F16: bool>(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const u8, c: *mut f32) {
+    let esize = if F16 { 2 } else { 4 };
+    for jp in 0..n.div_ceil(PANEL) {
+        let j0 = jp * PANEL;
+        let cols = PANEL.min(n - j0);
+        // SAFETY: panel jp lies within the checked `panels_len(1, k, n)` elements.
+        let bp = unsafe { b.add(jp * k * PANEL * esize) };
+        let mut i = 0;
+        while i < m {
+            let rows = (m - i).min(6);
+            // SAFETY: rows i..i+rows < m of A (stride lda, k columns) and C (stride n,
+            // columns j0..j0+cols ≤ n) are inside the checked lengths; the panel is k rows.
+            unsafe {
+                let (ai, ci) = (a.add(i * lda), c.add(i * n + j0));
+                match rows {
+                    1 => tile::<1, 4, F16>(k, ai, lda, bp, ci, n, cols),
+                    2 => tile::<2, 3, F16>(k, ai, lda, bp, ci, n, cols),
+                    3 => tile::<3, 2, F16>(k, ai, lda, bp, ci, n, cols),
+                    4 => tile::<4, 1, F16>(k, ai, lda, bp, ci, n, cols),
+                    5 => tile::<5, 1, F16>(k, ai, lda, bp, ci, n, cols),
+                    _ => tile::<6, 1, F16>(k, ai, lda, bp, ci, n, cols),
+                }
+            }
+            i += rows;
+        }
+    }
+}
+
+/// The 16 values of panel row `p` as two f32 vectors.
+///
+/// # Safety
+/// Row `p` of the panel at `b` is readable; the CPU supports AVX2 and F16C.
+#[inline(always)]
+unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> (__m256, __m256) {
+    // SAFETY: forwarded contract (16 elements at row p).
+    unsafe {
+        if F16 {
+            let r = b.add(p * PANEL * 2) as *const __m128i;
+            (_mm256_cvtph_ps(_mm_loadu_si128(r)), _mm256_cvtph_ps(_mm_loadu_si128(r.add(1))))
+        } else {
+            let r = b.add(p * PANEL * 4) as *const f32;
+            (_mm256_loadu_ps(r), _mm256_loadu_ps(r.add(8)))
+        }
+    }
+}
+
+/// `C[..R][..cols] += A[..R][..k]·panel`, with `S` independent accumulator sets (panel rows
+/// `p ≡ s mod S` go to set `s`, added together at the end) so that `2·R·S ≥ 8` FMA chains
+/// are in flight.
+///
+/// # Safety
+/// A rows `< R` (stride `lda`) hold `k` values, the panel `k` rows of 16 (f16 when `F16`),
+/// C rows `< R` (stride `ldc`) `cols ≤ 16` writable values; the CPU supports AVX2, FMA, F16C.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize, const S: usize, const F16: bool>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    let row_bytes = PANEL * if F16 { 2 } else { 4 };
+    // SAFETY: register setup only (AVX vouched for by the caller).
+    let mut acc = unsafe { [[[_mm256_setzero_ps(); 2]; R]; S] };
+    let mut p = 0;
+    // SAFETY (every access below): p + s < k rows of the panel and columns of A rows < R;
+    // prefetches use wrapping address arithmetic and never fault.
+    unsafe {
+        while p + S <= k {
+            for (s, set) in acc.iter_mut().enumerate() {
+                let (b0, b1) = load_row::<F16>(b, p + s);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + s) * row_bytes + PREFETCH_BYTES) as *const i8);
+                for (r, v) in set.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a.add(r * lda + p + s));
+                    v[0] = _mm256_fmadd_ps(av, b0, v[0]);
+                    v[1] = _mm256_fmadd_ps(av, b1, v[1]);
+                }
+            }
+            p += S;
+        }
+        while p < k {
+            let (b0, b1) = load_row::<F16>(b, p);
+            for (r, v) in acc[0].iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r * lda + p));
+                v[0] = _mm256_fmadd_ps(av, b0, v[0]);
+                v[1] = _mm256_fmadd_ps(av, b1, v[1]);
+            }
+            p += 1;
+        }
+        let (first, rest) = acc.split_at_mut(1);
+        for set in rest.iter() {
+            for (sum, v) in first[0].iter_mut().zip(set) {
+                sum[0] = _mm256_add_ps(sum[0], v[0]);
+                sum[1] = _mm256_add_ps(sum[1], v[1]);
+            }
+        }
+        for (r, v) in acc[0].iter().enumerate() {
+            let cr = c.add(r * ldc);
+            if cols == PANEL {
+                _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), v[0]));
+                _mm256_storeu_ps(cr.add(8), _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), v[1]));
+            } else {
+                let mut t = [0.0f32; PANEL];
+                _mm256_storeu_ps(t.as_mut_ptr(), v[0]);
+                _mm256_storeu_ps(t.as_mut_ptr().add(8), v[1]);
+                for (j, &x) in t.iter().enumerate().take(cols) {
+                    *cr.add(j) += x;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Packed-panel weights: the layout of `pack_panels`, and the linear and conv forwards over
+//! panels on every ISA (scalar included: the portable path) against the dense scalar
+//! forward, for f32 and f16 weights, with and without bias and ReLU, on shapes that hit every
+//! row-pass size (1–6 rows and several passes), column tails (below, at, above and not a
+//! multiple of the 16-column panel), depth tails (not a multiple of the 4 accumulator sets)
+//! and, for convs, taps that read only padding, strides and batch > 1. Outputs are
+//! NaN-prefilled so an unwritten value fails.
+
+mod common;
+
+use common::{assert_close, Rng};
+use tinykd_kernels::act::Act;
+use tinykd_kernels::conv::{conv2d_fwd, conv2d_fwd_panels};
+use tinykd_kernels::linear::panels::{pack_panels, panels_len, PANEL};
+use tinykd_kernels::linear::{linear_fwd, linear_fwd_panels};
+use tinykd_kernels::shape::{Conv2d, Linear};
+use tinykd_kernels::{f16, Elem, Isa, IsaKind, KernelError};
+
+/// Every path this CPU can run.
+fn isas() -> Vec<Isa> {
+    IsaKind::ALL.iter().filter_map(|&k| Isa::force(k)).collect()
+}
+
+const EPILOGUES: [(bool, Act); 3] = [(false, Act::None), (true, Act::Relu), (true, Act::None)];
+
+fn packed<W: Elem>(taps: usize, k: usize, n: usize, w: &[W]) -> Vec<W> {
+    let mut wp = vec![W::from_f32(f32::NAN); panels_len(taps, k, n)];
+    pack_panels(taps, k, n, w, &mut wp).unwrap();
+    wp
+}
+
+#[test]
+fn pack_panels_layout_and_padding() {
+    let (taps, k, n) = (2, 3, 21);
+    let w: Vec<f32> = (0..taps * k * n).map(|i| i as f32 + 1.0).collect();
+    let wp = packed(taps, k, n, &w);
+    assert_eq!(wp.len(), taps * k * 32);
+    for t in 0..taps {
+        for p in 0..k {
+            for j in 0..32 {
+                let got = wp[t * k * 32 + (j / PANEL) * k * PANEL + p * PANEL + j % PANEL];
+                let want = if j < n { w[t * k * n + p * n + j] } else { 0.0 };
+                assert_eq!(got, want, "tap {t} row {p} column {j}");
+            }
+        }
+    }
+    let mut short = vec![0.0f32; panels_len(taps, k, n) - 1];
+    assert!(matches!(pack_panels(taps, k, n, &w, &mut short), Err(KernelError::Len { arg: "wp", .. })));
+    assert!(matches!(pack_panels(taps, k, n, &w[1..], &mut vec![0.0; 64]), Err(KernelError::Len { arg: "w", .. })));
+}
+
+fn check_linear<W: Elem>(rng: &mut Rng) {
+    for rows in [1, 2, 3, 4, 5, 6, 7, 13, 16, 17] {
+        for c_in in [1, 3, 4, 5, 33, 64] {
+            for c_out in [1, 7, 15, 16, 17, 33, 70] {
+                let s = Linear::new(rows, c_in, c_out);
+                let x = rng.vec(s.x_len());
+                let w: Vec<W> = rng.vec(s.w_len()).into_iter().map(W::from_f32).collect();
+                let b: Vec<W> = rng.vec(c_out).into_iter().map(W::from_f32).collect();
+                let wp = packed(1, c_in, c_out, &w);
+                for (has_b, act) in EPILOGUES {
+                    let bias = has_b.then_some(&b[..]);
+                    let mut want = vec![f32::NAN; s.y_len()];
+                    linear_fwd(Isa::scalar(), &s, &x, &w, bias, act, &mut want).unwrap();
+                    for isa in isas() {
+                        let mut got = vec![f32::NAN; s.y_len()];
+                        linear_fwd_panels(isa, &s, &x, &wp, bias, act, &mut got).unwrap();
+                        let what = format!("{:?} {:?} {s:?} bias {has_b} {act:?}", isa.kind(), W::DTYPE);
+                        assert_close(&what, &got, &want, 1e-5, 1e-6 * (c_in as f32 + 1.0));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_panels_match_dense_scalar_f32_and_f16() {
+    let mut rng = Rng::new(31);
+    check_linear::<f32>(&mut rng);
+    check_linear::<f16>(&mut rng);
+}
+
+fn check_conv<W: Elem>(rng: &mut Rng) {
+    // (n, h, w, c_in, c_out, k, stride, pad): 1 to 16 output pixels with taps that read only
+    // padding, stride 2 to one pixel, a 7x7 stem-like conv, batch 2, pointwise with and without
+    // stride, and a map larger than one im2col tile.
+    let shapes = [
+        Conv2d::new(1, 1, 1, 9, 17, 3, 1, 1),
+        Conv2d::new(1, 2, 2, 5, 8, 3, 1, 1),
+        Conv2d::new(1, 2, 2, 33, 9, 3, 2, 1),
+        Conv2d::new(1, 3, 3, 7, 70, 3, 1, 1),
+        Conv2d::new(2, 2, 2, 4, 7, 3, 1, 1),
+        Conv2d::new(1, 4, 4, 3, 16, 3, 1, 1),
+        Conv2d::new(1, 4, 4, 3, 10, 7, 2, 3),
+        Conv2d::new(1, 4, 4, 16, 24, 1, 1, 0),
+        Conv2d::new(1, 3, 3, 16, 24, 1, 2, 0),
+        Conv2d::new(1, 9, 9, 6, 17, 3, 1, 1),
+    ];
+    for s in shapes {
+        let x = rng.vec(s.x_len());
+        let w: Vec<W> = rng.vec(s.w_len()).into_iter().map(W::from_f32).collect();
+        let b: Vec<W> = rng.vec(s.c_out).into_iter().map(W::from_f32).collect();
+        let wp = packed(s.kh * s.kw, s.c_in, s.c_out, &w);
+        let mut scratch = vec![0.0f32; s.scratch_len()];
+        for (has_b, act) in EPILOGUES {
+            let bias = has_b.then_some(&b[..]);
+            let mut want = vec![f32::NAN; s.y_len()];
+            conv2d_fwd(Isa::scalar(), &s, &x, &w, bias, act, &mut want, &mut scratch).unwrap();
+            for isa in isas() {
+                let mut got = vec![f32::NAN; s.y_len()];
+                scratch.fill(f32::NAN);
+                conv2d_fwd_panels(isa, &s, &x, &wp, bias, act, &mut got, &mut scratch).unwrap();
+                let what = format!("{:?} {:?} {s:?} bias {has_b} {act:?}", isa.kind(), W::DTYPE);
+                assert_close(&what, &got, &want, 1e-5, 1e-6 * (s.k() as f32 + 1.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn conv_panels_match_dense_scalar_f32_and_f16() {
+    let mut rng = Rng::new(32);
+    check_conv::<f32>(&mut rng);
+    check_conv::<f16>(&mut rng);
+}
+
+#[test]
+fn panel_forwards_refuse_wrong_lengths_and_write_nothing() {
+    let s = Linear::new(2, 5, 9);
+    let (x, wp) = (vec![0.5f32; s.x_len()], vec![0.25f32; panels_len(1, 5, 9)]);
+    let mut y = vec![f32::NAN; s.y_len()];
+    let err = linear_fwd_panels(Isa::scalar(), &s, &x, &wp[1..], None, Act::None, &mut y).unwrap_err();
+    assert!(matches!(err, KernelError::Len { arg: "wp", .. }), "{err:?}");
+    // A dense-length weight is not a packed one.
+    let err = linear_fwd_panels(Isa::scalar(), &s, &x, &wp[..45], None, Act::None, &mut y).unwrap_err();
+    assert!(matches!(err, KernelError::Len { arg: "wp", .. }), "{err:?}");
+    assert!(y.iter().all(|v| v.is_nan()));
+    let c = Conv2d::new(1, 2, 2, 3, 4, 3, 1, 1);
+    let (x, wp) = (vec![0.5f32; c.x_len()], vec![0.25f32; panels_len(9, 3, 4)]);
+    let mut y = vec![f32::NAN; c.y_len()];
+    let mut scratch = vec![0.0f32; c.scratch_len() - 1];
+    let err = conv2d_fwd_panels(Isa::scalar(), &c, &x, &wp, None, Act::None, &mut y, &mut scratch).unwrap_err();
+    assert!(matches!(err, KernelError::Len { arg: "scratch", .. }), "{err:?}");
+    assert!(y.iter().all(|v| v.is_nan()));
+}
