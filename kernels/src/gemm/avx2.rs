@@ -65,20 +65,42 @@ impl MicroKernel for Fma6x16 {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY: forwarded verbatim; same contract.
-        unsafe { tile_6x16(kc, a, b, c, ldc, mr, nr, alpha, beta) }
+        // SAFETY: forwarded verbatim; a packed panel holds A[r][p] at a[p·MR + r].
+        unsafe { tile_6x16::<false>(kc, a, 0, b, c, ldc, mr, nr, alpha, beta) }
+    }
+
+    const DIRECT_A: bool = true;
+
+    #[inline(always)]
+    unsafe fn tile_direct(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: forwarded; A[r][p] at a[r·lda + p] is readable for r < 6 (caller).
+        unsafe { tile_6x16::<true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta) }
     }
 }
 
-/// See [`MicroKernel::tile`].
+/// See [`MicroKernel::tile`]; `A[r][p]` is read at `a[p·6 + r]` (a packed panel) or, when
+/// `DIRECT`, at `a[r·lda + p]` (in place).
 ///
 /// # Safety
-/// As [`MicroKernel::tile`] with MR = 6, NR = 16; the CPU supports AVX2 and FMA.
+/// As [`MicroKernel::tile`] with MR = 6, NR = 16, A readable at those positions for r < 6,
+/// p < kc; the CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_6x16(
+unsafe fn tile_6x16<const DIRECT: bool>(
     kc: usize,
     a: *const f32,
+    lda: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -87,17 +109,18 @@ unsafe fn tile_6x16(
     alpha: f32,
     beta: f32,
 ) {
+    let (a_rs, a_ps) = if DIRECT { (lda, 1) } else { (1, MR) };
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for p in 0..kc {
         // SAFETY: p < kc: the B panel holds kc·16 f32 (aligned, so each 8-lane row half is
-        // 32-byte aligned) and the A panel kc·6 f32.
+        // 32-byte aligned); A[r][p] is readable (caller).
         unsafe {
             let bp = b.add(p * NR);
             let b0 = _mm256_load_ps(bp);
             let b1 = _mm256_load_ps(bp.add(8));
-            let ap = a.add(p * MR);
+            let ap = a.add(p * a_ps);
             for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(r));
+                let av = _mm256_broadcast_ss(&*ap.add(r * a_rs));
                 row[0] = _mm256_fmadd_ps(av, b0, row[0]);
                 row[1] = _mm256_fmadd_ps(av, b1, row[1]);
             }

@@ -11,8 +11,9 @@
 //!
 //! k is cut into equal KC blocks (at most the kernel's KC, a multiple of 8), and MC is as many
 //! rows as the A buffer holds at that depth (MC·KC is fixed), so a short k gets a tall A block.
-//! Each element of A is packed once; B is packed `⌈m/MC⌉` times, which costs about
-//! `1/(2·MC)` of the arithmetic. f16 operands are widened to f32 while packing (by the
+//! Each element of A is packed once — or, for a kernel with `DIRECT_A` (AVX2) and an f32,
+//! untransposed A, not at all except in edge tiles: the micro-kernel broadcasts it in place;
+//! B is packed `⌈m/MC⌉` times, which costs about `1/(2·MC)` of the arithmetic. f16 operands are widened to f32 while packing (by the
 //! kernel's [`MicroKernel::widen`], i.e. F16C / NEON `fcvtl`), never in the micro-kernel.
 //! Panels are zero-padded to MR/NR lanes, so the micro-kernel always runs a full tile; edge
 //! tiles are cut in its epilogue.
@@ -94,6 +95,48 @@ pub(super) trait MicroKernel {
         alpha: f32,
         beta: f32,
     );
+
+    /// Whether the kernel implements [`MicroKernel::tile_direct`]; then the loop nest reads
+    /// full MR-row tiles of an f32, untransposed A in place instead of packing them (the
+    /// broadcasts of a broadcast-style kernel need no A panel; packing A was ~20 % of a
+    /// distillation step).
+    const DIRECT_A: bool = false;
+
+    /// [`MicroKernel::tile`] with A read in place: `A[r][p]` at `a[r·lda + p]`, `r < MR`.
+    /// Only called when [`MicroKernel::DIRECT_A`]; this default (never used) is a plain loop.
+    ///
+    /// # Safety
+    /// As [`MicroKernel::tile`], with `a[r·lda + p]` readable for `r < MR`, `p < kc`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_direct(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        for r in 0..mr {
+            for j in 0..nr {
+                let mut acc = 0.0f32;
+                for p in 0..kc {
+                    // SAFETY: r < MR, p < kc, j < nr ≤ NR: inside A and the B panel (caller).
+                    acc += unsafe { *a.add(r * lda + p) * *b.add(p * Self::NR + j) };
+                }
+                let t = alpha * acc;
+                // SAFETY: r < mr, j < nr: inside C (caller).
+                unsafe {
+                    let d = c.add(r * ldc + j);
+                    *d = if beta == 0.0 { t } else { t + beta * *d };
+                }
+            }
+        }
+    }
 }
 
 /// Packs an `L`-lane, `kc`-deep panel of a stored matrix `x` (row stride `ld`) into
@@ -115,6 +158,13 @@ unsafe fn pack_panel<K: MicroKernel, E: Elem, const L: usize>(
     kc: usize,
     dst: *mut f32,
 ) {
+    if let Some(xf) = as_f32(x) {
+        // f32 needs no widening: copy with fixed-size moves (`memcpy` calls for these short
+        // runs cost more than the copy: they were 18 % of a distillation step).
+        // SAFETY: forwarded contract.
+        unsafe { pack_panel_f32::<L>(xf, lanes_contig, ld, lane0, nl, d0, kc, dst) };
+        return;
+    }
     if lanes_contig {
         for p in 0..kc {
             let run = &x[(d0 + p) * ld + lane0..][..nl];
@@ -154,6 +204,62 @@ unsafe fn pack_panel<K: MicroKernel, E: Elem, const L: usize>(
     }
 }
 
+/// [`pack_panel`] for f32 `x`: full panels as one `[f32; L]` move per depth, gathered lanes
+/// read straight from their `nl` rows (no staging buffer).
+///
+/// # Safety
+/// As [`pack_panel`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_panel_f32<const L: usize>(
+    x: &[f32],
+    lanes_contig: bool,
+    ld: usize,
+    lane0: usize,
+    nl: usize,
+    d0: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
+    if lanes_contig {
+        for p in 0..kc {
+            let run = &x[(d0 + p) * ld + lane0..][..nl];
+            // SAFETY: p < kc, so `dst.add(p·L)` starts L in-bounds slots; a full run is one
+            // unaligned `[f32; L]` move, a partial one is copied and zero-padded.
+            unsafe {
+                let out = dst.add(p * L);
+                if nl == L {
+                    (out as *mut [f32; L]).write_unaligned((run.as_ptr() as *const [f32; L]).read_unaligned());
+                } else {
+                    for (l, &v) in run.iter().enumerate() {
+                        out.add(l).write(v);
+                    }
+                    for l in nl..L {
+                        out.add(l).write(0.0);
+                    }
+                }
+            }
+        }
+    } else {
+        // Each lane is a row of x from column d0: check the kc elements once, then read them
+        // through pointers, depth-major so the stores into `dst` are contiguous.
+        let mut rows = [core::ptr::null::<f32>(); L];
+        for (l, r) in rows.iter_mut().enumerate().take(nl) {
+            *r = x[(lane0 + l) * ld + d0..][..kc].as_ptr();
+        }
+        for p in 0..kc {
+            // SAFETY: p < kc: `dst.add(p·L)` starts L in-bounds slots, and each of the first nl
+            // row pointers has kc readable elements (checked above).
+            unsafe {
+                let out = dst.add(p * L);
+                for (l, r) in rows.iter().enumerate() {
+                    out.add(l).write(if l < nl { *r.add(p) } else { 0.0 });
+                }
+            }
+        }
+    }
+}
+
 /// `C = α·op(A)·op(B) + β·C` by the loop nest in the module docs, with packing buffers
 /// `abuf` (`mc_max·kc_max` f32) and `bbuf` (`kc_max·NR` f32).
 ///
@@ -183,6 +289,12 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
         return;
     }
     let cp = c.as_mut_ptr();
+    // Full MR-row tiles of an f32, untransposed A are read in place (rows `lda` apart; the
+    // caller's length check covers them); only the edge tile is packed.
+    let a_direct = match as_f32(a) {
+        Some(af) if K::DIRECT_A && s.ta == Trans::N => Some(af.as_ptr()),
+        _ => None,
+    };
     // Equal KC blocks (k = 288 runs as 2×144, not 256 + 32), rounded up to a multiple of 8.
     let kc_blk = s.k.div_ceil(s.k.div_ceil(kc_max)).next_multiple_of(8).min(kc_max);
     // As many rows as the A buffer holds at that depth: fewer B repacks when k is short.
@@ -197,6 +309,9 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
             let panels = mc.div_ceil(MR);
             for ir in 0..panels {
                 let mr = MR.min(mc - ir * MR);
+                if a_direct.is_some() && mr == MR {
+                    continue;
+                }
                 // SAFETY: panel `ir` occupies abuf[ir·MR·kc ..][.. MR·kc], inside
                 // `mc_max·kc_max` since ir < ⌈mc/MR⌉ ≤ mc_blk/MR and mc_blk·kc ≤
                 // mc_blk·kc_blk ≤ mc_max·kc_max (kc ≤ kc_blk ≤ kc_max); the A
@@ -218,17 +333,31 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                     // aligned); the tile's C elements (row+r)·ldc + j0+j for r < mr, j < nr are
                     // inside `c` because the caller checked `c.len() ≥ (m−1)·ldc + n`.
                     unsafe {
-                        K::tile(
-                            kc,
-                            abuf.add(ir * MR * kc),
-                            bbuf,
-                            cp.add(row * s.ldc + j0),
-                            s.ldc,
-                            mr,
-                            nr,
-                            alpha,
-                            beta_p,
-                        )
+                        match a_direct {
+                            Some(ap) if mr == MR => K::tile_direct(
+                                kc,
+                                ap.add(row * s.lda + p0),
+                                s.lda,
+                                bbuf,
+                                cp.add(row * s.ldc + j0),
+                                s.ldc,
+                                mr,
+                                nr,
+                                alpha,
+                                beta_p,
+                            ),
+                            _ => K::tile(
+                                kc,
+                                abuf.add(ir * MR * kc),
+                                bbuf,
+                                cp.add(row * s.ldc + j0),
+                                s.ldc,
+                                mr,
+                                nr,
+                                alpha,
+                                beta_p,
+                            ),
+                        }
                     };
                 }
                 j0 += NR;
