@@ -39,6 +39,7 @@ use core::fmt;
 use core::ops::Range;
 
 use tinykd_kernels::act::{self, Act};
+use tinykd_kernels::linear::panels::{pack_panels, panels_len, worth_packing};
 use tinykd_kernels::{conv, dwconv, f16, linear, pool, DType, Elem, Isa, KernelError};
 
 use crate::arena;
@@ -115,6 +116,13 @@ pub enum EngineError {
         /// The layer.
         layer: Name,
     },
+    /// The buffer given to [`Engine::with_panels`] is shorter than [`Engine::panels_bytes`].
+    PanelBufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        got: usize,
+    },
 }
 
 impl fmt::Display for EngineError {
@@ -141,6 +149,9 @@ impl fmt::Display for EngineError {
             }
             EngineError::Kernel { layer, err } => write!(f, "layer `{layer}`: {err}"),
             EngineError::OverlappingOperands { layer } => write!(f, "layer `{layer}`: the plan overlaps its operands"),
+            EngineError::PanelBufferTooSmall { needed, got } => {
+                write!(f, "panel buffer of {got} bytes is too small: the packed weights need {needed} bytes")
+            }
         }
     }
 }
@@ -239,6 +250,10 @@ pub struct Engine<'w, P: Borrow<EnginePlan> = EnginePlan> {
     /// Per step, the byte offsets in the file of its weights' and bias's data (0 for a step
     /// without weights); their lengths follow from the step's shapes.
     data: [[usize; 2]; MAX_STEPS],
+    /// Weights packed into panels by [`Engine::with_panels`] (empty until then), the packed
+    /// steps' in schedule order, each at the next multiple of [`ALIGN`] (see
+    /// [`Engine::next_panel`]).
+    panels: &'w [u8],
 }
 
 impl<'w> Engine<'w> {
@@ -276,7 +291,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         for (slot, step) in data.iter_mut().zip(ep.schedule.steps()) {
             *slot = bind(&mut cursor, step)?;
         }
-        Ok(Engine { setup, file: *file, data })
+        Ok(Engine { setup, file: *file, data, panels: &[] })
     }
 
     /// The schedule and plan.
@@ -298,6 +313,95 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
     /// as [`crate::plan::arena_bytes`].
     pub fn arena_bytes(&self) -> usize {
         self.setup.borrow().arena_bytes()
+    }
+
+    /// Bytes of the buffer [`Engine::with_panels`] needs (its packed weights plus [`ALIGN`]
+    /// for any start address); 0 when no step is worth packing.
+    pub fn panels_bytes(&self) -> usize {
+        let mut end = 0;
+        for step in self.schedule().steps() {
+            self.next_panel(step, &mut end);
+        }
+        if end == 0 {
+            0
+        } else {
+            end + ALIGN
+        }
+    }
+
+    /// Packs the weights of the conv and fc steps for which
+    /// [`worth_packing`](tinykd_kernels::linear::panels::worth_packing) holds — at batch 1
+    /// every layer but the stem, and above all the late ones, whose cost is streaming their
+    /// weights — into 16-column panels in `buf` (see [`tinykd_kernels::linear::panels`]) and runs those steps from
+    /// there from now on: one sequential stream per layer, the outputs held in registers.
+    /// Same results up to rounding order. This is a host-side speed-up (it copies those
+    /// weights, [`Engine::panels_bytes`] bytes); the Cortex-M4F kernels do not use it.
+    ///
+    /// Errors: [`EngineError::PanelBufferTooSmall`] if `buf` is shorter than
+    /// [`Engine::panels_bytes`]; the engine is unchanged then (it packs nothing before
+    /// checking).
+    pub fn with_panels(&mut self, buf: &'w mut [u8]) -> Result<(), EngineError> {
+        let needed = self.panels_bytes();
+        if needed == 0 {
+            return Ok(());
+        }
+        if buf.len() < needed {
+            return Err(EngineError::PanelBufferTooSmall { needed, got: buf.len() });
+        }
+        let skip = buf.as_ptr().align_offset(ALIGN);
+        let region = &mut buf[skip..skip + needed - ALIGN];
+        let mut end = 0;
+        for (step, &at) in self.schedule().steps().iter().zip(&self.data) {
+            let Some((off, (taps, k, n))) = self.next_panel(step, &mut end) else { continue };
+            let dst = &mut region[off..end];
+            let packed = match self.weights(step, at) {
+                Some(StepWeights::F32 { w, .. }) => elems_mut::<f32>(dst).map(|d| pack_panels(taps, k, n, w, d)),
+                Some(StepWeights::F16 { w, .. }) => elems_mut::<f16>(dst).map(|d| pack_panels(taps, k, n, w, d)),
+                Some(StepWeights::None) | None => None,
+            };
+            match packed {
+                Some(Ok(())) => {}
+                Some(Err(err)) => return Err(EngineError::Kernel { layer: step.layer, err }),
+                None => return Err(EngineError::MissingTensor { name: step.layer }),
+            }
+        }
+        let buf: &'w [u8] = buf;
+        self.panels = &buf[skip..skip + needed - ALIGN];
+        Ok(())
+    }
+
+    /// If `step`'s weights are packed: advances `end` (the end of the packed steps before it,
+    /// in bytes) past them and returns their byte offset and `(taps, c_in, c_out)`.
+    fn next_panel(&self, step: &Step, end: &mut usize) -> Option<(usize, (usize, usize, usize))> {
+        let dims @ (taps, k, n) = self.panel_dims(step)?;
+        let off = end.next_multiple_of(ALIGN);
+        *end = off + panels_len(taps, k, n) * self.file.dtype().size();
+        Some((off, dims))
+    }
+
+    /// `(taps, c_in, c_out)` of `step`'s weights if the engine packs them into panels.
+    fn panel_dims(&self, step: &Step) -> Option<(usize, usize, usize)> {
+        let rows = self.setup.borrow().schedule.batch * step.y_shape.h as usize * step.y_shape.w as usize;
+        let (k, c_in, c_out) = (step.k as usize, step.x_shape.c as usize, step.y_shape.c as usize);
+        let taps = match step.kind {
+            StepKind::Conv { .. } => k * k,
+            StepKind::Fc => 1,
+            _ => return None,
+        };
+        worth_packing(rows, taps, c_in).then_some((taps, c_in, c_out))
+    }
+
+    /// The packed weights at byte offset `off` of the panels, `(taps, c_in, c_out)` (`None`
+    /// if the engine has no panels).
+    fn panel_weights(&self, off: usize, (taps, k, n): (usize, usize, usize)) -> Option<PanelWeights<'w>> {
+        if self.panels.is_empty() {
+            return None;
+        }
+        let len = panels_len(taps, k, n);
+        Some(match self.file.dtype() {
+            DType::F32 => PanelWeights::F32(elems(self.panels, off, len)?),
+            DType::F16 => PanelWeights::F16(elems(self.panels, off, len)?),
+        })
     }
 
     /// Runs the forward pass: `input` is the NHWC batch (`batch·h·w·c` normalised values),
@@ -328,9 +432,11 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         if !pre.is_empty() || !post.is_empty() {
             return Err(EngineError::ArenaTooSmall { needed: needed + ALIGN, got: arena.len() });
         }
+        let mut end = 0;
         for (step, &at) in ep.schedule.steps().iter().zip(&self.data) {
             let w = self.weights(step, at).ok_or(EngineError::MissingTensor { name: step.layer })?;
-            self.run_step(isa, step, w, input, floats, logits)?;
+            let panels = self.next_panel(step, &mut end).and_then(|(off, dims)| self.panel_weights(off, dims));
+            self.run_step(isa, step, w, panels, input, floats, logits)?;
         }
         Ok(())
     }
@@ -359,11 +465,13 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_step(
         &self,
         isa: Isa,
         step: &Step,
         w: StepWeights<'_>,
+        panels: Option<PanelWeights<'_>>,
         input: &[f32],
         arena: &mut [f32],
         logits: &mut [f32],
@@ -375,7 +483,52 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
                 .ok_or(EngineError::OverlappingOperands { layer: step.layer })?;
         let x: &[f32] = if read == Buf::Input { input } else { ro };
         let y: &mut [f32] = if step.y == Buf::Output { logits } else { rw };
-        forward_step(isa, step, n, w, x, y, scratch).map_err(|err| EngineError::Kernel { layer: step.layer, err })
+        match panels {
+            Some(wp) => panel_step(isa, step, n, wp, w, x, y, scratch),
+            None => forward_step(isa, step, n, w, x, y, scratch),
+        }
+        .map_err(|err| EngineError::Kernel { layer: step.layer, err })
+    }
+}
+
+/// A step's weights packed into panels (its bias stays in the file).
+#[derive(Clone, Copy, Debug)]
+enum PanelWeights<'w> {
+    F32(&'w [f32]),
+    F16(&'w [f16]),
+}
+
+/// Runs a conv or fc step from its packed weights `wp` (bias from `w`).
+#[allow(clippy::too_many_arguments)]
+fn panel_step(
+    isa: Isa,
+    step: &Step,
+    n: usize,
+    wp: PanelWeights<'_>,
+    w: StepWeights<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), KernelError> {
+    let act = match step.kind {
+        StepKind::Conv { relu: true } => Act::Relu,
+        _ => Act::None,
+    };
+    match (step.kind, wp, w) {
+        (StepKind::Conv { .. }, PanelWeights::F32(wp), StepWeights::F32 { b, .. }) => {
+            conv::conv2d_fwd_panels(isa, &step.conv2d(n), x, wp, Some(b), act, y, scratch)
+        }
+        (StepKind::Conv { .. }, PanelWeights::F16(wp), StepWeights::F16 { b, .. }) => {
+            conv::conv2d_fwd_panels(isa, &step.conv2d(n), x, wp, Some(b), act, y, scratch)
+        }
+        (StepKind::Fc, PanelWeights::F32(wp), StepWeights::F32 { b, .. }) => {
+            linear::linear_fwd_panels(isa, &step.linear(n), x, wp, Some(b), act, y)
+        }
+        (StepKind::Fc, PanelWeights::F16(wp), StepWeights::F16 { b, .. }) => {
+            linear::linear_fwd_panels(isa, &step.linear(n), x, wp, Some(b), act, y)
+        }
+        // `with_panels` packs only conv and fc steps, in the file's dtype.
+        _ => Err(KernelError::Shape("packed weights for a step without them")),
     }
 }
 
@@ -451,6 +604,15 @@ const fn weight_dims(step: &Step) -> Option<(graph::Dims, ParamRole)> {
         StepKind::Fc => Some((graph::Dims::new(&[c_in, c_out]), ParamRole::Offset)),
         StepKind::MaxPool | StepKind::AddRelu | StepKind::GlobalAvgPool => None,
     }
+}
+
+/// The bytes of `region` as `T` (`None` if misaligned or not a whole number of `T`).
+fn elems_mut<T: Plain>(region: &mut [u8]) -> Option<&mut [T]> {
+    // SAFETY: `T` is `f32` or `f16` (`Plain`), for which every bit pattern is a valid value
+    // (and any value a valid byte sequence); `align_to_mut` only reinterprets the correctly
+    // aligned middle part, and the edges are checked to be empty.
+    let (pre, mid, post) = unsafe { region.align_to_mut::<T>() };
+    (pre.is_empty() && post.is_empty()).then_some(mid)
 }
 
 /// Element types whose every bit pattern is a valid value (f32 and f16 weights).

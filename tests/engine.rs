@@ -483,3 +483,38 @@ fn static_plan_engine_reports_clear_errors() {
     let e = engine.run(Isa::scalar(), &[0.0; 3072], &mut arena, &mut [0.0; 20]).unwrap_err();
     assert_eq!(e, EngineError::InputLen { expected: 6144, got: 3072 });
 }
+
+#[test]
+fn packed_panels_match_the_file_layout_on_every_isa() {
+    // Batch 1 packs every layer but the stem (ResNet50's 7x7 stem has 3 input channels: not
+    // packed); batch 3 packs fewer; both dtypes; each ISA this CPU has against the unpacked run.
+    let cases = [(STUDENT, 1), (STUDENT, 3), (ModelConfig::resnet50(), 1)];
+    for (cfg, n) in cases {
+        let store = random_params(&cfg, 31);
+        let image = Rng::new(32).vec(n * 32 * 32 * 3);
+        for dtype in [DType::F32, DType::F16] {
+            let bytes = export(&cfg, &store, dtype);
+            let file = WeightFile::parse(&bytes).unwrap();
+            let plain = Engine::new(&cfg, n, &file).unwrap();
+            let mut packed = plain.clone();
+            let need = packed.panels_bytes();
+            assert!(need > 0, "{cfg:?} batch {n}: nothing packed");
+            // Too short a buffer is refused and leaves the engine as it was.
+            let mut short = vec![0u8; need - 1];
+            let err = packed.with_panels(&mut short).unwrap_err();
+            assert_eq!(err, EngineError::PanelBufferTooSmall { needed: need, got: need - 1 });
+            assert!(err.to_string().contains("too small"), "{err}");
+            let mut buf = vec![0u8; need];
+            packed.with_panels(&mut buf).unwrap();
+            for kind in tinykd::kernels::IsaKind::ALL {
+                let Some(isa) = Isa::force(kind) else { continue };
+                let mut arena = vec![0u8; plain.arena_bytes()];
+                let mut want = vec![0.0f32; n * cfg.classes as usize];
+                plain.run(isa, &image, &mut arena, &mut want).unwrap();
+                let mut got = vec![f32::NAN; want.len()];
+                packed.run(isa, &image, &mut arena, &mut got).unwrap();
+                assert_rel(&format!("{cfg:?} batch {n} {dtype:?} {kind:?}: panels vs file"), &got, &want, 1e-4);
+            }
+        }
+    }
+}

@@ -66,6 +66,10 @@ pub struct InferArgs {
     /// Weight storage.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// Run every layer from the weight file's layout instead of packing the few-row layers'
+    /// weights into panels first (`Engine::with_panels`).
+    #[arg(long)]
+    pub no_panels: bool,
     /// Timing.
     #[command(flatten)]
     pub timing: Timing,
@@ -150,7 +154,9 @@ fn infer(a: InferArgs) -> anyhow::Result<serde_json::Value> {
     let params = ParamStore::init(&cfg, 0).map_err(|e| UsageError(e.to_string()))?;
     let bytes = AlignedBuf::from_bytes(&export_inference(&cfg, &params, dtype)?);
     let file = WeightFile::parse(&bytes)?;
-    let engine = Engine::new(&cfg, batch, &file)?;
+    let mut engine = Engine::new(&cfg, batch, &file)?;
+    let mut panel_buf = vec![0u8; if a.no_panels { 0 } else { engine.panels_bytes() }];
+    engine.with_panels(&mut panel_buf)?;
     let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
     let input = random_input(batch * per_image, 1);
     let mut arena = vec![0u8; engine.arena_bytes()];
@@ -165,6 +171,7 @@ fn infer(a: InferArgs) -> anyhow::Result<serde_json::Value> {
         "batch": batch,
         "threads": 1,
         "dtype": dtype.name(),
+        "panels": !a.no_panels,
         "isa": isa.kind().name(),
         "ms_median": s.median,
         "ms_p10": s.p10,
