@@ -84,7 +84,7 @@ fn linear_panels_match_dense_scalar_f32_and_f16() {
 fn check_conv<W: Elem>(rng: &mut Rng) {
     // (n, h, w, c_in, c_out, k, stride, pad): 1 to 16 output pixels with taps that read only
     // padding, stride 2 to one pixel, a 7x7 stem-like conv, batch 2, pointwise with and without
-    // stride, and a map larger than one im2col tile.
+    // stride, a map larger than one im2col tile, and batches of small maps.
     let shapes = [
         Conv2d::new(1, 1, 1, 9, 17, 3, 1, 1),
         Conv2d::new(1, 2, 2, 5, 8, 3, 1, 1),
@@ -96,6 +96,11 @@ fn check_conv<W: Elem>(rng: &mut Rng) {
         Conv2d::new(1, 4, 4, 16, 24, 1, 1, 0),
         Conv2d::new(1, 3, 3, 16, 24, 1, 2, 0),
         Conv2d::new(1, 9, 9, 6, 17, 3, 1, 1),
+        // Batches of small maps run position by position (and past one im2col tile).
+        Conv2d::new(3, 4, 4, 9, 20, 3, 2, 1),
+        Conv2d::new(4, 3, 3, 6, 17, 3, 1, 1),
+        Conv2d::new(70, 1, 1, 5, 18, 3, 1, 1),
+        Conv2d::new(5, 4, 4, 8, 33, 1, 2, 0),
     ];
     for s in shapes {
         let x = rng.vec(s.x_len());

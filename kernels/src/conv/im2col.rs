@@ -63,10 +63,16 @@ fn clip(start: usize, pad: usize, len: usize, k: usize) -> (usize, usize) {
 /// = x[n][oy·stride + ky − pad][ox·stride + kx − pad][ci]`, zero where that is padding.
 /// `col.len()` is a multiple of `K`; lengths are checked by the caller.
 pub(super) fn pack(s: &Conv2d, x: &[f32], row0: usize, col: &mut [f32]) {
+    pack_strided(s, x, row0, 1, col);
+}
+
+/// [`pack`] of the output pixels `row0, row0 + stride, row0 + 2·stride, …` (with `stride` =
+/// pixels per image: one output position across images).
+pub(super) fn pack_strided(s: &Conv2d, x: &[f32], row0: usize, stride: usize, col: &mut [f32]) {
     let c_in = s.c_in;
     let seg = s.kw * c_in;
     for (r, row) in col.chunks_exact_mut(s.k()).enumerate() {
-        let win = Window::of(s, row0 + r);
+        let win = Window::of(s, row0 + r * stride);
         let (lo, hi) = (win.kx_lo * c_in, win.kx_hi * c_in);
         row[..win.ky_lo * seg].fill(0.0);
         row[win.ky_hi * seg..].fill(0.0);

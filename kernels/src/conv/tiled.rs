@@ -97,7 +97,8 @@ fn fwd_streamed<W: Elem>(
 }
 
 /// `y = act(Σ_taps im2col(x)[.., tap] · wp[tap] + b)` over packed weights, tile by tile,
-/// skipping the taps no pixel of the tile reads in bounds (see [`crate::linear::panels`]).
+/// skipping the taps no pixel of the tile reads in bounds (see [`crate::linear::panels`]);
+/// a batch's small maps go position by position, so every tile skips its padding taps.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fwd_panels<W: Elem>(
     isa: Isa,
@@ -109,31 +110,66 @@ pub(super) fn fwd_panels<W: Elem>(
     y: &mut [f32],
     scratch: &mut [f32],
 ) {
-    let (k, c_in, c_out) = (s.k(), s.c_in, s.c_out);
-    let per_tap = panels::panels_len(1, c_in, c_out);
+    let (k, c_out) = (s.k(), s.c_out);
     y.fill(0.0);
+    let pixels = s.out_h() * s.out_w();
     if s.is_pointwise() {
-        let product = PanelProduct { m: s.n * s.h * s.w, n: c_out, k, a: x, lda: k, b: wp };
+        let product = PanelProduct { m: s.n * s.h * s.w, n: c_out, k, a: x, lda: k, b: wp, ldc: c_out };
         panels::accumulate(isa, &product, y);
+    } else if s.n > 1 && pixels <= BY_POSITION_PIXELS {
+        // Small maps of a batch: tiles of one output position across images, so each tile
+        // skips the taps that position reads only as padding (at a 2x2 map, 5 of 9).
+        for pos in 0..pixels {
+            for img0 in (0..s.n).step_by(IM2COL_ROWS) {
+                let rows = IM2COL_ROWS.min(s.n - img0);
+                let row0 = img0 * pixels + pos;
+                let col = &mut scratch[..rows * k];
+                im2col::pack_strided(s, x, row0, pixels, col);
+                let y_tile = &mut y[row0 * c_out..];
+                taps_into(isa, s, col, row0, 1, rows, wp, y_tile, pixels * c_out);
+            }
+        }
     } else {
         for (row0, rows) in tiles(s) {
             let col = &mut scratch[..rows * k];
             im2col::pack(s, x, row0, col);
             let y_tile = &mut y[row0 * c_out..(row0 + rows) * c_out];
-            for ky in 0..s.kh {
-                for kx in 0..s.kw {
-                    if !im2col::tap_used(s, row0, rows, ky, kx) {
-                        continue;
-                    }
-                    let t = ky * s.kw + kx;
-                    let b = &wp[t * per_tap..(t + 1) * per_tap];
-                    let product = PanelProduct { m: rows, n: c_out, k: c_in, a: &col[t * c_in..], lda: k, b };
-                    panels::accumulate(isa, &product, y_tile);
-                }
-            }
+            taps_into(isa, s, col, row0, rows, rows, wp, y_tile, c_out);
         }
     }
     bias_act(isa, c_out, bias, act, y);
+}
+
+/// Output maps of at most this many pixels run a batch's packed forward position by position.
+const BY_POSITION_PIXELS: usize = 16;
+
+/// `y_tile += Σ_taps col[.., tap] · wp[tap]` for an im2col tile of `rows` rows (C rows `ldc`
+/// apart), over the taps that some of the `span` output pixels from `row0` read in bounds.
+#[allow(clippy::too_many_arguments)]
+fn taps_into<W: Elem>(
+    isa: Isa,
+    s: &Conv2d,
+    col: &[f32],
+    row0: usize,
+    span: usize,
+    rows: usize,
+    wp: &[W],
+    y_tile: &mut [f32],
+    ldc: usize,
+) {
+    let (k, c_in, c_out) = (s.k(), s.c_in, s.c_out);
+    let per_tap = panels::panels_len(1, c_in, c_out);
+    for ky in 0..s.kh {
+        for kx in 0..s.kw {
+            if !im2col::tap_used(s, row0, span, ky, kx) {
+                continue;
+            }
+            let t = ky * s.kw + kx;
+            let b = &wp[t * per_tap..(t + 1) * per_tap];
+            let product = PanelProduct { m: rows, n: c_out, k: c_in, a: &col[t * c_in..], lda: k, b, ldc };
+            panels::accumulate(isa, &product, y_tile);
+        }
+    }
 }
 
 /// `dx = col2im(dy · wᵀ)`: per tile `dcol = dy_tile · wᵀ`, scatter-added into a zeroed `dx`.

@@ -67,7 +67,7 @@ pub fn linear_fwd_panels<W: Elem>(
     }
     check_len("y", y.len(), s.y_len())?;
     y.fill(0.0);
-    let product = panels::PanelProduct { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: wp };
+    let product = panels::PanelProduct { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: wp, ldc: s.c_out };
     panels::accumulate(isa, &product, y);
     epilogue::bias_act(isa, s.c_out, bias, act, y);
     Ok(())

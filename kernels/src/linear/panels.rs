@@ -11,10 +11,12 @@
 //! at load time (onnxruntime's pre-packed GEMM, XNNPACK's packed weights); the engine packs
 //! the layers for which [`worth_packing`] holds.
 //!
-//! Paths: AVX2+FMA+F16C (`avx2.rs`: 1–6 rows per pass, independent accumulator sets for 1–3
-//! rows so the FMA latency is hidden, software prefetch ahead of the stream, f16 widened by
-//! `vcvtph2ps`); portable (below, the specification: each output `C₀ + Σ_p A·B` in `p`
-//! order, used by the scalar and NEON kinds). Both satisfy the GEMM's dot-product error bound.
+//! Paths: AVX2+FMA+F16C (`avx2.rs`: 1–6 rows per pass, for f16 weights independent
+//! accumulator sets for 1–3 rows so the FMA latency is hidden, software prefetch ahead of the
+//! stream, f16 widened by `vcvtph2ps`); portable (below, the specification: each output
+//! `C₀ + Σ_p A·B` in `p` order, used by the scalar and NEON kinds). Both satisfy the GEMM's dot-product error bound,
+//! and with f32 weights each output's bits depend only on its own row (not on `m` or on the
+//! other rows), so splitting a batch across threads changes nothing.
 
 use crate::elem::Elem;
 use crate::error::{check_len, Result};
@@ -69,7 +71,7 @@ pub fn pack_panels<W: Elem>(taps: usize, k: usize, n: usize, w: &[W], wp: &mut [
 }
 
 /// One tap's product over packed weights: `A[i][p]` at `a[i·lda + p]`, `B` the `k×n` panels
-/// (`b.len() ≥ panels_len(1, k, n)`), `C[i][j]` at `c[i·n + j]`.
+/// (`b.len() ≥ panels_len(1, k, n)`), `C[i][j]` at `c[i·ldc + j]`.
 pub(crate) struct PanelProduct<'a, W> {
     /// Rows of A and C.
     pub m: usize,
@@ -83,6 +85,8 @@ pub(crate) struct PanelProduct<'a, W> {
     pub lda: usize,
     /// B in panels.
     pub b: &'a [W],
+    /// Row stride of C (at least `n`).
+    pub ldc: usize,
 }
 
 impl<W> PanelProduct<'_, W> {
@@ -91,7 +95,8 @@ impl<W> PanelProduct<'_, W> {
         self.lda >= self.k
             && (self.m == 0 || self.a.len() >= (self.m - 1) * self.lda + self.k)
             && self.b.len() >= panels_len(1, self.k, self.n)
-            && c_len >= self.m * self.n
+            && self.ldc >= self.n
+            && (self.m == 0 || c_len >= (self.m - 1) * self.ldc + self.n)
     }
 }
 
@@ -125,7 +130,7 @@ fn portable<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
                     *s += av * b.to_f32();
                 }
             }
-            for (out, s) in c[i * n + j0..i * n + j0 + cols].iter_mut().zip(acc) {
+            for (out, s) in c[i * p.ldc + j0..i * p.ldc + j0 + cols].iter_mut().zip(acc) {
                 *out += s;
             }
         }

@@ -1,5 +1,7 @@
 //! AVX2+FMA+F16C product over packed panels: per 16-column panel, passes of 1–6 rows whose
-//! `R×16` tile of `C` lives in 2·R ymm accumulators over all of `k`.
+//! `R×16` tile of `C` lives in 2·R ymm accumulators over all of `k`. With f32 weights every
+//! row is summed in `k` order whatever pass it falls in (results independent of the row
+//! grouping); with f16 weights passes of 1–3 rows split the sum over independent sets.
 
 use super::{PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
@@ -18,10 +20,10 @@ const PREFETCH_BYTES: usize = 256;
 pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
     if TypeId::of::<W>() == TypeId::of::<f16>() {
         // SAFETY: forwarded; `W` is f16, 2 bytes per element.
-        unsafe { panels::<true>(p.m, p.n, p.k, p.a.as_ptr(), p.lda, p.b.as_ptr() as *const u8, c.as_mut_ptr()) }
+        unsafe { panels::<true>(p.m, p.n, p.k, p.a.as_ptr(), p.lda, p.b.as_ptr() as *const u8, c.as_mut_ptr(), p.ldc) }
     } else {
         // SAFETY: forwarded; `W` is f32 (the only other `Elem`), 4 bytes per element.
-        unsafe { panels::<false>(p.m, p.n, p.k, p.a.as_ptr(), p.lda, p.b.as_ptr() as *const u8, c.as_mut_ptr()) }
+        unsafe { panels::<false>(p.m, p.n, p.k, p.a.as_ptr(), p.lda, p.b.as_ptr() as *const u8, c.as_mut_ptr(), p.ldc) }
     }
 }
 
@@ -30,7 +32,17 @@ pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32])
 /// # Safety
 /// As [`accumulate`], with `b` the panels' bytes (f16 when `F16`, else f32).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panels<const F16: bool>(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const u8, c: *mut f32) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn panels<const F16: bool>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+    c: *mut f32,
+    ldc: usize,
+) {
     let esize = if F16 { 2 } else { 4 };
     for jp in 0..n.div_ceil(PANEL) {
         let j0 = jp * PANEL;
@@ -40,17 +52,24 @@ unsafe fn panels<const F16: bool>(m: usize, n: usize, k: usize, a: *const f32, l
         let mut i = 0;
         while i < m {
             let rows = (m - i).min(6);
-            // SAFETY: rows i..i+rows < m of A (stride lda, k columns) and C (stride n,
+            // SAFETY: rows i..i+rows < m of A (stride lda, k columns) and C (stride ldc,
             // columns j0..j0+cols ≤ n) are inside the checked lengths; the panel is k rows.
             unsafe {
-                let (ai, ci) = (a.add(i * lda), c.add(i * n + j0));
+                let (ai, ci) = (a.add(i * lda), c.add(i * ldc + j0));
                 match rows {
-                    1 => tile::<1, 4, F16>(k, ai, lda, bp, ci, n, cols),
-                    2 => tile::<2, 3, F16>(k, ai, lda, bp, ci, n, cols),
-                    3 => tile::<3, 2, F16>(k, ai, lda, bp, ci, n, cols),
-                    4 => tile::<4, 1, F16>(k, ai, lda, bp, ci, n, cols),
-                    5 => tile::<5, 1, F16>(k, ai, lda, bp, ci, n, cols),
-                    _ => tile::<6, 1, F16>(k, ai, lda, bp, ci, n, cols),
+                    // f16 rows stream fast enough for the FMA latency to show: split the sum
+                    // over several accumulator sets. f32 sums each row in plain k order, so
+                    // its bits do not depend on how rows are grouped into passes (the trainer
+                    // splits a batch over threads; results must not depend on that).
+                    1 if F16 => tile::<1, 4, F16>(k, ai, lda, bp, ci, ldc, cols),
+                    2 if F16 => tile::<2, 3, F16>(k, ai, lda, bp, ci, ldc, cols),
+                    3 if F16 => tile::<3, 2, F16>(k, ai, lda, bp, ci, ldc, cols),
+                    1 => tile::<1, 1, F16>(k, ai, lda, bp, ci, ldc, cols),
+                    2 => tile::<2, 1, F16>(k, ai, lda, bp, ci, ldc, cols),
+                    3 => tile::<3, 1, F16>(k, ai, lda, bp, ci, ldc, cols),
+                    4 => tile::<4, 1, F16>(k, ai, lda, bp, ci, ldc, cols),
+                    5 => tile::<5, 1, F16>(k, ai, lda, bp, ci, ldc, cols),
+                    _ => tile::<6, 1, F16>(k, ai, lda, bp, ci, ldc, cols),
                 }
             }
             i += rows;
