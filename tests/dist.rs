@@ -222,10 +222,18 @@ fn merged_teacher_is_frozen_and_reads_the_student_input() {
     }
     assert_ne!(t.params().get("conv1_weights"), sparams.get("conv1_weights"), "the student trains");
     assert_ne!(t.params().get("conv1_bn_mean"), sparams.get("conv1_bn_mean"), "student BN statistics move");
-    // The teacher ran in eval mode on exactly the student's batch.
+    // The teacher ran in eval mode on exactly the student's batch: the trainer packs the
+    // frozen teacher's small-map convs; one thread, packed or not, gives the same logits.
     let mut check = Executor::new(&tprog, 4, 1);
     check.forward_eval(&original, t.student().input()).unwrap();
-    assert_eq!(check.logits(), t.teacher().unwrap().logits());
+    let plain = check.logits().to_vec();
+    check.pack_frozen_convs(&original).unwrap();
+    check.forward_eval(&original, t.student().input()).unwrap();
+    assert_eq!(check.logits(), t.teacher().unwrap().logits(), "packed: 1 thread vs the trainer's 2");
+    let scale = plain.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (a, b) in check.logits().iter().zip(&plain) {
+        assert!((a - b).abs() <= 1e-5 * scale, "packed {a} vs unpacked {b}");
+    }
 }
 
 #[test]

@@ -47,6 +47,7 @@ use std::{fmt, thread};
 
 use tinykd_kernels::act::{self, Act};
 use tinykd_kernels::norm::{self, BnParams};
+use tinykd_kernels::linear::panels;
 use tinykd_kernels::shape::{Channels, Pool};
 use tinykd_kernels::{conv, dwconv, linear, pool, Isa, KernelError};
 
@@ -233,7 +234,28 @@ pub struct Executor {
     /// Batch of the last forward, and whether it was train mode.
     last: Option<(usize, Mode)>,
     input_grad: bool,
+    /// Per op, frozen conv weights packed into panels by [`Executor::pack_frozen_convs`].
+    packed: Vec<Option<PackedConv>>,
 }
+
+/// Output pixels of the largest map whose convs [`Executor::pack_frozen_convs`] packs: up
+/// to 4x4 the panel product wins (tap skipping, no weight packing per call); at 8x8 the
+/// blocked GEMM is slightly faster.
+pub const PACK_MAX_PIXELS: usize = 16;
+
+/// A frozen conv's weights packed into panels, and which parameter slice they were made from
+/// (an eval forward uses them only for that same slice).
+#[derive(Clone, Debug)]
+struct PackedConv {
+    src: *const f32,
+    len: usize,
+    panels: Vec<f32>,
+}
+
+// SAFETY: `src` is only compared, never dereferenced.
+unsafe impl Send for PackedConv {}
+// SAFETY: as above.
+unsafe impl Sync for PackedConv {}
 
 impl Executor {
     /// An executor for batches of up to `max_batch` samples of `prog` on `threads` threads
@@ -309,6 +331,7 @@ impl Executor {
             workers,
             last: None,
             input_grad: false,
+            packed: vec![None; prog.ops().len()],
         }
     }
 
@@ -423,6 +446,35 @@ impl Executor {
         Ok(())
     }
 
+    /// Packs the weights of the convs of `params` whose output maps have at most
+    /// [`PACK_MAX_PIXELS`] pixels (KxK ones with at least 8 input channels) into panels,
+    /// which later **eval** forwards with these same parameter slices use
+    /// ([`conv::conv2d_fwd_panels`]): one contiguous weight stream, no per-call weight
+    /// packing, and the taps a tile only reads as padding skipped (at a 1x1 map a 3x3 conv
+    /// does 1/9 of the work). For a frozen teacher, whose parameters never change; a forward
+    /// with other parameter slices runs from those. Measured on ResNet50 at 32x32, 32 images
+    /// per thread: 67 → 55 ms for its convs (the 8x8 maps are slightly faster unpacked).
+    pub fn pack_frozen_convs(&mut self, params: &ParamStore) -> Result<(), ExecError> {
+        let ops = self.resolve(params)?;
+        for (i, op) in self.prog.ops().iter().enumerate() {
+            self.packed[i] = None;
+            if !matches!(op.kind, OpKind::Conv { .. }) {
+                continue;
+            }
+            let s = self.prog.conv2d(op, 1);
+            let taps = s.kh * s.kw;
+            if s.out_h() * s.out_w() > PACK_MAX_PIXELS || (taps > 1 && s.c_in < 8) {
+                continue;
+            }
+            let w = ops[i].weights;
+            let mut panels = vec![0.0f32; panels::panels_len(taps, s.c_in, s.c_out)];
+            panels::pack_panels(taps, s.c_in, s.c_out, w, &mut panels)
+                .map_err(|err| ExecError::Kernel { layer: op.name, err })?;
+            self.packed[i] = Some(PackedConv { src: w.as_ptr(), len: w.len(), panels });
+        }
+        Ok(())
+    }
+
     /// The batch size of `input`, checked.
     fn batch_of(&self, input: &[f32]) -> Result<usize, ExecError> {
         let per = self.numel[0];
@@ -497,6 +549,7 @@ impl Executor {
             prog: &self.prog,
             isa: self.isa,
             ops: &ops,
+            packed: &self.packed,
             bn_ord: &self.bn_ord,
             numel: &self.numel,
             chunks: &chunks,
@@ -560,6 +613,7 @@ impl Executor {
             prog: &self.prog,
             isa: self.isa,
             ops: &ops,
+            packed: &self.packed,
             bn_ord: &self.bn_ord,
             numel: &self.numel,
             chunks: &chunks,
@@ -676,6 +730,8 @@ struct Ctx<'a> {
     prog: &'a Program,
     isa: Isa,
     ops: &'a [OpParams<'a>],
+    /// Per op, packed frozen conv weights ([`Executor::pack_frozen_convs`]).
+    packed: &'a [Option<PackedConv>],
     bn_ord: &'a [Option<usize>],
     numel: &'a [usize],
     chunks: &'a [Range<usize>],
@@ -755,10 +811,14 @@ fn forward_op(
     let x = read(op.input());
     let shape = prog.tensor(op.output).shape;
     match op.kind {
-        OpKind::Conv { .. } => {
-            conv::conv2d_fwd(isa, &prog.conv2d(op, nc), x, p.weights, None, Act::None, y, &mut w.scratch)
-                .map_err(kernel)
-        }
+        OpKind::Conv { .. } => match &ctx.packed[i] {
+            Some(pk) if mode == Mode::Eval && pk.src == p.weights.as_ptr() && pk.len == p.weights.len() => {
+                conv::conv2d_fwd_panels(isa, &prog.conv2d(op, nc), x, &pk.panels, None, Act::None, y, &mut w.scratch)
+                    .map_err(kernel)
+            }
+            _ => conv::conv2d_fwd(isa, &prog.conv2d(op, nc), x, p.weights, None, Act::None, y, &mut w.scratch)
+                .map_err(kernel),
+        },
         OpKind::DwConv { .. } => {
             dwconv::dwconv3x3_fwd(isa, &prog.dwconv(op, nc), x, p.weights, None, Act::None, y).map_err(kernel)
         }

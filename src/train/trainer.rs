@@ -237,7 +237,10 @@ impl Trainer {
         let student = Executor::with_isa(merged.student(), cfg.batch_size, cfg.threads, isa);
         let teacher = match merged.teacher() {
             Some(t) if resolved.needs_teacher() => {
-                Some(Executor::with_isa(&t.program, cfg.batch_size, cfg.threads, isa))
+                let mut ex = Executor::with_isa(&t.program, cfg.batch_size, cfg.threads, isa);
+                // The teacher's parameters live in `merged`, which the trainer never changes.
+                ex.pack_frozen_convs(&t.params)?;
+                Some(ex)
             }
             _ => None,
         };
