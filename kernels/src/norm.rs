@@ -311,7 +311,11 @@ pub fn bn_infer_fwd<W: Elem>(
     check_len("y", y.len(), s.len())?;
     let stats = scalar::Stored { eps, gamma, beta, mean, var };
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::infer(s.c, &stats, x, act, y),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
+        // AVX2 (isa.rs).
+        IsaKind::Avx2 => unsafe { avx2::infer(s.c, &stats, x, act, y) },
+        _ => scalar::infer(s.c, &stats, x, act, y),
     }
     Ok(())
 }
@@ -353,6 +357,54 @@ pub fn bn_fold(
     Ok(())
 }
 
+/// AVX2 inference BN (a frozen teacher runs it on every activation of every step).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::scalar::{Block, Stored, BLOCK};
+    use crate::act::Act;
+    use crate::elem::Elem;
+    use core::arch::x86_64::*;
+
+    /// [`super::scalar::infer`] 8 channels per instruction: the same subtract, multiply, add
+    /// (no fused multiply-add) and ReLU as `max(v, 0)` (0 for NaN, as `Act::apply`), so the
+    /// result is bit-identical.
+    ///
+    /// # Safety
+    /// `x` and `y` hold whole rows of `c` channels, the stored statistics `c` each; the CPU
+    /// supports AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn infer<W: Elem>(c: usize, st: &Stored<'_, W>, x: &[f32], act: Act, y: &mut [f32]) {
+        let relu = act == Act::Relu;
+        let mut c0 = 0;
+        while c0 < c {
+            let cb = BLOCK.min(c - c0);
+            let k = Block::of(st, c0, cb);
+            let full = cb / 8 * 8;
+            for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                let (yb, xb) = (&mut yr[c0..c0 + cb], &xr[c0..c0 + cb]);
+                let mut i = 0;
+                while i < full {
+                    // SAFETY: i + 8 ≤ cb: inside the row block and the constant arrays.
+                    unsafe {
+                        let v = _mm256_sub_ps(_mm256_loadu_ps(xb.as_ptr().add(i)), _mm256_loadu_ps(k.mean.as_ptr().add(i)));
+                        let v = _mm256_add_ps(
+                            _mm256_mul_ps(v, _mm256_loadu_ps(k.scale.as_ptr().add(i))),
+                            _mm256_loadu_ps(k.beta.as_ptr().add(i)),
+                        );
+                        let v = if relu { _mm256_max_ps(v, _mm256_setzero_ps()) } else { v };
+                        _mm256_storeu_ps(yb.as_mut_ptr().add(i), v);
+                    }
+                    i += 8;
+                }
+                for i in full..cb {
+                    yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
+                }
+            }
+            c0 += cb;
+        }
+    }
+}
+
 /// Portable paths (the specification). Lengths are checked by the callers; every loop walks
 /// rows of `c` channels in memory order.
 mod scalar {
@@ -362,7 +414,7 @@ mod scalar {
     use crate::shape::Channels;
 
     /// Channels per block of precomputed inference scales (stack arrays, no scratch).
-    const BLOCK: usize = 32;
+    pub(super) const BLOCK: usize = 32;
 
     pub(super) fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
         mean.fill(0.0);
@@ -477,25 +529,37 @@ mod scalar {
         pub var: &'a [W],
     }
 
+    /// The per-channel constants of channels `c0..c0 + cb` (`cb ≤ BLOCK`): `γ/√(σ²+ε)`, `μ`, `β`.
+    pub(super) struct Block {
+        pub scale: [f32; BLOCK],
+        pub mean: [f32; BLOCK],
+        pub beta: [f32; BLOCK],
+    }
+
+    impl Block {
+        pub(super) fn of<W: Elem>(st: &Stored<'_, W>, c0: usize, cb: usize) -> Block {
+            let mut b = Block { scale: [0.0; BLOCK], mean: [0.0; BLOCK], beta: [0.0; BLOCK] };
+            for i in 0..cb {
+                let ch = c0 + i;
+                b.scale[i] = st.gamma[ch].to_f32() / libm::sqrtf(st.var[ch].to_f32() + st.eps);
+                b.mean[i] = st.mean[ch].to_f32();
+                b.beta[i] = st.beta[ch].to_f32();
+            }
+            b
+        }
+    }
+
     /// Blocks of [`BLOCK`] channels: widen and precompute `γ/√(σ²+ε)` once per channel, then
-    /// sweep the rows.
+    /// sweep the rows: `y = act((x − μ)·scale + β)`.
     pub(super) fn infer<W: Elem>(c: usize, st: &Stored<'_, W>, x: &[f32], act: Act, y: &mut [f32]) {
-        let mut scale = [0.0f32; BLOCK];
-        let mut mean = [0.0f32; BLOCK];
-        let mut beta = [0.0f32; BLOCK];
         let mut c0 = 0;
         while c0 < c {
             let cb = BLOCK.min(c - c0);
-            for i in 0..cb {
-                let ch = c0 + i;
-                scale[i] = st.gamma[ch].to_f32() / libm::sqrtf(st.var[ch].to_f32() + st.eps);
-                mean[i] = st.mean[ch].to_f32();
-                beta[i] = st.beta[ch].to_f32();
-            }
+            let k = Block::of(st, c0, cb);
             for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
                 let (yb, xb) = (&mut yr[c0..c0 + cb], &xr[c0..c0 + cb]);
                 for i in 0..cb {
-                    yb[i] = act.apply((xb[i] - mean[i]) * scale[i] + beta[i]);
+                    yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
                 }
             }
             c0 += cb;

@@ -441,3 +441,36 @@ fn errors_leave_outputs_untouched() {
     assert_eq!(e, KernelError::Len { arg: "w_out", expected: 9, got: 10 });
     assert!(wf.iter().chain(&bf).all(|&v| v == 7.0));
 }
+
+#[test]
+fn bn_infer_simd_paths_equal_scalar_bit_for_bit() {
+    // Channel counts below, at and above the 8-lane vector and the 32-channel block, rows of
+    // them, ReLU or not, f32 and f16 statistics, and NaN/±0 inputs (ReLU maps NaN to 0).
+    let mut rng = Rng::new(77);
+    for c in [1, 7, 8, 9, 31, 32, 33, 70] {
+        let s = Channels::new(5, c);
+        let mut x = rng.vec(s.len());
+        x[0] = f32::NAN;
+        x[s.len() / 2] = -0.0;
+        let g = rng.vec(c);
+        let b = rng.vec(c);
+        let m = rng.vec(c);
+        let v: Vec<f32> = rng.vec(c).iter().map(|t| t.abs() + 0.1).collect();
+        let h = |t: &[f32]| t.iter().map(|&u| f16::from_f32(u)).collect::<Vec<f16>>();
+        for act in [Act::None, Act::Relu] {
+            let mut want = vec![0.0f32; s.len()];
+            bn_infer_fwd(Isa::scalar(), &s, 1e-5, &x, &g, &b, &m, &v, act, &mut want).unwrap();
+            let mut want16 = vec![0.0f32; s.len()];
+            bn_infer_fwd(Isa::scalar(), &s, 1e-5, &x, &h(&g), &h(&b), &h(&m), &h(&v), act, &mut want16).unwrap();
+            for kind in tinykd_kernels::IsaKind::ALL {
+                let Some(simd) = Isa::force(kind) else { continue };
+                let mut got = vec![f32::NAN; s.len()];
+                bn_infer_fwd(simd, &s, 1e-5, &x, &g, &b, &m, &v, act, &mut got).unwrap();
+                let bits = |t: &[f32]| t.iter().map(|u| u.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(bits(&got), bits(&want), "{kind:?} c {c} {act:?} f32");
+                bn_infer_fwd(simd, &s, 1e-5, &x, &h(&g), &h(&b), &h(&m), &h(&v), act, &mut got).unwrap();
+                assert_eq!(bits(&got), bits(&want16), "{kind:?} c {c} {act:?} f16");
+            }
+        }
+    }
+}
