@@ -5,7 +5,9 @@
 //!
 //! ```ignore
 //! let file = WeightFile::parse(&bytes)?;
-//! let engine = Engine::new(&cfg, batch, &file)?;        // checks every tensor's name and dims
+//! let mut engine = Engine::new(&cfg, batch, &file)?;    // checks every tensor's name and dims
+//! let mut panels = vec![0u8; engine.panels_bytes()];    // optional, host speed-up:
+//! engine.with_panels(&mut panels)?;                     // few-row layers' weights packed once
 //! engine.run(Isa::detect(), &images, &mut arena, &mut logits)?;
 //! ```
 //!
