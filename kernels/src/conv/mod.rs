@@ -42,7 +42,14 @@ pub fn conv2d_fwd<W: Elem>(
     y: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<()> {
-    check_fwd(s, x, ("w", w.len(), s.w_len()), bias, y, scratch)?;
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("w", w.len(), s.w_len())?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), s.c_out)?;
+    }
+    check_len("y", y.len(), s.y_len())?;
+    check_scratch("scratch", scratch.len(), s.scratch_len())?;
     match isa.kind() {
         #[cfg(tinykd_m4f)]
         IsaKind::Scalar if m4::applies(s) => {
@@ -73,29 +80,16 @@ pub fn conv2d_fwd_panels<W: Elem>(
     y: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<()> {
-    check_fwd(s, x, ("wp", wp.len(), panels_len(s.kh * s.kw, s.c_in, s.c_out)), bias, y, scratch)?;
-    tiled::fwd_panels(isa, s, x, wp, bias, act, y, scratch);
-    Ok(())
-}
-
-/// The checks of a forward: the shape, `x`, the weights `(name, got, expected)`, `bias`, `y`
-/// (exact lengths) and `scratch` (at least [`Conv2d::scratch_len`]).
-fn check_fwd<W>(
-    s: &Conv2d,
-    x: &[f32],
-    (w_arg, w_got, w_want): (&'static str, usize, usize),
-    bias: Option<&[W]>,
-    y: &[f32],
-    scratch: &[f32],
-) -> Result<()> {
     s.validate()?;
     check_len("x", x.len(), s.x_len())?;
-    check_len(w_arg, w_got, w_want)?;
+    check_len("wp", wp.len(), panels_len(s.kh * s.kw, s.c_in, s.c_out))?;
     if let Some(b) = bias {
         check_len("bias", b.len(), s.c_out)?;
     }
     check_len("y", y.len(), s.y_len())?;
-    check_scratch("scratch", scratch.len(), s.scratch_len())
+    check_scratch("scratch", scratch.len(), s.scratch_len())?;
+    tiled::fwd_panels(isa, s, x, wp, bias, act, y, scratch);
+    Ok(())
 }
 
 /// `dX = col2im(dY · Wᵀ)` (overwrites `dx`): `dy[n][out_h][out_w][c_out]`, weights HWIO

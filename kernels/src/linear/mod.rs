@@ -30,7 +30,13 @@ pub fn linear_fwd<W: Elem>(
     act: Act,
     y: &mut [f32],
 ) -> Result<()> {
-    check_fwd(s, x, ("w", w.len(), s.w_len()), bias, y)?;
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("w", w.len(), s.w_len())?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), s.c_out)?;
+    }
+    check_len("y", y.len(), s.y_len())?;
     let product = stream::Product { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: w };
     if stream::overwrite(isa, &product, y) {
         epilogue::bias_act(isa, s.c_out, bias, act, y);
@@ -53,30 +59,18 @@ pub fn linear_fwd_panels<W: Elem>(
     act: Act,
     y: &mut [f32],
 ) -> Result<()> {
-    check_fwd(s, x, ("wp", wp.len(), panels::panels_len(1, s.c_in, s.c_out)), bias, y)?;
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("wp", wp.len(), panels::panels_len(1, s.c_in, s.c_out))?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), s.c_out)?;
+    }
+    check_len("y", y.len(), s.y_len())?;
     y.fill(0.0);
     let product = panels::PanelProduct { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: wp, ldc: s.c_out };
     panels::accumulate(isa, &product, y);
     epilogue::bias_act(isa, s.c_out, bias, act, y);
     Ok(())
-}
-
-/// The checks of a forward: the shape, `x`, the weights `(name, got, expected)`, `bias` and
-/// `y` (exact lengths).
-fn check_fwd<W>(
-    s: &Linear,
-    x: &[f32],
-    (w_arg, w_got, w_want): (&'static str, usize, usize),
-    bias: Option<&[W]>,
-    y: &[f32],
-) -> Result<()> {
-    s.validate()?;
-    check_len("x", x.len(), s.x_len())?;
-    check_len(w_arg, w_got, w_want)?;
-    if let Some(b) = bias {
-        check_len("bias", b.len(), s.c_out)?;
-    }
-    check_len("y", y.len(), s.y_len())
 }
 
 /// Input gradient `dX = dY · Wᵀ`: `dy[rows][c_out]`, `w[c_in][c_out]`, `dx[rows][c_in]`
