@@ -41,6 +41,7 @@ use core::fmt;
 use core::ops::Range;
 
 use tinykd_kernels::act::{self, Act};
+#[cfg(feature = "panels")]
 use tinykd_kernels::linear::panels::{pack_panels, panels_len, worth_packing};
 use tinykd_kernels::{conv, dwconv, f16, linear, pool, DType, Elem, Isa, KernelError};
 
@@ -255,6 +256,7 @@ pub struct Engine<'w, P: Borrow<EnginePlan> = EnginePlan> {
     /// Weights packed into panels by [`Engine::with_panels`] (empty until then), the packed
     /// steps' in schedule order, each at the next multiple of [`ALIGN`] (see
     /// [`Engine::next_panel`]).
+    #[cfg(feature = "panels")]
     panels: &'w [u8],
 }
 
@@ -293,7 +295,13 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         for (slot, step) in data.iter_mut().zip(ep.schedule.steps()) {
             *slot = bind(&mut cursor, step)?;
         }
-        Ok(Engine { setup, file: *file, data, panels: &[] })
+        Ok(Engine {
+            setup,
+            file: *file,
+            data,
+            #[cfg(feature = "panels")]
+            panels: &[],
+        })
     }
 
     /// The schedule and plan.
@@ -319,6 +327,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
 
     /// Bytes of the buffer [`Engine::with_panels`] needs (its packed weights plus [`ALIGN`]
     /// for any start address); 0 when no step is worth packing.
+    #[cfg(feature = "panels")]
     pub fn panels_bytes(&self) -> usize {
         let mut end = 0;
         for step in self.schedule().steps() {
@@ -342,6 +351,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
     /// Errors: [`EngineError::PanelBufferTooSmall`] if `buf` is shorter than
     /// [`Engine::panels_bytes`]; the engine is unchanged then (it packs nothing before
     /// checking).
+    #[cfg(feature = "panels")]
     pub fn with_panels(&mut self, buf: &'w mut [u8]) -> Result<(), EngineError> {
         let needed = self.panels_bytes();
         if needed == 0 {
@@ -374,6 +384,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
 
     /// If `step`'s weights are packed: advances `end` (the end of the packed steps before it,
     /// in bytes) past them and returns their byte offset and `(taps, c_in, c_out)`.
+    #[cfg(feature = "panels")]
     fn next_panel(&self, step: &Step, end: &mut usize) -> Option<(usize, (usize, usize, usize))> {
         let dims @ (taps, k, n) = self.panel_dims(step)?;
         let off = end.next_multiple_of(ALIGN);
@@ -382,6 +393,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
     }
 
     /// `(taps, c_in, c_out)` of `step`'s weights if the engine packs them into panels.
+    #[cfg(feature = "panels")]
     fn panel_dims(&self, step: &Step) -> Option<(usize, usize, usize)> {
         let rows = self.setup.borrow().schedule.batch * step.y_shape.h as usize * step.y_shape.w as usize;
         let (k, c_in, c_out) = (step.k as usize, step.x_shape.c as usize, step.y_shape.c as usize);
@@ -395,6 +407,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
 
     /// The packed weights at byte offset `off` of the panels, `(taps, c_in, c_out)` (`None`
     /// if the engine has no panels).
+    #[cfg(feature = "panels")]
     fn panel_weights(&self, off: usize, (taps, k, n): (usize, usize, usize)) -> Option<PanelWeights<'w>> {
         if self.panels.is_empty() {
             return None;
@@ -434,10 +447,14 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         if !pre.is_empty() || !post.is_empty() {
             return Err(EngineError::ArenaTooSmall { needed: needed + ALIGN, got: arena.len() });
         }
+        #[cfg(feature = "panels")]
         let mut end = 0;
         for (step, &at) in ep.schedule.steps().iter().zip(&self.data) {
             let w = self.weights(step, at).ok_or(EngineError::MissingTensor { name: step.layer })?;
+            #[cfg(feature = "panels")]
             let panels = self.next_panel(step, &mut end).and_then(|(off, dims)| self.panel_weights(off, dims));
+            #[cfg(not(feature = "panels"))]
+            let panels = None;
             self.run_step(isa, step, w, panels, input, floats, logits)?;
         }
         Ok(())
@@ -486,21 +503,29 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         let x: &[f32] = if read == Buf::Input { input } else { ro };
         let y: &mut [f32] = if step.y == Buf::Output { logits } else { rw };
         match panels {
+            #[cfg(feature = "panels")]
             Some(wp) => panel_step(isa, step, n, wp, w, x, y, scratch),
-            None => forward_step(isa, step, n, w, x, y, scratch),
+            _ => forward_step(isa, step, n, w, x, y, scratch),
         }
         .map_err(|err| EngineError::Kernel { layer: step.layer, err })
     }
 }
 
-/// A step's weights packed into panels (its bias stays in the file).
+/// A step's weights packed into panels (its bias stays in the file). Without the `panels`
+/// feature it has no values (`Engine::run` always passes `None`).
 #[derive(Clone, Copy, Debug)]
 enum PanelWeights<'w> {
+    #[cfg(feature = "panels")]
     F32(&'w [f32]),
+    #[cfg(feature = "panels")]
     F16(&'w [f16]),
+    #[cfg(not(feature = "panels"))]
+    #[allow(dead_code)]
+    Never(core::marker::PhantomData<&'w ()>, core::convert::Infallible),
 }
 
 /// Runs a conv or fc step from its packed weights `wp` (bias from `w`).
+#[cfg(feature = "panels")]
 #[allow(clippy::too_many_arguments)]
 fn panel_step(
     isa: Isa,
@@ -609,6 +634,7 @@ const fn weight_dims(step: &Step) -> Option<(graph::Dims, ParamRole)> {
 }
 
 /// The bytes of `region` as `T` (`None` if misaligned or not a whole number of `T`).
+#[cfg(feature = "panels")]
 fn elems_mut<T: Plain>(region: &mut [u8]) -> Option<&mut [T]> {
     // SAFETY: `T` is `f32` or `f16` (`Plain`), for which every bit pattern is a valid value
     // (and any value a valid byte sequence); `align_to_mut` only reinterprets the correctly
