@@ -35,8 +35,12 @@ fn infer_reports_model_dtype_isa_and_times() {
     assert_eq!(v["batch"], 1);
     assert_eq!(v["threads"], 1);
     assert!(["scalar", "avx2", "neon"].contains(&v["isa"].as_str().unwrap()), "{v}");
+    assert_eq!(v["panels"], true, "{v}");
     let v = report(&["bench", "infer", "--model", "mobilenet_v1", "--scale", "0.25", "--batch", "2", "--iters", "2"]);
     assert_eq!((v["batch"].as_u64(), v["dtype"].as_str()), (Some(2), Some("f32")));
+    // The stored layout, without packing.
+    let v = report(&["bench", "infer", "--model", "mobilenet_v1", "--scale", "0.25", "--no-panels", "--iters", "2"]);
+    assert_eq!(v["panels"], false, "{v}");
 }
 
 #[test]

@@ -156,7 +156,9 @@ fn infer(a: InferArgs) -> anyhow::Result<serde_json::Value> {
     let file = WeightFile::parse(&bytes)?;
     let mut engine = Engine::new(&cfg, batch, &file)?;
     let mut panel_buf = vec![0u8; if a.no_panels { 0 } else { engine.panels_bytes() }];
-    engine.with_panels(&mut panel_buf)?;
+    if !a.no_panels {
+        engine.with_panels(&mut panel_buf)?;
+    }
     let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
     let input = random_input(batch * per_image, 1);
     let mut arena = vec![0u8; engine.arena_bytes()];
