@@ -14,9 +14,9 @@
 //! Paths: AVX2+FMA+F16C (`avx2.rs`: 1–6 rows per pass, for f16 weights independent
 //! accumulator sets for 1–3 rows so the FMA latency is hidden, software prefetch ahead of the
 //! stream, f16 widened by `vcvtph2ps`); portable (below, the specification: each output
-//! `C₀ + Σ_p A·B` in `p` order, used by the scalar and NEON kinds). Both satisfy the GEMM's dot-product error bound,
-//! and with f32 weights each output's bits depend only on its own row (not on `m` or on the
-//! other rows), so splitting a batch across threads changes nothing.
+//! `C₀ + Σ_p A·B` in `p` order, used by the scalar and NEON kinds). Both satisfy the GEMM's
+//! dot-product error bound, and with f32 weights each output's bits depend only on its own row
+//! (not on `m` or on the other rows), so splitting a batch across threads changes nothing.
 
 use crate::elem::Elem;
 use crate::error::{check_len, Result};
