@@ -405,13 +405,9 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         worth_packing(rows, taps, c_in).then_some((taps, c_in, c_out))
     }
 
-    /// The packed weights at byte offset `off` of the panels, `(taps, c_in, c_out)` (`None`
-    /// if the engine has no panels).
+    /// The packed weights at byte offset `off` of the panels, `(taps, c_in, c_out)`.
     #[cfg(feature = "panels")]
     fn panel_weights(&self, off: usize, (taps, k, n): (usize, usize, usize)) -> Option<PanelWeights<'w>> {
-        if self.panels.is_empty() {
-            return None;
-        }
         let len = panels_len(taps, k, n);
         Some(match self.file.dtype() {
             DType::F32 => PanelWeights::F32(elems(self.panels, off, len)?),
@@ -452,7 +448,11 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         for (step, &at) in ep.schedule.steps().iter().zip(&self.data) {
             let w = self.weights(step, at).ok_or(EngineError::MissingTensor { name: step.layer })?;
             #[cfg(feature = "panels")]
-            let panels = self.next_panel(step, &mut end).and_then(|(off, dims)| self.panel_weights(off, dims));
+            let panels = if self.panels.is_empty() {
+                None
+            } else {
+                self.next_panel(step, &mut end).and_then(|(off, dims)| self.panel_weights(off, dims))
+            };
             #[cfg(not(feature = "panels"))]
             let panels = None;
             self.run_step(isa, step, w, panels, input, floats, logits)?;

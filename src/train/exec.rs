@@ -243,19 +243,13 @@ pub struct Executor {
 /// blocked GEMM is slightly faster.
 pub const PACK_MAX_PIXELS: usize = 16;
 
-/// A frozen conv's weights packed into panels, and which parameter slice they were made from
-/// (an eval forward uses them only for that same slice).
+/// A frozen conv's weights packed into panels, and which parameter slice (address, length)
+/// they were made from (an eval forward uses them only for that same slice).
 #[derive(Clone, Debug)]
 struct PackedConv {
-    src: *const f32,
-    len: usize,
+    src: (usize, usize),
     panels: Vec<f32>,
 }
-
-// SAFETY: `src` is only compared, never dereferenced.
-unsafe impl Send for PackedConv {}
-// SAFETY: as above.
-unsafe impl Sync for PackedConv {}
 
 impl Executor {
     /// An executor for batches of up to `max_batch` samples of `prog` on `threads` threads
@@ -463,14 +457,14 @@ impl Executor {
             }
             let s = self.prog.conv2d(op, 1);
             let taps = s.kh * s.kw;
-            if s.out_h() * s.out_w() > PACK_MAX_PIXELS || (taps > 1 && s.c_in < 8) {
+            if s.out_h() * s.out_w() > PACK_MAX_PIXELS || !panels::deep_enough(taps, s.c_in) {
                 continue;
             }
             let w = ops[i].weights;
             let mut panels = vec![0.0f32; panels::panels_len(taps, s.c_in, s.c_out)];
             panels::pack_panels(taps, s.c_in, s.c_out, w, &mut panels)
                 .map_err(|err| ExecError::Kernel { layer: op.name, err })?;
-            self.packed[i] = Some(PackedConv { src: w.as_ptr(), len: w.len(), panels });
+            self.packed[i] = Some(PackedConv { src: (w.as_ptr() as usize, w.len()), panels });
         }
         Ok(())
     }
@@ -812,7 +806,7 @@ fn forward_op(
     let shape = prog.tensor(op.output).shape;
     match op.kind {
         OpKind::Conv { .. } => match &ctx.packed[i] {
-            Some(pk) if mode == Mode::Eval && pk.src == p.weights.as_ptr() && pk.len == p.weights.len() => {
+            Some(pk) if mode == Mode::Eval && pk.src == (p.weights.as_ptr() as usize, p.weights.len()) => {
                 conv::conv2d_fwd_panels(isa, &prog.conv2d(op, nc), x, &pk.panels, None, Act::None, y, &mut w.scratch)
                     .map_err(kernel)
             }

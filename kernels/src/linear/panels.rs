@@ -35,11 +35,17 @@ pub const PANEL: usize = 16;
 pub const PACK_MAX_ROWS: usize = 256;
 
 /// Whether a layer with `rows` output rows, `taps` kernel taps and `c_in` input channels runs
-/// faster from packed panels: at most [`PACK_MAX_ROWS`] rows, and for a KxK conv at least 8
-/// input channels (each tap is one product of depth `c_in`; shallower ones are dominated by
-/// their pass over `C`, e.g. a 3-channel stem).
+/// faster from packed panels: at most [`PACK_MAX_ROWS`] rows and [`deep_enough`].
 pub const fn worth_packing(rows: usize, taps: usize, c_in: usize) -> bool {
-    rows <= PACK_MAX_ROWS && (taps == 1 || c_in >= 8)
+    rows <= PACK_MAX_ROWS && deep_enough(taps, c_in)
+}
+
+/// Whether the per-tap products of a conv over panels are deep enough to pay: a pointwise
+/// conv or fc (one tap), or a KxK conv with at least 8 input channels (each tap is one product
+/// of depth `c_in`; shallower ones are dominated by their pass over `C`, e.g. a 3-channel
+/// stem, 1.8x slower packed).
+pub const fn deep_enough(taps: usize, c_in: usize) -> bool {
+    taps == 1 || c_in >= 8
 }
 
 /// Elements of `taps` stacked `k×n` matrices packed into panels: `taps·k·⌈n/16⌉·16`.

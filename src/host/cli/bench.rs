@@ -155,8 +155,9 @@ fn infer(a: InferArgs) -> anyhow::Result<serde_json::Value> {
     let bytes = AlignedBuf::from_bytes(&export_inference(&cfg, &params, dtype)?);
     let file = WeightFile::parse(&bytes)?;
     let mut engine = Engine::new(&cfg, batch, &file)?;
-    let mut panel_buf = vec![0u8; if a.no_panels { 0 } else { engine.panels_bytes() }];
+    let mut panel_buf: Vec<u8>;
     if !a.no_panels {
+        panel_buf = vec![0u8; engine.panels_bytes()];
         engine.with_panels(&mut panel_buf)?;
     }
     let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
