@@ -42,11 +42,27 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// MobileNetV1 at `scale_permille`/1000 width, 32x32x3 input, 10 classes, ImageNet stem.
     pub const fn mobilenet_v1(scale_permille: u16) -> Self {
-        ModelConfig { arch: Arch::MobileNetV1, scale_permille, classes: 10, stem: Stem::ImageNet, in_h: 32, in_w: 32, in_c: 3 }
+        ModelConfig {
+            arch: Arch::MobileNetV1,
+            scale_permille,
+            classes: 10,
+            stem: Stem::ImageNet,
+            in_h: 32,
+            in_w: 32,
+            in_c: 3,
+        }
     }
     /// ResNet50, 32x32x3 input, 10 classes, ImageNet stem.
     pub const fn resnet50() -> Self {
-        ModelConfig { arch: Arch::ResNet50, scale_permille: 1000, classes: 10, stem: Stem::ImageNet, in_h: 32, in_w: 32, in_c: 3 }
+        ModelConfig {
+            arch: Arch::ResNet50,
+            scale_permille: 1000,
+            classes: 10,
+            stem: Stem::ImageNet,
+            in_h: 32,
+            in_w: 32,
+            in_c: 3,
+        }
     }
     /// The same config with another stem.
     pub const fn with_stem(mut self, stem: Stem) -> Self {

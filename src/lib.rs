@@ -14,20 +14,20 @@ pub use tinykd_kernels as kernels;
 pub mod crc32;
 pub mod weights;
 
-pub mod graph;
-pub mod models;
-pub mod plan;
 mod arena;
 pub mod engine;
 pub mod finetune;
 #[cfg(feature = "std")]
-pub mod params;
-#[cfg(feature = "std")]
 pub mod fold;
+pub mod graph;
+pub mod models;
+#[cfg(feature = "std")]
+pub mod params;
+pub mod plan;
 
+#[cfg(feature = "std")]
+pub mod dist;
 #[cfg(feature = "std")]
 pub mod host;
 #[cfg(feature = "std")]
 pub mod train;
-#[cfg(feature = "std")]
-pub mod dist;

@@ -71,7 +71,10 @@ const IMAGE_LEN: usize = 32 * 32 * 3;
 /// Held-out top-1 count over batches of the tuner's batch.
 fn correct(ft: &FineTuner, state: &[f32], x: &[f32], y: &[u32], arena: &mut [u8]) -> usize {
     let b = ft.layout().dims.batch;
-    x.chunks_exact(IMAGE_LEN * b).zip(y.chunks_exact(b)).map(|(xs, ys)| ft.correct(Isa::scalar(), state, xs, ys, arena).unwrap()).sum()
+    x.chunks_exact(IMAGE_LEN * b)
+        .zip(y.chunks_exact(b))
+        .map(|(xs, ys)| ft.correct(Isa::scalar(), state, xs, ys, arena).unwrap())
+        .sum()
 }
 
 const CFG: ModelConfig = ModelConfig::mobilenet_v1(250);
@@ -228,7 +231,11 @@ fn finetuning_raises_heldout_accuracy_on_the_shifted_task() {
             }
         }
         let after = correct(&ft, &state, &xh, &yh, &mut arena);
-        println!("{tail}: held-out {before}/64 -> {after}/64, loss {:.3} -> {:.3}", losses[0], losses[losses.len() - 1]);
+        println!(
+            "{tail}: held-out {before}/64 -> {after}/64, loss {:.3} -> {:.3}",
+            losses[0],
+            losses[losses.len() - 1]
+        );
         assert!(after >= before + 6, "{tail}: held-out accuracy {before}/64 -> {after}/64, wanted a rise of 6");
         assert!(losses[losses.len() - 1] < 0.6 * losses[0], "{tail}: training loss did not fall: {losses:?}");
     }
@@ -246,7 +253,10 @@ fn bad_arguments_are_errors() {
     let hp = Momentum { lr: 0.1, mu: 0.9, wd: 0.0 };
     let short = &mut state.clone()[1..];
     assert!(matches!(ft.step(Isa::scalar(), hp, short, &x, &[0, 1], &mut arena), Err(FinetuneError::StateLen { .. })));
-    assert!(matches!(ft.step(Isa::scalar(), hp, &mut state, &x, &[0, 10], &mut arena), Err(FinetuneError::Labels { .. })));
+    assert!(matches!(
+        ft.step(Isa::scalar(), hp, &mut state, &x, &[0, 10], &mut arena),
+        Err(FinetuneError::Labels { .. })
+    ));
     assert!(matches!(ft.step(Isa::scalar(), hp, &mut state, &x, &[0], &mut arena), Err(FinetuneError::Labels { .. })));
     let small = &mut arena.clone()[..ft.layout().plan.peak - 1];
     assert!(matches!(

@@ -90,11 +90,7 @@ fn available(kind: IsaKind) -> bool {
             }
             #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
             {
-                return cfg!(all(
-                    target_feature = "avx2",
-                    target_feature = "fma",
-                    target_feature = "f16c"
-                ));
+                return cfg!(all(target_feature = "avx2", target_feature = "fma", target_feature = "f16c"));
             }
             false
         }

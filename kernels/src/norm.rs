@@ -386,7 +386,8 @@ mod avx2 {
                 while i < full {
                     // SAFETY: i + 8 ≤ cb: inside the row block and the constant arrays.
                     unsafe {
-                        let v = _mm256_sub_ps(_mm256_loadu_ps(xb.as_ptr().add(i)), _mm256_loadu_ps(k.mean.as_ptr().add(i)));
+                        let v =
+                            _mm256_sub_ps(_mm256_loadu_ps(xb.as_ptr().add(i)), _mm256_loadu_ps(k.mean.as_ptr().add(i)));
                         let v = _mm256_add_ps(
                             _mm256_mul_ps(v, _mm256_loadu_ps(k.scale.as_ptr().add(i))),
                             _mm256_loadu_ps(k.beta.as_ptr().add(i)),

@@ -40,7 +40,16 @@ pub struct Conv2d {
 impl Conv2d {
     /// Square kernel `k`, stride `stride`, padding `pad`.
     #[allow(clippy::too_many_arguments)]
-    pub const fn new(n: usize, h: usize, w: usize, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize) -> Self {
+    pub const fn new(
+        n: usize,
+        h: usize,
+        w: usize,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
         Conv2d { n, h, w, c_in, c_out, kh: k, kw: k, stride, pad }
     }
     /// Output height `(h + 2·pad − kh) / stride + 1` (0 if the shape is invalid).
@@ -135,11 +144,19 @@ impl DwConv3x3 {
     }
     /// Output height `(h − 1) / stride + 1`.
     pub const fn out_h(&self) -> usize {
-        if self.stride == 0 || self.h == 0 { 0 } else { (self.h - 1) / self.stride + 1 }
+        if self.stride == 0 || self.h == 0 {
+            0
+        } else {
+            (self.h - 1) / self.stride + 1
+        }
     }
     /// Output width `(w − 1) / stride + 1`.
     pub const fn out_w(&self) -> usize {
-        if self.stride == 0 || self.w == 0 { 0 } else { (self.w - 1) / self.stride + 1 }
+        if self.stride == 0 || self.w == 0 {
+            0
+        } else {
+            (self.w - 1) / self.stride + 1
+        }
     }
     /// Length of `x`: `n·h·w·c`.
     pub const fn x_len(&self) -> usize {
@@ -258,11 +275,19 @@ impl Pool {
     }
     /// Max pool 3x3/s2/p1 output height `(h − 1) / 2 + 1`.
     pub const fn max_out_h(&self) -> usize {
-        if self.h == 0 { 0 } else { (self.h - 1) / 2 + 1 }
+        if self.h == 0 {
+            0
+        } else {
+            (self.h - 1) / 2 + 1
+        }
     }
     /// Max pool 3x3/s2/p1 output width `(w − 1) / 2 + 1`.
     pub const fn max_out_w(&self) -> usize {
-        if self.w == 0 { 0 } else { (self.w - 1) / 2 + 1 }
+        if self.w == 0 {
+            0
+        } else {
+            (self.w - 1) / 2 + 1
+        }
     }
     /// Max pool output length.
     pub const fn max_y_len(&self) -> usize {

@@ -244,18 +244,7 @@ impl Layout {
             Tail::Fc => Name::EMPTY,
             Tail::FcAffine | Tail::FcSep => sep_step.layer,
         };
-        Ok(Layout {
-            schedule,
-            plan,
-            tail,
-            cut_step,
-            bufs,
-            dims,
-            sep,
-            fc: fc_step.layer,
-            reqs,
-            n_reqs: n as u16,
-        })
+        Ok(Layout { schedule, plan, tail, cut_step, bufs, dims, sep, fc: fc_step.layer, reqs, n_reqs: n as u16 })
     }
 
     /// Every arena buffer: the prefix's (schedule indices) then the tail's.

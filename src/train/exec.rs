@@ -46,8 +46,8 @@ use std::vec::Vec;
 use std::{fmt, thread};
 
 use tinykd_kernels::act::{self, Act};
-use tinykd_kernels::norm::{self, BnParams};
 use tinykd_kernels::linear::panels;
+use tinykd_kernels::norm::{self, BnParams};
 use tinykd_kernels::shape::{Channels, Pool};
 use tinykd_kernels::{conv, dwconv, linear, pool, Isa, KernelError};
 
