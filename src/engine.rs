@@ -420,6 +420,19 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
     /// [`ALIGN`] ([`Self::arena_bytes`] always suffices), `logits` receives `batch·classes`
     /// values.
     pub fn run(&self, isa: Isa, input: &[f32], arena: &mut [u8], logits: &mut [f32]) -> Result<(), EngineError> {
+        self.run_observed(isa, input, arena, logits, |_| ())
+    }
+
+    /// [`Self::run`], calling `after(i)` once step `i` of [`Self::schedule`] has run (per-layer
+    /// timing: `tinykd bench infer --layers`).
+    pub fn run_observed(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        arena: &mut [u8],
+        logits: &mut [f32],
+        mut after: impl FnMut(usize),
+    ) -> Result<(), EngineError> {
         let ep = self.setup.borrow();
         let cfg = &ep.schedule.config;
         let n = ep.schedule.batch;
@@ -445,7 +458,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         }
         #[cfg(feature = "panels")]
         let mut end = 0;
-        for (step, &at) in ep.schedule.steps().iter().zip(&self.data) {
+        for (i, (step, &at)) in ep.schedule.steps().iter().zip(&self.data).enumerate() {
             let w = self.weights(step, at).ok_or(EngineError::MissingTensor { name: step.layer })?;
             #[cfg(feature = "panels")]
             let panels = if self.panels.is_empty() {
@@ -456,6 +469,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
             #[cfg(not(feature = "panels"))]
             let panels = None;
             self.run_step(isa, step, w, panels, input, floats, logits)?;
+            after(i);
         }
         Ok(())
     }

@@ -44,6 +44,26 @@ fn infer_reports_model_dtype_isa_and_times() {
 }
 
 #[test]
+fn infer_layers_time_every_step_and_count_its_work() {
+    let v = report(&["bench", "infer", "--model", "mobilenet_v1", "--scale", "0.25", "--layers", "--iters", "3"]);
+    let layers = v["layers"].as_array().unwrap_or_else(|| panic!("no `layers` array: {v}"));
+    // MobileNetV1: conv1, 13 depthwise + pointwise pairs, the pool and the fc.
+    assert_eq!(layers.len(), 1 + 2 * 13 + 2, "{v}");
+    assert_eq!((layers[0]["layer"].as_str(), layers[1]["layer"].as_str()), (Some("conv1"), Some("conv2_1_dw")));
+    let macs: u64 = layers.iter().map(|l| l["macs"].as_u64().unwrap()).sum();
+    // The model's MACs at ×0.25 (`tinykd summary`: 834,688).
+    assert_eq!(macs, 834_688, "{v}");
+    let bytes: u64 = layers.iter().map(|l| l["weight_bytes"].as_u64().unwrap()).sum();
+    assert!(bytes > 0 && bytes % 4 == 0, "{v}");
+    for l in layers {
+        assert!(l["ms_median"].as_f64().unwrap() >= 0.0, "{l}");
+    }
+    // Without --layers, no array.
+    let v = report(&["bench", "infer", "--model", "mobilenet_v1", "--scale", "0.25", "--iters", "2"]);
+    assert!(v.get("layers").is_none(), "{v}");
+}
+
+#[test]
 fn train_and_distill_steps_report_their_losses() {
     let small = ["--model", "mobilenet_v1", "--scale", "0.25", "--batch", "2", "--iters", "1", "--warmup", "0"];
     let v = report(&[&["bench", "train-step"][..], &small, &["--threads", "1"]].concat());

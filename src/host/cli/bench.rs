@@ -70,6 +70,10 @@ pub struct InferArgs {
     /// weights into panels first (`Engine::with_panels`).
     #[arg(long)]
     pub no_panels: bool,
+    /// Also time every step of the engine's schedule (median per layer, its MACs, weight
+    /// bytes, GFLOP/s and GB/s of weights): the JSON gains a `layers` array.
+    #[arg(long)]
+    pub layers: bool,
     /// Timing.
     #[command(flatten)]
     pub timing: Timing,
@@ -167,7 +171,43 @@ fn infer(a: InferArgs) -> anyhow::Result<serde_json::Value> {
     let isa = Isa::detect();
     let s = time(&a.timing, || Ok(engine.run(isa, &input, &mut arena, &mut logits)?))?;
     let (model, scale) = model_fields(&cfg);
-    Ok(json!({
+    let layers = if a.layers {
+        let steps = engine.schedule().steps();
+        let mut ms = vec![Vec::with_capacity(a.timing.iters as usize); steps.len()];
+        for it in 0..a.timing.warmup + a.timing.iters {
+            let mut last = Instant::now();
+            engine.run_observed(isa, &input, &mut arena, &mut logits, |i| {
+                let now = Instant::now();
+                if it >= a.timing.warmup {
+                    ms[i].push((now - last).as_secs_f64() * 1e3);
+                }
+                last = now;
+            })?;
+        }
+        let esize = dtype.size();
+        let rows: Vec<serde_json::Value> = steps
+            .iter()
+            .zip(&mut ms)
+            .map(|(step, t)| {
+                t.sort_by(f64::total_cmp);
+                let med = t[t.len() / 2];
+                let (macs, weights) = step_cost(step, batch);
+                json!({
+                    "layer": step.layer.to_string(),
+                    "kind": format!("{:?}", step.kind),
+                    "ms_median": med,
+                    "macs": macs,
+                    "weight_bytes": weights * esize,
+                    "gflops": 2.0 * macs as f64 / med / 1e6,
+                    "weight_gb_per_s": (weights * esize) as f64 / med / 1e6,
+                })
+            })
+            .collect();
+        Some(rows)
+    } else {
+        None
+    };
+    let mut report = json!({
         "bench": "infer",
         "model": model,
         "scale": scale,
@@ -180,7 +220,26 @@ fn infer(a: InferArgs) -> anyhow::Result<serde_json::Value> {
         "ms_p10": s.p10,
         "ms_p90": s.p90,
         "images_per_s": batch as f64 * 1e3 / s.median,
-    }))
+    });
+    if let Some(rows) = layers {
+        report["layers"] = serde_json::Value::Array(rows);
+    }
+    Ok(report)
+}
+
+/// Multiply-adds of one engine step for a batch of `n`, and its weight count (0 for steps
+/// without weights).
+fn step_cost(step: &crate::plan::Step, n: usize) -> (usize, usize) {
+    use crate::plan::StepKind;
+    let (x, y) = (step.x_shape, step.y_shape);
+    let pixels = n * y.h as usize * y.w as usize;
+    let (k2, cin, cout) = (step.k as usize * step.k as usize, x.c as usize, y.c as usize);
+    match step.kind {
+        StepKind::Conv { .. } => (pixels * k2 * cin * cout, k2 * cin * cout),
+        StepKind::DwConv { .. } => (pixels * k2 * cout, k2 * cout),
+        StepKind::Fc => (n * cin * cout, cin * cout),
+        StepKind::MaxPool | StepKind::AddRelu | StepKind::GlobalAvgPool => (0, 0),
+    }
 }
 
 fn step(a: StepArgs, distill: bool) -> anyhow::Result<serde_json::Value> {
