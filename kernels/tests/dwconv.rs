@@ -35,6 +35,12 @@ const SHAPES: &[DwConv3x3] = &[
     dw(1, 3, 3, 64, 2),
     dw(1, 16, 16, 8, 2),
     dw(2, 9, 9, 5, 1),
+    // Pixel-major AVX2 chunks: 32 + 8, 3·32 + 4, 32 + 3·8 + 1, and MobileNetV1's small maps.
+    dw(1, 3, 4, 40, 1),
+    dw(2, 4, 3, 100, 2),
+    dw(1, 5, 5, 57, 1),
+    dw(1, 2, 2, 512, 2),
+    dw(2, 1, 1, 136, 1),
 ];
 
 /// Output dims computed independently of the crate (pad 1, kernel 3).

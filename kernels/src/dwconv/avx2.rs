@@ -1,43 +1,44 @@
-//! x86_64 AVX2+FMA+F16C depthwise 3x3 forward: channel-vectorised, 8 channels per ymm.
+//! x86_64 AVX2+FMA+F16C depthwise 3x3 forward: pixel-major, channel-vectorised.
 //!
-//! For each block of 8 channels the 9 taps and the bias are widened to f32 once (F16C for f16
-//! storage) and held in 10 ymm registers; the block then sweeps every output pixel. Interior
-//! pixels (all 9 taps in bounds) run an unrolled 9-FMA body with no bounds logic; border
-//! pixels clip their tap range. A last block of fewer than 8 channels uses masked loads and
-//! stores, so nothing outside the slices is touched. Accumulation order per output is bias,
-//! then taps in row-major order, fused multiply-adds.
+//! For each output pixel the in-bounds taps are found once (padding clips the list, no tests
+//! in the channel loop); the channels are then swept in chunks of 32 (4 independent ymm
+//! accumulators, so the FMA latency is hidden), then 8, then a last chunk of fewer than 8
+//! through a zero-padded stack copy. Weights are read straight from `w[tap][c]` (F16C widens
+//! f16 in the load); a layer's weights are at most 9·c values, so they stay in L1/L2 across
+//! pixels. Accumulation order per output is bias, then taps in row-major order, fused
+//! multiply-adds — the same on every map size, so no output depends on the batch or map.
 
-use super::{taps, WTile, BLOCK};
+use super::{taps, BLOCK};
 use crate::act::Act;
 use crate::elem::{f16, Elem};
 use crate::shape::DwConv3x3;
 use core::any::TypeId;
 use core::arch::x86_64::*;
 
-/// Widens `src` (at most [`BLOCK`] values) into `dst[..src.len()]`, zeroing the rest.
+/// Channels per chunk of the main loop (4 accumulators of [`BLOCK`]).
+const CHUNK: usize = 4 * BLOCK;
+
+/// One in-bounds tap of an output pixel: its input pixel (channel 0) and its weight row
+/// `w[tap]` (channel 0).
+#[derive(Clone, Copy)]
+struct Tap<W> {
+    x: *const f32,
+    w: *const W,
+}
+
+/// 8 weights at `p` widened to f32.
 ///
 /// # Safety
-/// The CPU supports AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen<W: Elem>(src: &[W], dst: &mut [f32; BLOCK]) {
-    let n = src.len().min(BLOCK);
-    let f16w = TypeId::of::<W>() == TypeId::of::<f16>();
-    if n == BLOCK {
-        // SAFETY: 8 elements of `src` are readable (as f16 bits when `W` is `f16`, else as
-        // f32, the only other `Elem`); `dst` holds 8 f32; the caller vouches for F16C.
-        unsafe {
-            let v = if f16w {
-                _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr() as *const __m128i))
-            } else {
-                _mm256_loadu_ps(src.as_ptr() as *const f32)
-            };
-            _mm256_storeu_ps(dst.as_mut_ptr(), v);
+/// 8 elements at `p` are readable; the CPU supports AVX and F16C.
+#[inline(always)]
+unsafe fn load_w<W: Elem>(p: *const W) -> __m256 {
+    // SAFETY: forwarded; `W` is f16 (read as 8 halves) or f32, the only other `Elem`.
+    unsafe {
+        if TypeId::of::<W>() == TypeId::of::<f16>() {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        } else {
+            _mm256_loadu_ps(p as *const f32)
         }
-        return;
-    }
-    dst.fill(0.0);
-    for (d, v) in dst.iter_mut().zip(&src[..n]) {
-        *d = v.to_f32();
     }
 }
 
@@ -47,62 +48,11 @@ unsafe fn widen<W: Elem>(src: &[W], dst: &mut [f32; BLOCK]) {
 /// Lengths are as checked by [`super::dwconv3x3_fwd`] and the CPU supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn fwd<W: Elem>(s: &DwConv3x3, x: &[f32], w: &[W], bias: Option<&[W]>, act: Act, y: &mut [f32]) {
-    let c = s.c;
-    let mut tile = WTile::default();
-    for c0 in (0..c).step_by(BLOCK) {
-        let cb = BLOCK.min(c - c0);
-        for t in 0..9 {
-            // SAFETY: CPU features vouched for by the caller.
-            unsafe { widen(&w[t * c + c0..t * c + c0 + cb], &mut tile.0[t]) };
-        }
-        match bias {
-            // SAFETY: as above.
-            Some(b) => unsafe { widen(&b[c0..c0 + cb], &mut tile.0[9]) },
-            None => tile.0[9].fill(0.0),
-        }
-        // SAFETY: x and y have the checked lengths, c0 + cb ≤ c; CPU features vouched for.
-        unsafe {
-            if cb == BLOCK {
-                block::<false>(s, x.as_ptr().add(c0), &tile, act, y.as_mut_ptr().add(c0), cb);
-            } else {
-                block::<true>(s, x.as_ptr().add(c0), &tile, act, y.as_mut_ptr().add(c0), cb);
-            }
-        }
-    }
-}
-
-/// One 8-channel block over every output pixel. `x` and `y` point at channel `c0` of pixel 0;
-/// pixel `p` of either is `c` floats further on. With `MASKED`, only the first `cb` lanes are
-/// read and written.
-///
-/// # Safety
-/// `x` is readable and `y` writable at `p·c + l` for every pixel `p` of the shape and lane
-/// `l < cb` (`l < 8` when not `MASKED`); the CPU supports AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block<const MASKED: bool>(s: &DwConv3x3, x: *const f32, tile: &WTile, act: Act, y: *mut f32, cb: usize) {
     let (c, st, h, wd) = (s.c, s.stride, s.h, s.w);
     let (oh, ow) = (s.out_h(), s.out_w());
-    // SAFETY (all loads/stores below): every pixel index is < n·h·w (input) or
-    // < n·out_h·out_w (output) by the tap clipping, so the caller's guarantee covers it.
-    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(cb as i32), lanes);
-    let ld = |p: *const f32| -> __m256 {
-        if MASKED {
-            // SAFETY: see above; masked-off lanes are not read.
-            unsafe { _mm256_maskload_ps(p, mask) }
-        } else {
-            // SAFETY: see above.
-            unsafe { _mm256_loadu_ps(p) }
-        }
-    };
-    let wv: [__m256; 9] = core::array::from_fn(|t| {
-        // SAFETY: the tile rows are 8 f32.
-        unsafe { _mm256_loadu_ps(tile.0[t].as_ptr()) }
-    });
-    // SAFETY: the tile row is 8 f32.
-    let bv = unsafe { _mm256_loadu_ps(tile.0[9].as_ptr()) };
     let relu = act == Act::Relu;
-    let zero = _mm256_setzero_ps();
+    let b = bias.map(|b| b.as_ptr());
+    let mut list = [Tap { x: x.as_ptr(), w: w.as_ptr() }; 9];
     // Output columns whose three taps are all in bounds: ox·st ≥ 1 and ox·st + 1 ≤ w − 1.
     let ox_in_hi = if wd >= 2 { ((wd - 2) / st + 1).min(ow) } else { 0 };
     for n in 0..s.n {
@@ -110,46 +60,188 @@ unsafe fn block<const MASKED: bool>(s: &DwConv3x3, x: *const f32, tile: &WTile, 
             let iyp = oy * st;
             let (ky_lo, ky_hi) = taps(iyp, h);
             let full_rows = ky_lo == 0 && ky_hi == 3;
-            let out_row = (n * oh + oy) * ow;
             for ox in 0..ow {
                 let ixp = ox * st;
-                let mut acc = bv;
+                let out = y[((n * oh + oy) * ow + ox) * c..].as_mut_ptr();
                 if full_rows && ox >= 1 && ox < ox_in_hi {
-                    // Interior: input pixel (iyp − 1 + ky, ixp − 1 + kx), all in bounds.
-                    let base = (n * h + iyp - 1) * wd + ixp - 1;
-                    for ky in 0..3 {
-                        let row = base + ky * wd;
-                        // SAFETY: pixels row..row+3 are in bounds (interior).
-                        unsafe {
-                            acc = _mm256_fmadd_ps(ld(x.add(row * c)), wv[ky * 3], acc);
-                            acc = _mm256_fmadd_ps(ld(x.add((row + 1) * c)), wv[ky * 3 + 1], acc);
-                            acc = _mm256_fmadd_ps(ld(x.add((row + 2) * c)), wv[ky * 3 + 2], acc);
-                        }
-                    }
-                } else {
-                    let (kx_lo, kx_hi) = taps(ixp, wd);
-                    for ky in ky_lo..ky_hi {
-                        let row = (n * h + iyp + ky - 1) * wd;
-                        for kx in kx_lo..kx_hi {
-                            // SAFETY: the tap is clipped to the image.
-                            let xv = ld(unsafe { x.add((row + ixp + kx - 1) * c) });
-                            acc = _mm256_fmadd_ps(xv, wv[ky * 3 + kx], acc);
-                        }
+                    // Interior: input pixels (iyp − 1 + ky, ixp − 1 + kx), all in bounds.
+                    let top = ((n * h + iyp - 1) * wd + ixp - 1) * c;
+                    let rows = [x[top..].as_ptr(), x[top + wd * c..].as_ptr(), x[top + 2 * wd * c..].as_ptr()];
+                    // SAFETY: the window's 3×3 input pixels are in bounds (interior), `w` holds
+                    // 9 rows of `c`; CPU features vouched for by the caller.
+                    unsafe { interior(c, rows, w.as_ptr(), b, relu, out) };
+                    continue;
+                }
+                let (kx_lo, kx_hi) = taps(ixp, wd);
+                let mut nt = 0;
+                for ky in ky_lo..ky_hi {
+                    let row = (n * h + iyp + ky - 1) * wd;
+                    for kx in kx_lo..kx_hi {
+                        // Input pixel row + ixp + kx − 1 < n·h·w by the tap clipping; tap
+                        // row ky·3 + kx < 9 of `w`: both offsets stay inside the slices.
+                        list[nt] =
+                            Tap { x: x[(row + ixp + kx - 1) * c..].as_ptr(), w: w[(ky * 3 + kx) * c..].as_ptr() };
+                        nt += 1;
                     }
                 }
-                if relu {
-                    acc = _mm256_max_ps(acc, zero);
-                }
-                // SAFETY: output pixel out_row + ox < n·out_h·out_w.
-                unsafe {
-                    let dst = y.add((out_row + ox) * c);
-                    if MASKED {
-                        _mm256_maskstore_ps(dst, mask, acc);
-                    } else {
-                        _mm256_storeu_ps(dst, acc);
-                    }
+                // SAFETY: every tap's input pixel and weight row hold `c` values, as do the
+                // bias and the output pixel; CPU features vouched for by the caller.
+                unsafe { pixel(c, &list[..nt], b, relu, out) };
+            }
+        }
+    }
+}
+
+/// All `c` channels of an interior output pixel: `rows[ky]` is its window's input pixel
+/// `(ky, 0)`, tap `(ky, kx)` reads `rows[ky] + kx·c` and weight row `w + (3·ky + kx)·c`.
+///
+/// # Safety
+/// The 3 pixels from each of `rows`, the 9 weight rows and `b` (if any) hold `c` readable
+/// values, `y` `c` writable ones; the CPU supports AVX2, FMA and F16C.
+#[inline(always)]
+unsafe fn interior<W: Elem>(
+    c: usize,
+    rows: [*const f32; 3],
+    w: *const W,
+    b: Option<*const W>,
+    relu: bool,
+    y: *mut f32,
+) {
+    let mut c0 = 0;
+    // SAFETY (both loops): c0 + V·8 ≤ c, inside every operand.
+    while c0 + CHUNK <= c {
+        unsafe { chunk9::<W, 4>(c, rows, w, c0, b, relu, y) };
+        c0 += CHUNK;
+    }
+    while c0 + BLOCK <= c {
+        unsafe { chunk9::<W, 1>(c, rows, w, c0, b, relu, y) };
+        c0 += BLOCK;
+    }
+    if c0 < c {
+        let list: [Tap<W>; 9] = core::array::from_fn(|t| Tap {
+            // SAFETY: as the caller vouches, pixel t % 3 from row t / 3 and weight row t.
+            x: unsafe { rows[t / 3].add(t % 3 * c) },
+            w: unsafe { w.add(t * c) },
+        });
+        // SAFETY: the tail handling reads and writes only channels below c.
+        unsafe { pixel(c, &list, b, relu, y) };
+    }
+}
+
+/// [`chunk`] of an interior pixel (all 9 taps, addressed from its 3 window rows).
+///
+/// # Safety
+/// As [`interior`], with `c0 + 8·V ≤ c`.
+#[inline(always)]
+unsafe fn chunk9<W: Elem, const V: usize>(
+    c: usize,
+    rows: [*const f32; 3],
+    w: *const W,
+    c0: usize,
+    b: Option<*const W>,
+    relu: bool,
+    y: *mut f32,
+) {
+    // SAFETY (every load and store): within the 8·V values from c0 of each operand.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); V];
+        if let Some(b) = b {
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = load_w(b.add(c0 + v * BLOCK));
+            }
+        }
+        for (ky, row) in rows.iter().enumerate() {
+            for kx in 0..3 {
+                let (xp, wp) = (row.add(kx * c + c0), w.add((ky * 3 + kx) * c + c0));
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(v * BLOCK)), load_w(wp.add(v * BLOCK)), *a);
                 }
             }
+        }
+        for (v, a) in acc.iter().enumerate() {
+            let r = if relu { _mm256_max_ps(*a, _mm256_setzero_ps()) } else { *a };
+            _mm256_storeu_ps(y.add(c0 + v * BLOCK), r);
+        }
+    }
+}
+
+/// All `c` channels of one output pixel from its in-bounds taps.
+///
+/// # Safety
+/// Each tap's `x` and `w`, `b` (if any) and `y` point at `c` readable (`y`: writable) values;
+/// the CPU supports AVX2, FMA and F16C.
+#[inline(always)]
+unsafe fn pixel<W: Elem>(c: usize, list: &[Tap<W>], b: Option<*const W>, relu: bool, y: *mut f32) {
+    let mut c0 = 0;
+    // SAFETY (both loops): c0 + V·8 ≤ c, inside every operand.
+    while c0 + CHUNK <= c {
+        unsafe { chunk::<W, 4>(list, c0, b, relu, y) };
+        c0 += CHUNK;
+    }
+    while c0 + BLOCK <= c {
+        unsafe { chunk::<W, 1>(list, c0, b, relu, y) };
+        c0 += BLOCK;
+    }
+    if c0 < c {
+        // Fewer than 8 channels left: widen them into zero-padded stack rows, run one chunk
+        // there and copy the valid lanes out (nothing past `c` is read or written).
+        let cb = c - c0;
+        let mut xs = [[0.0f32; BLOCK]; 9];
+        let mut ws = [[0.0f32; BLOCK]; 9];
+        let mut bs = [0.0f32; BLOCK];
+        let mut local = [Tap { x: xs[0].as_ptr(), w: ws[0].as_ptr() }; 9];
+        for (t, tap) in list.iter().enumerate() {
+            for l in 0..cb {
+                // SAFETY: channel c0 + l < c of this tap.
+                unsafe {
+                    xs[t][l] = *tap.x.add(c0 + l);
+                    ws[t][l] = (*tap.w.add(c0 + l)).to_f32();
+                }
+            }
+            local[t] = Tap { x: xs[t].as_ptr(), w: ws[t].as_ptr() };
+        }
+        if let Some(b) = b {
+            for (l, v) in bs.iter_mut().enumerate().take(cb) {
+                // SAFETY: channel c0 + l < c of the bias.
+                *v = unsafe { *b.add(c0 + l) }.to_f32();
+            }
+        }
+        let mut out = [0.0f32; BLOCK];
+        let bp = b.map(|_| bs.as_ptr());
+        // SAFETY: the stack rows hold 8 f32 each.
+        unsafe { chunk::<f32, 1>(&local[..list.len()], 0, bp, relu, out.as_mut_ptr()) };
+        for (l, &v) in out.iter().enumerate().take(cb) {
+            // SAFETY: channel c0 + l < c of the output pixel.
+            unsafe { *y.add(c0 + l) = v };
+        }
+    }
+}
+
+/// Channels `c0..c0 + 8·V` of one output pixel: `acc = b`, then `acc += x·w` per tap in list
+/// order (row-major), then the activation.
+///
+/// # Safety
+/// `8·V` values from `c0` are readable at every tap's `x` and `w` and at `b`, writable at `y`;
+/// the CPU supports AVX2, FMA and F16C.
+#[inline(always)]
+unsafe fn chunk<W: Elem, const V: usize>(list: &[Tap<W>], c0: usize, b: Option<*const W>, relu: bool, y: *mut f32) {
+    // SAFETY (every load and store): within the 8·V values from c0 the caller vouches for.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); V];
+        if let Some(b) = b {
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = load_w(b.add(c0 + v * BLOCK));
+            }
+        }
+        for tap in list {
+            for (v, a) in acc.iter_mut().enumerate() {
+                let at = c0 + v * BLOCK;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(tap.x.add(at)), load_w(tap.w.add(at)), *a);
+            }
+        }
+        for (v, a) in acc.iter().enumerate() {
+            let r = if relu { _mm256_max_ps(*a, _mm256_setzero_ps()) } else { *a };
+            _mm256_storeu_ps(y.add(c0 + v * BLOCK), r);
         }
     }
 }

@@ -3,8 +3,10 @@
 //! (channel-innermost), no scratch.
 //!
 //! The per-ISA loops live in submodules: `scalar` (the specification, and the backward
-//! passes on every ISA), `avx2` and `neon` (channel-vectorised forward, 8 channels per block,
-//! f16 weights widened once per block), and `m4` (the scalar forward on a Cortex-M4F: 8 channel
+//! passes on every ISA), `avx2` (pixel-major forward: per output pixel its in-bounds taps,
+//! then the channels in chunks of 32 with 4 accumulators, weights widened in the load) and
+//! `neon` (channel-vectorised forward, 8 channels per block, f16 weights widened once per
+//! block), and `m4` (the scalar forward on a Cortex-M4F: 8 channel
 //! accumulators in registers per output pixel, bit-identical to `scalar`). Each public function checks its arguments and
 //! dispatches once on [`Isa::kind`].
 
@@ -35,7 +37,7 @@ const BLOCK: usize = 8;
 
 /// One block's 9 taps and bias, widened to f32: rows 0..9 are `w[tap][c0..c0 + BLOCK]`, row 9
 /// the bias (zero-padded past the last channel).
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(target_arch = "aarch64")]
 #[derive(Default)]
 #[repr(C, align(32))]
 struct WTile([[f32; BLOCK]; 10]);
