@@ -74,15 +74,67 @@ pub(super) fn pack_strided(s: &Conv2d, x: &[f32], row0: usize, stride: usize, co
     for (r, row) in col.chunks_exact_mut(s.k()).enumerate() {
         let win = Window::of(s, row0 + r * stride);
         let (lo, hi) = (win.kx_lo * c_in, win.kx_hi * c_in);
-        row[..win.ky_lo * seg].fill(0.0);
-        row[win.ky_hi * seg..].fill(0.0);
+        zero_run(&mut row[..win.ky_lo * seg]);
+        zero_run(&mut row[win.ky_hi * seg..]);
         for ky in win.ky_lo..win.ky_hi {
             let dst = &mut row[ky * seg..(ky + 1) * seg];
             let src = win.src(s, ky);
-            dst[..lo].fill(0.0);
-            dst[lo..hi].copy_from_slice(&x[src..src + (hi - lo)]);
-            dst[hi..].fill(0.0);
+            zero_run(&mut dst[..lo]);
+            copy_run(&mut dst[lo..hi], &x[src..src + (hi - lo)]);
+            zero_run(&mut dst[hi..]);
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` (equal lengths) in fixed-size moves: a stem conv copies runs of
+/// 3–9 floats, where a `memcpy` call per run cost more than the GEMM after it.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len().min(src.len());
+    let (dst, src) = (&mut dst[..n], &src[..n]);
+    if n >= 8 {
+        let mut i = 0;
+        while i + 8 <= n {
+            dst[i..i + 8].copy_from_slice(&src[i..i + 8]);
+            i += 8;
+        }
+        if i < n {
+            // The last 8, overlapping what was just copied.
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+    } else if n >= 4 {
+        dst[..4].copy_from_slice(&src[..4]);
+        dst[n - 4..].copy_from_slice(&src[n - 4..]);
+    } else if n >= 2 {
+        dst[..2].copy_from_slice(&src[..2]);
+        dst[n - 2..].copy_from_slice(&src[n - 2..]);
+    } else if n == 1 {
+        dst[0] = src[0];
+    }
+}
+
+/// `dst.fill(0.0)` in fixed-size stores (see [`copy_run`]).
+#[inline(always)]
+fn zero_run(dst: &mut [f32]) {
+    const Z: [f32; 8] = [0.0; 8];
+    let n = dst.len();
+    if n >= 8 {
+        let mut i = 0;
+        while i + 8 <= n {
+            dst[i..i + 8].copy_from_slice(&Z);
+            i += 8;
+        }
+        if i < n {
+            dst[n - 8..].copy_from_slice(&Z);
+        }
+    } else if n >= 4 {
+        dst[..4].copy_from_slice(&Z[..4]);
+        dst[n - 4..].copy_from_slice(&Z[..4]);
+    } else if n >= 2 {
+        dst[..2].copy_from_slice(&Z[..2]);
+        dst[n - 2..].copy_from_slice(&Z[..2]);
+    } else if n == 1 {
+        dst[0] = 0.0;
     }
 }
 
