@@ -5,16 +5,17 @@
 //! criterion's "elem/s" reads as FLOP/s. `f16` is the weight storage (activations are f32).
 //! Shapes are the batch-1 layers of MobileNetV1 1.0 / ResNet50 at 32x32 (spatial 16x16 down to
 //! 1x1), where the late layers are bound by streaming their weights. Shapes ending in `-cold`
-//! cycle through copies of the weights totalling 64 MiB (more than the last-level cache), as
-//! in a whole-model inference, so they measure the memory-bound case f16 storage is for.
+//! cycle through copies of the weights totalling 64 MiB (`TINYKD_BENCH_COLD_MB` sets another
+//! size: e.g. 13 for MobileNetV1 1.0's whole f32 weight set, which a large L3 holds), as in a
+//! whole-model inference, so they measure the memory-bound case f16 storage is for.
 //!
 //! `cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 2 [filter]`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use tinykd::kernels::act::{self, Act};
-use tinykd::kernels::shape::{Channels, Conv2d, DwConv3x3, Linear, Pool};
 use tinykd::kernels::linear::panels;
+use tinykd::kernels::shape::{Channels, Conv2d, DwConv3x3, Linear, Pool};
 use tinykd::kernels::{conv, dwconv, f16, linear, norm, pool, Elem, Isa, IsaKind};
 
 /// Deterministic values in [−0.5, 0.5).
@@ -44,9 +45,11 @@ fn conv_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Conv2d) {
     });
 }
 
-/// One copy of the weights (hot), or enough copies to fill 64 MiB (cold).
+/// One copy of the weights (hot), or enough copies to fill 64 MiB or `TINYKD_BENCH_COLD_MB`
+/// (cold).
 fn weight_copies<W: Elem>(len: usize, cold: bool) -> Vec<Vec<W>> {
-    let copies = if cold { ((64 << 20) / (len * core::mem::size_of::<W>())).max(2) } else { 1 };
+    let mib = std::env::var("TINYKD_BENCH_COLD_MB").ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(64);
+    let copies = if cold { ((mib << 20) / (len * core::mem::size_of::<W>())).max(2) } else { 1 };
     (0..copies).map(|i| data::<W>(len, 2 + i)).collect()
 }
 
