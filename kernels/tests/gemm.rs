@@ -175,7 +175,7 @@ const BETAS: [f32; 3] = [0.0, 1.0, 0.5];
 fn tails_all_transposes() {
     let isas = isas();
     let mut rng = Rng::new(1);
-    let dims = [1usize, 2, 5, 6, 7, 8, 9, 15, 16, 17, 31, 33];
+    let dims = [1usize, 2, 5, 6, 7, 8, 9, 12, 13, 15, 16, 17, 31, 32, 33, 65];
     let ks = [1usize, 2, 7, 16, 33];
     let mut idx = 0usize;
     for &m in &dims {
