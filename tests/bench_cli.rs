@@ -69,7 +69,10 @@ fn train_and_distill_steps_report_their_losses() {
     let v = report(&[&["bench", "train-step"][..], &small, &["--threads", "1"]].concat());
     assert_eq!(v["bench"], "train-step");
     assert_eq!(v["losses"], serde_json::json!(["ce"]));
+    let v = report(&[&["bench", "train-step"][..], &small, &["--threads", "2", "--sync", "op"]].concat());
+    assert_eq!((v["threads"].as_u64(), v["sync"].as_str()), (Some(2), Some("op")), "{v}");
     let v = report(&[&["bench", "distill-step"][..], &small].concat());
+    assert_eq!(v["sync"], "batch", "{v}");
     assert_eq!(v["bench"], "distill-step");
     assert_eq!(v["losses"][0], "ce");
     assert_eq!(v["losses"].as_array().unwrap().len(), 2, "{v}");

@@ -259,6 +259,24 @@ fn trainer_is_bitwise_reproducible_with_two_threads() {
 }
 
 #[test]
+fn op_level_sync_changes_no_bit() {
+    let run = |sync_every_op: bool| {
+        let (_, prog, params) = tiny16();
+        let cfg = TrainConfig { batch_size: 6, threads: 2, seed: 9, ..TrainConfig::default() };
+        let mut t = Trainer::new(Merged::student_only(&prog), params, &[Loss::ce()], cfg).unwrap();
+        t.set_sync_every_op(sync_every_op);
+        let mut data = tiny_data(12, 5);
+        t.train_epoch(&mut data, 0, &mut |_| {}).unwrap();
+        assert_eq!(t.step_count(), 2);
+        t.into_params()
+    };
+    let (a, b) = (run(false), run(true));
+    for (x, y) in a.params().iter().zip(b.params()) {
+        assert!(x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits()), "{} differs", x.name);
+    }
+}
+
+#[test]
 fn nan_loss_stops_with_the_step() {
     let (_, prog, mut params) = tiny16();
     params.get_mut("fc7_offset").unwrap().data[3] = f32::NAN;

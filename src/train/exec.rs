@@ -236,6 +236,8 @@ pub struct Executor {
     input_grad: bool,
     /// Per op, frozen conv weights packed into panels by [`Executor::pack_frozen_convs`].
     packed: Vec<Option<PackedConv>>,
+    /// Whether the threads wait for each other after every op ([`Executor::set_sync_every_op`]).
+    sync_every_op: bool,
 }
 
 /// Output pixels of the largest map whose convs [`Executor::pack_frozen_convs`] packs: up
@@ -326,6 +328,7 @@ impl Executor {
             last: None,
             input_grad: false,
             packed: vec![None; prog.ops().len()],
+            sync_every_op: false,
         }
     }
 
@@ -469,6 +472,16 @@ impl Executor {
         Ok(())
     }
 
+    /// With `on`, every thread waits for the others after each op of a forward or backward,
+    /// as op-level ("GEMM-level") parallelism must — each op split over the threads, the next
+    /// one starting when all are done — instead of only at the batch norms. The values computed
+    /// are the same; only the synchronisation changes. It exists to measure what batch-level
+    /// parallelism saves (`tinykd bench distill-step --sync op`); it is an upper bound for
+    /// GEMM-level threading, which would also run the ops between GEMMs on one thread.
+    pub fn set_sync_every_op(&mut self, on: bool) {
+        self.sync_every_op = on;
+    }
+
     /// The batch size of `input`, checked.
     fn batch_of(&self, input: &[f32]) -> Result<usize, ExecError> {
         let per = self.numel[0];
@@ -549,6 +562,7 @@ impl Executor {
             chunks: &chunks,
             barrier: &barrier,
             slots: &slots,
+            sync_every_op: self.sync_every_op,
         };
         let images: Vec<&[f32]> =
             chunks.iter().map(|r| &image[r.start * self.numel[0]..r.end * self.numel[0]]).collect();
@@ -613,6 +627,7 @@ impl Executor {
             chunks: &chunks,
             barrier: &barrier,
             slots: &slots,
+            sync_every_op: self.sync_every_op,
         };
         let acts = &self.acts;
         let plan = &plan;
@@ -732,6 +747,8 @@ struct Ctx<'a> {
     barrier: &'a Barrier,
     /// Published per-chunk batch-norm values, index `bn · threads + k`.
     slots: &'a [OnceLock<Moments>],
+    /// Wait at `barrier` after every op ([`Executor::set_sync_every_op`]).
+    sync_every_op: bool,
 }
 
 impl Ctx<'_> {
@@ -766,10 +783,11 @@ fn forward_chunk(
             if let Some(b) = sync {
                 ctx.exchange(b, k, None);
             }
-            continue;
-        }
-        if let Err(e) = forward_op(ctx, k, mode, i, image, &mut views, w) {
+        } else if let Err(e) = forward_op(ctx, k, mode, i, image, &mut views, w) {
             failed = Some(e);
+        }
+        if ctx.sync_every_op {
+            ctx.barrier.wait();
         }
     }
     failed.map_or(Ok(()), Err)
@@ -890,10 +908,11 @@ fn backward_chunk(
             if let Some(b) = ctx.bn_ord[i] {
                 ctx.exchange(b, k, None);
             }
-            continue;
-        }
-        if let Err(e) = backward_op(ctx, plan, k, i, &act_of, &mut grads, w) {
+        } else if let Err(e) = backward_op(ctx, plan, k, i, &act_of, &mut grads, w) {
             failed = Some(e);
+        }
+        if ctx.sync_every_op {
+            ctx.barrier.wait();
         }
     }
     failed.map_or(Ok(()), Err)

@@ -217,6 +217,16 @@ pub struct Trainer {
 }
 
 impl Trainer {
+    /// Makes both executors' threads wait for each other after every op
+    /// ([`Executor::set_sync_every_op`]): for measuring op-level against batch-level
+    /// parallelism; the step's results do not change.
+    pub fn set_sync_every_op(&mut self, on: bool) {
+        self.student.set_sync_every_op(on);
+        if let Some(t) = &mut self.teacher {
+            t.set_sync_every_op(on);
+        }
+    }
+
     /// A trainer of `merged`'s student, starting from `params`, on `losses`.
     pub fn new(merged: Merged, params: ParamStore, losses: &[Loss], cfg: TrainConfig) -> Result<Trainer, TrainError> {
         if cfg.batch_size == 0 {

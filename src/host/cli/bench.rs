@@ -91,9 +91,23 @@ pub struct StepArgs {
     /// Worker threads (default: every core).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "T")]
     pub threads: Option<u32>,
+    /// When the threads synchronise: `batch` (each runs its share of the batch through every
+    /// op, meeting only at the batch norms: what training uses) or `op` (all meet after every
+    /// op, as op-level / GEMM-level parallelism must; for comparison).
+    #[arg(long, value_enum, default_value_t = SyncArg::Batch)]
+    pub sync: SyncArg,
     /// Timing.
     #[command(flatten)]
     pub timing: Timing,
+}
+
+/// `--sync`: where the worker threads of a step wait for each other.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncArg {
+    /// Batch-level: only at the batch norms.
+    Batch,
+    /// Op-level: after every op.
+    Op,
 }
 
 /// Runs `bench`.
@@ -259,6 +273,7 @@ fn step(a: StepArgs, distill: bool) -> anyhow::Result<serde_json::Value> {
     let losses = default_losses(&merged);
     let tc = TrainConfig { batch_size: batch, threads, ..TrainConfig::default() };
     let mut trainer = Trainer::new(merged, params, &losses, tc)?;
+    trainer.set_sync_every_op(a.sync == SyncArg::Op);
     let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
     let images = random_input(batch * per_image, 2);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % cfg.classes as u32).collect();
@@ -274,6 +289,7 @@ fn step(a: StepArgs, distill: bool) -> anyhow::Result<serde_json::Value> {
         "scale": scale,
         "batch": batch,
         "threads": threads,
+        "sync": if a.sync == SyncArg::Op { "op" } else { "batch" },
         "dtype": "f32",
         "isa": Isa::detect().kind().name(),
         "losses": loss_names,
