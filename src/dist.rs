@@ -647,6 +647,11 @@ impl Losses {
         self.items.iter().any(|l| l.tensors.iter().any(|t| t.side == Side::Teacher))
     }
 
+    /// The teacher tensors the losses read.
+    pub fn teacher_tensors(&self) -> Vec<TensorId> {
+        self.items.iter().flat_map(|l| &l.tensors).filter(|t| t.side == Side::Teacher).map(|t| t.id).collect()
+    }
+
     /// Whether any loss needs labels (cross-entropy).
     pub fn needs_labels(&self) -> bool {
         self.items.iter().any(|l| matches!(l.kind, LossKind::Ce))

@@ -222,18 +222,39 @@ fn merged_teacher_is_frozen_and_reads_the_student_input() {
     }
     assert_ne!(t.params().get("conv1_weights"), sparams.get("conv1_weights"), "the student trains");
     assert_ne!(t.params().get("conv1_bn_mean"), sparams.get("conv1_bn_mean"), "student BN statistics move");
-    // The teacher ran in eval mode on exactly the student's batch: the trainer packs the
-    // frozen teacher's small-map convs; one thread, packed or not, gives the same logits.
+    // The teacher ran in eval mode on exactly the student's batch: the trainer folds the
+    // frozen teacher's batch norms and ReLUs into its convs (keeping what the losses read) and
+    // packs its small-map convs; one thread gives the trainer's two threads' bits, and the
+    // plain, packed and folded forwards agree up to rounding.
     let mut check = Executor::new(&tprog, 4, 1);
     check.forward_eval(&original, t.student().input()).unwrap();
     let plain = check.logits().to_vec();
+    let hint = tprog.find("conv5_6_sep_bn").unwrap();
+    let plain_hint = check.tensor(hint).to_vec();
+    let close = |what: &str, got: &[f32], want: &[f32], tol: f32| {
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() <= tol * scale, "{what}: {a} vs plain {b}");
+        }
+    };
     check.pack_frozen_convs(&original).unwrap();
     check.forward_eval(&original, t.student().input()).unwrap();
-    assert_eq!(check.logits(), t.teacher().unwrap().logits(), "packed: 1 thread vs the trainer's 2");
-    let scale = plain.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    for (a, b) in check.logits().iter().zip(&plain) {
-        assert!((a - b).abs() <= 1e-5 * scale, "packed {a} vs unpacked {b}");
-    }
+    close("packed", check.logits(), &plain, 1e-5);
+    check.fold_frozen(&original, &[hint]).unwrap();
+    check.forward_eval(&original, t.student().input()).unwrap();
+    assert_eq!(check.logits(), t.teacher().unwrap().logits(), "folded: 1 thread vs the trainer's 2");
+    close("folded", check.logits(), &plain, 1e-4);
+    close("folded, kept hint", check.tensor(hint), &plain_hint, 1e-4);
+    // The raw conv outputs before a folded batch norm are skipped, and say so.
+    assert!(check.activation("conv1").is_none(), "conv1's output is folded away");
+    assert!(check.activation("conv1_bn.relu").is_some());
+    let err = std::panic::catch_unwind(|| check.tensor(tprog.find("conv1").unwrap()).len()).unwrap_err();
+    assert!(err.downcast_ref::<String>().is_some_and(|m| m.contains("folded away")), "clear panic message");
+    // A forward with other parameter slices runs unfolded: every tensor is written again.
+    let copy = original.clone();
+    check.forward_eval(&copy, t.student().input()).unwrap();
+    close("other slices", check.logits(), &plain, 1e-5);
+    assert!(check.activation("conv1").is_some());
 }
 
 #[test]

@@ -238,6 +238,33 @@ pub struct Executor {
     packed: Vec<Option<PackedConv>>,
     /// Whether the threads wait for each other after every op ([`Executor::set_sync_every_op`]).
     sync_every_op: bool,
+    /// Per op, a frozen conv with its batch norm (and ReLU) folded in ([`Executor::fold_frozen`]).
+    folded: Vec<Option<FoldedConv>>,
+    /// Per op, whether a folded conv does its work (the folded batch norms and ReLUs).
+    fused_away: Vec<bool>,
+    /// Per tensor, whether a folded eval forward leaves it unwritten.
+    unwritten: Vec<bool>,
+    /// Whether the last forward ran the folded convs.
+    last_folded: bool,
+}
+
+/// A frozen conv with the batch norm after it, and the ReLU after that if any, folded in:
+/// `out = act(conv(x, w·s) + (β − μ·s))` with `s = γ/√(σ² + ε)`, written straight to the
+/// output of the last op folded ([`Executor::fold_frozen`]).
+#[derive(Clone, Debug)]
+struct FoldedConv {
+    /// The batch norm's op index.
+    bn: usize,
+    /// The parameter slices (address, length) it was made from: the conv's weights, then the
+    /// batch norm's scale, offset, mean and variance.
+    src: [(usize, usize); 5],
+    /// Folded weights, packed into panels when `packed`, else in the stored HWIO layout.
+    weights: Vec<f32>,
+    packed: bool,
+    bias: Vec<f32>,
+    act: Act,
+    /// The tensor it writes.
+    out: TensorId,
 }
 
 /// Output pixels of the largest map whose convs [`Executor::pack_frozen_convs`] packs: up
@@ -329,6 +356,10 @@ impl Executor {
             input_grad: false,
             packed: vec![None; prog.ops().len()],
             sync_every_op: false,
+            folded: vec![None; prog.ops().len()],
+            fused_away: vec![false; prog.ops().len()],
+            unwritten: vec![false; prog.tensors().len()],
+            last_folded: false,
         }
     }
 
@@ -366,14 +397,32 @@ impl Executor {
     /// The values of tensor `id` for the last forward's batch (`batch · h·w·c`, NHWC or NC).
     /// For `image` after an eval-mode forward (which keeps no copy of the input) the values are
     /// those of the last train-mode forward.
+    ///
+    /// # Panics
+    /// If the last forward ran convs folded by [`Executor::fold_frozen`] and `id` is one of the
+    /// intermediate tensors they skip (keep it in `fold_frozen`'s list to read it).
     pub fn tensor(&self, id: TensorId) -> &[f32] {
+        assert!(
+            !self.is_unwritten(id),
+            "tensor {} is folded away (Executor::fold_frozen); list it in `keep` to read it",
+            self.prog.tensor(id).name
+        );
         &self.acts[id.index()][..self.batch() * self.numel[id.index()]]
+    }
+
+    /// Whether tensor `id` was skipped by the last forward's folded convs.
+    fn is_unwritten(&self, id: TensorId) -> bool {
+        self.last_folded && self.unwritten[id.index()]
     }
 
     /// The tensor called `name` (aliases resolved by [`Program::find`]) with its dims for the
     /// last batch, or `None` if the program has no such tensor.
+    /// `None` too for a tensor the last forward's folded convs skipped ([`Executor::fold_frozen`]).
     pub fn activation(&self, name: &str) -> Option<(&[f32], Dims)> {
         let id = self.prog.find(name)?;
+        if self.is_unwritten(id) {
+            return None;
+        }
         Some((self.tensor(id), self.prog.tensor(id).shape.dims(self.batch())))
     }
 
@@ -482,6 +531,83 @@ impl Executor {
         self.sync_every_op = on;
     }
 
+    /// Folds every conv of the frozen parameters `params` whose output only feeds a batch
+    /// norm into it (`w·s`, bias `β − μ·s`, `s = γ/√(σ² + ε)`), and the ReLU after that batch
+    /// norm too when the batch norm's output only feeds it. Later **eval** forwards with these
+    /// same parameter slices run one conv with bias and activation per such chain and write
+    /// its last output directly: the conv's output (and the batch norm's, when a ReLU is
+    /// folded) is then not computed. Tensors in `keep` (what the losses read) are never
+    /// skipped. Convs on maps of at most [`PACK_MAX_PIXELS`] pixels are packed into panels as
+    /// by [`Executor::pack_frozen_convs`]. For a frozen teacher: on the tutorial's step it
+    /// removes the teacher's batch norm and ReLU passes (6–7 % of the step's thread time).
+    /// The folded outputs differ from the unfolded ones by rounding only.
+    pub fn fold_frozen(&mut self, params: &ParamStore, keep: &[TensorId]) -> Result<(), ExecError> {
+        self.pack_frozen_convs(params)?;
+        let ops = self.resolve(params)?;
+        let prog = self.prog;
+        let all = prog.ops();
+        let mut readers = vec![0usize; self.numel.len()];
+        for op in all {
+            for &x in op.inputs() {
+                readers[x.index()] += 1;
+            }
+        }
+        let kept = |t: TensorId| keep.contains(&t) || t == prog.output();
+        // The op reading tensor `t`, when it is the only one and `t` may be skipped.
+        let sole_reader = |t: TensorId, from: usize| -> Option<usize> {
+            if readers[t.index()] != 1 || kept(t) {
+                return None;
+            }
+            (from + 1..all.len()).find(|&j| all[j].inputs().contains(&t))
+        };
+        self.folded.iter_mut().for_each(|f| *f = None);
+        self.fused_away.fill(false);
+        self.unwritten.fill(false);
+        for (i, op) in all.iter().enumerate() {
+            if !matches!(op.kind, OpKind::Conv { .. }) {
+                continue;
+            }
+            let Some(j) = sole_reader(op.output, i).filter(|&j| all[j].kind == OpKind::BatchNorm) else {
+                continue;
+            };
+            let relu = sole_reader(all[j].output, j).filter(|&r| all[r].kind == OpKind::Relu);
+            let s = prog.conv2d(op, 1);
+            let (w, bn) = (ops[i].weights, &ops[j]);
+            let mut wf = vec![0.0f32; w.len()];
+            let mut bias = vec![0.0f32; s.c_out];
+            let kernel = |err| ExecError::Kernel { layer: op.name, err };
+            norm::bn_fold(s.c_out, BN.eps, w, bn.scale, bn.offset, bn.mean, bn.var, &mut wf, &mut bias)
+                .map_err(kernel)?;
+            let taps = s.kh * s.kw;
+            let packed = s.out_h() * s.out_w() <= PACK_MAX_PIXELS && panels::deep_enough(taps, s.c_in);
+            let weights = if packed {
+                let mut p = vec![0.0f32; panels::panels_len(taps, s.c_in, s.c_out)];
+                panels::pack_panels(taps, s.c_in, s.c_out, &wf, &mut p).map_err(kernel)?;
+                p
+            } else {
+                wf
+            };
+            let at = |x: &[f32]| (x.as_ptr() as usize, x.len());
+            let out = relu.map_or(all[j].output, |r| all[r].output);
+            self.unwritten[op.output.index()] = true;
+            self.fused_away[j] = true;
+            if let Some(r) = relu {
+                self.unwritten[all[j].output.index()] = true;
+                self.fused_away[r] = true;
+            }
+            self.folded[i] = Some(FoldedConv {
+                bn: j,
+                src: [at(w), at(bn.scale), at(bn.offset), at(bn.mean), at(bn.var)],
+                weights,
+                packed,
+                bias,
+                act: if relu.is_some() { Act::Relu } else { Act::None },
+                out,
+            });
+        }
+        Ok(())
+    }
+
     /// The batch size of `input`, checked.
     fn batch_of(&self, input: &[f32]) -> Result<usize, ExecError> {
         let per = self.numel[0];
@@ -538,6 +664,16 @@ impl Executor {
     /// Runs the forward pass of a batch of `n` on the threads.
     fn run_forward(&mut self, params: &ParamStore, input: &[f32], n: usize, mode: Mode) -> Result<(), ExecError> {
         let ops = self.resolve(params)?;
+        let at = |x: &[f32]| (x.as_ptr() as usize, x.len());
+        // The folded convs apply only to the parameter slices they were made from.
+        let use_fold = mode == Mode::Eval
+            && self.folded.iter().enumerate().all(|(i, f)| {
+                f.as_ref().is_none_or(|f| {
+                    let b = &ops[f.bn];
+                    f.src == [at(ops[i].weights), at(b.scale), at(b.offset), at(b.mean), at(b.var)]
+                })
+            });
+        self.last_folded = use_fold && self.folded.iter().any(Option::is_some);
         let chunks = self.chunks(n);
         let t = chunks.len();
         let (first, rest) = self.acts.split_first_mut().expect("a program has an input tensor");
@@ -563,6 +699,8 @@ impl Executor {
             barrier: &barrier,
             slots: &slots,
             sync_every_op: self.sync_every_op,
+            folded: if use_fold { &self.folded } else { &[] },
+            fused_away: &self.fused_away,
         };
         let images: Vec<&[f32]> =
             chunks.iter().map(|r| &image[r.start * self.numel[0]..r.end * self.numel[0]]).collect();
@@ -628,6 +766,8 @@ impl Executor {
             barrier: &barrier,
             slots: &slots,
             sync_every_op: self.sync_every_op,
+            folded: &[],
+            fused_away: &self.fused_away,
         };
         let acts = &self.acts;
         let plan = &plan;
@@ -749,6 +889,10 @@ struct Ctx<'a> {
     slots: &'a [OnceLock<Moments>],
     /// Wait at `barrier` after every op ([`Executor::set_sync_every_op`]).
     sync_every_op: bool,
+    /// Per op, the folded convs to run (empty when this forward does not use them).
+    folded: &'a [Option<FoldedConv>],
+    /// Per op, whether a folded conv does its work (read only when `folded` is not empty).
+    fused_away: &'a [bool],
 }
 
 impl Ctx<'_> {
@@ -811,7 +955,6 @@ fn forward_op(
     let kernel = |err| ExecError::Kernel { layer: op.name, err };
     // Tensor t ≥ 1 is views[t − 1]; every input precedes the output.
     let (before, after) = views.split_at_mut(op.output.index() - 1);
-    let y: &mut [f32] = after[0];
     let before: &[&mut [f32]] = before;
     let read = |t: TensorId| -> &[f32] {
         if t.index() == 0 {
@@ -822,6 +965,23 @@ fn forward_op(
     };
     let x = read(op.input());
     let shape = prog.tensor(op.output).shape;
+    if !ctx.folded.is_empty() {
+        if ctx.fused_away[i] {
+            return Ok(());
+        }
+        if let Some(f) = &ctx.folded[i] {
+            // Tensor t ≥ op.output is after[t − op.output]; the folded output comes later.
+            let y: &mut [f32] = after[f.out.index() - op.output.index()];
+            let s = prog.conv2d(op, nc);
+            return if f.packed {
+                conv::conv2d_fwd_panels(isa, &s, x, &f.weights, Some(&f.bias), f.act, y, &mut w.scratch)
+            } else {
+                conv::conv2d_fwd(isa, &s, x, &f.weights, Some(&f.bias), f.act, y, &mut w.scratch)
+            }
+            .map_err(kernel);
+        }
+    }
+    let y: &mut [f32] = after[0];
     match op.kind {
         OpKind::Conv { .. } => match &ctx.packed[i] {
             Some(pk) if mode == Mode::Eval && pk.src == (p.weights.as_ptr() as usize, p.weights.len()) => {

@@ -248,8 +248,9 @@ impl Trainer {
         let teacher = match merged.teacher() {
             Some(t) if resolved.needs_teacher() => {
                 let mut ex = Executor::with_isa(&t.program, cfg.batch_size, cfg.threads, isa);
-                // The teacher's parameters live in `merged`, which the trainer never changes.
-                ex.pack_frozen_convs(&t.params)?;
+                // The teacher's parameters live in `merged`, which the trainer never changes:
+                // fold its batch norms (and ReLUs) into its convs, except what the losses read.
+                ex.fold_frozen(&t.params, &resolved.teacher_tensors())?;
                 Some(ex)
             }
             _ => None,
