@@ -147,15 +147,28 @@ unsafe fn tile_6x16<const DIRECT: bool>(
             }
         }
     } else {
-        let mut t = [0.0f32; MR * NR];
-        for (r, row) in acc.iter().enumerate() {
-            // SAFETY: t holds 6·16 f32; row r writes t[r·16 ..][.. 16].
+        // An edge tile: rows < mr, the first nr columns through lane masks (masked-off lanes
+        // are neither read nor written).
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let masks = [0, 8].map(|h| _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32 - h), lanes));
+        let vb = _mm256_set1_ps(beta);
+        for (r, row) in acc.iter().enumerate().take(mr) {
+            // SAFETY: row r < mr and the columns the masks select (< nr) are inside C (caller).
             unsafe {
-                _mm256_storeu_ps(t.as_mut_ptr().add(r * NR), row[0]);
-                _mm256_storeu_ps(t.as_mut_ptr().add(r * NR + 8), row[1]);
+                let cr = c.add(r * ldc);
+                for (h, (&v, &m)) in row.iter().zip(&masks).enumerate() {
+                    if nr <= 8 * h {
+                        break;
+                    }
+                    let d = cr.add(8 * h);
+                    let out = if beta == 0.0 {
+                        _mm256_mul_ps(va, v)
+                    } else {
+                        _mm256_fmadd_ps(va, v, _mm256_mul_ps(vb, _mm256_maskload_ps(d, m)))
+                    };
+                    _mm256_maskstore_ps(d, m, out);
+                }
             }
         }
-        // SAFETY: t holds MR·NR values, the caller guarantees the mr×nr part of C.
-        unsafe { blocked::edge_epilogue::<NR>(&t, c, ldc, mr, nr, alpha, beta) };
     }
 }

@@ -374,6 +374,7 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
 /// # Safety
 /// `c` is valid for reads and writes at `c.add(r·ldc + j)` for `r < mr`, `j < nr`, and
 /// `acc.len() ≥ mr·NR`, `nr ≤ NR`.
+#[cfg(target_arch = "aarch64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn edge_epilogue<const NR: usize>(
