@@ -595,6 +595,8 @@ impl Executor {
                 self.unwritten[all[j].output.index()] = true;
                 self.fused_away[r] = true;
             }
+            // The folded conv carries its own (packed) weights.
+            self.packed[i] = None;
             self.folded[i] = Some(FoldedConv {
                 bn: j,
                 src: [at(w), at(bn.scale), at(bn.offset), at(bn.mean), at(bn.var)],
@@ -668,7 +670,7 @@ impl Executor {
         // The folded convs apply only to the parameter slices they were made from.
         let use_fold = mode == Mode::Eval
             && self.folded.iter().enumerate().all(|(i, f)| {
-                f.as_ref().is_none_or(|f| {
+                f.as_ref().map_or(true, |f| {
                     let b = &ops[f.bn];
                     f.src == [at(ops[i].weights), at(b.scale), at(b.offset), at(b.mean), at(b.var)]
                 })
