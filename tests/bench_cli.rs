@@ -79,6 +79,25 @@ fn train_and_distill_steps_report_their_losses() {
 }
 
 #[test]
+fn distill_step_ops_time_both_networks() {
+    let small = ["--model", "mobilenet_v1", "--scale", "0.25", "--batch", "2", "--iters", "2", "--warmup", "1"];
+    let v = report(&[&["bench", "distill-step"][..], &small, &["--ops"]].concat());
+    let ops = v["ops"].as_array().unwrap_or_else(|| panic!("no `ops` array: {v}"));
+    let of = |net: &str| ops.iter().filter(|o| o["net"] == net).collect::<Vec<_>>();
+    let (student, teacher) = (of("student"), of("teacher"));
+    assert!(!student.is_empty() && !teacher.is_empty(), "{v}");
+    let ms = |o: &serde_json::Value, k: &str| o[k].as_f64().unwrap_or_else(|| panic!("no `{k}` in {o}"));
+    // The frozen teacher only runs forward; the student trains.
+    assert!(teacher.iter().all(|o| ms(o, "bwd_ms") == 0.0), "{v}");
+    assert!(student.iter().any(|o| ms(o, "bwd_ms") > 0.0), "{v}");
+    assert!(ops.iter().all(|o| ms(o, "fwd_ms") >= 0.0 && o["op"].is_string() && o["kind"].is_string()), "{v}");
+    // Heaviest first.
+    let total: Vec<f64> = ops.iter().map(|o| ms(o, "fwd_ms") + ms(o, "bwd_ms")).collect();
+    assert!(total.windows(2).all(|w| w[0] >= w[1]), "{total:?}");
+    assert!(report(&[&["bench", "distill-step"][..], &small].concat()).get("ops").is_none());
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let (code, _, err) = tinykd(&["bench", "infer", "--model", "resnet50", "--threads", "2"]);
     assert_eq!(code, 2, "{err}");

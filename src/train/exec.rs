@@ -175,6 +175,9 @@ struct Worker {
     pgrads: Vec<Vec<f32>>,
     /// Two channel-sized buffers: throw-away running statistics for `bn_finish_moments`.
     dummy: [Vec<f32>; 2],
+    /// Per op, seconds spent in its forward and backward since the last reset, while
+    /// profiling ([`Executor::set_profiling`]); empty otherwise.
+    times: Vec<[f64; 2]>,
 }
 
 /// One chunk's published batch-norm values: (rows, mean, M2) forward, (unused, `Σdy`,
@@ -338,6 +341,7 @@ impl Executor {
                     .collect(),
                 pgrads: Vec::new(),
                 dummy: [vec![0.0; max_c], vec![0.0; max_c]],
+                times: Vec::new(),
             })
             .collect();
         Executor {
@@ -608,6 +612,32 @@ impl Executor {
             });
         }
         Ok(())
+    }
+
+    /// Starts (or stops) timing every op of every thread, from zero. The times include a
+    /// thread's wait for the others where they meet (batch norms in training).
+    pub fn set_profiling(&mut self, on: bool) {
+        let n = if on { self.prog.ops().len() } else { 0 };
+        for w in &mut self.workers {
+            w.times = vec![[0.0; 2]; n];
+        }
+    }
+
+    /// While profiling: per op (in program order), its name, kind and the seconds its
+    /// forward and backward took since profiling started, summed over the threads.
+    pub fn op_times(&self) -> Vec<(Name, OpKind, [f64; 2])> {
+        let ops = self.prog.ops();
+        (0..ops.len())
+            .filter(|&i| self.workers.iter().any(|w| w.times.len() > i))
+            .map(|i| {
+                let mut t = [0.0; 2];
+                for w in self.workers.iter().filter(|w| w.times.len() > i) {
+                    t[0] += w.times[i][0];
+                    t[1] += w.times[i][1];
+                }
+                (ops[i].name, ops[i].kind, t)
+            })
+            .collect()
     }
 
     /// The batch size of `input`, checked.
@@ -929,8 +959,15 @@ fn forward_chunk(
             if let Some(b) = sync {
                 ctx.exchange(b, k, None);
             }
-        } else if let Err(e) = forward_op(ctx, k, mode, i, image, &mut views, w) {
-            failed = Some(e);
+        } else {
+            let start = (!w.times.is_empty()).then(std::time::Instant::now);
+            let r = forward_op(ctx, k, mode, i, image, &mut views, w);
+            if let Some(t) = start {
+                w.times[i][0] += t.elapsed().as_secs_f64();
+            }
+            if let Err(e) = r {
+                failed = Some(e);
+            }
         }
         if ctx.sync_every_op {
             ctx.barrier.wait();
@@ -1070,8 +1107,15 @@ fn backward_chunk(
             if let Some(b) = ctx.bn_ord[i] {
                 ctx.exchange(b, k, None);
             }
-        } else if let Err(e) = backward_op(ctx, plan, k, i, &act_of, &mut grads, w) {
-            failed = Some(e);
+        } else {
+            let start = (!w.times.is_empty()).then(std::time::Instant::now);
+            let r = backward_op(ctx, plan, k, i, &act_of, &mut grads, w);
+            if let Some(t) = start {
+                w.times[i][1] += t.elapsed().as_secs_f64();
+            }
+            if let Err(e) = r {
+                failed = Some(e);
+            }
         }
         if ctx.sync_every_op {
             ctx.barrier.wait();

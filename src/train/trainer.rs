@@ -227,6 +227,16 @@ impl Trainer {
         }
     }
 
+    /// Starts (or stops) timing every op of the student and the teacher executors, from zero
+    /// ([`Executor::set_profiling`]; read with [`Trainer::student`] / [`Trainer::teacher`] and
+    /// [`Executor::op_times`]).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.student.set_profiling(on);
+        if let Some(t) = &mut self.teacher {
+            t.set_profiling(on);
+        }
+    }
+
     /// A trainer of `merged`'s student, starting from `params`, on `losses`.
     pub fn new(merged: Merged, params: ParamStore, losses: &[Loss], cfg: TrainConfig) -> Result<Trainer, TrainError> {
         if cfg.batch_size == 0 {

@@ -96,6 +96,11 @@ pub struct StepArgs {
     /// op, as op-level / GEMM-level parallelism must; for comparison).
     #[arg(long, value_enum, default_value_t = SyncArg::Batch)]
     pub sync: SyncArg,
+    /// Also time every op of the timed steps: the JSON gains an `ops` array (network, op,
+    /// kind, forward and backward milliseconds per step summed over the threads — a thread's
+    /// wait for the others at a batch norm counts), heaviest first.
+    #[arg(long)]
+    pub ops: bool,
     /// Timing.
     #[command(flatten)]
     pub timing: Timing,
@@ -277,13 +282,20 @@ fn step(a: StepArgs, distill: bool) -> anyhow::Result<serde_json::Value> {
     let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
     let images = random_input(batch * per_image, 2);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % cfg.classes as u32).collect();
+    let mut profiled = 0u32;
     let s = time(&a.timing, || {
+        // Profile the timed steps only (`time` runs the warm-up ones first).
+        if a.ops && profiled == a.timing.warmup {
+            trainer.set_profiling(true);
+        }
+        profiled += 1;
         trainer.step(&images, &labels)?;
         Ok(())
     })?;
+    let ops = a.ops.then(|| op_rows(&trainer, a.timing.iters));
     let (model, scale) = model_fields(&cfg);
     let loss_names: Vec<String> = losses.iter().map(|l| l.kind.label()).collect();
-    Ok(json!({
+    let mut report = json!({
         "bench": if distill { "distill-step" } else { "train-step" },
         "model": model,
         "scale": scale,
@@ -297,5 +309,33 @@ fn step(a: StepArgs, distill: bool) -> anyhow::Result<serde_json::Value> {
         "ms_p10": s.p10,
         "ms_p90": s.p90,
         "images_per_s": batch as f64 * 1e3 / s.median,
-    }))
+    });
+    if let Some(rows) = ops {
+        report["ops"] = serde_json::Value::Array(rows);
+    }
+    Ok(report)
+}
+
+/// The per-op times of a profiled trainer, per step (`steps` timed), heaviest first.
+fn op_rows(trainer: &Trainer, steps: u32) -> Vec<serde_json::Value> {
+    let nets = [("student", Some(trainer.student())), ("teacher", trainer.teacher())];
+    let mut rows: Vec<(f64, serde_json::Value)> = nets
+        .iter()
+        .filter_map(|&(net, ex)| ex.map(|ex| (net, ex)))
+        .flat_map(|(net, ex)| {
+            ex.op_times().into_iter().map(move |(name, kind, [f, b])| {
+                let per = 1e3 / f64::from(steps);
+                let row = json!({
+                    "net": net,
+                    "op": name.to_string(),
+                    "kind": format!("{kind:?}"),
+                    "fwd_ms": f * per,
+                    "bwd_ms": b * per,
+                });
+                ((f + b) * per, row)
+            })
+        })
+        .collect();
+    rows.sort_by(|x, y| y.0.total_cmp(&x.0));
+    rows.into_iter().map(|(_, r)| r).collect()
 }
