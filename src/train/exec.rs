@@ -942,6 +942,18 @@ impl Ctx<'_> {
     }
 }
 
+/// Runs `f` on `w`, adding its duration to `w.times[op][pass]` (0 forward, 1 backward) while
+/// profiling ([`Executor::set_profiling`]).
+fn timed<R>(w: &mut Worker, op: usize, pass: usize, f: impl FnOnce(&mut Worker) -> R) -> R {
+    if w.times.is_empty() {
+        return f(w);
+    }
+    let start = std::time::Instant::now();
+    let r = f(w);
+    w.times[op][pass] += start.elapsed().as_secs_f64();
+    r
+}
+
 /// Thread `k`'s forward over its chunk. On an error it keeps taking part in the batch-norm
 /// synchronisations (publishing a failure) so that no other thread waits forever.
 fn forward_chunk(
@@ -959,15 +971,8 @@ fn forward_chunk(
             if let Some(b) = sync {
                 ctx.exchange(b, k, None);
             }
-        } else {
-            let start = (!w.times.is_empty()).then(std::time::Instant::now);
-            let r = forward_op(ctx, k, mode, i, image, &mut views, w);
-            if let Some(t) = start {
-                w.times[i][0] += t.elapsed().as_secs_f64();
-            }
-            if let Err(e) = r {
-                failed = Some(e);
-            }
+        } else if let Err(e) = timed(w, i, 0, |w| forward_op(ctx, k, mode, i, image, &mut views, w)) {
+            failed = Some(e);
         }
         if ctx.sync_every_op {
             ctx.barrier.wait();
@@ -1107,15 +1112,8 @@ fn backward_chunk(
             if let Some(b) = ctx.bn_ord[i] {
                 ctx.exchange(b, k, None);
             }
-        } else {
-            let start = (!w.times.is_empty()).then(std::time::Instant::now);
-            let r = backward_op(ctx, plan, k, i, &act_of, &mut grads, w);
-            if let Some(t) = start {
-                w.times[i][1] += t.elapsed().as_secs_f64();
-            }
-            if let Err(e) = r {
-                failed = Some(e);
-            }
+        } else if let Err(e) = timed(w, i, 1, |w| backward_op(ctx, plan, k, i, &act_of, &mut grads, w)) {
+            failed = Some(e);
         }
         if ctx.sync_every_op {
             ctx.barrier.wait();
