@@ -86,7 +86,7 @@ pub(super) unsafe fn fwd<W: Elem>(s: &DwConv3x3, x: &[f32], w: &[W], bias: Optio
                 }
                 // SAFETY: every tap's input pixel and weight row hold `c` values, as do the
                 // bias and the output pixel; CPU features vouched for by the caller.
-                unsafe { pixel(c, &list[..nt], b, relu, out) };
+                unsafe { pixel(c, 0, &list[..nt], b, relu, out) };
             }
         }
     }
@@ -123,8 +123,8 @@ unsafe fn interior<W: Elem>(
             x: unsafe { rows[t / 3].add(t % 3 * c) },
             w: unsafe { w.add(t * c) },
         });
-        // SAFETY: the tail handling reads and writes only channels below c.
-        unsafe { pixel(c, &list, b, relu, y) };
+        // SAFETY: the tail handling reads and writes only channels c0..c.
+        unsafe { pixel(c, c0, &list, b, relu, y) };
     }
 }
 
@@ -144,12 +144,7 @@ unsafe fn chunk9<W: Elem, const V: usize>(
 ) {
     // SAFETY (every load and store): within the 8·V values from c0 of each operand.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); V];
-        if let Some(b) = b {
-            for (v, a) in acc.iter_mut().enumerate() {
-                *a = load_w(b.add(c0 + v * BLOCK));
-            }
-        }
+        let mut acc = start::<W, V>(b, c0);
         for (ky, row) in rows.iter().enumerate() {
             for kx in 0..3 {
                 let (xp, wp) = (row.add(kx * c + c0), w.add((ky * 3 + kx) * c + c0));
@@ -158,21 +153,17 @@ unsafe fn chunk9<W: Elem, const V: usize>(
                 }
             }
         }
-        for (v, a) in acc.iter().enumerate() {
-            let r = if relu { _mm256_max_ps(*a, _mm256_setzero_ps()) } else { *a };
-            _mm256_storeu_ps(y.add(c0 + v * BLOCK), r);
-        }
+        finish(&acc, relu, y.add(c0));
     }
 }
 
-/// All `c` channels of one output pixel from its in-bounds taps.
+/// Channels `c0..c` of one output pixel from its in-bounds taps.
 ///
 /// # Safety
 /// Each tap's `x` and `w`, `b` (if any) and `y` point at `c` readable (`y`: writable) values;
 /// the CPU supports AVX2, FMA and F16C.
 #[inline(always)]
-unsafe fn pixel<W: Elem>(c: usize, list: &[Tap<W>], b: Option<*const W>, relu: bool, y: *mut f32) {
-    let mut c0 = 0;
+unsafe fn pixel<W: Elem>(c: usize, mut c0: usize, list: &[Tap<W>], b: Option<*const W>, relu: bool, y: *mut f32) {
     // SAFETY (both loops): c0 + V·8 ≤ c, inside every operand.
     while c0 + CHUNK <= c {
         unsafe { chunk::<W, 4>(list, c0, b, relu, y) };
@@ -227,21 +218,46 @@ unsafe fn pixel<W: Elem>(c: usize, list: &[Tap<W>], b: Option<*const W>, relu: b
 unsafe fn chunk<W: Elem, const V: usize>(list: &[Tap<W>], c0: usize, b: Option<*const W>, relu: bool, y: *mut f32) {
     // SAFETY (every load and store): within the 8·V values from c0 the caller vouches for.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); V];
-        if let Some(b) = b {
-            for (v, a) in acc.iter_mut().enumerate() {
-                *a = load_w(b.add(c0 + v * BLOCK));
-            }
-        }
+        let mut acc = start::<W, V>(b, c0);
         for tap in list {
             for (v, a) in acc.iter_mut().enumerate() {
                 let at = c0 + v * BLOCK;
                 *a = _mm256_fmadd_ps(_mm256_loadu_ps(tap.x.add(at)), load_w(tap.w.add(at)), *a);
             }
         }
-        for (v, a) in acc.iter().enumerate() {
+        finish(&acc, relu, y.add(c0));
+    }
+}
+
+/// `V` accumulators holding the bias of channels `c0..c0 + 8·V` (zero without a bias).
+///
+/// # Safety
+/// `8·V` values from `c0` are readable at `b`; the CPU supports AVX and F16C.
+#[inline(always)]
+unsafe fn start<W: Elem, const V: usize>(b: Option<*const W>, c0: usize) -> [__m256; V] {
+    // SAFETY: forwarded.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); V];
+        if let Some(b) = b {
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = load_w(b.add(c0 + v * BLOCK));
+            }
+        }
+        acc
+    }
+}
+
+/// Stores `act(acc)` to the `8·V` values at `y`.
+///
+/// # Safety
+/// `8·V` values at `y` are writable; the CPU supports AVX.
+#[inline(always)]
+unsafe fn finish<const V: usize>(acc: &[__m256; V], relu: bool, y: *mut f32) {
+    for (v, a) in acc.iter().enumerate() {
+        // SAFETY: forwarded.
+        unsafe {
             let r = if relu { _mm256_max_ps(*a, _mm256_setzero_ps()) } else { *a };
-            _mm256_storeu_ps(y.add(c0 + v * BLOCK), r);
+            _mm256_storeu_ps(y.add(v * BLOCK), r);
         }
     }
 }
