@@ -33,12 +33,7 @@ impl Window {
     /// The window of flattened output pixel `g` (`g < n·out_h·out_w`).
     #[inline]
     fn of(s: &Conv2d, g: usize) -> Window {
-        let (oh, ow) = (s.out_h(), s.out_w());
-        let (n, rem) = (g / (oh * ow), g % (oh * ow));
-        let (iyp, ixp) = ((rem / ow) * s.stride, (rem % ow) * s.stride);
-        let (ky_lo, ky_hi) = clip(iyp, s.pad, s.h, s.kh);
-        let (kx_lo, kx_hi) = clip(ixp, s.pad, s.w, s.kw);
-        Window { img: n * s.h * s.w * s.c_in, iyp, ixp, ky_lo, ky_hi, kx_lo, kx_hi }
+        Cursor::of(s, g).window(s)
     }
 
     /// Offset in `x` of input pixel `(ky, kx_lo)` of this window (`ky` in bounds).
@@ -88,7 +83,7 @@ impl Cursor {
         }
     }
 
-    /// The receptive field of this pixel ([`Window::of`] without the divisions).
+    /// The receptive field of this pixel.
     #[inline]
     fn window(&self, s: &Conv2d) -> Window {
         let (iyp, ixp) = (self.oy * s.stride, self.ox * s.stride);
@@ -143,50 +138,38 @@ pub(super) fn pack_strided(s: &Conv2d, x: &[f32], row0: usize, stride: usize, co
 #[inline(always)]
 fn copy_run(dst: &mut [f32], src: &[f32]) {
     let n = dst.len().min(src.len());
-    let (dst, src) = (&mut dst[..n], &src[..n]);
-    if n >= 8 {
-        let mut i = 0;
-        while i + 8 <= n {
-            dst[i..i + 8].copy_from_slice(&src[i..i + 8]);
-            i += 8;
-        }
-        if i < n {
-            // The last 8, overlapping what was just copied.
-            dst[n - 8..].copy_from_slice(&src[n - 8..]);
-        }
-    } else if n >= 4 {
-        dst[..4].copy_from_slice(&src[..4]);
-        dst[n - 4..].copy_from_slice(&src[n - 4..]);
-    } else if n >= 2 {
-        dst[..2].copy_from_slice(&src[..2]);
-        dst[n - 2..].copy_from_slice(&src[n - 2..]);
-    } else if n == 1 {
-        dst[0] = src[0];
-    }
+    put_run(&mut dst[..n], |at, d| d.copy_from_slice(&src[at..at + d.len()]));
 }
 
 /// `dst.fill(0.0)` in fixed-size stores (see [`copy_run`]).
 #[inline(always)]
 fn zero_run(dst: &mut [f32]) {
-    const Z: [f32; 8] = [0.0; 8];
+    put_run(dst, |_, d| d.fill(0.0));
+}
+
+/// Writes `dst` as pieces of 8, 4, 2 or 1 values, each by `put(offset, piece)` with a length
+/// known at compile time (the last piece of 8, 4 or 2 overlaps the one before).
+#[inline(always)]
+fn put_run(dst: &mut [f32], mut put: impl FnMut(usize, &mut [f32])) {
     let n = dst.len();
+    let mut piece = |at: usize, len: usize| put(at, &mut dst[at..at + len]);
     if n >= 8 {
         let mut i = 0;
         while i + 8 <= n {
-            dst[i..i + 8].copy_from_slice(&Z);
+            piece(i, 8);
             i += 8;
         }
         if i < n {
-            dst[n - 8..].copy_from_slice(&Z);
+            piece(n - 8, 8);
         }
     } else if n >= 4 {
-        dst[..4].copy_from_slice(&Z[..4]);
-        dst[n - 4..].copy_from_slice(&Z[..4]);
+        piece(0, 4);
+        piece(n - 4, 4);
     } else if n >= 2 {
-        dst[..2].copy_from_slice(&Z[..2]);
-        dst[n - 2..].copy_from_slice(&Z[..2]);
+        piece(0, 2);
+        piece(n - 2, 2);
     } else if n == 1 {
-        dst[0] = 0.0;
+        piece(0, 1);
     }
 }
 
