@@ -48,7 +48,7 @@ use std::{fmt, thread};
 use tinykd_kernels::act::{self, Act};
 use tinykd_kernels::linear::panels;
 use tinykd_kernels::norm::{self, BnParams};
-use tinykd_kernels::shape::{Channels, Pool};
+use tinykd_kernels::shape::{Channels, Conv2d, Pool};
 use tinykd_kernels::{conv, dwconv, linear, pool, Isa, KernelError};
 
 use crate::graph::{Dims, Name, OpKind, ParamRole, Program, TensorId, VarKind, BN_EPS};
@@ -274,6 +274,18 @@ struct FoldedConv {
 /// to 4x4 the panel product wins (tap skipping, no weight packing per call); at 8x8 the
 /// blocked GEMM is slightly faster.
 pub const PACK_MAX_PIXELS: usize = 16;
+
+/// `w` packed into panels if `s` is a conv [`Executor::pack_frozen_convs`] packs: output maps of
+/// at most [`PACK_MAX_PIXELS`] pixels, taps deep enough ([`panels::deep_enough`]).
+fn small_map_panels(s: &Conv2d, w: &[f32]) -> Result<Option<Vec<f32>>, KernelError> {
+    let taps = s.kh * s.kw;
+    if s.out_h() * s.out_w() > PACK_MAX_PIXELS || !panels::deep_enough(taps, s.c_in) {
+        return Ok(None);
+    }
+    let mut p = vec![0.0f32; panels::panels_len(taps, s.c_in, s.c_out)];
+    panels::pack_panels(taps, s.c_in, s.c_out, w, &mut p)?;
+    Ok(Some(p))
+}
 
 /// A frozen conv's weights packed into panels, and which parameter slice (address, length)
 /// they were made from (an eval forward uses them only for that same slice).
@@ -506,22 +518,22 @@ impl Executor {
     /// per thread: 67 → 55 ms for its convs (the 8x8 maps are slightly faster unpacked).
     pub fn pack_frozen_convs(&mut self, params: &ParamStore) -> Result<(), ExecError> {
         let ops = self.resolve(params)?;
-        for (i, op) in self.prog.ops().iter().enumerate() {
+        let prog = self.prog;
+        for (i, op) in prog.ops().iter().enumerate() {
             self.packed[i] = None;
-            if !matches!(op.kind, OpKind::Conv { .. }) {
-                continue;
+            if matches!(op.kind, OpKind::Conv { .. }) {
+                self.pack_one(i, ops[i].weights)?;
             }
-            let s = self.prog.conv2d(op, 1);
-            let taps = s.kh * s.kw;
-            if s.out_h() * s.out_w() > PACK_MAX_PIXELS || !panels::deep_enough(taps, s.c_in) {
-                continue;
-            }
-            let w = ops[i].weights;
-            let mut panels = vec![0.0f32; panels::panels_len(taps, s.c_in, s.c_out)];
-            panels::pack_panels(taps, s.c_in, s.c_out, w, &mut panels)
-                .map_err(|err| ExecError::Kernel { layer: op.name, err })?;
-            self.packed[i] = Some(PackedConv { src: (w.as_ptr() as usize, w.len()), panels });
         }
+        Ok(())
+    }
+
+    /// Packs conv op `i`'s weights `w` into `packed[i]` if its map is small enough.
+    fn pack_one(&mut self, i: usize, w: &[f32]) -> Result<(), ExecError> {
+        let op = &self.prog.ops()[i];
+        let panels =
+            small_map_panels(&self.prog.conv2d(op, 1), w).map_err(|err| ExecError::Kernel { layer: op.name, err })?;
+        self.packed[i] = panels.map(|panels| PackedConv { src: (w.as_ptr() as usize, w.len()), panels });
         Ok(())
     }
 
@@ -546,7 +558,6 @@ impl Executor {
     /// removes the teacher's batch norm and ReLU passes (6–7 % of the step's thread time).
     /// The folded outputs differ from the unfolded ones by rounding only.
     pub fn fold_frozen(&mut self, params: &ParamStore, keep: &[TensorId]) -> Result<(), ExecError> {
-        self.pack_frozen_convs(params)?;
         let ops = self.resolve(params)?;
         let prog = self.prog;
         let all = prog.ops();
@@ -568,10 +579,13 @@ impl Executor {
         self.fused_away.fill(false);
         self.unwritten.fill(false);
         for (i, op) in all.iter().enumerate() {
+            self.packed[i] = None;
             if !matches!(op.kind, OpKind::Conv { .. }) {
                 continue;
             }
             let Some(j) = sole_reader(op.output, i).filter(|&j| all[j].kind == OpKind::BatchNorm) else {
+                // Not folded: packed as stored, as by `pack_frozen_convs`.
+                self.pack_one(i, ops[i].weights)?;
                 continue;
             };
             let relu = sole_reader(all[j].output, j).filter(|&r| all[r].kind == OpKind::Relu);
@@ -582,14 +596,9 @@ impl Executor {
             let kernel = |err| ExecError::Kernel { layer: op.name, err };
             norm::bn_fold(s.c_out, BN.eps, w, bn.scale, bn.offset, bn.mean, bn.var, &mut wf, &mut bias)
                 .map_err(kernel)?;
-            let taps = s.kh * s.kw;
-            let packed = s.out_h() * s.out_w() <= PACK_MAX_PIXELS && panels::deep_enough(taps, s.c_in);
-            let weights = if packed {
-                let mut p = vec![0.0f32; panels::panels_len(taps, s.c_in, s.c_out)];
-                panels::pack_panels(taps, s.c_in, s.c_out, &wf, &mut p).map_err(kernel)?;
-                p
-            } else {
-                wf
+            let (weights, packed) = match small_map_panels(&s, &wf).map_err(kernel)? {
+                Some(p) => (p, true),
+                None => (wf, false),
             };
             let at = |x: &[f32]| (x.as_ptr() as usize, x.len());
             let out = relu.map_or(all[j].output, |r| all[r].output);
@@ -599,8 +608,6 @@ impl Executor {
                 self.unwritten[all[j].output.index()] = true;
                 self.fused_away[r] = true;
             }
-            // The folded conv carries its own (packed) weights.
-            self.packed[i] = None;
             self.folded[i] = Some(FoldedConv {
                 bn: j,
                 src: [at(w), at(bn.scale), at(bn.offset), at(bn.mean), at(bn.var)],
