@@ -84,7 +84,7 @@ fn linear_panels_match_dense_scalar_f32_and_f16() {
 fn check_conv<W: Elem>(rng: &mut Rng) {
     // (n, h, w, c_in, c_out, k, stride, pad): 1 to 16 output pixels with taps that read only
     // padding, stride 2 to one pixel, a 7x7 stem-like conv, batch 2, pointwise with and without
-    // stride, a map larger than one im2col tile, and batches of small maps.
+    // stride, a map larger than one im2col tile, batches of small maps, and a tall pointwise.
     let shapes = [
         Conv2d::new(1, 1, 1, 9, 17, 3, 1, 1),
         Conv2d::new(1, 2, 2, 5, 8, 3, 1, 1),
@@ -101,6 +101,9 @@ fn check_conv<W: Elem>(rng: &mut Rng) {
         Conv2d::new(4, 3, 3, 6, 17, 3, 1, 1),
         Conv2d::new(70, 1, 1, 5, 18, 3, 1, 1),
         Conv2d::new(5, 4, 4, 8, 33, 1, 2, 0),
+        // Tall and deep enough for several row blocks of the AVX2 path (36 rows at k = 2048),
+        // the last one short.
+        Conv2d::new(20, 2, 2, 2048, 20, 1, 1, 0),
     ];
     for s in shapes {
         let x = rng.vec(s.x_len());
