@@ -387,3 +387,31 @@ fn edit_distance() {
     assert_eq!(dist::edit_distance("", "abc"), 3);
     assert_eq!(dist::edit_distance("fc7", "fc7"), 0);
 }
+
+#[test]
+fn eval_targets_skip_what_no_target_needs() {
+    let (prog, params) = tiny(100);
+    let mut rng = Rng::new(9);
+    let input = rng.vec(3 * 3072);
+    let mut ex = Executor::new(&prog, 3, 2);
+    ex.forward_eval(&params, &input).unwrap();
+    let (logits, hint) = (ex.logits().to_vec(), prog.find("conv5_6_sep_bn").unwrap());
+    let plain_hint = ex.tensor(hint).to_vec();
+    ex.set_eval_targets(Some(&[hint]));
+    ex.forward_eval(&params, &input).unwrap();
+    // The same ops up to the hint: the same bits; what comes after it is not computed.
+    assert_eq!(ex.tensor(hint), &plain_hint[..]);
+    assert!(ex.activation("conv5_6_sep_bn").is_some());
+    for after in ["conv6_sep", "fc7"] {
+        assert!(ex.activation(after).is_none(), "{after} is after the hint");
+    }
+    let err = std::panic::catch_unwind(|| ex.logits().len()).unwrap_err();
+    assert!(err.downcast_ref::<String>().is_some_and(|m| m.contains("fc7")), "names the tensor");
+    // A train forward runs everything; `None` restores eval forwards.
+    let mut train = params.clone();
+    ex.forward_train(&mut train, &input).unwrap();
+    assert!(ex.activation("fc7").is_some());
+    ex.set_eval_targets(None);
+    ex.forward_eval(&params, &input).unwrap();
+    assert_eq!(ex.logits(), &logits[..]);
+}

@@ -249,6 +249,8 @@ pub struct Executor {
     unwritten: Vec<bool>,
     /// Whether the last forward ran the folded convs.
     last_folded: bool,
+    /// Per op, whether eval forwards skip it ([`Executor::set_eval_targets`]).
+    eval_skip: Vec<bool>,
 }
 
 /// A frozen conv with the batch norm after it, and the ReLU after that if any, folded in:
@@ -376,6 +378,7 @@ impl Executor {
             fused_away: vec![false; prog.ops().len()],
             unwritten: vec![false; prog.tensors().len()],
             last_folded: false,
+            eval_skip: vec![false; prog.ops().len()],
         }
     }
 
@@ -416,19 +419,25 @@ impl Executor {
     ///
     /// # Panics
     /// If the last forward ran convs folded by [`Executor::fold_frozen`] and `id` is one of the
-    /// intermediate tensors they skip (keep it in `fold_frozen`'s list to read it).
+    /// intermediate tensors they skip (keep it in `fold_frozen`'s list to read it), or if the
+    /// last forward was an eval one that skipped the op writing `id`
+    /// ([`Executor::set_eval_targets`]).
     pub fn tensor(&self, id: TensorId) -> &[f32] {
         assert!(
             !self.is_unwritten(id),
-            "tensor {} is folded away (Executor::fold_frozen); list it in `keep` to read it",
+            "tensor {} was skipped by the last forward (folded away by Executor::fold_frozen or not \
+             needed by Executor::set_eval_targets); list it in `keep` or the targets to read it",
             self.prog.tensor(id).name
         );
         &self.acts[id.index()][..self.batch() * self.numel[id.index()]]
     }
 
-    /// Whether tensor `id` was skipped by the last forward's folded convs.
+    /// Whether tensor `id` was skipped by the last forward: folded away, or written by an op
+    /// [`Executor::set_eval_targets`] skips in an eval forward.
     fn is_unwritten(&self, id: TensorId) -> bool {
-        self.last_folded && self.unwritten[id.index()]
+        let skipped_by = |i: usize| self.eval_skip[i] && matches!(self.last, Some((_, Mode::Eval)));
+        (self.last_folded && self.unwritten[id.index()])
+            || self.prog.ops().iter().enumerate().any(|(i, op)| op.output == id && skipped_by(i))
     }
 
     /// The tensor called `name` (aliases resolved by [`Program::find`]) with its dims for the
@@ -621,6 +630,32 @@ impl Executor {
         Ok(())
     }
 
+    /// Restricts later **eval** forwards to the ops that some tensor of `targets` depends on
+    /// (`None`: every op, the default). A frozen teacher's losses read one or two of its
+    /// tensors; on the tutorial's step (hint `bn5c_branch2b`) this skips ResNet50's last
+    /// pointwise conv, residual add, pool and fc. The tensors of skipped ops refuse to be read
+    /// as the folded-away ones do ([`Executor::tensor`] panics, [`Executor::activation`] is
+    /// `None`), the logits included unless listed. Train forwards run every op.
+    pub fn set_eval_targets(&mut self, targets: Option<&[TensorId]>) {
+        let ops = self.prog.ops();
+        let Some(targets) = targets else {
+            self.eval_skip.fill(false);
+            return;
+        };
+        let mut needed = vec![false; self.numel.len()];
+        for t in targets {
+            needed[t.index()] = true;
+        }
+        for (i, op) in ops.iter().enumerate().rev() {
+            self.eval_skip[i] = !needed[op.output.index()];
+            if !self.eval_skip[i] {
+                for x in op.inputs() {
+                    needed[x.index()] = true;
+                }
+            }
+        }
+    }
+
     /// Starts (or stops) timing every op of every thread, from zero. The times include a
     /// thread's wait for the others where they meet (batch norms in training).
     pub fn set_profiling(&mut self, on: bool) {
@@ -740,6 +775,7 @@ impl Executor {
             sync_every_op: self.sync_every_op,
             folded: if use_fold { &self.folded } else { &[] },
             fused_away: &self.fused_away,
+            skip: if mode == Mode::Eval { &self.eval_skip } else { &[] },
         };
         let images: Vec<&[f32]> =
             chunks.iter().map(|r| &image[r.start * self.numel[0]..r.end * self.numel[0]]).collect();
@@ -807,6 +843,7 @@ impl Executor {
             sync_every_op: self.sync_every_op,
             folded: &[],
             fused_away: &self.fused_away,
+            skip: &[],
         };
         let acts = &self.acts;
         let plan = &plan;
@@ -932,6 +969,8 @@ struct Ctx<'a> {
     folded: &'a [Option<FoldedConv>],
     /// Per op, whether a folded conv does its work (read only when `folded` is not empty).
     fused_away: &'a [bool],
+    /// Per op, whether this forward skips it (empty: none; [`Executor::set_eval_targets`]).
+    skip: &'a [bool],
 }
 
 impl Ctx<'_> {
@@ -978,6 +1017,8 @@ fn forward_chunk(
             if let Some(b) = sync {
                 ctx.exchange(b, k, None);
             }
+        } else if ctx.skip.get(i).copied().unwrap_or(false) {
+            // Not needed by the eval targets (an eval forward has no batch-norm exchange).
         } else if let Err(e) = timed(w, i, 0, |w| forward_op(ctx, k, mode, i, image, &mut views, w)) {
             failed = Some(e);
         }

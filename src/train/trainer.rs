@@ -261,6 +261,7 @@ impl Trainer {
                 // The teacher's parameters live in `merged`, which the trainer never changes:
                 // fold its batch norms (and ReLUs) into its convs, except what the losses read.
                 ex.fold_frozen(&t.params, &resolved.teacher_tensors())?;
+                ex.set_eval_targets(Some(&resolved.teacher_tensors()));
                 Some(ex)
             }
             _ => None,
