@@ -89,13 +89,14 @@ fn check(losses: &[Loss], names: &[&str], eps: f32, loss64: impl Fn(&Executor, &
     let mut ex = Executor::new(merged.student(), n, 1);
     ex.set_input_grad(true);
     let mut tex = Executor::new(&merged.teacher().unwrap().program, n, 1);
-    ex.forward(&mut sparams.clone(), &x, Mode::Train).unwrap();
+    let mut run = sparams.clone();
+    ex.forward(&mut run, &x, Mode::Train).unwrap();
     tex.forward_eval(&merged.teacher().unwrap().params, ex.input()).unwrap();
     let (values, seeds) = resolved.compute(Isa::detect(), &ex, Some(&tex), &labels).unwrap();
     let want = loss64(&ex, &tex, &labels);
     assert!((values.total as f64 - want).abs() <= 1e-4 * want.abs() + 1e-6, "loss {} vs f64 {want}", values.total);
     let seeds: Vec<_> = seeds.iter().map(|(id, g)| (*id, g.as_slice())).collect();
-    ex.backward(&sparams, &seeds).unwrap();
+    ex.backward(&run, &seeds).unwrap();
     let mut probe = Executor::new(merged.student(), n, 1);
     for &name in names {
         let (base, analytic) = if name == "image" {

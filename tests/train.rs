@@ -79,8 +79,11 @@ fn mobilenet_ce_gradients_match_finite_differences() {
     let mut rng = Rng::new(1);
     let (x, labels) = batch(&mut rng, &prog, 4);
     let mut ex = Executor::new(&prog, 4, 1);
-    ex.forward(&mut params.clone(), &x, Mode::Train).unwrap();
-    ce_backward(&mut ex, &params, &labels);
+    // Backward gets the store the forward ran with: the few-row pointwise convs reuse the
+    // weights that forward packed (another store's slices fall back to the plain GEMM).
+    let mut run = params.clone();
+    ex.forward(&mut run, &x, Mode::Train).unwrap();
+    ce_backward(&mut ex, &run, &labels);
     let mut probe = Executor::new(&prog, 4, 1);
     let names = [
         "fc7_weights",
@@ -116,9 +119,10 @@ fn resnet50_gradients_match_finite_differences() {
     let mut probe = Executor::new(&prog, 2, 1);
     for (tensor, names) in cases {
         let id = prog.find(tensor).unwrap();
-        ex.forward(&mut params.clone(), &x, Mode::Train).unwrap();
+        let mut run = params.clone();
+        ex.forward(&mut run, &x, Mode::Train).unwrap();
         let r = rng.vec(ex.tensor(id).len());
-        ex.backward(&params, &[(id, &r)]).unwrap();
+        ex.backward(&run, &[(id, &r)]).unwrap();
         check_params(&ex, &params, names, 3e-4, 5e-2, 4, |q| {
             probe.forward(q, &x, Mode::Train).unwrap();
             dot64(&r, probe.tensor(id))
@@ -164,7 +168,7 @@ fn threads_match_one_thread_and_repeat_bitwise() {
         ex.set_input_grad(true);
         let mut p = params.clone();
         ex.forward(&mut p, &x, Mode::Train).unwrap();
-        ce_backward(&mut ex, &params, &labels);
+        ce_backward(&mut ex, &p, &labels);
         let grads: Vec<Vec<f32>> = ex.param_grads().map(|(_, g)| g.to_vec()).collect();
         (ex.logits().to_vec(), grads, ex.tensor_grad(TensorId(0)).unwrap().to_vec(), p)
     };
@@ -369,8 +373,9 @@ fn resnet50_two_threads_match_one_thread() {
     let run = |threads: usize| {
         let mut ex = Executor::new(&prog, 6, threads);
         ex.set_input_grad(true);
-        ex.forward(&mut params.clone(), &x, Mode::Train).unwrap();
-        ce_backward(&mut ex, &params, &labels);
+        let mut run = params.clone();
+        ex.forward(&mut run, &x, Mode::Train).unwrap();
+        ce_backward(&mut ex, &run, &labels);
         let mut all: Vec<(String, Vec<f32>)> = ex.param_grads().map(|(n, g)| (n.to_string(), g.to_vec())).collect();
         all.push(("image".into(), ex.tensor_grad(TensorId(0)).unwrap().to_vec()));
         all.push(("logits".into(), ex.logits().to_vec()));
@@ -411,4 +416,28 @@ fn resnet50_with_identity_blocks_sees_only_the_top_left_corner() {
     b[5 * 96 + 5 * 3] += 1.0;
     ex.forward_eval(&params, &b).unwrap();
     assert_ne!(la, ex.logits());
+}
+
+#[test]
+fn backward_with_another_store_of_the_same_weights_agrees() {
+    // The few-row pointwise convs' input gradients use the weights packed by the forward when
+    // the backward gets that same store, and the plain GEMM otherwise: same math.
+    // Width 0.5: 512-channel convs, deeper than one GEMM k block (256), so the two paths
+    // round differently and the test can tell that both were taken.
+    let cfg = ModelConfig::mobilenet_v1(500).with_stem(Stem::Cifar);
+    let (prog, params) = (models::program(&cfg).unwrap(), ParamStore::init(&cfg, 5).unwrap());
+    let mut rng = Rng::new(8);
+    let (x, labels) = batch(&mut rng, &prog, 3);
+    let grads = |same: bool| {
+        let mut ex = Executor::new(&prog, 3, 2);
+        ex.set_input_grad(true);
+        let mut run = params.clone();
+        ex.forward(&mut run, &x, Mode::Train).unwrap();
+        let other = run.clone();
+        ce_backward(&mut ex, if same { &run } else { &other }, &labels);
+        ex.tensor_grad(TensorId(0)).unwrap().to_vec()
+    };
+    let (a, b) = (grads(true), grads(false));
+    assert_close("input grad, packed vs plain", &a, &b, 1e-3, 1e-5);
+    assert!(a != b, "the two paths round differently (both were taken)");
 }

@@ -11,7 +11,7 @@ mod common;
 use common::{assert_close, Rng};
 use tinykd_kernels::act::Act;
 use tinykd_kernels::conv::{conv2d_fwd, conv2d_fwd_panels};
-use tinykd_kernels::linear::panels::{pack_panels, panels_len, PANEL};
+use tinykd_kernels::linear::panels::{pack_panels, pack_panels_transposed, panels_len, PANEL};
 use tinykd_kernels::linear::{linear_fwd, linear_fwd_panels};
 use tinykd_kernels::shape::{Conv2d, Linear};
 use tinykd_kernels::{f16, Elem, Isa, IsaKind, KernelError};
@@ -72,6 +72,29 @@ fn check_linear<W: Elem>(rng: &mut Rng) {
             }
         }
     }
+}
+
+#[test]
+fn transposed_packing_is_packing_of_the_transpose() {
+    let mut rng = Rng::new(30);
+    // Column tails below, at and above one panel; a single row and column.
+    for (k, n) in [(1, 1), (3, 5), (7, 16), (10, 17), (33, 40)] {
+        let wt = rng.vec(n * k);
+        let mut b = vec![0.0f32; k * n];
+        for j in 0..n {
+            for p in 0..k {
+                b[p * n + j] = wt[j * k + p];
+            }
+        }
+        let mut got = vec![f32::NAN; panels_len(1, k, n)];
+        pack_panels_transposed(k, n, &wt, &mut got).unwrap();
+        assert_eq!(got, packed(1, k, n, &b), "k {k} n {n}");
+    }
+    let mut wp = vec![0.0f32; panels_len(1, 2, 3)];
+    let err = pack_panels_transposed(2, 3, &[0.0f32; 5], &mut wp).unwrap_err();
+    assert!(matches!(err, KernelError::Len { arg: "wt", .. }), "{err:?}");
+    let err = pack_panels_transposed(2, 3, &[0.0f32; 6], &mut wp[1..]).unwrap_err();
+    assert!(matches!(err, KernelError::Len { arg: "wp", .. }), "{err:?}");
 }
 
 #[test]

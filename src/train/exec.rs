@@ -251,6 +251,35 @@ pub struct Executor {
     last_folded: bool,
     /// Per op, whether eval forwards skip it ([`Executor::set_eval_targets`]).
     eval_skip: Vec<bool>,
+    /// Per op, the weights of a few-row pointwise conv packed by the last train forward
+    /// ([`TRAIN_PANEL_MAX_PIXELS`]).
+    train_panels: Vec<Option<TrainPanels>>,
+}
+
+/// Output pixels per sample of the largest map whose pointwise convs a train step runs over
+/// weights packed once per step ([`TrainPanels`]): up to 2x2 (at most 128 rows per thread at
+/// the tutorial's batch), where the blocked GEMM, repacking the weights on every call for few
+/// rows, ran MobileNetV1's late convs at 24–46 GFLOP/s. Per sample, not per chunk, so the
+/// path (and the bits) do not depend on the batch or the thread count.
+pub const TRAIN_PANEL_MAX_PIXELS: usize = 4;
+
+/// A trainable pointwise conv's weights packed into panels at the start of a train forward:
+/// `w` for the forward, `wᵀ` for the input gradient `dX = dY·wᵀ` (both products over panels,
+/// [`panels`]), and the slice (address, length) they were packed from.
+#[derive(Clone, Debug)]
+struct TrainPanels {
+    src: (usize, usize),
+    fwd: Vec<f32>,
+    bwd: Vec<f32>,
+}
+
+impl TrainPanels {
+    /// Packs `w[c_in][c_out]` both ways into the existing buffers.
+    fn pack(&mut self, c_in: usize, c_out: usize, w: &[f32]) -> Result<(), KernelError> {
+        self.src = (w.as_ptr() as usize, w.len());
+        panels::pack_panels(1, c_in, c_out, w, &mut self.fwd)?;
+        panels::pack_panels_transposed(c_out, c_in, w, &mut self.bwd)
+    }
 }
 
 /// A frozen conv with the batch norm after it, and the ReLU after that if any, folded in:
@@ -379,6 +408,19 @@ impl Executor {
             unwritten: vec![false; prog.tensors().len()],
             last_folded: false,
             eval_skip: vec![false; prog.ops().len()],
+            train_panels: prog
+                .ops()
+                .iter()
+                .map(|op| {
+                    let s = prog.conv2d(op, 1);
+                    let few_rows = s.is_pointwise() && s.out_h() * s.out_w() <= TRAIN_PANEL_MAX_PIXELS;
+                    (matches!(op.kind, OpKind::Conv { .. }) && few_rows).then(|| TrainPanels {
+                        src: (0, 0),
+                        fwd: vec![0.0; panels::panels_len(1, s.c_in, s.c_out)],
+                        bwd: vec![0.0; panels::panels_len(1, s.c_out, s.c_in)],
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -487,10 +529,38 @@ impl Executor {
         }
     }
 
+    /// Packs the few-row pointwise convs' weights ([`TrainPanels`]), the layers split over
+    /// the threads.
+    fn pack_train_panels(&mut self, params: &ParamStore) -> Result<(), ExecError> {
+        let ops = self.resolve(params)?;
+        let prog = self.prog;
+        let t = self.threads;
+        let mut mine: Vec<Vec<(usize, &mut TrainPanels)>> = (0..t).map(|_| Vec::new()).collect();
+        for (j, (i, tp)) in
+            self.train_panels.iter_mut().enumerate().filter_map(|(i, tp)| Some((i, tp.as_mut()?))).enumerate()
+        {
+            mine[j % t].push((i, tp));
+        }
+        let ops = &ops;
+        let results = run_threads(mine.into_iter().map(|layers| {
+            move || {
+                for (i, tp) in layers {
+                    let op = &prog.ops()[i];
+                    let s = prog.conv2d(op, 1);
+                    tp.pack(s.c_in, s.c_out, ops[i].weights)
+                        .map_err(|err| ExecError::Kernel { layer: op.name, err })?;
+                }
+                Ok(())
+            }
+        }));
+        results.into_iter().collect()
+    }
+
     /// Train-mode forward: batch statistics, running statistics of `params` updated.
     pub fn forward_train(&mut self, params: &mut ParamStore, input: &[f32]) -> Result<(), ExecError> {
         let n = self.batch_of(input)?;
         self.last = None;
+        self.pack_train_panels(params)?;
         self.run_forward(params, input, n, Mode::Train)?;
         // Running statistics, once, from thread 0's copy of the merged moments (every thread
         // holds the same bits).
@@ -776,6 +846,7 @@ impl Executor {
             folded: if use_fold { &self.folded } else { &[] },
             fused_away: &self.fused_away,
             skip: if mode == Mode::Eval { &self.eval_skip } else { &[] },
+            train_panels: if mode == Mode::Train { &self.train_panels } else { &[] },
         };
         let images: Vec<&[f32]> =
             chunks.iter().map(|r| &image[r.start * self.numel[0]..r.end * self.numel[0]]).collect();
@@ -844,6 +915,7 @@ impl Executor {
             folded: &[],
             fused_away: &self.fused_away,
             skip: &[],
+            train_panels: &self.train_panels,
         };
         let acts = &self.acts;
         let plan = &plan;
@@ -971,9 +1043,15 @@ struct Ctx<'a> {
     fused_away: &'a [bool],
     /// Per op, whether this forward skips it (empty: none; [`Executor::set_eval_targets`]).
     skip: &'a [bool],
+    /// Per op, packed weights of a few-row pointwise conv (train forward and backward only).
+    train_panels: &'a [Option<TrainPanels>],
 }
 
 impl Ctx<'_> {
+    /// Op `i`'s packed few-row weights, if packed from `weights` (the slice this pass uses).
+    fn train_panel(&self, i: usize, weights: &[f32]) -> Option<&TrainPanels> {
+        self.train_panels.get(i)?.as_ref().filter(|tp| tp.src == (weights.as_ptr() as usize, weights.len()))
+    }
     fn slot(&self, bn: usize, k: usize) -> &OnceLock<Moments> {
         &self.slots[bn * self.chunks.len() + k]
     }
@@ -1075,8 +1153,12 @@ fn forward_op(
     }
     let y: &mut [f32] = after[0];
     match op.kind {
-        OpKind::Conv { .. } => match &ctx.packed[i] {
-            Some(pk) if mode == Mode::Eval && pk.src == (p.weights.as_ptr() as usize, p.weights.len()) => {
+        OpKind::Conv { .. } => match (&ctx.packed[i], ctx.train_panel(i, p.weights)) {
+            (_, Some(tp)) => {
+                conv::conv2d_fwd_panels(isa, &prog.conv2d(op, nc), x, &tp.fwd, None, Act::None, y, &mut w.scratch)
+                    .map_err(kernel)
+            }
+            (Some(pk), _) if mode == Mode::Eval && pk.src == (p.weights.as_ptr() as usize, p.weights.len()) => {
                 conv::conv2d_fwd_panels(isa, &prog.conv2d(op, nc), x, &pk.panels, None, Act::None, y, &mut w.scratch)
                     .map_err(kernel)
             }
@@ -1211,6 +1293,13 @@ fn backward_op<'a>(
             let s = prog.conv2d(op, nc);
             let dw = &mut pgrads[p.slots[0].expect("conv has weights")];
             conv::conv2d_bwd_weight(isa, &s, x, dy, dw, scratch).map_err(kernel)?;
+            if let Some(tp) = ctx.train_panel(i, p.weights) {
+                // dX = dY·wᵀ is the pointwise conv c_out → c_in over the transposed panels.
+                let t = Conv2d::new(s.n, s.h, s.w, s.c_out, s.c_in, 1, 1, 0);
+                return deliver_to(0, tmp, &mut |dx| {
+                    conv::conv2d_fwd_panels(isa, &t, dy, &tp.bwd, None, Act::None, dx, scratch)
+                });
+            }
             deliver_to(0, tmp, &mut |dx| conv::conv2d_bwd_input(isa, &s, dy, p.weights, dx, scratch))
         }
         OpKind::DwConv { .. } => {

@@ -76,6 +76,32 @@ pub fn pack_panels<W: Elem>(taps: usize, k: usize, n: usize, w: &[W], wp: &mut [
     Ok(())
 }
 
+/// Packs `B = wtᵀ`, the transpose of a stored `n×k` matrix `wt[j][p]` (so `B[p][j] =
+/// wt[j][p]`), into `wp` exactly as [`pack_panels`]`(1, k, n, B, wp)` would. A pointwise or fc
+/// weight `w[c_in][c_out]` packed with `k = c_out`, `n = c_in` is the right operand of the input
+/// gradient `dX = dY·Wᵀ` (the trainer packs its few-row convs so once per step). Errors: `wt`
+/// not exactly `n·k` or `wp` not exactly [`panels_len`]`(1, k, n)` elements
+/// ([`crate::KernelError::Len`]).
+pub fn pack_panels_transposed<W: Elem>(k: usize, n: usize, wt: &[W], wp: &mut [W]) -> Result<()> {
+    check_len("wt", wt.len(), n * k)?;
+    check_len("wp", wp.len(), panels_len(1, k, n))?;
+    if k == 0 || n == 0 {
+        return Ok(());
+    }
+    for (jp, panel) in wp.chunks_exact_mut(k * PANEL).enumerate() {
+        let j0 = jp * PANEL;
+        let cols = PANEL.min(n - j0);
+        // The panel's columns are `cols` rows of `wt`, read side by side.
+        let rows: [&[W]; PANEL] = core::array::from_fn(|c| if c < cols { &wt[(j0 + c) * k..][..k] } else { &[] });
+        for (p, out) in panel.chunks_exact_mut(PANEL).enumerate() {
+            for (c, o) in out.iter_mut().enumerate() {
+                *o = if c < cols { rows[c][p] } else { W::from_f32(0.0) };
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One tap's product over packed weights: `A[i][p]` at `a[i·lda + p]`, `B` the `k×n` panels
 /// (`b.len() ≥ panels_len(1, k, n)`), `C[i][j]` at `c[i·ldc + j]`.
 pub(crate) struct PanelProduct<'a, W> {
