@@ -69,6 +69,13 @@ fn train_and_distill_steps_report_their_losses() {
     let v = report(&[&["bench", "train-step"][..], &small, &["--threads", "1"]].concat());
     assert_eq!(v["bench"], "train-step");
     assert_eq!(v["losses"], serde_json::json!(["ce"]));
+    // Every phase is timed; without a teacher its forward takes no time and has no rate.
+    let phase = |v: &serde_json::Value, k: &str| v["phases_ms"][k].as_f64().unwrap_or_else(|| panic!("no {k}: {v}"));
+    for k in ["student_fwd", "backward", "update"] {
+        assert!(phase(&v, k) > 0.0, "{k}: {v}");
+    }
+    assert!(phase(&v, "losses") >= 0.0 && phase(&v, "teacher_fwd") == 0.0, "{v}");
+    assert!(v.get("teacher_fwd_images_per_s").is_none(), "{v}");
     let v = report(&[&["bench", "train-step"][..], &small, &["--threads", "2", "--sync", "op"]].concat());
     assert_eq!((v["threads"].as_u64(), v["sync"].as_str()), (Some(2), Some("op")), "{v}");
     let v = report(&[&["bench", "distill-step"][..], &small].concat());
@@ -76,6 +83,9 @@ fn train_and_distill_steps_report_their_losses() {
     assert_eq!(v["bench"], "distill-step");
     assert_eq!(v["losses"][0], "ce");
     assert_eq!(v["losses"].as_array().unwrap().len(), 2, "{v}");
+    assert!(phase(&v, "teacher_fwd") > 0.0, "{v}");
+    let rate = v["teacher_fwd_images_per_s"].as_f64().unwrap();
+    assert!((rate - 2e3 / phase(&v, "teacher_fwd")).abs() < 1e-6 * rate, "batch / teacher time: {v}");
 }
 
 #[test]

@@ -534,13 +534,9 @@ impl Executor {
     fn pack_train_panels(&mut self, params: &ParamStore) -> Result<(), ExecError> {
         let ops = self.resolve(params)?;
         let prog = self.prog;
-        let t = self.threads;
-        let mut mine: Vec<Vec<(usize, &mut TrainPanels)>> = (0..t).map(|_| Vec::new()).collect();
-        for (j, (i, tp)) in
-            self.train_panels.iter_mut().enumerate().filter_map(|(i, tp)| Some((i, tp.as_mut()?))).enumerate()
-        {
-            mine[j % t].push((i, tp));
-        }
+        let layers: Vec<(usize, &mut TrainPanels)> =
+            self.train_panels.iter_mut().enumerate().filter_map(|(i, tp)| Some((i, tp.as_mut()?))).collect();
+        let mine = share_out(layers, self.threads, |(_, tp)| tp.fwd.len());
         let ops = &ops;
         let results = run_threads(mine.into_iter().map(|layers| {
             move || {
@@ -862,7 +858,8 @@ impl Executor {
     /// whole batch; several seeds on one tensor add up) through the last train-mode forward,
     /// down to every trainable parameter (and to the input if [`Executor::set_input_grad`]).
     /// `params` must be the store the forward ran with (its running statistics may have been
-    /// updated since; only weights and γ are read).
+    /// updated since; only weights and γ are read; the few-row pointwise convs' input
+    /// gradients use the weights that forward packed, [`TRAIN_PANEL_MAX_PIXELS`]).
     pub fn backward(&mut self, params: &ParamStore, seeds: &[(TensorId, &[f32])]) -> Result<(), ExecError> {
         let n = match self.last {
             Some((n, Mode::Train)) => n,
@@ -925,22 +922,30 @@ impl Executor {
             move || backward_chunk(ctx, plan, k, acts, v, w)
         }));
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
-        // Parameter gradients: chunk sums in thread order; batch-norm γ/β from thread 0.
-        let isa = self.isa;
-        for (s, slot) in self.slots.iter_mut().enumerate() {
-            if !plan.active[slot.op] {
-                slot.grad.fill(0.0);
-                continue;
-            }
-            slot.grad.copy_from_slice(&self.workers[0].pgrads[s]);
-            if !slot.bn {
-                for w in &self.workers[1..t] {
-                    act::add_inplace(isa, &mut slot.grad, &w.pgrads[s])
-                        .map_err(|err| ExecError::Kernel { layer: self.prog.ops()[slot.op].name, err })?;
+        // Parameter gradients: chunk sums in thread order; batch-norm γ/β from thread 0. The
+        // slots are shared out over the threads in runs of about equal size (a reduction of
+        // the whole student's gradients is ~40 MB of memory traffic).
+        let (isa, prog, workers) = (self.isa, &self.prog, &self.workers[..t]);
+        let shares = share_out(self.slots.iter_mut().enumerate().collect(), t, |(_, slot)| slot.grad.len());
+        let results = run_threads(shares.into_iter().map(|share| {
+            move || {
+                for (s, slot) in share {
+                    if !plan.active[slot.op] {
+                        slot.grad.fill(0.0);
+                        continue;
+                    }
+                    slot.grad.copy_from_slice(&workers[0].pgrads[s]);
+                    if !slot.bn {
+                        for w in &workers[1..] {
+                            act::add_inplace(isa, &mut slot.grad, &w.pgrads[s])
+                                .map_err(|err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err })?;
+                        }
+                    }
                 }
+                Ok(())
             }
-        }
-        Ok(())
+        }));
+        results.into_iter().collect()
     }
 
     /// Which ops are reached by the seeded gradients, and how each delivers its input
@@ -1004,11 +1009,29 @@ fn split_views<'a>(bufs: &'a mut [Vec<f32>], numel: &[usize], chunks: &[Range<us
     out
 }
 
+/// Splits `items` into `t` runs, in order, of about equal total `size` (for sharing work out
+/// over threads).
+pub(crate) fn share_out<T>(items: Vec<T>, t: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let t = t.max(1);
+    let total: usize = items.iter().map(&size).sum();
+    let mut shares: Vec<Vec<T>> = (0..t).map(|_| Vec::new()).collect();
+    let mut done = 0;
+    for item in items {
+        // The share that holds the item's middle.
+        let len = size(&item);
+        let k = ((done + len / 2) * t / total.max(1)).min(t - 1);
+        done += len;
+        shares[k].push(item);
+    }
+    shares
+}
+
 /// Runs each job on its own thread (the first on the calling thread) and returns their results
 /// in job order.
-fn run_threads<F>(jobs: impl Iterator<Item = F>) -> Vec<Result<(), ExecError>>
+pub(crate) fn run_threads<E, F>(jobs: impl Iterator<Item = F>) -> Vec<Result<(), E>>
 where
-    F: FnOnce() -> Result<(), ExecError> + Send,
+    E: Send,
+    F: FnOnce() -> Result<(), E> + Send,
 {
     let mut jobs = jobs;
     let Some(first) = jobs.next() else { return Vec::new() };
@@ -1380,5 +1403,20 @@ fn backward_op<'a>(
             r?;
             deliver_to(0, tmp, &mut |dx| linear::linear_bwd_input(isa, &s, dy, p.weights, dx))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share_out;
+
+    #[test]
+    fn share_out_keeps_order_and_balances_sizes() {
+        let sizes = vec![5usize, 1, 1, 1, 8, 2, 2];
+        let shares = share_out(sizes.clone(), 2, |&s| s);
+        assert_eq!(shares.concat(), sizes, "every item once, in order");
+        assert_eq!(shares, vec![vec![5, 1, 1, 1], vec![8, 2, 2]]);
+        assert_eq!(share_out(vec![3usize], 4, |&s| s).concat(), vec![3]);
+        assert_eq!(share_out(Vec::<usize>::new(), 0, |&s| s), vec![Vec::<usize>::new()]);
     }
 }

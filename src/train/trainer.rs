@@ -18,13 +18,14 @@
 
 use std::fmt;
 use std::string::String;
+use std::time::Instant;
 use std::vec::Vec;
 
 use tinykd_kernels::optim::{self, Momentum};
 use tinykd_kernels::shape::Logits;
 use tinykd_kernels::{loss, Isa, KernelError};
 
-use super::exec::{ExecError, Executor};
+use super::exec::{run_threads, share_out, ExecError, Executor};
 use super::sched::Schedule;
 use crate::dist::{DistError, Loss, LossValues, Losses, Merged};
 use crate::graph::VarKind;
@@ -182,6 +183,24 @@ pub struct StepReport {
     pub batch: usize,
     /// The loss values.
     pub losses: LossValues,
+    /// Where the step's wall-clock time went.
+    pub phases: StepPhases,
+}
+
+/// Wall-clock seconds of one step's phases, in the order they run (each phase uses all the
+/// threads).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepPhases {
+    /// The student's train-mode forward (its few-row convs' weight packing included).
+    pub student_fwd: f64,
+    /// The frozen teacher's eval forward (0 without a teacher).
+    pub teacher_fwd: f64,
+    /// The losses and their gradients.
+    pub losses: f64,
+    /// The student's backward.
+    pub backward: f64,
+    /// The optimizer's update of every trainable parameter.
+    pub update: f64,
 }
 
 /// Accuracy and cross-entropy of the student over a dataset, eval mode.
@@ -369,26 +388,56 @@ impl Trainer {
                 images.len()
             )));
         }
+        let mut phases = StepPhases::default();
+        let mut clock = Instant::now();
+        let mut lap = |slot: &mut f64| {
+            let now = Instant::now();
+            *slot = (now - clock).as_secs_f64();
+            clock = now;
+        };
         self.student.forward_train(&mut self.params, images)?;
+        lap(&mut phases.student_fwd);
         if let (Some(tex), Some(t)) = (self.teacher.as_mut(), self.merged.teacher()) {
             // The teacher reads the student's input buffer in place (`image` is mapped).
             tex.forward_eval(&t.params, self.student.input())?;
+            lap(&mut phases.teacher_fwd);
         }
         let (values, seeds) = self.losses.compute(self.isa, &self.student, self.teacher.as_ref(), labels)?;
+        lap(&mut phases.losses);
         if !values.total.is_finite() || values.parts.iter().any(|p| !p.2.is_finite()) {
             return Err(TrainError::NonFinite { step: self.step, values });
         }
         let seeds: Vec<_> = seeds.iter().map(|(id, g)| (*id, g.as_slice())).collect();
         self.student.backward(&self.params, &seeds)?;
+        lap(&mut phases.backward);
         let lr = self.cfg.schedule.lr(self.step);
         let h = Momentum { lr, mu: self.cfg.momentum, wd: self.cfg.weight_decay };
         let grads: Vec<&[f32]> = self.student.param_grads().map(|(_, g)| g).collect();
-        for ((p, v), slot) in self.params.params_mut().iter_mut().zip(&mut self.velocity).zip(&self.grad_of) {
-            if let (VarKind::Parameter, Some(s)) = (p.kind, slot) {
-                optim::sgd_momentum(self.isa, h, &mut p.data, grads[*s], v).map_err(TrainError::Kernel)?;
+        // The trainable parameters (with velocity and gradient), shared out over the threads.
+        let trainable: Vec<(&mut [f32], &mut [f32], &[f32])> = self
+            .params
+            .params_mut()
+            .iter_mut()
+            .zip(&mut self.velocity)
+            .zip(&self.grad_of)
+            .filter_map(|((p, v), slot)| match (p.kind, slot) {
+                (VarKind::Parameter, Some(s)) => Some((&mut p.data[..], &mut v[..], grads[*s])),
+                _ => None,
+            })
+            .collect();
+        let isa = self.isa;
+        let shares = share_out(trainable, self.student.threads(), |t| t.0.len());
+        let results = run_threads(shares.into_iter().map(|share| {
+            move || {
+                for (p, v, g) in share {
+                    optim::sgd_momentum(isa, h, p, g, v).map_err(TrainError::Kernel)?;
+                }
+                Ok(())
             }
-        }
-        let report = StepReport { step: self.step, epoch, lr, batch: labels.len(), losses: values };
+        }));
+        results.into_iter().collect::<Result<(), TrainError>>()?;
+        lap(&mut phases.update);
+        let report = StepReport { step: self.step, epoch, lr, batch: labels.len(), losses: values, phases };
         self.step += 1;
         Ok(report)
     }

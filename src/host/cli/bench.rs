@@ -25,7 +25,7 @@ use crate::host::data::rng::Rng;
 use crate::kernels::{DType, Isa};
 use crate::models;
 use crate::params::ParamStore;
-use crate::train::{TrainConfig, Trainer};
+use crate::train::{StepPhases, TrainConfig, Trainer};
 use crate::weights::{AlignedBuf, WeightFile};
 
 /// `tinykd bench ...`.
@@ -283,15 +283,26 @@ fn step(a: StepArgs, distill: bool) -> anyhow::Result<serde_json::Value> {
     let images = random_input(batch * per_image, 2);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % cfg.classes as u32).collect();
     let mut profiled = 0u32;
+    let mut phases = Vec::new();
     let s = time(&a.timing, || {
         // Profile the timed steps only (`time` runs the warm-up ones first).
         if a.ops && profiled == a.timing.warmup {
             trainer.set_profiling(true);
         }
+        let timed = profiled >= a.timing.warmup;
         profiled += 1;
-        trainer.step(&images, &labels)?;
+        let r = trainer.step(&images, &labels)?;
+        if timed {
+            phases.push(r.phases);
+        }
         Ok(())
     })?;
+    let median_ms = |f: fn(&StepPhases) -> f64| {
+        let mut v: Vec<f64> = phases.iter().map(|p| f(p) * 1e3).collect();
+        v.sort_by(f64::total_cmp);
+        v[(v.len() - 1) / 2]
+    };
+    let teacher_ms = median_ms(|p| p.teacher_fwd);
     let ops = a.ops.then(|| op_rows(&trainer, a.timing.iters));
     let (model, scale) = model_fields(&cfg);
     let loss_names: Vec<String> = losses.iter().map(|l| l.kind.label()).collect();
@@ -309,7 +320,18 @@ fn step(a: StepArgs, distill: bool) -> anyhow::Result<serde_json::Value> {
         "ms_p10": s.p10,
         "ms_p90": s.p90,
         "images_per_s": batch as f64 * 1e3 / s.median,
+        // Medians of each phase over the timed steps (they need not add up to ms_median).
+        "phases_ms": {
+            "student_fwd": median_ms(|p| p.student_fwd),
+            "teacher_fwd": teacher_ms,
+            "losses": median_ms(|p| p.losses),
+            "backward": median_ms(|p| p.backward),
+            "update": median_ms(|p| p.update),
+        },
     });
+    if distill {
+        report["teacher_fwd_images_per_s"] = json!(batch as f64 * 1e3 / teacher_ms);
+    }
     if let Some(rows) = ops {
         report["ops"] = serde_json::Value::Array(rows);
     }
