@@ -24,7 +24,8 @@ for r in $(seq "$ROUNDS"); do
     echo "onnxruntime: $(python3 "$PEERS/ort_bench.py" 1)"
   fi
   if [ "$WHAT" != infer ]; then
-    echo "tinykd distill-step: $($B bench distill-step --model mobilenet_v1 --threads 2 --iters 8 | med images_per_s) img/s"
+    d=$($B bench distill-step --model mobilenet_v1 --threads 2 --iters 8)
+    echo "tinykd distill-step: $(echo "$d" | med images_per_s) img/s (teacher forward $(echo "$d" | med teacher_fwd_images_per_s) img/s)"
     echo "tinykd train-step: $($B bench train-step --model mobilenet_v1 --threads 2 --iters 8 | med images_per_s) img/s"
     echo "pytorch: $("$TORCH_PY" "$PEERS/torch_distill.py" 2 2>&1 | tail -1)"
   fi
