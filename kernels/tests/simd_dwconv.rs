@@ -1,14 +1,15 @@
-//! Every SIMD depthwise 3x3 forward path against the scalar path (the specification), with
-//! f32 and f16 weights, with and without bias and ReLU, on shapes that hit every channel tail
-//! (below, equal to, above and not a multiple of the 8-channel block), every border case
-//! (1, 2, 5 and 7 pixels per side, so no interior, a one-pixel interior, wide interiors),
-//! stride 1 and 2 and batch 1 and 2. Outputs are NaN-prefilled so an unwritten value fails.
+//! Every SIMD depthwise 3x3 path (forward, and the backward passes where an ISA has them)
+//! against the scalar path (the specification), with f32 and f16 weights, with and without
+//! bias and ReLU, on shapes that hit every channel tail (below, equal to, above and not a
+//! multiple of the 8-channel block), every border case (1, 2, 5 and 7 pixels per side, so no
+//! interior, a one-pixel interior, wide interiors), stride 1 and 2 and batch 1 and 2. Outputs
+//! are NaN-prefilled so an unwritten value fails.
 
 mod common;
 
 use common::{assert_close, Rng};
 use tinykd_kernels::act::Act;
-use tinykd_kernels::dwconv::dwconv3x3_fwd;
+use tinykd_kernels::dwconv::{dwconv3x3_bwd_input, dwconv3x3_bwd_weight, dwconv3x3_fwd};
 use tinykd_kernels::shape::DwConv3x3;
 use tinykd_kernels::{f16, Elem, Isa, IsaKind};
 
@@ -93,5 +94,51 @@ fn a_simd_path_exists_on_x86_64_and_aarch64() {
     // Guards against the comparison tests passing vacuously on the CI machines.
     if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
         assert!(!simd_isas().is_empty());
+    }
+}
+
+#[test]
+fn simd_backward_matches_scalar() {
+    let mut rng = Rng::new(12);
+    for isa in simd_isas() {
+        let mut cases = 0;
+        for &c in &CHANNELS {
+            for &h in &SIDES {
+                for &wd in &SIDES {
+                    for stride in [1, 2] {
+                        let n = 1 + (c + h + wd + stride) % 2;
+                        let s = DwConv3x3::new(n, h, wd, c, stride);
+                        let (x, w, dy) = (rng.vec(s.x_len()), rng.vec(s.w_len()), rng.vec(s.y_len()));
+                        let what = format!("{:?} {s:?}", isa.kind());
+                        let (mut want, mut got) = (vec![f32::NAN; s.x_len()], vec![f32::NAN; s.x_len()]);
+                        dwconv3x3_bwd_input(Isa::scalar(), &s, &dy, &w, &mut want).unwrap();
+                        dwconv3x3_bwd_input(isa, &s, &dy, &w, &mut got).unwrap();
+                        // At most 9 terms of |dy·w| ≤ 1.
+                        assert_close(&format!("dx {what}"), &got, &want, 1e-5, 1e-5);
+                        let (mut want, mut got) = (vec![f32::NAN; s.w_len()], vec![f32::NAN; s.w_len()]);
+                        dwconv3x3_bwd_weight(Isa::scalar(), &s, &x, &dy, &mut want).unwrap();
+                        dwconv3x3_bwd_weight(isa, &s, &x, &dy, &mut got).unwrap();
+                        // Sums over up to n·h·w pixels: the tolerance grows with their count.
+                        let terms = (n * s.out_h() * s.out_w()) as f32;
+                        assert_close(&format!("dw {what}"), &got, &want, 1e-5 * terms, 1e-6 * terms);
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, CHANNELS.len() * SIDES.len() * SIDES.len() * 2);
+        // Stride-1 maps of at least 64 pixels (the AVX2 weight gradient sums in registers
+        // there, image by image), with every channel tail, batch 1 and 3.
+        for (n, h, wd) in [(1, 8, 8), (3, 9, 11), (2, 16, 4)] {
+            for c in [1, 7, 8, 9, 17, 40] {
+                let s = DwConv3x3::new(n, h, wd, c, 1);
+                let (x, dy) = (rng.vec(s.x_len()), rng.vec(s.y_len()));
+                let (mut want, mut got) = (vec![f32::NAN; s.w_len()], vec![f32::NAN; s.w_len()]);
+                dwconv3x3_bwd_weight(Isa::scalar(), &s, &x, &dy, &mut want).unwrap();
+                dwconv3x3_bwd_weight(isa, &s, &x, &dy, &mut got).unwrap();
+                let terms = (n * h * wd) as f32;
+                assert_close(&format!("dw {:?} {s:?}", isa.kind()), &got, &want, 1e-5 * terms, 1e-6 * terms);
+            }
+        }
     }
 }

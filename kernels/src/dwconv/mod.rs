@@ -3,8 +3,10 @@
 //! (channel-innermost), no scratch.
 //!
 //! The per-ISA loops live in submodules: `scalar` (the specification, and the backward
-//! passes on every ISA), `avx2` (pixel-major forward: per output pixel its in-bounds taps,
-//! then the channels in chunks of 32 with 4 accumulators, weights widened in the load) and
+//! passes on the other ISAs), `avx2` (pixel-major forward: per output pixel its in-bounds
+//! taps, then the channels in chunks of 32 with 4 accumulators, weights widened in the load;
+//! the stride-1 input gradient as that forward over `dy` with the kernel flipped; the weight
+//! gradient with the 9 tap sums of 8 channels in registers over all pixels) and
 //! `neon` (channel-vectorised forward, 8 channels per block, f16 weights widened once per
 //! block), and `m4` (the scalar forward on a Cortex-M4F: 8 channel
 //! accumulators in registers per output pixel, bit-identical to `scalar`). Each public function checks its arguments and
@@ -95,7 +97,11 @@ pub fn dwconv3x3_bwd_input(isa: Isa, s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &
     check_len("w", w.len(), s.w_len())?;
     check_len("dx", dx.len(), s.x_len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::bwd_input(s, dy, w, dx),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: stride 1 and lengths checked above; an `Isa` of kind Avx2 exists only when
+        // the CPU has AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx2 if s.stride == 1 => unsafe { avx2::bwd_input_s1(s, dy, w, dx) },
+        _ => scalar::bwd_input(s, dy, w, dx),
     }
     Ok(())
 }
@@ -111,7 +117,11 @@ pub fn dwconv3x3_bwd_weight(isa: Isa, s: &DwConv3x3, x: &[f32], dy: &[f32], dw: 
     check_len("dy", dy.len(), s.y_len())?;
     check_len("dw", dw.len(), s.w_len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::bwd_weight(s, x, dy, dw),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
+        // AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx2 => unsafe { avx2::bwd_weight(s, x, dy, dw) },
+        _ => scalar::bwd_weight(s, x, dy, dw),
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub(super) fn taps(p: usize, len: usize) -> (usize, usize) {
 /// Calls `f(out_pixel, in_pixel, tap)` for every output pixel (flattened `n·out_h·out_w`) and
 /// every in-bounds tap (`tap = ky·3 + kx`), with `in_pixel` the flattened input pixel it reads.
 #[inline(always)]
-fn for_each_tap(s: &DwConv3x3, mut f: impl FnMut(usize, usize, usize)) {
+pub(super) fn for_each_tap(s: &DwConv3x3, mut f: impl FnMut(usize, usize, usize)) {
     let (oh, ow) = (s.out_h(), s.out_w());
     for n in 0..s.n {
         for oy in 0..oh {
