@@ -49,7 +49,7 @@ use tinykd_kernels::act::{self, Act};
 use tinykd_kernels::linear::panels;
 use tinykd_kernels::norm::{self, BnParams};
 use tinykd_kernels::shape::{Channels, Conv2d, Pool};
-use tinykd_kernels::{conv, dwconv, linear, pool, Isa, KernelError};
+use tinykd_kernels::{conv, dwconv, linear, pool, Isa, IsaKind, KernelError};
 
 use crate::graph::{Dims, Name, OpKind, ParamRole, Program, TensorId, VarKind, BN_EPS};
 use crate::params::ParamStore;
@@ -260,7 +260,8 @@ pub struct Executor {
 /// weights packed once per step ([`TrainPanels`]): up to 2x2 (at most 128 rows per thread at
 /// the tutorial's batch), where the blocked GEMM, repacking the weights on every call for few
 /// rows, ran MobileNetV1's late convs at 24–46 GFLOP/s. Per sample, not per chunk, so the
-/// path (and the bits) do not depend on the batch or the thread count.
+/// path (and the bits) do not depend on the batch or the thread count. AVX2 only (the one ISA
+/// whose panel product is SIMD).
 pub const TRAIN_PANEL_MAX_PIXELS: usize = 4;
 
 /// A trainable pointwise conv's weights packed into panels at the start of a train forward:
@@ -414,7 +415,10 @@ impl Executor {
                 .map(|op| {
                     let s = prog.conv2d(op, 1);
                     let few_rows = s.is_pointwise() && s.out_h() * s.out_w() <= TRAIN_PANEL_MAX_PIXELS;
-                    (matches!(op.kind, OpKind::Conv { .. }) && few_rows).then(|| TrainPanels {
+                    // Only where the panel product has a SIMD path (elsewhere it is the portable
+                    // specification, which the GEMM beats).
+                    let simd = isa.kind() == IsaKind::Avx2;
+                    (matches!(op.kind, OpKind::Conv { .. }) && few_rows && simd).then(|| TrainPanels {
                         src: (0, 0),
                         fwd: vec![0.0; panels::panels_len(1, s.c_in, s.c_out)],
                         bwd: vec![0.0; panels::panels_len(1, s.c_out, s.c_in)],
