@@ -236,24 +236,50 @@ pub(super) unsafe fn bwd_weight(s: &DwConv3x3, x: &[f32], dy: &[f32], dw: &mut [
             }
         }
     }
-    super::scalar::for_each_tap(s, |out, inp, tap| {
-        let (xp, gp) = (x[inp * c..][..c].as_ptr(), dy[out * c..][..c].as_ptr());
-        let mut c0 = if in_registers { full } else { 0 };
-        while c0 < full {
-            // SAFETY: c0 + 8 ≤ c: inside the input pixel, the output pixel and dw row `tap`
-            // (< 9 rows of c); CPU features vouched for by the caller.
-            unsafe {
-                let a = d.add(tap * c + c0);
-                let v = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(c0)), _mm256_loadu_ps(gp.add(c0)), _mm256_loadu_ps(a));
-                _mm256_storeu_ps(a, v);
+    if in_registers && full == c {
+        return;
+    }
+    // The pixel walk of `scalar::for_each_tap`, written out: AVX2 intrinsics inside a closure
+    // passed to a function without this `target_feature` are not inlined (each becomes a
+    // call; measured 20x slower).
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let c_lo = if in_registers { full } else { 0 };
+    for n in 0..s.n {
+        for oy in 0..oh {
+            let iyp = oy * s.stride;
+            let (ky_lo, ky_hi) = taps(iyp, s.h);
+            for ox in 0..ow {
+                let ixp = ox * s.stride;
+                let (kx_lo, kx_hi) = taps(ixp, s.w);
+                let gp = dy[((n * oh + oy) * ow + ox) * c..][..c].as_ptr();
+                for ky in ky_lo..ky_hi {
+                    let row = (n * s.h + iyp + ky - 1) * s.w;
+                    for kx in kx_lo..kx_hi {
+                        let xp = x[(row + ixp + kx - 1) * c..][..c].as_ptr();
+                        // SAFETY: row ky·3 + kx < 9 of `dw`; channels < c of the input
+                        // pixel, the output pixel and the row; CPU features vouched for by the
+                        // caller. `d` is the only access to `dw`.
+                        unsafe {
+                            let a = d.add((ky * 3 + kx) * c);
+                            let mut c0 = c_lo;
+                            while c0 < full {
+                                let v = _mm256_fmadd_ps(
+                                    _mm256_loadu_ps(xp.add(c0)),
+                                    _mm256_loadu_ps(gp.add(c0)),
+                                    _mm256_loadu_ps(a.add(c0)),
+                                );
+                                _mm256_storeu_ps(a.add(c0), v);
+                                c0 += BLOCK;
+                            }
+                            for ch in full..c {
+                                *a.add(ch) += *xp.add(ch) * *gp.add(ch);
+                            }
+                        }
+                    }
+                }
             }
-            c0 += BLOCK;
         }
-        for ch in full..c {
-            // SAFETY: ch < c: inside dw row `tap` (the pointer is the only access to `dw`).
-            unsafe { *d.add(tap * c + ch) += *xp.add(ch) * *gp.add(ch) };
-        }
-    });
+    }
 }
 
 /// Stride-1 output maps from this many pixels (8x8) sum the weight gradient in registers (see
