@@ -28,31 +28,35 @@ fn run<W: Elem>(isa: Isa, s: &DwConv3x3, x: &[f32], w: &[W], b: Option<&[W]>, ac
     y
 }
 
+/// Every channel count × side × side × stride, batch 1 or 2.
+fn grid() -> impl Iterator<Item = DwConv3x3> {
+    CHANNELS.iter().flat_map(|&c| {
+        SIDES.iter().flat_map(move |&h| {
+            SIDES.iter().flat_map(move |&wd| {
+                [1, 2].into_iter().map(move |stride| DwConv3x3::new(1 + (c + h + wd + stride) % 2, h, wd, c, stride))
+            })
+        })
+    })
+}
+
 fn check_dtype<W: Elem>(isa: Isa, rng: &mut Rng) -> usize {
     let mut cases = 0;
-    for &c in &CHANNELS {
-        for &h in &SIDES {
-            for &wd in &SIDES {
-                for stride in [1, 2] {
-                    let n = 1 + (c + h + wd + stride) % 2;
-                    let s = DwConv3x3::new(n, h, wd, c, stride);
-                    let x = rng.vec(s.x_len());
-                    let w: Vec<W> = rng.vec(s.w_len()).into_iter().map(W::from_f32).collect();
-                    let b: Vec<W> = rng.vec(c).into_iter().map(W::from_f32).collect();
-                    for (bias, act) in [(None, Act::None), (Some(&b[..]), Act::Relu), (Some(&b[..]), Act::None)] {
-                        let want = run(Isa::scalar(), &s, &x, &w, bias, act);
-                        let got = run(isa, &s, &x, &w, bias, act);
-                        let what = format!("{:?} {:?} {s:?} bias {} {act:?}", isa.kind(), W::DTYPE, bias.is_some());
-                        assert!(got.iter().all(|v| v.is_finite()), "{what}: unwritten output");
-                        // 10 terms of |x·w| ≤ 1: FMA vs separate rounding differ by a few ulps.
-                        assert_close(&what, &got, &want, 1e-5, 1e-5);
-                        if act == Act::Relu {
-                            assert!(got.iter().all(|&v| v >= 0.0), "{what}: ReLU not applied");
-                        }
-                        cases += 1;
-                    }
-                }
+    for s in grid() {
+        let c = s.c;
+        let x = rng.vec(s.x_len());
+        let w: Vec<W> = rng.vec(s.w_len()).into_iter().map(W::from_f32).collect();
+        let b: Vec<W> = rng.vec(c).into_iter().map(W::from_f32).collect();
+        for (bias, act) in [(None, Act::None), (Some(&b[..]), Act::Relu), (Some(&b[..]), Act::None)] {
+            let want = run(Isa::scalar(), &s, &x, &w, bias, act);
+            let got = run(isa, &s, &x, &w, bias, act);
+            let what = format!("{:?} {:?} {s:?} bias {} {act:?}", isa.kind(), W::DTYPE, bias.is_some());
+            assert!(got.iter().all(|v| v.is_finite()), "{what}: unwritten output");
+            // 10 terms of |x·w| ≤ 1: FMA vs separate rounding differ by a few ulps.
+            assert_close(&what, &got, &want, 1e-5, 1e-5);
+            if act == Act::Relu {
+                assert!(got.iter().all(|&v| v >= 0.0), "{what}: ReLU not applied");
             }
+            cases += 1;
         }
     }
     cases
@@ -102,29 +106,22 @@ fn simd_backward_matches_scalar() {
     let mut rng = Rng::new(12);
     for isa in simd_isas() {
         let mut cases = 0;
-        for &c in &CHANNELS {
-            for &h in &SIDES {
-                for &wd in &SIDES {
-                    for stride in [1, 2] {
-                        let n = 1 + (c + h + wd + stride) % 2;
-                        let s = DwConv3x3::new(n, h, wd, c, stride);
-                        let (x, w, dy) = (rng.vec(s.x_len()), rng.vec(s.w_len()), rng.vec(s.y_len()));
-                        let what = format!("{:?} {s:?}", isa.kind());
-                        let (mut want, mut got) = (vec![f32::NAN; s.x_len()], vec![f32::NAN; s.x_len()]);
-                        dwconv3x3_bwd_input(Isa::scalar(), &s, &dy, &w, &mut want).unwrap();
-                        dwconv3x3_bwd_input(isa, &s, &dy, &w, &mut got).unwrap();
-                        // At most 9 terms of |dy·w| ≤ 1.
-                        assert_close(&format!("dx {what}"), &got, &want, 1e-5, 1e-5);
-                        let (mut want, mut got) = (vec![f32::NAN; s.w_len()], vec![f32::NAN; s.w_len()]);
-                        dwconv3x3_bwd_weight(Isa::scalar(), &s, &x, &dy, &mut want).unwrap();
-                        dwconv3x3_bwd_weight(isa, &s, &x, &dy, &mut got).unwrap();
-                        // Sums over up to n·h·w pixels: the tolerance grows with their count.
-                        let terms = (n * s.out_h() * s.out_w()) as f32;
-                        assert_close(&format!("dw {what}"), &got, &want, 1e-5 * terms, 1e-6 * terms);
-                        cases += 1;
-                    }
-                }
-            }
+        for s in grid() {
+            let n = s.n;
+            let (x, w, dy) = (rng.vec(s.x_len()), rng.vec(s.w_len()), rng.vec(s.y_len()));
+            let what = format!("{:?} {s:?}", isa.kind());
+            let (mut want, mut got) = (vec![f32::NAN; s.x_len()], vec![f32::NAN; s.x_len()]);
+            dwconv3x3_bwd_input(Isa::scalar(), &s, &dy, &w, &mut want).unwrap();
+            dwconv3x3_bwd_input(isa, &s, &dy, &w, &mut got).unwrap();
+            // At most 9 terms of |dy·w| ≤ 1.
+            assert_close(&format!("dx {what}"), &got, &want, 1e-5, 1e-5);
+            let (mut want, mut got) = (vec![f32::NAN; s.w_len()], vec![f32::NAN; s.w_len()]);
+            dwconv3x3_bwd_weight(Isa::scalar(), &s, &x, &dy, &mut want).unwrap();
+            dwconv3x3_bwd_weight(isa, &s, &x, &dy, &mut got).unwrap();
+            // Sums over up to n·h·w pixels: the tolerance grows with their count.
+            let terms = (n * s.out_h() * s.out_w()) as f32;
+            assert_close(&format!("dw {what}"), &got, &want, 1e-5 * terms, 1e-6 * terms);
+            cases += 1;
         }
         assert_eq!(cases, CHANNELS.len() * SIDES.len() * SIDES.len() * 2);
         // Stride-1 maps of at least 64 pixels (the AVX2 weight gradient sums in registers
