@@ -536,6 +536,9 @@ impl Executor {
     /// Packs the few-row pointwise convs' weights ([`TrainPanels`]), the layers split over
     /// the threads.
     fn pack_train_panels(&mut self, params: &ParamStore) -> Result<(), ExecError> {
+        if self.train_panels.iter().all(Option::is_none) {
+            return Ok(());
+        }
         let ops = self.resolve(params)?;
         let prog = self.prog;
         let layers: Vec<(usize, &mut TrainPanels)> =
