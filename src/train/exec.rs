@@ -249,8 +249,8 @@ pub struct Executor {
     unwritten: Vec<bool>,
     /// Whether the last forward ran the folded convs.
     last_folded: bool,
-    /// Per op, whether eval forwards skip it ([`Executor::set_eval_targets`]).
-    eval_skip: Vec<bool>,
+    /// Per tensor, whether eval forwards skip the op writing it ([`Executor::set_eval_targets`]).
+    eval_unneeded: Vec<bool>,
     /// Per op, the weights of a few-row pointwise conv packed by the last train forward
     /// ([`TRAIN_PANEL_MAX_PIXELS`]).
     train_panels: Vec<Option<TrainPanels>>,
@@ -408,7 +408,7 @@ impl Executor {
             fused_away: vec![false; prog.ops().len()],
             unwritten: vec![false; prog.tensors().len()],
             last_folded: false,
-            eval_skip: vec![false; prog.ops().len()],
+            eval_unneeded: vec![false; prog.tensors().len()],
             train_panels: prog
                 .ops()
                 .iter()
@@ -481,9 +481,8 @@ impl Executor {
     /// Whether tensor `id` was skipped by the last forward: folded away, or written by an op
     /// [`Executor::set_eval_targets`] skips in an eval forward.
     fn is_unwritten(&self, id: TensorId) -> bool {
-        let skipped_by = |i: usize| self.eval_skip[i] && matches!(self.last, Some((_, Mode::Eval)));
         (self.last_folded && self.unwritten[id.index()])
-            || self.prog.ops().iter().enumerate().any(|(i, op)| op.output == id && skipped_by(i))
+            || (matches!(self.last, Some((_, Mode::Eval))) && self.eval_unneeded[id.index()])
     }
 
     /// The tensor called `name` (aliases resolved by [`Program::find`]) with its dims for the
@@ -535,16 +534,14 @@ impl Executor {
 
     /// Packs the few-row pointwise convs' weights ([`TrainPanels`]), the layers split over
     /// the threads.
-    fn pack_train_panels(&mut self, params: &ParamStore) -> Result<(), ExecError> {
+    fn pack_train_panels(&mut self, ops: &[OpParams<'_>]) -> Result<(), ExecError> {
         if self.train_panels.iter().all(Option::is_none) {
             return Ok(());
         }
-        let ops = self.resolve(params)?;
         let prog = self.prog;
         let layers: Vec<(usize, &mut TrainPanels)> =
             self.train_panels.iter_mut().enumerate().filter_map(|(i, tp)| Some((i, tp.as_mut()?))).collect();
         let mine = share_out(layers, self.threads, |(_, tp)| tp.fwd.len());
-        let ops = &ops;
         let results = run_threads(mine.into_iter().map(|layers| {
             move || {
                 for (i, tp) in layers {
@@ -563,7 +560,6 @@ impl Executor {
     pub fn forward_train(&mut self, params: &mut ParamStore, input: &[f32]) -> Result<(), ExecError> {
         let n = self.batch_of(input)?;
         self.last = None;
-        self.pack_train_panels(params)?;
         self.run_forward(params, input, n, Mode::Train)?;
         // Running statistics, once, from thread 0's copy of the merged moments (every thread
         // holds the same bits).
@@ -710,21 +706,19 @@ impl Executor {
     /// as the folded-away ones do ([`Executor::tensor`] panics, [`Executor::activation`] is
     /// `None`), the logits included unless listed. Train forwards run every op.
     pub fn set_eval_targets(&mut self, targets: Option<&[TensorId]>) {
-        let ops = self.prog.ops();
-        let Some(targets) = targets else {
-            self.eval_skip.fill(false);
-            return;
-        };
+        self.eval_unneeded.fill(false);
+        let Some(targets) = targets else { return };
         let mut needed = vec![false; self.numel.len()];
         for t in targets {
             needed[t.index()] = true;
         }
-        for (i, op) in ops.iter().enumerate().rev() {
-            self.eval_skip[i] = !needed[op.output.index()];
-            if !self.eval_skip[i] {
+        for op in self.prog.ops().iter().rev() {
+            if needed[op.output.index()] {
                 for x in op.inputs() {
                     needed[x.index()] = true;
                 }
+            } else {
+                self.eval_unneeded[op.output.index()] = true;
             }
         }
     }
@@ -811,6 +805,9 @@ impl Executor {
     /// Runs the forward pass of a batch of `n` on the threads.
     fn run_forward(&mut self, params: &ParamStore, input: &[f32], n: usize, mode: Mode) -> Result<(), ExecError> {
         let ops = self.resolve(params)?;
+        if mode == Mode::Train {
+            self.pack_train_panels(&ops)?;
+        }
         let at = |x: &[f32]| (x.as_ptr() as usize, x.len());
         // The folded convs apply only to the parameter slices they were made from.
         let use_fold = mode == Mode::Eval
@@ -848,7 +845,7 @@ impl Executor {
             sync_every_op: self.sync_every_op,
             folded: if use_fold { &self.folded } else { &[] },
             fused_away: &self.fused_away,
-            skip: if mode == Mode::Eval { &self.eval_skip } else { &[] },
+            skip: if mode == Mode::Eval { &self.eval_unneeded } else { &[] },
             train_panels: if mode == Mode::Train { &self.train_panels } else { &[] },
         };
         let images: Vec<&[f32]> =
@@ -1071,7 +1068,8 @@ struct Ctx<'a> {
     folded: &'a [Option<FoldedConv>],
     /// Per op, whether a folded conv does its work (read only when `folded` is not empty).
     fused_away: &'a [bool],
-    /// Per op, whether this forward skips it (empty: none; [`Executor::set_eval_targets`]).
+    /// Per tensor, whether this forward skips the op writing it (empty: none;
+    /// [`Executor::set_eval_targets`]).
     skip: &'a [bool],
     /// Per op, packed weights of a few-row pointwise conv (train forward and backward only).
     train_panels: &'a [Option<TrainPanels>],
@@ -1125,7 +1123,7 @@ fn forward_chunk(
             if let Some(b) = sync {
                 ctx.exchange(b, k, None);
             }
-        } else if ctx.skip.get(i).copied().unwrap_or(false) {
+        } else if ctx.skip.get(ctx.prog.ops()[i].output.index()).copied().unwrap_or(false) {
             // Not needed by the eval targets (an eval forward has no batch-norm exchange).
         } else if let Err(e) = timed(w, i, 0, |w| forward_op(ctx, k, mode, i, image, &mut views, w)) {
             failed = Some(e);
