@@ -279,8 +279,9 @@ impl Trainer {
                 let mut ex = Executor::with_isa(&t.program, cfg.batch_size, cfg.threads, isa);
                 // The teacher's parameters live in `merged`, which the trainer never changes:
                 // fold its batch norms (and ReLUs) into its convs, except what the losses read.
-                ex.fold_frozen(&t.params, &resolved.teacher_tensors())?;
-                ex.set_eval_targets(Some(&resolved.teacher_tensors()));
+                let read = resolved.teacher_tensors();
+                ex.fold_frozen(&t.params, &read)?;
+                ex.set_eval_targets(Some(&read));
                 Some(ex)
             }
             _ => None,

@@ -6,7 +6,8 @@
 //! passes on the other ISAs), `avx2` (pixel-major forward: per output pixel its in-bounds
 //! taps, then the channels in chunks of 32 with 4 accumulators, weights widened in the load;
 //! the stride-1 input gradient as that forward over `dy` with the kernel flipped; the weight
-//! gradient with the 9 tap sums of 8 channels in registers over all pixels) and
+//! gradient 8 channels per FMA, with the 9 tap sums in registers per image on stride-1 maps
+//! of at least 64 pixels) and
 //! `neon` (channel-vectorised forward, 8 channels per block, f16 weights widened once per
 //! block), and `m4` (the scalar forward on a Cortex-M4F: 8 channel
 //! accumulators in registers per output pixel, bit-identical to `scalar`). Each public function checks its arguments and
