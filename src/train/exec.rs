@@ -41,7 +41,7 @@
 
 use std::ops::Range;
 use std::string::{String, ToString};
-use std::sync::{Barrier, OnceLock};
+use std::sync::OnceLock;
 use std::vec::Vec;
 use std::{fmt, thread};
 
@@ -53,6 +53,7 @@ use tinykd_kernels::{conv, dwconv, linear, pool, Isa, IsaKind, KernelError};
 
 use crate::graph::{Dims, Name, OpKind, ParamRole, Program, TensorId, VarKind, BN_EPS};
 use crate::params::ParamStore;
+use crate::train::spin::SpinBarrier;
 
 /// Batch-norm hyper-parameters of both models (eps [`BN_EPS`], momentum 0.9).
 const BN: BnParams = BnParams { eps: BN_EPS, momentum: 0.9 };
@@ -831,7 +832,7 @@ impl Executor {
         let mut views = split_views(rest, &self.numel[1..], &chunks);
         let n_bn = self.workers[0].bn.len();
         let slots: Vec<OnceLock<Moments>> = (0..n_bn * t).map(|_| OnceLock::new()).collect();
-        let barrier = Barrier::new(t);
+        let barrier = SpinBarrier::new(t);
         let ctx = Ctx {
             prog: &self.prog,
             isa: self.isa,
@@ -901,7 +902,7 @@ impl Executor {
         let views = split_views(&mut self.grads, &self.numel, &chunks);
         let n_bn = self.workers[0].bn.len();
         let slots: Vec<OnceLock<Moments>> = (0..n_bn * t).map(|_| OnceLock::new()).collect();
-        let barrier = Barrier::new(t);
+        let barrier = SpinBarrier::new(t);
         let ctx = Ctx {
             prog: &self.prog,
             isa: self.isa,
@@ -1059,7 +1060,7 @@ struct Ctx<'a> {
     bn_ord: &'a [Option<usize>],
     numel: &'a [usize],
     chunks: &'a [Range<usize>],
-    barrier: &'a Barrier,
+    barrier: &'a SpinBarrier,
     /// Published per-chunk batch-norm values, index `bn · threads + k`.
     slots: &'a [OnceLock<Moments>],
     /// Wait at `barrier` after every op ([`Executor::set_sync_every_op`]).

@@ -4,6 +4,7 @@
 
 pub mod exec;
 pub mod sched;
+mod spin;
 pub mod trainer;
 
 pub use exec::{ExecError, Executor, Mode};
