@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_close, dot64, grad_check, projection, Rng};
-use tinykd_kernels::act::{add_inplace, Act};
+use tinykd_kernels::act::{add_inplace, relu_bwd, relu_fwd, Act};
 use tinykd_kernels::norm::*;
 use tinykd_kernels::shape::Channels;
 use tinykd_kernels::{f16, Isa, KernelError};
@@ -179,7 +179,7 @@ fn chunked_batch_equals_whole_batch() {
         let mut y = vec![f32::NAN; s.len()];
         for (r0, cs) in &parts {
             let range = rows(*r0, cs);
-            bn_train_apply(isa(), cs, &x[range.clone()], &g, &b, &mean, &invstd, &mut y[range]).unwrap();
+            bn_train_apply(isa(), cs, &x[range.clone()], &g, &b, &mean, &invstd, Act::None, &mut y[range]).unwrap();
         }
         let name = format!("chunks {sizes:?}");
         assert_close(&format!("{name} mean"), &mean, &whole.mean, 1e-5, 1e-6);
@@ -198,6 +198,7 @@ fn chunked_batch_equals_whole_batch() {
                 cs,
                 &x[range.clone()],
                 &dy[range],
+                None,
                 &whole.mean,
                 &whole.invstd,
                 &mut a,
@@ -216,6 +217,7 @@ fn chunked_batch_equals_whole_batch() {
                 s.rows,
                 &x[range.clone()],
                 &dy[range.clone()],
+                None,
                 &g,
                 &whole.mean,
                 &whole.invstd,
@@ -419,10 +421,14 @@ fn errors_leave_outputs_untouched() {
     let (mut dx, mut dg, mut db) = (vec![7.0; 12], vec![7.0; 3], vec![7.0; 3]);
     let e = bn_bwd(isa(), &s, &x, &x[..11], &one, &one, &one, &mut dx, &mut dg, &mut db).unwrap_err();
     assert_eq!(e, KernelError::Len { arg: "dy", expected: 12, got: 11 });
-    let e = bn_bwd_apply(isa(), &s, 3, &x, &x, &one, &one, &one, &one, &one, &mut dx).unwrap_err();
+    let e = bn_bwd_apply(isa(), &s, 3, &x, &x, None, &one, &one, &one, &one, &one, &mut dx).unwrap_err();
     assert!(matches!(e, KernelError::Shape(_)));
-    let e = bn_bwd_partial_sums(isa(), &s, &x, &x, &one, &one, &mut dg, &mut db[..2]).unwrap_err();
+    let e = bn_bwd_partial_sums(isa(), &s, &x, &x, None, &one, &one, &mut dg, &mut db[..2]).unwrap_err();
     assert_eq!(e, KernelError::Len { arg: "sum_dy_xhat", expected: 3, got: 2 });
+    let e = bn_bwd_partial_sums(isa(), &s, &x, &x, Some(&x[1..]), &one, &one, &mut dg, &mut db).unwrap_err();
+    assert_eq!(e, KernelError::Len { arg: "relu_out", expected: 12, got: 11 });
+    let e = bn_bwd_apply(isa(), &s, 4, &x, &x, Some(&x[1..]), &one, &one, &one, &one, &one, &mut dx).unwrap_err();
+    assert_eq!(e, KernelError::Len { arg: "relu_out", expected: 12, got: 11 });
     assert!(dx.iter().chain(&dg).chain(&db).all(|&v| v == 7.0));
 
     let e = bn_infer_fwd(isa(), &s, 1e-5, &x, &one, &one, &one, &one[..2], Act::None, &mut y).unwrap_err();
@@ -472,5 +478,93 @@ fn bn_infer_simd_paths_equal_scalar_bit_for_bit() {
                 assert_eq!(bits(&got), bits(&want16), "{kind:?} c {c} {act:?} f16");
             }
         }
+    }
+}
+
+fn bits(t: &[f32]) -> Vec<u32> {
+    t.iter().map(|u| u.to_bits()).collect()
+}
+
+/// One chunk's training BN forward and backward on `isa`: (mean, m2, y, sum_dy, sum_dy_xhat,
+/// dx), with `act` after the BN (the backward gated by the forward's output when ReLU).
+fn train_pass(isa: Isa, s: &Channels, x: &[f32], g: &[f32], b: &[f32], dy: &[f32], act: Act) -> [Vec<f32>; 6] {
+    let c = s.c;
+    let (mut mean, mut m2) = (vec![f32::NAN; c], vec![f32::NAN; c]);
+    bn_partial_moments(isa, s, x, &mut mean, &mut m2).unwrap();
+    let invstd: Vec<f32> = m2.iter().map(|q| 1.0 / (q / s.rows as f32 + 1e-5).sqrt()).collect();
+    let mut y = vec![f32::NAN; s.len()];
+    bn_train_apply(isa, s, x, g, b, &mean, &invstd, act, &mut y).unwrap();
+    let gate = (act == Act::Relu).then_some(&y[..]);
+    let (mut sdy, mut sdx) = (vec![f32::NAN; c], vec![f32::NAN; c]);
+    bn_bwd_partial_sums(isa, s, x, dy, gate, &mean, &invstd, &mut sdy, &mut sdx).unwrap();
+    let mut dx = vec![f32::NAN; s.len()];
+    bn_bwd_apply(isa, s, s.rows + 3, x, dy, gate, g, &mean, &invstd, &sdy, &sdx, &mut dx).unwrap();
+    [mean, m2, y, sdy, sdx, dx]
+}
+
+#[test]
+fn bn_train_simd_paths_equal_scalar_bit_for_bit() {
+    // Moments, apply (+ ReLU), backward sums and apply (gated or not) on channel counts below,
+    // at and above the 8-lane vector, with ±0 and values at the ReLU's edge.
+    let mut rng = Rng::new(78);
+    for c in [1, 7, 8, 9, 16, 31, 33, 70] {
+        let s = Channels::new(6, c);
+        let mut x: Vec<f32> = rng.vec(s.len()).iter().map(|v| 3.0 * v - 1.0).collect();
+        x[s.len() / 2] = -0.0;
+        let (g, b) = (rng.vec(c), rng.vec(c).iter().map(|v| v - 0.5).collect::<Vec<f32>>());
+        let dy = rng.vec(s.len());
+        for act in [Act::None, Act::Relu] {
+            let want = train_pass(Isa::scalar(), &s, &x, &g, &b, &dy, act);
+            for kind in tinykd_kernels::IsaKind::ALL {
+                let Some(simd) = Isa::force(kind) else { continue };
+                let got = train_pass(simd, &s, &x, &g, &b, &dy, act);
+                for (k, name) in ["mean", "m2", "y", "sum_dy", "sum_dy_xhat", "dx"].iter().enumerate() {
+                    assert_eq!(bits(&got[k]), bits(&want[k]), "{kind:?} c {c} {act:?} {name}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bn_relu_in_one_pass_equals_the_two_passes_bit_for_bit() {
+    // Forward: apply(Relu) == relu(apply(None)); backward: the gated sums and apply == the ReLU
+    // backward first, then the ungated ones. Gates include NaN, ±0 and negatives.
+    let mut rng = Rng::new(79);
+    let s = Channels::new(9, 19);
+    let c = s.c;
+    let x: Vec<f32> = rng.vec(s.len()).iter().map(|v| 2.0 * v - 1.0).collect();
+    let (g, b) = (rng.vec(c), rng.vec(c).iter().map(|v| v - 0.5).collect::<Vec<f32>>());
+    let mut dy = rng.vec(s.len());
+    dy[3] = -2.5;
+    let (mean, invstd) = (rng.vec(c), rng.vec(c).iter().map(|v| v + 0.5).collect::<Vec<f32>>());
+    for kind in tinykd_kernels::IsaKind::ALL {
+        let Some(isa) = Isa::force(kind) else { continue };
+        let mut fused = vec![0.0; s.len()];
+        bn_train_apply(isa, &s, &x, &g, &b, &mean, &invstd, Act::Relu, &mut fused).unwrap();
+        let mut bn = vec![0.0; s.len()];
+        bn_train_apply(isa, &s, &x, &g, &b, &mean, &invstd, Act::None, &mut bn).unwrap();
+        let mut two = vec![0.0; s.len()];
+        relu_fwd(isa, &bn, &mut two).unwrap();
+        assert_eq!(bits(&fused), bits(&two), "{kind:?} forward");
+        assert!(fused.iter().any(|&v| v == 0.0) && fused.iter().any(|&v| v > 0.0), "both sides of the ReLU");
+
+        let mut gate = fused.clone();
+        gate[0] = f32::NAN;
+        gate[1] = -0.0;
+        gate[c + 2] = 0.0;
+        let mut g_dy = vec![0.0; s.len()];
+        relu_bwd(isa, &gate, &dy, &mut g_dy).unwrap();
+        let (mut s1, mut q1, mut s2, mut q2) = (vec![0.0; c], vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+        bn_bwd_partial_sums(isa, &s, &x, &dy, Some(&gate), &mean, &invstd, &mut s1, &mut q1).unwrap();
+        bn_bwd_partial_sums(isa, &s, &x, &g_dy, None, &mean, &invstd, &mut s2, &mut q2).unwrap();
+        assert_eq!((bits(&s1), bits(&q1)), (bits(&s2), bits(&q2)), "{kind:?} sums");
+        let (mut d1, mut d2) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+        bn_bwd_apply(isa, &s, 40, &x, &dy, Some(&gate), &g, &mean, &invstd, &s1, &q1, &mut d1).unwrap();
+        bn_bwd_apply(isa, &s, 40, &x, &g_dy, None, &g, &mean, &invstd, &s2, &q2, &mut d2).unwrap();
+        assert_eq!(bits(&d1), bits(&d2), "{kind:?} dx");
+        let mut ungated = vec![0.0; s.len()];
+        bn_bwd_apply(isa, &s, 40, &x, &dy, None, &g, &mean, &invstd, &s1, &q1, &mut ungated).unwrap();
+        assert_ne!(bits(&d1), bits(&ungated), "{kind:?}: the gate must matter");
     }
 }

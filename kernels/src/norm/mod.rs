@@ -57,7 +57,11 @@ pub fn bn_partial_moments(isa: Isa, s: &Channels, x: &[f32], mean: &mut [f32], m
     check_len("mean", mean.len(), s.c)?;
     check_len("m2", m2.len(), s.c)?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::moments(s, x, mean, m2),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
+        // AVX2 (isa.rs).
+        IsaKind::Avx2 => unsafe { avx2::moments(s, x, mean, m2) },
+        _ => scalar::moments(s, x, mean, m2),
     }
     Ok(())
 }
@@ -117,8 +121,9 @@ pub fn bn_finish_moments(
     Ok(())
 }
 
-/// Training normalisation with given statistics `y = γ·(x − μ)·invstd + β` over
+/// Training normalisation with given statistics `y = act(γ·(x − μ)·invstd + β)` over
 /// `x[rows][c]`/`y[rows][c]` (any chunk of rows); `gamma`, `beta`, `mean`, `invstd` per channel.
+/// With [`Act::Relu`] it is the BN and the ReLU after it in one pass (bit-identical to the two).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_train_apply(
     isa: Isa,
@@ -128,6 +133,7 @@ pub fn bn_train_apply(
     beta: &[f32],
     mean: &[f32],
     invstd: &[f32],
+    act: Act,
     y: &mut [f32],
 ) -> Result<()> {
     s.validate()?;
@@ -138,7 +144,10 @@ pub fn bn_train_apply(
     check_len("invstd", invstd.len(), s.c)?;
     check_len("y", y.len(), s.len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::apply(s.c, x, gamma, beta, mean, invstd, y),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `bn_partial_moments`.
+        IsaKind::Avx2 => unsafe { avx2::apply(s.c, x, gamma, beta, mean, invstd, act, y) },
+        _ => scalar::apply(s.c, x, gamma, beta, mean, invstd, act, y),
     }
     Ok(())
 }
@@ -170,26 +179,24 @@ pub fn bn_train_fwd(
     check_len("y", y.len(), s.len())?;
     check_len("save_mean", save_mean.len(), s.c)?;
     check_len("save_invstd", save_invstd.len(), s.c)?;
-    match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => {
-            // `save_invstd` holds M2 until `finish` turns it into invstd.
-            scalar::moments(s, x, save_mean, save_invstd);
-            scalar::finish(p, s.rows, save_mean, save_invstd, running_mean, running_var);
-            scalar::apply(s.c, x, gamma, beta, save_mean, save_invstd, y);
-        }
-    }
-    Ok(())
+    // `save_invstd` holds M2 until `finish` turns it into invstd.
+    bn_partial_moments(isa, s, x, save_mean, save_invstd)?;
+    scalar::finish(p, s.rows, save_mean, save_invstd, running_mean, running_var);
+    bn_train_apply(isa, s, x, gamma, beta, save_mean, save_invstd, Act::None, y)
 }
 
-/// Per-channel backward sums of one chunk of rows: `sum_dy[c] = Σ_r dy[r][c]`,
-/// `sum_dy_xhat[c] = Σ_r dy[r][c]·x̂[r][c]` with `x̂ = (x − μ)·invstd`. Over the whole batch
-/// these are `dβ` and `dγ`. Outputs overwritten.
+/// Per-channel backward sums of one chunk of rows: `sum_dy[c] = Σ_r g[r][c]`,
+/// `sum_dy_xhat[c] = Σ_r g[r][c]·x̂[r][c]` with `x̂ = (x − μ)·invstd` and `g = dy`, or, given
+/// `relu_out` (the output of a ReLU right after this BN, `dy` then being the ReLU's output
+/// gradient), `g = dy·[relu_out > 0]` — the ReLU backward in the same pass, bit-identical to
+/// running it first. Over the whole batch these are `dβ` and `dγ`. Outputs overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_bwd_partial_sums(
     isa: Isa,
     s: &Channels,
     x: &[f32],
     dy: &[f32],
+    relu_out: Option<&[f32]>,
     mean: &[f32],
     invstd: &[f32],
     sum_dy: &mut [f32],
@@ -202,17 +209,22 @@ pub fn bn_bwd_partial_sums(
     check_len("invstd", invstd.len(), s.c)?;
     check_len("sum_dy", sum_dy.len(), s.c)?;
     check_len("sum_dy_xhat", sum_dy_xhat.len(), s.c)?;
+    if let Some(g) = relu_out {
+        check_len("relu_out", g.len(), s.len())?;
+    }
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => {
-            scalar::bwd_sums(s.c, x, dy, mean, invstd, sum_dy, sum_dy_xhat)
-        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `bn_partial_moments`.
+        IsaKind::Avx2 => unsafe { avx2::bwd_sums(s.c, x, dy, relu_out, mean, invstd, sum_dy, sum_dy_xhat) },
+        _ => scalar::bwd_sums(s.c, x, dy, relu_out, mean, invstd, sum_dy, sum_dy_xhat),
     }
     Ok(())
 }
 
 /// Input gradient from whole-batch sums:
-/// `dx = γ·invstd·(dy − sum_dy/count − x̂·sum_dy_xhat/count)`, `x̂ = (x − μ)·invstd`, over a chunk
-/// `x[rows][c]`, where `count` is the WHOLE batch's row count (not the chunk's). `dx` overwritten.
+/// `dx = γ·invstd·(g − sum_dy/count − x̂·sum_dy_xhat/count)`, `x̂ = (x − μ)·invstd`, over a chunk
+/// `x[rows][c]`, where `count` is the WHOLE batch's row count (not the chunk's) and `g` is `dy`
+/// gated by `relu_out` as in [`bn_bwd_partial_sums`]. `dx` overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_bwd_apply(
     isa: Isa,
@@ -220,6 +232,7 @@ pub fn bn_bwd_apply(
     count: usize,
     x: &[f32],
     dy: &[f32],
+    relu_out: Option<&[f32]>,
     gamma: &[f32],
     mean: &[f32],
     invstd: &[f32],
@@ -237,9 +250,15 @@ pub fn bn_bwd_apply(
     check_len("sum_dy", sum_dy.len(), s.c)?;
     check_len("sum_dy_xhat", sum_dy_xhat.len(), s.c)?;
     check_len("dx", dx.len(), s.len())?;
+    if let Some(g) = relu_out {
+        check_len("relu_out", g.len(), s.len())?;
+    }
     let sums = scalar::BwdSums { count, gamma, mean, invstd, sum_dy, sum_dy_xhat };
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::bwd_apply(s.c, &sums, x, dy, dx),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `bn_partial_moments`.
+        IsaKind::Avx2 => unsafe { avx2::bwd_apply(s.c, &sums, x, dy, relu_out, dx) },
+        _ => scalar::bwd_apply(s.c, &sums, x, dy, relu_out, dx),
     }
     Ok(())
 }
@@ -269,21 +288,8 @@ pub fn bn_bwd(
     check_len("dx", dx.len(), s.len())?;
     check_len("dgamma", dgamma.len(), s.c)?;
     check_len("dbeta", dbeta.len(), s.c)?;
-    match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => {
-            scalar::bwd_sums(s.c, x, dy, save_mean, save_invstd, dbeta, dgamma);
-            let sums = scalar::BwdSums {
-                count: s.rows,
-                gamma,
-                mean: save_mean,
-                invstd: save_invstd,
-                sum_dy: dbeta,
-                sum_dy_xhat: dgamma,
-            };
-            scalar::bwd_apply(s.c, &sums, x, dy, dx);
-        }
-    }
-    Ok(())
+    bn_bwd_partial_sums(isa, s, x, dy, None, save_mean, save_invstd, dbeta, dgamma)?;
+    bn_bwd_apply(isa, s, s.rows, x, dy, None, gamma, save_mean, save_invstd, dbeta, dgamma, dx)
 }
 
 /// Inference `y = act(γ·(x − μ)/√(σ² + ε) + β)` with stored statistics over `x[rows][c]`;
@@ -357,213 +363,6 @@ pub fn bn_fold(
     Ok(())
 }
 
-/// AVX2 inference BN (a frozen teacher runs it on every activation of every step).
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::scalar::{Block, Stored, BLOCK};
-    use crate::act::Act;
-    use crate::elem::Elem;
-    use core::arch::x86_64::*;
-
-    /// [`super::scalar::infer`] 8 channels per instruction: the same subtract, multiply, add
-    /// (no fused multiply-add) and ReLU as `max(v, 0)` (0 for NaN, as `Act::apply`), so the
-    /// result is bit-identical.
-    ///
-    /// # Safety
-    /// `x` and `y` hold whole rows of `c` channels, the stored statistics `c` each; the CPU
-    /// supports AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn infer<W: Elem>(c: usize, st: &Stored<'_, W>, x: &[f32], act: Act, y: &mut [f32]) {
-        let relu = act == Act::Relu;
-        let mut c0 = 0;
-        while c0 < c {
-            let cb = BLOCK.min(c - c0);
-            let k = Block::of(st, c0, cb);
-            let full = cb / 8 * 8;
-            for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                let (yb, xb) = (&mut yr[c0..c0 + cb], &xr[c0..c0 + cb]);
-                let mut i = 0;
-                while i < full {
-                    // SAFETY: i + 8 ≤ cb: inside the row block and the constant arrays.
-                    unsafe {
-                        let v =
-                            _mm256_sub_ps(_mm256_loadu_ps(xb.as_ptr().add(i)), _mm256_loadu_ps(k.mean.as_ptr().add(i)));
-                        let v = _mm256_add_ps(
-                            _mm256_mul_ps(v, _mm256_loadu_ps(k.scale.as_ptr().add(i))),
-                            _mm256_loadu_ps(k.beta.as_ptr().add(i)),
-                        );
-                        let v = if relu { _mm256_max_ps(v, _mm256_setzero_ps()) } else { v };
-                        _mm256_storeu_ps(yb.as_mut_ptr().add(i), v);
-                    }
-                    i += 8;
-                }
-                for i in full..cb {
-                    yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
-                }
-            }
-            c0 += cb;
-        }
-    }
-}
-
-/// Portable paths (the specification). Lengths are checked by the callers; every loop walks
-/// rows of `c` channels in memory order.
-mod scalar {
-    use super::BnParams;
-    use crate::act::Act;
-    use crate::elem::Elem;
-    use crate::shape::Channels;
-
-    /// Channels per block of precomputed inference scales (stack arrays, no scratch).
-    pub(super) const BLOCK: usize = 32;
-
-    pub(super) fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
-        mean.fill(0.0);
-        for row in x.chunks_exact(s.c) {
-            for (acc, &v) in mean.iter_mut().zip(row) {
-                *acc += v;
-            }
-        }
-        let inv = 1.0 / s.rows as f32;
-        for m in mean.iter_mut() {
-            *m *= inv;
-        }
-        m2.fill(0.0);
-        for row in x.chunks_exact(s.c) {
-            for ((acc, &v), &m) in m2.iter_mut().zip(row).zip(mean.iter()) {
-                let d = v - m;
-                *acc += d * d;
-            }
-        }
-    }
-
-    pub(super) fn merge(na: usize, mean_a: &mut [f32], m2_a: &mut [f32], nb: usize, mean_b: &[f32], m2_b: &[f32]) {
-        if na == 0 {
-            mean_a.copy_from_slice(mean_b);
-            m2_a.copy_from_slice(m2_b);
-            return;
-        }
-        let (fa, fb) = (na as f32, nb as f32);
-        let n = fa + fb;
-        for (((ma, qa), &mb), &qb) in mean_a.iter_mut().zip(m2_a.iter_mut()).zip(mean_b).zip(m2_b) {
-            let delta = mb - *ma;
-            *ma += delta * (fb / n);
-            *qa += qb + delta * delta * (fa * fb / n);
-        }
-    }
-
-    /// Turns `m2_invstd` from M2 into invstd and updates the running statistics.
-    pub(super) fn finish(
-        p: BnParams,
-        count: usize,
-        mean: &[f32],
-        m2_invstd: &mut [f32],
-        running_mean: &mut [f32],
-        running_var: &mut [f32],
-    ) {
-        let inv_n = 1.0 / count as f32;
-        let keep = p.momentum;
-        let take = 1.0 - p.momentum;
-        for (((&m, q), rm), rv) in mean.iter().zip(m2_invstd.iter_mut()).zip(running_mean).zip(running_var) {
-            let var = *q * inv_n;
-            *q = 1.0 / libm::sqrtf(var + p.eps);
-            *rm = keep * *rm + take * m;
-            *rv = keep * *rv + take * var;
-        }
-    }
-
-    pub(super) fn apply(c: usize, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32], y: &mut [f32]) {
-        for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-            for ch in 0..c {
-                yr[ch] = (xr[ch] - mean[ch]) * (gamma[ch] * invstd[ch]) + beta[ch];
-            }
-        }
-    }
-
-    pub(super) fn bwd_sums(
-        c: usize,
-        x: &[f32],
-        dy: &[f32],
-        mean: &[f32],
-        invstd: &[f32],
-        sum_dy: &mut [f32],
-        sum_dy_xhat: &mut [f32],
-    ) {
-        sum_dy.fill(0.0);
-        sum_dy_xhat.fill(0.0);
-        for (xr, dyr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
-            for ch in 0..c {
-                let xhat = (xr[ch] - mean[ch]) * invstd[ch];
-                sum_dy[ch] += dyr[ch];
-                sum_dy_xhat[ch] += dyr[ch] * xhat;
-            }
-        }
-    }
-
-    /// The per-channel inputs of the backward's apply step.
-    pub(super) struct BwdSums<'a> {
-        pub count: usize,
-        pub gamma: &'a [f32],
-        pub mean: &'a [f32],
-        pub invstd: &'a [f32],
-        pub sum_dy: &'a [f32],
-        pub sum_dy_xhat: &'a [f32],
-    }
-
-    pub(super) fn bwd_apply(c: usize, b: &BwdSums<'_>, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let inv_n = 1.0 / b.count as f32;
-        for ((dxr, xr), dyr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-            for ch in 0..c {
-                let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
-                let centred = dyr[ch] - b.sum_dy[ch] * inv_n - xhat * (b.sum_dy_xhat[ch] * inv_n);
-                dxr[ch] = b.gamma[ch] * b.invstd[ch] * centred;
-            }
-        }
-    }
-
-    /// Stored inference statistics.
-    pub(super) struct Stored<'a, W> {
-        pub eps: f32,
-        pub gamma: &'a [W],
-        pub beta: &'a [W],
-        pub mean: &'a [W],
-        pub var: &'a [W],
-    }
-
-    /// The per-channel constants of channels `c0..c0 + cb` (`cb ≤ BLOCK`): `γ/√(σ²+ε)`, `μ`, `β`.
-    pub(super) struct Block {
-        pub scale: [f32; BLOCK],
-        pub mean: [f32; BLOCK],
-        pub beta: [f32; BLOCK],
-    }
-
-    impl Block {
-        pub(super) fn of<W: Elem>(st: &Stored<'_, W>, c0: usize, cb: usize) -> Block {
-            let mut b = Block { scale: [0.0; BLOCK], mean: [0.0; BLOCK], beta: [0.0; BLOCK] };
-            for i in 0..cb {
-                let ch = c0 + i;
-                b.scale[i] = st.gamma[ch].to_f32() / libm::sqrtf(st.var[ch].to_f32() + st.eps);
-                b.mean[i] = st.mean[ch].to_f32();
-                b.beta[i] = st.beta[ch].to_f32();
-            }
-            b
-        }
-    }
-
-    /// Blocks of [`BLOCK`] channels: widen and precompute `γ/√(σ²+ε)` once per channel, then
-    /// sweep the rows: `y = act((x − μ)·scale + β)`.
-    pub(super) fn infer<W: Elem>(c: usize, st: &Stored<'_, W>, x: &[f32], act: Act, y: &mut [f32]) {
-        let mut c0 = 0;
-        while c0 < c {
-            let cb = BLOCK.min(c - c0);
-            let k = Block::of(st, c0, cb);
-            for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                let (yb, xb) = (&mut yr[c0..c0 + cb], &xr[c0..c0 + cb]);
-                for i in 0..cb {
-                    yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
-                }
-            }
-            c0 += cb;
-        }
-    }
-}
+mod avx2;
+mod scalar;

@@ -1,0 +1,234 @@
+//! AVX2 batch-norm kernels, bit-identical to the portable ones (the same operations in the same
+//! order, no fused multiply-add).
+
+use super::scalar::{gate_row, gated, Block, BwdSums, Stored, BLOCK};
+use crate::act::Act;
+use crate::elem::Elem;
+use crate::shape::Channels;
+use core::arch::x86_64::*;
+
+/// [`super::scalar::infer`] 8 channels per instruction: the same subtract, multiply, add
+/// (no fused multiply-add) and ReLU as `max(v, 0)` (0 for NaN, as `Act::apply`), so the
+/// result is bit-identical.
+///
+/// # Safety
+/// `x` and `y` hold whole rows of `c` channels, the stored statistics `c` each; the CPU
+/// supports AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn infer<W: Elem>(c: usize, st: &Stored<'_, W>, x: &[f32], act: Act, y: &mut [f32]) {
+    let relu = act == Act::Relu;
+    let mut c0 = 0;
+    while c0 < c {
+        let cb = BLOCK.min(c - c0);
+        let k = Block::of(st, c0, cb);
+        let full = cb / 8 * 8;
+        for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            let (yb, xb) = (&mut yr[c0..c0 + cb], &xr[c0..c0 + cb]);
+            let mut i = 0;
+            while i < full {
+                // SAFETY: i + 8 ≤ cb: inside the row block and the constant arrays.
+                unsafe {
+                    let v =
+                        _mm256_sub_ps(_mm256_loadu_ps(xb.as_ptr().add(i)), _mm256_loadu_ps(k.mean.as_ptr().add(i)));
+                    let v = _mm256_add_ps(
+                        _mm256_mul_ps(v, _mm256_loadu_ps(k.scale.as_ptr().add(i))),
+                        _mm256_loadu_ps(k.beta.as_ptr().add(i)),
+                    );
+                    let v = if relu { _mm256_max_ps(v, _mm256_setzero_ps()) } else { v };
+                    _mm256_storeu_ps(yb.as_mut_ptr().add(i), v);
+                }
+                i += 8;
+            }
+            for i in full..cb {
+                yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
+            }
+        }
+        c0 += cb;
+    }
+}
+
+/// Loads 8 floats at `p + i`.
+///
+/// # Safety
+/// `p + i .. p + i + 8` is inside one slice; the CPU supports AVX.
+#[inline(always)]
+unsafe fn ld(p: &[f32], i: usize) -> __m256 {
+    debug_assert!(i + 8 <= p.len());
+    // SAFETY: the caller keeps i + 8 within `p`.
+    unsafe { _mm256_loadu_ps(p.as_ptr().add(i)) }
+}
+
+/// Stores 8 floats at `p + i`.
+///
+/// # Safety
+/// As [`ld`].
+#[inline(always)]
+unsafe fn st(p: &mut [f32], i: usize, v: __m256) {
+    debug_assert!(i + 8 <= p.len());
+    // SAFETY: the caller keeps i + 8 within `p`.
+    unsafe { _mm256_storeu_ps(p.as_mut_ptr().add(i), v) }
+}
+
+/// `dy·[gate > 0]` for 8 channels (`dy` itself without a gate), as [`gated`]: the compare is
+/// false for NaN, so a NaN gate gives 0.
+///
+/// # Safety
+/// As [`ld`], for `dy` and (if not empty) `gate`.
+#[inline(always)]
+unsafe fn gated8(dy: &[f32], gate: &[f32], i: usize) -> __m256 {
+    // SAFETY: as the caller's.
+    unsafe {
+        let d = ld(dy, i);
+        if gate.is_empty() {
+            d
+        } else {
+            _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(ld(gate, i), _mm256_setzero_ps()), d)
+        }
+    }
+}
+
+/// [`super::scalar::moments`] 8 channels per instruction: per channel the same row-order sums
+/// (`mean` and `m2` are the accumulators), so the result is bit-identical.
+///
+/// # Safety
+/// `x` holds `s.rows` whole rows of `s.c` channels, `mean` and `m2` `s.c` each; the CPU
+/// supports AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
+    let c = s.c;
+    let full = c / 8 * 8;
+    mean.fill(0.0);
+    for row in x.chunks_exact(c) {
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ full ≤ c, the length of `row` and `mean`.
+            unsafe { st(mean, i, _mm256_add_ps(ld(mean, i), ld(row, i))) };
+        }
+        for i in full..c {
+            mean[i] += row[i];
+        }
+    }
+    let inv = 1.0 / s.rows as f32;
+    for m in mean.iter_mut() {
+        *m *= inv;
+    }
+    m2.fill(0.0);
+    for row in x.chunks_exact(c) {
+        for i in (0..full).step_by(8) {
+            // SAFETY: as above.
+            unsafe {
+                let d = _mm256_sub_ps(ld(row, i), ld(mean, i));
+                st(m2, i, _mm256_add_ps(ld(m2, i), _mm256_mul_ps(d, d)));
+            }
+        }
+        for i in full..c {
+            let d = row[i] - mean[i];
+            m2[i] += d * d;
+        }
+    }
+}
+
+/// [`super::scalar::apply`] 8 channels per instruction (ReLU as in [`infer`]), bit-identical.
+///
+/// # Safety
+/// `x` and `y` hold whole rows of `c` channels, the statistics `c` each; the CPU supports AVX2.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn apply(
+    c: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    act: Act,
+    y: &mut [f32],
+) {
+    let relu = act == Act::Relu;
+    let full = c / 8 * 8;
+    for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ full ≤ c, the length of every slice indexed.
+            unsafe {
+                let k = _mm256_mul_ps(ld(gamma, i), ld(invstd, i));
+                let v = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(ld(xr, i), ld(mean, i)), k), ld(beta, i));
+                st(yr, i, if relu { _mm256_max_ps(v, _mm256_setzero_ps()) } else { v });
+            }
+        }
+        for ch in full..c {
+            yr[ch] = act.apply((xr[ch] - mean[ch]) * (gamma[ch] * invstd[ch]) + beta[ch]);
+        }
+    }
+}
+
+/// [`super::scalar::bwd_sums`] 8 channels per instruction, bit-identical (row-order sums).
+///
+/// # Safety
+/// `x`, `dy` and `gate` (if any) hold whole rows of `c` channels, the other slices `c` each;
+/// the CPU supports AVX2.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn bwd_sums(
+    c: usize,
+    x: &[f32],
+    dy: &[f32],
+    gate: Option<&[f32]>,
+    mean: &[f32],
+    invstd: &[f32],
+    sum_dy: &mut [f32],
+    sum_dy_xhat: &mut [f32],
+) {
+    let full = c / 8 * 8;
+    sum_dy.fill(0.0);
+    sum_dy_xhat.fill(0.0);
+    for (r, (xr, dyr)) in x.chunks_exact(c).zip(dy.chunks_exact(c)).enumerate() {
+        let gr = gate_row(gate, c, r);
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ full ≤ c, the length of every slice indexed (`gr` is c or empty).
+            unsafe {
+                let g = gated8(dyr, gr, i);
+                let xhat = _mm256_mul_ps(_mm256_sub_ps(ld(xr, i), ld(mean, i)), ld(invstd, i));
+                st(sum_dy, i, _mm256_add_ps(ld(sum_dy, i), g));
+                st(sum_dy_xhat, i, _mm256_add_ps(ld(sum_dy_xhat, i), _mm256_mul_ps(g, xhat)));
+            }
+        }
+        for ch in full..c {
+            let g = if gr.is_empty() { dyr[ch] } else { gated(dyr[ch], gr[ch]) };
+            let xhat = (xr[ch] - mean[ch]) * invstd[ch];
+            sum_dy[ch] += g;
+            sum_dy_xhat[ch] += g * xhat;
+        }
+    }
+}
+
+/// [`super::scalar::bwd_apply`] 8 channels per instruction, bit-identical.
+///
+/// # Safety
+/// `x`, `dy`, `dx` and `gate` (if any) hold whole rows of `c` channels, the slices of `b` `c`
+/// each; the CPU supports AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn bwd_apply(c: usize, b: &BwdSums<'_>, x: &[f32], dy: &[f32], gate: Option<&[f32]>, dx: &mut [f32]) {
+    let inv_n = 1.0 / b.count as f32;
+    let inv = _mm256_set1_ps(inv_n);
+    let full = c / 8 * 8;
+    for (r, ((dxr, xr), dyr)) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)).enumerate() {
+        let gr = gate_row(gate, c, r);
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ full ≤ c, the length of every slice indexed (`gr` is c or empty).
+            unsafe {
+                let g = gated8(dyr, gr, i);
+                let xhat = _mm256_mul_ps(_mm256_sub_ps(ld(xr, i), ld(b.mean, i)), ld(b.invstd, i));
+                let centred = _mm256_sub_ps(
+                    _mm256_sub_ps(g, _mm256_mul_ps(ld(b.sum_dy, i), inv)),
+                    _mm256_mul_ps(xhat, _mm256_mul_ps(ld(b.sum_dy_xhat, i), inv)),
+                );
+                st(dxr, i, _mm256_mul_ps(_mm256_mul_ps(ld(b.gamma, i), ld(b.invstd, i)), centred));
+            }
+        }
+        for ch in full..c {
+            let g = if gr.is_empty() { dyr[ch] } else { gated(dyr[ch], gr[ch]) };
+            let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
+            let centred = g - b.sum_dy[ch] * inv_n - xhat * (b.sum_dy_xhat[ch] * inv_n);
+            dxr[ch] = b.gamma[ch] * b.invstd[ch] * centred;
+        }
+    }
+}

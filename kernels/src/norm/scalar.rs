@@ -1,0 +1,195 @@
+//! Portable batch-norm paths (the specification). Lengths are checked by the callers; every
+//! loop walks rows of `c` channels in memory order.
+
+use super::BnParams;
+use crate::act::Act;
+use crate::elem::Elem;
+use crate::shape::Channels;
+
+/// Channels per block of precomputed inference scales (stack arrays, no scratch).
+pub(super) const BLOCK: usize = 32;
+
+pub(super) fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
+    mean.fill(0.0);
+    for row in x.chunks_exact(s.c) {
+        for (acc, &v) in mean.iter_mut().zip(row) {
+            *acc += v;
+        }
+    }
+    let inv = 1.0 / s.rows as f32;
+    for m in mean.iter_mut() {
+        *m *= inv;
+    }
+    m2.fill(0.0);
+    for row in x.chunks_exact(s.c) {
+        for ((acc, &v), &m) in m2.iter_mut().zip(row).zip(mean.iter()) {
+            let d = v - m;
+            *acc += d * d;
+        }
+    }
+}
+
+pub(super) fn merge(na: usize, mean_a: &mut [f32], m2_a: &mut [f32], nb: usize, mean_b: &[f32], m2_b: &[f32]) {
+    if na == 0 {
+        mean_a.copy_from_slice(mean_b);
+        m2_a.copy_from_slice(m2_b);
+        return;
+    }
+    let (fa, fb) = (na as f32, nb as f32);
+    let n = fa + fb;
+    for (((ma, qa), &mb), &qb) in mean_a.iter_mut().zip(m2_a.iter_mut()).zip(mean_b).zip(m2_b) {
+        let delta = mb - *ma;
+        *ma += delta * (fb / n);
+        *qa += qb + delta * delta * (fa * fb / n);
+    }
+}
+
+/// Turns `m2_invstd` from M2 into invstd and updates the running statistics.
+pub(super) fn finish(
+    p: BnParams,
+    count: usize,
+    mean: &[f32],
+    m2_invstd: &mut [f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+) {
+    let inv_n = 1.0 / count as f32;
+    let keep = p.momentum;
+    let take = 1.0 - p.momentum;
+    for (((&m, q), rm), rv) in mean.iter().zip(m2_invstd.iter_mut()).zip(running_mean).zip(running_var) {
+        let var = *q * inv_n;
+        *q = 1.0 / libm::sqrtf(var + p.eps);
+        *rm = keep * *rm + take * m;
+        *rv = keep * *rv + take * var;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn apply(
+    c: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    act: Act,
+    y: &mut [f32],
+) {
+    for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for ch in 0..c {
+            yr[ch] = act.apply((xr[ch] - mean[ch]) * (gamma[ch] * invstd[ch]) + beta[ch]);
+        }
+    }
+}
+
+/// `dy` passed back through a ReLU whose output is `y`: `dy·[y > 0]` (0 where `y` is NaN), as
+/// [`crate::act::relu_bwd`].
+#[inline(always)]
+pub(super) fn gated(dy: f32, y: f32) -> f32 {
+    if y > 0.0 {
+        dy
+    } else {
+        0.0
+    }
+}
+
+/// Row `r` of `gate`, or an empty row when there is no gate.
+#[inline(always)]
+pub(super) fn gate_row(gate: Option<&[f32]>, c: usize, r: usize) -> &[f32] {
+    gate.map_or(&[][..], |g| &g[r * c..(r + 1) * c])
+}
+
+/// `gate`: the output of a ReLU after the BN (`dy` is then taken as `dy·[gate > 0]`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn bwd_sums(
+    c: usize,
+    x: &[f32],
+    dy: &[f32],
+    gate: Option<&[f32]>,
+    mean: &[f32],
+    invstd: &[f32],
+    sum_dy: &mut [f32],
+    sum_dy_xhat: &mut [f32],
+) {
+    sum_dy.fill(0.0);
+    sum_dy_xhat.fill(0.0);
+    for (r, (xr, dyr)) in x.chunks_exact(c).zip(dy.chunks_exact(c)).enumerate() {
+        let gr = gate_row(gate, c, r);
+        for ch in 0..c {
+            let g = if gr.is_empty() { dyr[ch] } else { gated(dyr[ch], gr[ch]) };
+            let xhat = (xr[ch] - mean[ch]) * invstd[ch];
+            sum_dy[ch] += g;
+            sum_dy_xhat[ch] += g * xhat;
+        }
+    }
+}
+
+/// The per-channel inputs of the backward's apply step.
+pub(super) struct BwdSums<'a> {
+    pub count: usize,
+    pub gamma: &'a [f32],
+    pub mean: &'a [f32],
+    pub invstd: &'a [f32],
+    pub sum_dy: &'a [f32],
+    pub sum_dy_xhat: &'a [f32],
+}
+
+/// `gate` as in [`bwd_sums`].
+pub(super) fn bwd_apply(c: usize, b: &BwdSums<'_>, x: &[f32], dy: &[f32], gate: Option<&[f32]>, dx: &mut [f32]) {
+    let inv_n = 1.0 / b.count as f32;
+    for (r, ((dxr, xr), dyr)) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)).enumerate() {
+        let gr = gate_row(gate, c, r);
+        for ch in 0..c {
+            let g = if gr.is_empty() { dyr[ch] } else { gated(dyr[ch], gr[ch]) };
+            let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
+            let centred = g - b.sum_dy[ch] * inv_n - xhat * (b.sum_dy_xhat[ch] * inv_n);
+            dxr[ch] = b.gamma[ch] * b.invstd[ch] * centred;
+        }
+    }
+}
+
+/// Stored inference statistics.
+pub(super) struct Stored<'a, W> {
+    pub eps: f32,
+    pub gamma: &'a [W],
+    pub beta: &'a [W],
+    pub mean: &'a [W],
+    pub var: &'a [W],
+}
+
+/// The per-channel constants of channels `c0..c0 + cb` (`cb ≤ BLOCK`): `γ/√(σ²+ε)`, `μ`, `β`.
+pub(super) struct Block {
+    pub scale: [f32; BLOCK],
+    pub mean: [f32; BLOCK],
+    pub beta: [f32; BLOCK],
+}
+
+impl Block {
+    pub(super) fn of<W: Elem>(st: &Stored<'_, W>, c0: usize, cb: usize) -> Block {
+        let mut b = Block { scale: [0.0; BLOCK], mean: [0.0; BLOCK], beta: [0.0; BLOCK] };
+        for i in 0..cb {
+            let ch = c0 + i;
+            b.scale[i] = st.gamma[ch].to_f32() / libm::sqrtf(st.var[ch].to_f32() + st.eps);
+            b.mean[i] = st.mean[ch].to_f32();
+            b.beta[i] = st.beta[ch].to_f32();
+        }
+        b
+    }
+}
+
+/// Blocks of [`BLOCK`] channels: widen and precompute `γ/√(σ²+ε)` once per channel, then
+/// sweep the rows: `y = act((x − μ)·scale + β)`.
+pub(super) fn infer<W: Elem>(c: usize, st: &Stored<'_, W>, x: &[f32], act: Act, y: &mut [f32]) {
+    let mut c0 = 0;
+    while c0 < c {
+        let cb = BLOCK.min(c - c0);
+        let k = Block::of(st, c0, cb);
+        for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            let (yb, xb) = (&mut yr[c0..c0 + cb], &xr[c0..c0 + cb]);
+            for i in 0..cb {
+                yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
+            }
+        }
+        c0 += cb;
+    }
+}
