@@ -13,7 +13,11 @@ pub fn maxpool3x3s2_fwd(isa: Isa, s: &Pool, x: &[f32], y: &mut [f32]) -> Result<
     check_len("x", x.len(), s.x_len())?;
     check_len("y", y.len(), s.max_y_len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::maxpool_fwd(s, x, y),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
+        // AVX2 (isa.rs).
+        IsaKind::Avx2 => unsafe { avx2::maxpool_fwd(s, x, y) },
+        _ => scalar::maxpool_fwd(s, x, y),
     }
     Ok(())
 }
@@ -57,14 +61,73 @@ pub fn global_avg_bwd(isa: Isa, s: &Pool, dy: &[f32], dx: &mut [f32]) -> Result<
 }
 
 /// Portable paths (the specification). Lengths are checked by the callers.
-mod scalar {
-    use crate::shape::Pool;
+/// The input rows (or columns) `2o−1 ..= 2o+1` of output `o`, clipped to `0..len`.
+#[inline(always)]
+fn window(o: usize, len: usize) -> core::ops::Range<usize> {
+    (2 * o).saturating_sub(1)..(2 * o + 2).min(len)
+}
 
-    /// The input rows (or columns) `2o−1 ..= 2o+1` of output `o`, clipped to `0..len`.
-    #[inline(always)]
-    fn window(o: usize, len: usize) -> core::ops::Range<usize> {
-        (2 * o).saturating_sub(1)..(2 * o + 2).min(len)
+/// AVX2 max pool forward (the ResNet50 stem's, on every teacher step).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::window;
+    use crate::shape::Pool;
+    use core::arch::x86_64::*;
+
+    /// [`super::scalar::maxpool_fwd`] 8 channels per instruction: the window's taps in the same
+    /// order, each kept as `max(v, m)` (= `v > m ? v : m`, so a NaN tap never wins and a NaN
+    /// first tap stays), so the result is bit-identical; the window's maximum is held in a
+    /// register and stored once.
+    ///
+    /// # Safety
+    /// `x` holds `s.x_len()` values and `y` `s.max_y_len()`; the CPU supports AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn maxpool_fwd(s: &Pool, x: &[f32], y: &mut [f32]) {
+        let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);
+        let full = c / 8 * 8;
+        for n in 0..s.n {
+            let img = &x[n * s.h * s.w * c..(n + 1) * s.h * s.w * c];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let out = &mut y[((n * oh + oy) * ow + ox) * c..][..c];
+                    // The window's pixels (offsets into `img`), in row-major order.
+                    let mut taps = [0usize; 9];
+                    let mut nt = 0;
+                    for iy in window(oy, s.h) {
+                        for ix in window(ox, s.w) {
+                            taps[nt] = (iy * s.w + ix) * c;
+                            nt += 1;
+                        }
+                    }
+                    let taps = &taps[..nt];
+                    for i in (0..full).step_by(8) {
+                        // SAFETY: every tap is a whole pixel of `c` channels inside `img` and
+                        // i + 8 ≤ c, so each load and the store stay inside their slices.
+                        unsafe {
+                            let mut m = _mm256_loadu_ps(img.as_ptr().add(taps[0] + i));
+                            for &t in &taps[1..] {
+                                m = _mm256_max_ps(_mm256_loadu_ps(img.as_ptr().add(t + i)), m);
+                            }
+                            _mm256_storeu_ps(out.as_mut_ptr().add(i), m);
+                        }
+                    }
+                    for (i, o) in out.iter_mut().enumerate().skip(full) {
+                        *o = img[taps[0] + i];
+                        for &t in &taps[1..] {
+                            if img[t + i] > *o {
+                                *o = img[t + i];
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
+}
+
+mod scalar {
+    use super::window;
+    use crate::shape::Pool;
 
     pub(super) fn maxpool_fwd(s: &Pool, x: &[f32], y: &mut [f32]) {
         let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);

@@ -165,3 +165,28 @@ fn wrong_lengths_are_errors_and_write_nothing() {
     assert!(y.iter().chain(&dx).all(|&v| v == 7.0));
     assert!(matches!(global_avg_fwd(isa(), &Pool::new(1, 0, 4, 2), &[], &mut y[..2]), Err(KernelError::Shape(_))));
 }
+
+#[test]
+fn maxpool_simd_paths_equal_scalar_bit_for_bit() {
+    // Channel counts below, at and above the 8-lane vector; odd and even maps (clipped
+    // windows at every edge); ties, ±0 and NaN (a NaN tap never wins; a NaN first tap stays).
+    let mut rng = Rng::new(31);
+    for c in [1, 7, 8, 9, 17, 64] {
+        for (h, w) in [(1, 1), (2, 3), (5, 4), (7, 7), (16, 16)] {
+            let s = Pool::new(2, h, w, c);
+            let mut x: Vec<f32> = rng.vec(s.x_len()).iter().map(|v| (v * 8.0).round() - 4.0).collect();
+            x[0] = f32::NAN;
+            x[s.x_len() / 3] = -0.0;
+            x[s.x_len() / 2] = f32::NAN;
+            let mut want = vec![0.0; s.max_y_len()];
+            maxpool3x3s2_fwd(Isa::scalar(), &s, &x, &mut want).unwrap();
+            for kind in tinykd_kernels::IsaKind::ALL {
+                let Some(simd) = Isa::force(kind) else { continue };
+                let mut got = vec![f32::NAN; s.max_y_len()];
+                maxpool3x3s2_fwd(simd, &s, &x, &mut got).unwrap();
+                let bits = |t: &[f32]| t.iter().map(|u| u.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(bits(&got), bits(&want), "{kind:?} {h}x{w}x{c}");
+            }
+        }
+    }
+}
