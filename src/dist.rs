@@ -652,6 +652,11 @@ impl Losses {
         self.items.iter().flat_map(|l| &l.tensors).filter(|t| t.side == Side::Teacher).map(|t| t.id).collect()
     }
 
+    /// The student tensors the losses read (and seed gradients at).
+    pub fn student_tensors(&self) -> Vec<TensorId> {
+        self.items.iter().flat_map(|l| &l.tensors).filter(|t| t.side == Side::Student).map(|t| t.id).collect()
+    }
+
     /// Whether any loss needs labels (cross-entropy).
     pub fn needs_labels(&self) -> bool {
         self.items.iter().any(|l| matches!(l.kind, LossKind::Ce))

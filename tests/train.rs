@@ -441,3 +441,60 @@ fn backward_with_another_store_of_the_same_weights_agrees() {
     assert_close("input grad, packed vs plain", &a, &b, 1e-3, 1e-5);
     assert!(a != b, "the two paths round differently (both were taken)");
 }
+
+#[test]
+fn bn_relu_fusion_changes_no_bit() {
+    let (prog, params) = tiny_mobilenet(8);
+    let mut rng = Rng::new(4);
+    let (x, labels) = batch(&mut rng, &prog, 5);
+    let kept = prog.find("conv2_1_sep_bn").unwrap();
+    let run = |fuse: bool| {
+        let mut ex = Executor::new(&prog, 5, 2);
+        ex.set_input_grad(true);
+        if fuse {
+            ex.fuse_bn_relu(&[kept]);
+        }
+        let mut p = params.clone();
+        ex.forward(&mut p, &x, Mode::Train).unwrap();
+        ce_backward(&mut ex, &p, &labels);
+        let grads: Vec<Vec<f32>> = ex.param_grads().map(|(_, g)| g.to_vec()).collect();
+        let relu_out = ex.activation("conv1_bn.relu").unwrap().0.to_vec();
+        let train = (ex.logits().to_vec(), grads, ex.tensor_grad(TensorId(0)).unwrap().to_vec(), relu_out);
+        assert_eq!(ex.activation("conv1_bn").is_none(), fuse, "a fused batch norm's output is not kept");
+        assert!(ex.activation("conv2_1_sep_bn").is_some(), "a kept one is");
+        ex.forward(&mut p, &x, Mode::Eval).unwrap();
+        assert_eq!(ex.activation("conv1_bn").is_none(), fuse);
+        (train, ex.logits().to_vec(), p)
+    };
+    let same = |what: &str, u: &[f32], v: &[f32]| {
+        assert_eq!(u.len(), v.len(), "{what}: lengths");
+        if let Some(k) = u.iter().zip(v).position(|(x, y)| x.to_bits() != y.to_bits()) {
+            panic!("{what}: first difference at {k}: {} vs {}", u[k], v[k]);
+        }
+    };
+    let (a, b) = (run(true), run(false));
+    same("train logits", &a.0 .0, &b.0 .0);
+    for (i, (g, h)) in a.0 .1.iter().zip(&b.0 .1).enumerate() {
+        same(&format!("param grad {i}"), g, h);
+    }
+    same("input grad", &a.0 .2, &b.0 .2);
+    same("a fused ReLU's output", &a.0 .3, &b.0 .3);
+    same("eval logits", &a.1, &b.1);
+    for (p, q) in a.2.params().iter().zip(b.2.params()) {
+        same(&format!("{} (running statistics)", p.name), &p.data, &q.data);
+    }
+
+    // A gradient seeded at a batch norm's output the fused forward never wrote is refused; at a
+    // kept one it flows.
+    let mut ex = Executor::new(&prog, 5, 2);
+    ex.fuse_bn_relu(&[kept]);
+    let mut p = params.clone();
+    ex.forward(&mut p, &x, Mode::Train).unwrap();
+    let bn1 = prog.find("conv1_bn").unwrap();
+    let g = vec![1.0; ex.tensor_grad(bn1).map_or(5 * prog.tensor(bn1).shape.numel(), <[f32]>::len)];
+    let e = ex.backward(&p, &[(bn1, &g)]).unwrap_err();
+    assert!(e.to_string().contains("conv1_bn") && e.to_string().contains("keep"), "{e}");
+    let g = vec![1.0; 5 * prog.tensor(kept).shape.numel()];
+    ex.backward(&p, &[(kept, &g)]).unwrap();
+    assert!(ex.param_grad("conv1_weights").unwrap().iter().any(|&v| v != 0.0));
+}

@@ -104,6 +104,12 @@ pub enum ExecError {
         /// Values given.
         got: usize,
     },
+    /// A gradient was seeded at the output of a batch norm run with its ReLU
+    /// ([`Executor::fuse_bn_relu`]), which the forward never wrote.
+    NotKept {
+        /// The tensor.
+        tensor: Name,
+    },
     /// A kernel refused its arguments (a bug: the executor sizes every argument).
     Kernel {
         /// The layer.
@@ -133,6 +139,11 @@ impl fmt::Display for ExecError {
             ExecError::SeedLen { tensor, expected, got } => {
                 write!(f, "gradient seeded at `{tensor}` has {got} values, the tensor has {expected}")
             }
+            ExecError::NotKept { tensor } => write!(
+                f,
+                "gradient seeded at `{tensor}`, a batch norm's output the forward ran together with its \
+                 ReLU and never wrote; list it in Executor::fuse_bn_relu's `keep`"
+            ),
             ExecError::Kernel { layer, err } => write!(f, "layer `{layer}`: {err}"),
             ExecError::PeerFailed { layer } => write!(f, "layer `{layer}`: another thread failed"),
         }
@@ -255,6 +266,14 @@ pub struct Executor {
     /// Per op, the weights of a few-row pointwise conv packed by the last train forward
     /// ([`TRAIN_PANEL_MAX_PIXELS`]).
     train_panels: Vec<Option<TrainPanels>>,
+    /// Per batch-norm op, the ReLU op it runs with ([`Executor::fuse_bn_relu`]).
+    bn_relu: Vec<Option<usize>>,
+    /// Per op, whether it is a ReLU its batch norm runs.
+    relu_in_bn: Vec<bool>,
+    /// Per tensor, whether it is the never-written output of a batch norm run with its ReLU.
+    bn_relu_skipped: Vec<bool>,
+    /// Whether the last forward ran batch norms with their ReLUs.
+    last_fused: bool,
 }
 
 /// Output pixels per sample of the largest map whose pointwise convs a train step runs over
@@ -426,6 +445,10 @@ impl Executor {
                     })
                 })
                 .collect(),
+            bn_relu: vec![None; prog.ops().len()],
+            relu_in_bn: vec![false; prog.ops().len()],
+            bn_relu_skipped: vec![false; prog.tensors().len()],
+            last_fused: false,
         }
     }
 
@@ -483,6 +506,7 @@ impl Executor {
     /// [`Executor::set_eval_targets`] skips in an eval forward.
     fn is_unwritten(&self, id: TensorId) -> bool {
         (self.last_folded && self.unwritten[id.index()])
+            || (self.last_fused && self.bn_relu_skipped[id.index()])
             || (matches!(self.last, Some((_, Mode::Eval))) && self.eval_unneeded[id.index()])
     }
 
@@ -640,20 +664,7 @@ impl Executor {
         let ops = self.resolve(params)?;
         let prog = self.prog;
         let all = prog.ops();
-        let mut readers = vec![0usize; self.numel.len()];
-        for op in all {
-            for &x in op.inputs() {
-                readers[x.index()] += 1;
-            }
-        }
-        let kept = |t: TensorId| keep.contains(&t) || t == prog.output();
-        // The op reading tensor `t`, when it is the only one and `t` may be skipped.
-        let sole_reader = |t: TensorId, from: usize| -> Option<usize> {
-            if readers[t.index()] != 1 || kept(t) {
-                return None;
-            }
-            (from + 1..all.len()).find(|&j| all[j].inputs().contains(&t))
-        };
+        let sole_reader = sole_readers(&prog, keep);
         self.folded.iter_mut().for_each(|f| *f = None);
         self.fused_away.fill(false);
         self.unwritten.fill(false);
@@ -698,6 +709,33 @@ impl Executor {
             });
         }
         Ok(())
+    }
+
+    /// Runs each batch norm whose output only a ReLU reads as one op with that ReLU, in train
+    /// and eval forwards (one pass, [`norm::bn_train_apply`] / [`norm::bn_infer_fwd`] with
+    /// [`Act::Relu`], writes the ReLU's output) and in the backward (the ReLU's gate applied
+    /// inside the batch norm's two passes, [`norm::bn_bwd_partial_sums`]): two fewer passes
+    /// over each such activation forward and two backward, bit-identical results. The batch
+    /// norm's own output is then never written, so it can be neither read
+    /// ([`Executor::activation`] is `None`) nor seeded ([`ExecError::NotKept`]): list in `keep`
+    /// the tensors a loss reads. Not applied in forwards running folded convs
+    /// ([`Executor::fold_frozen`]). Calling it again replaces the previous choice.
+    pub fn fuse_bn_relu(&mut self, keep: &[TensorId]) {
+        let prog = self.prog;
+        let sole_reader = sole_readers(&prog, keep);
+        self.bn_relu.fill(None);
+        self.relu_in_bn.fill(false);
+        self.bn_relu_skipped.fill(false);
+        for (j, op) in prog.ops().iter().enumerate() {
+            if op.kind != OpKind::BatchNorm {
+                continue;
+            }
+            if let Some(r) = sole_reader(op.output, j).filter(|&r| prog.ops()[r].kind == OpKind::Relu) {
+                self.bn_relu[j] = Some(r);
+                self.relu_in_bn[r] = true;
+                self.bn_relu_skipped[op.output.index()] = true;
+            }
+        }
     }
 
     /// Restricts later **eval** forwards to the ops that some tensor of `targets` depends on
@@ -812,13 +850,15 @@ impl Executor {
         let at = |x: &[f32]| (x.as_ptr() as usize, x.len());
         // The folded convs apply only to the parameter slices they were made from.
         let use_fold = mode == Mode::Eval
+            && self.folded.iter().any(Option::is_some)
             && self.folded.iter().enumerate().all(|(i, f)| {
                 f.as_ref().map_or(true, |f| {
                     let b = &ops[f.bn];
                     f.src == [at(ops[i].weights), at(b.scale), at(b.offset), at(b.mean), at(b.var)]
                 })
             });
-        self.last_folded = use_fold && self.folded.iter().any(Option::is_some);
+        self.last_folded = use_fold;
+        self.last_fused = !use_fold && self.bn_relu.iter().any(Option::is_some);
         let chunks = self.chunks(n);
         let t = chunks.len();
         let (first, rest) = self.acts.split_first_mut().expect("a program has an input tensor");
@@ -848,6 +888,8 @@ impl Executor {
             fused_away: &self.fused_away,
             skip: if mode == Mode::Eval { &self.eval_unneeded } else { &[] },
             train_panels: if mode == Mode::Train { &self.train_panels } else { &[] },
+            bn_relu: if use_fold { &[] } else { &self.bn_relu },
+            relu_in_bn: if use_fold { &[] } else { &self.relu_in_bn },
         };
         let images: Vec<&[f32]> =
             chunks.iter().map(|r| &image[r.start * self.numel[0]..r.end * self.numel[0]]).collect();
@@ -871,6 +913,9 @@ impl Executor {
             _ => return Err(ExecError::NoTrainForward),
         };
         for &(id, g) in seeds {
+            if self.last_fused && self.bn_relu_skipped[id.index()] {
+                return Err(ExecError::NotKept { tensor: self.prog.tensor(id).name });
+            }
             let expected = n * self.numel[id.index()];
             if g.len() != expected {
                 return Err(ExecError::SeedLen { tensor: self.prog.tensor(id).name, expected, got: g.len() });
@@ -918,6 +963,8 @@ impl Executor {
             fused_away: &self.fused_away,
             skip: &[],
             train_panels: &self.train_panels,
+            bn_relu: &self.bn_relu,
+            relu_in_bn: &self.relu_in_bn,
         };
         let acts = &self.acts;
         let plan = &plan;
@@ -999,6 +1046,27 @@ fn stats_mut(params: &mut ParamStore, layer: Name) -> Result<(&mut [f32], &mut [
     }
 }
 
+/// For `prog`: a function giving the op that reads tensor `t` (written by op `from`) when it is
+/// the only reader and `t` is neither in `keep` nor the program's output (so it may go
+/// unwritten).
+fn sole_readers<'p>(prog: &'p Program, keep: &[TensorId]) -> impl Fn(TensorId, usize) -> Option<usize> + 'p {
+    let all = prog.ops();
+    let mut readers = vec![0usize; prog.tensors().len()];
+    for op in all {
+        for &x in op.inputs() {
+            readers[x.index()] += 1;
+        }
+    }
+    let keep = keep.to_vec();
+    let out = prog.output();
+    move |t: TensorId, from: usize| {
+        if readers[t.index()] != 1 || keep.contains(&t) || t == out {
+            return None;
+        }
+        (from + 1..all.len()).find(|&j| all[j].inputs().contains(&t))
+    }
+}
+
 /// Splits each whole-batch buffer (with `numel[t]` values per sample) into the threads'
 /// chunks: `out[k][t]` is thread `k`'s part of tensor `t`.
 fn split_views<'a>(bufs: &'a mut [Vec<f32>], numel: &[usize], chunks: &[Range<usize>]) -> Vec<Vec<&'a mut [f32]>> {
@@ -1074,6 +1142,22 @@ struct Ctx<'a> {
     skip: &'a [bool],
     /// Per op, packed weights of a few-row pointwise conv (train forward and backward only).
     train_panels: &'a [Option<TrainPanels>],
+    /// Per batch-norm op, the ReLU op it runs with (empty: none; [`Executor::fuse_bn_relu`]).
+    bn_relu: &'a [Option<usize>],
+    /// Per op, whether it is a ReLU its batch norm runs (empty: none).
+    relu_in_bn: &'a [bool],
+}
+
+impl Ctx<'_> {
+    /// The ReLU op that batch norm `i` runs with, if any.
+    fn fused_relu(&self, i: usize) -> Option<usize> {
+        self.bn_relu.get(i).copied().flatten()
+    }
+
+    /// Whether op `i` is a ReLU its batch norm runs.
+    fn relu_done(&self, i: usize) -> bool {
+        self.relu_in_bn.get(i).copied().unwrap_or(false)
+    }
 }
 
 impl Ctx<'_> {
@@ -1180,6 +1264,9 @@ fn forward_op(
             .map_err(kernel);
         }
     }
+    if ctx.relu_done(i) {
+        return Ok(()); // its batch norm wrote the output
+    }
     let y: &mut [f32] = after[0];
     match op.kind {
         OpKind::Conv { .. } => match (&ctx.packed[i], ctx.train_panel(i, p.weights)) {
@@ -1201,8 +1288,14 @@ fn forward_op(
             let c = shape.c as usize;
             let rows = nc * shape.h as usize * shape.w as usize;
             let ch = Channels::new(rows, c);
+            // Run with its ReLU, the batch norm writes the ReLU's output (a later tensor).
+            let (out, act) = match ctx.fused_relu(i) {
+                Some(r) => (prog.ops()[r].output, Act::Relu),
+                None => (op.output, Act::None),
+            };
+            let y: &mut [f32] = after[out.index() - op.output.index()];
             if mode == Mode::Eval {
-                return norm::bn_infer_fwd(isa, &ch, BN.eps, x, p.scale, p.offset, p.mean, p.var, Act::None, y)
+                return norm::bn_infer_fwd(isa, &ch, BN.eps, x, p.scale, p.offset, p.mean, p.var, act, y)
                     .map_err(kernel);
             }
             let b = ctx.bn_ord[i].expect("batch norms have an ordinal");
@@ -1231,7 +1324,7 @@ fn forward_op(
                 &mut saved.invstd,
             )
             .map_err(kernel)?;
-            norm::bn_train_apply(isa, &ch, x, p.scale, p.offset, &saved.mean, &saved.invstd, y).map_err(kernel)
+            norm::bn_train_apply(isa, &ch, x, p.scale, p.offset, &saved.mean, &saved.invstd, act, y).map_err(kernel)
         }
         OpKind::Relu => act::relu_fwd(isa, x, y).map_err(kernel),
         OpKind::MaxPool => pool::maxpool3x3s2_fwd(isa, &prog.pool(op, nc), x, y).map_err(kernel),
@@ -1297,6 +1390,9 @@ fn backward_op<'a>(
     let nc = ctx.chunks[k].len();
     let isa = ctx.isa;
     let kernel = |err| ExecError::Kernel { layer: op.name, err };
+    if ctx.relu_done(i) {
+        return Ok(()); // its batch norm applies its gate
+    }
     let (before, after) = grads.split_at_mut(op.output.index());
     let dy: &[f32] = after[0];
     let x = act_of(op.input());
@@ -1343,9 +1439,18 @@ fn backward_op<'a>(
             let ch = Channels::new(nc * shape.h as usize * shape.w as usize, c);
             let b = ctx.bn_ord[i].expect("batch norms have an ordinal");
             let saved = &bn[b];
+            // Run with its ReLU: the ReLU's output gradient, gated by its output.
+            let (dy, gate) = match ctx.fused_relu(i) {
+                Some(r) => {
+                    let out = prog.ops()[r].output;
+                    (&*after[out.index() - op.output.index()], Some(act_of(out)))
+                }
+                None => (dy, None),
+            };
             let mut sdy = vec![0.0; c];
             let mut sdyx = vec![0.0; c];
-            let local = norm::bn_bwd_partial_sums(isa, &ch, x, dy, &saved.mean, &saved.invstd, &mut sdy, &mut sdyx);
+            let local =
+                norm::bn_bwd_partial_sums(isa, &ch, x, dy, gate, &saved.mean, &saved.invstd, &mut sdy, &mut sdyx);
             let all = ctx.exchange(b, k, local.is_ok().then_some((0, sdy, sdyx)));
             local.map_err(kernel)?;
             let all = all.ok_or(ExecError::PeerFailed { layer: op.name })?;
@@ -1364,6 +1469,7 @@ fn backward_op<'a>(
                     saved.count,
                     x,
                     dy,
+                    gate,
                     p.scale,
                     &saved.mean,
                     &saved.invstd,

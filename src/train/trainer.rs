@@ -273,7 +273,10 @@ impl Trainer {
         }
         let isa = Isa::detect();
         let resolved = Losses::new(&merged, losses)?;
-        let student = Executor::with_isa(merged.student(), cfg.batch_size, cfg.threads, isa);
+        let mut student = Executor::with_isa(merged.student(), cfg.batch_size, cfg.threads, isa);
+        // Each batch norm and the ReLU after it in one pass (bit-identical), except where a
+        // loss reads the batch norm's output.
+        student.fuse_bn_relu(&resolved.student_tensors());
         let teacher = match merged.teacher() {
             Some(t) if resolved.needs_teacher() => {
                 let mut ex = Executor::with_isa(&t.program, cfg.batch_size, cfg.threads, isa);
@@ -364,7 +367,9 @@ impl Trainer {
         self.step = step;
     }
 
-    /// The student executor (activations and gradients of the last step).
+    /// The student executor (activations and gradients of the last step). Its batch norms run
+    /// with their ReLUs ([`Executor::fuse_bn_relu`]): a batch norm's output that no loss reads
+    /// is not kept (read the ReLU's output instead).
     pub fn student(&self) -> &Executor {
         &self.student
     }
