@@ -9,8 +9,11 @@
 //! The ISA-independent data movement (im2col / col2im) lives in `im2col`, the tile loops in
 //! `tiled`; all arithmetic goes through [`crate::gemm::gemm`], which dispatches on the ISA —
 //! except the forward of a conv with few input channels on a Cortex-M4F (`m4`: direct, no
-//! im2col, same bits).
+//! im2col, same bits) and on AVX2 (`direct`: no im2col, groups of pixels in registers).
 
+/// AVX2 direct forward for few input channels (the stem).
+#[cfg(target_arch = "x86_64")]
+mod direct;
 mod im2col;
 mod tiled;
 
@@ -55,6 +58,13 @@ pub fn conv2d_fwd<W: Elem>(
         IsaKind::Scalar if m4::applies(s) => {
             // SAFETY: shape validated and lengths checked above; `applies` holds.
             unsafe { m4::fwd(s, x, w, bias, act, y) };
+            Ok(())
+        }
+        #[cfg(target_arch = "x86_64")]
+        IsaKind::Avx2 if direct::applies(s) => {
+            // SAFETY: shape validated and lengths checked above; `applies` holds; an `Isa` of
+            // kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
+            unsafe { direct::fwd(s, x, w, bias, act, y) };
             Ok(())
         }
         IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => tiled::fwd(isa, s, x, w, bias, act, y, scratch),
