@@ -19,6 +19,10 @@ use core::arch::x86_64::*;
 /// Channels per chunk of the main loop (4 accumulators of [`BLOCK`]).
 const CHUNK: usize = 4 * BLOCK;
 
+/// Interior pixels computed together in layers narrower than [`CHUNK`] (MobileNetV1 ×0.25's
+/// first depthwise has 8 channels: 3.1 → see docs/ARCHITECTURE.md).
+const GROUP_PIXELS: usize = 4;
+
 /// One in-bounds tap of an output pixel: its input pixel (channel 0) and its weight row
 /// `w[tap]` (channel 0).
 #[derive(Clone, Copy)]
@@ -92,18 +96,31 @@ unsafe fn taps_fwd<W: Elem, const FLIP: bool>(
             let iyp = oy * st;
             let (ky_lo, ky_hi) = taps(iyp, h);
             let full_rows = ky_lo == 0 && ky_hi == 3;
-            for ox in 0..ow {
+            let mut ox = 0;
+            while ox < ow {
                 let ixp = ox * st;
                 let out = y[((n * oh + oy) * ow + ox) * c..].as_mut_ptr();
                 if full_rows && ox >= 1 && ox < ox_in_hi {
                     // Interior: input pixels (iyp − 1 + ky, ixp − 1 + kx), all in bounds.
                     let top = ((n * h + iyp - 1) * wd + ixp - 1) * c;
                     let rows = [x[top..].as_ptr(), x[top + wd * c..].as_ptr(), x[top + 2 * wd * c..].as_ptr()];
-                    // SAFETY: the window's 3×3 input pixels are in bounds (interior), `w` holds
-                    // 9 rows of `c`; CPU features vouched for by the caller.
-                    unsafe { interior::<W, FLIP>(c, rows, w.as_ptr(), b, relu, out) };
+                    // Narrow layers: several interior pixels at once (one FMA chain each).
+                    let g = if c < CHUNK && c % BLOCK == 0 { (ox_in_hi - ox).min(GROUP_PIXELS) } else { 1 };
+                    // SAFETY: the windows' 3×3 input pixels are in bounds (interior, for all g
+                    // pixels), `w` holds 9 rows of `c`, `out` g pixels of `c`; CPU features
+                    // vouched for by the caller.
+                    unsafe {
+                        match g {
+                            4 => interior_group::<W, 4, FLIP>(c, st, rows, w.as_ptr(), b, relu, out),
+                            3 => interior_group::<W, 3, FLIP>(c, st, rows, w.as_ptr(), b, relu, out),
+                            2 => interior_group::<W, 2, FLIP>(c, st, rows, w.as_ptr(), b, relu, out),
+                            _ => interior::<W, FLIP>(c, rows, w.as_ptr(), b, relu, out),
+                        }
+                    }
+                    ox += g;
                     continue;
                 }
+                ox += 1;
                 let (kx_lo, kx_hi) = taps(ixp, wd);
                 let mut nt = 0;
                 for ky in ky_lo..ky_hi {
@@ -159,6 +176,43 @@ unsafe fn interior<W: Elem, const FLIP: bool>(
         });
         // SAFETY: the tail handling reads and writes only channels c0..c.
         unsafe { pixel(c, c0, &list, b, relu, y) };
+    }
+}
+
+/// `G` consecutive interior pixels of a layer of fewer than [`CHUNK`] channels, a multiple of
+/// [`BLOCK`]: per block of 8 channels one accumulator per pixel, so `G` FMA chains overlap
+/// (one pixel's 9 taps alone form a single chain, latency-bound). Pixel `p`'s window starts
+/// `p·st` pixels right of `rows`; the same bias-then-taps order as [`chunk9`], so the same bits.
+///
+/// # Safety
+/// As [`interior`] for each of the `G` pixels (outputs `y + p·c`), and `c % 8 == 0`.
+#[inline(always)]
+unsafe fn interior_group<W: Elem, const G: usize, const FLIP: bool>(
+    c: usize,
+    st: usize,
+    rows: [*const f32; 3],
+    w: *const W,
+    b: Option<*const W>,
+    relu: bool,
+    y: *mut f32,
+) {
+    for c0 in (0..c).step_by(BLOCK) {
+        // SAFETY (every load and store): channels c0..c0 + 8 ≤ c of the G windows' pixels,
+        // the weight rows, the bias and the G output pixels.
+        unsafe {
+            let mut acc = [start::<W, 1>(b, c0)[0]; G];
+            for (ky, row) in rows.iter().enumerate() {
+                for kx in 0..3 {
+                    let wv = load_w(w.add(weight_row::<FLIP>(ky * 3 + kx) * c + c0));
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(row.add((p * st + kx) * c + c0)), wv, *a);
+                    }
+                }
+            }
+            for (p, a) in acc.iter().enumerate() {
+                finish(&[*a], relu, y.add(p * c + c0));
+            }
+        }
     }
 }
 
