@@ -347,14 +347,17 @@ fn op_rows(trainer: &Trainer, steps: u32) -> Vec<serde_json::Value> {
         .flat_map(|(net, ex)| {
             ex.op_times().into_iter().map(move |(name, kind, [f, b])| {
                 let per = 1e3 / f64::from(steps);
+                let (fwd_ms, bwd_ms) = (f * per, b * per);
                 let row = json!({
                     "net": net,
                     "op": name.to_string(),
                     "kind": format!("{kind:?}"),
-                    "fwd_ms": f * per,
-                    "bwd_ms": b * per,
+                    "fwd_ms": fwd_ms,
+                    "bwd_ms": bwd_ms,
                 });
-                ((f + b) * per, row)
+                // Sorted by the sum of the printed values (not (f + b)·per, which rounds
+                // differently and could order near-equal rows against what a reader adds up).
+                (fwd_ms + bwd_ms, row)
             })
         })
         .collect();
