@@ -87,6 +87,17 @@ pub fn add_inplace(isa: Isa, a: &mut [f32], b: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// Residual add then ReLU `y = max(a + b, 0)` in one pass (bit-identical to [`add`] then
+/// [`relu_inplace`]); all slices the same length.
+pub fn add_relu(isa: Isa, a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
+    check_len("b", b.len(), a.len())?;
+    check_len("y", y.len(), a.len())?;
+    match isa.kind() {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::add_relu(a, b, y),
+    }
+    Ok(())
+}
+
 /// Residual add then ReLU in place `a = max(a + b, 0)` (the end of a ResNet block); the
 /// backward is [`relu_bwd`] on the result, then the identity on both inputs.
 pub fn add_relu_inplace(isa: Isa, a: &mut [f32], b: &[f32]) -> Result<()> {
@@ -136,6 +147,12 @@ mod scalar {
     pub(super) fn add_inplace(a: &mut [f32], b: &[f32]) {
         for (a, &b) in a.iter_mut().zip(b) {
             *a += b;
+        }
+    }
+
+    pub(super) fn add_relu(a: &[f32], b: &[f32], y: &mut [f32]) {
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            *y = Act::Relu.apply(a + b);
         }
     }
 

@@ -3,7 +3,7 @@ mod common;
 
 use common::{assert_close, dot64, grad_check, projection, Rng};
 use tinykd_kernels::act::{
-    add, add_inplace, add_relu_inplace, relu_bwd, relu_bwd_inplace, relu_fwd, relu_inplace, Act,
+    add, add_inplace, add_relu, add_relu_inplace, relu_bwd, relu_bwd_inplace, relu_fwd, relu_inplace, Act,
 };
 use tinykd_kernels::{Isa, KernelError};
 
@@ -76,7 +76,10 @@ fn add_variants_and_gradients() {
     let mut a3 = a.clone();
     add_relu_inplace(isa(), &mut a3, &b).unwrap();
     let relu: Vec<f32> = want.iter().map(|v| v.max(0.0)).collect();
-    assert_close("add_relu", &a3, &relu, 0.0, 0.0);
+    assert_close("add_relu_inplace", &a3, &relu, 0.0, 0.0);
+    let mut y3 = vec![f32::NAN; 77];
+    add_relu(isa(), &a, &b, &mut y3).unwrap();
+    assert_eq!(y3.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a3.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
 
     // d(a + b)/da = d(a + b)/db = identity: the upstream gradient itself.
     let r = projection(&mut rng, 77);
@@ -98,5 +101,6 @@ fn wrong_lengths_are_errors_and_write_nothing() {
     assert_eq!(add(isa(), &[1.0; 3], &[1.0; 2], &mut y), Err(KernelError::Len { arg: "b", expected: 3, got: 2 }));
     assert_eq!(add_inplace(isa(), &mut y, &[1.0; 2]), Err(KernelError::Len { arg: "b", expected: 3, got: 2 }));
     assert_eq!(add_relu_inplace(isa(), &mut y, &[1.0; 4]), Err(KernelError::Len { arg: "b", expected: 3, got: 4 }));
+    assert_eq!(add_relu(isa(), &[1.0; 3], &[1.0; 3], &mut y[..2]), Err(KernelError::Len { arg: "y", expected: 3, got: 2 }));
     assert_eq!(y, [5.0; 3]);
 }

@@ -1329,9 +1329,7 @@ fn forward_op(
         OpKind::Relu => act::relu_fwd(isa, x, y).map_err(kernel),
         OpKind::MaxPool => pool::maxpool3x3s2_fwd(isa, &prog.pool(op, nc), x, y).map_err(kernel),
         OpKind::AddRelu => {
-            act::add(isa, x, read(op.inputs()[1]), y).map_err(kernel)?;
-            act::relu_inplace(isa, y);
-            Ok(())
+            act::add_relu(isa, x, read(op.inputs()[1]), y).map_err(kernel)
         }
         OpKind::GlobalAvgPool => pool::global_avg_fwd(isa, &prog.pool(op, nc), x, y).map_err(kernel),
         OpKind::Fc => {
