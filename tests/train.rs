@@ -498,3 +498,32 @@ fn bn_relu_fusion_changes_no_bit() {
     ex.backward(&p, &[(kept, &g)]).unwrap();
     assert!(ex.param_grad("conv1_weights").unwrap().iter().any(|&v| v != 0.0));
 }
+
+#[test]
+fn residual_add_folded_into_the_conv_changes_no_bit() {
+    // Folding a frozen ResNet50 also folds each block's residual add + ReLU into the conv that
+    // runs last of its two inputs (the same add and ReLU over the conv's output). Keeping the
+    // batch-norm outputs the adds read prevents that fusion: the logits must be the same bits.
+    let cfg = ModelConfig::resnet50();
+    let prog = models::program(&cfg).unwrap();
+    let params = ParamStore::init(&cfg, 6).unwrap();
+    let mut rng = Rng::new(7);
+    let (x, _) = batch(&mut rng, &prog, 3);
+    let add_inputs: Vec<TensorId> = prog
+        .ops()
+        .iter()
+        .filter(|op| op.kind == tinykd::graph::OpKind::AddRelu)
+        .flat_map(|op| op.inputs().to_vec())
+        .collect();
+    let run = |keep: &[TensorId]| {
+        let mut ex = Executor::new(&prog, 3, 2);
+        ex.fold_frozen(&params, keep).unwrap();
+        ex.forward_eval(&params, &x).unwrap();
+        let readable = ex.activation("bn2b_branch2c").is_some();
+        (ex.logits().iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), readable)
+    };
+    let (fused, readable) = run(&[]);
+    let (kept, kept_readable) = run(&add_inputs);
+    assert_eq!(fused, kept);
+    assert!(!readable && kept_readable, "the folded add's input is skipped unless kept");
+}

@@ -320,6 +320,9 @@ struct FoldedConv {
     act: Act,
     /// The tensor it writes.
     out: TensorId,
+    /// The other input of a residual add + ReLU folded in too (`out` is then the add's
+    /// output: `y = relu(conv + bias + residual)`).
+    residual: Option<TensorId>,
 }
 
 /// Output pixels of the largest map whose convs [`Executor::pack_frozen_convs`] packs: up
@@ -679,6 +682,12 @@ impl Executor {
                 continue;
             };
             let relu = sole_reader(all[j].output, j).filter(|&r| all[r].kind == OpKind::Relu);
+            // A residual add + ReLU whose other input exists before this conv runs (at the
+            // end of a ResNet block: the block input, or the main branch for the shortcut conv).
+            let add = sole_reader(all[j].output, j).filter(|&a| all[a].kind == OpKind::AddRelu).and_then(|a| {
+                let other = *all[a].inputs().iter().find(|&&t| t != all[j].output)?;
+                (other.index() < op.output.index()).then_some((a, other))
+            });
             let s = prog.conv2d(op, 1);
             let (w, bn) = (ops[i].weights, &ops[j]);
             let mut wf = vec![0.0f32; w.len()];
@@ -691,10 +700,14 @@ impl Executor {
                 None => (wf, false),
             };
             let at = |x: &[f32]| (x.as_ptr() as usize, x.len());
-            let out = relu.map_or(all[j].output, |r| all[r].output);
+            let out = match (relu, add) {
+                (Some(r), _) => all[r].output,
+                (None, Some((a, _))) => all[a].output,
+                (None, None) => all[j].output,
+            };
             self.unwritten[op.output.index()] = true;
             self.fused_away[j] = true;
-            if let Some(r) = relu {
+            if let Some(r) = relu.or(add.map(|(a, _)| a)) {
                 self.unwritten[all[j].output.index()] = true;
                 self.fused_away[r] = true;
             }
@@ -706,6 +719,7 @@ impl Executor {
                 bias,
                 act: if relu.is_some() { Act::Relu } else { Act::None },
                 out,
+                residual: add.map(|(_, other)| other),
             });
         }
         Ok(())
@@ -1256,12 +1270,17 @@ fn forward_op(
             // Tensor t ≥ op.output is after[t − op.output]; the folded output comes later.
             let y: &mut [f32] = after[f.out.index() - op.output.index()];
             let s = prog.conv2d(op, nc);
-            return if f.packed {
+            if f.packed {
                 conv::conv2d_fwd_panels(isa, &s, x, &f.weights, Some(&f.bias), f.act, y, &mut w.scratch)
             } else {
                 conv::conv2d_fwd(isa, &s, x, &f.weights, Some(&f.bias), f.act, y, &mut w.scratch)
             }
-            .map_err(kernel);
+            .map_err(kernel)?;
+            // The residual add + ReLU over the conv's output while it is in cache.
+            return match f.residual {
+                Some(r) => act::add_relu_inplace(isa, y, read(r)).map_err(kernel),
+                None => Ok(()),
+            };
         }
     }
     if ctx.relu_done(i) {
