@@ -425,10 +425,11 @@ fn errors_leave_outputs_untouched() {
     assert!(matches!(e, KernelError::Shape(_)));
     let e = bn_bwd_partial_sums(isa(), &s, &x, &x, None, &one, &one, &mut dg, &mut db[..2]).unwrap_err();
     assert_eq!(e, KernelError::Len { arg: "sum_dy_xhat", expected: 3, got: 2 });
-    let e = bn_bwd_partial_sums(isa(), &s, &x, &x, Some(&x[1..]), &one, &one, &mut dg, &mut db).unwrap_err();
-    assert_eq!(e, KernelError::Len { arg: "relu_out", expected: 12, got: 11 });
-    let e = bn_bwd_apply(isa(), &s, 4, &x, &x, Some(&x[1..]), &one, &one, &one, &one, &one, &mut dx).unwrap_err();
-    assert_eq!(e, KernelError::Len { arg: "relu_out", expected: 12, got: 11 });
+    let short = Some(ReluAfter { gamma: &one, beta: &one[..2] });
+    let e = bn_bwd_partial_sums(isa(), &s, &x, &x, short, &one, &one, &mut dg, &mut db).unwrap_err();
+    assert_eq!(e, KernelError::Len { arg: "relu.beta", expected: 3, got: 2 });
+    let e = bn_bwd_apply(isa(), &s, 4, &x, &x, short, &one, &one, &one, &one, &one, &mut dx).unwrap_err();
+    assert_eq!(e, KernelError::Len { arg: "relu.beta", expected: 3, got: 2 });
     assert!(dx.iter().chain(&dg).chain(&db).all(|&v| v == 7.0));
 
     let e = bn_infer_fwd(isa(), &s, 1e-5, &x, &one, &one, &one, &one[..2], Act::None, &mut y).unwrap_err();
@@ -494,7 +495,7 @@ fn train_pass(isa: Isa, s: &Channels, x: &[f32], g: &[f32], b: &[f32], dy: &[f32
     let invstd: Vec<f32> = m2.iter().map(|q| 1.0 / (q / s.rows as f32 + 1e-5).sqrt()).collect();
     let mut y = vec![f32::NAN; s.len()];
     bn_train_apply(isa, s, x, g, b, &mean, &invstd, act, &mut y).unwrap();
-    let gate = (act == Act::Relu).then_some(&y[..]);
+    let gate = (act == Act::Relu).then_some(ReluAfter { gamma: g, beta: b });
     let (mut sdy, mut sdx) = (vec![f32::NAN; c], vec![f32::NAN; c]);
     bn_bwd_partial_sums(isa, s, x, dy, gate, &mean, &invstd, &mut sdy, &mut sdx).unwrap();
     let mut dx = vec![f32::NAN; s.len()];
@@ -528,16 +529,22 @@ fn bn_train_simd_paths_equal_scalar_bit_for_bit() {
 
 #[test]
 fn bn_relu_in_one_pass_equals_the_two_passes_bit_for_bit() {
-    // Forward: apply(Relu) == relu(apply(None)); backward: the gated sums and apply == the ReLU
-    // backward first, then the ungated ones. Gates include NaN, ±0 and negatives.
+    // Forward: apply(Relu) == relu(apply(None)); backward: the sums and apply gated by the
+    // recomputed BN output == the ReLU backward (from the ReLU's output) first, then the
+    // ungated ones. Inputs include a BN output exactly 0 (the ReLU's edge) and negatives.
     let mut rng = Rng::new(79);
     let s = Channels::new(9, 19);
     let c = s.c;
-    let x: Vec<f32> = rng.vec(s.len()).iter().map(|v| 2.0 * v - 1.0).collect();
+    let mut x: Vec<f32> = rng.vec(s.len()).iter().map(|v| 2.0 * v - 1.0).collect();
     let (g, b) = (rng.vec(c), rng.vec(c).iter().map(|v| v - 0.5).collect::<Vec<f32>>());
     let mut dy = rng.vec(s.len());
     dy[3] = -2.5;
-    let (mean, invstd) = (rng.vec(c), rng.vec(c).iter().map(|v| v + 0.5).collect::<Vec<f32>>());
+    let (mut mean, invstd) = (rng.vec(c), rng.vec(c).iter().map(|v| v + 0.5).collect::<Vec<f32>>());
+    // Channel 0: β = 0 and x = μ at row 0, so its output is exactly 0.
+    mean[0] = 0.25;
+    x[0] = 0.25;
+    let mut b = b;
+    b[0] = 0.0;
     for kind in tinykd_kernels::IsaKind::ALL {
         let Some(isa) = Isa::force(kind) else { continue };
         let mut fused = vec![0.0; s.len()];
@@ -548,19 +555,17 @@ fn bn_relu_in_one_pass_equals_the_two_passes_bit_for_bit() {
         relu_fwd(isa, &bn, &mut two).unwrap();
         assert_eq!(bits(&fused), bits(&two), "{kind:?} forward");
         assert!(fused.iter().any(|&v| v == 0.0) && fused.iter().any(|&v| v > 0.0), "both sides of the ReLU");
+        assert_eq!(bn[0], 0.0, "an output exactly at the ReLU's edge");
 
-        let mut gate = fused.clone();
-        gate[0] = f32::NAN;
-        gate[1] = -0.0;
-        gate[c + 2] = 0.0;
+        let relu = Some(ReluAfter { gamma: &g, beta: &b });
         let mut g_dy = vec![0.0; s.len()];
-        relu_bwd(isa, &gate, &dy, &mut g_dy).unwrap();
+        relu_bwd(isa, &fused, &dy, &mut g_dy).unwrap();
         let (mut s1, mut q1, mut s2, mut q2) = (vec![0.0; c], vec![0.0; c], vec![0.0; c], vec![0.0; c]);
-        bn_bwd_partial_sums(isa, &s, &x, &dy, Some(&gate), &mean, &invstd, &mut s1, &mut q1).unwrap();
+        bn_bwd_partial_sums(isa, &s, &x, &dy, relu, &mean, &invstd, &mut s1, &mut q1).unwrap();
         bn_bwd_partial_sums(isa, &s, &x, &g_dy, None, &mean, &invstd, &mut s2, &mut q2).unwrap();
         assert_eq!((bits(&s1), bits(&q1)), (bits(&s2), bits(&q2)), "{kind:?} sums");
         let (mut d1, mut d2) = (vec![0.0; s.len()], vec![0.0; s.len()]);
-        bn_bwd_apply(isa, &s, 40, &x, &dy, Some(&gate), &g, &mean, &invstd, &s1, &q1, &mut d1).unwrap();
+        bn_bwd_apply(isa, &s, 40, &x, &dy, relu, &g, &mean, &invstd, &s1, &q1, &mut d1).unwrap();
         bn_bwd_apply(isa, &s, 40, &x, &g_dy, None, &g, &mean, &invstd, &s2, &q2, &mut d2).unwrap();
         assert_eq!(bits(&d1), bits(&d2), "{kind:?} dx");
         let mut ungated = vec![0.0; s.len()];

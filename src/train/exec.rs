@@ -1456,11 +1456,13 @@ fn backward_op<'a>(
             let ch = Channels::new(nc * shape.h as usize * shape.w as usize, c);
             let b = ctx.bn_ord[i].expect("batch norms have an ordinal");
             let saved = &bn[b];
-            // Run with its ReLU: the ReLU's output gradient, gated by its output.
+            // Run with its ReLU: the ReLU's output gradient, gated by the batch norm's output
+            // recomputed from x (the same bits as the ReLU's output > 0).
             let (dy, gate) = match ctx.fused_relu(i) {
                 Some(r) => {
                     let out = prog.ops()[r].output;
-                    (&*after[out.index() - op.output.index()], Some(act_of(out)))
+                    let relu = norm::ReluAfter { gamma: p.scale, beta: p.offset };
+                    (&*after[out.index() - op.output.index()], Some(relu))
                 }
                 None => (dy, None),
             };

@@ -1,7 +1,8 @@
 //! AVX2 batch-norm kernels, bit-identical to the portable ones (the same operations in the same
 //! order, no fused multiply-add).
 
-use super::scalar::{gate_row, gated, Block, BwdSums, Stored, BLOCK};
+use super::scalar::{gate, Block, BwdSums, Stored, BLOCK};
+use super::ReluAfter;
 use crate::act::Act;
 use crate::elem::Elem;
 use crate::shape::Channels;
@@ -69,20 +70,23 @@ unsafe fn st(p: &mut [f32], i: usize, v: __m256) {
     unsafe { _mm256_storeu_ps(p.as_mut_ptr().add(i), v) }
 }
 
-/// `dy·[gate > 0]` for 8 channels (`dy` itself without a gate), as [`gated`]: the compare is
-/// false for NaN, so a NaN gate gives 0.
+/// [`gate`] for 8 channels from `i`: the BN output recomputed as [`apply`] computes it
+/// (subtract, multiply by `γ·invstd`, add `β`), compared `> 0` (false for NaN), masking `dy`.
 ///
 /// # Safety
-/// As [`ld`], for `dy` and (if not empty) `gate`.
+/// As [`ld`], for `dy`, `x`, `mean`, `invstd` and the ReLU's `gamma`, `beta`.
 #[inline(always)]
-unsafe fn gated8(dy: &[f32], gate: &[f32], i: usize) -> __m256 {
+unsafe fn gate8(relu: Option<&ReluAfter<'_>>, dy: &[f32], x: &[f32], mean: &[f32], invstd: &[f32], i: usize) -> __m256 {
     // SAFETY: as the caller's.
     unsafe {
         let d = ld(dy, i);
-        if gate.is_empty() {
-            d
-        } else {
-            _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(ld(gate, i), _mm256_setzero_ps()), d)
+        match relu {
+            None => d,
+            Some(r) => {
+                let k = _mm256_mul_ps(ld(r.gamma, i), ld(invstd, i));
+                let v = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(ld(x, i), ld(mean, i)), k), ld(r.beta, i));
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, _mm256_setzero_ps()), d)
+            }
         }
     }
 }
@@ -163,7 +167,7 @@ pub(super) unsafe fn apply(
 /// [`super::scalar::bwd_sums`] 8 channels per instruction, bit-identical (row-order sums).
 ///
 /// # Safety
-/// `x`, `dy` and `gate` (if any) hold whole rows of `c` channels, the other slices `c` each;
+/// `x` and `dy` hold whole rows of `c` channels, the other slices (and the ReLU's) `c` each;
 /// the CPU supports AVX2.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
@@ -171,7 +175,7 @@ pub(super) unsafe fn bwd_sums(
     c: usize,
     x: &[f32],
     dy: &[f32],
-    gate: Option<&[f32]>,
+    relu: Option<&ReluAfter<'_>>,
     mean: &[f32],
     invstd: &[f32],
     sum_dy: &mut [f32],
@@ -180,19 +184,18 @@ pub(super) unsafe fn bwd_sums(
     let full = c / 8 * 8;
     sum_dy.fill(0.0);
     sum_dy_xhat.fill(0.0);
-    for (r, (xr, dyr)) in x.chunks_exact(c).zip(dy.chunks_exact(c)).enumerate() {
-        let gr = gate_row(gate, c, r);
+    for (xr, dyr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
         for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 ≤ full ≤ c, the length of every slice indexed (`gr` is c or empty).
+            // SAFETY: i + 8 ≤ full ≤ c, the length of every slice indexed.
             unsafe {
-                let g = gated8(dyr, gr, i);
+                let g = gate8(relu, dyr, xr, mean, invstd, i);
                 let xhat = _mm256_mul_ps(_mm256_sub_ps(ld(xr, i), ld(mean, i)), ld(invstd, i));
                 st(sum_dy, i, _mm256_add_ps(ld(sum_dy, i), g));
                 st(sum_dy_xhat, i, _mm256_add_ps(ld(sum_dy_xhat, i), _mm256_mul_ps(g, xhat)));
             }
         }
         for ch in full..c {
-            let g = if gr.is_empty() { dyr[ch] } else { gated(dyr[ch], gr[ch]) };
+            let g = gate(relu, dyr[ch], xr[ch], mean[ch], invstd[ch], ch);
             let xhat = (xr[ch] - mean[ch]) * invstd[ch];
             sum_dy[ch] += g;
             sum_dy_xhat[ch] += g * xhat;
@@ -203,19 +206,18 @@ pub(super) unsafe fn bwd_sums(
 /// [`super::scalar::bwd_apply`] 8 channels per instruction, bit-identical.
 ///
 /// # Safety
-/// `x`, `dy`, `dx` and `gate` (if any) hold whole rows of `c` channels, the slices of `b` `c`
+/// `x`, `dy` and `dx` hold whole rows of `c` channels, the slices of `b` (and the ReLU's) `c`
 /// each; the CPU supports AVX2.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn bwd_apply(c: usize, b: &BwdSums<'_>, x: &[f32], dy: &[f32], gate: Option<&[f32]>, dx: &mut [f32]) {
+pub(super) unsafe fn bwd_apply(c: usize, b: &BwdSums<'_>, x: &[f32], dy: &[f32], relu: Option<&ReluAfter<'_>>, dx: &mut [f32]) {
     let inv_n = 1.0 / b.count as f32;
     let inv = _mm256_set1_ps(inv_n);
     let full = c / 8 * 8;
-    for (r, ((dxr, xr), dyr)) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)).enumerate() {
-        let gr = gate_row(gate, c, r);
+    for ((dxr, xr), dyr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
         for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 ≤ full ≤ c, the length of every slice indexed (`gr` is c or empty).
+            // SAFETY: i + 8 ≤ full ≤ c, the length of every slice indexed.
             unsafe {
-                let g = gated8(dyr, gr, i);
+                let g = gate8(relu, dyr, xr, b.mean, b.invstd, i);
                 let xhat = _mm256_mul_ps(_mm256_sub_ps(ld(xr, i), ld(b.mean, i)), ld(b.invstd, i));
                 let centred = _mm256_sub_ps(
                     _mm256_sub_ps(g, _mm256_mul_ps(ld(b.sum_dy, i), inv)),
@@ -225,7 +227,7 @@ pub(super) unsafe fn bwd_apply(c: usize, b: &BwdSums<'_>, x: &[f32], dy: &[f32],
             }
         }
         for ch in full..c {
-            let g = if gr.is_empty() { dyr[ch] } else { gated(dyr[ch], gr[ch]) };
+            let g = gate(relu, dyr[ch], xr[ch], b.mean[ch], b.invstd[ch], ch);
             let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
             let centred = g - b.sum_dy[ch] * inv_n - xhat * (b.sum_dy_xhat[ch] * inv_n);
             dxr[ch] = b.gamma[ch] * b.invstd[ch] * centred;

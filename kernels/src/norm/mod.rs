@@ -185,18 +185,31 @@ pub fn bn_train_fwd(
     bn_train_apply(isa, s, x, gamma, beta, save_mean, save_invstd, Act::None, y)
 }
 
+/// The ReLU right after a training batch norm, for a backward that runs through both
+/// ([`bn_bwd_partial_sums`], [`bn_bwd_apply`]): `dy` is then the ReLU's output gradient, gated
+/// by `[γ·(x − μ)·invstd + β > 0]` — the batch norm's output recomputed from `x` with exactly
+/// the operations of [`bn_train_apply`], so, given the `γ`, `β`, `μ`, `invstd` the forward
+/// used, the same gate as the ReLU's output `> 0` without reading that output. Bit-identical
+/// to running [`crate::act::relu_bwd`] first.
+#[derive(Clone, Copy, Debug)]
+pub struct ReluAfter<'a> {
+    /// The batch norm's scale `γ` (per channel).
+    pub gamma: &'a [f32],
+    /// Its offset `β` (per channel).
+    pub beta: &'a [f32],
+}
+
 /// Per-channel backward sums of one chunk of rows: `sum_dy[c] = Σ_r g[r][c]`,
-/// `sum_dy_xhat[c] = Σ_r g[r][c]·x̂[r][c]` with `x̂ = (x − μ)·invstd` and `g = dy`, or, given
-/// `relu_out` (the output of a ReLU right after this BN, `dy` then being the ReLU's output
-/// gradient), `g = dy·[relu_out > 0]` — the ReLU backward in the same pass, bit-identical to
-/// running it first. Over the whole batch these are `dβ` and `dγ`. Outputs overwritten.
+/// `sum_dy_xhat[c] = Σ_r g[r][c]·x̂[r][c]` with `x̂ = (x − μ)·invstd` and `g = dy`, or `dy`
+/// gated by a ReLU after the batch norm ([`ReluAfter`]). Over the whole batch these are `dβ`
+/// and `dγ`. Outputs overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_bwd_partial_sums(
     isa: Isa,
     s: &Channels,
     x: &[f32],
     dy: &[f32],
-    relu_out: Option<&[f32]>,
+    relu: Option<ReluAfter<'_>>,
     mean: &[f32],
     invstd: &[f32],
     sum_dy: &mut [f32],
@@ -209,14 +222,16 @@ pub fn bn_bwd_partial_sums(
     check_len("invstd", invstd.len(), s.c)?;
     check_len("sum_dy", sum_dy.len(), s.c)?;
     check_len("sum_dy_xhat", sum_dy_xhat.len(), s.c)?;
-    if let Some(g) = relu_out {
-        check_len("relu_out", g.len(), s.len())?;
+    if let Some(r) = relu {
+        check_len("relu.gamma", r.gamma.len(), s.c)?;
+        check_len("relu.beta", r.beta.len(), s.c)?;
     }
+    let relu = relu.as_ref();
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `bn_partial_moments`.
-        IsaKind::Avx2 => unsafe { avx2::bwd_sums(s.c, x, dy, relu_out, mean, invstd, sum_dy, sum_dy_xhat) },
-        _ => scalar::bwd_sums(s.c, x, dy, relu_out, mean, invstd, sum_dy, sum_dy_xhat),
+        IsaKind::Avx2 => unsafe { avx2::bwd_sums(s.c, x, dy, relu, mean, invstd, sum_dy, sum_dy_xhat) },
+        _ => scalar::bwd_sums(s.c, x, dy, relu, mean, invstd, sum_dy, sum_dy_xhat),
     }
     Ok(())
 }
@@ -224,7 +239,7 @@ pub fn bn_bwd_partial_sums(
 /// Input gradient from whole-batch sums:
 /// `dx = γ·invstd·(g − sum_dy/count − x̂·sum_dy_xhat/count)`, `x̂ = (x − μ)·invstd`, over a chunk
 /// `x[rows][c]`, where `count` is the WHOLE batch's row count (not the chunk's) and `g` is `dy`
-/// gated by `relu_out` as in [`bn_bwd_partial_sums`]. `dx` overwritten.
+/// gated by `relu` as in [`bn_bwd_partial_sums`]. `dx` overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_bwd_apply(
     isa: Isa,
@@ -232,7 +247,7 @@ pub fn bn_bwd_apply(
     count: usize,
     x: &[f32],
     dy: &[f32],
-    relu_out: Option<&[f32]>,
+    relu: Option<ReluAfter<'_>>,
     gamma: &[f32],
     mean: &[f32],
     invstd: &[f32],
@@ -250,15 +265,17 @@ pub fn bn_bwd_apply(
     check_len("sum_dy", sum_dy.len(), s.c)?;
     check_len("sum_dy_xhat", sum_dy_xhat.len(), s.c)?;
     check_len("dx", dx.len(), s.len())?;
-    if let Some(g) = relu_out {
-        check_len("relu_out", g.len(), s.len())?;
+    if let Some(r) = relu {
+        check_len("relu.gamma", r.gamma.len(), s.c)?;
+        check_len("relu.beta", r.beta.len(), s.c)?;
     }
     let sums = scalar::BwdSums { count, gamma, mean, invstd, sum_dy, sum_dy_xhat };
+    let relu = relu.as_ref();
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `bn_partial_moments`.
-        IsaKind::Avx2 => unsafe { avx2::bwd_apply(s.c, &sums, x, dy, relu_out, dx) },
-        _ => scalar::bwd_apply(s.c, &sums, x, dy, relu_out, dx),
+        IsaKind::Avx2 => unsafe { avx2::bwd_apply(s.c, &sums, x, dy, relu, dx) },
+        _ => scalar::bwd_apply(s.c, &sums, x, dy, relu, dx),
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Portable batch-norm paths (the specification). Lengths are checked by the callers; every
 //! loop walks rows of `c` channels in memory order.
 
-use super::BnParams;
+use super::{BnParams, ReluAfter};
 use crate::act::Act;
 use crate::elem::Elem;
 use crate::shape::Channels;
@@ -93,19 +93,23 @@ pub(super) fn gated(dy: f32, y: f32) -> f32 {
     }
 }
 
-/// Row `r` of `gate`, or an empty row when there is no gate.
+/// `dy` gated by the ReLU after the BN, if any (see [`super::ReluAfter`]): the BN output
+/// `(x − μ)·(γ·invstd) + β` recomputed with the operations of [`apply`], then [`gated`].
 #[inline(always)]
-pub(super) fn gate_row(gate: Option<&[f32]>, c: usize, r: usize) -> &[f32] {
-    gate.map_or(&[][..], |g| &g[r * c..(r + 1) * c])
+pub(super) fn gate(relu: Option<&ReluAfter<'_>>, dy: f32, x: f32, mean: f32, invstd: f32, ch: usize) -> f32 {
+    match relu {
+        None => dy,
+        Some(r) => gated(dy, (x - mean) * (r.gamma[ch] * invstd) + r.beta[ch]),
+    }
 }
 
-/// `gate`: the output of a ReLU after the BN (`dy` is then taken as `dy·[gate > 0]`).
+/// `relu`: a ReLU after the BN, whose gate applies to `dy` ([`gate`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn bwd_sums(
     c: usize,
     x: &[f32],
     dy: &[f32],
-    gate: Option<&[f32]>,
+    relu: Option<&ReluAfter<'_>>,
     mean: &[f32],
     invstd: &[f32],
     sum_dy: &mut [f32],
@@ -113,10 +117,9 @@ pub(super) fn bwd_sums(
 ) {
     sum_dy.fill(0.0);
     sum_dy_xhat.fill(0.0);
-    for (r, (xr, dyr)) in x.chunks_exact(c).zip(dy.chunks_exact(c)).enumerate() {
-        let gr = gate_row(gate, c, r);
+    for (xr, dyr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
         for ch in 0..c {
-            let g = if gr.is_empty() { dyr[ch] } else { gated(dyr[ch], gr[ch]) };
+            let g = gate(relu, dyr[ch], xr[ch], mean[ch], invstd[ch], ch);
             let xhat = (xr[ch] - mean[ch]) * invstd[ch];
             sum_dy[ch] += g;
             sum_dy_xhat[ch] += g * xhat;
@@ -134,13 +137,12 @@ pub(super) struct BwdSums<'a> {
     pub sum_dy_xhat: &'a [f32],
 }
 
-/// `gate` as in [`bwd_sums`].
-pub(super) fn bwd_apply(c: usize, b: &BwdSums<'_>, x: &[f32], dy: &[f32], gate: Option<&[f32]>, dx: &mut [f32]) {
+/// `relu` as in [`bwd_sums`].
+pub(super) fn bwd_apply(c: usize, b: &BwdSums<'_>, x: &[f32], dy: &[f32], relu: Option<&ReluAfter<'_>>, dx: &mut [f32]) {
     let inv_n = 1.0 / b.count as f32;
-    for (r, ((dxr, xr), dyr)) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)).enumerate() {
-        let gr = gate_row(gate, c, r);
+    for ((dxr, xr), dyr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
         for ch in 0..c {
-            let g = if gr.is_empty() { dyr[ch] } else { gated(dyr[ch], gr[ch]) };
+            let g = gate(relu, dyr[ch], xr[ch], b.mean[ch], b.invstd[ch], ch);
             let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
             let centred = g - b.sum_dy[ch] * inv_n - xhat * (b.sum_dy_xhat[ch] * inv_n);
             dxr[ch] = b.gamma[ch] * b.invstd[ch] * centred;
