@@ -55,6 +55,7 @@ const SHAPES: &[Conv2d] = &[
     conv(2, 10, 8, 3, 4, 3, 3, 3, 1),  // stride 3
     conv(1, 9, 9, 3, 32, 3, 3, 2, 1),  // a stem with 32 output channels (MobileNetV1 1.0 conv1)
     conv(2, 6, 5, 4, 31, 3, 3, 1, 1),  // 31 output channels: GEMM edge tiles of 15 columns
+    conv(2, 3, 3, 100, 20, 1, 1, 1, 0), // pointwise over 18 pixels, 100 inputs: dW in row blocks
 ];
 
 /// Output dims computed independently of the crate.

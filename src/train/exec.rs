@@ -919,7 +919,7 @@ impl Executor {
     /// whole batch; several seeds on one tensor add up) through the last train-mode forward,
     /// down to every trainable parameter (and to the input if [`Executor::set_input_grad`]).
     /// `params` must be the store the forward ran with (its running statistics may have been
-    /// updated since; only weights and γ are read; the few-row pointwise convs' input
+    /// updated since; only weights, γ and β are read; the few-row pointwise convs' input
     /// gradients use the weights that forward packed, [`TRAIN_PANEL_MAX_PIXELS`]).
     pub fn backward(&mut self, params: &ParamStore, seeds: &[(TensorId, &[f32])]) -> Result<(), ExecError> {
         let n = match self.last {

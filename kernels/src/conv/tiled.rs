@@ -19,6 +19,11 @@ use crate::linear::panels::{self, PanelProduct};
 use crate::linear::stream::{self, Product};
 use crate::shape::{Conv2d, IM2COL_ROWS};
 
+/// A pointwise weight gradient over at most this many pixels runs in row blocks of dW.
+const SHALLOW_DW_ROWS: usize = 64;
+/// Rows of dW (input channels) per block of a shallow pointwise weight gradient.
+const DW_ROW_BLOCK: usize = 48;
+
 /// The output rows of the conv, split into tiles: yields `(row0, rows)`.
 fn tiles(s: &Conv2d) -> impl Iterator<Item = (usize, usize)> {
     let total = s.n * s.out_h() * s.out_w();
@@ -206,7 +211,18 @@ pub(super) fn bwd_weight(
 ) -> Result<()> {
     let (k, c_out) = (s.k(), s.c_out);
     if s.is_pointwise() {
-        return gemm(isa, &GemmShape::tn(k, c_out, s.n * s.h * s.w), 1.0, x, dy, 0.0, dw);
+        let rows = s.n * s.h * s.w;
+        if rows <= SHALLOW_DW_ROWS {
+            // A shallow product (few pixels: a late layer's map × a thread's samples) writes a
+            // large dW once per element; row blocks of dW keep those writes on few pages.
+            for i0 in (0..k).step_by(DW_ROW_BLOCK) {
+                let mb = DW_ROW_BLOCK.min(k - i0);
+                let shape = GemmShape { m: mb, ..GemmShape::tn(k, c_out, rows) };
+                gemm(isa, &shape, 1.0, &x[i0..], dy, 0.0, &mut dw[i0 * c_out..(i0 + mb) * c_out])?;
+            }
+            return Ok(());
+        }
+        return gemm(isa, &GemmShape::tn(k, c_out, rows), 1.0, x, dy, 0.0, dw);
     }
     for (row0, rows) in tiles(s) {
         let col = &mut scratch[..rows * k];
