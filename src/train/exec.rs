@@ -36,8 +36,9 @@
 //! order down to the parameters. Ops whose output receives no gradient are skipped (their
 //! parameter gradients are zero). The input's gradient is computed only when asked for
 //! ([`Executor::set_input_grad`]). ReLU and residual add+ReLU backward use their outputs; batch
-//! norm uses the mean and `1/σ` saved by the forward; max pool recomputes its argmax from the
-//! saved input and output.
+//! norm uses the mean and `1/σ` saved by the forward (run with its ReLU,
+//! [`Executor::fuse_bn_relu`], it gates by its output recomputed from its input, the same
+//! bits); max pool recomputes its argmax from the saved input and output.
 
 use std::ops::Range;
 use std::string::{String, ToString};

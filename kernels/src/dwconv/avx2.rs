@@ -71,6 +71,46 @@ pub(super) unsafe fn bwd_input_s1(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &mut
     unsafe { taps_fwd::<f32, true>(s, dy, w, None, Act::None, dx) }
 }
 
+/// `dx` of a strided depthwise conv as a gather (see [`super::dwconv3x3_bwd_input`]): input
+/// pixel `(iy, ix)` gets `Σ dy[oy][ox]·w[ky][kx]` over the taps with `oy·st + ky − 1 = iy`,
+/// `ox·st + kx − 1 = ix` in bounds (at stride 2: 1, 2 or 4 of them), found once per pixel and
+/// swept over the channels as the forward's border pixels are ([`pixel`]), in `(ky, kx)` order.
+///
+/// # Safety
+/// Lengths as checked by [`super::dwconv3x3_bwd_input`]; the CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn bwd_input_gather(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let (c, st, h, wd) = (s.c, s.stride, s.h, s.w);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    // The output index o with o·st + k − 1 = i, if any.
+    let src = |i: usize, k: usize, len: usize| -> Option<usize> {
+        let p = (i + 1).checked_sub(k)?;
+        (p % st == 0 && p / st < len).then_some(p / st)
+    };
+    let mut list = [Tap { x: dy.as_ptr(), w: w.as_ptr() }; 9];
+    for n in 0..s.n {
+        for iy in 0..h {
+            for ix in 0..wd {
+                let mut nt = 0;
+                for ky in 0..3 {
+                    let Some(oy) = src(iy, ky, oh) else { continue };
+                    for kx in 0..3 {
+                        let Some(ox) = src(ix, kx, ow) else { continue };
+                        // Output pixel (n, oy, ox) < n·oh·ow and tap row ky·3 + kx < 9: both
+                        // offsets stay inside the slices.
+                        list[nt] = Tap { x: dy[((n * oh + oy) * ow + ox) * c..].as_ptr(), w: w[(ky * 3 + kx) * c..].as_ptr() };
+                        nt += 1;
+                    }
+                }
+                let out = dx[((n * h + iy) * wd + ix) * c..].as_mut_ptr();
+                // SAFETY: every tap's dy pixel and weight row hold `c` values, as does the dx
+                // pixel; CPU features vouched for by the caller.
+                unsafe { pixel(c, 0, &list[..nt], None, false, out) };
+            }
+        }
+    }
+}
+
 /// The forward loop; `FLIP` reads weight row `8 − tap` for tap `tap = 3·ky + kx`.
 ///
 /// # Safety

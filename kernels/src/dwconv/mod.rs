@@ -102,6 +102,9 @@ pub fn dwconv3x3_bwd_input(isa: Isa, s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &
         // SAFETY: stride 1 and lengths checked above; an `Isa` of kind Avx2 exists only when
         // the CPU has AVX2+FMA+F16C (isa.rs).
         IsaKind::Avx2 if s.stride == 1 => unsafe { avx2::bwd_input_s1(s, dy, w, dx) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above (any stride).
+        IsaKind::Avx2 => unsafe { avx2::bwd_input_gather(s, dy, w, dx) },
         _ => scalar::bwd_input(s, dy, w, dx),
     }
     Ok(())
