@@ -17,6 +17,10 @@ pub fn maxpool3x3s2_fwd(isa: Isa, s: &Pool, x: &[f32], y: &mut [f32]) -> Result<
         // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
         // AVX2 (isa.rs).
         IsaKind::Avx2 => unsafe { avx2::maxpool_fwd(s, x, y) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: lengths checked above; an `Isa` of kind Neon exists only on aarch64 CPUs with
+        // NEON (isa.rs).
+        IsaKind::Neon => unsafe { neon::maxpool_fwd(s, x, y) },
         _ => scalar::maxpool_fwd(s, x, y),
     }
     Ok(())
@@ -109,6 +113,64 @@ mod avx2 {
                                 m = _mm256_max_ps(_mm256_loadu_ps(img.as_ptr().add(t + i)), m);
                             }
                             _mm256_storeu_ps(out.as_mut_ptr().add(i), m);
+                        }
+                    }
+                    for (i, o) in out.iter_mut().enumerate().skip(full) {
+                        *o = img[taps[0] + i];
+                        for &t in &taps[1..] {
+                            if img[t + i] > *o {
+                                *o = img[t + i];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// NEON max pool forward: the twin of [`avx2`], 4 channels per instruction.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::window;
+    use crate::shape::Pool;
+    use core::arch::aarch64::*;
+
+    /// [`super::scalar::maxpool_fwd`] 4 channels per instruction: the window's taps in the same
+    /// order, each kept as `v > m ? v : m` (a compare and select: `vmaxq` would let a NaN tap
+    /// win), so the result is bit-identical; the maximum is held in a register, stored once.
+    ///
+    /// # Safety
+    /// `x` holds `s.x_len()` values and `y` `s.max_y_len()`; the CPU supports NEON.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn maxpool_fwd(s: &Pool, x: &[f32], y: &mut [f32]) {
+        let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);
+        let full = c / 4 * 4;
+        for n in 0..s.n {
+            let img = &x[n * s.h * s.w * c..(n + 1) * s.h * s.w * c];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let out = &mut y[((n * oh + oy) * ow + ox) * c..][..c];
+                    // The window's pixels (offsets into `img`), in row-major order.
+                    let mut taps = [0usize; 9];
+                    let mut nt = 0;
+                    for iy in window(oy, s.h) {
+                        for ix in window(ox, s.w) {
+                            taps[nt] = (iy * s.w + ix) * c;
+                            nt += 1;
+                        }
+                    }
+                    let taps = &taps[..nt];
+                    for i in (0..full).step_by(4) {
+                        // SAFETY: every tap is a whole pixel of `c` channels inside `img` and
+                        // i + 4 ≤ c, so each load and the store stay inside their slices.
+                        unsafe {
+                            let mut m = vld1q_f32(img.as_ptr().add(taps[0] + i));
+                            for &t in &taps[1..] {
+                                let v = vld1q_f32(img.as_ptr().add(t + i));
+                                m = vbslq_f32(vcgtq_f32(v, m), v, m);
+                            }
+                            vst1q_f32(out.as_mut_ptr().add(i), m);
                         }
                     }
                     for (i, o) in out.iter_mut().enumerate().skip(full) {

@@ -168,10 +168,10 @@ fn wrong_lengths_are_errors_and_write_nothing() {
 
 #[test]
 fn maxpool_simd_paths_equal_scalar_bit_for_bit() {
-    // Channel counts below, at and above the 8-lane vector; odd and even maps (clipped
+    // Channel counts below, at and above the 8-lane (AVX2) and 4-lane (NEON) vectors; odd and even maps (clipped
     // windows at every edge); ties, ±0 and NaN (a NaN tap never wins; a NaN first tap stays).
     let mut rng = Rng::new(31);
-    for c in [1, 7, 8, 9, 17, 64] {
+    for c in [1, 4, 5, 7, 8, 9, 17, 64] {
         for (h, w) in [(1, 1), (2, 3), (5, 4), (7, 7), (16, 16)] {
             let s = Pool::new(2, h, w, c);
             let mut x: Vec<f32> = rng.vec(s.x_len()).iter().map(|v| (v * 8.0).round() - 4.0).collect();

@@ -9,7 +9,8 @@
 //! gradient 8 channels per FMA, with the 9 tap sums in registers per image on stride-1 maps
 //! of at least 64 pixels) and
 //! `neon` (channel-vectorised forward, 8 channels per block, f16 weights widened once per
-//! block), and `m4` (the scalar forward on a Cortex-M4F: 8 channel
+//! block; the input gradient as a gather over each input pixel's taps; the weight gradient
+//! with a channel block's 9 tap sums in registers for the whole sweep), and `m4` (the scalar forward on a Cortex-M4F: 8 channel
 //! accumulators in registers per output pixel, bit-identical to `scalar`). Each public function checks its arguments and
 //! dispatches once on [`Isa::kind`].
 
@@ -105,6 +106,10 @@ pub fn dwconv3x3_bwd_input(isa: Isa, s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above (any stride).
         IsaKind::Avx2 => unsafe { avx2::bwd_input_gather(s, dy, w, dx) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: lengths checked above; an `Isa` of kind Neon exists only on aarch64 CPUs with
+        // NEON (isa.rs).
+        IsaKind::Neon => unsafe { neon::bwd_input(s, dy, w, dx) },
         _ => scalar::bwd_input(s, dy, w, dx),
     }
     Ok(())
@@ -125,6 +130,10 @@ pub fn dwconv3x3_bwd_weight(isa: Isa, s: &DwConv3x3, x: &[f32], dy: &[f32], dw: 
         // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
         // AVX2+FMA+F16C (isa.rs).
         IsaKind::Avx2 => unsafe { avx2::bwd_weight(s, x, dy, dw) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: lengths checked above; an `Isa` of kind Neon exists only on aarch64 CPUs with
+        // NEON (isa.rs).
+        IsaKind::Neon => unsafe { neon::bwd_weight(s, x, dy, dw) },
         _ => scalar::bwd_weight(s, x, dy, dw),
     }
     Ok(())

@@ -134,3 +134,160 @@ unsafe fn block(s: &DwConv3x3, x: *const f32, tile: &WTile, act: Act, y: *mut f3
         }
     }
 }
+
+/// `dx` of the depthwise conv as a gather over each input pixel's taps, any stride (see
+/// [`super::dwconv3x3_bwd_input`]): input pixel `(iy, ix)` gets `Σ dy[oy][ox]·w[ky][kx]` over
+/// the taps with `oy·st + ky − 1 = iy`, `ox·st + kx − 1 = ix` in bounds (at most 9 at stride 1,
+/// 4 at stride 2), found once per pixel and swept over the channels 8, then 4, then 1 at a time,
+/// fused multiply-adds in `(ky, kx)` order from zero.
+///
+/// # Safety
+/// Lengths as checked by [`super::dwconv3x3_bwd_input`]; the CPU supports NEON.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn bwd_input(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let (c, st, h, wd) = (s.c, s.stride, s.h, s.w);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    // The output index o with o·st + k − 1 = i, if any.
+    let src = |i: usize, k: usize, len: usize| -> Option<usize> {
+        let p = (i + 1).checked_sub(k)?;
+        (p % st == 0 && p / st < len).then_some(p / st)
+    };
+    // (dy pixel, weight row) per tap, as offsets of channel 0.
+    let mut list = [(0usize, 0usize); 9];
+    for n in 0..s.n {
+        for iy in 0..h {
+            for ix in 0..wd {
+                let mut nt = 0;
+                for ky in 0..3 {
+                    let Some(oy) = src(iy, ky, oh) else { continue };
+                    for kx in 0..3 {
+                        let Some(ox) = src(ix, kx, ow) else { continue };
+                        list[nt] = (((n * oh + oy) * ow + ox) * c, (ky * 3 + kx) * c);
+                        nt += 1;
+                    }
+                }
+                let out = ((n * h + iy) * wd + ix) * c;
+                let taps = &list[..nt];
+                let mut c0 = 0;
+                // SAFETY (both vector loops): output pixel (n, oy, ox) < n·oh·ow, tap row < 9 and
+                // input pixel (n, iy, ix) < n·h·w, so every offset + c0 + lanes ≤ the slice's
+                // length; NEON vouched for by the caller.
+                while c0 + 8 <= c {
+                    unsafe {
+                        let mut a = [vdupq_n_f32(0.0); 2];
+                        for &(o, t) in taps {
+                            let (g, k) = (dy.as_ptr().add(o + c0), w.as_ptr().add(t + c0));
+                            a[0] = vfmaq_f32(a[0], vld1q_f32(g), vld1q_f32(k));
+                            a[1] = vfmaq_f32(a[1], vld1q_f32(g.add(4)), vld1q_f32(k.add(4)));
+                        }
+                        let d = dx.as_mut_ptr().add(out + c0);
+                        vst1q_f32(d, a[0]);
+                        vst1q_f32(d.add(4), a[1]);
+                    }
+                    c0 += 8;
+                }
+                while c0 + 4 <= c {
+                    unsafe {
+                        let mut a = vdupq_n_f32(0.0);
+                        for &(o, t) in taps {
+                            a = vfmaq_f32(a, vld1q_f32(dy.as_ptr().add(o + c0)), vld1q_f32(w.as_ptr().add(t + c0)));
+                        }
+                        vst1q_f32(dx.as_mut_ptr().add(out + c0), a);
+                    }
+                    c0 += 4;
+                }
+                for ch in c0..c {
+                    dx[out + ch] = taps.iter().fold(0.0, |a, &(o, t)| libm::fmaf(dy[o + ch], w[t + ch], a));
+                }
+            }
+        }
+    }
+}
+
+/// `dw[tap][c] = Σ x·dy` over every output pixel's in-bounds taps (see
+/// [`super::dwconv3x3_bwd_weight`]): image by image (its maps stay in cache across the channel
+/// blocks, as on AVX2), per block of `4·Q` channels the 9 tap sums live in registers (`9·Q`
+/// q registers of NEON's 32) over the image's output pixels (pixel order, fused
+/// multiply-adds) and are added to `dw` once per image. Channels past the last block of 4 run
+/// the scalar loop.
+///
+/// # Safety
+/// Lengths as checked by [`super::dwconv3x3_bwd_weight`]; the CPU supports NEON.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn bwd_weight(s: &DwConv3x3, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let c = s.c;
+    let vec_end = c / 4 * 4;
+    for n in 0..s.n {
+        let mut c0 = 0;
+        while c0 + 8 <= c {
+            // SAFETY: c0 + 8 ≤ c, n < s.n; lengths and NEON vouched for by the caller.
+            unsafe { weight_block::<2>(s, x, dy, dw, c0, n) };
+            c0 += 8;
+        }
+        if c0 < vec_end {
+            // SAFETY: as above, c0 + 4 ≤ c.
+            unsafe { weight_block::<1>(s, x, dy, dw, c0, n) };
+        }
+    }
+    let c0 = vec_end;
+    if c0 < c {
+        for t in 0..9 {
+            dw[t * c + c0..(t + 1) * c].fill(0.0);
+        }
+        scalar::for_each_tap(s, |out, inp, tap| {
+            for ch in c0..c {
+                dw[tap * c + ch] += x[inp * c + ch] * dy[out * c + ch];
+            }
+        });
+    }
+}
+
+/// Channels `c0..c0 + 4·Q` of image `n` in [`bwd_weight`]: stored into `dw` for image 0,
+/// added for the others.
+///
+/// # Safety
+/// `c0 + 4·Q ≤ s.c`, `n < s.n`, lengths as checked by [`super::dwconv3x3_bwd_weight`]; the CPU
+/// supports NEON.
+#[inline(always)]
+unsafe fn weight_block<const Q: usize>(s: &DwConv3x3, x: &[f32], dy: &[f32], dw: &mut [f32], c0: usize, n: usize) {
+    let (c, st, h, wd) = (s.c, s.stride, s.h, s.w);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let (xp, gp) = (x.as_ptr(), dy.as_ptr());
+    // SAFETY (all loads): the input pixel of an in-bounds tap is < n·h·w and the output pixel
+    // < n·oh·ow; channel c0 + 4·Q ≤ c. NEON vouched for by the caller.
+    unsafe {
+        let mut acc = [[vdupq_n_f32(0.0); Q]; 9];
+        // Output columns whose three taps are all in bounds (as in `block`).
+        let ox_in_hi = if wd >= 2 { ((wd - 2) / st + 1).min(ow) } else { 0 };
+        for oy in 0..oh {
+            let iyp = oy * st;
+            let (ky_lo, ky_hi) = taps(iyp, h);
+            for ox in 0..ow {
+                let ixp = ox * st;
+                let (kx_lo, kx_hi) = taps(ixp, wd);
+                let g: [float32x4_t; Q] =
+                    core::array::from_fn(|q| vld1q_f32(gp.add(((n * oh + oy) * ow + ox) * c + c0 + 4 * q)));
+                let interior = ky_lo == 0 && ky_hi == 3 && ox >= 1 && ox < ox_in_hi;
+                // Constant trip counts, so the tap index is a constant after unrolling and
+                // the sums stay in registers; border pixels skip their clipped taps.
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        if interior || (ky >= ky_lo && ky < ky_hi && kx >= kx_lo && kx < kx_hi) {
+                            let p = xp.add(((n * h + iyp + ky - 1) * wd + ixp + kx - 1) * c + c0);
+                            for q in 0..Q {
+                                acc[ky * 3 + kx][q] = vfmaq_f32(acc[ky * 3 + kx][q], vld1q_f32(p.add(4 * q)), g[q]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            for (q, &v) in a.iter().enumerate() {
+                // SAFETY: row t < 9 of `dw`, channels c0 + 4q .. + 4 ≤ c.
+                let d = dw.as_mut_ptr().add(t * c + c0 + 4 * q);
+                vst1q_f32(d, if n == 0 { v } else { vaddq_f32(vld1q_f32(d), v) });
+            }
+        }
+    }
+}

@@ -61,6 +61,9 @@ pub fn bn_partial_moments(isa: Isa, s: &Channels, x: &[f32], mean: &mut [f32], m
         // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
         // AVX2 (isa.rs).
         IsaKind::Avx2 => unsafe { avx2::moments(s, x, mean, m2) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as for Avx2; an `Isa` of kind Neon exists only on aarch64 CPUs with NEON.
+        IsaKind::Neon => unsafe { neon::moments(s, x, mean, m2) },
         _ => scalar::moments(s, x, mean, m2),
     }
     Ok(())
@@ -147,6 +150,9 @@ pub fn bn_train_apply(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `bn_partial_moments`.
         IsaKind::Avx2 => unsafe { avx2::apply(s.c, x, gamma, beta, mean, invstd, act, y) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as for Avx2; an `Isa` of kind Neon exists only on aarch64 CPUs with NEON.
+        IsaKind::Neon => unsafe { neon::apply(s.c, x, gamma, beta, mean, invstd, act, y) },
         _ => scalar::apply(s.c, x, gamma, beta, mean, invstd, act, y),
     }
     Ok(())
@@ -231,6 +237,9 @@ pub fn bn_bwd_partial_sums(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `bn_partial_moments`.
         IsaKind::Avx2 => unsafe { avx2::bwd_sums(s.c, x, dy, relu, mean, invstd, sum_dy, sum_dy_xhat) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as for Avx2; an `Isa` of kind Neon exists only on aarch64 CPUs with NEON.
+        IsaKind::Neon => unsafe { neon::bwd_sums(s.c, x, dy, relu, mean, invstd, sum_dy, sum_dy_xhat) },
         _ => scalar::bwd_sums(s.c, x, dy, relu, mean, invstd, sum_dy, sum_dy_xhat),
     }
     Ok(())
@@ -275,6 +284,9 @@ pub fn bn_bwd_apply(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `bn_partial_moments`.
         IsaKind::Avx2 => unsafe { avx2::bwd_apply(s.c, &sums, x, dy, relu, dx) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as for Avx2; an `Isa` of kind Neon exists only on aarch64 CPUs with NEON.
+        IsaKind::Neon => unsafe { neon::bwd_apply(s.c, &sums, x, dy, relu, dx) },
         _ => scalar::bwd_apply(s.c, &sums, x, dy, relu, dx),
     }
     Ok(())
@@ -338,6 +350,9 @@ pub fn bn_infer_fwd<W: Elem>(
         // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
         // AVX2 (isa.rs).
         IsaKind::Avx2 => unsafe { avx2::infer(s.c, &stats, x, act, y) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as for Avx2; an `Isa` of kind Neon exists only on aarch64 CPUs with NEON.
+        IsaKind::Neon => unsafe { neon::infer(s.c, &stats, x, act, y) },
         _ => scalar::infer(s.c, &stats, x, act, y),
     }
     Ok(())
@@ -382,4 +397,6 @@ pub fn bn_fold(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;

@@ -1,0 +1,256 @@
+//! aarch64 NEON batch-norm kernels, bit-identical to the portable ones (the same operations in
+//! the same order, no fused multiply-add), 4 channels per instruction; the twins of `avx2.rs`.
+
+use super::scalar::{gate, Block, BwdSums, Stored, BLOCK};
+use super::ReluAfter;
+use crate::act::Act;
+use crate::elem::Elem;
+use crate::shape::Channels;
+use core::arch::aarch64::*;
+
+/// Loads 4 floats at `p + i`.
+///
+/// # Safety
+/// `p + i .. p + i + 4` is inside one slice; the CPU supports NEON.
+#[inline(always)]
+unsafe fn ld(p: &[f32], i: usize) -> float32x4_t {
+    debug_assert!(i + 4 <= p.len());
+    // SAFETY: the caller keeps i + 4 within `p`.
+    unsafe { vld1q_f32(p.as_ptr().add(i)) }
+}
+
+/// Stores 4 floats at `p + i`.
+///
+/// # Safety
+/// As [`ld`].
+#[inline(always)]
+unsafe fn st(p: &mut [f32], i: usize, v: float32x4_t) {
+    debug_assert!(i + 4 <= p.len());
+    // SAFETY: the caller keeps i + 4 within `p`.
+    unsafe { vst1q_f32(p.as_mut_ptr().add(i), v) }
+}
+
+/// `Act::Relu` on 4 lanes: lanes not `> 0` (NaN included) become +0, as `Act::apply`
+/// (`vmaxq` would keep a NaN).
+///
+/// # Safety
+/// The CPU supports NEON.
+#[inline(always)]
+unsafe fn relu4(v: float32x4_t) -> float32x4_t {
+    // SAFETY: NEON vouched for by the caller.
+    unsafe {
+        let zero = vdupq_n_f32(0.0);
+        vbslq_f32(vcgtq_f32(v, zero), v, zero)
+    }
+}
+
+/// [`super::scalar::infer`] 4 channels per instruction, bit-identical (see `avx2::infer`).
+///
+/// # Safety
+/// `x` and `y` hold whole rows of `c` channels, the stored statistics `c` each; the CPU
+/// supports NEON.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn infer<W: Elem>(c: usize, stats: &Stored<'_, W>, x: &[f32], act: Act, y: &mut [f32]) {
+    let relu = act == Act::Relu;
+    let mut c0 = 0;
+    while c0 < c {
+        let cb = BLOCK.min(c - c0);
+        let k = Block::of(stats, c0, cb);
+        let full = cb / 4 * 4;
+        for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            let (yb, xb) = (&mut yr[c0..c0 + cb], &xr[c0..c0 + cb]);
+            for i in (0..full).step_by(4) {
+                // SAFETY: i + 4 ≤ cb: inside the row block and the constant arrays.
+                unsafe {
+                    let v = vsubq_f32(ld(xb, i), ld(&k.mean, i));
+                    let v = vaddq_f32(vmulq_f32(v, ld(&k.scale, i)), ld(&k.beta, i));
+                    st(yb, i, if relu { relu4(v) } else { v });
+                }
+            }
+            for i in full..cb {
+                yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
+            }
+        }
+        c0 += cb;
+    }
+}
+
+/// [`super::scalar::gate`] for 4 channels from `i` (see `avx2::gate8`): the BN output
+/// recomputed, compared `> 0` (false for NaN), masking `dy` (masked lanes +0).
+///
+/// # Safety
+/// As [`ld`], for `dy`, `x`, `mean`, `invstd` and the ReLU's `gamma`, `beta`.
+#[inline(always)]
+unsafe fn gate4(
+    relu: Option<&ReluAfter<'_>>,
+    dy: &[f32],
+    x: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    i: usize,
+) -> float32x4_t {
+    // SAFETY: as the caller's.
+    unsafe {
+        let d = ld(dy, i);
+        match relu {
+            None => d,
+            Some(r) => {
+                let k = vmulq_f32(ld(r.gamma, i), ld(invstd, i));
+                let v = vaddq_f32(vmulq_f32(vsubq_f32(ld(x, i), ld(mean, i)), k), ld(r.beta, i));
+                let keep = vcgtq_f32(v, vdupq_n_f32(0.0));
+                vreinterpretq_f32_u32(vandq_u32(keep, vreinterpretq_u32_f32(d)))
+            }
+        }
+    }
+}
+
+/// [`super::scalar::moments`] 4 channels per instruction: per channel the same row-order sums,
+/// so the result is bit-identical.
+///
+/// # Safety
+/// `x` holds `s.rows` whole rows of `s.c` channels, `mean` and `m2` `s.c` each; the CPU
+/// supports NEON.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
+    let c = s.c;
+    let full = c / 4 * 4;
+    mean.fill(0.0);
+    for row in x.chunks_exact(c) {
+        for i in (0..full).step_by(4) {
+            // SAFETY: i + 4 ≤ full ≤ c, the length of `row` and `mean`.
+            unsafe { st(mean, i, vaddq_f32(ld(mean, i), ld(row, i))) };
+        }
+        for i in full..c {
+            mean[i] += row[i];
+        }
+    }
+    let inv = 1.0 / s.rows as f32;
+    for m in mean.iter_mut() {
+        *m *= inv;
+    }
+    m2.fill(0.0);
+    for row in x.chunks_exact(c) {
+        for i in (0..full).step_by(4) {
+            // SAFETY: as above.
+            unsafe {
+                let d = vsubq_f32(ld(row, i), ld(mean, i));
+                st(m2, i, vaddq_f32(ld(m2, i), vmulq_f32(d, d)));
+            }
+        }
+        for i in full..c {
+            let d = row[i] - mean[i];
+            m2[i] += d * d;
+        }
+    }
+}
+
+/// [`super::scalar::apply`] 4 channels per instruction, bit-identical.
+///
+/// # Safety
+/// `x` and `y` hold whole rows of `c` channels, the statistics `c` each; the CPU supports NEON.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn apply(
+    c: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    act: Act,
+    y: &mut [f32],
+) {
+    let relu = act == Act::Relu;
+    let full = c / 4 * 4;
+    for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for i in (0..full).step_by(4) {
+            // SAFETY: i + 4 ≤ full ≤ c, the length of every slice indexed.
+            unsafe {
+                let k = vmulq_f32(ld(gamma, i), ld(invstd, i));
+                let v = vaddq_f32(vmulq_f32(vsubq_f32(ld(xr, i), ld(mean, i)), k), ld(beta, i));
+                st(yr, i, if relu { relu4(v) } else { v });
+            }
+        }
+        for ch in full..c {
+            yr[ch] = act.apply((xr[ch] - mean[ch]) * (gamma[ch] * invstd[ch]) + beta[ch]);
+        }
+    }
+}
+
+/// [`super::scalar::bwd_sums`] 4 channels per instruction, bit-identical (row-order sums).
+///
+/// # Safety
+/// `x` and `dy` hold whole rows of `c` channels, the other slices (and the ReLU's) `c` each;
+/// the CPU supports NEON.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn bwd_sums(
+    c: usize,
+    x: &[f32],
+    dy: &[f32],
+    relu: Option<&ReluAfter<'_>>,
+    mean: &[f32],
+    invstd: &[f32],
+    sum_dy: &mut [f32],
+    sum_dy_xhat: &mut [f32],
+) {
+    let full = c / 4 * 4;
+    sum_dy.fill(0.0);
+    sum_dy_xhat.fill(0.0);
+    for (xr, dyr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
+        for i in (0..full).step_by(4) {
+            // SAFETY: i + 4 ≤ full ≤ c, the length of every slice indexed.
+            unsafe {
+                let g = gate4(relu, dyr, xr, mean, invstd, i);
+                let xhat = vmulq_f32(vsubq_f32(ld(xr, i), ld(mean, i)), ld(invstd, i));
+                st(sum_dy, i, vaddq_f32(ld(sum_dy, i), g));
+                st(sum_dy_xhat, i, vaddq_f32(ld(sum_dy_xhat, i), vmulq_f32(g, xhat)));
+            }
+        }
+        for ch in full..c {
+            let g = gate(relu, dyr[ch], xr[ch], mean[ch], invstd[ch], ch);
+            let xhat = (xr[ch] - mean[ch]) * invstd[ch];
+            sum_dy[ch] += g;
+            sum_dy_xhat[ch] += g * xhat;
+        }
+    }
+}
+
+/// [`super::scalar::bwd_apply`] 4 channels per instruction, bit-identical.
+///
+/// # Safety
+/// `x`, `dy` and `dx` hold whole rows of `c` channels, the slices of `b` (and the ReLU's) `c`
+/// each; the CPU supports NEON.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn bwd_apply(
+    c: usize,
+    b: &BwdSums<'_>,
+    x: &[f32],
+    dy: &[f32],
+    relu: Option<&ReluAfter<'_>>,
+    dx: &mut [f32],
+) {
+    let inv_n = 1.0 / b.count as f32;
+    let inv = vdupq_n_f32(inv_n);
+    let full = c / 4 * 4;
+    for ((dxr, xr), dyr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+        for i in (0..full).step_by(4) {
+            // SAFETY: i + 4 ≤ full ≤ c, the length of every slice indexed.
+            unsafe {
+                let g = gate4(relu, dyr, xr, b.mean, b.invstd, i);
+                let xhat = vmulq_f32(vsubq_f32(ld(xr, i), ld(b.mean, i)), ld(b.invstd, i));
+                let centred = vsubq_f32(
+                    vsubq_f32(g, vmulq_f32(ld(b.sum_dy, i), inv)),
+                    vmulq_f32(xhat, vmulq_f32(ld(b.sum_dy_xhat, i), inv)),
+                );
+                st(dxr, i, vmulq_f32(vmulq_f32(ld(b.gamma, i), ld(b.invstd, i)), centred));
+            }
+        }
+        for ch in full..c {
+            let g = gate(relu, dyr[ch], xr[ch], b.mean[ch], b.invstd[ch], ch);
+            let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
+            let centred = g - b.sum_dy[ch] * inv_n - xhat * (b.sum_dy_xhat[ch] * inv_n);
+            dxr[ch] = b.gamma[ch] * b.invstd[ch] * centred;
+        }
+    }
+}
