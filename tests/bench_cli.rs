@@ -117,3 +117,22 @@ fn usage_errors_exit_2() {
     let (code, _, _) = tinykd(&["bench", "infer", "--model", "resnet50", "--scale", "0.5"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn step_benches_default_to_the_tutorials_student() {
+    // No --model: the student is MobileNetV1 (as in `tinykd distill`); infer still asks.
+    for bench in ["train-step", "distill-step"] {
+        let v = report(&["bench", bench, "--scale", "0.25", "--batch", "2", "--iters", "1", "--warmup", "0"]);
+        assert_eq!((v["model"].as_str(), v["scale"].as_f64()), (Some("mobilenet_v1"), Some(0.25)), "{v}");
+    }
+    let (code, _, err) = tinykd(&["bench", "infer", "--iters", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--model"), "{err}");
+    // `tinykd distill` without --student gets past the arguments to the missing teacher file.
+    let dir = std::env::temp_dir();
+    let out = dir.join("tinykd-default-student-never-written.tkd");
+    let args = ["distill", "--teacher", "/nonexistent/teacher.tkd", "--epochs", "1"];
+    let (code, _, err) = tinykd(&[&args[..], &["--data", dir.to_str().unwrap(), "--out", out.to_str().unwrap()]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("teacher.tkd") && !out.exists(), "{err}");
+}

@@ -81,8 +81,9 @@ pub struct InferArgs {
 
 /// `tinykd bench train-step` / `distill-step`.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("model", |a| a.required(false).default_value("mobilenet_v1")))]
 pub struct StepArgs {
-    /// The student model.
+    /// The student model (default: the tutorial's, MobileNetV1).
     #[command(flatten)]
     pub model: ModelArgs,
     /// Images per step.

@@ -15,7 +15,9 @@ pub const TEACHER_PREFIX: &str = "teacher_";
 
 /// `tinykd distill`.
 #[derive(clap::Args, Debug)]
-#[command(mut_arg("model", |a| a.long("student").value_name("M").help("The student architecture")))]
+#[command(mut_arg("model", |a| {
+    a.long("student").value_name("M").required(false).default_value("mobilenet_v1").help("The student architecture (default: the tutorial's)")
+}))]
 pub struct Args {
     /// The trained teacher: a params file or a checkpoint.
     #[arg(long, value_name = "FILE")]
