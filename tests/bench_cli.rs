@@ -132,7 +132,8 @@ fn step_benches_default_to_the_tutorials_student() {
     let dir = std::env::temp_dir();
     let out = dir.join("tinykd-default-student-never-written.tkd");
     let args = ["distill", "--teacher", "/nonexistent/teacher.tkd", "--epochs", "1"];
-    let (code, _, err) = tinykd(&[&args[..], &["--data", dir.to_str().unwrap(), "--out", out.to_str().unwrap()]].concat());
+    let (code, _, err) =
+        tinykd(&[&args[..], &["--data", dir.to_str().unwrap(), "--out", out.to_str().unwrap()]].concat());
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("teacher.tkd") && !out.exists(), "{err}");
 }

@@ -520,6 +520,20 @@ fn a_resume_with_other_result_defining_options_is_refused_but_epochs_may_grow() 
     let text = std::fs::read_to_string(&csv).unwrap();
     let epochs: Vec<&str> = text.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(epochs, ["1", "2"]);
+    // Without --threads a resume takes the checkpoint's count (3 here, no machine's default
+    // here), and still repeats the uninterrupted run bit for bit.
+    let t3 = dir.path().join("t3").join("w.tkd");
+    let no_threads: Vec<(&str, &str)> = base.iter().copied().filter(|(k, _)| *k != "--threads").collect();
+    let three = [("--threads", "3"), ("--out", s(&t3))];
+    assert!(train_with(&no_threads, &[three[0], three[1], ("--epochs", "1")]).status.success());
+    let o = train_with(&no_threads, &[three[1], ("--epochs", "2"), ("--resume", "")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resuming with 3 threads"), "{err}");
+    let whole3 = dir.path().join("whole3.tkd");
+    assert!(train_with(&no_threads, &[three[0], ("--epochs", "2"), ("--out", s(&whole3))]).status.success());
+    assert!(std::fs::read(&whole3).unwrap() == std::fs::read(&t3).unwrap(), "the resumed 3-thread run differs");
+
     // Fewer epochs than the checkpoint has trained is refused.
     let (ck_bytes, csv_bytes) = (std::fs::read(&ckpt).unwrap(), std::fs::read(&csv).unwrap());
     let o = train_with(&base, &[("--epochs", "1"), ("--resume", "")]);

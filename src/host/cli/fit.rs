@@ -159,7 +159,8 @@ pub struct TrainOpts {
     /// Seed of the initial weights, shuffling and augmentation.
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
-    /// Worker threads (default: all cores). The count changes the rounding, so a resumed run must use the same one.
+    /// Worker threads (default: all cores; on --resume, the count the checkpoint was written
+    /// with). The count changes the rounding, so a resumed run must use the same one.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), value_name = "T")]
     pub threads: Option<u64>,
     /// Continue from `<out>.ckpt` if it exists (same epoch, step, momentum, learning-rate position).
@@ -241,16 +242,16 @@ impl TrainOpts {
     }
 
     /// The options that define the run's result, compared on resume (keys are option names
-    /// without `--`, see [`option_name`]). Threads are included: they change the rounding of
-    /// the executor's reductions, so a resume at another count would not repeat the
-    /// uninterrupted run bit for bit. `--epochs` is included only for the cosine schedule
-    /// (whose horizon it sets): a constant or piecewise run may be extended.
-    fn fingerprint(&self, losses: &[String]) -> serde_json::Value {
+    /// without `--`, see [`option_name`]). `threads` (the run's worker count) is included: it
+    /// changes the rounding of the executor's reductions, so a resume at another count would
+    /// not repeat the uninterrupted run bit for bit. `--epochs` is included only for the cosine
+    /// schedule (whose horizon it sets): a constant or piecewise run may be extended.
+    fn fingerprint(&self, losses: &[String], threads: usize) -> serde_json::Value {
         let mut v = serde_json::json!({
             "batch": self.batch, "lr": self.lr, "momentum": self.momentum, "wd": self.wd,
             "schedule": self.schedule.to_string(), "warmup_epochs": self.warmup_epochs,
             "augment": self.augmenting(), "seed": self.seed, "losses": losses,
-            "threads": self.thread_count(),
+            "threads": threads,
         });
         if self.schedule == ScheduleSpec::Cosine {
             v["epochs"] = self.epochs.into();
@@ -339,9 +340,32 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
         .into());
     }
     let spe = train.len() / bs;
-    let threads = o.thread_count();
-    let fingerprint = o.fingerprint(&labels);
     let ckpt_path = o.ckpt_path();
+    let resume_from = if o.resume {
+        match Checkpoint::load(&ckpt_path) {
+            Ok(ck) => Some(ck),
+            Err(CkptError::Missing { .. }) => {
+                eprintln!("no checkpoint {}: starting from scratch", ckpt_path.display());
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    // Without --threads a resumed run takes the checkpoint's count (another machine's default
+    // would change the rounding and be refused); an explicit other count is refused below.
+    let recorded = resume_from.as_ref().and_then(recorded_threads);
+    let threads = match (o.threads, recorded) {
+        (None, Some(t)) => {
+            if t != default_threads() {
+                eprintln!("resuming with {t} threads, the count the checkpoint was written with (--threads to choose)");
+            }
+            t
+        }
+        _ => o.thread_count(),
+    };
+    let fingerprint = o.fingerprint(&labels, threads);
     let mut params = ParamStore::init(&cfg, o.seed).map_err(|e| UsageError(e.to_string()))?;
     zero_init_residuals(&mut params);
     let tc = TrainConfig {
@@ -358,17 +382,11 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
     }
 
     let (mut epoch, mut best) = (0u64, None::<f64>);
-    if o.resume {
-        match Checkpoint::load(&ckpt_path) {
-            Ok(ck) => {
-                check_resumable(&ck, &ckpt_path, &cfg, &fingerprint, o, spe)?;
-                restore(&ck, &ckpt_path, &mut trainer)?;
-                (epoch, best) = (ck.state.epoch, ck.state.best_metric);
-                eprintln!("resuming from {} after epoch {epoch} (step {})", ckpt_path.display(), ck.state.step);
-            }
-            Err(CkptError::Missing { .. }) => eprintln!("no checkpoint {}: starting from scratch", ckpt_path.display()),
-            Err(e) => return Err(e.into()),
-        }
+    if let Some(ck) = resume_from {
+        check_resumable(&ck, &ckpt_path, &cfg, &fingerprint, o, spe)?;
+        restore(&ck, &ckpt_path, &mut trainer)?;
+        (epoch, best) = (ck.state.epoch, ck.state.best_metric);
+        eprintln!("resuming from {} after epoch {epoch} (step {})", ckpt_path.display(), ck.state.step);
     }
     let parts: Vec<String> = labels.iter().map(|l| column_name(l)).collect();
     let part_refs: Vec<&str> = parts.iter().map(String::as_str).collect();
@@ -569,6 +587,14 @@ fn eval_params(params: &ParamStore, test: &Dataset, threads: usize) -> anyhow::R
     let buf = fold_f32(params)?;
     let file = WeightFile::parse(&buf).context("folded weights do not parse")?;
     evaluate(&file, test, EVAL_BATCH, threads)
+}
+
+/// The worker count a checkpoint's run was written with, if it recorded one (older versions
+/// did not) and it is a usable count.
+fn recorded_threads(ck: &Checkpoint) -> Option<usize> {
+    let meta: serde_json::Value = serde_json::from_str(&ck.meta).ok()?;
+    let t = meta["run"]["threads"].as_u64()?;
+    (1..=256).contains(&t).then_some(t as usize)
 }
 
 /// Refuses (with a [`UsageError`] naming the option and both values) a checkpoint of another
