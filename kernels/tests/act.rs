@@ -101,6 +101,9 @@ fn wrong_lengths_are_errors_and_write_nothing() {
     assert_eq!(add(isa(), &[1.0; 3], &[1.0; 2], &mut y), Err(KernelError::Len { arg: "b", expected: 3, got: 2 }));
     assert_eq!(add_inplace(isa(), &mut y, &[1.0; 2]), Err(KernelError::Len { arg: "b", expected: 3, got: 2 }));
     assert_eq!(add_relu_inplace(isa(), &mut y, &[1.0; 4]), Err(KernelError::Len { arg: "b", expected: 3, got: 4 }));
-    assert_eq!(add_relu(isa(), &[1.0; 3], &[1.0; 3], &mut y[..2]), Err(KernelError::Len { arg: "y", expected: 3, got: 2 }));
+    assert_eq!(
+        add_relu(isa(), &[1.0; 3], &[1.0; 3], &mut y[..2]),
+        Err(KernelError::Len { arg: "y", expected: 3, got: 2 })
+    );
     assert_eq!(y, [5.0; 3]);
 }

@@ -33,28 +33,28 @@ const fn conv(
 /// Shapes covering pointwise, strided 1x1, 3x3 s1/s2, 7x7 s2 p3, non-square kernels, inputs
 /// smaller than the kernel, odd sizes and channels, and 1..4 im2col tiles (exact and partial).
 const SHAPES: &[Conv2d] = &[
-    conv(1, 5, 7, 3, 5, 1, 1, 1, 0),   // pointwise
-    conv(3, 6, 6, 17, 5, 1, 1, 1, 0),  // pointwise, 108 rows
-    conv(2, 5, 7, 17, 5, 1, 1, 2, 0),  // 1x1 stride 2 (ResNet branch1)
-    conv(1, 8, 8, 16, 32, 1, 1, 2, 0), // 1x1 stride 2, even
-    conv(1, 5, 7, 3, 5, 3, 3, 1, 1),   // 3x3 s1 p1
-    conv(2, 8, 8, 5, 17, 3, 3, 1, 1),  // 128 rows: exactly two tiles
-    conv(3, 7, 9, 17, 3, 3, 3, 1, 1),  // 189 rows: partial last tile
-    conv(2, 5, 7, 3, 5, 3, 3, 2, 1),   // 3x3 s2 p1, odd input
-    conv(3, 9, 11, 5, 17, 3, 3, 2, 1), // 3x3 s2 p1, 90 rows
-    conv(1, 32, 32, 3, 8, 3, 3, 2, 1), // MobileNet conv1 (fewer channels), 256 rows
-    conv(1, 11, 13, 3, 5, 7, 7, 2, 3), // 7x7 s2 p3 (ResNet stem), odd input
-    conv(2, 16, 16, 3, 8, 7, 7, 2, 3), // 7x7 s2 p3, 128 rows
-    conv(1, 5, 7, 3, 5, 3, 3, 1, 0),   // valid (no padding)
-    conv(2, 1, 1, 5, 3, 3, 3, 1, 1),   // 1x1 input, only the centre tap is real
-    conv(1, 1, 2, 3, 2, 3, 3, 1, 2),   // padding 2: windows mostly padding
-    conv(1, 6, 6, 3, 4, 2, 2, 2, 0),   // even kernel
-    conv(1, 5, 5, 3, 4, 2, 2, 1, 1),   // even kernel with padding
-    conv(2, 5, 7, 3, 4, 3, 1, 1, 0),   // 3x1 kernel
-    conv(2, 5, 7, 3, 4, 1, 3, 2, 0),   // 1x3 kernel, stride 2
-    conv(2, 10, 8, 3, 4, 3, 3, 3, 1),  // stride 3
-    conv(1, 9, 9, 3, 32, 3, 3, 2, 1),  // a stem with 32 output channels (MobileNetV1 1.0 conv1)
-    conv(2, 6, 5, 4, 31, 3, 3, 1, 1),  // 31 output channels: GEMM edge tiles of 15 columns
+    conv(1, 5, 7, 3, 5, 1, 1, 1, 0),    // pointwise
+    conv(3, 6, 6, 17, 5, 1, 1, 1, 0),   // pointwise, 108 rows
+    conv(2, 5, 7, 17, 5, 1, 1, 2, 0),   // 1x1 stride 2 (ResNet branch1)
+    conv(1, 8, 8, 16, 32, 1, 1, 2, 0),  // 1x1 stride 2, even
+    conv(1, 5, 7, 3, 5, 3, 3, 1, 1),    // 3x3 s1 p1
+    conv(2, 8, 8, 5, 17, 3, 3, 1, 1),   // 128 rows: exactly two tiles
+    conv(3, 7, 9, 17, 3, 3, 3, 1, 1),   // 189 rows: partial last tile
+    conv(2, 5, 7, 3, 5, 3, 3, 2, 1),    // 3x3 s2 p1, odd input
+    conv(3, 9, 11, 5, 17, 3, 3, 2, 1),  // 3x3 s2 p1, 90 rows
+    conv(1, 32, 32, 3, 8, 3, 3, 2, 1),  // MobileNet conv1 (fewer channels), 256 rows
+    conv(1, 11, 13, 3, 5, 7, 7, 2, 3),  // 7x7 s2 p3 (ResNet stem), odd input
+    conv(2, 16, 16, 3, 8, 7, 7, 2, 3),  // 7x7 s2 p3, 128 rows
+    conv(1, 5, 7, 3, 5, 3, 3, 1, 0),    // valid (no padding)
+    conv(2, 1, 1, 5, 3, 3, 3, 1, 1),    // 1x1 input, only the centre tap is real
+    conv(1, 1, 2, 3, 2, 3, 3, 1, 2),    // padding 2: windows mostly padding
+    conv(1, 6, 6, 3, 4, 2, 2, 2, 0),    // even kernel
+    conv(1, 5, 5, 3, 4, 2, 2, 1, 1),    // even kernel with padding
+    conv(2, 5, 7, 3, 4, 3, 1, 1, 0),    // 3x1 kernel
+    conv(2, 5, 7, 3, 4, 1, 3, 2, 0),    // 1x3 kernel, stride 2
+    conv(2, 10, 8, 3, 4, 3, 3, 3, 1),   // stride 3
+    conv(1, 9, 9, 3, 32, 3, 3, 2, 1),   // a stem with 32 output channels (MobileNetV1 1.0 conv1)
+    conv(2, 6, 5, 4, 31, 3, 3, 1, 1),   // 31 output channels: GEMM edge tiles of 15 columns
     conv(2, 3, 3, 100, 20, 1, 1, 1, 0), // pointwise over 18 pixels, 100 inputs: dW in row blocks
 ];
 

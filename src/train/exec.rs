@@ -1348,9 +1348,7 @@ fn forward_op(
         }
         OpKind::Relu => act::relu_fwd(isa, x, y).map_err(kernel),
         OpKind::MaxPool => pool::maxpool3x3s2_fwd(isa, &prog.pool(op, nc), x, y).map_err(kernel),
-        OpKind::AddRelu => {
-            act::add_relu(isa, x, read(op.inputs()[1]), y).map_err(kernel)
-        }
+        OpKind::AddRelu => act::add_relu(isa, x, read(op.inputs()[1]), y).map_err(kernel),
         OpKind::GlobalAvgPool => pool::global_avg_fwd(isa, &prog.pool(op, nc), x, y).map_err(kernel),
         OpKind::Fc => {
             linear::linear_fwd(isa, &prog.linear(op, nc), x, p.weights, Some(p.offset), Act::None, y).map_err(kernel)

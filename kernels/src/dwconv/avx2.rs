@@ -98,7 +98,8 @@ pub(super) unsafe fn bwd_input_gather(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: 
                         let Some(ox) = src(ix, kx, ow) else { continue };
                         // Output pixel (n, oy, ox) < n·oh·ow and tap row ky·3 + kx < 9: both
                         // offsets stay inside the slices.
-                        list[nt] = Tap { x: dy[((n * oh + oy) * ow + ox) * c..].as_ptr(), w: w[(ky * 3 + kx) * c..].as_ptr() };
+                        list[nt] =
+                            Tap { x: dy[((n * oh + oy) * ow + ox) * c..].as_ptr(), w: w[(ky * 3 + kx) * c..].as_ptr() };
                         nt += 1;
                     }
                 }

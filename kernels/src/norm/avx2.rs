@@ -29,8 +29,7 @@ pub(super) unsafe fn infer<W: Elem>(c: usize, st: &Stored<'_, W>, x: &[f32], act
             while i < full {
                 // SAFETY: i + 8 ≤ cb: inside the row block and the constant arrays.
                 unsafe {
-                    let v =
-                        _mm256_sub_ps(_mm256_loadu_ps(xb.as_ptr().add(i)), _mm256_loadu_ps(k.mean.as_ptr().add(i)));
+                    let v = _mm256_sub_ps(_mm256_loadu_ps(xb.as_ptr().add(i)), _mm256_loadu_ps(k.mean.as_ptr().add(i)));
                     let v = _mm256_add_ps(
                         _mm256_mul_ps(v, _mm256_loadu_ps(k.scale.as_ptr().add(i))),
                         _mm256_loadu_ps(k.beta.as_ptr().add(i)),
@@ -209,7 +208,14 @@ pub(super) unsafe fn bwd_sums(
 /// `x`, `dy` and `dx` hold whole rows of `c` channels, the slices of `b` (and the ReLU's) `c`
 /// each; the CPU supports AVX2.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn bwd_apply(c: usize, b: &BwdSums<'_>, x: &[f32], dy: &[f32], relu: Option<&ReluAfter<'_>>, dx: &mut [f32]) {
+pub(super) unsafe fn bwd_apply(
+    c: usize,
+    b: &BwdSums<'_>,
+    x: &[f32],
+    dy: &[f32],
+    relu: Option<&ReluAfter<'_>>,
+    dx: &mut [f32],
+) {
     let inv_n = 1.0 / b.count as f32;
     let inv = _mm256_set1_ps(inv_n);
     let full = c / 8 * 8;

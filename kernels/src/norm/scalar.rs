@@ -138,7 +138,14 @@ pub(super) struct BwdSums<'a> {
 }
 
 /// `relu` as in [`bwd_sums`].
-pub(super) fn bwd_apply(c: usize, b: &BwdSums<'_>, x: &[f32], dy: &[f32], relu: Option<&ReluAfter<'_>>, dx: &mut [f32]) {
+pub(super) fn bwd_apply(
+    c: usize,
+    b: &BwdSums<'_>,
+    x: &[f32],
+    dy: &[f32],
+    relu: Option<&ReluAfter<'_>>,
+    dx: &mut [f32],
+) {
     let inv_n = 1.0 / b.count as f32;
     for ((dxr, xr), dyr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
         for ch in 0..c {
