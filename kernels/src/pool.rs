@@ -71,10 +71,41 @@ fn window(o: usize, len: usize) -> core::ops::Range<usize> {
     (2 * o).saturating_sub(1)..(2 * o + 2).min(len)
 }
 
+/// The in-bounds window pixels of output `(oy, ox)` as offsets (channel 0) into one image, in
+/// row-major order, and how many there are (1 to 9). Used by the SIMD forwards.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+fn window_taps(s: &crate::shape::Pool, oy: usize, ox: usize) -> ([usize; 9], usize) {
+    let mut taps = [0usize; 9];
+    let mut nt = 0;
+    for iy in window(oy, s.h) {
+        for ix in window(ox, s.w) {
+            taps[nt] = (iy * s.w + ix) * s.c;
+            nt += 1;
+        }
+    }
+    (taps, nt)
+}
+
+/// Channels `from..` of one output pixel `out` as [`scalar::maxpool_fwd`] computes them (first
+/// tap, then `v > m ? v : m` per tap): the SIMD forwards' channel tail.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+fn max_tail(img: &[f32], taps: &[usize], from: usize, out: &mut [f32]) {
+    for (i, o) in out.iter_mut().enumerate().skip(from) {
+        *o = img[taps[0] + i];
+        for &t in &taps[1..] {
+            if img[t + i] > *o {
+                *o = img[t + i];
+            }
+        }
+    }
+}
+
 /// AVX2 max pool forward (the ResNet50 stem's, on every teacher step).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::window;
+    use super::{max_tail, window_taps};
     use crate::shape::Pool;
     use core::arch::x86_64::*;
 
@@ -94,15 +125,7 @@ mod avx2 {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let out = &mut y[((n * oh + oy) * ow + ox) * c..][..c];
-                    // The window's pixels (offsets into `img`), in row-major order.
-                    let mut taps = [0usize; 9];
-                    let mut nt = 0;
-                    for iy in window(oy, s.h) {
-                        for ix in window(ox, s.w) {
-                            taps[nt] = (iy * s.w + ix) * c;
-                            nt += 1;
-                        }
-                    }
+                    let (taps, nt) = window_taps(s, oy, ox);
                     let taps = &taps[..nt];
                     for i in (0..full).step_by(8) {
                         // SAFETY: every tap is a whole pixel of `c` channels inside `img` and
@@ -115,14 +138,7 @@ mod avx2 {
                             _mm256_storeu_ps(out.as_mut_ptr().add(i), m);
                         }
                     }
-                    for (i, o) in out.iter_mut().enumerate().skip(full) {
-                        *o = img[taps[0] + i];
-                        for &t in &taps[1..] {
-                            if img[t + i] > *o {
-                                *o = img[t + i];
-                            }
-                        }
-                    }
+                    max_tail(img, taps, full, out);
                 }
             }
         }
@@ -132,7 +148,7 @@ mod avx2 {
 /// NEON max pool forward: the twin of [`avx2`], 4 channels per instruction.
 #[cfg(target_arch = "aarch64")]
 mod neon {
-    use super::window;
+    use super::{max_tail, window_taps};
     use crate::shape::Pool;
     use core::arch::aarch64::*;
 
@@ -151,15 +167,7 @@ mod neon {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let out = &mut y[((n * oh + oy) * ow + ox) * c..][..c];
-                    // The window's pixels (offsets into `img`), in row-major order.
-                    let mut taps = [0usize; 9];
-                    let mut nt = 0;
-                    for iy in window(oy, s.h) {
-                        for ix in window(ox, s.w) {
-                            taps[nt] = (iy * s.w + ix) * c;
-                            nt += 1;
-                        }
-                    }
+                    let (taps, nt) = window_taps(s, oy, ox);
                     let taps = &taps[..nt];
                     for i in (0..full).step_by(4) {
                         // SAFETY: every tap is a whole pixel of `c` channels inside `img` and
@@ -173,14 +181,7 @@ mod neon {
                             vst1q_f32(out.as_mut_ptr().add(i), m);
                         }
                     }
-                    for (i, o) in out.iter_mut().enumerate().skip(full) {
-                        *o = img[taps[0] + i];
-                        for &t in &taps[1..] {
-                            if img[t + i] > *o {
-                                *o = img[t + i];
-                            }
-                        }
-                    }
+                    max_tail(img, taps, full, out);
                 }
             }
         }

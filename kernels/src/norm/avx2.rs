@@ -1,7 +1,9 @@
 //! AVX2 batch-norm kernels, bit-identical to the portable ones (the same operations in the same
 //! order, no fused multiply-add).
 
-use super::scalar::{gate, Block, BwdSums, Stored, BLOCK};
+use super::scalar::{
+    apply_row, bwd_apply_row, bwd_sums_row, infer_row, m2_row, sum_row, Block, BwdSums, Stored, BLOCK,
+};
 use super::ReluAfter;
 use crate::act::Act;
 use crate::elem::Elem;
@@ -39,9 +41,7 @@ pub(super) unsafe fn infer<W: Elem>(c: usize, st: &Stored<'_, W>, x: &[f32], act
                 }
                 i += 8;
             }
-            for i in full..cb {
-                yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
-            }
+            infer_row(full, &k, xb, act, yb);
         }
         c0 += cb;
     }
@@ -106,9 +106,7 @@ pub(super) unsafe fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut
             // SAFETY: i + 8 ≤ full ≤ c, the length of `row` and `mean`.
             unsafe { st(mean, i, _mm256_add_ps(ld(mean, i), ld(row, i))) };
         }
-        for i in full..c {
-            mean[i] += row[i];
-        }
+        sum_row(full, row, mean);
     }
     let inv = 1.0 / s.rows as f32;
     for m in mean.iter_mut() {
@@ -123,10 +121,7 @@ pub(super) unsafe fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut
                 st(m2, i, _mm256_add_ps(ld(m2, i), _mm256_mul_ps(d, d)));
             }
         }
-        for i in full..c {
-            let d = row[i] - mean[i];
-            m2[i] += d * d;
-        }
+        m2_row(full, row, mean, m2);
     }
 }
 
@@ -157,9 +152,7 @@ pub(super) unsafe fn apply(
                 st(yr, i, if relu { _mm256_max_ps(v, _mm256_setzero_ps()) } else { v });
             }
         }
-        for ch in full..c {
-            yr[ch] = act.apply((xr[ch] - mean[ch]) * (gamma[ch] * invstd[ch]) + beta[ch]);
-        }
+        apply_row(full, xr, gamma, beta, mean, invstd, act, yr);
     }
 }
 
@@ -193,12 +186,7 @@ pub(super) unsafe fn bwd_sums(
                 st(sum_dy_xhat, i, _mm256_add_ps(ld(sum_dy_xhat, i), _mm256_mul_ps(g, xhat)));
             }
         }
-        for ch in full..c {
-            let g = gate(relu, dyr[ch], xr[ch], mean[ch], invstd[ch], ch);
-            let xhat = (xr[ch] - mean[ch]) * invstd[ch];
-            sum_dy[ch] += g;
-            sum_dy_xhat[ch] += g * xhat;
-        }
+        bwd_sums_row(full, xr, dyr, relu, mean, invstd, sum_dy, sum_dy_xhat);
     }
 }
 
@@ -232,11 +220,6 @@ pub(super) unsafe fn bwd_apply(
                 st(dxr, i, _mm256_mul_ps(_mm256_mul_ps(ld(b.gamma, i), ld(b.invstd, i)), centred));
             }
         }
-        for ch in full..c {
-            let g = gate(relu, dyr[ch], xr[ch], b.mean[ch], b.invstd[ch], ch);
-            let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
-            let centred = g - b.sum_dy[ch] * inv_n - xhat * (b.sum_dy_xhat[ch] * inv_n);
-            dxr[ch] = b.gamma[ch] * b.invstd[ch] * centred;
-        }
+        bwd_apply_row(full, b, xr, dyr, relu, dxr);
     }
 }

@@ -1,7 +1,9 @@
 //! aarch64 NEON batch-norm kernels, bit-identical to the portable ones (the same operations in
 //! the same order, no fused multiply-add), 4 channels per instruction; the twins of `avx2.rs`.
 
-use super::scalar::{gate, Block, BwdSums, Stored, BLOCK};
+use super::scalar::{
+    apply_row, bwd_apply_row, bwd_sums_row, infer_row, m2_row, sum_row, Block, BwdSums, Stored, BLOCK,
+};
 use super::ReluAfter;
 use crate::act::Act;
 use crate::elem::Elem;
@@ -67,9 +69,7 @@ pub(super) unsafe fn infer<W: Elem>(c: usize, stats: &Stored<'_, W>, x: &[f32], 
                     st(yb, i, if relu { relu4(v) } else { v });
                 }
             }
-            for i in full..cb {
-                yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
-            }
+            infer_row(full, &k, xb, act, yb);
         }
         c0 += cb;
     }
@@ -120,9 +120,7 @@ pub(super) unsafe fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut
             // SAFETY: i + 4 ≤ full ≤ c, the length of `row` and `mean`.
             unsafe { st(mean, i, vaddq_f32(ld(mean, i), ld(row, i))) };
         }
-        for i in full..c {
-            mean[i] += row[i];
-        }
+        sum_row(full, row, mean);
     }
     let inv = 1.0 / s.rows as f32;
     for m in mean.iter_mut() {
@@ -137,10 +135,7 @@ pub(super) unsafe fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut
                 st(m2, i, vaddq_f32(ld(m2, i), vmulq_f32(d, d)));
             }
         }
-        for i in full..c {
-            let d = row[i] - mean[i];
-            m2[i] += d * d;
-        }
+        m2_row(full, row, mean, m2);
     }
 }
 
@@ -171,9 +166,7 @@ pub(super) unsafe fn apply(
                 st(yr, i, if relu { relu4(v) } else { v });
             }
         }
-        for ch in full..c {
-            yr[ch] = act.apply((xr[ch] - mean[ch]) * (gamma[ch] * invstd[ch]) + beta[ch]);
-        }
+        apply_row(full, xr, gamma, beta, mean, invstd, act, yr);
     }
 }
 
@@ -207,12 +200,7 @@ pub(super) unsafe fn bwd_sums(
                 st(sum_dy_xhat, i, vaddq_f32(ld(sum_dy_xhat, i), vmulq_f32(g, xhat)));
             }
         }
-        for ch in full..c {
-            let g = gate(relu, dyr[ch], xr[ch], mean[ch], invstd[ch], ch);
-            let xhat = (xr[ch] - mean[ch]) * invstd[ch];
-            sum_dy[ch] += g;
-            sum_dy_xhat[ch] += g * xhat;
-        }
+        bwd_sums_row(full, xr, dyr, relu, mean, invstd, sum_dy, sum_dy_xhat);
     }
 }
 
@@ -246,11 +234,6 @@ pub(super) unsafe fn bwd_apply(
                 st(dxr, i, vmulq_f32(vmulq_f32(ld(b.gamma, i), ld(b.invstd, i)), centred));
             }
         }
-        for ch in full..c {
-            let g = gate(relu, dyr[ch], xr[ch], b.mean[ch], b.invstd[ch], ch);
-            let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
-            let centred = g - b.sum_dy[ch] * inv_n - xhat * (b.sum_dy_xhat[ch] * inv_n);
-            dxr[ch] = b.gamma[ch] * b.invstd[ch] * centred;
-        }
+        bwd_apply_row(full, b, xr, dyr, relu, dxr);
     }
 }

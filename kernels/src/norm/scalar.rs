@@ -12,9 +12,7 @@ pub(super) const BLOCK: usize = 32;
 pub(super) fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
     mean.fill(0.0);
     for row in x.chunks_exact(s.c) {
-        for (acc, &v) in mean.iter_mut().zip(row) {
-            *acc += v;
-        }
+        sum_row(0, row, mean);
     }
     let inv = 1.0 / s.rows as f32;
     for m in mean.iter_mut() {
@@ -22,10 +20,27 @@ pub(super) fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32])
     }
     m2.fill(0.0);
     for row in x.chunks_exact(s.c) {
-        for ((acc, &v), &m) in m2.iter_mut().zip(row).zip(mean.iter()) {
-            let d = v - m;
-            *acc += d * d;
-        }
+        m2_row(0, row, mean, m2);
+    }
+}
+
+// The per-row loops below are the specification of one row's channels `from..`; the SIMD
+// paths run them for the channels past their last full vector.
+
+/// `mean[ch] += row[ch]` for channels `from..`.
+#[inline(always)]
+pub(super) fn sum_row(from: usize, row: &[f32], mean: &mut [f32]) {
+    for (acc, &v) in mean.iter_mut().zip(row).skip(from) {
+        *acc += v;
+    }
+}
+
+/// `m2[ch] += (row[ch] − mean[ch])²` for channels `from..`.
+#[inline(always)]
+pub(super) fn m2_row(from: usize, row: &[f32], mean: &[f32], m2: &mut [f32]) {
+    for ((acc, &v), &m) in m2.iter_mut().zip(row).zip(mean.iter()).skip(from) {
+        let d = v - m;
+        *acc += d * d;
     }
 }
 
@@ -76,9 +91,25 @@ pub(super) fn apply(
     y: &mut [f32],
 ) {
     for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-        for ch in 0..c {
-            yr[ch] = act.apply((xr[ch] - mean[ch]) * (gamma[ch] * invstd[ch]) + beta[ch]);
-        }
+        apply_row(0, xr, gamma, beta, mean, invstd, act, yr);
+    }
+}
+
+/// One row of [`apply`], channels `from..`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn apply_row(
+    from: usize,
+    xr: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    act: Act,
+    yr: &mut [f32],
+) {
+    for ch in from..xr.len() {
+        yr[ch] = act.apply((xr[ch] - mean[ch]) * (gamma[ch] * invstd[ch]) + beta[ch]);
     }
 }
 
@@ -118,12 +149,28 @@ pub(super) fn bwd_sums(
     sum_dy.fill(0.0);
     sum_dy_xhat.fill(0.0);
     for (xr, dyr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
-        for ch in 0..c {
-            let g = gate(relu, dyr[ch], xr[ch], mean[ch], invstd[ch], ch);
-            let xhat = (xr[ch] - mean[ch]) * invstd[ch];
-            sum_dy[ch] += g;
-            sum_dy_xhat[ch] += g * xhat;
-        }
+        bwd_sums_row(0, xr, dyr, relu, mean, invstd, sum_dy, sum_dy_xhat);
+    }
+}
+
+/// One row of [`bwd_sums`], channels `from..`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn bwd_sums_row(
+    from: usize,
+    xr: &[f32],
+    dyr: &[f32],
+    relu: Option<&ReluAfter<'_>>,
+    mean: &[f32],
+    invstd: &[f32],
+    sum_dy: &mut [f32],
+    sum_dy_xhat: &mut [f32],
+) {
+    for ch in from..xr.len() {
+        let g = gate(relu, dyr[ch], xr[ch], mean[ch], invstd[ch], ch);
+        let xhat = (xr[ch] - mean[ch]) * invstd[ch];
+        sum_dy[ch] += g;
+        sum_dy_xhat[ch] += g * xhat;
     }
 }
 
@@ -146,14 +193,27 @@ pub(super) fn bwd_apply(
     relu: Option<&ReluAfter<'_>>,
     dx: &mut [f32],
 ) {
-    let inv_n = 1.0 / b.count as f32;
     for ((dxr, xr), dyr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-        for ch in 0..c {
-            let g = gate(relu, dyr[ch], xr[ch], b.mean[ch], b.invstd[ch], ch);
-            let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
-            let centred = g - b.sum_dy[ch] * inv_n - xhat * (b.sum_dy_xhat[ch] * inv_n);
-            dxr[ch] = b.gamma[ch] * b.invstd[ch] * centred;
-        }
+        bwd_apply_row(0, b, xr, dyr, relu, dxr);
+    }
+}
+
+/// One row of [`bwd_apply`], channels `from..`.
+#[inline(always)]
+pub(super) fn bwd_apply_row(
+    from: usize,
+    b: &BwdSums<'_>,
+    xr: &[f32],
+    dyr: &[f32],
+    relu: Option<&ReluAfter<'_>>,
+    dxr: &mut [f32],
+) {
+    let inv_n = 1.0 / b.count as f32;
+    for ch in from..xr.len() {
+        let g = gate(relu, dyr[ch], xr[ch], b.mean[ch], b.invstd[ch], ch);
+        let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
+        let centred = g - b.sum_dy[ch] * inv_n - xhat * (b.sum_dy_xhat[ch] * inv_n);
+        dxr[ch] = b.gamma[ch] * b.invstd[ch] * centred;
     }
 }
 
@@ -186,6 +246,15 @@ impl Block {
     }
 }
 
+/// `y = act((x − μ)·scale + β)` over one row's channels `from..` of a [`Block`] (`xb`, `yb`
+/// are the block's channels of the row).
+#[inline(always)]
+pub(super) fn infer_row(from: usize, k: &Block, xb: &[f32], act: Act, yb: &mut [f32]) {
+    for i in from..xb.len() {
+        yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
+    }
+}
+
 /// Blocks of [`BLOCK`] channels: widen and precompute `γ/√(σ²+ε)` once per channel, then
 /// sweep the rows: `y = act((x − μ)·scale + β)`.
 pub(super) fn infer<W: Elem>(c: usize, st: &Stored<'_, W>, x: &[f32], act: Act, y: &mut [f32]) {
@@ -195,9 +264,7 @@ pub(super) fn infer<W: Elem>(c: usize, st: &Stored<'_, W>, x: &[f32], act: Act, 
         let k = Block::of(st, c0, cb);
         for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
             let (yb, xb) = (&mut yr[c0..c0 + cb], &xr[c0..c0 + cb]);
-            for i in 0..cb {
-                yb[i] = act.apply((xb[i] - k.mean[i]) * k.scale[i] + k.beta[i]);
-            }
+            infer_row(0, &k, xb, act, yb);
         }
         c0 += cb;
     }
