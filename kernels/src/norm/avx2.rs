@@ -220,6 +220,6 @@ pub(super) unsafe fn bwd_apply(
                 st(dxr, i, _mm256_mul_ps(_mm256_mul_ps(ld(b.gamma, i), ld(b.invstd, i)), centred));
             }
         }
-        bwd_apply_row(full, b, xr, dyr, relu, dxr);
+        bwd_apply_row(full, b, inv_n, xr, dyr, relu, dxr);
     }
 }

@@ -234,6 +234,6 @@ pub(super) unsafe fn bwd_apply(
                 st(dxr, i, vmulq_f32(vmulq_f32(ld(b.gamma, i), ld(b.invstd, i)), centred));
             }
         }
-        bwd_apply_row(full, b, xr, dyr, relu, dxr);
+        bwd_apply_row(full, b, inv_n, xr, dyr, relu, dxr);
     }
 }

@@ -193,22 +193,25 @@ pub(super) fn bwd_apply(
     relu: Option<&ReluAfter<'_>>,
     dx: &mut [f32],
 ) {
+    let inv_n = 1.0 / b.count as f32;
     for ((dxr, xr), dyr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-        bwd_apply_row(0, b, xr, dyr, relu, dxr);
+        bwd_apply_row(0, b, inv_n, xr, dyr, relu, dxr);
     }
 }
 
-/// One row of [`bwd_apply`], channels `from..`.
+/// One row of [`bwd_apply`], channels `from..` (`inv_n = 1 / b.count`, computed once by the
+/// caller).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn bwd_apply_row(
     from: usize,
     b: &BwdSums<'_>,
+    inv_n: f32,
     xr: &[f32],
     dyr: &[f32],
     relu: Option<&ReluAfter<'_>>,
     dxr: &mut [f32],
 ) {
-    let inv_n = 1.0 / b.count as f32;
     for ch in from..xr.len() {
         let g = gate(relu, dyr[ch], xr[ch], b.mean[ch], b.invstd[ch], ch);
         let xhat = (xr[ch] - b.mean[ch]) * b.invstd[ch];
