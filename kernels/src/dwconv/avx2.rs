@@ -9,6 +9,7 @@
 //! pixels. Accumulation order per output is bias, then taps in row-major order, fused
 //! multiply-adds — the same on every map size, so no output depends on the batch or map.
 
+use super::scalar::input_taps;
 use super::{taps, BLOCK};
 use crate::act::Act;
 use crate::elem::{f16, Elem};
@@ -80,28 +81,17 @@ pub(super) unsafe fn bwd_input_s1(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &mut
 /// Lengths as checked by [`super::dwconv3x3_bwd_input`]; the CPU supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn bwd_input_gather(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let (c, st, h, wd) = (s.c, s.stride, s.h, s.w);
-    let (oh, ow) = (s.out_h(), s.out_w());
-    // The output index o with o·st + k − 1 = i, if any.
-    let src = |i: usize, k: usize, len: usize| -> Option<usize> {
-        let p = (i + 1).checked_sub(k)?;
-        (p % st == 0 && p / st < len).then_some(p / st)
-    };
+    let (c, h, wd) = (s.c, s.h, s.w);
+    let mut found = [(0usize, 0usize); 9];
     let mut list = [Tap { x: dy.as_ptr(), w: w.as_ptr() }; 9];
     for n in 0..s.n {
         for iy in 0..h {
             for ix in 0..wd {
-                let mut nt = 0;
-                for ky in 0..3 {
-                    let Some(oy) = src(iy, ky, oh) else { continue };
-                    for kx in 0..3 {
-                        let Some(ox) = src(ix, kx, ow) else { continue };
-                        // Output pixel (n, oy, ox) < n·oh·ow and tap row ky·3 + kx < 9: both
-                        // offsets stay inside the slices.
-                        list[nt] =
-                            Tap { x: dy[((n * oh + oy) * ow + ox) * c..].as_ptr(), w: w[(ky * 3 + kx) * c..].as_ptr() };
-                        nt += 1;
-                    }
+                let nt = input_taps(s, n, iy, ix, &mut found);
+                for (t, &(o, k)) in list.iter_mut().zip(&found[..nt]) {
+                    // Output pixel o < n·oh·ow and tap row k < 9: both offsets stay inside
+                    // the slices.
+                    *t = Tap { x: dy[o * c..].as_ptr(), w: w[k * c..].as_ptr() };
                 }
                 let out = dx[((n * h + iy) * wd + ix) * c..].as_mut_ptr();
                 // SAFETY: every tap's dy pixel and weight row hold `c` values, as does the dx

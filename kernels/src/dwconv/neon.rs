@@ -145,26 +145,15 @@ unsafe fn block(s: &DwConv3x3, x: *const f32, tile: &WTile, act: Act, y: *mut f3
 /// Lengths as checked by [`super::dwconv3x3_bwd_input`]; the CPU supports NEON.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn bwd_input(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let (c, st, h, wd) = (s.c, s.stride, s.h, s.w);
-    let (oh, ow) = (s.out_h(), s.out_w());
-    // The output index o with o·st + k − 1 = i, if any.
-    let src = |i: usize, k: usize, len: usize| -> Option<usize> {
-        let p = (i + 1).checked_sub(k)?;
-        (p % st == 0 && p / st < len).then_some(p / st)
-    };
+    let (c, h, wd) = (s.c, s.h, s.w);
     // (dy pixel, weight row) per tap, as offsets of channel 0.
     let mut list = [(0usize, 0usize); 9];
     for n in 0..s.n {
         for iy in 0..h {
             for ix in 0..wd {
-                let mut nt = 0;
-                for ky in 0..3 {
-                    let Some(oy) = src(iy, ky, oh) else { continue };
-                    for kx in 0..3 {
-                        let Some(ox) = src(ix, kx, ow) else { continue };
-                        list[nt] = (((n * oh + oy) * ow + ox) * c, (ky * 3 + kx) * c);
-                        nt += 1;
-                    }
+                let nt = scalar::input_taps(s, n, iy, ix, &mut list);
+                for t in &mut list[..nt] {
+                    *t = (t.0 * c, t.1 * c);
                 }
                 let out = ((n * h + iy) * wd + ix) * c;
                 let taps = &list[..nt];

@@ -23,6 +23,31 @@ pub(super) fn taps(p: usize, len: usize) -> (usize, usize) {
     (lo, hi)
 }
 
+/// The taps that read input pixel `(n, iy, ix)`, in `(ky, kx)` order: `(output pixel, tap)`
+/// pairs (flattened `n·out_h·out_w` index, `tap = ky·3 + kx`) with `oy·stride + ky − 1 = iy`,
+/// `ox·stride + kx − 1 = ix` in bounds, written to `list`; returns how many (at most 9 at stride
+/// 1, 4 at stride 2). The input-gradient gathers of the SIMD paths walk these.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+pub(super) fn input_taps(s: &DwConv3x3, n: usize, iy: usize, ix: usize, list: &mut [(usize, usize); 9]) -> usize {
+    let (st, oh, ow) = (s.stride, s.out_h(), s.out_w());
+    // The output index o with o·st + k − 1 = i, if any.
+    let src = |i: usize, k: usize, len: usize| -> Option<usize> {
+        let p = (i + 1).checked_sub(k)?;
+        (p % st == 0 && p / st < len).then_some(p / st)
+    };
+    let mut nt = 0;
+    for ky in 0..3 {
+        let Some(oy) = src(iy, ky, oh) else { continue };
+        for kx in 0..3 {
+            let Some(ox) = src(ix, kx, ow) else { continue };
+            list[nt] = ((n * oh + oy) * ow + ox, ky * 3 + kx);
+            nt += 1;
+        }
+    }
+    nt
+}
+
 /// Calls `f(out_pixel, in_pixel, tap)` for every output pixel (flattened `n·out_h·out_w`) and
 /// every in-bounds tap (`tap = ky·3 + kx`), with `in_pixel` the flattened input pixel it reads.
 #[inline(always)]
