@@ -200,14 +200,23 @@ fn tails_all_transposes() {
     }
 }
 
-/// Shapes crossing the blocking: k > KC (256), m > MC (144 AVX2 and 128 NEON at kc = 256,
-/// ~MC·256/kc rows at a shorter kc), several NR panels, with every β, both pads and all dtype
-/// combinations.
+/// Shapes crossing the blocking: k > KC (256; AVX2 runs k ≤ 320 as one block, so 300 and
+/// 320 are one block there and 321 two), m > MC (144 AVX2 and 128 NEON at kc = 256, ~MC·256/kc
+/// rows at another kc), several NR panels, with every β, both pads and all dtype combinations.
 #[test]
 fn blocking_boundaries() {
     let isas = isas();
     let mut rng = Rng::new(2);
-    let shapes = [(150, 40, 300), (289, 33, 257), (100, 257, 64), (7, 100, 513), (145, 17, 256), (1600, 5, 24)];
+    let shapes = [
+        (150, 40, 300),
+        (289, 33, 257),
+        (100, 257, 64),
+        (7, 100, 513),
+        (145, 17, 256),
+        (1600, 5, 24),
+        (130, 20, 320),
+        (118, 35, 321),
+    ];
     let mut idx = 0usize;
     for &(m, n, k) in &shapes {
         for &(ta, tb) in &TRANS {

@@ -9,8 +9,9 @@
 //!       for each MR-row panel: micro-kernel MR×NR over kc, α/β epilogue into C
 //! ```
 //!
-//! k is cut into equal KC blocks (at most the kernel's KC, a multiple of 8), and MC is as many
-//! rows as the A buffer holds at that depth (MC·KC is fixed), so a short k gets a tall A block.
+//! k up to the kernel's `kc_one` is one block (one pass over C); a deeper k is cut into equal
+//! KC blocks (at most the kernel's KC, a multiple of 8). MC is as many rows as the A buffer
+//! holds at that depth (MC·KC is fixed), so a short k gets a tall A block.
 //! Each element of A is packed once — or, for a kernel with `DIRECT_A` (AVX2) and an f32,
 //! untransposed A, not at all except in edge tiles: the micro-kernel broadcasts it in place;
 //! B is packed `⌈m/MC⌉` times, which costs about `1/(2·MC)` of the arithmetic. f16 operands are widened to f32 while packing (by the
@@ -260,14 +261,42 @@ unsafe fn pack_panel_f32<const L: usize>(
     }
 }
 
+/// A kernel's cache blocking, in f32 elements.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Blocking {
+    /// The deepest KC block when k is cut into several.
+    pub kc: usize,
+    /// A k up to this runs as one block (`≥ kc`): one pass over C, not two short ones.
+    pub kc_one: usize,
+    /// Rows of an A block at depth `kc` (a multiple of MR); a shallower block takes
+    /// proportionally more rows, a deeper one (up to `kc_one`) fewer: `mc·kc` is fixed.
+    pub mc: usize,
+}
+
+impl Blocking {
+    /// What [`run`] needs of a blocking for `mr`-row panels: `mc` a positive multiple of `mr`,
+    /// `1 ≤ kc ≤ kc_one`, and a block of depth `kc_one` still holds one panel.
+    pub(super) const fn valid(&self, mr: usize) -> bool {
+        self.mc > 0 && self.mc % mr == 0 && self.kc >= 1 && self.kc <= self.kc_one && self.kc_one * mr <= self.a_len()
+    }
+    /// f32 slots of the A packing buffer.
+    pub(super) const fn a_len(&self) -> usize {
+        self.mc * self.kc
+    }
+    /// f32 slots of the B packing buffer for `nr`-column panels.
+    pub(super) const fn b_len(&self, nr: usize) -> usize {
+        self.kc_one * nr
+    }
+}
+
 /// `C = α·op(A)·op(B) + β·C` by the loop nest in the module docs, with packing buffers
-/// `abuf` (`mc_max·kc_max` f32) and `bbuf` (`kc_max·NR` f32).
+/// `abuf` ([`Blocking::a_len`] f32) and `bbuf` ([`Blocking::b_len`]`(NR)` f32).
 ///
 /// # Safety
 /// The slices satisfy the length checks of [`super::gemm`] for `s`; `m, n ≥ 1`; `abuf` and
-/// `bbuf` are valid for reads and writes of the sizes above and 32-byte aligned; `mc_max` is a
-/// positive multiple of `MR`, `kc_max ≥ 1`; the CPU supports `K`'s ISA. (`MR`, `NR` repeat
-/// `K::MR`, `K::NR` as const parameters; a mismatch fails to compile.)
+/// `bbuf` are valid for reads and writes of the sizes above and 32-byte aligned;
+/// `blk.valid(MR)`; the CPU supports `K`'s ISA. (`MR`, `NR` repeat `K::MR`, `K::NR` as const parameters; a mismatch fails to
+/// compile.)
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, const NR: usize>(
@@ -278,12 +307,11 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
     beta: f32,
     c: &mut [f32],
     abuf: *mut f32,
-    kc_max: usize,
-    mc_max: usize,
+    blk: Blocking,
     bbuf: *mut f32,
 ) {
     const { assert!(MR == K::MR && NR == K::NR) };
-    debug_assert!(mc_max % MR == 0);
+    debug_assert!(blk.valid(MR));
     if s.k == 0 {
         scalar::gemm(s, alpha, a, b, beta, c);
         return;
@@ -295,10 +323,12 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
         Some(af) if K::DIRECT_A && s.ta == Trans::N => Some(af.as_ptr()),
         _ => None,
     };
-    // Equal KC blocks (k = 288 runs as 2×144, not 256 + 32), rounded up to a multiple of 8.
-    let kc_blk = s.k.div_ceil(s.k.div_ceil(kc_max)).next_multiple_of(8).min(kc_max);
+    // One block up to kc_one, else equal blocks of at most kc (k = 576 runs as 3×192, not
+    // 256 + 256 + 64), rounded up to a multiple of 8.
+    let kc_blk =
+        if s.k <= blk.kc_one { s.k } else { s.k.div_ceil(s.k.div_ceil(blk.kc)).next_multiple_of(8).min(blk.kc) };
     // As many rows as the A buffer holds at that depth: fewer B repacks when k is short.
-    let mc_blk = (mc_max * kc_max / kc_blk) / MR * MR;
+    let mc_blk = (blk.a_len() / kc_blk) / MR * MR;
     let mut p0 = 0;
     while p0 < s.k {
         let kc = kc_blk.min(s.k - p0);
@@ -313,9 +343,9 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                     continue;
                 }
                 // SAFETY: panel `ir` occupies abuf[ir·MR·kc ..][.. MR·kc], inside
-                // `mc_max·kc_max` since ir < ⌈mc/MR⌉ ≤ mc_blk/MR and mc_blk·kc ≤
-                // mc_blk·kc_blk ≤ mc_max·kc_max (kc ≤ kc_blk ≤ kc_max); the A
-                // elements read are inside `a` by the caller's length checks.
+                // `a_len()` since ir < ⌈mc/MR⌉ ≤ mc_blk/MR and mc_blk·kc ≤ mc_blk·kc_blk ≤
+                // a_len() (kc ≤ kc_blk); the A elements read are inside `a` by the caller's
+                // length checks.
                 unsafe {
                     pack_panel::<K, A, MR>(a, s.ta == Trans::T, s.lda, i0 + ir * MR, mr, p0, kc, abuf.add(ir * MR * kc))
                 };
@@ -323,7 +353,7 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
             let mut j0 = 0;
             while j0 < s.n {
                 let nr = NR.min(s.n - j0);
-                // SAFETY: the B panel takes `kc·NR ≤ kc_max·NR` slots of `bbuf`; the B
+                // SAFETY: the B panel takes `kc·NR ≤ kc_one·NR` slots of `bbuf`; the B
                 // elements read are inside `b` by the caller's length checks.
                 unsafe { pack_panel::<K, B, NR>(b, s.tb == Trans::N, s.ldb, j0, nr, p0, kc, bbuf) };
                 for ir in 0..panels {

@@ -3,7 +3,7 @@
 //! f16 operands widened with `fcvtl` while packing. Packing buffers: 128·256 + 256·8 f32 =
 //! 136 KiB on the stack, 64-byte aligned.
 
-use super::blocked::{self, as_f16, as_f32, Buf, MicroKernel};
+use super::blocked::{self, as_f16, as_f32, Blocking, Buf, MicroKernel};
 use super::GemmShape;
 use crate::convert;
 use crate::elem::Elem;
@@ -11,8 +11,9 @@ use core::arch::aarch64::*;
 
 const MR: usize = 8;
 const NR: usize = 8;
-const KC: usize = 256;
-const MC: usize = 128;
+/// KC ≤ 256, MC = 128 at KC = 256 (no single deeper block: not measured on NEON hardware).
+const BLOCKING: Blocking = Blocking { kc: 256, kc_one: 256, mc: 128 };
+const _: () = assert!(BLOCKING.valid(MR));
 
 /// `C = α·op(A)·op(B) + β·C` (see [`super::gemm`]).
 ///
@@ -21,12 +22,13 @@ const MC: usize = 128;
 /// supports NEON.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn gemm<A: Elem, B: Elem>(s: &GemmShape, alpha: f32, a: &[A], b: &[B], beta: f32, c: &mut [f32]) {
-    let mut abuf = Buf::<{ MC * KC }>::new();
-    let mut bbuf = Buf::<{ KC * NR }>::new();
-    // SAFETY: the buffers hold MC·KC and KC·NR f32 and are 64-byte aligned, MC is a multiple
-    // of MR, the caller guarantees the slice lengths and the CPU features.
+    let mut abuf = Buf::<{ BLOCKING.a_len() }>::new();
+    let mut bbuf = Buf::<{ BLOCKING.b_len(NR) }>::new();
+    // SAFETY: the buffers have the sizes `run` needs and are 64-byte aligned, BLOCKING
+    // satisfies its conditions (checked at compile time), the caller guarantees the slice
+    // lengths and the CPU features.
     unsafe {
-        blocked::run::<Neon8x8, A, B, MR, NR>(s, alpha, a, b, beta, c, abuf.as_mut_ptr(), KC, MC, bbuf.as_mut_ptr())
+        blocked::run::<Neon8x8, A, B, MR, NR>(s, alpha, a, b, beta, c, abuf.as_mut_ptr(), BLOCKING, bbuf.as_mut_ptr())
     }
 }
 
