@@ -137,3 +137,39 @@ fn step_benches_default_to_the_tutorials_student() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("teacher.tkd") && !out.exists(), "{err}");
 }
+
+#[test]
+fn gemm_rates_each_shape_against_the_peak_of_the_same_run() {
+    let args = ["bench", "gemm", "--shape", "13x35x70", "--shape", "64x16x8", "--rounds", "3", "--sample-ms", "2"];
+    let (code, out, err) = tinykd(&args);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    assert_eq!(
+        (v["bench"].as_str(), v["dtype_b"].as_str(), v["rounds"].as_u64()),
+        (Some("gemm"), Some("f32"), Some(3))
+    );
+    let peak = v["peak_gflops_median"].as_f64().unwrap();
+    let shapes = v["shapes"].as_array().unwrap_or_else(|| panic!("no `shapes`: {v}"));
+    let dims: Vec<_> = shapes.iter().map(|s| (s["m"].as_u64(), s["n"].as_u64(), s["k"].as_u64())).collect();
+    assert_eq!(dims, [(Some(13), Some(35), Some(70)), (Some(64), Some(16), Some(8))], "{v}");
+    for s in shapes {
+        let f = |k: &str| s[k].as_f64().unwrap_or_else(|| panic!("no number `{k}` in {s}"));
+        let (med, best, of_peak) = (f("gflops_median"), f("gflops_best"), f("of_peak_median"));
+        assert!(0.0 < med && med <= best && peak > 0.0 && of_peak > 0.0, "{v}");
+        // The call time and the rate describe the same median.
+        let flop = 2.0 * (s["m"].as_f64().unwrap() * s["n"].as_f64().unwrap() * s["k"].as_f64().unwrap());
+        assert!((f("us_per_call_median") - flop / med * 1e-3).abs() <= 1e-9 * f("us_per_call_median"), "{s}");
+    }
+    // The scalar path can always be forced; f16 weights are named in the report.
+    let (code, out, err) =
+        tinykd(&["bench", "gemm", "--isa", "scalar", "--dtype", "f16", "--shape", "8x8x8", "--rounds", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["isa"].as_str(), v["dtype_b"].as_str()), (Some("scalar"), Some("f16")), "{v}");
+    // Bad shapes and rounds are usage errors that say what is wrong.
+    for (bad, says) in [("--shape=8x8", "MxNxK"), ("--shape=8x0x8", "positive"), ("--rounds=0", "rounds")] {
+        let (code, _, err) = tinykd(&["bench", "gemm", bad]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}

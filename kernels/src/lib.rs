@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod calib;
 pub mod elem;
 pub mod error;
 pub mod gemm;

@@ -5,7 +5,8 @@
 //! - `bench train-step`: one [`Trainer::step`] of the student alone (forward, cross-entropy,
 //!   backward, Momentum update);
 //! - `bench distill-step`: one step of the tutorial's distillation (frozen ResNet50 teacher
-//!   forward, student forward/backward, cross-entropy + L2 hint, Momentum update).
+//!   forward, student forward/backward, cross-entropy + L2 hint, Momentum update);
+//! - `bench gemm` (`bench_gemm.rs`): GEMM GFLOP/s against the FMA peak of the same run.
 //!
 //! Each runs `--warmup` untimed iterations, then `--iters` timed ones, and reports the median,
 //! 10th and 90th percentile in milliseconds and the throughput at the median.
@@ -38,6 +39,8 @@ pub enum BenchCommand {
     /// One distillation step: ResNet50 teacher forward + this student's training step with
     /// the default losses (cross-entropy + the tutorial's L2 hint), batch 64 by default.
     DistillStep(StepArgs),
+    /// Single-thread GEMM GFLOP/s and fraction of the FMA peak, measured in the same run.
+    Gemm(super::bench_gemm::GemmArgs),
 }
 
 /// Timing options shared by every benchmark.
@@ -122,6 +125,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Infer(a) => infer(a)?,
         BenchCommand::TrainStep(a) => step(a, false)?,
         BenchCommand::DistillStep(a) => step(a, true)?,
+        BenchCommand::Gemm(a) => super::bench_gemm::run(a)?,
     };
     emit(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON values always serialise")))
 }

@@ -5,6 +5,7 @@
 //! failure. Every error is printed as one paragraph on stderr, prefixed with `error:`.
 
 pub mod bench;
+pub mod bench_gemm;
 pub mod data;
 pub mod distill;
 pub mod eval;
