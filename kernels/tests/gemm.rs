@@ -227,6 +227,35 @@ fn blocking_boundaries() {
     }
 }
 
+/// A narrow C (n ≤ 10) with k ≥ 64, which AVX2 computes as dot products along k (f32,
+/// untransposed A): every n up to 10 and just past it, k on both sides of the 8-lane tail and
+/// of the 512-deep Bᵀ block, odd m (a lone last row), both B layouts, f16 B, α, β, padding.
+#[test]
+fn narrow_c_along_k() {
+    let isas = isas();
+    let mut rng = Rng::new(4);
+    let mut idx = 0usize;
+    for n in 1..=11 {
+        for (m, k) in [(1, 64), (7, 65), (4, 200), (9, 512), (3, 513), (6, 1100)] {
+            for tb in [Trans::N, Trans::T] {
+                let cs = Case {
+                    m,
+                    n,
+                    k,
+                    ta: Trans::N,
+                    tb,
+                    pad: [0, 3][idx % 2],
+                    alpha: ALPHAS[idx % 3],
+                    beta: BETAS[(idx / 3) % 3],
+                };
+                // f32·f32 or f32·f16: the narrow path needs an f32 A.
+                check_dtypes(&isas, &mut rng, &cs, [0, 2][(idx / 2) % 2]);
+                idx += 1;
+            }
+        }
+    }
+}
+
 /// Model layer shapes: pointwise conv (m = n·h·w), fc, an im2col tile, 256³ with f16 weights.
 #[test]
 fn model_shapes() {

@@ -5,7 +5,7 @@
 //! stack, 64-byte aligned.
 
 use super::blocked::{self, as_f16, as_f32, Blocking, Buf, MicroKernel};
-use super::GemmShape;
+use super::{narrow, GemmShape};
 use crate::convert;
 use crate::elem::Elem;
 use core::arch::x86_64::*;
@@ -25,6 +25,11 @@ const _: () = assert!(BLOCKING.valid(MR));
 /// supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemm<A: Elem, B: Elem>(s: &GemmShape, alpha: f32, a: &[A], b: &[B], beta: f32, c: &mut [f32]) {
+    if let Some(af) = as_f32(a).filter(|_| narrow::applies(s)) {
+        // SAFETY: forwarded contract; `applies` checked.
+        unsafe { narrow::gemm(s, alpha, af, b, beta, c) };
+        return;
+    }
     let mut abuf = Buf::<{ BLOCKING.a_len() }>::new();
     let mut bbuf = Buf::<{ BLOCKING.b_len(NR) }>::new();
     // SAFETY: the buffers have the sizes `run` needs and are 64-byte aligned, BLOCKING
