@@ -81,18 +81,25 @@ pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B]
 /// the CPU supports AVX2 and F16C.
 #[inline(always)]
 unsafe fn pack_bt<B: Elem>(s: &GemmShape, b: &[B], p0: usize, kb: usize, kb8: usize, cols: usize, bt: *mut f32) {
-    // B untransposed with ≥ 8 columns: Bᵀ's first 8 rows by 8×8 register transposes (`done`
-    // rows of B), the rest element by element below.
+    // B untransposed with ≥ 8 columns: Bᵀ's rows by 8×8 register transposes over `done` rows
+    // of B — columns 0..8, then (n > 8) columns n−8..n, of which the rows ≥ 8 are kept — and
+    // the rest element by element below.
     let mut done = 0;
     if s.tb == Trans::N && s.n >= 8 {
+        let offsets: &[usize] = if s.n > 8 { &[0, s.n - 8] } else { &[0] };
         while done + 8 <= kb {
-            let rows: [&[B]; 8] = core::array::from_fn(|r| &b[(p0 + done + r) * s.ldb..][..8]);
-            // SAFETY: each of the 8 rows has 8 elements (sliced above); `bt` rows 0..8 take 8
-            // values at column `done` + 8 ≤ kb ≤ KB; AVX2 and F16C present (caller).
-            unsafe {
-                let t = transpose8(rows.map(|r| load8(r)));
-                for (j, v) in t.iter().enumerate() {
-                    _mm256_storeu_ps(bt.add(j * KB + done), *v);
+            for &c0 in offsets {
+                let rows: [&[B]; 8] = core::array::from_fn(|r| &b[(p0 + done + r) * s.ldb + c0..][..8]);
+                // SAFETY: each of the 8 rows has 8 elements (sliced above); `bt` rows c0 + t <
+                // n take 8 values at column `done` + 8 ≤ kb ≤ KB; AVX2 and F16C present
+                // (caller).
+                unsafe {
+                    let t = transpose8(rows.map(|r| load8(r)));
+                    for (t, v) in t.iter().enumerate() {
+                        if c0 == 0 || c0 + t >= 8 {
+                            _mm256_storeu_ps(bt.add((c0 + t) * KB + done), *v);
+                        }
+                    }
                 }
             }
             done += 8;
@@ -116,12 +123,11 @@ unsafe fn pack_bt<B: Elem>(s: &GemmShape, b: &[B], p0: usize, kb: usize, kb8: us
                         }
                     }
                 }
-                // op(B) = B: column j, one element per row of B (columns 0..8 were
-                // transposed 8×8 at a time above, except the rows past the last 8).
+                // op(B) = B: column j, one element per row of B (the first `done` rows were
+                // transposed 8×8 at a time above).
                 Trans::N => {
-                    let from = if j < 8 { done } else { 0 };
                     let col = &b[p0 * s.ldb + j..];
-                    for q in from..kb {
+                    for q in done..kb {
                         // SAFETY: q < kb; element (p0 + q, j) is inside `b` (length check).
                         unsafe { row.add(q).write(col[q * s.ldb].to_f32()) };
                     }
