@@ -8,7 +8,10 @@
 //! registers where it can, f16 widened) once per k block into `Bᵀ` on the stack (40 KiB),
 //! `KB` deep, zero-padded to 10 rows and to a multiple of 8 columns. Loop order: k block →
 //! 5-column tile (its 5 Bᵀ rows, 20 KiB, stay in L1) → row pairs (A streams from L2).
-//! `tinykd bench gemm --shape 64x10x1024`: 40 → 69–71 % of the FMA peak (same-run ratios). Each output sums its k block in 8 lane-wise partial
+//! `tinykd bench gemm --shape 64x10x1024`: 40 → 73–77 % of the FMA peak (same-run ratios;
+//! padding Bᵀ's rows by a cache line took it from 69–71 %). Measured and not kept: row pairs
+//! outside the column tiles, with KB = 512 or 1024 (A's pair stays in L1 for both tiles, Bᵀ
+//! does not): 61–71 %. Each output sums its k block in 8 lane-wise partial
 //! sums, reduced at the end, and the k blocks add into C one after another: another order
 //! than the blocked path's, inside the same error bound (see the module docs of `gemm`).
 
@@ -24,6 +27,9 @@ pub(super) const MIN_K: usize = 64;
 /// Depth of a `Bᵀ` block (5 rows of it, 20 KiB, stay in L1 while A streams past; 512 was
 /// slower, 64×10×1024 at 64 vs 70 % of the peak: twice the per-output reductions).
 const KB: usize = 1024;
+/// Row stride of `Bᵀ`: one cache line more than KB, so that its rows (and A's, when lda is a
+/// multiple of 1024) do not all map to the same L1 set at a given k.
+const LDBT: usize = KB + 16;
 /// Columns per tile.
 const NC: usize = 5;
 
@@ -40,7 +46,7 @@ pub(super) fn applies(s: &GemmShape) -> bool {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B], beta: f32, c: &mut [f32]) {
     debug_assert!(applies(s));
-    let mut bt = Buf::<{ MAX_N * KB }>::new();
+    let mut bt = Buf::<{ MAX_N * LDBT }>::new();
     let bt = bt.as_mut_ptr();
     let cols = s.n.next_multiple_of(NC);
     let mut p0 = 0;
@@ -59,7 +65,7 @@ pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B]
                 unsafe {
                     let a0 = a.as_ptr().add(i0 * s.lda + p0);
                     let a1 = if two { a0.add(s.lda) } else { a0 };
-                    let sums = tile(kb, a0, a1, bt.add(j0 * KB));
+                    let sums = tile(kb, a0, a1, bt.add(j0 * LDBT));
                     for (r, row) in sums.iter().enumerate().take(1 + two as usize) {
                         for (jj, &v) in row.iter().enumerate().take(s.n.saturating_sub(j0).min(NC)) {
                             let d = c.as_mut_ptr().add((i0 + r) * s.ldc + j0 + jj);
@@ -97,7 +103,7 @@ unsafe fn pack_bt<B: Elem>(s: &GemmShape, b: &[B], p0: usize, kb: usize, kb8: us
                     let t = transpose8(rows.map(|r| load8(r)));
                     for (t, v) in t.iter().enumerate() {
                         if c0 == 0 || c0 + t >= 8 {
-                            _mm256_storeu_ps(bt.add((c0 + t) * KB + done), *v);
+                            _mm256_storeu_ps(bt.add((c0 + t) * LDBT + done), *v);
                         }
                     }
                 }
@@ -107,7 +113,7 @@ unsafe fn pack_bt<B: Elem>(s: &GemmShape, b: &[B], p0: usize, kb: usize, kb8: us
     }
     for j in 0..cols {
         // SAFETY: row j < cols of `bt`, columns < kb8 ≤ KB (caller).
-        let row = unsafe { bt.add(j * KB) };
+        let row = unsafe { bt.add(j * LDBT) };
         if j < s.n {
             match s.tb {
                 // op(B) = Bᵀ: row j of B is Bᵀ's row, contiguous.
@@ -233,7 +239,7 @@ unsafe fn tile(kb: usize, a0: *const f32, a1: *const f32, bt: *const f32) -> [[f
         while q < body {
             let av = [_mm256_loadu_ps(a0.add(q)), _mm256_loadu_ps(a1.add(q))];
             for cc in 0..NC {
-                let bv = _mm256_loadu_ps(bt.add(cc * KB + q));
+                let bv = _mm256_loadu_ps(bt.add(cc * LDBT + q));
                 acc[0][cc] = _mm256_fmadd_ps(av[0], bv, acc[0][cc]);
                 acc[1][cc] = _mm256_fmadd_ps(av[1], bv, acc[1][cc]);
             }
@@ -244,7 +250,7 @@ unsafe fn tile(kb: usize, a0: *const f32, a1: *const f32, bt: *const f32) -> [[f
             let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((kb - q) as i32), lanes);
             let av = [_mm256_maskload_ps(a0.add(q), mask), _mm256_maskload_ps(a1.add(q), mask)];
             for cc in 0..NC {
-                let bv = _mm256_loadu_ps(bt.add(cc * KB + q));
+                let bv = _mm256_loadu_ps(bt.add(cc * LDBT + q));
                 acc[0][cc] = _mm256_fmadd_ps(av[0], bv, acc[0][cc]);
                 acc[1][cc] = _mm256_fmadd_ps(av[1], bv, acc[1][cc]);
             }
