@@ -40,8 +40,8 @@ pub(super) unsafe fn gemm<A: Elem, B: Elem>(s: &GemmShape, alpha: f32, a: &[A], 
     }
 }
 
-/// The 6×16 AVX2+FMA micro-kernel.
-struct Fma6x16;
+/// The 6×16 AVX2+FMA micro-kernel (its `widen` also serves the narrow path's packing).
+pub(super) struct Fma6x16;
 
 impl MicroKernel for Fma6x16 {
     const MR: usize = MR;

@@ -295,8 +295,8 @@ impl Blocking {
 /// # Safety
 /// The slices satisfy the length checks of [`super::gemm`] for `s`; `m, n ≥ 1`; `abuf` and
 /// `bbuf` are valid for reads and writes of the sizes above and 32-byte aligned;
-/// `blk.valid(MR)`; the CPU supports `K`'s ISA. (`MR`, `NR` repeat `K::MR`, `K::NR` as const parameters; a mismatch fails to
-/// compile.)
+/// `blk.valid(MR)`; the CPU supports `K`'s ISA. (`MR`, `NR` repeat `K::MR`, `K::NR` as const
+/// parameters; a mismatch fails to compile.)
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, const NR: usize>(

@@ -3,19 +3,21 @@
 //! 8 k-lanes at a time in 2×5 tiles of outputs (10 accumulators, 2 A and 5 Bᵀ loads per 8 k).
 //!
 //! The 6×16 micro-kernel puts C's columns in its lanes, so with n = 10 it leaves 6 of 16 lanes
-//! idle. Here the lanes run along k, which is
-//! long, and A's rows are read in place (f32, untransposed); op(B) is transposed (8×8 in
-//! registers where it can, f16 widened) once per k block into `Bᵀ` on the stack (40 KiB),
-//! `KB` deep, zero-padded to 10 rows and to a multiple of 8 columns. Loop order: k block →
-//! 5-column tile (its 5 Bᵀ rows, 20 KiB, stay in L1) → row pairs (A streams from L2).
+//! idle. Here the lanes run along k, which is long, and A's rows are read in place (f32,
+//! untransposed); op(B) is transposed (8×8 in registers where it can, f16 widened) once per k
+//! block into `Bᵀ` on the stack (40 KiB), `KB` deep, zero-padded to 10 rows and to a multiple
+//! of 8 columns. Loop order: k block → 5-column tile (its 5 Bᵀ rows, 20 KiB, stay in L1) →
+//! row pairs (A streams from L2). Each output sums its k block in 8 lane-wise partial sums,
+//! reduced at the end, and the k blocks add into C one after another: another order than the
+//! blocked path's, inside the same error bound (see the module docs of `gemm`).
+//!
 //! `tinykd bench gemm --shape 64x10x1024`: 40 → 73–77 % of the FMA peak (same-run ratios;
 //! padding Bᵀ's rows by a cache line took it from 69–71 %). Measured and not kept: row pairs
 //! outside the column tiles, with KB = 512 or 1024 (A's pair stays in L1 for both tiles, Bᵀ
-//! does not): 61–71 %. Each output sums its k block in 8 lane-wise partial
-//! sums, reduced at the end, and the k blocks add into C one after another: another order
-//! than the blocked path's, inside the same error bound (see the module docs of `gemm`).
+//! does not): 61–71 %.
 
-use super::blocked::{as_f16, as_f32, Buf};
+use super::avx2::Fma6x16;
+use super::blocked::{as_f16, as_f32, Buf, MicroKernel};
 use super::{GemmShape, Trans};
 use crate::elem::Elem;
 use core::arch::x86_64::*;
@@ -53,7 +55,7 @@ pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B]
     while p0 < s.k {
         let kb = KB.min(s.k - p0);
         let kb8 = kb.next_multiple_of(8);
-        // SAFETY: `bt` holds MAX_N·KB f32; rows j < cols ≤ MAX_N, columns < kb8 ≤ KB.
+        // SAFETY: `bt` holds MAX_N rows of LDBT f32; rows j < cols ≤ MAX_N, columns < kb8 ≤ KB.
         unsafe { pack_bt(s, b, p0, kb, kb8, cols, bt) };
         let beta_p = if p0 == 0 { beta } else { 1.0 };
         for j0 in (0..cols).step_by(NC) {
@@ -79,11 +81,11 @@ pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B]
     }
 }
 
-/// Writes `Bᵀ[j][q] = op(B)[p0 + q][j]` (widened) to `bt[j·KB + q]` for `j < n`, `q < kb`,
+/// Writes `Bᵀ[j][q] = op(B)[p0 + q][j]` (widened) to `bt[j·LDBT + q]` for `j < n`, `q < kb`,
 /// and zeros for `n ≤ j < cols` or `kb ≤ q < kb8`.
 ///
 /// # Safety
-/// `bt` is valid for `cols·KB` writes, `kb8 ≤ KB`; `b` satisfies the length check for `s`;
+/// `bt` is valid for `cols·LDBT` writes, `kb8 ≤ KB`; `b` satisfies the length check for `s`;
 /// the CPU supports AVX2 and F16C.
 #[inline(always)]
 unsafe fn pack_bt<B: Elem>(s: &GemmShape, b: &[B], p0: usize, kb: usize, kb8: usize, cols: usize, bt: *mut f32) {
@@ -117,18 +119,8 @@ unsafe fn pack_bt<B: Elem>(s: &GemmShape, b: &[B], p0: usize, kb: usize, kb8: us
         if j < s.n {
             match s.tb {
                 // op(B) = Bᵀ: row j of B is Bᵀ's row, contiguous.
-                Trans::T => {
-                    let src = &b[j * s.ldb + p0..][..kb];
-                    if let Some(h) = as_f16(src) {
-                        // SAFETY: `row` has kb writable slots; F16C present (caller).
-                        unsafe { crate::convert::x86::f16_to_f32_raw(h, row) };
-                    } else {
-                        for (q, v) in src.iter().enumerate() {
-                            // SAFETY: q < kb.
-                            unsafe { row.add(q).write(v.to_f32()) };
-                        }
-                    }
-                }
+                // SAFETY: `row` has kb writable slots; F16C present (caller).
+                Trans::T => unsafe { Fma6x16::widen(&b[j * s.ldb + p0..][..kb], row) },
                 // op(B) = B: column j, one element per row of B (the first `done` rows were
                 // transposed 8×8 at a time above).
                 Trans::N => {
