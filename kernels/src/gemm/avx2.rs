@@ -40,7 +40,7 @@ pub(super) unsafe fn gemm<A: Elem, B: Elem>(s: &GemmShape, alpha: f32, a: &[A], 
     }
 }
 
-/// The 6×16 AVX2+FMA micro-kernel (its `widen` also serves the narrow path's packing).
+/// The 6×16 AVX2+FMA micro-kernel.
 pub(super) struct Fma6x16;
 
 impl MicroKernel for Fma6x16 {

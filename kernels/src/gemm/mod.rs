@@ -11,13 +11,13 @@
 //!   assembly (`vmla.f32`, 4×4 and 1×8 register tiles, f16 widened by `vcvtb`/`vcvtt`), bit-identical;
 //! - AVX2+FMA+F16C (`avx2.rs`): 6×16 micro-kernel, KC ≤ 256 (one block up to k = 320), MC·KC =
 //!   144·256, 164 KiB of packing buffers on the stack; a C of at most 10 columns with k ≥ 64
-//!   and an f32, untransposed A (the fc at batch 64) goes to `narrow.rs` instead: dot products
-//!   along k, 8 k-lanes at a time, so no lanes sit idle past column 10;
+//!   and an f32, untransposed A (the fc at batch 64) goes to `narrow.rs` instead: lanes along
+//!   k (4 k × 2 columns per vector), so no lanes sit idle past column 10;
 //! - NEON (`neon.rs`): 8×8 micro-kernel, KC ≤ 256, MC·KC = 128·256, 136 KiB of packing buffers;
 //! - the SIMD paths share the loop nest and the f16→f32-widening packers (`blocked.rs`).
 //!
 //! Accuracy contract: the SIMD paths sum in k order within each KC block (the narrow path in
-//! 8 interleaved partial sums, reduced at the end), fuse multiply-adds and add the KC blocks
+//! 4 interleaved partial sums, reduced at the end), fuse multiply-adds and add the KC blocks
 //! into C one after another, so they do not match the scalar path bit for bit. Every path satisfies the standard dot-product bound
 //! `|C − C_exact| ≤ γ·(|α|·Σ_p |op(A)[i][p]·op(B)[p][j]| + |β·C₀[i][j]|)` with
 //! `γ = (k + 4)·2⁻²⁴` (f16 operands are widened exactly, so the bound holds for them too);

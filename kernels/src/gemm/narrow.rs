@@ -1,39 +1,41 @@
 //! x86_64 AVX2+FMA path for a narrow C (`n ≤ 10`, e.g. an fc with 10 classes at batch 64):
-//! each output as a dot product along k, `C[i][j] = α·Σ_p A[i][p]·op(B)[p][j] + β·C[i][j]`,
-//! 8 k-lanes at a time in 2×5 tiles of outputs (10 accumulators, 2 A and 5 Bᵀ loads per 8 k).
+//! `C[i][j] = α·Σ_p A[i][p]·op(B)[p][j] + β·C[i][j]` with the lanes along k, 4 k × 2 columns
+//! per vector, in 2-row × 10-column tiles (10 accumulators, 2 A broadcasts and 5 op(B) loads
+//! per 4 k).
 //!
 //! The 6×16 micro-kernel puts C's columns in its lanes, so with n = 10 it leaves 6 of 16 lanes
-//! idle. Here the lanes run along k, which is long, and A's rows are read in place (f32,
-//! untransposed); op(B) is transposed (8×8 in registers where it can, f16 widened) once per k
-//! block into `Bᵀ` on the stack (40 KiB), `KB` deep, zero-padded to 10 rows and to a multiple
-//! of 8 columns. Loop order: k block → 5-column tile (its 5 Bᵀ rows, 20 KiB, stay in L1) →
-//! row pairs (A streams from L2). Each output sums its k block in 8 lane-wise partial sums,
-//! reduced at the end, and the k blocks add into C one after another: another order than the
-//! blocked path's, inside the same error bound (see the module docs of `gemm`).
+//! idle. Here a vector holds 4 consecutive k for two columns: op(B) is packed once per k block,
+//! `KB` deep, in groups of 4 k, each group 5 vectors `[col v | col v+4]` (v < 4) and
+//! `[col 8 | col 9]`, every half the 4 k in order (zero past n and past k); A's rows are read
+//! in place (f32, untransposed), 4 k broadcast to both halves. Packing is half a transpose (a
+//! 4×4 one in each 128-bit lane, 8 shuffles per 4 rows of B) and the tile's reduction is three
+//! `hadd`s per 8 outputs, which puts each column's sums in order. Loop order: k block → row
+//! pairs (A streams from L2, the packed block, 15 KiB, stays in L1). Each output sums its k
+//! block in 4 lane-wise partial sums, reduced at the end, and the k blocks add into C one after
+//! another: another order than the blocked path's, inside the same error bound (see the module
+//! docs of `gemm`).
 //!
-//! `tinykd bench gemm --shape 64x10x1024`: 40 → 73–77 % of the FMA peak (same-run ratios;
-//! padding Bᵀ's rows by a cache line took it from 69–71 %). Measured and not kept: row pairs
-//! outside the column tiles, with KB = 512 or 1024 (A's pair stays in L1 for both tiles, Bᵀ
-//! does not): 61–71 %.
+//! `tinykd bench gemm --shape 64x10x1024`: 40 % of the FMA peak on the 6×16 kernel, 73–77 %
+//! with full 8×8 transposes into 8-k dot products over two 5-column tiles, ~82 % with this
+//! layout (half the packing shuffles, A read once, no per-output horizontal sums). Measured
+//! and not kept: columns 0–7 as an outer product with A broadcast per k (one broadcast per FMA:
+//! 62 %), unrolling the k loop 4× with a prefetch of the next row pair (no gain), KB of 256
+//! (more block passes) or 512 and above (the block and A's rows, which at a row stride of 1024
+//! floats all fall in the same L1 sets, no longer fit the 8 ways).
 
-use super::avx2::Fma6x16;
-use super::blocked::{as_f16, as_f32, Buf, MicroKernel};
+use super::blocked::{as_f16, as_f32, Buf};
 use super::{GemmShape, Trans};
 use crate::elem::Elem;
 use core::arch::x86_64::*;
 
-/// Widest C this path takes (two 5-column tiles).
+/// Widest C this path takes (two columns per vector, five vectors).
 pub(super) const MAX_N: usize = 10;
-/// Shortest k it takes: below, the per-output reductions outweigh the lanes it fills.
+/// Shortest k it takes: below, the per-tile reductions outweigh the lanes it fills.
 pub(super) const MIN_K: usize = 64;
-/// Depth of a `Bᵀ` block (5 rows of it, 20 KiB, stay in L1 while A streams past; 512 was
-/// slower, 64×10×1024 at 64 vs 70 % of the peak: twice the per-output reductions).
-const KB: usize = 1024;
-/// Row stride of `Bᵀ`: one cache line more than KB, so that its rows (and A's, when lda is a
-/// multiple of 1024) do not all map to the same L1 set at a given k.
-const LDBT: usize = KB + 16;
-/// Columns per tile.
-const NC: usize = 5;
+/// Depth of a packed op(B) block: 96 groups, 15 KiB, in L1 beside A's two rows.
+const KB: usize = 384;
+/// f32 per packed group of 4 k: 5 vectors of 8.
+const GROUP: usize = 40;
 
 /// Whether this path computes `s` (with an f32 A): a narrow C, a long k, A untransposed.
 pub(super) fn applies(s: &GemmShape) -> bool {
@@ -48,32 +50,26 @@ pub(super) fn applies(s: &GemmShape) -> bool {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B], beta: f32, c: &mut [f32]) {
     debug_assert!(applies(s));
-    let mut bt = Buf::<{ MAX_N * LDBT }>::new();
-    let bt = bt.as_mut_ptr();
-    let cols = s.n.next_multiple_of(NC);
+    let mut bp = Buf::<{ KB / 4 * GROUP }>::new();
+    let bp = bp.as_mut_ptr();
     let mut p0 = 0;
     while p0 < s.k {
         let kb = KB.min(s.k - p0);
-        let kb8 = kb.next_multiple_of(8);
-        // SAFETY: `bt` holds MAX_N rows of LDBT f32; rows j < cols ≤ MAX_N, columns < kb8 ≤ KB.
-        unsafe { pack_bt(s, b, p0, kb, kb8, cols, bt) };
+        // SAFETY: `bp` holds KB / 4 groups, 64-byte aligned; kb ≤ KB; `b` passed the length
+        // check; AVX2 and F16C present.
+        unsafe { pack(s, b, p0, kb, bp) };
         let beta_p = if p0 == 0 { beta } else { 1.0 };
-        for j0 in (0..cols).step_by(NC) {
-            for i0 in (0..s.m).step_by(2) {
-                let two = i0 + 1 < s.m;
-                // SAFETY: rows i0 (and i0 + 1 when `two`) of A hold columns p0..p0+kb (caller's
-                // length check); Bᵀ rows j0..j0+5 hold kb8 packed values; C's outputs written
-                // are rows < m, columns < n.
-                unsafe {
-                    let a0 = a.as_ptr().add(i0 * s.lda + p0);
-                    let a1 = if two { a0.add(s.lda) } else { a0 };
-                    let sums = tile(kb, a0, a1, bt.add(j0 * LDBT));
-                    for (r, row) in sums.iter().enumerate().take(1 + two as usize) {
-                        for (jj, &v) in row.iter().enumerate().take(s.n.saturating_sub(j0).min(NC)) {
-                            let d = c.as_mut_ptr().add((i0 + r) * s.ldc + j0 + jj);
-                            *d = if beta_p == 0.0 { alpha * v } else { alpha * v + beta_p * *d };
-                        }
-                    }
+        for i0 in (0..s.m).step_by(2) {
+            let two = i0 + 1 < s.m;
+            // SAFETY: rows i0 (and i0 + 1 when `two`) of A hold columns p0..p0+kb (caller's
+            // length check); the packed block holds kb rounded up to 4; C's outputs written are
+            // rows < m, columns < n.
+            unsafe {
+                let a0 = a.as_ptr().add(i0 * s.lda + p0);
+                let a1 = if two { a0.add(s.lda) } else { a0 };
+                let sums = tile(kb, a0, a1, bp);
+                for (r, row) in sums.iter().enumerate().take(1 + two as usize) {
+                    update(row, s.n, alpha, beta_p, c.as_mut_ptr().add((i0 + r) * s.ldc));
                 }
             }
         }
@@ -81,65 +77,172 @@ pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B]
     }
 }
 
-/// Writes `Bᵀ[j][q] = op(B)[p0 + q][j]` (widened) to `bt[j·LDBT + q]` for `j < n`, `q < kb`,
-/// and zeros for `n ≤ j < cols` or `kb ≤ q < kb8`.
+/// `d[j] = α·v[j] + β·d[j]` for `j < n` (`β = 0` ignores `d`), 8 at a time when n ≥ 8.
 ///
 /// # Safety
-/// `bt` is valid for `cols·LDBT` writes, `kb8 ≤ KB`; `b` satisfies the length check for `s`;
-/// the CPU supports AVX2 and F16C.
+/// `d` is valid for `n ≤ MAX_N` reads and writes; the CPU supports AVX and FMA.
 #[inline(always)]
-unsafe fn pack_bt<B: Elem>(s: &GemmShape, b: &[B], p0: usize, kb: usize, kb8: usize, cols: usize, bt: *mut f32) {
-    // B untransposed with ≥ 8 columns: Bᵀ's rows by 8×8 register transposes over `done` rows
-    // of B — columns 0..8, then (n > 8) columns n−8..n, of which the rows ≥ 8 are kept — and
-    // the rest element by element below.
-    let mut done = 0;
-    if s.tb == Trans::N && s.n >= 8 {
-        let offsets: &[usize] = if s.n > 8 { &[0, s.n - 8] } else { &[0] };
-        while done + 8 <= kb {
-            for &c0 in offsets {
-                let rows: [&[B]; 8] = core::array::from_fn(|r| &b[(p0 + done + r) * s.ldb + c0..][..8]);
-                // SAFETY: each of the 8 rows has 8 elements (sliced above); `bt` rows c0 + t <
-                // n take 8 values at column `done` + 8 ≤ kb ≤ KB; AVX2 and F16C present
-                // (caller).
-                unsafe {
-                    let t = transpose8(rows.map(|r| load8(r)));
-                    for (t, v) in t.iter().enumerate() {
-                        if c0 == 0 || c0 + t >= 8 {
-                            _mm256_storeu_ps(bt.add((c0 + t) * LDBT + done), *v);
-                        }
-                    }
-                }
-            }
-            done += 8;
+unsafe fn update(v: &[f32; MAX_N], n: usize, alpha: f32, beta: f32, d: *mut f32) {
+    // SAFETY: indices < n (caller); AVX, FMA present (caller).
+    unsafe {
+        let mut first = 0;
+        if n >= 8 {
+            let x = _mm256_mul_ps(_mm256_set1_ps(alpha), _mm256_loadu_ps(v.as_ptr()));
+            let y = if beta == 0.0 { x } else { _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(d), x) };
+            _mm256_storeu_ps(d, y);
+            first = 8;
+        }
+        for (j, &v) in v.iter().enumerate().take(n).skip(first) {
+            let x = alpha * v;
+            *d.add(j) = if beta == 0.0 { x } else { x + beta * *d.add(j) };
         }
     }
-    for j in 0..cols {
-        // SAFETY: row j < cols of `bt`, columns < kb8 ≤ KB (caller).
-        let row = unsafe { bt.add(j * LDBT) };
-        if j < s.n {
+}
+
+/// Packs `op(B)[p0 + q][j]` for `q < kb` (zeros for `j ≥ n` and for `kb ≤ q <` kb rounded up
+/// to 4): group `g` (k = 4g..4g+4) at `bp[g·GROUP..]` holds vector v < 4 =
+/// `[col v at the 4 k | col v+4 at the 4 k]` and vector 4 = `[col 8 | col 9]`.
+///
+/// # Safety
+/// `bp` is valid for `kb.div_ceil(4)·GROUP` writes, 32-byte aligned; `b` satisfies the length
+/// check for `s`; the CPU supports AVX2 and F16C.
+#[inline(always)]
+unsafe fn pack<B: Elem>(s: &GemmShape, b: &[B], p0: usize, kb: usize, bp: *mut f32) {
+    let full = kb - kb % 4;
+    let mut q = 0;
+    // SAFETY (stores): group q / 4 < kb.div_ceil(4) (caller's bound); (loads) each op(B)
+    // element read has k < p0 + kb and column < n (length check).
+    unsafe {
+        while q < full {
+            let o = bp.add(q / 4 * GROUP);
             match s.tb {
-                // op(B) = Bᵀ: row j of B is Bᵀ's row, contiguous.
-                // SAFETY: `row` has kb writable slots; F16C present (caller).
-                Trans::T => unsafe { Fma6x16::widen(&b[j * s.ldb + p0..][..kb], row) },
-                // op(B) = B: column j, one element per row of B (the first `done` rows were
-                // transposed 8×8 at a time above).
-                Trans::N => {
-                    let col = &b[p0 * s.ldb + j..];
-                    for q in done..kb {
-                        // SAFETY: q < kb; element (p0 + q, j) is inside `b` (length check).
-                        unsafe { row.add(q).write(col[q * s.ldb].to_f32()) };
-                    }
+                Trans::N if s.n >= 8 => {
+                    // Rows p0 + q + t < k of B hold n elements each (length check): no per-row check.
+                    let row = |t: usize| core::slice::from_raw_parts(b.as_ptr().add((p0 + q + t) * s.ldb), s.n);
+                    let rows = [row(0), row(1), row(2), row(3)];
+                    group_rows(&rows, o);
                 }
+                Trans::T => group_cols(s, b, p0 + q, o),
+                Trans::N => group_any(s, b, p0, q, kb, o),
             }
-            for q in kb..kb8 {
-                // SAFETY: q < kb8 ≤ KB.
-                unsafe { row.add(q).write(0.0) };
+            q += 4;
+        }
+        if q < kb {
+            group_any(s, b, p0, q, kb, bp.add(q / 4 * GROUP));
+        }
+    }
+}
+
+/// One packed group (k = q..q+4 of the block starting at p0) element by element: any layout,
+/// any n, k past kb zero.
+///
+/// # Safety
+/// `o` is valid for GROUP writes; `b` satisfies the length check for `s`; p0 + kb ≤ k.
+#[inline(always)]
+unsafe fn group_any<B: Elem>(s: &GemmShape, b: &[B], p0: usize, q: usize, kb: usize, o: *mut f32) {
+    for slot in 0..GROUP {
+        let (v, half, t) = (slot / 8, slot / 4 % 2, slot % 4);
+        let (j, p) = (if v < 4 { v + 4 * half } else { 8 + half }, q + t);
+        let x = if j < s.n && p < kb {
+            match s.tb {
+                Trans::N => b[(p0 + p) * s.ldb + j].to_f32(),
+                Trans::T => b[j * s.ldb + p0 + p].to_f32(),
             }
         } else {
-            for q in 0..kb8 {
-                // SAFETY: q < kb8 ≤ KB.
-                unsafe { row.add(q).write(0.0) };
+            0.0
+        };
+        // SAFETY: slot < GROUP (caller).
+        unsafe { o.add(slot).write(x) };
+    }
+}
+
+/// One packed group from a transposed B (op(B)'s columns are B's rows): two 4-long row pieces
+/// per vector, k = p..p+4.
+///
+/// # Safety
+/// `o` is valid for GROUP writes, 32-byte aligned; `b` satisfies the length check for `s` and
+/// p + 4 ≤ k; the CPU supports AVX and F16C.
+#[inline(always)]
+unsafe fn group_cols<B: Elem>(s: &GemmShape, b: &[B], p: usize, o: *mut f32) {
+    for v in 0..5 {
+        let j = if v < 4 { [v, v + 4] } else { [8, 9] };
+        // SAFETY: register setup, 4-element loads of rows j < n at p..p+4 (length check) and
+        // a store of vector v < 5 (caller); AVX, F16C present (caller).
+        unsafe {
+            let mut half = [_mm_setzero_ps(); 2];
+            for (h, j) in half.iter_mut().zip(j) {
+                if j < s.n {
+                    *h = load4(&b[j * s.ldb + p..][..4]);
+                }
             }
+            _mm256_store_ps(o.add(v * 8), _mm256_set_m128(half[1], half[0]));
+        }
+    }
+}
+
+/// `[x[0..4] | x[0..4]]`.
+///
+/// # Safety
+/// `x` is readable for 4 f32; the CPU supports AVX.
+#[inline(always)]
+unsafe fn broadcast4(x: *const f32) -> __m256 {
+    // SAFETY: 16 bytes readable (caller), unaligned access allowed.
+    unsafe { _mm256_broadcast_ps(&*(x as *const __m128)) }
+}
+
+/// One packed group from 4 rows of an untransposed B with 8 ≤ n ≤ 10 columns: a 4×4
+/// transpose in each 128-bit lane of the rows' first 8 columns, and columns 8, 9 (zero past n).
+///
+/// # Safety
+/// `o` is valid for GROUP writes, 32-byte aligned; each row has n ≥ 8 elements; the CPU
+/// supports AVX2 and F16C.
+#[inline(always)]
+unsafe fn group_rows<B: Elem>(rows: &[&[B]; 4], o: *mut f32) {
+    // SAFETY: 8 elements per row (n ≥ 8: caller), `o` as the caller says; AVX2, F16C present.
+    unsafe {
+        let (r0, r1, r2, r3) = (load8(rows[0]), load8(rows[1]), load8(rows[2]), load8(rows[3]));
+        let (l01, h01) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+        let (l23, h23) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+        // l01 = r0c0 r1c0 r0c1 r1c1 | r0c4 r1c4 r0c5 r1c5, h01 the same for columns 2, 3 | 6, 7.
+        _mm256_store_ps(o, _mm256_shuffle_ps::<0x44>(l01, l23));
+        _mm256_store_ps(o.add(8), _mm256_shuffle_ps::<0xEE>(l01, l23));
+        _mm256_store_ps(o.add(16), _mm256_shuffle_ps::<0x44>(h01, h23));
+        _mm256_store_ps(o.add(24), _mm256_shuffle_ps::<0xEE>(h01, h23));
+        let n = rows[0].len();
+        let tail = match as_f32(rows[0]) {
+            Some(_) if n == 10 => {
+                // Columns 8, 9 of each row as one 64-bit load: c8 c9 per row → c8 r0..r3 | c9 r0..r3.
+                let mut x = [_mm_setzero_ps(); 4];
+                for (x, r) in x.iter_mut().zip(rows) {
+                    *x = _mm_castpd_ps(_mm_load_sd(as_f32(r).unwrap_unchecked()[8..].as_ptr() as *const f64));
+                }
+                let (u01, u23) = (_mm_unpacklo_ps(x[0], x[1]), _mm_unpacklo_ps(x[2], x[3]));
+                _mm256_set_m128(_mm_movehl_ps(u23, u01), _mm_movelh_ps(u01, u23))
+            }
+            _ => {
+                let col = |j: usize| rows.map(|r| r.get(j).map_or(0.0, |x| x.to_f32()));
+                let (c8, c9) = (col(8), col(9));
+                _mm256_setr_ps(c8[0], c8[1], c8[2], c8[3], c9[0], c9[1], c9[2], c9[3])
+            }
+        };
+        _mm256_store_ps(o.add(32), tail);
+    }
+}
+
+/// The first 4 values of `x` widened to f32.
+///
+/// # Safety
+/// `x.len() ≥ 4`; the CPU supports AVX and F16C.
+#[inline(always)]
+unsafe fn load4<E: Elem>(x: &[E]) -> __m128 {
+    // SAFETY: 4 elements readable (caller); F16C present (caller).
+    unsafe {
+        if let Some(h) = as_f16(x) {
+            _mm_cvtph_ps(_mm_loadl_epi64(h.as_ptr() as *const __m128i))
+        } else if let Some(f) = as_f32(x) {
+            _mm_loadu_ps(f.as_ptr())
+        } else {
+            _mm_setr_ps(x[0].to_f32(), x[1].to_f32(), x[2].to_f32(), x[3].to_f32())
         }
     }
 }
@@ -171,103 +274,68 @@ unsafe fn load8<E: Elem>(x: &[E]) -> __m256 {
     }
 }
 
-/// The transpose of the 8×8 matrix whose rows are `r`: lane `i` of output `j` is lane `j`
-/// of input `i`.
+/// The 2×10 outputs `Σ_{q<kb} A_r[q]·op(B)[q][j]` for A rows `a0`, `a1` and the packed
+/// block `bp`.
 ///
 /// # Safety
-/// The CPU supports AVX.
+/// `a0`, `a1` are readable for `kb` f32; `bp` holds kb rounded up to 4 (zero beyond kb),
+/// 32-byte aligned; the CPU supports AVX2 and FMA.
 #[inline(always)]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
-    // SAFETY: register shuffles only (AVX: caller).
+unsafe fn tile(kb: usize, a0: *const f32, a1: *const f32, bp: *const f32) -> [[f32; MAX_N]; 2] {
+    // SAFETY (loads): q + 4 ≤ full ≤ kb in the loop; the tail reads A through a lane mask and
+    // the packed block up to kb rounded up to 4 (caller). Register work otherwise (AVX2, FMA).
     unsafe {
-        let t: [__m256; 8] = core::array::from_fn(|i| {
-            let (x, y) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-            if i % 2 == 0 {
-                _mm256_unpacklo_ps(x, y)
-            } else {
-                _mm256_unpackhi_ps(x, y)
-            }
-        });
-        // t[0] = r0₀ r1₀ r0₁ r1₁ | r0₄ r1₄ r0₅ r1₅, t[1] the same for lanes 2, 3 | 6, 7, …
-        let u = [
-            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-        ];
-        // u[j] (j < 4) holds column j of rows 0–3 | column j + 4 of rows 0–3; u[4 + j] rows 4–7.
-        [
-            _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
-            _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
-            _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
-            _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
-            _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
-            _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
-            _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
-            _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
-        ]
-    }
-}
-
-/// The 2×5 outputs `Σ_{q<kb} A_r[q]·Bᵀ[c][q]` for A rows `a0`, `a1` and Bᵀ rows `bt[c·KB..]`.
-///
-/// # Safety
-/// `a0`, `a1` are readable for `kb` f32; the 5 Bᵀ rows for `kb` rounded up to 8 (zero
-/// beyond kb); the CPU supports AVX2 and FMA.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // `cc` picks a Bᵀ row and both rows' accumulators.
-unsafe fn tile(kb: usize, a0: *const f32, a1: *const f32, bt: *const f32) -> [[f32; NC]; 2] {
-    // SAFETY: register setup (AVX: caller).
-    let mut acc = unsafe { [[_mm256_setzero_ps(); NC]; 2] };
-    let body = kb - kb % 8;
-    let mut q = 0;
-    // SAFETY (loads): q + 8 ≤ body ≤ kb in the loop; the tail reads A through a lane mask and
-    // Bᵀ up to kb rounded up to 8 (caller).
-    unsafe {
-        while q < body {
-            let av = [_mm256_loadu_ps(a0.add(q)), _mm256_loadu_ps(a1.add(q))];
-            for cc in 0..NC {
-                let bv = _mm256_loadu_ps(bt.add(cc * LDBT + q));
-                acc[0][cc] = _mm256_fmadd_ps(av[0], bv, acc[0][cc]);
-                acc[1][cc] = _mm256_fmadd_ps(av[1], bv, acc[1][cc]);
-            }
-            q += 8;
+        let mut acc = [[_mm256_setzero_ps(); 5]; 2];
+        let full = kb - kb % 4;
+        let mut q = 0;
+        while q < full {
+            let av = [broadcast4(a0.add(q)), broadcast4(a1.add(q))];
+            step(&mut acc, av, bp.add(q / 4 * GROUP));
+            q += 4;
         }
         if q < kb {
-            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((kb - q) as i32), lanes);
-            let av = [_mm256_maskload_ps(a0.add(q), mask), _mm256_maskload_ps(a1.add(q), mask)];
-            for cc in 0..NC {
-                let bv = _mm256_loadu_ps(bt.add(cc * LDBT + q));
-                acc[0][cc] = _mm256_fmadd_ps(av[0], bv, acc[0][cc]);
-                acc[1][cc] = _mm256_fmadd_ps(av[1], bv, acc[1][cc]);
-            }
+            let mask = _mm_cmpgt_epi32(_mm_set1_epi32((kb - q) as i32), _mm_setr_epi32(0, 1, 2, 3));
+            let (x0, x1) = (_mm_maskload_ps(a0.add(q), mask), _mm_maskload_ps(a1.add(q), mask));
+            step(&mut acc, [_mm256_set_m128(x0, x0), _mm256_set_m128(x1, x1)], bp.add(q / 4 * GROUP));
         }
+        [reduce(&acc[0]), reduce(&acc[1])]
     }
-    let mut out = [[0.0f32; NC]; 2];
-    for (o, v) in out.iter_mut().zip(&acc) {
-        for (x, &w) in o.iter_mut().zip(v) {
-            // SAFETY: AVX present (caller).
-            *x = unsafe { hsum(w) };
-        }
-    }
-    out
 }
 
-/// The sum of a vector's 8 lanes.
+/// One group of 4 k: `acc[r][v] += av[r]·bp[v·8..]` for the 2 rows and 5 vectors.
+///
+/// # Safety
+/// `o` is readable for GROUP f32, 32-byte aligned; the CPU supports AVX2 and FMA.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // `v` picks both rows' accumulators and the packed vector.
+unsafe fn step(acc: &mut [[__m256; 5]; 2], av: [__m256; 2], o: *const f32) {
+    for v in 0..5 {
+        // SAFETY: v·8 + 8 ≤ GROUP (caller); FMA present (caller).
+        unsafe {
+            let bv = _mm256_load_ps(o.add(v * 8));
+            acc[0][v] = _mm256_fmadd_ps(av[0], bv, acc[0][v]);
+            acc[1][v] = _mm256_fmadd_ps(av[1], bv, acc[1][v]);
+        }
+    }
+}
+
+/// A row's 10 outputs from its 5 accumulators: `hadd(hadd(x0, x1), hadd(x2, x3))` =
+/// `Σ x0.lo, Σ x1.lo, Σ x2.lo, Σ x3.lo | Σ x0.hi, …`, columns 0–3 | 4–7 in order; x4
+/// (columns 8 | 9) reduces against itself.
 ///
 /// # Safety
 /// The CPU supports AVX.
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    // SAFETY: register shuffles only (AVX: caller).
+unsafe fn reduce(x: &[__m256; 5]) -> [f32; MAX_N] {
+    let mut out = [0.0f32; MAX_N];
+    // SAFETY: register shuffles and an 8-float store into `out` (AVX: caller).
     unsafe {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        let lo = _mm256_hadd_ps(_mm256_hadd_ps(x[0], x[1]), _mm256_hadd_ps(x[2], x[3]));
+        _mm256_storeu_ps(out.as_mut_ptr(), lo);
+        let h = _mm256_hadd_ps(x[4], x[4]);
+        let h = _mm256_hadd_ps(h, h);
+        out[8] = _mm256_cvtss_f32(h);
+        out[9] = _mm_cvtss_f32(_mm256_extractf128_ps::<1>(h));
     }
+    out
 }
