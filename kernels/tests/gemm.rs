@@ -230,14 +230,17 @@ fn blocking_boundaries() {
 /// A narrow C (n ≤ 10) with k ≥ 64, which AVX2 computes with its lanes along k (f32,
 /// untransposed A): every n up to 10 and just past it, k with every remainder mod 4 (the
 /// packed group), on both sides of the 384-deep packed block and with last blocks of 1, 2 and
-/// 7 k, odd m (a lone last row), both B layouts, f16 B, α, β, padding.
+/// 7 k, odd m (a lone last row) and m past the 128-row chunk, both B layouts, f16 B, α, β,
+/// padding.
 #[test]
 fn narrow_c_along_k() {
     let isas = isas();
     let mut rng = Rng::new(4);
     let mut idx = 0usize;
     for n in 1..=11 {
-        for (m, k) in [(1, 64), (7, 65), (4, 202), (8, 203), (9, 384), (3, 385), (2, 391), (5, 770), (6, 1100)] {
+        for (m, k) in
+            [(1, 64), (7, 65), (4, 202), (8, 203), (9, 384), (3, 385), (2, 391), (5, 770), (6, 1100), (131, 390)]
+        {
             for tb in [Trans::N, Trans::T] {
                 let cs = Case {
                     m,

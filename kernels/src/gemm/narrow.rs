@@ -36,6 +36,9 @@ pub(super) const MIN_K: usize = 64;
 const KB: usize = 384;
 /// f32 per packed group of 4 k: 5 vectors of 8.
 const GROUP: usize = 40;
+/// Rows per chunk: their accumulators are held (20 KiB) across the k blocks, and op(B) is
+/// packed once per chunk.
+const MC: usize = 128;
 
 /// Whether this path computes `s` (with an f32 A): a narrow C, a long k, A untransposed.
 pub(super) fn applies(s: &GemmShape) -> bool {
@@ -52,28 +55,42 @@ pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B]
     debug_assert!(applies(s));
     let mut bp = Buf::<{ KB / 4 * GROUP }>::new();
     let bp = bp.as_mut_ptr();
-    let mut p0 = 0;
-    while p0 < s.k {
-        let kb = KB.min(s.k - p0);
-        // SAFETY: `bp` holds KB / 4 groups, 64-byte aligned; kb ≤ KB; `b` passed the length
-        // check; AVX2 and F16C present.
-        unsafe { pack(s, b, p0, kb, bp) };
-        let beta_p = if p0 == 0 { beta } else { 1.0 };
-        for i0 in (0..s.m).step_by(2) {
-            let two = i0 + 1 < s.m;
-            // SAFETY: rows i0 (and i0 + 1 when `two`) of A hold columns p0..p0+kb (caller's
-            // length check); the packed block holds kb rounded up to 4; C's outputs written are
-            // rows < m, columns < n.
-            unsafe {
-                let a0 = a.as_ptr().add(i0 * s.lda + p0);
-                let a1 = if two { a0.add(s.lda) } else { a0 };
-                let sums = tile(kb, a0, a1, bp);
-                for (r, row) in sums.iter().enumerate().take(1 + two as usize) {
-                    update(row, s.n, alpha, beta_p, c.as_mut_ptr().add((i0 + r) * s.ldc));
+    // Each row pair's 10 accumulators between k blocks.
+    let mut held = Buf::<{ MC / 2 * 10 * 8 }>::new();
+    let held = held.as_mut_ptr() as *mut [[__m256; 5]; 2];
+    for m0 in (0..s.m).step_by(MC) {
+        let mc = MC.min(s.m - m0);
+        let mut p0 = 0;
+        while p0 < s.k {
+            let kb = KB.min(s.k - p0);
+            // SAFETY: `bp` holds KB / 4 groups, 64-byte aligned; kb ≤ KB; `b` passed the length
+            // check; AVX2 and F16C present.
+            unsafe { pack(s, b, p0, kb, bp) };
+            let last = p0 + kb == s.k;
+            for pair in 0..mc.div_ceil(2) {
+                let i0 = m0 + 2 * pair;
+                let two = i0 + 1 < s.m;
+                // SAFETY: rows i0 (and i0 + 1 when `two`) of A hold columns p0..p0+kb (caller's
+                // length check); the packed block holds kb rounded up to 4; `held` has MC / 2
+                // 32-byte aligned slots, pair < MC / 2, each written (p0 = 0) before it is read;
+                // C's outputs written are rows < m, columns < n.
+                unsafe {
+                    let a0 = a.as_ptr().add(i0 * s.lda + p0);
+                    let a1 = if two { a0.add(s.lda) } else { a0 };
+                    let slot = held.add(pair);
+                    let acc = if p0 == 0 { [[_mm256_setzero_ps(); 5]; 2] } else { slot.read() };
+                    let acc = tile(kb, a0, a1, bp, acc);
+                    if last {
+                        for (r, x) in acc.iter().enumerate().take(1 + two as usize) {
+                            update(&reduce(x), s.n, alpha, beta, c.as_mut_ptr().add((i0 + r) * s.ldc));
+                        }
+                    } else {
+                        slot.write(acc);
+                    }
                 }
             }
+            p0 += kb;
         }
-        p0 += kb;
     }
 }
 
@@ -281,11 +298,16 @@ unsafe fn load8<E: Elem>(x: &[E]) -> __m256 {
 /// `a0`, `a1` are readable for `kb` f32; `bp` holds kb rounded up to 4 (zero beyond kb),
 /// 32-byte aligned; the CPU supports AVX2 and FMA.
 #[inline(always)]
-unsafe fn tile(kb: usize, a0: *const f32, a1: *const f32, bp: *const f32) -> [[f32; MAX_N]; 2] {
+unsafe fn tile(
+    kb: usize,
+    a0: *const f32,
+    a1: *const f32,
+    bp: *const f32,
+    mut acc: [[__m256; 5]; 2],
+) -> [[__m256; 5]; 2] {
     // SAFETY (loads): q + 4 ≤ full ≤ kb in the loop; the tail reads A through a lane mask and
     // the packed block up to kb rounded up to 4 (caller). Register work otherwise (AVX2, FMA).
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 5]; 2];
         let full = kb - kb % 4;
         let mut q = 0;
         while q < full {
@@ -298,7 +320,7 @@ unsafe fn tile(kb: usize, a0: *const f32, a1: *const f32, bp: *const f32) -> [[f
             let (x0, x1) = (_mm_maskload_ps(a0.add(q), mask), _mm_maskload_ps(a1.add(q), mask));
             step(&mut acc, [_mm256_set_m128(x0, x0), _mm256_set_m128(x1, x1)], bp.add(q / 4 * GROUP));
         }
-        [reduce(&acc[0]), reduce(&acc[1])]
+        acc
     }
 }
 
