@@ -17,7 +17,7 @@
 //! - the SIMD paths share the loop nest and the f16→f32-widening packers (`blocked.rs`).
 //!
 //! Accuracy contract: the SIMD paths sum in k order within each KC block (the narrow path in
-//! 4 interleaved partial sums, reduced at the end), fuse multiply-adds and add the KC blocks
+//! 4 interleaved partial sums over all of k, reduced at the end), fuse multiply-adds and add the KC blocks
 //! into C one after another, so they do not match the scalar path bit for bit. Every path satisfies the standard dot-product bound
 //! `|C − C_exact| ≤ γ·(|α|·Σ_p |op(A)[i][p]·op(B)[p][j]| + |β·C₀[i][j]|)` with
 //! `γ = (k + 4)·2⁻²⁴` (f16 operands are widened exactly, so the bound holds for them too);

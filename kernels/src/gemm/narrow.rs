@@ -8,20 +8,25 @@
 //! `KB` deep, in groups of 4 k, each group 5 vectors `[col v | col v+4]` (v < 4) and
 //! `[col 8 | col 9]`, every half the 4 k in order (zero past n and past k); A's rows are read
 //! in place (f32, untransposed), 4 k broadcast to both halves. Packing is half a transpose (a
-//! 4×4 one in each 128-bit lane, 8 shuffles per 4 rows of B) and the tile's reduction is three
-//! `hadd`s per 8 outputs, which puts each column's sums in order. Loop order: k block → row
-//! pairs (A streams from L2, the packed block, 15 KiB, stays in L1). Each output sums its k
-//! block in 4 lane-wise partial sums, reduced at the end, and the k blocks add into C one after
-//! another: another order than the blocked path's, inside the same error bound (see the module
-//! docs of `gemm`).
+//! 4×4 one in each 128-bit lane, 8 shuffles per 4 rows of B). Loop order: chunk of `MC` rows →
+//! k block → row pairs (A streams from L2, the packed block, 15 KiB, stays in L1); a pair's
+//! accumulators are held in a buffer between k blocks and reduced once, after the last, by
+//! three `hadd`s per 8 outputs, which leave each column's sum in order. Each output is summed
+//! in 4 lane-wise partial sums over all of k, reduced at the end: another order than the
+//! blocked path's, inside the same error bound (see the module docs of `gemm`).
 //!
-//! `tinykd bench gemm --shape 64x10x1024`: 40 % of the FMA peak on the 6×16 kernel, 73–77 %
-//! with full 8×8 transposes into 8-k dot products over two 5-column tiles, ~82 % with this
-//! layout (half the packing shuffles, A read once, no per-output horizontal sums). Measured
-//! and not kept: columns 0–7 as an outer product with A broadcast per k (one broadcast per FMA:
-//! 62 %), unrolling the k loop 4× with a prefetch of the next row pair (no gain), KB of 256
-//! (more block passes) or 512 and above (the block and A's rows, which at a row stride of 1024
-//! floats all fall in the same L1 sets, no longer fit the 8 ways).
+//! `tinykd bench gemm --shape 64x10x1024` (fraction of the FMA peak timed in the same rounds):
+//! 40 % on the 6×16 kernel; 73–77 % as 8-k dot products over two 5-column tiles with full 8×8
+//! transposes; ~82 % with this layout (half the packing shuffles, A read once, no per-output
+//! horizontal sums); 86 % with the accumulators held across k blocks (the reductions and C
+//! updates of all but the last block were ~10 % of the time). Of what is left, packing is ~5 %
+//! and A's stream from L2 ~3 % (A's rows held in L1: +3 %; not a matter of L1 sets — a padded
+//! row stride is no faster — nor of prefetching). Measured and not kept: columns 0–7 as an
+//! outer product with A broadcast per k (one broadcast per FMA: 62 %); unrolling the k loop 2×
+//! or 4×; software prefetch of A (the next pair's rows at the tile start or through the tile,
+//! into L1 or L2; the current rows 128 B–1 KiB ahead); prefetch of B while packing; packing
+//! fused with the first row pair's FMAs; equal-depth k blocks; KB of 256 or 320 (more block
+//! passes) or 512 (the block, A's rows and the prefetched lines no longer fit L1's 8 ways).
 
 use super::blocked::{as_f16, as_f32, Buf};
 use super::{GemmShape, Trans};
@@ -226,21 +231,31 @@ unsafe fn group_rows<B: Elem>(rows: &[&[B]; 4], o: *mut f32) {
         _mm256_store_ps(o.add(16), _mm256_shuffle_ps::<0x44>(h01, h23));
         _mm256_store_ps(o.add(24), _mm256_shuffle_ps::<0xEE>(h01, h23));
         let n = rows[0].len();
-        let tail = match as_f32(rows[0]) {
-            Some(_) if n == 10 => {
-                // Columns 8, 9 of each row as one 64-bit load: c8 c9 per row → c8 r0..r3 | c9 r0..r3.
-                let mut x = [_mm_setzero_ps(); 4];
-                for (x, r) in x.iter_mut().zip(rows) {
-                    *x = _mm_castpd_ps(_mm_load_sd(as_f32(r).unwrap_unchecked()[8..].as_ptr() as *const f64));
-                }
-                let (u01, u23) = (_mm_unpacklo_ps(x[0], x[1]), _mm_unpacklo_ps(x[2], x[3]));
-                _mm256_set_m128(_mm_movehl_ps(u23, u01), _mm_movelh_ps(u01, u23))
+        let tail = if as_f32(rows[0]).is_some() && n == 10 {
+            // Columns 8, 9 of each row as one 64-bit load: c8 c9 per row → c8 r0..r3 | c9 r0..r3.
+            let mut x = [_mm_setzero_ps(); 4];
+            for (x, r) in x.iter_mut().zip(rows) {
+                *x = _mm_castpd_ps(_mm_load_sd(as_f32(r).unwrap_unchecked()[8..].as_ptr() as *const f64));
             }
-            _ => {
-                let col = |j: usize| rows.map(|r| r.get(j).map_or(0.0, |x| x.to_f32()));
-                let (c8, c9) = (col(8), col(9));
-                _mm256_setr_ps(c8[0], c8[1], c8[2], c8[3], c9[0], c9[1], c9[2], c9[3])
+            let (u01, u23) = (_mm_unpacklo_ps(x[0], x[1]), _mm_unpacklo_ps(x[2], x[3]));
+            _mm256_set_m128(_mm_movehl_ps(u23, u01), _mm_movelh_ps(u01, u23))
+        } else if as_f16(rows[0]).is_some() {
+            // The 8 halves in place, widened at once (a scalar f16 → f32 per element costs
+            // more than the whole group).
+            let mut bits = [0u16; 8];
+            for (t, r) in rows.iter().enumerate() {
+                let h = as_f16(r).unwrap_unchecked();
+                bits[t] = h[8].to_bits();
+                bits[4 + t] = h.get(9).map_or(0, |x| x.to_bits());
             }
+            _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const __m128i))
+        } else {
+            let mut v = [0.0f32; 8];
+            for (t, r) in rows.iter().enumerate() {
+                v[t] = r[8].to_f32();
+                v[4 + t] = r.get(9).map_or(0.0, |x| x.to_f32());
+            }
+            _mm256_loadu_ps(v.as_ptr())
         };
         _mm256_store_ps(o.add(32), tail);
     }
