@@ -245,14 +245,14 @@ unsafe fn group_rows<B: Elem>(rows: &[&[B]; 4], o: *mut f32) {
             let mut bits = [0u16; 8];
             for (t, r) in rows.iter().enumerate() {
                 let h = as_f16(r).unwrap_unchecked();
-                bits[t] = h[8].to_bits();
+                bits[t] = h.get(8).map_or(0, |x| x.to_bits());
                 bits[4 + t] = h.get(9).map_or(0, |x| x.to_bits());
             }
             _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const __m128i))
         } else {
             let mut v = [0.0f32; 8];
             for (t, r) in rows.iter().enumerate() {
-                v[t] = r[8].to_f32();
+                v[t] = r.get(8).map_or(0.0, |x| x.to_f32());
                 v[4 + t] = r.get(9).map_or(0.0, |x| x.to_f32());
             }
             _mm256_loadu_ps(v.as_ptr())
