@@ -20,13 +20,15 @@
 //! transposes; ~82 % with this layout (half the packing shuffles, A read once, no per-output
 //! horizontal sums); 86 % with the accumulators held across k blocks (the reductions and C
 //! updates of all but the last block were ~10 % of the time). Of what is left, packing is ~5 %
-//! and A's stream from L2 ~3 % (A's rows held in L1: +3 %; not a matter of L1 sets — a padded
-//! row stride is no faster — nor of prefetching). Measured and not kept: columns 0–7 as an
-//! outer product with A broadcast per k (one broadcast per FMA: 62 %); unrolling the k loop 2×
-//! or 4×; software prefetch of A (the next pair's rows at the tile start or through the tile,
-//! into L1 or L2; the current rows 128 B–1 KiB ahead); prefetch of B while packing; packing
-//! fused with the first row pair's FMAs; equal-depth k blocks; KB of 256 or 320 (more block
-//! passes) or 512 (the block, A's rows and the prefetched lines no longer fit L1's 8 ways).
+//! (~10 % at m = 32) and A's stream from L2 ~3 % (A's rows held in L1: +3 %; not a matter of
+//! L1 sets — a padded row stride is no faster — nor of prefetching). Measured and not kept:
+//! columns 0–7 as an outer product with A broadcast per k (one broadcast per FMA: 62 %);
+//! unrolling the k loop 2× or 4×; software prefetch of A (the next pair's rows at the tile
+//! start or through the tile, into L1 or L2; the current rows 128 B–1 KiB ahead); prefetch of
+//! B while packing; packing fused with the first row pair's FMAs; the next block packed a slice
+//! after each tile into a second buffer (−3 to −5 %: the two blocks crowd L1); equal-depth k
+//! blocks; KB of 256 or 320 (more block passes) or 512 (the block, A's rows and the prefetched
+//! lines no longer fit L1's 8 ways).
 
 use super::blocked::{as_f16, as_f32, Buf};
 use super::{GemmShape, Trans};
