@@ -210,8 +210,12 @@ unsafe fn group_cols<B: Elem>(s: &GemmShape, b: &[B], p: usize, o: *mut f32) {
 /// `x` is readable for 4 f32; the CPU supports AVX.
 #[inline(always)]
 unsafe fn broadcast4(x: *const f32) -> __m256 {
-    // SAFETY: 16 bytes readable (caller), unaligned access allowed.
-    unsafe { _mm256_broadcast_ps(&*(x as *const __m128)) }
+    // SAFETY: 16 bytes readable (caller), an unaligned load (a `&__m128` for
+    // `_mm256_broadcast_ps` would have to be 16-byte aligned); LLVM emits `vbroadcastf128`.
+    unsafe {
+        let v = _mm_loadu_ps(x);
+        _mm256_set_m128(v, v)
+    }
 }
 
 /// One packed group from 4 rows of an untransposed B with 8 ≤ n ≤ 10 columns: a 4×4
