@@ -1,7 +1,7 @@
 //! x86_64 AVX2+FMA path for a narrow C (`n ≤ 10`, e.g. an fc with 10 classes at batch 64):
 //! `C[i][j] = α·Σ_p A[i][p]·op(B)[p][j] + β·C[i][j]` with the lanes along k, 4 k × 2 columns
 //! per vector, in 2-row × 10-column tiles (10 accumulators, 2 A broadcasts and 5 op(B) loads
-//! per 4 k).
+//! per 4 k; for n ≤ 8, 2 × 8 with 4 vectors).
 //!
 //! The 6×16 micro-kernel puts C's columns in its lanes, so with n = 10 it leaves 6 of 16 lanes
 //! idle. Here a vector holds 4 consecutive k for two columns: op(B) is packed once per k block,
@@ -41,8 +41,10 @@ pub(super) const MAX_N: usize = 10;
 pub(super) const MIN_K: usize = 64;
 /// Depth of a packed op(B) block: 96 groups, 15 KiB, in L1 beside A's two rows.
 const KB: usize = 384;
-/// f32 per packed group of 4 k: 5 vectors of 8.
-const GROUP: usize = 40;
+/// f32 per packed group of 4 k: `V` vectors of 8 (5 for n > 8, 4 for n ≤ 8).
+const fn group(v: usize) -> usize {
+    8 * v
+}
 /// Rows per chunk: their accumulators are held (20 KiB) across the k blocks, and op(B) is
 /// packed once per chunk.
 const MC: usize = 128;
@@ -60,11 +62,27 @@ pub(super) fn applies(s: &GemmShape) -> bool {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B], beta: f32, c: &mut [f32]) {
     debug_assert!(applies(s));
-    let mut bp = Buf::<{ KB / 4 * GROUP }>::new();
+    // SAFETY: forwarded contract.
+    unsafe {
+        if s.n > 8 {
+            run::<B, 5>(s, alpha, a, b, beta, c)
+        } else {
+            run::<B, 4>(s, alpha, a, b, beta, c)
+        }
+    }
+}
+
+/// [`gemm`] with `V` vectors per group: 5 (columns 0–9) or 4 (columns 0–7, for n ≤ 8).
+///
+/// # Safety
+/// As [`gemm`], and n ≤ 2·V.
+#[inline(always)]
+unsafe fn run<B: Elem, const V: usize>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B], beta: f32, c: &mut [f32]) {
+    let mut bp = Buf::<{ KB / 4 * group(5) }>::new();
     let bp = bp.as_mut_ptr();
     // Each row pair's 10 accumulators between k blocks.
     let mut held = Buf::<{ MC / 2 * 10 * 8 }>::new();
-    let held = held.as_mut_ptr() as *mut [[__m256; 5]; 2];
+    let held = held.as_mut_ptr() as *mut [[__m256; 5]; 2] as *mut [[__m256; V]; 2];
     for m0 in (0..s.m).step_by(MC) {
         let mc = MC.min(s.m - m0);
         let mut p0 = 0;
@@ -72,7 +90,7 @@ pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B]
             let kb = KB.min(s.k - p0);
             // SAFETY: `bp` holds KB / 4 groups, 64-byte aligned; kb ≤ KB; `b` passed the length
             // check; AVX2 and F16C present.
-            unsafe { pack(s, b, p0, kb, bp) };
+            unsafe { pack::<B, V>(s, b, p0, kb, bp) };
             let last = p0 + kb == s.k;
             for pair in 0..mc.div_ceil(2) {
                 let i0 = m0 + 2 * pair;
@@ -85,8 +103,8 @@ pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B]
                     let a0 = a.as_ptr().add(i0 * s.lda + p0);
                     let a1 = if two { a0.add(s.lda) } else { a0 };
                     let slot = held.add(pair);
-                    let acc = if p0 == 0 { [[_mm256_setzero_ps(); 5]; 2] } else { slot.read() };
-                    let acc = tile(kb, a0, a1, bp, acc);
+                    let acc = if p0 == 0 { [[_mm256_setzero_ps(); V]; 2] } else { slot.read() };
+                    let acc = tile::<V>(kb, a0, a1, bp, acc);
                     if last {
                         for (r, x) in acc.iter().enumerate().take(1 + two as usize) {
                             update(&reduce(x), s.n, alpha, beta, c.as_mut_ptr().add((i0 + r) * s.ldc));
@@ -124,47 +142,46 @@ unsafe fn update(v: &[f32; MAX_N], n: usize, alpha: f32, beta: f32, d: *mut f32)
 }
 
 /// Packs `op(B)[p0 + q][j]` for `q < kb` (zeros for `j ≥ n` and for `kb ≤ q <` kb rounded up
-/// to 4): group `g` (k = 4g..4g+4) at `bp[g·GROUP..]` holds vector v < 4 =
-/// `[col v at the 4 k | col v+4 at the 4 k]` and vector 4 = `[col 8 | col 9]`.
+/// to 4): group `g` (k = 4g..4g+4) at `bp[g·8V..]` holds vector v < 4 =
+/// `[col v at the 4 k | col v+4 at the 4 k]` and, when V = 5, vector 4 = `[col 8 | col 9]`.
 ///
 /// # Safety
-/// `bp` is valid for `kb.div_ceil(4)·GROUP` writes, 32-byte aligned; `b` satisfies the length
+/// `bp` is valid for `kb.div_ceil(4)·8V` writes, 32-byte aligned; n ≤ 2V; `b` satisfies the length
 /// check for `s`; the CPU supports AVX2 and F16C.
 #[inline(always)]
-unsafe fn pack<B: Elem>(s: &GemmShape, b: &[B], p0: usize, kb: usize, bp: *mut f32) {
+unsafe fn pack<B: Elem, const V: usize>(s: &GemmShape, b: &[B], p0: usize, kb: usize, bp: *mut f32) {
     let full = kb - kb % 4;
     let mut q = 0;
     // SAFETY (stores): group q / 4 < kb.div_ceil(4) (caller's bound); (loads) each op(B)
     // element read has k < p0 + kb and column < n (length check).
     unsafe {
         while q < full {
-            let o = bp.add(q / 4 * GROUP);
+            let o = bp.add(q / 4 * group(V));
             match s.tb {
-                Trans::N if s.n >= 8 => {
+                Trans::N => {
                     // Rows p0 + q + t < k of B hold n elements each (length check): no per-row check.
                     let row = |t: usize| core::slice::from_raw_parts(b.as_ptr().add((p0 + q + t) * s.ldb), s.n);
                     let rows = [row(0), row(1), row(2), row(3)];
-                    group_rows(&rows, o);
+                    group_rows::<B, V>(&rows, o);
                 }
-                Trans::T => group_cols(s, b, p0 + q, o),
-                Trans::N => group_any(s, b, p0, q, kb, o),
+                Trans::T => group_cols::<B, V>(s, b, p0 + q, o),
             }
             q += 4;
         }
         if q < kb {
-            group_any(s, b, p0, q, kb, bp.add(q / 4 * GROUP));
+            group_any::<B, V>(s, b, p0, q, kb, bp.add(q / 4 * group(V)));
         }
     }
 }
 
-/// One packed group (k = q..q+4 of the block starting at p0) element by element: any layout,
-/// any n, k past kb zero.
+/// One packed group (k = q..q+4 of the block starting at p0) element by element: the last
+/// group of a block whose depth is not a multiple of 4 (k past kb zero).
 ///
 /// # Safety
-/// `o` is valid for GROUP writes; `b` satisfies the length check for `s`; p0 + kb ≤ k.
+/// `o` is valid for 8V writes; `b` satisfies the length check for `s`; p0 + kb ≤ k.
 #[inline(always)]
-unsafe fn group_any<B: Elem>(s: &GemmShape, b: &[B], p0: usize, q: usize, kb: usize, o: *mut f32) {
-    for slot in 0..GROUP {
+unsafe fn group_any<B: Elem, const V: usize>(s: &GemmShape, b: &[B], p0: usize, q: usize, kb: usize, o: *mut f32) {
+    for slot in 0..group(V) {
         let (v, half, t) = (slot / 8, slot / 4 % 2, slot % 4);
         let (j, p) = (if v < 4 { v + 4 * half } else { 8 + half }, q + t);
         let x = if j < s.n && p < kb {
@@ -175,7 +192,7 @@ unsafe fn group_any<B: Elem>(s: &GemmShape, b: &[B], p0: usize, q: usize, kb: us
         } else {
             0.0
         };
-        // SAFETY: slot < GROUP (caller).
+        // SAFETY: slot < 8V (caller).
         unsafe { o.add(slot).write(x) };
     }
 }
@@ -184,11 +201,11 @@ unsafe fn group_any<B: Elem>(s: &GemmShape, b: &[B], p0: usize, q: usize, kb: us
 /// per vector, k = p..p+4.
 ///
 /// # Safety
-/// `o` is valid for GROUP writes, 32-byte aligned; `b` satisfies the length check for `s` and
+/// `o` is valid for 8V writes, 32-byte aligned; `b` satisfies the length check for `s` and
 /// p + 4 ≤ k; the CPU supports AVX and F16C.
 #[inline(always)]
-unsafe fn group_cols<B: Elem>(s: &GemmShape, b: &[B], p: usize, o: *mut f32) {
-    for v in 0..5 {
+unsafe fn group_cols<B: Elem, const V: usize>(s: &GemmShape, b: &[B], p: usize, o: *mut f32) {
+    for v in 0..V {
         let j = if v < 4 { [v, v + 4] } else { [8, 9] };
         // SAFETY: register setup, 4-element loads of rows j < n at p..p+4 (length check) and
         // a store of vector v < 5 (caller); AVX, F16C present (caller).
@@ -218,14 +235,14 @@ unsafe fn broadcast4(x: *const f32) -> __m256 {
     }
 }
 
-/// One packed group from 4 rows of an untransposed B with 8 ≤ n ≤ 10 columns: a 4×4
-/// transpose in each 128-bit lane of the rows' first 8 columns, and columns 8, 9 (zero past n).
+/// One packed group from 4 rows of an untransposed B with n ≤ 10 columns: a 4×4 transpose in
+/// each 128-bit lane of the rows' first 8 columns, and columns 8, 9 (zeros past n).
 ///
 /// # Safety
-/// `o` is valid for GROUP writes, 32-byte aligned; each row has n ≥ 8 elements; the CPU
+/// `o` is valid for 8V writes, 32-byte aligned; each row has n ≤ 2V elements; the CPU
 /// supports AVX2 and F16C.
 #[inline(always)]
-unsafe fn group_rows<B: Elem>(rows: &[&[B]; 4], o: *mut f32) {
+unsafe fn group_rows<B: Elem, const V: usize>(rows: &[&[B]; 4], o: *mut f32) {
     // SAFETY: 8 elements per row (n ≥ 8: caller), `o` as the caller says; AVX2, F16C present.
     unsafe {
         let (r0, r1, r2, r3) = (load8(rows[0]), load8(rows[1]), load8(rows[2]), load8(rows[3]));
@@ -236,6 +253,9 @@ unsafe fn group_rows<B: Elem>(rows: &[&[B]; 4], o: *mut f32) {
         _mm256_store_ps(o.add(8), _mm256_shuffle_ps::<0xEE>(l01, l23));
         _mm256_store_ps(o.add(16), _mm256_shuffle_ps::<0x44>(h01, h23));
         _mm256_store_ps(o.add(24), _mm256_shuffle_ps::<0xEE>(h01, h23));
+        if V < 5 {
+            return;
+        }
         let n = rows[0].len();
         let tail = if as_f32(rows[0]).is_some() && n == 10 {
             // Columns 8, 9 of each row as one 64-bit load: c8 c9 per row → c8 r0..r3 | c9 r0..r3.
@@ -285,29 +305,35 @@ unsafe fn load4<E: Elem>(x: &[E]) -> __m128 {
     }
 }
 
-/// The first 8 values of `x` widened to f32.
+/// The first 8 values of `x` widened to f32, zeros past its end.
 ///
 /// # Safety
-/// `x.len() ≥ 8`; the CPU supports AVX and F16C.
+/// The CPU supports AVX2 and F16C.
 #[inline(always)]
 unsafe fn load8<E: Elem>(x: &[E]) -> __m256 {
-    // SAFETY: 8 elements readable (caller); F16C present (caller).
+    // SAFETY: at most x.len() elements read (a full load only when 8 are there, else a lane
+    // mask or a copy); AVX2, F16C present (caller).
     unsafe {
         if let Some(h) = as_f16(x) {
-            _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i))
+            if h.len() >= 8 {
+                _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i))
+            } else {
+                let mut bits = [0u16; 8];
+                for (d, v) in bits.iter_mut().zip(h) {
+                    *d = v.to_bits();
+                }
+                _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const __m128i))
+            }
         } else if let Some(f) = as_f32(x) {
-            _mm256_loadu_ps(f.as_ptr())
+            if f.len() >= 8 {
+                _mm256_loadu_ps(f.as_ptr())
+            } else {
+                let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                _mm256_maskload_ps(f.as_ptr(), _mm256_cmpgt_epi32(_mm256_set1_epi32(f.len() as i32), lanes))
+            }
         } else {
-            _mm256_setr_ps(
-                x[0].to_f32(),
-                x[1].to_f32(),
-                x[2].to_f32(),
-                x[3].to_f32(),
-                x[4].to_f32(),
-                x[5].to_f32(),
-                x[6].to_f32(),
-                x[7].to_f32(),
-            )
+            let v = |i: usize| x.get(i).map_or(0.0, |e| e.to_f32());
+            _mm256_setr_ps(v(0), v(1), v(2), v(3), v(4), v(5), v(6), v(7))
         }
     }
 }
@@ -319,13 +345,13 @@ unsafe fn load8<E: Elem>(x: &[E]) -> __m256 {
 /// `a0`, `a1` are readable for `kb` f32; `bp` holds kb rounded up to 4 (zero beyond kb),
 /// 32-byte aligned; the CPU supports AVX2 and FMA.
 #[inline(always)]
-unsafe fn tile(
+unsafe fn tile<const V: usize>(
     kb: usize,
     a0: *const f32,
     a1: *const f32,
     bp: *const f32,
-    mut acc: [[__m256; 5]; 2],
-) -> [[__m256; 5]; 2] {
+    mut acc: [[__m256; V]; 2],
+) -> [[__m256; V]; 2] {
     // SAFETY (loads): q + 4 ≤ full ≤ kb in the loop; the tail reads A through a lane mask and
     // the packed block up to kb rounded up to 4 (caller). Register work otherwise (AVX2, FMA).
     unsafe {
@@ -333,13 +359,13 @@ unsafe fn tile(
         let mut q = 0;
         while q < full {
             let av = [broadcast4(a0.add(q)), broadcast4(a1.add(q))];
-            step(&mut acc, av, bp.add(q / 4 * GROUP));
+            step(&mut acc, av, bp.add(q / 4 * group(V)));
             q += 4;
         }
         if q < kb {
             let mask = _mm_cmpgt_epi32(_mm_set1_epi32((kb - q) as i32), _mm_setr_epi32(0, 1, 2, 3));
             let (x0, x1) = (_mm_maskload_ps(a0.add(q), mask), _mm_maskload_ps(a1.add(q), mask));
-            step(&mut acc, [_mm256_set_m128(x0, x0), _mm256_set_m128(x1, x1)], bp.add(q / 4 * GROUP));
+            step(&mut acc, [_mm256_set_m128(x0, x0), _mm256_set_m128(x1, x1)], bp.add(q / 4 * group(V)));
         }
         acc
     }
@@ -348,12 +374,12 @@ unsafe fn tile(
 /// One group of 4 k: `acc[r][v] += av[r]·bp[v·8..]` for the 2 rows and 5 vectors.
 ///
 /// # Safety
-/// `o` is readable for GROUP f32, 32-byte aligned; the CPU supports AVX2 and FMA.
+/// `o` is readable for 8V f32, 32-byte aligned; the CPU supports AVX2 and FMA.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // `v` picks both rows' accumulators and the packed vector.
-unsafe fn step(acc: &mut [[__m256; 5]; 2], av: [__m256; 2], o: *const f32) {
-    for v in 0..5 {
-        // SAFETY: v·8 + 8 ≤ GROUP (caller); FMA present (caller).
+unsafe fn step<const V: usize>(acc: &mut [[__m256; V]; 2], av: [__m256; 2], o: *const f32) {
+    for v in 0..V {
+        // SAFETY: v·8 + 8 ≤ 8V (caller); FMA present (caller).
         unsafe {
             let bv = _mm256_load_ps(o.add(v * 8));
             acc[0][v] = _mm256_fmadd_ps(av[0], bv, acc[0][v]);
@@ -362,23 +388,25 @@ unsafe fn step(acc: &mut [[__m256; 5]; 2], av: [__m256; 2], o: *const f32) {
     }
 }
 
-/// A row's 10 outputs from its 5 accumulators: `hadd(hadd(x0, x1), hadd(x2, x3))` =
+/// A row's outputs from its V accumulators: `hadd(hadd(x0, x1), hadd(x2, x3))` =
 /// `Σ x0.lo, Σ x1.lo, Σ x2.lo, Σ x3.lo | Σ x0.hi, …`, columns 0–3 | 4–7 in order; x4
-/// (columns 8 | 9) reduces against itself.
+/// (columns 8 | 9, when V = 5) reduces against itself.
 ///
 /// # Safety
 /// The CPU supports AVX.
 #[inline(always)]
-unsafe fn reduce(x: &[__m256; 5]) -> [f32; MAX_N] {
+unsafe fn reduce<const V: usize>(x: &[__m256; V]) -> [f32; MAX_N] {
     let mut out = [0.0f32; MAX_N];
     // SAFETY: register shuffles and an 8-float store into `out` (AVX: caller).
     unsafe {
         let lo = _mm256_hadd_ps(_mm256_hadd_ps(x[0], x[1]), _mm256_hadd_ps(x[2], x[3]));
         _mm256_storeu_ps(out.as_mut_ptr(), lo);
-        let h = _mm256_hadd_ps(x[4], x[4]);
-        let h = _mm256_hadd_ps(h, h);
-        out[8] = _mm256_cvtss_f32(h);
-        out[9] = _mm_cvtss_f32(_mm256_extractf128_ps::<1>(h));
+        if V > 4 {
+            let h = _mm256_hadd_ps(x[4], x[4]);
+            let h = _mm256_hadd_ps(h, h);
+            out[8] = _mm256_cvtss_f32(h);
+            out[9] = _mm_cvtss_f32(_mm256_extractf128_ps::<1>(h));
+        }
     }
     out
 }
