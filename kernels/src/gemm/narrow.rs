@@ -19,7 +19,9 @@
 //! 40 % on the 6×16 kernel; 73–77 % as 8-k dot products over two 5-column tiles with full 8×8
 //! transposes; ~82 % with this layout (half the packing shuffles, A read once, no per-output
 //! horizontal sums); 86 % with the accumulators held across k blocks (the reductions and C
-//! updates of all but the last block were ~10 % of the time). Of what is left, packing is ~5 %
+//! updates of all but the last block were ~10 % of the time). n ≤ 8 runs 4 vectors per group
+//! (64×8×1024 ~63 → 76–85 %); n ≤ 4 leaves half of each vector empty (64×4×1024 39–41 %, from
+//! 17 % when such rows were packed element by element). Of what is left, packing is ~5 %
 //! (~10 % at m = 32) and A's stream from L2 ~3 % (A's rows held in L1: +3 %; not a matter of
 //! L1 sets — a padded row stride is no faster — nor of prefetching). Measured and not kept:
 //! columns 0–7 as an outer product with A broadcast per k (one broadcast per FMA: 62 %);
