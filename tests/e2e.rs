@@ -25,7 +25,7 @@ fn quick_pipeline_table_and_engine_eval_agree() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("main");
     let o = Command::new(env!("CARGO_BIN_EXE_tinykd"))
-        .args(["pipeline", "--quick", "--out", s(&out), "--threads", "2"])
+        .args(["pipeline", "--quick", "--out", s(&out), "--threads", "2", "--eval-every", "1"])
         .output()
         .unwrap();
     let (so, se) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -34,6 +34,10 @@ fn quick_pipeline_table_and_engine_eval_agree() {
     for stage in ["teacher", "distilled student", "baseline student", "exporting"] {
         assert!(se.contains(stage), "no {stage} stage: {se}");
     }
+    // `--eval-every 1`: the students' first of two epochs reports test accuracy too.
+    let first_epochs: Vec<&str> = se.lines().filter(|l| l.contains("epoch 1/2")).collect();
+    assert_eq!(first_epochs.len(), 2, "{se}");
+    assert!(first_epochs.iter().all(|l| l.contains("test top-1")), "{first_epochs:?}");
     assert_eq!(std::fs::read_to_string(out.join("results.md")).unwrap(), so);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
