@@ -245,7 +245,8 @@ unsafe fn broadcast4(x: *const f32) -> __m256 {
 /// supports AVX2 and F16C.
 #[inline(always)]
 unsafe fn group_rows<B: Elem, const V: usize>(rows: &[&[B]; 4], o: *mut f32) {
-    // SAFETY: 8 elements per row (n ≥ 8: caller), `o` as the caller says; AVX2, F16C present.
+    // SAFETY: `load8` reads at most a row's n elements, columns 8, 9 only when present (`get`,
+    // or the 64-bit load when n = 10); `o` as the caller says; AVX2, F16C present.
     unsafe {
         let (r0, r1, r2, r3) = (load8(rows[0]), load8(rows[1]), load8(rows[2]), load8(rows[3]));
         let (l01, h01) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
