@@ -34,7 +34,7 @@ fn infer_reports_model_dtype_isa_and_times() {
     assert_eq!(v["dtype"], "f16");
     assert_eq!(v["batch"], 1);
     assert_eq!(v["threads"], 1);
-    assert!(["scalar", "avx2", "neon"].contains(&v["isa"].as_str().unwrap()), "{v}");
+    assert!(["scalar", "avx2", "avx512", "neon"].contains(&v["isa"].as_str().unwrap()), "{v}");
     assert_eq!(v["panels"], true, "{v}");
     let v = report(&["bench", "infer", "--model", "mobilenet_v1", "--scale", "0.25", "--batch", "2", "--iters", "2"]);
     assert_eq!((v["batch"].as_u64(), v["dtype"].as_str()), (Some(2), Some("f32")));
@@ -54,7 +54,7 @@ fn infer_layers_time_every_step_and_count_its_work() {
     // The model's MACs at ×0.25 (`tinykd summary`: 834,688).
     assert_eq!(macs, 834_688, "{v}");
     let bytes: u64 = layers.iter().map(|l| l["weight_bytes"].as_u64().unwrap()).sum();
-    assert!(bytes > 0 && bytes % 4 == 0, "{v}");
+    assert!(bytes > 0 && bytes.is_multiple_of(4), "{v}");
     for l in layers {
         assert!(l["ms_median"].as_f64().unwrap() >= 0.0, "{l}");
     }
@@ -172,4 +172,29 @@ fn gemm_rates_each_shape_against_the_peak_of_the_same_run() {
         assert_eq!(code, 2, "{bad}: {err}");
         assert!(err.contains(says), "{bad}: {err}");
     }
+}
+
+/// `TINYKD_ISA` picks the kernel path (scalar runs everywhere); a name that is no path is a
+/// usage error naming the variable, before any work.
+#[test]
+fn tinykd_isa_override_picks_the_path_or_is_refused() {
+    let run = |isa: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tinykd"))
+            .env("TINYKD_ISA", isa)
+            .args(["bench", "infer", "--model", "mobilenet_v1", "--scale", "0.25", "--iters", "2"])
+            .output()
+            .expect("run tinykd");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run("scalar");
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["isa"], "scalar", "{v}");
+    let (code, out, err) = run("avx3");
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(out.is_empty() && err.contains("TINYKD_ISA") && err.contains("avx512"), "{err}");
 }

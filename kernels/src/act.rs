@@ -35,7 +35,7 @@ use crate::isa::{Isa, IsaKind};
 pub fn relu_fwd(isa: Isa, x: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("y", y.len(), x.len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::relu_fwd(x, y),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::relu_fwd(x, y),
     }
     Ok(())
 }
@@ -43,7 +43,7 @@ pub fn relu_fwd(isa: Isa, x: &[f32], y: &mut [f32]) -> Result<()> {
 /// ReLU in place `x = max(x, 0)` (what inference runs after a BN folded into a conv).
 pub fn relu_inplace(isa: Isa, x: &mut [f32]) {
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::relu_inplace(x),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::relu_inplace(x),
     }
 }
 
@@ -53,7 +53,7 @@ pub fn relu_bwd(isa: Isa, y: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
     check_len("dy", dy.len(), y.len())?;
     check_len("dx", dx.len(), y.len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::relu_bwd(y, dy, dx),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::relu_bwd(y, dy, dx),
     }
     Ok(())
 }
@@ -62,7 +62,7 @@ pub fn relu_bwd(isa: Isa, y: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
 pub fn relu_bwd_inplace(isa: Isa, y: &[f32], dy: &mut [f32]) -> Result<()> {
     check_len("dy", dy.len(), y.len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::relu_bwd_inplace(y, dy),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::relu_bwd_inplace(y, dy),
     }
     Ok(())
 }
@@ -73,7 +73,7 @@ pub fn add(isa: Isa, a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("b", b.len(), a.len())?;
     check_len("y", y.len(), a.len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::add(a, b, y),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::add(a, b, y),
     }
     Ok(())
 }
@@ -82,7 +82,7 @@ pub fn add(isa: Isa, a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
 pub fn add_inplace(isa: Isa, a: &mut [f32], b: &[f32]) -> Result<()> {
     check_len("b", b.len(), a.len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::add_inplace(a, b),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::add_inplace(a, b),
     }
     Ok(())
 }
@@ -93,7 +93,7 @@ pub fn add_relu(isa: Isa, a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("b", b.len(), a.len())?;
     check_len("y", y.len(), a.len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::add_relu(a, b, y),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::add_relu(a, b, y),
     }
     Ok(())
 }
@@ -103,7 +103,7 @@ pub fn add_relu(isa: Isa, a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
 pub fn add_relu_inplace(isa: Isa, a: &mut [f32], b: &[f32]) -> Result<()> {
     check_len("b", b.len(), a.len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::add_relu_inplace(a, b),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::add_relu_inplace(a, b),
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ const CHAINS: usize = 12;
 pub const fn flop_per_round(isa: Isa) -> usize {
     let lanes = match isa.kind() {
         IsaKind::Avx2 => 8,
+        IsaKind::Avx512 => 16,
         IsaKind::Neon => 4,
         IsaKind::Scalar => 1,
     };
@@ -30,6 +31,9 @@ pub fn fma_chains(isa: Isa, rounds: usize, x: f32, y: f32) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind Avx2 exists only when the CPU has AVX2+FMA (isa.rs).
         IsaKind::Avx2 => unsafe { avx2(rounds, x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an `Isa` of kind Avx512 exists only when the CPU has AVX-512F (isa.rs).
+        IsaKind::Avx512 => unsafe { avx512(rounds, x, y) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: an `Isa` of kind Neon exists only on aarch64 CPUs with NEON (isa.rs).
         IsaKind::Neon => unsafe { neon(rounds, x, y) },
@@ -65,6 +69,22 @@ unsafe fn avx2(rounds: usize, x: f32, y: f32) -> f32 {
     // SAFETY: `out` holds 8 f32.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
     out.iter().sum()
+}
+
+/// # Safety
+/// The CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512(rounds: usize, x: f32, y: f32) -> f32 {
+    use core::arch::x86_64::*;
+    let (vx, vy) = (_mm512_set1_ps(x), _mm512_set1_ps(y));
+    let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+    for _ in 0..rounds {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, vx, vy);
+        }
+    }
+    _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a)))
 }
 
 /// # Safety

@@ -22,8 +22,8 @@ pub fn f32_to_f16(isa: Isa, src: &[f32], dst: &mut [f16]) -> Result<()> {
     match isa.kind() {
         IsaKind::Scalar => scalar_f32_to_f16(src, dst),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` of kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
-        IsaKind::Avx2 => unsafe { x86::f32_to_f16(src, dst) },
+        // SAFETY: an `Isa` of kind Avx2 or Avx512 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { x86::f32_to_f16(src, dst) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: an `Isa` of kind Neon exists only on aarch64 CPUs with NEON (isa.rs).
         IsaKind::Neon => unsafe { arm::f32_to_f16(src, dst) },
@@ -42,8 +42,8 @@ pub fn f16_to_f32(isa: Isa, src: &[f16], dst: &mut [f32]) -> Result<()> {
         #[cfg(tinykd_m4f)]
         IsaKind::Scalar => m4::f16_to_f32(src, dst),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` of kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
-        IsaKind::Avx2 => unsafe { x86::f16_to_f32(src, dst) },
+        // SAFETY: an `Isa` of kind Avx2 or Avx512 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { x86::f16_to_f32(src, dst) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: an `Isa` of kind Neon exists only on aarch64 CPUs with NEON (isa.rs).
         IsaKind::Neon => unsafe { arm::f16_to_f32(src, dst) },

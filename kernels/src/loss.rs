@@ -23,7 +23,9 @@ pub fn softmax_ce(isa: Isa, s: &Logits, logits: &[f32], labels: &[u32], dlogits:
     }
     check_labels(s, labels)?;
     Ok(match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::softmax_ce(s, logits, labels, dlogits),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => {
+            scalar::softmax_ce(s, logits, labels, dlogits)
+        }
     })
 }
 
@@ -58,7 +60,7 @@ pub fn l2_loss(isa: Isa, t: &[f32], s: &[f32], ds: Option<&mut [f32]>) -> Result
         check_len("ds", d.len(), s.len())?;
     }
     Ok(match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::l2(t, s, ds),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::l2(t, s, ds),
     })
 }
 
@@ -100,7 +102,7 @@ pub fn fsp_loss(
     gram(isa, sh, s1, s2, gs)?;
     gram(isa, sh, t1, t2, gt)?;
     let loss = match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::fsp_diff(gs, gt),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::fsp_diff(gs, gt),
     };
     // `gs` now holds D = 2(G_s − G_t)/(n·c1·c2).
     let (xl, yl, gl) = (sh.hw * sh.c1, sh.hw * sh.c2, sh.c1 * sh.c2);
@@ -156,7 +158,9 @@ pub fn soft_label_loss(
         "soft_label_loss: temperatures must be positive and finite",
     )?;
     Ok(match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::soft_label(s, t_logits, s_logits, tt, ts, ds),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => {
+            scalar::soft_label(s, t_logits, s_logits, tt, ts, ds)
+        }
     })
 }
 

@@ -22,7 +22,7 @@ pub fn sgd_momentum(isa: Isa, h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f3
     check_len("v", v.len(), p.len())?;
     ensure(h.lr.is_finite() && h.mu.is_finite() && h.wd.is_finite(), "sgd_momentum: hyper-parameters must be finite")?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::sgd_momentum(h, p, g, v),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::sgd_momentum(h, p, g, v),
     }
     Ok(())
 }

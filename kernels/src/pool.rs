@@ -14,9 +14,9 @@ pub fn maxpool3x3s2_fwd(isa: Isa, s: &Pool, x: &[f32], y: &mut [f32]) -> Result<
     check_len("y", y.len(), s.max_y_len())?;
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 or Avx512 exists only when the CPU has
         // AVX2 (isa.rs).
-        IsaKind::Avx2 => unsafe { avx2::maxpool_fwd(s, x, y) },
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::maxpool_fwd(s, x, y) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: lengths checked above; an `Isa` of kind Neon exists only on aarch64 CPUs with
         // NEON (isa.rs).
@@ -37,7 +37,7 @@ pub fn maxpool3x3s2_bwd(isa: Isa, s: &Pool, x: &[f32], y: &[f32], dy: &[f32], dx
     check_len("dy", dy.len(), s.max_y_len())?;
     check_len("dx", dx.len(), s.x_len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::maxpool_bwd(s, x, y, dy, dx),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::maxpool_bwd(s, x, y, dy, dx),
     }
     Ok(())
 }
@@ -48,7 +48,7 @@ pub fn global_avg_fwd(isa: Isa, s: &Pool, x: &[f32], y: &mut [f32]) -> Result<()
     check_len("x", x.len(), s.x_len())?;
     check_len("y", y.len(), s.avg_y_len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::avg_fwd(s, x, y),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::avg_fwd(s, x, y),
     }
     Ok(())
 }
@@ -59,7 +59,7 @@ pub fn global_avg_bwd(isa: Isa, s: &Pool, dy: &[f32], dx: &mut [f32]) -> Result<
     check_len("dy", dy.len(), s.avg_y_len())?;
     check_len("dx", dx.len(), s.x_len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::avg_bwd(s, dy, dx),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::avg_bwd(s, dy, dx),
     }
     Ok(())
 }
@@ -242,7 +242,7 @@ mod scalar {
                                     hit = Some(i);
                                     break 'scan;
                                 }
-                                if best.map_or(true, |(_, b)| v > b) {
+                                if best.is_none_or(|(_, b)| v > b) {
                                     best = Some((i, v));
                                 }
                             }

@@ -169,13 +169,14 @@ const TRANS: [(Trans, Trans); 4] =
 const ALPHAS: [f32; 3] = [1.0, -0.75, 2.5];
 const BETAS: [f32; 3] = [0.0, 1.0, 0.5];
 
-/// Every micro-kernel tail: m and n below, at and above MR/NR (6/16 on AVX2, 8/8 on NEON,
-/// 4/4 scalar) and their multiples, cycling α, β, padding and dtypes.
+/// Every micro-kernel tail: m and n below, at and above MR/NR (6/16 on AVX2, 4/64 on AVX-512
+/// with its 1–4-vector column variants, 8/8 on NEON, 4/4 scalar) and their multiples, cycling
+/// α, β, padding and dtypes.
 #[test]
 fn tails_all_transposes() {
     let isas = isas();
     let mut rng = Rng::new(1);
-    let dims = [1usize, 2, 5, 6, 7, 8, 9, 12, 13, 15, 16, 17, 31, 32, 33, 65];
+    let dims = [1usize, 2, 3, 5, 6, 7, 8, 9, 12, 13, 15, 16, 17, 31, 32, 33, 48, 63, 65];
     let ks = [1usize, 2, 7, 16, 33];
     let mut idx = 0usize;
     for &m in &dims {
@@ -201,8 +202,8 @@ fn tails_all_transposes() {
 }
 
 /// Shapes crossing the blocking: k > KC (256; AVX2 runs k ≤ 320 as one block, so 300 and
-/// 320 are one block there and 321 two), m > MC (144 AVX2 and 128 NEON at kc = 256, ~MC·256/kc
-/// rows at another kc), several NR panels, with every β, both pads and all dtype combinations.
+/// 320 are one block there and 321 two; AVX-512's KC is 128), m > MC (144 AVX2 and 128 NEON at
+/// kc = 256, ~MC·256/kc rows at another kc; 288 AVX-512 at kc = 128), several NR panels, with every β, both pads and all dtype combinations.
 #[test]
 fn blocking_boundaries() {
     let isas = isas();

@@ -50,7 +50,7 @@ use tinykd_kernels::act::{self, Act};
 use tinykd_kernels::linear::panels;
 use tinykd_kernels::norm::{self, BnParams};
 use tinykd_kernels::shape::{Channels, Conv2d, Pool};
-use tinykd_kernels::{conv, dwconv, linear, pool, Isa, IsaKind, KernelError};
+use tinykd_kernels::{conv, dwconv, linear, pool, Isa, KernelError};
 
 use crate::graph::{Dims, Name, OpKind, ParamRole, Program, TensorId, VarKind, BN_EPS};
 use crate::params::ParamStore;
@@ -441,7 +441,7 @@ impl Executor {
                     let few_rows = s.is_pointwise() && s.out_h() * s.out_w() <= TRAIN_PANEL_MAX_PIXELS;
                     // Only where the panel product has a SIMD path (elsewhere it is the portable
                     // specification, which the GEMM beats).
-                    let simd = isa.kind() == IsaKind::Avx2;
+                    let simd = isa.kind().has_avx2();
                     (matches!(op.kind, OpKind::Conv { .. }) && few_rows && simd).then(|| TrainPanels {
                         src: (0, 0),
                         fwd: vec![0.0; panels::panels_len(1, s.c_in, s.c_out)],
@@ -867,7 +867,7 @@ impl Executor {
         let use_fold = mode == Mode::Eval
             && self.folded.iter().any(Option::is_some)
             && self.folded.iter().enumerate().all(|(i, f)| {
-                f.as_ref().map_or(true, |f| {
+                f.as_ref().is_none_or(|f| {
                     let b = &ops[f.bn];
                     f.src == [at(ops[i].weights), at(b.scale), at(b.offset), at(b.mean), at(b.var)]
                 })

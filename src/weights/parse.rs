@@ -322,7 +322,7 @@ impl Pod for f16 {}
 /// Reinterprets little-endian bytes as elements of `T`; `None` if `bytes` is misaligned for
 /// `T` or not a whole number of elements.
 fn cast_slice<T: Pod>(bytes: &[u8]) -> Option<&[T]> {
-    if bytes.as_ptr() as usize % align_of::<T>() != 0 || bytes.len() % size_of::<T>() != 0 {
+    if !(bytes.as_ptr() as usize).is_multiple_of(align_of::<T>()) || !bytes.len().is_multiple_of(size_of::<T>()) {
         return None;
     }
     // SAFETY: the pointer is non-null (it comes from a slice), aligned for `T` (checked above)

@@ -61,13 +61,15 @@ pub fn conv2d_fwd<W: Elem>(
             Ok(())
         }
         #[cfg(target_arch = "x86_64")]
-        IsaKind::Avx2 if direct::applies(s) => {
+        IsaKind::Avx2 | IsaKind::Avx512 if direct::applies(s) => {
             // SAFETY: shape validated and lengths checked above; `applies` holds; an `Isa` of
-            // kind Avx2 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
+            // kind Avx2 or Avx512 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
             unsafe { direct::fwd(s, x, w, bias, act, y) };
             Ok(())
         }
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => tiled::fwd(isa, s, x, w, bias, act, y, scratch),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => {
+            tiled::fwd(isa, s, x, w, bias, act, y, scratch)
+        }
     }
 }
 
@@ -121,7 +123,9 @@ pub fn conv2d_bwd_input(
     check_len("dx", dx.len(), s.x_len())?;
     check_scratch("scratch", scratch.len(), s.scratch_len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => tiled::bwd_input(isa, s, dy, w, dx, scratch),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => {
+            tiled::bwd_input(isa, s, dy, w, dx, scratch)
+        }
     }
 }
 
@@ -144,6 +148,8 @@ pub fn conv2d_bwd_weight(
     check_len("dw", dw.len(), s.w_len())?;
     check_scratch("scratch", scratch.len(), s.scratch_len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => tiled::bwd_weight(isa, s, x, dy, dw, scratch),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => {
+            tiled::bwd_weight(isa, s, x, dy, dw, scratch)
+        }
     }
 }

@@ -75,9 +75,9 @@ pub fn dwconv3x3_fwd<W: Elem>(
         // SAFETY: shape validated and lengths checked above.
         IsaKind::Scalar => unsafe { m4::fwd(s, x, w, bias, act, y) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 or Avx512 exists only when the CPU has
         // AVX2+FMA+F16C (isa.rs).
-        IsaKind::Avx2 => unsafe { avx2::fwd(s, x, w, bias, act, y) },
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::fwd(s, x, w, bias, act, y) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: lengths checked above; an `Isa` of kind Neon exists only on aarch64 CPUs with
         // NEON (isa.rs).
@@ -100,12 +100,12 @@ pub fn dwconv3x3_bwd_input(isa: Isa, s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &
     check_len("dx", dx.len(), s.x_len())?;
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: stride 1 and lengths checked above; an `Isa` of kind Avx2 exists only when
+        // SAFETY: stride 1 and lengths checked above; an `Isa` of kind Avx2 or Avx512 exists only when
         // the CPU has AVX2+FMA+F16C (isa.rs).
-        IsaKind::Avx2 if s.stride == 1 => unsafe { avx2::bwd_input_s1(s, dy, w, dx) },
+        IsaKind::Avx2 | IsaKind::Avx512 if s.stride == 1 => unsafe { avx2::bwd_input_s1(s, dy, w, dx) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above (any stride).
-        IsaKind::Avx2 => unsafe { avx2::bwd_input_gather(s, dy, w, dx) },
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::bwd_input_gather(s, dy, w, dx) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: lengths checked above; an `Isa` of kind Neon exists only on aarch64 CPUs with
         // NEON (isa.rs).
@@ -127,9 +127,9 @@ pub fn dwconv3x3_bwd_weight(isa: Isa, s: &DwConv3x3, x: &[f32], dy: &[f32], dw: 
     check_len("dw", dw.len(), s.w_len())?;
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 or Avx512 exists only when the CPU has
         // AVX2+FMA+F16C (isa.rs).
-        IsaKind::Avx2 => unsafe { avx2::bwd_weight(s, x, dy, dw) },
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::bwd_weight(s, x, dy, dw) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: lengths checked above; an `Isa` of kind Neon exists only on aarch64 CPUs with
         // NEON (isa.rs).

@@ -277,7 +277,11 @@ impl Blocking {
     /// What [`run`] needs of a blocking for `mr`-row panels: `mc` a positive multiple of `mr`,
     /// `1 ≤ kc ≤ kc_one`, and a block of depth `kc_one` still holds one panel.
     pub(super) const fn valid(&self, mr: usize) -> bool {
-        self.mc > 0 && self.mc % mr == 0 && self.kc >= 1 && self.kc <= self.kc_one && self.kc_one * mr <= self.a_len()
+        self.mc > 0
+            && self.mc.is_multiple_of(mr)
+            && self.kc >= 1
+            && self.kc <= self.kc_one
+            && self.kc_one * mr <= self.a_len()
     }
     /// f32 slots of the A packing buffer.
     pub(super) const fn a_len(&self) -> usize {

@@ -13,6 +13,8 @@
 //!   144·256, 164 KiB of packing buffers on the stack; a C of at most 10 columns with k ≥ 64
 //!   and an f32, untransposed A (the fc at batch 64) goes to `narrow.rs` instead: lanes along
 //!   k (4 k × 2 columns per vector), so no lanes sit idle past column 10;
+//! - AVX-512F (`avx512.rs`): 6×32 micro-kernel on zmm registers, the AVX2 path's blocking and
+//!   packers, the same narrow path;
 //! - NEON (`neon.rs`): 8×8 micro-kernel, KC ≤ 256, MC·KC = 128·256, 136 KiB of packing buffers;
 //! - the SIMD paths share the loop nest and the f16→f32-widening packers (`blocked.rs`).
 //!
@@ -38,6 +40,9 @@ mod blocked;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 mod narrow;
@@ -158,6 +163,10 @@ pub fn gemm<A: Elem, B: Elem>(
         // SAFETY: lengths checked above, m, n ≥ 1; an `Isa` of kind Avx2 exists only when the
         // CPU has AVX2+FMA+F16C (isa.rs).
         IsaKind::Avx2 => unsafe { avx2::gemm(s, alpha, a, b, beta, c) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths checked above, m, n ≥ 1; an `Isa` of kind Avx512 exists only when the
+        // CPU has AVX-512F besides AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx512 => unsafe { avx512::gemm(s, alpha, a, b, beta, c) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: lengths checked above, m, n ≥ 1; an `Isa` of kind Neon exists only on
         // aarch64 CPUs with NEON (isa.rs).

@@ -103,7 +103,7 @@ pub fn linear_bwd_weight(
     gemm(isa, &GemmShape::tn(s.c_in, s.c_out, s.rows), 1.0, x, dy, 0.0, dw)?;
     if let Some(db) = db {
         match isa.kind() {
-            IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::column_sums(s.c_out, dy, db),
+            IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::column_sums(s.c_out, dy, db),
         }
     }
     Ok(())

@@ -24,6 +24,8 @@ use crate::isa::Isa;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Columns per panel (the same on every ISA, so one packed file serves all of them).
 pub const PANEL: usize = 16;
@@ -141,9 +143,13 @@ pub(crate) fn accumulate<W: Elem>(isa: Isa, p: &PanelProduct<'_, W>, c: &mut [f3
     }
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: operand lengths checked above; an `Isa` of kind Avx2 exists only when the
-        // CPU has AVX2+FMA+F16C (isa.rs).
+        // SAFETY: operand lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
+        // AVX2+FMA+F16C (isa.rs).
         crate::isa::IsaKind::Avx2 => unsafe { avx2::accumulate(p, c) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: operand lengths checked above; an `Isa` of kind Avx512 exists only when the
+        // CPU has AVX-512F besides AVX2+FMA+F16C (isa.rs).
+        crate::isa::IsaKind::Avx512 => unsafe { avx512::accumulate(p, c) },
         _ => portable(p, c),
     }
 }

@@ -13,7 +13,9 @@
 //! multiply-adds, which satisfies the GEMM's dot-product error bound (see [`crate::gemm`]).
 
 use crate::elem::Elem;
-use crate::isa::{Isa, IsaKind};
+use crate::isa::Isa;
+#[cfg(target_arch = "x86_64")]
+use crate::isa::IsaKind;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -41,7 +43,7 @@ pub(crate) struct Product<'a, W> {
 /// True when `isa` has a streaming path and `m` rows are few enough for it to beat the
 /// blocked GEMM.
 pub(crate) fn applies(isa: Isa, m: usize) -> bool {
-    m <= MAX_ROWS && isa.kind() == IsaKind::Avx2 && cfg!(target_arch = "x86_64")
+    m <= MAX_ROWS && isa.kind().has_avx2() && cfg!(target_arch = "x86_64")
 }
 
 /// `C = A·B` on the streaming path (the first `m·n` values of `c` are overwritten); `false`
@@ -69,9 +71,9 @@ pub(crate) fn accumulate<W: Elem>(isa: Isa, p: &Product<'_, W>, c: &mut [f32]) -
     }
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        IsaKind::Avx2 => {
-            // SAFETY: operand lengths checked above; an `Isa` of kind Avx2 exists only when the
-            // CPU has AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx2 | IsaKind::Avx512 => {
+            // SAFETY: operand lengths checked above; an `Isa` of kind Avx2 or Avx512 exists only
+            // when the CPU has AVX2+FMA+F16C (isa.rs).
             unsafe { avx2::accumulate(p, c) };
             true
         }

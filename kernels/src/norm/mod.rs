@@ -58,9 +58,9 @@ pub fn bn_partial_moments(isa: Isa, s: &Channels, x: &[f32], mean: &mut [f32], m
     check_len("m2", m2.len(), s.c)?;
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 or Avx512 exists only when the CPU has
         // AVX2 (isa.rs).
-        IsaKind::Avx2 => unsafe { avx2::moments(s, x, mean, m2) },
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::moments(s, x, mean, m2) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as for Avx2; an `Isa` of kind Neon exists only on aarch64 CPUs with NEON.
         IsaKind::Neon => unsafe { neon::moments(s, x, mean, m2) },
@@ -89,7 +89,9 @@ pub fn bn_merge_moments(
     check_len("m2", m2.len(), c)?;
     ensure(acc_count + count > 0, "bn_merge_moments: both counts are zero")?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => scalar::merge(acc_count, acc_mean, acc_m2, count, mean, m2),
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => {
+            scalar::merge(acc_count, acc_mean, acc_m2, count, mean, m2)
+        }
     }
     Ok(acc_count + count)
 }
@@ -116,7 +118,7 @@ pub fn bn_finish_moments(
     check_len("running_var", running_var.len(), c)?;
     check_len("invstd", invstd.len(), c)?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Neon => {
+        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => {
             invstd.copy_from_slice(m2);
             scalar::finish(p, count, mean, invstd, running_mean, running_var);
         }
@@ -149,7 +151,7 @@ pub fn bn_train_apply(
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `bn_partial_moments`.
-        IsaKind::Avx2 => unsafe { avx2::apply(s.c, x, gamma, beta, mean, invstd, act, y) },
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::apply(s.c, x, gamma, beta, mean, invstd, act, y) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as for Avx2; an `Isa` of kind Neon exists only on aarch64 CPUs with NEON.
         IsaKind::Neon => unsafe { neon::apply(s.c, x, gamma, beta, mean, invstd, act, y) },
@@ -236,7 +238,9 @@ pub fn bn_bwd_partial_sums(
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `bn_partial_moments`.
-        IsaKind::Avx2 => unsafe { avx2::bwd_sums(s.c, x, dy, relu, mean, invstd, sum_dy, sum_dy_xhat) },
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe {
+            avx2::bwd_sums(s.c, x, dy, relu, mean, invstd, sum_dy, sum_dy_xhat)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as for Avx2; an `Isa` of kind Neon exists only on aarch64 CPUs with NEON.
         IsaKind::Neon => unsafe { neon::bwd_sums(s.c, x, dy, relu, mean, invstd, sum_dy, sum_dy_xhat) },
@@ -283,7 +287,7 @@ pub fn bn_bwd_apply(
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `bn_partial_moments`.
-        IsaKind::Avx2 => unsafe { avx2::bwd_apply(s.c, &sums, x, dy, relu, dx) },
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::bwd_apply(s.c, &sums, x, dy, relu, dx) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as for Avx2; an `Isa` of kind Neon exists only on aarch64 CPUs with NEON.
         IsaKind::Neon => unsafe { neon::bwd_apply(s.c, &sums, x, dy, relu, dx) },
@@ -347,9 +351,9 @@ pub fn bn_infer_fwd<W: Elem>(
     let stats = scalar::Stored { eps, gamma, beta, mean, var };
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 or Avx512 exists only when the CPU has
         // AVX2 (isa.rs).
-        IsaKind::Avx2 => unsafe { avx2::infer(s.c, &stats, x, act, y) },
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::infer(s.c, &stats, x, act, y) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as for Avx2; an `Isa` of kind Neon exists only on aarch64 CPUs with NEON.
         IsaKind::Neon => unsafe { neon::infer(s.c, &stats, x, act, y) },
@@ -375,7 +379,7 @@ pub fn bn_fold(
     b_out: &mut [f32],
 ) -> Result<()> {
     ensure(
-        c_out > 0 && !w.is_empty() && w.len() % c_out == 0,
+        c_out > 0 && !w.is_empty() && w.len().is_multiple_of(c_out),
         "bn_fold: w.len() must be a positive multiple of c_out",
     )?;
     ensure(eps >= 0.0 && eps.is_finite(), "bn_fold: eps must be finite and >= 0")?;

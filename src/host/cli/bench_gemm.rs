@@ -32,6 +32,8 @@ pub enum IsaArg {
     Scalar,
     /// x86_64 AVX2 + FMA + F16C.
     Avx2,
+    /// x86_64 AVX-512F (with AVX2 + FMA + F16C).
+    Avx512,
     /// aarch64 NEON.
     Neon,
 }
@@ -125,6 +127,7 @@ pub fn run(a: GemmArgs) -> anyhow::Result<serde_json::Value> {
             let kind = match arg {
                 IsaArg::Scalar => IsaKind::Scalar,
                 IsaArg::Avx2 => IsaKind::Avx2,
+                IsaArg::Avx512 => IsaKind::Avx512,
                 IsaArg::Neon => IsaKind::Neon,
             };
             Isa::force(kind).ok_or_else(|| UsageError(format!("--isa {}: this CPU cannot run it", kind.name())))?

@@ -97,6 +97,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    if let Err(e) = tinykd_kernels::Isa::from_env() {
+        let v = std::env::var("TINYKD_ISA").unwrap_or_default();
+        eprintln!("error: {e} (TINYKD_ISA={v:?}; unset it to use the best path the CPU has)");
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {

@@ -106,7 +106,7 @@ fn generate_split(n: usize, seed: u64, split: u64) -> Dataset {
 /// Draws one image of class `label` on `canvas`.
 fn render(label: u8, rng: &mut Rng, canvas: &mut Canvas) {
     let kind = KINDS[label as usize / 2];
-    let (lo, hi) = if label % 2 == 0 { FINE } else { COARSE };
+    let (lo, hi) = if label.is_multiple_of(2) { FINE } else { COARSE };
     let tex = Texture::random(kind, rng.uniform(lo, hi), rng);
     for y in 0..IMAGE_H {
         for x in 0..IMAGE_W {

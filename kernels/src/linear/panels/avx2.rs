@@ -27,17 +27,17 @@ use core::arch::x86_64::*;
 
 /// Bytes ahead of the current panel row that are prefetched into L1 (the panels are one
 /// stream; the hardware prefetchers stop at 4 KiB page boundaries).
-const PREFETCH_BYTES: usize = 1024;
+pub(super) const PREFETCH_BYTES: usize = 1024;
 /// Bytes ahead that are prefetched into L2: a late layer's weights come from L3 or DRAM
 /// (ResNet50's 94 MB), whose latency needs more in flight than the L1 distance covers.
 /// Measured on a 2-core Xeon VM: 256 B L1 only → ResNet50 batch 1 8.5–9.9 ms; 1 KiB L1 +
 /// 8 KiB L2 → 4.9–6.7 ms (`tinykd bench infer --model resnet50`, alternating runs).
-const PREFETCH_L2_BYTES: usize = 8192;
+pub(super) const PREFETCH_L2_BYTES: usize = 8192;
 
 /// Bytes of A per row block (see [`panels`]): an eighth of a 2 MiB L2. Measured in a batch-32
 /// forward of ResNet50's 8x8 pointwise convs with cold caches (alternating with unblocked):
 /// 256→64 and 256→128 1.06–1.11x faster, other shapes unchanged.
-const A_BLOCK_BYTES: usize = 256 * 1024;
+pub(super) const A_BLOCK_BYTES: usize = 256 * 1024;
 
 /// Panels a one-row pass runs at once (one weight stream each; 2 for passes of 2–3 rows).
 const MULTI_PANELS: usize = 4;

@@ -1,0 +1,235 @@
+//! x86_64 AVX-512F path: a 4×64 micro-kernel (16 zmm accumulators, 4 B loads and 4
+//! broadcasts per k step), KC = 128 (a 32 KiB B panel in a 48 KiB L1), MC = 288 (a 144 KiB A
+//! block). Edge tiles run narrower variants: ≤ 2 rows as 2 rows, ≤ 16·v columns on v vectors
+//! (a 32-column C, e.g. MobileNetV1 ×0.25's layers, does not pay for 64 lanes); the stored
+//! columns ≥ n go through lane masks. f16 operands are widened with F16C while packing; a C of
+//! at most 10 columns goes to the AVX2 `narrow.rs` path as on AVX2.
+//!
+//! Tile shapes measured (`TINYKD_ISA=avx512 tinykd bench gemm`, fraction of the AVX-512 FMA
+//! peak, 2-core Xeon VM with two 512-bit FMA ports): 6×32 75–78 % at 256³ (one broadcast per
+//! 2 FMAs), 8×32 81 %, 6×64 80–82 %, 4×64 80–83 % (and 75 % vs 70 % at 64×64×288), 12×32
+//! 49 % (24 accumulators: LLVM spills); KC of 128, 192 or 256 for 6×32 within 1 %; A packed
+//! instead of read in place −7 %.
+
+use super::avx2::Fma6x16;
+use super::blocked::{self, as_f32, Blocking, Buf, MicroKernel};
+use super::{narrow, GemmShape};
+use crate::elem::Elem;
+use core::arch::x86_64::*;
+
+const MR: usize = 4;
+/// zmm vectors per tile row.
+const NV: usize = 4;
+const NR: usize = 16 * NV;
+const BLOCKING: Blocking = Blocking { kc: 128, kc_one: 128, mc: 288 };
+const _: () = assert!(BLOCKING.valid(MR));
+
+/// `C = α·op(A)·op(B) + β·C` (see [`super::gemm`]).
+///
+/// # Safety
+/// The slices satisfy [`super::gemm`]'s length checks for `s`, `m, n ≥ 1`, and the CPU
+/// supports AVX-512F, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn gemm<A: Elem, B: Elem>(s: &GemmShape, alpha: f32, a: &[A], b: &[B], beta: f32, c: &mut [f32]) {
+    if let Some(af) = as_f32(a).filter(|_| narrow::applies(s)) {
+        // SAFETY: forwarded contract; `applies` checked.
+        unsafe { narrow::gemm(s, alpha, af, b, beta, c) };
+        return;
+    }
+    let mut abuf = Buf::<{ BLOCKING.a_len() }>::new();
+    let mut bbuf = Buf::<{ BLOCKING.b_len(NR) }>::new();
+    // SAFETY: the buffers have the sizes `run` needs and are 64-byte aligned, BLOCKING
+    // satisfies its conditions (checked at compile time), the caller guarantees the slice
+    // lengths and the CPU features.
+    unsafe {
+        blocked::run::<Fma4x64, A, B, MR, NR>(s, alpha, a, b, beta, c, abuf.as_mut_ptr(), BLOCKING, bbuf.as_mut_ptr())
+    }
+}
+
+/// The 4×64 AVX-512F micro-kernel.
+struct Fma4x64;
+
+impl MicroKernel for Fma4x64 {
+    const MR: usize = MR;
+    const NR: usize = NR;
+
+    #[inline(always)]
+    unsafe fn widen<E: Elem>(src: &[E], dst: *mut f32) {
+        // SAFETY: forwarded (F16C present, the AVX2 kernel's contract).
+        unsafe { Fma6x16::widen(src, dst) }
+    }
+
+    #[inline(always)]
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: forwarded verbatim; a packed panel holds A[r][p] at a[p·MR + r]; the variant
+        // covers mr rows and nr columns.
+        unsafe {
+            match (mr <= 2, nr.div_ceil(16)) {
+                (true, 1) => tile_packed::<2, 1>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (true, 2) => tile_packed::<2, 2>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (true, 3) => tile_packed::<2, 3>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (true, _) => tile_packed::<2, 4>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (false, 1) => tile_packed::<4, 1>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (false, 2) => tile_packed::<4, 2>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (false, 3) => tile_packed::<4, 3>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (false, _) => tile_packed::<4, 4>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+            }
+        }
+    }
+
+    const DIRECT_A: bool = true;
+
+    #[inline(always)]
+    unsafe fn tile_direct(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: forwarded; A[r][p] at a[r·lda + p] is readable for r < 4 (caller); the
+        // variant covers nr columns.
+        unsafe {
+            match nr.div_ceil(16) {
+                1 => tile_rx::<MR, 1, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                2 => tile_rx::<MR, 2, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                3 => tile_rx::<MR, 3, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                _ => tile_rx::<MR, NV, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            }
+        }
+    }
+}
+
+/// [`tile_rx`] on a packed panel, compiled on its own (as on AVX2: inlined beside the
+/// in-place variant, the accumulators may not all stay in registers).
+///
+/// # Safety
+/// As [`tile_rx`] with `DIRECT = false`.
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_packed<const R: usize, const V: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    // SAFETY: forwarded verbatim.
+    unsafe { tile_rx::<R, V, false>(kc, a, 0, b, c, ldc, mr, nr, alpha, beta) }
+}
+
+/// `C[..mr][..nr] = α·Ã·B̃ + β·C` for the first `R ≤ 4` rows and `16·V ≤ 64` columns, `mr ≤
+/// R`, `nr ≤ 16·V`: `Σ_p A[r][p]·B̃[p][j]` in p order, `A[r][p]` read at `a[p·4 + r]` (a
+/// packed panel) or, when `DIRECT`, at `a[r·lda + p]` (in place).
+///
+/// # Safety
+/// As [`MicroKernel::tile`] with MR = 4, NR = 64 (the B panel 64-byte aligned), `mr ≤ R`,
+/// `nr ≤ 16·V`, A readable at those positions for r < R, p < kc; the CPU supports AVX-512F.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_rx<const R: usize, const V: usize, const DIRECT: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    let (a_rs, a_ps) = if DIRECT { (lda, 1) } else { (1, MR) };
+    const { assert!(R <= MR && V <= NV) };
+    debug_assert!(mr <= R && nr <= 16 * V);
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    /// One k step: V B loads, R A broadcasts, R·V FMAs.
+    ///
+    /// # Safety
+    /// The first 16·V f32 of B panel row `p` (64-byte aligned) and `A[r][p]` are readable;
+    /// AVX-512F.
+    #[inline(always)]
+    unsafe fn step<const R: usize, const V: usize>(
+        acc: &mut [[__m512; V]; R],
+        ap: *const f32,
+        a_rs: usize,
+        bp: *const f32,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            let bv: [__m512; V] = core::array::from_fn(|h| _mm512_load_ps(bp.add(16 * h)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(r * a_rs));
+                for (x, &b) in row.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(av, b, *x);
+                }
+            }
+        }
+    }
+    // SAFETY (steps): p < kc: the B panel holds kc·64 f32; A[r][p] is readable (caller).
+    unsafe {
+        // Four steps per trip: the address arithmetic folds into the loads' displacements.
+        let mut p = 0;
+        while p + 4 <= kc {
+            for u in 0..4 {
+                step(&mut acc, a.add((p + u) * a_ps), a_rs, b.add((p + u) * NR));
+            }
+            p += 4;
+        }
+        while p < kc {
+            step(&mut acc, a.add(p * a_ps), a_rs, b.add(p * NR));
+            p += 1;
+        }
+    }
+    let va = _mm512_set1_ps(alpha);
+    let vb = _mm512_set1_ps(beta);
+    // Columns ≥ nr are masked off (neither read nor written), rows ≥ mr skipped.
+    let masks: [__mmask16; V] = core::array::from_fn(|h| {
+        let w = nr.saturating_sub(16 * h).min(16);
+        if w == 16 {
+            0xFFFF
+        } else {
+            (1u16 << w) - 1
+        }
+    });
+    for (r, row) in acc.iter().enumerate().take(mr) {
+        // SAFETY: row r < mr and the columns the masks select (< nr) are inside C (caller).
+        unsafe {
+            let cr = c.add(r * ldc);
+            for (h, (&v, &m)) in row.iter().zip(&masks).enumerate() {
+                if m == 0 {
+                    break;
+                }
+                let d = cr.add(16 * h);
+                let out = if beta == 0.0 {
+                    _mm512_mul_ps(va, v)
+                } else if beta == 1.0 {
+                    _mm512_fmadd_ps(va, v, _mm512_maskz_loadu_ps(m, d))
+                } else {
+                    _mm512_fmadd_ps(va, v, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, d)))
+                };
+                _mm512_mask_storeu_ps(d, m, out);
+            }
+        }
+    }
+}

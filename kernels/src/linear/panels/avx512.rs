@@ -1,0 +1,194 @@
+//! AVX-512F product over packed panels: a 16-column panel row is one zmm, so a pass of `R ≤ 12`
+//! rows over `P ≤ 2` panels holds its `R×16P` tile of `C` in `R·P` zmm accumulators over all of
+//! `k` (24 of the 32 registers at 12×2: two panel loads and 12 broadcasts per 24 FMAs).
+//!
+//! Products of at most 3 rows (batch-1 layers on 1x1 maps, the fc) are weight-bandwidth bound
+//! and run the AVX2 path, whose several weight streams per pass matter there (see its module
+//! docs); this path takes the taller products (a batch's pointwise and tap products, the
+//! early layers at batch 1), which are FMA bound. Each row is summed with one accumulator in
+//! `k` order, as on the AVX2 path for 4 rows or more, so the results are the AVX2 path's bit for
+//! bit (f32 and f16 weights alike) and, with f32 weights, independent of how rows are grouped.
+
+use super::avx2::{A_BLOCK_BYTES, PREFETCH_BYTES, PREFETCH_L2_BYTES};
+use super::{PanelProduct, PANEL};
+use crate::elem::{f16, Elem};
+use core::any::TypeId;
+use core::arch::x86_64::*;
+
+/// Most rows per pass.
+const MAX_R: usize = 12;
+
+/// `C += A·B` (see [`super::accumulate`]).
+///
+/// # Safety
+/// `p` fits `c` (`PanelProduct::fits`), `m, n, k ≥ 1`, and the CPU supports AVX-512F, AVX2, FMA
+/// and F16C.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
+    if p.m <= 3 {
+        // SAFETY: forwarded contract (AVX2, FMA, F16C present).
+        unsafe { super::avx2::accumulate(p, c) };
+        return;
+    }
+    let (a, b, cp) = (p.a.as_ptr(), p.b.as_ptr() as *const u8, c.as_mut_ptr());
+    if TypeId::of::<W>() == TypeId::of::<f16>() {
+        // SAFETY: forwarded; `W` is f16, 2 bytes per element.
+        unsafe { panels::<true>(p.m, p.n, p.k, a, p.lda, b, cp, p.ldc) }
+    } else {
+        // SAFETY: forwarded; `W` is f32 (the only other `Elem`), 4 bytes per element.
+        unsafe { panels::<false>(p.m, p.n, p.k, a, p.lda, b, cp, p.ldc) }
+    }
+}
+
+/// Row blocks of at most `A_BLOCK_BYTES` of A (A stays in L2 while every panel passes over
+/// it); within a block, pairs of panels, each pair in passes of at most 12 rows.
+///
+/// # Safety
+/// As [`accumulate`], with `b` the panels' bytes (f16 when `F16`, else f32).
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panels<const F16: bool>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let esize = if F16 { 2 } else { 4 };
+    let block = (A_BLOCK_BYTES / (4 * k)).max(1).next_multiple_of(MAX_R);
+    let np = n.div_ceil(PANEL);
+    for i_blk in (0..m).step_by(block) {
+        let i_end = m.min(i_blk + block);
+        let mut jp = 0;
+        while jp < np {
+            let two = np - jp >= 2;
+            let j0 = jp * PANEL;
+            let cols = (n - j0).min(if two { 2 * PANEL } else { PANEL });
+            // SAFETY: panels jp.. lie within the checked `panels_len(1, k, n)` elements.
+            let bp = unsafe { b.add(jp * k * PANEL * esize) };
+            let mut i = i_blk;
+            while i < i_end {
+                let rows = (i_end - i).min(MAX_R);
+                // SAFETY: rows i..i+rows < m of A (stride lda, k columns) and C (stride ldc,
+                // columns j0..j0+cols ≤ n) are inside the checked lengths; the 1 or 2 panels
+                // hold k rows each.
+                unsafe {
+                    let (ai, ci) = (a.add(i * lda), c.add(i * ldc + j0));
+                    if two {
+                        pass::<2, F16>(rows, k, ai, lda, bp, ci, ldc, cols)
+                    } else {
+                        pass::<1, F16>(rows, k, ai, lda, bp, ci, ldc, cols)
+                    }
+                }
+                i += rows;
+            }
+            jp += if two { 2 } else { 1 };
+        }
+    }
+}
+
+/// [`tile`] for `rows ≤ 12` known at run time.
+///
+/// # Safety
+/// As [`tile`] with `R = rows`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pass<const P: usize, const F16: bool>(
+    rows: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    // SAFETY: forwarded, R = rows.
+    unsafe {
+        match rows {
+            12 => tile::<12, P, F16>(k, a, lda, b, c, ldc, cols),
+            11 => tile::<11, P, F16>(k, a, lda, b, c, ldc, cols),
+            10 => tile::<10, P, F16>(k, a, lda, b, c, ldc, cols),
+            9 => tile::<9, P, F16>(k, a, lda, b, c, ldc, cols),
+            8 => tile::<8, P, F16>(k, a, lda, b, c, ldc, cols),
+            7 => tile::<7, P, F16>(k, a, lda, b, c, ldc, cols),
+            6 => tile::<6, P, F16>(k, a, lda, b, c, ldc, cols),
+            5 => tile::<5, P, F16>(k, a, lda, b, c, ldc, cols),
+            4 => tile::<4, P, F16>(k, a, lda, b, c, ldc, cols),
+            3 => tile::<3, P, F16>(k, a, lda, b, c, ldc, cols),
+            2 => tile::<2, P, F16>(k, a, lda, b, c, ldc, cols),
+            _ => tile::<1, P, F16>(k, a, lda, b, c, ldc, cols),
+        }
+    }
+}
+
+/// The 16 values of panel row `p` as one f32 vector.
+///
+/// # Safety
+/// Row `p` of the panel at `b` is readable; the CPU supports AVX-512F.
+#[inline(always)]
+unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> __m512 {
+    // SAFETY: forwarded contract (16 elements at row p).
+    unsafe {
+        if F16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(b.add(p * PANEL * 2) as *const __m256i))
+        } else {
+            _mm512_loadu_ps(b.add(p * PANEL * 4) as *const f32)
+        }
+    }
+}
+
+/// `C[..R][..cols] += A[..R][..k]·panels` over `P` consecutive panels (`cols ≤ 16·P`), one
+/// accumulator per row and panel, summed in `k` order.
+///
+/// # Safety
+/// A rows `< R` (stride `lda`) hold `k` values, the `P` panels `k` rows of 16 each (f16 when
+/// `F16`), C rows `< R` (stride `ldc`) `cols` writable values; the CPU supports AVX-512F.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize, const P: usize, const F16: bool>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    let row_bytes = PANEL * if F16 { 2 } else { 4 };
+    let panel_bytes = k * row_bytes;
+    // SAFETY (every access below): p < k rows of each of the P panels and columns of A rows
+    // < R; prefetches use wrapping address arithmetic and never fault; C rows < R, columns <
+    // cols (masked stores for a narrower last panel).
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        let ar: [*const f32; R] = core::array::from_fn(|r| a.add(r * lda));
+        for p in 0..k {
+            let rows: [__m512; P] = core::array::from_fn(|q| {
+                let bq = b.add(q * panel_bytes);
+                _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(p * row_bytes + PREFETCH_BYTES) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(bq.wrapping_add(p * row_bytes + PREFETCH_L2_BYTES) as *const i8);
+                load_row::<F16>(bq, p)
+            });
+            for (v, &ap) in acc.iter_mut().zip(&ar) {
+                let av = _mm512_set1_ps(*ap.add(p));
+                for (vq, &bq) in v.iter_mut().zip(&rows) {
+                    *vq = _mm512_fmadd_ps(av, bq, *vq);
+                }
+            }
+        }
+        for (r, v) in acc.iter().enumerate() {
+            for (q, &vq) in v.iter().enumerate() {
+                let cr = c.add(r * ldc + q * PANEL);
+                // Only the last of the P panels can be narrower than 16 columns.
+                let cols_q = if q + 1 == P { cols - q * PANEL } else { PANEL };
+                let mask: __mmask16 = if cols_q >= PANEL { 0xFFFF } else { (1u16 << cols_q) - 1 };
+                let old = _mm512_maskz_loadu_ps(mask, cr);
+                _mm512_mask_storeu_ps(cr, mask, _mm512_add_ps(old, vq));
+            }
+        }
+    }
+}
