@@ -203,7 +203,8 @@ fn tails_all_transposes() {
 
 /// Shapes crossing the blocking: k > KC (256; AVX2 runs k ≤ 320 as one block, so 300 and
 /// 320 are one block there and 321 two; AVX-512's KC is 128), m > MC (144 AVX2 and 128 NEON at
-/// kc = 256, ~MC·256/kc rows at another kc; 288 AVX-512 at kc = 128), several NR panels, with every β, both pads and all dtype combinations.
+/// kc = 256, ~MC·256/kc rows at another kc; 288 AVX-512 at kc = 128, which runs k ≤ 192 as
+/// one block), several NR panels, with every β, both pads and all dtype combinations.
 #[test]
 fn blocking_boundaries() {
     let isas = isas();
@@ -214,6 +215,8 @@ fn blocking_boundaries() {
         (100, 257, 64),
         (7, 100, 513),
         (145, 17, 256),
+        (40, 70, 192),
+        (9, 64, 193),
         (1600, 5, 24),
         (130, 20, 320),
         (118, 35, 321),
