@@ -4,7 +4,7 @@
 //! pass over C), MC = 288 (a 144 KiB A block). Edge tiles run narrower variants: ≤ 2 rows as 2 rows, ≤ 16·v columns on v vectors
 //! (a 32-column C, e.g. MobileNetV1 ×0.25's layers, does not pay for 64 lanes); the stored
 //! columns ≥ n go through lane masks. f16 operands are widened with F16C while packing; a C of
-//! at most 10 columns goes to the AVX2 `narrow.rs` path as on AVX2.
+//! at most 10 columns goes to `narrow512.rs` (lanes along k, as `narrow.rs` on AVX2).
 //!
 //! Tile shapes measured (`TINYKD_ISA=avx512 tinykd bench gemm`, fraction of the AVX-512 FMA
 //! peak, 2-core Xeon VM with two 512-bit FMA ports): 6×32 75–78 % at 256³ (one broadcast per
@@ -14,7 +14,7 @@
 
 use super::avx2::Fma6x16;
 use super::blocked::{self, as_f32, Blocking, Buf, MicroKernel};
-use super::{narrow, GemmShape};
+use super::{narrow, narrow512, GemmShape};
 use crate::elem::Elem;
 use core::arch::x86_64::*;
 
@@ -34,7 +34,7 @@ const _: () = assert!(BLOCKING.valid(MR));
 pub(super) unsafe fn gemm<A: Elem, B: Elem>(s: &GemmShape, alpha: f32, a: &[A], b: &[B], beta: f32, c: &mut [f32]) {
     if let Some(af) = as_f32(a).filter(|_| narrow::applies(s)) {
         // SAFETY: forwarded contract; `applies` checked.
-        unsafe { narrow::gemm(s, alpha, af, b, beta, c) };
+        unsafe { narrow512::gemm(s, alpha, af, b, beta, c) };
         return;
     }
     let mut abuf = Buf::<{ BLOCKING.a_len() }>::new();

@@ -42,9 +42,9 @@ pub(super) const MAX_N: usize = 10;
 /// Shortest k it takes: below, the per-tile reductions outweigh the lanes it fills.
 pub(super) const MIN_K: usize = 64;
 /// Depth of a packed op(B) block: 96 groups, 15 KiB, in L1 beside A's two rows.
-const KB: usize = 384;
+pub(super) const KB: usize = 384;
 /// f32 per packed group of 4 k: `V` vectors of 8 (5 for n > 8, 4 for n ≤ 8).
-const fn group(v: usize) -> usize {
+pub(super) const fn group(v: usize) -> usize {
     8 * v
 }
 /// Rows per chunk: their accumulators are held (20 KiB) across the k blocks, and op(B) is
@@ -151,7 +151,7 @@ unsafe fn update(v: &[f32; MAX_N], n: usize, alpha: f32, beta: f32, d: *mut f32)
 /// `bp` is valid for `kb.div_ceil(4)·8V` writes, 32-byte aligned; n ≤ 2V; `b` satisfies the length
 /// check for `s`; the CPU supports AVX2 and F16C.
 #[inline(always)]
-unsafe fn pack<B: Elem, const V: usize>(s: &GemmShape, b: &[B], p0: usize, kb: usize, bp: *mut f32) {
+pub(super) unsafe fn pack<B: Elem, const V: usize>(s: &GemmShape, b: &[B], p0: usize, kb: usize, bp: *mut f32) {
     let full = kb - kb % 4;
     let mut q = 0;
     // SAFETY (stores): group q / 4 < kb.div_ceil(4) (caller's bound); (loads) each op(B)
