@@ -15,7 +15,8 @@
 //! path → 37–41 ms; 4 panels × 6 rows per pass (4 loads and 6 broadcasts per 24 FMAs, as the
 //! GEMM's 6×64 shape) instead of 2 × 12 changed nothing (38–41 ms either way); without the
 //! panel prefetches (the panels are reused from L2 across a block's passes) 36.7–37.2 →
-//! 39.2–40.6 ms.
+//! 39.2–40.6 ms; with the L1 prefetch only, the step is unchanged but batch-1 ResNet50 (its
+//! 2x2-map layers stream their weights from DRAM through this path) 3.16–3.25 → 3.50–3.79 ms.
 
 use super::avx2::{A_BLOCK_BYTES, PREFETCH_BYTES, PREFETCH_L2_BYTES};
 use super::{PanelProduct, PANEL};
