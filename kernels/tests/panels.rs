@@ -210,3 +210,47 @@ fn f32_panel_rows_are_bit_identical_across_splits_and_simd_paths() {
         }
     }
 }
+
+/// The panel forwards start C at the bias and apply the ReLU as they store it; that is bit for
+/// bit `relu(product + bias)` — one rounding of the product plus the bias, then the ReLU (0 for
+/// −0 and NaN; a NaN input row checks the latter) — on every path, pointwise conv and linear
+/// alike, f32 and f16 weights.
+#[test]
+fn panel_forwards_fold_bias_and_relu_bit_exactly() {
+    fn check<W: Elem>(rng: &mut Rng) {
+        for (rows, c_in, c_out) in [(1, 64, 70), (3, 33, 17), (13, 40, 33), (29, 16, 64)] {
+            let s = Linear::new(rows, c_in, c_out);
+            let mut x = rng.vec(s.x_len());
+            // A NaN input makes its row's products NaN: the ReLU must give 0 there.
+            x[(rows - 1) * c_in] = f32::NAN;
+            let w: Vec<W> = rng.vec(s.w_len()).into_iter().map(W::from_f32).collect();
+            let b: Vec<W> = rng.vec(c_out).into_iter().map(W::from_f32).collect();
+            let wp = packed(1, c_in, c_out, &w);
+            let conv = Conv2d::new(1, 1, rows, c_in, c_out, 1, 1, 0);
+            let mut scratch = vec![0.0f32; conv.scratch_len()];
+            for isa in isas() {
+                let run = |bias: Option<&[W]>, act: Act, scratch: &mut Vec<f32>| {
+                    let mut y = vec![f32::NAN; s.y_len()];
+                    linear_fwd_panels(isa, &s, &x, &wp, bias, act, &mut y).unwrap();
+                    let mut yc = vec![f32::NAN; s.y_len()];
+                    conv2d_fwd_panels(isa, &conv, &x, &wp, bias, act, &mut yc, scratch).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+                    assert_eq!(bits(&y), bits(&yc), "{:?}: linear and pointwise conv differ", isa.kind());
+                    y
+                };
+                let plain = run(None, Act::None, &mut scratch);
+                let want: Vec<f32> = plain.iter().enumerate().map(|(i, &v)| v + b[i % c_out].to_f32()).collect();
+                let relu: Vec<f32> = want.iter().map(|&v| Act::Relu.apply(v)).collect();
+                let what = format!("{:?} {:?} {rows}x{c_in}->{c_out}", isa.kind(), W::DTYPE);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(bits(&run(Some(&b), Act::None, &mut scratch)), bits(&want), "{what} bias");
+                assert_eq!(bits(&run(Some(&b), Act::Relu, &mut scratch)), bits(&relu), "{what} bias + relu");
+                let relu_only: Vec<f32> = plain.iter().map(|&v| Act::Relu.apply(v)).collect();
+                assert_eq!(bits(&run(None, Act::Relu, &mut scratch)), bits(&relu_only), "{what} relu");
+            }
+        }
+    }
+    let mut rng = Rng::new(34);
+    check::<f32>(&mut rng);
+    check::<f16>(&mut rng);
+}

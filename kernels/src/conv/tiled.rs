@@ -14,7 +14,7 @@ use crate::elem::Elem;
 use crate::error::Result;
 use crate::gemm::{gemm, GemmShape};
 use crate::isa::Isa;
-use crate::linear::epilogue::{bias_act, gemm_bias_act};
+use crate::linear::epilogue::{bias_act, bias_rows, gemm_bias_act};
 use crate::linear::panels::{self, PanelProduct};
 use crate::linear::stream::{self, Product};
 use crate::shape::{Conv2d, IM2COL_ROWS};
@@ -116,12 +116,18 @@ pub(super) fn fwd_panels<W: Elem>(
     scratch: &mut [f32],
 ) {
     let (k, c_out) = (s.k(), s.c_out);
-    y.fill(0.0);
     let pixels = s.out_h() * s.out_w();
     if s.is_pointwise() {
-        let product = PanelProduct { m: s.n * s.h * s.w, n: c_out, k, a: x, lda: k, b: wp, ldc: c_out };
+        // One product: C starts as the bias and takes the ReLU as it is stored, the same bits
+        // as a zeroed C, the product, then `bias_act` (one rounding of `b + A·B` either way).
+        bias_rows(isa, c_out, bias, y);
+        let relu = act == Act::Relu;
+        let product = PanelProduct { m: s.n * s.h * s.w, n: c_out, k, a: x, lda: k, b: wp, ldc: c_out, relu };
         panels::accumulate(isa, &product, y);
-    } else if s.n > 1 && pixels <= BY_POSITION_PIXELS {
+        return;
+    }
+    y.fill(0.0);
+    if s.n > 1 && pixels <= BY_POSITION_PIXELS {
         // Small maps of a batch: tiles of one output position across images, so each tile
         // skips the taps that position reads only as padding (at a 2x2 map, 5 of 9).
         for pos in 0..pixels {
@@ -171,7 +177,7 @@ fn taps_into<W: Elem>(
             }
             let t = ky * s.kw + kx;
             let b = &wp[t * per_tap..(t + 1) * per_tap];
-            let product = PanelProduct { m: rows, n: c_out, k: c_in, a: &col[t * c_in..], lda: k, b, ldc };
+            let product = PanelProduct { m: rows, n: c_out, k: c_in, a: &col[t * c_in..], lda: k, b, ldc, relu: false };
             panels::accumulate(isa, &product, y_tile);
         }
     }

@@ -53,6 +53,23 @@ pub(crate) fn bias_act<W: Elem>(isa: Isa, c_out: usize, bias: Option<&[W]>, act:
     }
 }
 
+/// `y[r][j] = bias[j]` (no bias: 0) over the rows of `c_out` in `y` (lengths as for
+/// [`bias_act`]): the starting C of a product that adds into it.
+pub(crate) fn bias_rows<W: Elem>(isa: Isa, c_out: usize, bias: Option<&[W]>, y: &mut [f32]) {
+    let Some(bias) = bias else {
+        y.fill(0.0);
+        return;
+    };
+    let mut bt = [0.0f32; CHUNK];
+    for j0 in (0..c_out).step_by(CHUNK) {
+        let cols = CHUNK.min(c_out - j0);
+        widen(isa, &bias[j0..j0 + cols], &mut bt);
+        for row in y.chunks_exact_mut(c_out) {
+            row[j0..j0 + cols].copy_from_slice(&bt[..cols]);
+        }
+    }
+}
+
 /// `y = act(A·B + bias)`: [`gemm`] (`α = 1`, `β = 0`) then [`bias_act`]; `s` is untransposed
 /// with `ldc = n` and `y` holds whole rows of `n`. On a Cortex-M4F the scalar path does both
 /// in one pass (bias and ReLU on the accumulators, the same bits).

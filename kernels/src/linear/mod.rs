@@ -66,10 +66,13 @@ pub fn linear_fwd_panels<W: Elem>(
         check_len("bias", b.len(), s.c_out)?;
     }
     check_len("y", y.len(), s.y_len())?;
-    y.fill(0.0);
-    let product = panels::PanelProduct { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: wp, ldc: s.c_out };
+    // C starts as the bias and takes the ReLU as it is stored: the same bits as a zeroed C,
+    // the product, then `bias_act` (one rounding of `b + A·B` either way), without its pass.
+    epilogue::bias_rows(isa, s.c_out, bias, y);
+    let relu = act == Act::Relu;
+    let product =
+        panels::PanelProduct { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: wp, ldc: s.c_out, relu };
     panels::accumulate(isa, &product, y);
-    epilogue::bias_act(isa, s.c_out, bias, act, y);
     Ok(())
 }
 

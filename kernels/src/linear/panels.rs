@@ -121,6 +121,9 @@ pub(crate) struct PanelProduct<'a, W> {
     pub b: &'a [W],
     /// Row stride of C (at least `n`).
     pub ldc: usize,
+    /// Whether each C value becomes `max(C + (A·B), 0)` (ReLU, `Act::Relu`'s bits) as it is
+    /// stored: only for the last product added into C.
+    pub relu: bool,
 }
 
 impl<W> PanelProduct<'_, W> {
@@ -154,6 +157,16 @@ pub(crate) fn accumulate<W: Elem>(isa: Isa, p: &PanelProduct<'_, W>, c: &mut [f3
     }
 }
 
+/// `Act::Relu.apply(v)` when `relu`, else `v`.
+#[inline(always)]
+pub(crate) fn relu_if(relu: bool, v: f32) -> f32 {
+    if relu {
+        crate::act::Act::Relu.apply(v)
+    } else {
+        v
+    }
+}
+
 /// The specification: per panel and row, a 16-lane accumulator summed over `p` in order
 /// (lanes are independent, so vectorising them changes no result), then added to `C`.
 fn portable<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
@@ -169,7 +182,7 @@ fn portable<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
                 }
             }
             for (out, s) in c[i * p.ldc + j0..i * p.ldc + j0 + cols].iter_mut().zip(acc) {
-                *out += s;
+                *out = relu_if(p.relu, *out + s);
             }
         }
     }

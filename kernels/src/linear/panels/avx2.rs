@@ -20,7 +20,7 @@
 //! 4x512→512 with the weights in L3 70 → 79 GFLOP/s (a standalone loop, alternating builds),
 //! MobileNetV1 1.0's five conv5 layers ~30 → ~29 µs each inside the model.
 
-use super::{PanelProduct, PANEL};
+use super::{relu_if, PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
 use core::any::TypeId;
 use core::arch::x86_64::*;
@@ -50,10 +50,24 @@ const MULTI_PANELS: usize = 4;
 pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
     if TypeId::of::<W>() == TypeId::of::<f16>() {
         // SAFETY: forwarded; `W` is f16, 2 bytes per element.
-        unsafe { panels::<true>(p.m, p.n, p.k, p.a.as_ptr(), p.lda, p.b.as_ptr() as *const u8, c.as_mut_ptr(), p.ldc) }
+        unsafe {
+            panels::<true>(p.m, p.n, p.k, p.a.as_ptr(), p.lda, p.b.as_ptr() as *const u8, c.as_mut_ptr(), p.ldc, p.relu)
+        }
     } else {
         // SAFETY: forwarded; `W` is f32 (the only other `Elem`), 4 bytes per element.
-        unsafe { panels::<false>(p.m, p.n, p.k, p.a.as_ptr(), p.lda, p.b.as_ptr() as *const u8, c.as_mut_ptr(), p.ldc) }
+        unsafe {
+            panels::<false>(
+                p.m,
+                p.n,
+                p.k,
+                p.a.as_ptr(),
+                p.lda,
+                p.b.as_ptr() as *const u8,
+                c.as_mut_ptr(),
+                p.ldc,
+                p.relu,
+            )
+        }
     }
 }
 
@@ -73,6 +87,7 @@ unsafe fn panels<const F16: bool>(
     b: *const u8,
     c: *mut f32,
     ldc: usize,
+    relu: bool,
 ) {
     let esize = if F16 { 2 } else { 4 };
     // Rows in blocks whose A stays in L2 while every panel passes over it (a batch's tall A
@@ -103,10 +118,12 @@ unsafe fn panels<const F16: bool>(
                 unsafe {
                     let (ai, ci) = (a.add(i_blk * lda), c.add(i_blk * ldc + j0));
                     match (rows, group) {
-                        (1, MULTI_PANELS) => tile::<1, 1, MULTI_PANELS, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        (1, _) => tile::<1, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        (2, _) => tile::<2, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        _ => tile::<3, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols),
+                        (1, MULTI_PANELS) => {
+                            tile::<1, 1, MULTI_PANELS, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu)
+                        }
+                        (1, _) => tile::<1, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        (2, _) => tile::<2, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        _ => tile::<3, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
                     }
                 }
                 jp += group;
@@ -128,22 +145,39 @@ unsafe fn panels<const F16: bool>(
                         // over several accumulator sets. f32 sums each row in plain k order, so
                         // its bits do not depend on how rows are grouped into passes (the trainer
                         // splits a batch over threads; results must not depend on that).
-                        1 if F16 => tile::<1, 4, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        2 if F16 => tile::<2, 3, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        3 if F16 => tile::<3, 2, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        1 => tile::<1, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        2 => tile::<2, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        3 => tile::<3, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        4 if single && !F16 => tile::<4, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        5 if single && !F16 => tile::<5, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        6 if single && !F16 => tile::<6, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        4 => tile::<4, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        5 => tile::<5, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols),
-                        _ => tile::<6, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols),
+                        1 if F16 => tile::<1, 4, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        2 if F16 => tile::<2, 3, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        3 if F16 => tile::<3, 2, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        1 => tile::<1, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        2 => tile::<2, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        3 => tile::<3, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        4 if single && !F16 => tile::<4, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        5 if single && !F16 => tile::<5, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        6 if single && !F16 => tile::<6, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        4 => tile::<4, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        5 => tile::<5, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        _ => tile::<6, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
                     }
                 }
                 i += rows;
             }
+        }
+    }
+}
+
+/// `max(v, 0)` lane-wise when `relu` (Act::Relu's bits: 0 for NaN and −0, the second
+/// operand), else `v`.
+///
+/// # Safety
+/// The CPU supports AVX.
+#[inline(always)]
+unsafe fn relu8(relu: bool, v: __m256) -> __m256 {
+    // SAFETY: register work (AVX: caller).
+    unsafe {
+        if relu {
+            _mm256_max_ps(v, _mm256_setzero_ps())
+        } else {
+            v
         }
     }
 }
@@ -175,6 +209,7 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> (__m256, __m256) 
 /// # Safety
 /// A rows `< R` (stride `lda`) hold `k` values, the panel `k` rows of 16 (f16 when `F16`),
 /// C rows `< R` (stride `ldc`) `cols ≤ 16` writable values; the CPU supports AVX2, FMA, F16C.
+/// With `relu` each stored C value is `max(C + product, 0)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool, const F16: bool>(
@@ -185,6 +220,7 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
     c: *mut f32,
     ldc: usize,
     cols: usize,
+    relu: bool,
 ) {
     let row_bytes = PANEL * if F16 { 2 } else { 4 };
     let panel_bytes = k * row_bytes;
@@ -265,14 +301,14 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
                 // Only the last of the P panels can be narrower than 16 columns.
                 let cols_q = if q + 1 == P { cols - q * PANEL } else { PANEL };
                 if cols_q == PANEL {
-                    _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), vq[0]));
-                    _mm256_storeu_ps(cr.add(8), _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), vq[1]));
+                    _mm256_storeu_ps(cr, relu8(relu, _mm256_add_ps(_mm256_loadu_ps(cr), vq[0])));
+                    _mm256_storeu_ps(cr.add(8), relu8(relu, _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), vq[1])));
                 } else {
                     let mut t = [0.0f32; PANEL];
                     _mm256_storeu_ps(t.as_mut_ptr(), vq[0]);
                     _mm256_storeu_ps(t.as_mut_ptr().add(8), vq[1]);
                     for (j, &x) in t.iter().enumerate().take(cols_q) {
-                        *cr.add(j) += x;
+                        *cr.add(j) = relu_if(relu, *cr.add(j) + x);
                     }
                 }
             }

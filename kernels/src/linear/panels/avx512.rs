@@ -42,10 +42,10 @@ pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32])
     let (a, b, cp) = (p.a.as_ptr(), p.b.as_ptr() as *const u8, c.as_mut_ptr());
     if TypeId::of::<W>() == TypeId::of::<f16>() {
         // SAFETY: forwarded; `W` is f16, 2 bytes per element.
-        unsafe { panels::<true>(p.m, p.n, p.k, a, p.lda, b, cp, p.ldc) }
+        unsafe { panels::<true>(p.m, p.n, p.k, a, p.lda, b, cp, p.ldc, p.relu) }
     } else {
         // SAFETY: forwarded; `W` is f32 (the only other `Elem`), 4 bytes per element.
-        unsafe { panels::<false>(p.m, p.n, p.k, a, p.lda, b, cp, p.ldc) }
+        unsafe { panels::<false>(p.m, p.n, p.k, a, p.lda, b, cp, p.ldc, p.relu) }
     }
 }
 
@@ -65,6 +65,7 @@ unsafe fn panels<const F16: bool>(
     b: *const u8,
     c: *mut f32,
     ldc: usize,
+    relu: bool,
 ) {
     let esize = if F16 { 2 } else { 4 };
     let block = (A_BLOCK_BYTES / (4 * k)).max(1).next_multiple_of(MAX_R);
@@ -87,9 +88,9 @@ unsafe fn panels<const F16: bool>(
                 unsafe {
                     let (ai, ci) = (a.add(i * lda), c.add(i * ldc + j0));
                     if two {
-                        pass::<2, F16>(rows, k, ai, lda, bp, ci, ldc, cols)
+                        pass::<2, F16>(rows, k, ai, lda, bp, ci, ldc, cols, relu)
                     } else {
-                        pass::<1, F16>(rows, k, ai, lda, bp, ci, ldc, cols)
+                        pass::<1, F16>(rows, k, ai, lda, bp, ci, ldc, cols, relu)
                     }
                 }
                 i += rows;
@@ -114,22 +115,23 @@ unsafe fn pass<const P: usize, const F16: bool>(
     c: *mut f32,
     ldc: usize,
     cols: usize,
+    relu: bool,
 ) {
     // SAFETY: forwarded, R = rows.
     unsafe {
         match rows {
-            12 => tile::<12, P, F16>(k, a, lda, b, c, ldc, cols),
-            11 => tile::<11, P, F16>(k, a, lda, b, c, ldc, cols),
-            10 => tile::<10, P, F16>(k, a, lda, b, c, ldc, cols),
-            9 => tile::<9, P, F16>(k, a, lda, b, c, ldc, cols),
-            8 => tile::<8, P, F16>(k, a, lda, b, c, ldc, cols),
-            7 => tile::<7, P, F16>(k, a, lda, b, c, ldc, cols),
-            6 => tile::<6, P, F16>(k, a, lda, b, c, ldc, cols),
-            5 => tile::<5, P, F16>(k, a, lda, b, c, ldc, cols),
-            4 => tile::<4, P, F16>(k, a, lda, b, c, ldc, cols),
-            3 => tile::<3, P, F16>(k, a, lda, b, c, ldc, cols),
-            2 => tile::<2, P, F16>(k, a, lda, b, c, ldc, cols),
-            _ => tile::<1, P, F16>(k, a, lda, b, c, ldc, cols),
+            12 => tile::<12, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            11 => tile::<11, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            10 => tile::<10, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            9 => tile::<9, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            8 => tile::<8, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            7 => tile::<7, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            6 => tile::<6, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            5 => tile::<5, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            4 => tile::<4, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            3 => tile::<3, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            2 => tile::<2, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            _ => tile::<1, P, F16>(k, a, lda, b, c, ldc, cols, relu),
         }
     }
 }
@@ -156,6 +158,7 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> __m512 {
 /// # Safety
 /// A rows `< R` (stride `lda`) hold `k` values, the `P` panels `k` rows of 16 each (f16 when
 /// `F16`), C rows `< R` (stride `ldc`) `cols` writable values; the CPU supports AVX-512F.
+/// With `relu` each stored C value is `max(C + product, 0)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize, const P: usize, const F16: bool>(
@@ -166,6 +169,7 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool>(
     c: *mut f32,
     ldc: usize,
     cols: usize,
+    relu: bool,
 ) {
     let row_bytes = PANEL * if F16 { 2 } else { 4 };
     let panel_bytes = k * row_bytes;
@@ -195,8 +199,10 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool>(
                 // Only the last of the P panels can be narrower than 16 columns.
                 let cols_q = if q + 1 == P { cols - q * PANEL } else { PANEL };
                 let mask: __mmask16 = if cols_q >= PANEL { 0xFFFF } else { (1u16 << cols_q) - 1 };
-                let old = _mm512_maskz_loadu_ps(mask, cr);
-                _mm512_mask_storeu_ps(cr, mask, _mm512_add_ps(old, vq));
+                let v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cr), vq);
+                // max(v, 0) is Act::Relu's bits: 0 for NaN and −0 (the second operand).
+                let v = if relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v };
+                _mm512_mask_storeu_ps(cr, mask, v);
             }
         }
     }
