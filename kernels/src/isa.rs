@@ -3,9 +3,9 @@
 //! An [`Isa`] can only be obtained through a constructor that has checked the CPU supports it,
 //! so a kernel that receives `Isa` with kind [`IsaKind::Avx2`] (or [`IsaKind::Avx512`], which
 //! implies it) may call its `#[target_feature(enable = "avx2,fma,f16c")]` inner function
-//! soundly. Resolve it once
-//! ([`Isa::detect`]) and pass it explicitly; there is no global state. Tests and benchmarks force
-//! a path with [`Isa::force`].
+//! soundly. Resolve it once ([`Isa::detect`]) and pass it explicitly; there is no global state.
+//! Tests and benchmarks force a path with [`Isa::force`]; users with `TINYKD_ISA`
+//! ([`Isa::from_env`]).
 
 /// The instruction-set families that have kernel paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
