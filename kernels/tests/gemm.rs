@@ -169,9 +169,9 @@ const TRANS: [(Trans, Trans); 4] =
 const ALPHAS: [f32; 3] = [1.0, -0.75, 2.5];
 const BETAS: [f32; 3] = [0.0, 1.0, 0.5];
 
-/// Every micro-kernel tail: m and n below, at and above MR/NR (6/16 on AVX2, 4/64 on AVX-512
-/// with its 1–4-vector column variants, 8/8 on NEON, 4/4 scalar) and their multiples, cycling
-/// α, β, padding and dtypes.
+/// Every micro-kernel tail: m and n below, at and above MR/NR (6/16 on AVX2, 6/64 on AVX-512
+/// with 2- and 4-row and 1–3-vector edge variants, 8/8 on NEON, 4/4 scalar) and their
+/// multiples, cycling α, β, padding and dtypes.
 #[test]
 fn tails_all_transposes() {
     let isas = isas();

@@ -1,16 +1,23 @@
-//! x86_64 AVX-512F path: a 4×64 micro-kernel (16 zmm accumulators, 4 B loads and 4
+//! x86_64 AVX-512F path: a 6×64 micro-kernel (24 zmm accumulators, 4 B loads and 6
 //! broadcasts per k step), KC = 128 (a 32 KiB B panel in a 48 KiB L1) but k ≤ 192 in one block
 //! (ResNet50's 7x7 stem, k = 147: 63–66 → 67–69 % at 8192×64×147, against a second 19-deep
-//! pass over C), MC = 288 (a 144 KiB A block). Edge tiles run narrower variants: ≤ 2 rows as 2 rows, ≤ 16·v columns on v vectors
-//! (a 32-column C, e.g. MobileNetV1 ×0.25's layers, does not pay for 64 lanes); the stored
-//! columns ≥ n go through lane masks. f16 operands are widened with F16C while packing; a C of
-//! at most 10 columns goes to `narrow512.rs` (lanes along k, as `narrow.rs` on AVX2).
+//! pass over C), MC = 288 (a 216 KiB A block). Edge tiles run narrower variants: ≤ 2 or ≤ 4
+//! rows as 2 or 4, ≤ 16·v columns on v vectors (a 32-column C, e.g. MobileNetV1 ×0.25's
+//! layers, does not pay for 64 lanes); the stored columns ≥ n go through lane masks. f16
+//! operands are widened with F16C while packing; a C of at most 10 columns goes to
+//! `narrow512.rs` (lanes along k, as `narrow.rs` on AVX2). Each output is summed in k order
+//! within a KC block whatever the tile shape, so the tile shapes give the same bits.
 //!
 //! Tile shapes measured (`TINYKD_ISA=avx512 tinykd bench gemm`, fraction of the AVX-512 FMA
 //! peak, 2-core Xeon VM with two 512-bit FMA ports): 6×32 75–78 % at 256³ (one broadcast per
-//! 2 FMAs), 8×32 81 %, 6×64 80–82 %, 4×64 80–83 % (and 75 % vs 70 % at 64×64×288), 12×32
-//! 49 % (24 accumulators: LLVM spills); KC of 128, 192 or 256 for 6×32 within 1 %; A packed
-//! instead of read in place −7 %.
+//! 2 FMAs), 8×32 81 %, 4×64 80–83 %, 12×32 49 % (its compiled loop moves zmm values through the
+//! stack); 6×64 against 4×64 in alternating runs: 256³ 83.3–83.9 vs 81.4–82.2 %,
+//! 4096×128×64 69.7–72.6 vs 64.9–67.9, 1024×256×128 81.0–81.6 vs 77.9–79.9, 256×512×512
+//! 78.5–79.5 vs 76.1–77.5, 64×64×288 72.5–73.5 vs 75.7–76.3 (64 rows leave a 4-row edge), the
+//! distillation step unchanged. KC of 128, 192 or 256 for 6×32 within 1 %; A packed instead
+//! of read in place −7 %. An L1-resident loop alone reaches only 80–85 % of the peak: each
+//! load (broadcast or B row) costs FMA throughput on this core (embedded-broadcast FMAs, one
+//! load per FMA, are slower still).
 
 use super::avx2::Fma6x16;
 use super::blocked::{self, as_f32, Blocking, Buf, MicroKernel};
@@ -18,7 +25,7 @@ use super::{narrow, narrow512, GemmShape};
 use crate::elem::Elem;
 use core::arch::x86_64::*;
 
-const MR: usize = 4;
+const MR: usize = 6;
 /// zmm vectors per tile row.
 const NV: usize = 4;
 const NR: usize = 16 * NV;
@@ -43,14 +50,14 @@ pub(super) unsafe fn gemm<A: Elem, B: Elem>(s: &GemmShape, alpha: f32, a: &[A], 
     // satisfies its conditions (checked at compile time), the caller guarantees the slice
     // lengths and the CPU features.
     unsafe {
-        blocked::run::<Fma4x64, A, B, MR, NR>(s, alpha, a, b, beta, c, abuf.as_mut_ptr(), BLOCKING, bbuf.as_mut_ptr())
+        blocked::run::<Fma6x64, A, B, MR, NR>(s, alpha, a, b, beta, c, abuf.as_mut_ptr(), BLOCKING, bbuf.as_mut_ptr())
     }
 }
 
-/// The 4×64 AVX-512F micro-kernel.
-struct Fma4x64;
+/// The 6×64 AVX-512F micro-kernel.
+struct Fma6x64;
 
-impl MicroKernel for Fma4x64 {
+impl MicroKernel for Fma6x64 {
     const MR: usize = MR;
     const NR: usize = NR;
 
@@ -75,15 +82,19 @@ impl MicroKernel for Fma4x64 {
         // SAFETY: forwarded verbatim; a packed panel holds A[r][p] at a[p·MR + r]; the variant
         // covers mr rows and nr columns.
         unsafe {
-            match (mr <= 2, nr.div_ceil(16)) {
-                (true, 1) => tile_packed::<2, 1>(kc, a, b, c, ldc, mr, nr, alpha, beta),
-                (true, 2) => tile_packed::<2, 2>(kc, a, b, c, ldc, mr, nr, alpha, beta),
-                (true, 3) => tile_packed::<2, 3>(kc, a, b, c, ldc, mr, nr, alpha, beta),
-                (true, _) => tile_packed::<2, 4>(kc, a, b, c, ldc, mr, nr, alpha, beta),
-                (false, 1) => tile_packed::<4, 1>(kc, a, b, c, ldc, mr, nr, alpha, beta),
-                (false, 2) => tile_packed::<4, 2>(kc, a, b, c, ldc, mr, nr, alpha, beta),
-                (false, 3) => tile_packed::<4, 3>(kc, a, b, c, ldc, mr, nr, alpha, beta),
-                (false, _) => tile_packed::<4, 4>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+            match (mr.div_ceil(2), nr.div_ceil(16)) {
+                (1, 1) => tile_packed::<2, 1>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (1, 2) => tile_packed::<2, 2>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (1, 3) => tile_packed::<2, 3>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (1, _) => tile_packed::<2, 4>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (2, 1) => tile_packed::<4, 1>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (2, 2) => tile_packed::<4, 2>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (2, 3) => tile_packed::<4, 3>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (2, _) => tile_packed::<4, 4>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (_, 1) => tile_packed::<6, 1>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (_, 2) => tile_packed::<6, 2>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (_, 3) => tile_packed::<6, 3>(kc, a, b, c, ldc, mr, nr, alpha, beta),
+                (_, _) => tile_packed::<6, 4>(kc, a, b, c, ldc, mr, nr, alpha, beta),
             }
         }
     }
@@ -103,7 +114,7 @@ impl MicroKernel for Fma4x64 {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY: forwarded; A[r][p] at a[r·lda + p] is readable for r < 4 (caller); the
+        // SAFETY: forwarded; A[r][p] at a[r·lda + p] is readable for r < 6 (caller); the
         // variant covers nr columns.
         unsafe {
             match nr.div_ceil(16) {
@@ -139,12 +150,12 @@ unsafe fn tile_packed<const R: usize, const V: usize>(
     unsafe { tile_rx::<R, V, false>(kc, a, 0, b, c, ldc, mr, nr, alpha, beta) }
 }
 
-/// `C[..mr][..nr] = α·Ã·B̃ + β·C` for the first `R ≤ 4` rows and `16·V ≤ 64` columns, `mr ≤
-/// R`, `nr ≤ 16·V`: `Σ_p A[r][p]·B̃[p][j]` in p order, `A[r][p]` read at `a[p·4 + r]` (a
+/// `C[..mr][..nr] = α·Ã·B̃ + β·C` for the first `R ≤ 6` rows and `16·V ≤ 64` columns, `mr ≤
+/// R`, `nr ≤ 16·V`: `Σ_p A[r][p]·B̃[p][j]` in p order, `A[r][p]` read at `a[p·6 + r]` (a
 /// packed panel) or, when `DIRECT`, at `a[r·lda + p]` (in place).
 ///
 /// # Safety
-/// As [`MicroKernel::tile`] with MR = 4, NR = 64 (the B panel 64-byte aligned), `mr ≤ R`,
+/// As [`MicroKernel::tile`] with MR = 6, NR = 64 (the B panel 64-byte aligned), `mr ≤ R`,
 /// `nr ≤ 16·V`, A readable at those positions for r < R, p < kc; the CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]

@@ -13,7 +13,7 @@
 //!   144·256, 164 KiB of packing buffers on the stack; a C of at most 10 columns with k ≥ 64
 //!   and an f32, untransposed A (the fc at batch 64) goes to `narrow.rs` instead: lanes along
 //!   k (4 k × 2 columns per vector), so no lanes sit idle past column 10;
-//! - AVX-512F (`avx512.rs`): 4×64 micro-kernel on zmm registers, KC 128 (k ≤ 192 in one
+//! - AVX-512F (`avx512.rs`): 6×64 micro-kernel on zmm registers, KC 128 (k ≤ 192 in one
 //!   block), the AVX2 path's packers; the narrow C in `narrow512.rs` (4 k × 4 columns per zmm);
 //! - NEON (`neon.rs`): 8×8 micro-kernel, KC ≤ 256, MC·KC = 128·256, 136 KiB of packing buffers;
 //! - the SIMD paths share the loop nest and the f16→f32-widening packers (`blocked.rs`).
