@@ -14,7 +14,7 @@ use crate::elem::Elem;
 use crate::error::Result;
 use crate::gemm::{gemm, GemmShape};
 use crate::isa::Isa;
-use crate::linear::epilogue::{bias_act, bias_rows, gemm_bias_act};
+use crate::linear::epilogue::{bias_act, gemm_bias_act};
 use crate::linear::panels::{self, PanelProduct};
 use crate::linear::stream::{self, Product};
 use crate::shape::{Conv2d, IM2COL_ROWS};
@@ -118,12 +118,7 @@ pub(super) fn fwd_panels<W: Elem>(
     let (k, c_out) = (s.k(), s.c_out);
     let pixels = s.out_h() * s.out_w();
     if s.is_pointwise() {
-        // One product: C starts as the bias and takes the ReLU as it is stored, the same bits
-        // as a zeroed C, the product, then `bias_act` (one rounding of `b + A·B` either way).
-        bias_rows(isa, c_out, bias, y);
-        let relu = act == Act::Relu;
-        let product = PanelProduct { m: s.n * s.h * s.w, n: c_out, k, a: x, lda: k, b: wp, ldc: c_out, relu };
-        panels::accumulate(isa, &product, y);
+        panels::forward(isa, s.n * s.h * s.w, c_out, k, x, k, wp, bias, act, y);
         return;
     }
     y.fill(0.0);

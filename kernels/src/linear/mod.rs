@@ -66,13 +66,7 @@ pub fn linear_fwd_panels<W: Elem>(
         check_len("bias", b.len(), s.c_out)?;
     }
     check_len("y", y.len(), s.y_len())?;
-    // C starts as the bias and takes the ReLU as it is stored: the same bits as a zeroed C,
-    // the product, then `bias_act` (one rounding of `b + A·B` either way), without its pass.
-    epilogue::bias_rows(isa, s.c_out, bias, y);
-    let relu = act == Act::Relu;
-    let product =
-        panels::PanelProduct { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: wp, ldc: s.c_out, relu };
-    panels::accumulate(isa, &product, y);
+    panels::forward(isa, s.rows, s.c_out, s.c_in, x, s.c_in, wp, bias, act, y);
     Ok(())
 }
 

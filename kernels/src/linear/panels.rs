@@ -18,6 +18,8 @@
 //! dot-product error bound, and with f32 weights each output's bits depend only on its own row
 //! (not on `m` or on the other rows), so splitting a batch across threads changes nothing.
 
+use super::epilogue::bias_rows;
+use crate::act::Act;
 use crate::elem::Elem;
 use crate::error::{check_len, Result};
 use crate::isa::Isa;
@@ -157,11 +159,33 @@ pub(crate) fn accumulate<W: Elem>(isa: Isa, p: &PanelProduct<'_, W>, c: &mut [f3
     }
 }
 
+/// `y[m×n] = act(A·B + bias)` from one product over packed `B` (`A[i][p]` at `a[i·lda + p]`):
+/// C starts as the bias and takes the ReLU as it is stored — the same bits as a zeroed C, the
+/// product, then [`bias_act`](super::epilogue::bias_act) (one rounding of `b + A·B` either way), without its pass.
+/// Operand lengths are checked by the public callers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward<W: Elem>(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+) {
+    bias_rows(isa, n, bias, y);
+    let product = PanelProduct { m, n, k, a, lda, b, ldc: n, relu: act == Act::Relu };
+    accumulate(isa, &product, y);
+}
+
 /// `Act::Relu.apply(v)` when `relu`, else `v`.
 #[inline(always)]
 pub(crate) fn relu_if(relu: bool, v: f32) -> f32 {
     if relu {
-        crate::act::Act::Relu.apply(v)
+        Act::Relu.apply(v)
     } else {
         v
     }

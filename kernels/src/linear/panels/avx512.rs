@@ -39,13 +39,12 @@ pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32])
         unsafe { super::avx2::accumulate(p, c) };
         return;
     }
-    let (a, b, cp) = (p.a.as_ptr(), p.b.as_ptr() as *const u8, c.as_mut_ptr());
     if TypeId::of::<W>() == TypeId::of::<f16>() {
         // SAFETY: forwarded; `W` is f16, 2 bytes per element.
-        unsafe { panels::<true>(p.m, p.n, p.k, a, p.lda, b, cp, p.ldc, p.relu) }
+        unsafe { panels::<W, true>(p, c.as_mut_ptr()) }
     } else {
         // SAFETY: forwarded; `W` is f32 (the only other `Elem`), 4 bytes per element.
-        unsafe { panels::<false>(p.m, p.n, p.k, a, p.lda, b, cp, p.ldc, p.relu) }
+        unsafe { panels::<W, false>(p, c.as_mut_ptr()) }
     }
 }
 
@@ -53,20 +52,11 @@ pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32])
 /// it); within a block, pairs of panels, each pair in passes of at most 12 rows.
 ///
 /// # Safety
-/// As [`accumulate`], with `b` the panels' bytes (f16 when `F16`, else f32).
+/// As [`accumulate`], with `c` the start of C and `F16` whether `W` is f16.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn panels<const F16: bool>(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const u8,
-    c: *mut f32,
-    ldc: usize,
-    relu: bool,
-) {
+unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32) {
+    let (m, n, k, lda, ldc, relu) = (p.m, p.n, p.k, p.lda, p.ldc, p.relu);
+    let (a, b) = (p.a.as_ptr(), p.b.as_ptr() as *const u8);
     let esize = if F16 { 2 } else { 4 };
     let block = (A_BLOCK_BYTES / (4 * k)).max(1).next_multiple_of(MAX_R);
     let np = n.div_ceil(PANEL);
