@@ -356,7 +356,7 @@ fn engine_reports_clear_errors() {
     let image = vec![0.5f32; 32 * 32 * 3];
     let mut logits = [7.0f32; 10];
     let mut arena = vec![0u8; engine.arena_bytes()];
-    let base = (16 - arena.as_ptr() as usize % 16) % 16;
+    let base = arena.as_ptr().align_offset(tinykd::plan::ALIGN);
     let short = &mut arena[base..base + engine.plan().peak - 1];
     let e = engine.run(Isa::scalar(), &image, short, &mut logits).unwrap_err();
     assert_eq!(e, EngineError::ArenaTooSmall { needed: engine.plan().peak, got: engine.plan().peak - 1 });
@@ -366,7 +366,7 @@ fn engine_reports_clear_errors() {
     let e = engine.run(Isa::scalar(), &image, &mut arena, &mut logits[..9]).unwrap_err();
     assert_eq!(e, EngineError::LogitsLen { expected: 10, got: 9 });
     assert_eq!(logits, [7.0; 10]);
-    // An arena starting 16-aligned needs only the plan's peak.
+    // An arena starting ALIGN-aligned needs only the plan's peak.
     let exact = &mut arena[base..base + engine.plan().peak];
     engine.run(Isa::scalar(), &image, exact, &mut logits).unwrap();
     assert!(logits.iter().all(|v| v.is_finite()) && logits != [7.0; 10]);

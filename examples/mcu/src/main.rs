@@ -79,9 +79,9 @@ const IMAGE_LEN: usize = CFG.in_h as usize * CFG.in_w as usize * CFG.in_c as usi
 /// Logits of one image.
 const CLASSES: usize = CFG.classes as usize;
 
-/// The activation arena: exactly [`Plan::peak`] bytes, 16-aligned so the engine needs no slack
-/// (an unaligned `[u8; plan::arena_bytes(&CFG, 1)]` works as well).
-#[repr(C, align(16))]
+/// The activation arena: exactly [`Plan::peak`] bytes, aligned to [`plan::ALIGN`] (64) so the
+/// engine needs no slack (an unaligned `[u8; plan::arena_bytes(&CFG, 1)]` works as well).
+#[repr(C, align(64))]
 struct Arena {
     bytes: UnsafeCell<[u8; PLAN.peak]>,
     taken: AtomicBool,
