@@ -46,6 +46,7 @@ use std::sync::OnceLock;
 use std::vec::Vec;
 use std::{fmt, thread};
 
+use super::lines::LineBuf;
 use tinykd_kernels::act::{self, Act};
 use tinykd_kernels::linear::panels;
 use tinykd_kernels::norm::{self, BnParams};
@@ -162,7 +163,7 @@ struct GradSlot {
     /// Whether it is a batch-norm γ/β (a whole-batch quantity computed identically by every
     /// thread, taken from thread 0) rather than a per-chunk sum.
     bn: bool,
-    grad: Vec<f32>,
+    grad: LineBuf,
 }
 
 /// Whole-batch statistics of one train-mode batch norm, as merged by one thread.
@@ -179,13 +180,13 @@ struct BnSaved {
 #[derive(Debug, Default)]
 struct Worker {
     /// Conv scratch (im2col), sized for the largest chunk.
-    scratch: Vec<f32>,
+    scratch: LineBuf,
     /// Chunk-sized buffers for gradients that are accumulated rather than overwritten.
-    tmp: Vec<f32>,
+    tmp: LineBuf,
     /// Per batch norm (by ordinal): the statistics of the last train-mode forward.
     bn: Vec<BnSaved>,
     /// Per gradient slot: this chunk's parameter gradient.
-    pgrads: Vec<Vec<f32>>,
+    pgrads: Vec<LineBuf>,
     /// Two channel-sized buffers: throw-away running statistics for `bn_finish_moments`.
     dummy: [Vec<f32>; 2],
     /// Per op, seconds spent in its forward and backward since the last reset, while
@@ -241,8 +242,8 @@ pub struct Executor {
     numel: Vec<usize>,
     /// Batch-norm ordinal of each op (`None` for other kinds).
     bn_ord: Vec<Option<usize>>,
-    acts: Vec<Vec<f32>>,
-    grads: Vec<Vec<f32>>,
+    acts: Vec<LineBuf>,
+    grads: Vec<LineBuf>,
     slots: Vec<GradSlot>,
     /// Gradient slots of each op: (weights or scale, offset).
     op_slots: Vec<[Option<usize>; 2]>,
@@ -291,8 +292,8 @@ pub const TRAIN_PANEL_MAX_PIXELS: usize = 4;
 #[derive(Clone, Debug)]
 struct TrainPanels {
     src: (usize, usize),
-    fwd: Vec<f32>,
-    bwd: Vec<f32>,
+    fwd: LineBuf,
+    bwd: LineBuf,
 }
 
 impl TrainPanels {
@@ -315,7 +316,7 @@ struct FoldedConv {
     /// batch norm's scale, offset, mean and variance.
     src: [(usize, usize); 5],
     /// Folded weights, packed into panels when `packed`, else in the stored HWIO layout.
-    weights: Vec<f32>,
+    weights: LineBuf,
     packed: bool,
     bias: Vec<f32>,
     act: Act,
@@ -333,12 +334,12 @@ pub const PACK_MAX_PIXELS: usize = 16;
 
 /// `w` packed into panels if `s` is a conv [`Executor::pack_frozen_convs`] packs: output maps of
 /// at most [`PACK_MAX_PIXELS`] pixels, taps deep enough ([`panels::deep_enough`]).
-fn small_map_panels(s: &Conv2d, w: &[f32]) -> Result<Option<Vec<f32>>, KernelError> {
+fn small_map_panels(s: &Conv2d, w: &[f32]) -> Result<Option<LineBuf>, KernelError> {
     let taps = s.kh * s.kw;
     if s.out_h() * s.out_w() > PACK_MAX_PIXELS || !panels::deep_enough(taps, s.c_in) {
         return Ok(None);
     }
-    let mut p = vec![0.0f32; panels::panels_len(taps, s.c_in, s.c_out)];
+    let mut p = LineBuf::zeros(panels::panels_len(taps, s.c_in, s.c_out));
     panels::pack_panels(taps, s.c_in, s.c_out, w, &mut p)?;
     Ok(Some(p))
 }
@@ -348,7 +349,7 @@ fn small_map_panels(s: &Conv2d, w: &[f32]) -> Result<Option<Vec<f32>>, KernelErr
 #[derive(Clone, Debug)]
 struct PackedConv {
     src: (usize, usize),
-    panels: Vec<f32>,
+    panels: LineBuf,
 }
 
 impl Executor {
@@ -363,7 +364,7 @@ impl Executor {
         let max_batch = max_batch.max(1);
         let threads = threads.clamp(1, max_batch);
         let numel: Vec<usize> = prog.tensors().iter().map(|t| t.shape.numel()).collect();
-        let acts = numel.iter().map(|&e| vec![0.0; e * max_batch]).collect();
+        let acts = numel.iter().map(|&e| LineBuf::zeros(e * max_batch)).collect();
         let mut bn_ord = Vec::with_capacity(prog.ops().len());
         let mut bn_channels = Vec::new();
         let mut slots = Vec::new();
@@ -383,7 +384,7 @@ impl Executor {
                     name: spec.name().to_string(),
                     op: i,
                     bn: op.kind == OpKind::BatchNorm,
-                    grad: vec![0.0; spec.dims.numel()],
+                    grad: LineBuf::zeros(spec.dims.numel()),
                 });
             }
             op_slots.push(pair);
@@ -401,8 +402,8 @@ impl Executor {
         let max_c = bn_channels.iter().copied().max().unwrap_or(0);
         let workers = (0..threads)
             .map(|_| Worker {
-                scratch: vec![0.0; scratch_len],
-                tmp: vec![0.0; tmp_len],
+                scratch: LineBuf::zeros(scratch_len),
+                tmp: LineBuf::zeros(tmp_len),
                 bn: bn_channels
                     .iter()
                     .map(|&c| BnSaved { count: 0, mean: vec![0.0; c], m2: vec![0.0; c], invstd: vec![0.0; c] })
@@ -444,8 +445,8 @@ impl Executor {
                     let simd = isa.kind().has_avx2();
                     (matches!(op.kind, OpKind::Conv { .. }) && few_rows && simd).then(|| TrainPanels {
                         src: (0, 0),
-                        fwd: vec![0.0; panels::panels_len(1, s.c_in, s.c_out)],
-                        bwd: vec![0.0; panels::panels_len(1, s.c_out, s.c_in)],
+                        fwd: LineBuf::zeros(panels::panels_len(1, s.c_in, s.c_out)),
+                        bwd: LineBuf::zeros(panels::panels_len(1, s.c_out, s.c_in)),
                     })
                 })
                 .collect(),
@@ -544,12 +545,12 @@ impl Executor {
 
     /// The gradient of the trainable parameter `name` after the last backward.
     pub fn param_grad(&self, name: &str) -> Option<&[f32]> {
-        self.slots.iter().find(|s| s.name == name).map(|s| s.grad.as_slice())
+        self.slots.iter().find(|s| s.name == name).map(|s| &s.grad[..])
     }
 
     /// Every trainable parameter's name and gradient, in program order.
     pub fn param_grads(&self) -> impl Iterator<Item = (&str, &[f32])> {
-        self.slots.iter().map(|s| (s.name.as_str(), s.grad.as_slice()))
+        self.slots.iter().map(|s| (s.name.as_str(), &s.grad[..]))
     }
 
     /// Runs the forward pass in `mode` on the NHWC batch `input` (`n · h·w·c` normalised
@@ -691,7 +692,7 @@ impl Executor {
             });
             let s = prog.conv2d(op, 1);
             let (w, bn) = (ops[i].weights, &ops[j]);
-            let mut wf = vec![0.0f32; w.len()];
+            let mut wf = LineBuf::zeros(w.len());
             let mut bias = vec![0.0f32; s.c_out];
             let kernel = |err| ExecError::Kernel { layer: op.name, err };
             norm::bn_fold(s.c_out, BN.eps, w, bn.scale, bn.offset, bn.mean, bn.var, &mut wf, &mut bias)
@@ -938,7 +939,7 @@ impl Executor {
         }
         let ops = self.resolve(params)?;
         if self.grads.is_empty() {
-            self.grads = self.numel.iter().map(|&e| vec![0.0; e * self.max_batch]).collect();
+            self.grads = self.numel.iter().map(|&e| LineBuf::zeros(e * self.max_batch)).collect();
         }
         let plan = self.plan(seeds);
         let mut seeded = vec![false; self.numel.len()];
@@ -956,7 +957,7 @@ impl Executor {
         let t = chunks.len();
         for w in &mut self.workers[..t] {
             if w.pgrads.is_empty() {
-                w.pgrads = self.slots.iter().map(|s| vec![0.0; s.grad.len()]).collect();
+                w.pgrads = self.slots.iter().map(|s| LineBuf::zeros(s.grad.len())).collect();
             }
         }
         let views = split_views(&mut self.grads, &self.numel, &chunks);
@@ -1084,10 +1085,10 @@ fn sole_readers<'p>(prog: &'p Program, keep: &[TensorId]) -> impl Fn(TensorId, u
 
 /// Splits each whole-batch buffer (with `numel[t]` values per sample) into the threads'
 /// chunks: `out[k][t]` is thread `k`'s part of tensor `t`.
-fn split_views<'a>(bufs: &'a mut [Vec<f32>], numel: &[usize], chunks: &[Range<usize>]) -> Vec<Vec<&'a mut [f32]>> {
+fn split_views<'a>(bufs: &'a mut [LineBuf], numel: &[usize], chunks: &[Range<usize>]) -> Vec<Vec<&'a mut [f32]>> {
     let mut out: Vec<Vec<&'a mut [f32]>> = chunks.iter().map(|_| Vec::with_capacity(bufs.len())).collect();
     for (buf, &per) in bufs.iter_mut().zip(numel) {
-        let mut rest: &'a mut [f32] = buf.as_mut_slice();
+        let mut rest: &'a mut [f32] = &mut buf[..];
         for (k, r) in chunks.iter().enumerate() {
             let (part, tail) = rest.split_at_mut(r.len() * per);
             out[k].push(part);
@@ -1362,7 +1363,7 @@ fn backward_chunk(
     ctx: &Ctx<'_>,
     plan: &BackwardPlan,
     k: usize,
-    acts: &[Vec<f32>],
+    acts: &[LineBuf],
     mut grads: Vec<&mut [f32]>,
     w: &mut Worker,
 ) -> Result<(), ExecError> {
