@@ -3,7 +3,7 @@
 //! come from [`crate::dist`]).
 
 pub mod exec;
-mod lines;
+pub(crate) mod lines;
 pub mod sched;
 mod spin;
 pub mod trainer;

@@ -15,6 +15,7 @@ use super::export::DTypeArg;
 use super::UsageError;
 use crate::kernels::gemm::{gemm, GemmShape};
 use crate::kernels::{calib, f16, DType, Elem, Isa, IsaKind};
+use crate::train::lines::LineBuf;
 
 /// The default shapes (m, n, k) — those of `kernels/benches/gemm.rs`: 256³; pointwise convs
 /// at batch 64 (8x8x64→128, 4x4x128→256, 2x2x512→512); the fc (1024 → 10); an im2col tile of
@@ -85,20 +86,24 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// One shape's operands and its timed call.
+/// A and C on cache lines, as the trainer's activations are (B is packed by the GEMM).
 struct Case<B: Elem> {
     s: GemmShape,
-    a: Vec<f32>,
+    a: LineBuf,
     b: Vec<B>,
-    c: Vec<f32>,
+    c: LineBuf,
     calls: usize,
 }
 
 impl<B: Elem> Case<B> {
     fn new(isa: Isa, (m, n, k): (usize, usize, usize), sample_s: f64) -> Self {
         let s = GemmShape::nn(m, n, k);
-        let a = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let mut a = LineBuf::zeros(m * k);
+        for (i, v) in a.iter_mut().enumerate() {
+            *v = ((i * 7919 % 1000) as f32 - 500.0) * 1e-3;
+        }
         let b = (0..k * n).map(|i| B::from_f32(((i * 104_729 % 1000) as f32 - 500.0) * 1e-3)).collect();
-        let mut case = Case { s, a, b, c: vec![0.0; m * n], calls: 1 };
+        let mut case = Case { s, a, b, c: LineBuf::zeros(m * n), calls: 1 };
         // Warm the caches and size the sample from one timed call.
         case.run(isa);
         let t = case.sample(isa);
