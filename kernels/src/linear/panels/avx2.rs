@@ -34,6 +34,12 @@ pub(super) const PREFETCH_BYTES: usize = 1024;
 /// 8 KiB L2 → 4.9–6.7 ms (`tinykd bench infer --model resnet50`, alternating runs).
 pub(super) const PREFETCH_L2_BYTES: usize = 8192;
 
+/// Packed weights up to this size skip the per-row L2 prefetch: a small model's weights stay
+/// in L2 between calls, where the prefetch is only a load-port uop per panel row. Measured on
+/// the Xeon VM (a standalone loop over `linear_fwd_panels`): 1x256→256 with the weights in
+/// L2 2.50 → 2.00–2.10 µs without it; from L3 (32 MiB of copies) 9.1–9.9 µs either way.
+pub(super) const L2_PREFETCH_MIN_BYTES: usize = 512 * 1024;
+
 /// Bytes of A per row block (see [`panels`]): an eighth of a 2 MiB L2. Measured in a batch-32
 /// forward of ResNet50's 8x8 pointwise convs with cold caches (alternating with unblocked):
 /// 256→64 and 256→128 1.06–1.11x faster, other shapes unchanged.
@@ -71,6 +77,8 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
     // would otherwise stream from L3 once per panel).
     let block = (A_BLOCK_BYTES / (4 * k)).max(1).next_multiple_of(6);
     let np = n.div_ceil(PANEL);
+    // Prefetch into L2 only for weights larger than it holds comfortably (see `L2_PREFETCH_MIN_BYTES`).
+    let l2 = np * k * PANEL * esize > L2_PREFETCH_MIN_BYTES;
     for i_blk in (0..m).step_by(block) {
         let i_end = m.min(i_blk + block);
         let mut jp = 0;
@@ -96,11 +104,11 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
                     let (ai, ci) = (a.add(i_blk * lda), c.add(i_blk * ldc + j0));
                     match (rows, group) {
                         (1, MULTI_PANELS) => {
-                            tile::<1, 1, MULTI_PANELS, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu)
+                            tile::<1, 1, MULTI_PANELS, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2)
                         }
-                        (1, _) => tile::<1, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        (2, _) => tile::<2, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        _ => tile::<3, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        (1, _) => tile::<1, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        (2, _) => tile::<2, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        _ => tile::<3, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
                     }
                 }
                 jp += group;
@@ -122,18 +130,18 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
                         // over several accumulator sets. f32 sums each row in plain k order, so
                         // its bits do not depend on how rows are grouped into passes (the trainer
                         // splits a batch over threads; results must not depend on that).
-                        1 if F16 => tile::<1, 4, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        2 if F16 => tile::<2, 3, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        3 if F16 => tile::<3, 2, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        1 => tile::<1, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        2 => tile::<2, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        3 => tile::<3, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        4 if single && !F16 => tile::<4, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        5 if single && !F16 => tile::<5, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        6 if single && !F16 => tile::<6, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        4 => tile::<4, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        5 => tile::<5, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
-                        _ => tile::<6, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu),
+                        1 if F16 => tile::<1, 4, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        2 if F16 => tile::<2, 3, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        3 if F16 => tile::<3, 2, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        1 => tile::<1, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        2 => tile::<2, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        3 => tile::<3, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        4 if single && !F16 => tile::<4, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        5 if single && !F16 => tile::<5, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        6 if single && !F16 => tile::<6, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        4 => tile::<4, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        5 => tile::<5, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        _ => tile::<6, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
                     }
                 }
                 i += rows;
@@ -198,6 +206,7 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
     ldc: usize,
     cols: usize,
     relu: bool,
+    l2: bool,
 ) {
     let row_bytes = PANEL * if F16 { 2 } else { 4 };
     let panel_bytes = k * row_bytes;
@@ -220,7 +229,7 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
                         let bq = b.add(q * panel_bytes);
                         _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add((p + s) * row_bytes + PREFETCH_BYTES) as *const i8);
                         // With AHEAD the previous pass brought this panel into L2 already.
-                        if !AHEAD {
+                        if !AHEAD && l2 {
                             _mm_prefetch::<_MM_HINT_T1>(
                                 bq.wrapping_add((p + s) * row_bytes + PREFETCH_L2_BYTES) as *const i8
                             );
