@@ -6,13 +6,13 @@
 //! Output rows are taken in runs with the same in-bounds kernel rows; in a run each row's
 //! interior pixels (all kernel columns in bounds) form a line along the row, and each border
 //! column a line down the run (its kernel columns clipped the same way), computed in groups
-//! of up to [`GROUP`] pixels (one accumulator each, so the FMA chains overlap; the ×0.25 stem's
-//! left border column alone, one pixel at a time, was a third of its FMA chain latency; in
-//! the model 2.1–2.2 → 1.85–1.95 µs). Each accumulator holds 8 output channels and sums `x·w` over the
-//! in-bounds `(ky, kx, ci)` in order from 0; then `y = act(sum + b)`. The
-//! weights (and bias) are widened once per call into a stack tile with the channels padded to
-//! a multiple of 8 (zeros), so every weight load is a whole vector and only the store of a
-//! last partial block of channels is masked.
+//! of up to [`GROUP`] pixels, one accumulator each, so the FMA chains overlap (the ×0.25 stem's
+//! left border column, one pixel at a time, was a third of its FMA-latency time: in the model
+//! 2.1–2.2 → 1.85–1.95 µs). Each accumulator holds 8 output channels and sums `x·w` over the
+//! in-bounds `(ky, kx, ci)` in order from 0; then `y = act(sum + b)`. The weights (and bias)
+//! are widened once per call into a stack tile with the channels padded to a multiple of 8
+//! (zeros), so every weight load is a whole vector and only the store of a last partial block
+//! of channels is masked.
 
 use crate::act::Act;
 use crate::elem::Elem;
