@@ -48,6 +48,69 @@ unsafe fn load_w<W: Elem>(p: *const W) -> __m256 {
     }
 }
 
+/// One SIMD register of f32 lanes, as the forward loops use it: 8-lane ymm here ([`Ymm`]),
+/// 16-lane zmm on AVX-512 (`avx512.rs`). The forward is written once over it.
+pub(super) trait Lanes {
+    /// The register.
+    type V: Copy;
+    /// f32 lanes per register.
+    const N: usize;
+    /// # Safety
+    /// `N` f32 readable at `p`; the CPU supports the register's ISA.
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// `N` weights at `p` widened to f32.
+    ///
+    /// # Safety
+    /// `N` elements readable at `p`; the CPU supports the register's ISA (with F16C).
+    unsafe fn load_w<W: Elem>(p: *const W) -> Self::V;
+    /// # Safety
+    /// The CPU supports the register's ISA.
+    unsafe fn zero() -> Self::V;
+    /// `a·b + c`, fused.
+    ///
+    /// # Safety
+    /// The CPU supports the register's ISA (with FMA).
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Stores `max(v, 0)` (the second operand for NaN, as `Act::Relu`) when `relu`, else `v`.
+    ///
+    /// # Safety
+    /// `N` f32 writable at `p`; the CPU supports the register's ISA.
+    unsafe fn store(p: *mut f32, v: Self::V, relu: bool);
+}
+
+/// The AVX2 register: 8 lanes.
+pub(super) struct Ymm;
+
+impl Lanes for Ymm {
+    type V = __m256;
+    const N: usize = BLOCK;
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: forwarded.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_w<W: Elem>(p: *const W) -> __m256 {
+        // SAFETY: forwarded.
+        unsafe { load_w(p) }
+    }
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        // SAFETY: register work (AVX: caller).
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        // SAFETY: register work (FMA: caller).
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256, relu: bool) {
+        // SAFETY: forwarded.
+        unsafe { _mm256_storeu_ps(p, if relu { _mm256_max_ps(v, _mm256_setzero_ps()) } else { v }) }
+    }
+}
+
 /// `y = act(dwconv3x3(x, w) + b)` (see [`super::dwconv3x3_fwd`]).
 ///
 /// # Safety
@@ -55,7 +118,7 @@ unsafe fn load_w<W: Elem>(p: *const W) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn fwd<W: Elem>(s: &DwConv3x3, x: &[f32], w: &[W], bias: Option<&[W]>, act: Act, y: &mut [f32]) {
     // SAFETY: forwarded.
-    unsafe { taps_fwd::<W, false>(s, x, w, bias, act, y) }
+    unsafe { taps_fwd::<Ymm, W, false>(s, x, w, bias, act, y) }
 }
 
 /// `dx = Σ_taps shift(dy ⊙ w[tap])` for stride 1 (see [`super::dwconv3x3_bwd_input`]): input
@@ -69,7 +132,7 @@ pub(super) unsafe fn fwd<W: Elem>(s: &DwConv3x3, x: &[f32], w: &[W], bias: Optio
 pub(super) unsafe fn bwd_input_s1(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     debug_assert_eq!(s.stride, 1);
     // SAFETY: at stride 1 `dy` and `dx` both hold n·h·w·c values; forwarded otherwise.
-    unsafe { taps_fwd::<f32, true>(s, dy, w, None, Act::None, dx) }
+    unsafe { taps_fwd::<Ymm, f32, true>(s, dy, w, None, Act::None, dx) }
 }
 
 /// `dx` of a strided depthwise conv as a gather (see [`super::dwconv3x3_bwd_input`]): input
@@ -111,7 +174,7 @@ pub(super) unsafe fn bwd_input_gather(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: 
 /// # Safety
 /// As [`fwd`].
 #[inline(always)]
-unsafe fn taps_fwd<W: Elem, const FLIP: bool>(
+pub(super) unsafe fn taps_fwd<L: Lanes, W: Elem, const FLIP: bool>(
     s: &DwConv3x3,
     x: &[f32],
     w: &[W],
@@ -140,14 +203,14 @@ unsafe fn taps_fwd<W: Elem, const FLIP: bool>(
                     let run = Line { xstep: st * wd * c, ystep: ow * c, len: yr.hi - yr.lo };
                     // SAFETY: the run's windows and outputs are in bounds (above); CPU
                     // features vouched for by the caller.
-                    unsafe { line::<W, FLIP>(&k, win, xp.add(xo), yp.add(yo), run) };
+                    unsafe { line::<L, W, FLIP>(&k, win, xp.add(xo), yp.add(yo), run) };
                     continue;
                 }
                 for oy in yr.lo..yr.hi {
                     let (xo, yo) = at(oy, xr.lo);
                     let run = Line { xstep: st * c, ystep: c, len: xr.hi - xr.lo };
                     // SAFETY: as above.
-                    unsafe { line::<W, FLIP>(&k, win, xp.add(xo), yp.add(yo), run) };
+                    unsafe { line::<L, W, FLIP>(&k, win, xp.add(xo), yp.add(yo), run) };
                 }
             }
         }
@@ -223,7 +286,7 @@ struct Line {
 /// kx.0)·c`, `c` values) and outputs (`y + p·ystep`, `c` values) are in bounds; the CPU
 /// supports AVX2, FMA and F16C.
 #[inline(always)]
-unsafe fn line<W: Elem, const FLIP: bool>(k: &Ctx<W>, win: Window, x: *const f32, y: *mut f32, l: Line) {
+unsafe fn line<L: Lanes, W: Elem, const FLIP: bool>(k: &Ctx<W>, win: Window, x: *const f32, y: *mut f32, l: Line) {
     /// The largest span of at most `len` pixels.
     fn span_of(len: usize) -> usize {
         match len {
@@ -246,10 +309,10 @@ unsafe fn line<W: Elem, const FLIP: bool>(k: &Ctx<W>, win: Window, x: *const f32
         unsafe {
             let (x, y) = (x.add(p0 * l.xstep), y.add(p0 * l.ystep));
             match n {
-                8 => span::<W, 8, FLIP>(k, win, x, y, l),
-                4 => span::<W, 4, FLIP>(k, win, x, y, l),
-                2 => span::<W, 2, FLIP>(k, win, x, y, l),
-                _ => span::<W, 1, FLIP>(k, win, x, y, l),
+                8 => span::<L, W, 8, FLIP>(k, win, x, y, l),
+                4 => span::<L, W, 4, FLIP>(k, win, x, y, l),
+                2 => span::<L, W, 2, FLIP>(k, win, x, y, l),
+                _ => span::<L, W, 1, FLIP>(k, win, x, y, l),
             }
         }
         p = p0 + n;
@@ -265,7 +328,7 @@ unsafe fn line<W: Elem, const FLIP: bool>(k: &Ctx<W>, win: Window, x: *const f32
 /// # Safety
 /// As [`line`] for pixels `0..N`.
 #[inline(always)]
-unsafe fn span<W: Elem, const N: usize, const FLIP: bool>(
+unsafe fn span<L: Lanes, W: Elem, const N: usize, const FLIP: bool>(
     k: &Ctx<W>,
     win: Window,
     x: *const f32,
@@ -276,30 +339,36 @@ unsafe fn span<W: Elem, const N: usize, const FLIP: bool>(
     let mut c0 = 0;
     // SAFETY (every call): channels c0..c0 + 8·V ≤ c of pixels q..q + G ≤ N.
     unsafe {
-        while c0 + CHUNK <= c {
+        let n = L::N;
+        while c0 + 4 * n <= c {
             if N == 1 {
-                block::<W, 1, 4, FLIP>(k, win, x, y, l, c0);
+                block::<L, W, 1, 4, FLIP>(k, win, x, y, l, c0);
             } else {
                 for q in (0..N).step_by(2) {
-                    block::<W, 2, 4, FLIP>(k, win, x.add(q * l.xstep), y.add(q * l.ystep), l, c0);
+                    block::<L, W, 2, 4, FLIP>(k, win, x.add(q * l.xstep), y.add(q * l.ystep), l, c0);
                 }
             }
-            c0 += CHUNK;
+            c0 += 4 * n;
         }
-        if c0 + 2 * BLOCK <= c {
+        if c0 + 2 * n <= c {
             match N {
-                1 => block::<W, 1, 2, FLIP>(k, win, x, y, l, c0),
-                2 => block::<W, 2, 2, FLIP>(k, win, x, y, l, c0),
+                1 => block::<L, W, 1, 2, FLIP>(k, win, x, y, l, c0),
+                2 => block::<L, W, 2, 2, FLIP>(k, win, x, y, l, c0),
                 _ => {
                     for q in (0..N).step_by(4) {
-                        block::<W, 4, 2, FLIP>(k, win, x.add(q * l.xstep), y.add(q * l.ystep), l, c0);
+                        block::<L, W, 4, 2, FLIP>(k, win, x.add(q * l.xstep), y.add(q * l.ystep), l, c0);
                     }
                 }
             }
-            c0 += 2 * BLOCK;
+            c0 += 2 * n;
         }
-        if c0 + BLOCK <= c {
-            block::<W, N, 1, FLIP>(k, win, x, y, l, c0);
+        if c0 + n <= c {
+            block::<L, W, N, 1, FLIP>(k, win, x, y, l, c0);
+            c0 += n;
+        }
+        // A wider register leaves up to one 8-lane block.
+        if n > BLOCK && c0 + BLOCK <= c {
+            block::<Ymm, W, N, 1, FLIP>(k, win, x, y, l, c0);
             c0 += BLOCK;
         }
     }
@@ -331,7 +400,7 @@ unsafe fn span<W: Elem, const N: usize, const FLIP: bool>(
 /// # Safety
 /// As [`line`] for pixels `0..G`, with `c0 + 8·V ≤ c`.
 #[inline(always)]
-unsafe fn block<W: Elem, const G: usize, const V: usize, const FLIP: bool>(
+unsafe fn block<L: Lanes, W: Elem, const G: usize, const V: usize, const FLIP: bool>(
     k: &Ctx<W>,
     win: Window,
     x: *const f32,
@@ -342,15 +411,21 @@ unsafe fn block<W: Elem, const G: usize, const V: usize, const FLIP: bool>(
     // SAFETY (every load and store): channels c0..c0 + 8·V of in-bounds taps, weight rows,
     // the bias and the outputs (caller).
     unsafe {
-        let mut acc = [start::<W, V>(k.b, c0); G];
+        let zero = L::zero();
+        let mut acc = [[zero; V]; G];
+        if let Some(b) = k.b {
+            acc = [core::array::from_fn(|v| L::load_w(b.add(c0 + v * L::N))); G];
+        }
         // An interior window's tap loops get constant bounds (unrolled).
         if win.full() {
-            sum_taps::<W, G, V, FLIP>(k, Window { ky: (0, 3), kx: (0, 3) }, x, l, c0, &mut acc);
+            sum_taps::<L, W, G, V, FLIP>(k, Window { ky: (0, 3), kx: (0, 3) }, x, l, c0, &mut acc);
         } else {
-            sum_taps::<W, G, V, FLIP>(k, win, x, l, c0, &mut acc);
+            sum_taps::<L, W, G, V, FLIP>(k, win, x, l, c0, &mut acc);
         }
         for (p, a) in acc.iter().enumerate() {
-            finish(a, k.relu, y.add(p * l.ystep + c0));
+            for (v, &r) in a.iter().enumerate() {
+                L::store(y.add(p * l.ystep + c0 + v * L::N), r, k.relu);
+            }
         }
     }
 }
@@ -361,13 +436,13 @@ unsafe fn block<W: Elem, const G: usize, const V: usize, const FLIP: bool>(
 /// # Safety
 /// As [`block`].
 #[inline(always)]
-unsafe fn sum_taps<W: Elem, const G: usize, const V: usize, const FLIP: bool>(
+unsafe fn sum_taps<L: Lanes, W: Elem, const G: usize, const V: usize, const FLIP: bool>(
     k: &Ctx<W>,
     win: Window,
     x: *const f32,
     l: Line,
     c0: usize,
-    acc: &mut [[__m256; V]; G],
+    acc: &mut [[L::V; V]; G],
 ) {
     for ky in win.ky.0..win.ky.1 {
         for kx in win.kx.0..win.kx.1 {
@@ -375,10 +450,10 @@ unsafe fn sum_taps<W: Elem, const G: usize, const V: usize, const FLIP: bool>(
             unsafe {
                 let xt = x.add((ky - win.ky.0) * k.row + (kx - win.kx.0) * k.c + c0);
                 let wp = k.w.add(weight_row::<FLIP>(ky * 3 + kx) * k.c + c0);
-                let wv: [__m256; V] = core::array::from_fn(|v| load_w(wp.add(v * BLOCK)));
+                let wv: [L::V; V] = core::array::from_fn(|v| L::load_w(wp.add(v * L::N)));
                 for (p, a) in acc.iter_mut().enumerate() {
                     for (v, (s, w)) in a.iter_mut().zip(wv).enumerate() {
-                        *s = _mm256_fmadd_ps(_mm256_loadu_ps(xt.add(p * l.xstep + v * BLOCK)), w, *s);
+                        *s = L::fma(L::load(xt.add(p * l.xstep + v * L::N)), w, *s);
                     }
                 }
             }

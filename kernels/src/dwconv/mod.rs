@@ -3,21 +3,25 @@
 //! (channel-innermost), no scratch.
 //!
 //! The per-ISA loops live in submodules: `scalar` (the specification, and the backward
-//! passes on the other ISAs), `avx2` (pixel-major forward: per output pixel its in-bounds
-//! taps, then the channels in chunks of 32 with 4 accumulators, weights widened in the load;
-//! the stride-1 input gradient as that forward over `dy` with the kernel flipped; the weight
-//! gradient 8 channels per FMA, with the 9 tap sums in registers per image on stride-1 maps
-//! of at least 64 pixels) and
-//! `neon` (channel-vectorised forward, 8 channels per block, f16 weights widened once per
-//! block; the input gradient as a gather over each input pixel's taps; the weight gradient
-//! with a channel block's 9 tap sums in registers for the whole sweep), and `m4` (the scalar forward on a Cortex-M4F: 8 channel
-//! accumulators in registers per output pixel, bit-identical to `scalar`). Each public function checks its arguments and
-//! dispatches once on [`Isa::kind`].
+//! passes on the other ISAs), `avx2` (pixel-major forward over window classes: lines of up
+//! to 8 pixels whose border taps are clipped the same way, 8 FMA chains whatever the width,
+//! weights widened in the load; the stride-1 input gradient as that forward over `dy` with the
+//! kernel flipped; the weight gradient 8 channels per FMA, with the 9 tap sums in registers per
+//! image on stride-1 maps of at least 64 pixels), `avx512` (the same forward loops over 16-lane
+//! registers, bit-identical to `avx2`), `neon` (channel-vectorised forward, 8 channels per
+//! block, f16 weights widened once per block; the input gradient as a gather over each input
+//! pixel's taps; the weight gradient with a channel block's 9 tap sums in registers for the
+//! whole sweep), and `m4` (the scalar forward on a Cortex-M4F: 8 channel accumulators in
+//! registers per output pixel, bit-identical to `scalar`). Each public function checks its
+//! arguments and dispatches once on [`Isa::kind`].
 
 mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -75,9 +79,13 @@ pub fn dwconv3x3_fwd<W: Elem>(
         // SAFETY: shape validated and lengths checked above.
         IsaKind::Scalar => unsafe { m4::fwd(s, x, w, bias, act, y) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: lengths checked above; an `Isa` of kind Avx2 or Avx512 exists only when the CPU has
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 exists only when the CPU has
         // AVX2+FMA+F16C (isa.rs).
-        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::fwd(s, x, w, bias, act, y) },
+        IsaKind::Avx2 => unsafe { avx2::fwd(s, x, w, bias, act, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths checked above; an `Isa` of kind Avx512 exists only when the CPU has
+        // AVX-512F and AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx512 => unsafe { avx512::fwd(s, x, w, bias, act, y) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: lengths checked above; an `Isa` of kind Neon exists only on aarch64 CPUs with
         // NEON (isa.rs).
@@ -100,9 +108,12 @@ pub fn dwconv3x3_bwd_input(isa: Isa, s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &
     check_len("dx", dx.len(), s.x_len())?;
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: stride 1 and lengths checked above; an `Isa` of kind Avx2 or Avx512 exists only when
-        // the CPU has AVX2+FMA+F16C (isa.rs).
-        IsaKind::Avx2 | IsaKind::Avx512 if s.stride == 1 => unsafe { avx2::bwd_input_s1(s, dy, w, dx) },
+        // SAFETY: stride 1 and lengths checked above; an `Isa` of kind Avx2 exists only when the
+        // CPU has AVX2+FMA+F16C (isa.rs).
+        IsaKind::Avx2 if s.stride == 1 => unsafe { avx2::bwd_input_s1(s, dy, w, dx) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; Avx512 also has AVX-512F (isa.rs).
+        IsaKind::Avx512 if s.stride == 1 => unsafe { avx512::bwd_input_s1(s, dy, w, dx) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above (any stride).
         IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::bwd_input_gather(s, dy, w, dx) },
