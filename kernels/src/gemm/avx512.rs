@@ -15,9 +15,15 @@
 //! 4096×128×64 69.7–72.6 vs 64.9–67.9, 1024×256×128 81.0–81.6 vs 77.9–79.9, 256×512×512
 //! 78.5–79.5 vs 76.1–77.5, 64×64×288 72.5–73.5 vs 75.7–76.3 (64 rows leave a 4-row edge), the
 //! distillation step unchanged. KC of 128, 192 or 256 for 6×32 within 1 %; A packed instead
-//! of read in place −7 %. An L1-resident loop alone reaches only 80–85 % of the peak: each
-//! load (broadcast or B row) costs FMA throughput on this core (embedded-broadcast FMAs, one
-//! load per FMA, are slower still).
+//! of read in place −7 %. An L1-resident loop alone reaches only 85–90 % of the peak loop
+//! (which has no loads): each load costs FMA throughput on this core — in a peak loop, 10 zmm
+//! loads per 24 FMAs cost 10–14 %, 10 broadcasts 1–6 %. A hand-scheduled inline-asm loop
+//! (pure loads, pointer increments, timed in the same binary as the intrinsics loop and the
+//! peak) was no faster: 6×64 85–94 % either way, 8×48, 9×48, 12×32 and 14×32 within the same
+//! noise, embedded-broadcast FMAs 70–80 %. So the compiled loop is not the limit; packing B
+//! and the 4-row edge of 256 rows cost the other ~4 points at 256³ (perf: 95 % of the GEMM's
+//! time in the micro-kernel). With A and C on cache lines (`tinykd bench gemm` allocates them
+//! so since the trainer's activations are) quiet rounds reach 86–87 % at 256³.
 
 use super::avx2::Fma6x16;
 use super::blocked::{self, as_f32, Blocking, Buf, MicroKernel};
