@@ -184,7 +184,7 @@ fn panel_forwards_refuse_wrong_lengths_and_write_nothing() {
 fn f32_panel_rows_are_bit_identical_across_splits_and_simd_paths() {
     let mut rng = Rng::new(33);
     let simd: Vec<Isa> = isas().into_iter().filter(|i| i.kind() != IsaKind::Scalar).collect();
-    for (rows, c_in, c_out) in [(40, 64, 70), (29, 200, 33), (13, 2048, 20)] {
+    for (rows, c_in, c_out) in [(40, 64, 70), (29, 200, 33), (13, 2048, 20), (9, 96, 200)] {
         let whole = Linear::new(rows, c_in, c_out);
         let x = rng.vec(whole.x_len());
         let w = rng.vec(whole.w_len());
@@ -202,6 +202,14 @@ fn f32_panel_rows_are_bit_identical_across_splits_and_simd_paths() {
                 linear_fwd_panels(isa, &part, &x[r0 * c_in..r1 * c_in], &wp, None, Act::None, &mut y).unwrap();
                 let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
                 assert_eq!(got, bits[r0 * c_out..r1 * c_out], "{:?} rows {r0}..{r1} of {rows}", isa.kind());
+            }
+            // Single rows (batch 1: the one-row passes, 8, 4, 2 and 1 panels at a time).
+            for r in 0..rows.min(5) {
+                let one = Linear::new(1, c_in, c_out);
+                let mut y = vec![f32::NAN; c_out];
+                linear_fwd_panels(isa, &one, &x[r * c_in..(r + 1) * c_in], &wp, None, Act::None, &mut y).unwrap();
+                let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, bits[r * c_out..(r + 1) * c_out], "{:?} row {r} alone", isa.kind());
             }
             match &first {
                 None => first = Some(bits),

@@ -4,7 +4,10 @@
 //!
 //! Products of at most 3 rows (batch-1 layers on 1x1 maps, the fc) are weight-bandwidth bound
 //! and run the AVX2 path, whose several weight streams per pass matter there (see its module
-//! docs); this path takes the taller products (a batch's pointwise and tap products, the
+//! docs) — except one-row f32 products of at most `L2_PREFETCH_MIN_BYTES` of weights (a small
+//! model's, resident in L2): 8 panels per pass on zmm, one load per panel row and no L2
+//! prefetch (MobileNetV1 ×0.25's conv6 2.5 → 2.1 µs and conv5_6 1.35 → 1.15 µs inside the
+//! model, the same bits). This path takes the taller products (a batch's pointwise and tap products, the
 //! early layers at batch 1), which are FMA bound. Each row is summed with one accumulator in
 //! `k` order, as on the AVX2 path in f32, so with f32 weights the results are the AVX2 path's
 //! bit for bit and independent of how rows are grouped (tests/panels.rs checks both). (With
@@ -18,7 +21,7 @@
 //! 39.2–40.6 ms; with the L1 prefetch only, the step is unchanged but batch-1 ResNet50 (its
 //! 2x2-map layers stream their weights from DRAM through this path) 3.16–3.25 → 3.50–3.79 ms.
 
-use super::avx2::{A_BLOCK_BYTES, PREFETCH_BYTES, PREFETCH_L2_BYTES};
+use super::avx2::{A_BLOCK_BYTES, L2_PREFETCH_MIN_BYTES, PREFETCH_BYTES, PREFETCH_L2_BYTES};
 use super::{PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
 use core::any::TypeId;
@@ -34,6 +37,12 @@ const MAX_R: usize = 12;
 /// and F16C.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
+    let f16 = TypeId::of::<W>() == TypeId::of::<f16>();
+    if p.m == 1 && !f16 && p.n.div_ceil(PANEL) * p.k * 4 <= L2_PREFETCH_MIN_BYTES {
+        // SAFETY: forwarded; `W` is f32.
+        unsafe { one_row_in_l2(p, c.as_mut_ptr()) };
+        return;
+    }
     if p.m <= 3 {
         // SAFETY: forwarded contract (AVX2, FMA, F16C present).
         unsafe { super::avx2::accumulate(p, c) };
@@ -90,6 +99,43 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
     }
 }
 
+/// A one-row product (batch 1 on a 1x1 map, the fc) with f32 weights small enough to stay in
+/// L2 between calls: passes over 8 panels at once (8 FMA chains, one zmm load per panel row;
+/// then 4, 2, 1 for the rest), no L2 prefetch. Each column is summed in `k` order, as on the
+/// AVX2 path: the same bits.
+///
+/// # Safety
+/// As [`accumulate`] with `m = 1` and `W = f32`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn one_row_in_l2<W: Elem>(p: &PanelProduct<'_, W>, c: *mut f32) {
+    let (n, k) = (p.n, p.k);
+    let (a, b) = (p.a.as_ptr(), p.b.as_ptr() as *const u8);
+    let np = n.div_ceil(PANEL);
+    let mut jp = 0;
+    while jp < np {
+        let group = match np - jp {
+            8.. => 8,
+            4..=7 => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        let j0 = jp * PANEL;
+        let cols = (n - j0).min(group * PANEL);
+        // SAFETY: panels jp..jp + group lie within the checked `panels_len(1, k, n)` elements;
+        // row 0 of A holds k values, C columns j0..j0 + cols ≤ n.
+        unsafe {
+            let (bp, cp) = (b.add(jp * k * PANEL * 4), c.add(j0));
+            match group {
+                8 => tile::<1, 8, false, false>(k, a, 0, bp, cp, 0, cols, p.relu),
+                4 => tile::<1, 4, false, false>(k, a, 0, bp, cp, 0, cols, p.relu),
+                2 => tile::<1, 2, false, false>(k, a, 0, bp, cp, 0, cols, p.relu),
+                _ => tile::<1, 1, false, false>(k, a, 0, bp, cp, 0, cols, p.relu),
+            }
+        }
+        jp += group;
+    }
+}
+
 /// [`tile`] for `rows ≤ 12` known at run time.
 ///
 /// # Safety
@@ -110,18 +156,18 @@ unsafe fn pass<const P: usize, const F16: bool>(
     // SAFETY: forwarded, R = rows.
     unsafe {
         match rows {
-            12 => tile::<12, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            11 => tile::<11, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            10 => tile::<10, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            9 => tile::<9, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            8 => tile::<8, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            7 => tile::<7, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            6 => tile::<6, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            5 => tile::<5, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            4 => tile::<4, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            3 => tile::<3, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            2 => tile::<2, P, F16>(k, a, lda, b, c, ldc, cols, relu),
-            _ => tile::<1, P, F16>(k, a, lda, b, c, ldc, cols, relu),
+            12 => tile::<12, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            11 => tile::<11, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            10 => tile::<10, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            9 => tile::<9, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            8 => tile::<8, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            7 => tile::<7, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            6 => tile::<6, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            5 => tile::<5, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            4 => tile::<4, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            3 => tile::<3, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            2 => tile::<2, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            _ => tile::<1, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
         }
     }
 }
@@ -148,10 +194,11 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> __m512 {
 /// # Safety
 /// A rows `< R` (stride `lda`) hold `k` values, the `P` panels `k` rows of 16 each (f16 when
 /// `F16`), C rows `< R` (stride `ldc`) `cols` writable values; the CPU supports AVX-512F.
-/// With `relu` each stored C value is `max(C + product, 0)`.
+/// With `relu` each stored C value is `max(C + product, 0)`. `L2`: also prefetch each panel
+/// into L2 ahead of use.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize, const P: usize, const F16: bool>(
+unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
     k: usize,
     a: *const f32,
     lda: usize,
@@ -173,7 +220,9 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool>(
             let rows: [__m512; P] = core::array::from_fn(|q| {
                 let bq = b.add(q * panel_bytes);
                 _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(p * row_bytes + PREFETCH_BYTES) as *const i8);
-                _mm_prefetch::<_MM_HINT_T1>(bq.wrapping_add(p * row_bytes + PREFETCH_L2_BYTES) as *const i8);
+                if L2 {
+                    _mm_prefetch::<_MM_HINT_T1>(bq.wrapping_add(p * row_bytes + PREFETCH_L2_BYTES) as *const i8);
+                }
                 load_row::<F16>(bq, p)
             });
             for (v, &ap) in acc.iter_mut().zip(&ar) {
