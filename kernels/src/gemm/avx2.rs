@@ -94,6 +94,7 @@ impl MicroKernel for Fma6x16 {
         kc: usize,
         a: *const f32,
         lda: usize,
+        trans: bool,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -102,8 +103,15 @@ impl MicroKernel for Fma6x16 {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY: forwarded; A[r][p] at a[r·lda + p] is readable for r < 6 (caller).
-        unsafe { tile_rx16::<MR, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta) }
+        // SAFETY: forwarded; A[r][p] at a[r·lda + p] (a[p·lda + r] when trans) is readable
+        // for r < 6 (caller).
+        unsafe {
+            if trans {
+                tile_rx16::<MR, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta)
+            } else {
+                tile_rx16::<MR, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta)
+            }
+        }
     }
 }
 
@@ -127,19 +135,19 @@ unsafe fn tile_packed<const R: usize>(
     beta: f32,
 ) {
     // SAFETY: forwarded verbatim.
-    unsafe { tile_rx16::<R, false>(kc, a, 0, b, c, ldc, mr, nr, alpha, beta) }
+    unsafe { tile_rx16::<R, false, false>(kc, a, 0, b, c, ldc, mr, nr, alpha, beta) }
 }
 
 /// See [`MicroKernel::tile`], for the first `R ≤ 6` rows: `C[..mr][..nr] = α·Ã·B̃ + β·C` with
-/// `mr ≤ R`, `A[r][p]` read at `a[p·6 + r]` (a packed panel) or, when `DIRECT`, at
-/// `a[r·lda + p]` (in place).
+/// `mr ≤ R`, `A[r][p]` read at `a[p·6 + r]` (a packed panel) or, when `DIRECT`, in place at
+/// `a[r·lda + p]` (`a[p·lda + r]` with `TRANS`).
 ///
 /// # Safety
 /// As [`MicroKernel::tile`] with MR = 6, NR = 16, `mr ≤ R`, A readable at those positions for
 /// r < R, p < kc; the CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_rx16<const R: usize, const DIRECT: bool>(
+unsafe fn tile_rx16<const R: usize, const DIRECT: bool, const TRANS: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -151,7 +159,11 @@ unsafe fn tile_rx16<const R: usize, const DIRECT: bool>(
     alpha: f32,
     beta: f32,
 ) {
-    let (a_rs, a_ps) = if DIRECT { (lda, 1) } else { (1, MR) };
+    let (a_rs, a_ps) = match (DIRECT, TRANS) {
+        (false, _) => (1, MR),
+        (true, false) => (lda, 1),
+        (true, true) => (1, lda),
+    };
     const { assert!(R <= MR) };
     debug_assert!(mr <= R);
     let mut acc = [[_mm256_setzero_ps(); 2]; R];

@@ -112,6 +112,7 @@ impl MicroKernel for Fma6x64 {
         kc: usize,
         a: *const f32,
         lda: usize,
+        trans: bool,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -120,14 +121,19 @@ impl MicroKernel for Fma6x64 {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY: forwarded; A[r][p] at a[r·lda + p] is readable for r < 6 (caller); the
+        // SAFETY: forwarded; A[r][p] at a[r·lda + p] (a[p·lda + r] when trans) is readable for
+        // r < 6 (caller); the
         // variant covers nr columns.
         unsafe {
-            match nr.div_ceil(16) {
-                1 => tile_rx::<MR, 1, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                2 => tile_rx::<MR, 2, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                3 => tile_rx::<MR, 3, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                _ => tile_rx::<MR, NV, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            match (nr.div_ceil(16), trans) {
+                (1, false) => tile_rx::<MR, 1, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (2, false) => tile_rx::<MR, 2, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (3, false) => tile_rx::<MR, 3, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (_, false) => tile_rx::<MR, NV, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (1, true) => tile_rx::<MR, 1, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (2, true) => tile_rx::<MR, 2, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (3, true) => tile_rx::<MR, 3, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (_, true) => tile_rx::<MR, NV, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
             }
         }
     }
@@ -153,19 +159,19 @@ unsafe fn tile_packed<const R: usize, const V: usize>(
     beta: f32,
 ) {
     // SAFETY: forwarded verbatim.
-    unsafe { tile_rx::<R, V, false>(kc, a, 0, b, c, ldc, mr, nr, alpha, beta) }
+    unsafe { tile_rx::<R, V, false, false>(kc, a, 0, b, c, ldc, mr, nr, alpha, beta) }
 }
 
 /// `C[..mr][..nr] = α·Ã·B̃ + β·C` for the first `R ≤ 6` rows and `16·V ≤ 64` columns, `mr ≤
 /// R`, `nr ≤ 16·V`: `Σ_p A[r][p]·B̃[p][j]` in p order, `A[r][p]` read at `a[p·6 + r]` (a
-/// packed panel) or, when `DIRECT`, at `a[r·lda + p]` (in place).
+/// packed panel) or, when `DIRECT`, in place at `a[r·lda + p]` (`a[p·lda + r]` with `TRANS`).
 ///
 /// # Safety
 /// As [`MicroKernel::tile`] with MR = 6, NR = 64 (the B panel 64-byte aligned), `mr ≤ R`,
 /// `nr ≤ 16·V`, A readable at those positions for r < R, p < kc; the CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_rx<const R: usize, const V: usize, const DIRECT: bool>(
+unsafe fn tile_rx<const R: usize, const V: usize, const DIRECT: bool, const TRANS: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -177,7 +183,11 @@ unsafe fn tile_rx<const R: usize, const V: usize, const DIRECT: bool>(
     alpha: f32,
     beta: f32,
 ) {
-    let (a_rs, a_ps) = if DIRECT { (lda, 1) } else { (1, MR) };
+    let (a_rs, a_ps) = match (DIRECT, TRANS) {
+        (false, _) => (1, MR),
+        (true, false) => (lda, 1),
+        (true, true) => (1, lda),
+    };
     const { assert!(R <= MR && V <= NV) };
     debug_assert!(mr <= R && nr <= 16 * V);
     let mut acc = [[_mm512_setzero_ps(); V]; R];

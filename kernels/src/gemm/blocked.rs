@@ -12,8 +12,9 @@
 //! k up to the kernel's `kc_one` is one block (one pass over C); a deeper k is cut into equal
 //! KC blocks (at most the kernel's KC, a multiple of 8). MC is as many rows as the A buffer
 //! holds at that depth (MC·KC is fixed), so a short k gets a tall A block.
-//! Each element of A is packed once — or, for a kernel with `DIRECT_A` (AVX2) and an f32,
-//! untransposed A, not at all except in edge tiles: the micro-kernel broadcasts it in place;
+//! Each element of A is packed once — or, for a kernel with `DIRECT_A` (AVX2, AVX-512) and an
+//! f32 A (transposed or not), not at all except in edge tiles: the micro-kernel broadcasts it
+//! in place;
 //! B is packed `⌈m/MC⌉` times, which costs about `1/(2·MC)` of the arithmetic. f16 operands are widened to f32 while packing (by the
 //! kernel's [`MicroKernel::widen`], i.e. F16C / NEON `fcvtl`), never in the micro-kernel.
 //! Panels are zero-padded to MR/NR lanes, so the micro-kernel always runs a full tile; edge
@@ -98,22 +99,24 @@ pub(super) trait MicroKernel {
     );
 
     /// Whether the kernel implements [`MicroKernel::tile_direct`]; then the loop nest reads
-    /// full MR-row tiles of an f32, untransposed A in place instead of packing them (the
-    /// broadcasts of a broadcast-style kernel need no A panel; packing A was ~20 % of a
-    /// distillation step).
+    /// full MR-row tiles of an f32 A in place instead of packing them (the broadcasts of a
+    /// broadcast-style kernel need no A panel; packing A was ~20 % of a distillation step,
+    /// and a transposed A — the weight gradient `Xᵀ·dY` — was packed on every KC block).
     const DIRECT_A: bool = false;
 
-    /// [`MicroKernel::tile`] with A read in place: `A[r][p]` at `a[r·lda + p]`, `r < MR`.
-    /// Only called when [`MicroKernel::DIRECT_A`]; this default (never used) is a plain loop.
+    /// [`MicroKernel::tile`] with A read in place: `A[r][p]` at `a[r·lda + p]`, or at
+    /// `a[p·lda + r]` when `trans` (op(A) = Aᵀ), `r < MR`. Only called when
+    /// [`MicroKernel::DIRECT_A`]; this default (never used) is a plain loop.
     ///
     /// # Safety
-    /// As [`MicroKernel::tile`], with `a[r·lda + p]` readable for `r < MR`, `p < kc`.
+    /// As [`MicroKernel::tile`], with A readable at those positions for `r < MR`, `p < kc`.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile_direct(
         kc: usize,
         a: *const f32,
         lda: usize,
+        trans: bool,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -127,7 +130,8 @@ pub(super) trait MicroKernel {
                 let mut acc = 0.0f32;
                 for p in 0..kc {
                     // SAFETY: r < MR, p < kc, j < nr ≤ NR: inside A and the B panel (caller).
-                    acc += unsafe { *a.add(r * lda + p) * *b.add(p * Self::NR + j) };
+                    let ai = if trans { p * lda + r } else { r * lda + p };
+                    acc += unsafe { *a.add(ai) * *b.add(p * Self::NR + j) };
                 }
                 let t = alpha * acc;
                 // SAFETY: r < mr, j < nr: inside C (caller).
@@ -321,12 +325,13 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
         return;
     }
     let cp = c.as_mut_ptr();
-    // Full MR-row tiles of an f32, untransposed A are read in place (rows `lda` apart; the
-    // caller's length check covers them); only the edge tile is packed.
+    // Full MR-row tiles of an f32 A are read in place (rows `lda` apart, or columns when
+    // transposed; the caller's length check covers them); only the edge tile is packed.
     let a_direct = match as_f32(a) {
-        Some(af) if K::DIRECT_A && s.ta == Trans::N => Some(af.as_ptr()),
+        Some(af) if K::DIRECT_A => Some(af.as_ptr()),
         _ => None,
     };
+    let trans = s.ta == Trans::T;
     // One block up to kc_one, else equal blocks of at most kc (k = 576 runs as 3×192, not
     // 256 + 256 + 64), rounded up to a multiple of 8.
     let kc_blk =
@@ -370,8 +375,9 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                         match a_direct {
                             Some(ap) if mr == MR => K::tile_direct(
                                 kc,
-                                ap.add(row * s.lda + p0),
+                                ap.add(if trans { p0 * s.lda + row } else { row * s.lda + p0 }),
                                 s.lda,
+                                trans,
                                 bbuf,
                                 cp.add(row * s.ldc + j0),
                                 s.ldc,
