@@ -7,8 +7,8 @@
 //! docs) — except one-row f32 products of at most `L2_PREFETCH_MIN_BYTES` of weights (a small
 //! model's, resident in L2): 8 panels per pass on zmm, one load per panel row and no L2
 //! prefetch (MobileNetV1 ×0.25's conv6 2.5 → 2.1 µs and conv5_6 1.35 → 1.15 µs inside the
-//! model, the same bits). This path takes the taller products (a batch's pointwise and tap products, the
-//! early layers at batch 1), which are FMA bound. Each row is summed with one accumulator in
+//! model, the same bits). This path takes the taller products (a batch's pointwise and tap
+//! products, the early layers at batch 1), which are FMA bound. Each row is summed with one accumulator in
 //! `k` order, as on the AVX2 path in f32, so with f32 weights the results are the AVX2 path's
 //! bit for bit and independent of how rows are grouped (tests/panels.rs checks both). (With
 //! f16 weights the AVX2 path splits a 1–3-row pass over several accumulator sets, so a short
