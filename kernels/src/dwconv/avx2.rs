@@ -32,22 +32,6 @@ struct Tap<W> {
     w: *const W,
 }
 
-/// 8 weights at `p` widened to f32.
-///
-/// # Safety
-/// 8 elements at `p` are readable; the CPU supports AVX and F16C.
-#[inline(always)]
-unsafe fn load_w<W: Elem>(p: *const W) -> __m256 {
-    // SAFETY: forwarded; `W` is f16 (read as 8 halves) or f32, the only other `Elem`.
-    unsafe {
-        if TypeId::of::<W>() == TypeId::of::<f16>() {
-            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-        } else {
-            _mm256_loadu_ps(p as *const f32)
-        }
-    }
-}
-
 /// One SIMD register of f32 lanes, as the forward loops use it: 8-lane ymm here ([`Ymm`]),
 /// 16-lane zmm on AVX-512 (`avx512.rs`). The forward is written once over it.
 pub(super) trait Lanes {
@@ -91,8 +75,14 @@ impl Lanes for Ymm {
     }
     #[inline(always)]
     unsafe fn load_w<W: Elem>(p: *const W) -> __m256 {
-        // SAFETY: forwarded.
-        unsafe { load_w(p) }
+        // SAFETY: forwarded; `W` is f16 (read as 8 halves) or f32, the only other `Elem`.
+        unsafe {
+            if TypeId::of::<W>() == TypeId::of::<f16>() {
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+            } else {
+                _mm256_loadu_ps(p as *const f32)
+            }
+        }
     }
     #[inline(always)]
     unsafe fn zero() -> __m256 {
@@ -411,11 +401,7 @@ unsafe fn block<L: Lanes, W: Elem, const G: usize, const V: usize, const FLIP: b
     // SAFETY (every load and store): channels c0..c0 + 8·V of in-bounds taps, weight rows,
     // the bias and the outputs (caller).
     unsafe {
-        let zero = L::zero();
-        let mut acc = [[zero; V]; G];
-        if let Some(b) = k.b {
-            acc = [core::array::from_fn(|v| L::load_w(b.add(c0 + v * L::N))); G];
-        }
+        let mut acc = [start::<L, W, V>(k.b, c0); G];
         // An interior window's tap loops get constant bounds (unrolled).
         if win.full() {
             sum_taps::<L, W, G, V, FLIP>(k, Window { ky: (0, 3), kx: (0, 3) }, x, l, c0, &mut acc);
@@ -423,9 +409,7 @@ unsafe fn block<L: Lanes, W: Elem, const G: usize, const V: usize, const FLIP: b
             sum_taps::<L, W, G, V, FLIP>(k, win, x, l, c0, &mut acc);
         }
         for (p, a) in acc.iter().enumerate() {
-            for (v, &r) in a.iter().enumerate() {
-                L::store(y.add(p * l.ystep + c0 + v * L::N), r, k.relu);
-            }
+            finish::<L, V>(a, k.relu, y.add(p * l.ystep + c0));
         }
     }
 }
@@ -665,46 +649,40 @@ unsafe fn pixel<W: Elem>(c: usize, mut c0: usize, list: &[Tap<W>], b: Option<*co
 unsafe fn chunk<W: Elem, const V: usize>(list: &[Tap<W>], c0: usize, b: Option<*const W>, relu: bool, y: *mut f32) {
     // SAFETY (every load and store): within the 8·V values from c0 the caller vouches for.
     unsafe {
-        let mut acc = start::<W, V>(b, c0);
+        let mut acc = start::<Ymm, W, V>(b, c0);
         for tap in list {
             for (v, a) in acc.iter_mut().enumerate() {
                 let at = c0 + v * BLOCK;
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(tap.x.add(at)), load_w(tap.w.add(at)), *a);
+                *a = Ymm::fma(Ymm::load(tap.x.add(at)), Ymm::load_w(tap.w.add(at)), *a);
             }
         }
-        finish(&acc, relu, y.add(c0));
+        finish::<Ymm, V>(&acc, relu, y.add(c0));
     }
 }
 
-/// `V` accumulators holding the bias of channels `c0..c0 + 8·V` (zero without a bias).
+/// `V` registers holding the bias of channels `c0..c0 + N·V` (zero without a bias).
 ///
 /// # Safety
-/// `8·V` values from `c0` are readable at `b`; the CPU supports AVX and F16C.
+/// `N·V` values from `c0` are readable at `b`; the CPU supports the register's ISA.
 #[inline(always)]
-unsafe fn start<W: Elem, const V: usize>(b: Option<*const W>, c0: usize) -> [__m256; V] {
+unsafe fn start<L: Lanes, W: Elem, const V: usize>(b: Option<*const W>, c0: usize) -> [L::V; V] {
     // SAFETY: forwarded.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); V];
-        if let Some(b) = b {
-            for (v, a) in acc.iter_mut().enumerate() {
-                *a = load_w(b.add(c0 + v * BLOCK));
-            }
+        match b {
+            Some(b) => core::array::from_fn(|v| L::load_w(b.add(c0 + v * L::N))),
+            None => [L::zero(); V],
         }
-        acc
     }
 }
 
-/// Stores `act(acc)` to the `8·V` values at `y`.
+/// Stores `act(acc)` to the `N·V` values at `y`.
 ///
 /// # Safety
-/// `8·V` values at `y` are writable; the CPU supports AVX.
+/// `N·V` values at `y` are writable; the CPU supports the register's ISA.
 #[inline(always)]
-unsafe fn finish<const V: usize>(acc: &[__m256; V], relu: bool, y: *mut f32) {
-    for (v, a) in acc.iter().enumerate() {
+unsafe fn finish<L: Lanes, const V: usize>(acc: &[L::V; V], relu: bool, y: *mut f32) {
+    for (v, &a) in acc.iter().enumerate() {
         // SAFETY: forwarded.
-        unsafe {
-            let r = if relu { _mm256_max_ps(*a, _mm256_setzero_ps()) } else { *a };
-            _mm256_storeu_ps(y.add(v * BLOCK), r);
-        }
+        unsafe { L::store(y.add(v * L::N), a, relu) };
     }
 }

@@ -14,9 +14,9 @@
 //! holds at that depth (MC·KC is fixed), so a short k gets a tall A block.
 //! Each element of A is packed once — or, for a kernel with `DIRECT_A` (AVX2, AVX-512) and an
 //! f32 A (transposed or not), not at all except in edge tiles: the micro-kernel broadcasts it
-//! in place;
-//! B is packed `⌈m/MC⌉` times, which costs about `1/(2·MC)` of the arithmetic. f16 operands are widened to f32 while packing (by the
-//! kernel's [`MicroKernel::widen`], i.e. F16C / NEON `fcvtl`), never in the micro-kernel.
+//! in place; B is packed `⌈m/MC⌉` times, which costs about `1/(2·MC)` of the arithmetic. f16
+//! operands are widened to f32 while packing (by the kernel's [`MicroKernel::widen`], i.e.
+//! F16C / NEON `fcvtl`), never in the micro-kernel.
 //! Panels are zero-padded to MR/NR lanes, so the micro-kernel always runs a full tile; edge
 //! tiles are cut in its epilogue.
 

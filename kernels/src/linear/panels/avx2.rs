@@ -38,7 +38,13 @@ pub(super) const PREFETCH_L2_BYTES: usize = 8192;
 /// in L2 between calls, where the prefetch is only a load-port uop per panel row. Measured on
 /// the Xeon VM (a standalone loop over `linear_fwd_panels`): 1x256→256 with the weights in
 /// L2 2.50 → 2.00–2.10 µs without it; from L3 (32 MiB of copies) 9.1–9.9 µs either way.
-pub(super) const L2_PREFETCH_MIN_BYTES: usize = 512 * 1024;
+const L2_PREFETCH_MIN_BYTES: usize = 512 * 1024;
+
+/// Whether the packed weights of a `k`-deep product over `np` panels of `esize`-byte elements
+/// are small enough to stay in L2 between calls ([`L2_PREFETCH_MIN_BYTES`]).
+pub(super) const fn stays_in_l2(k: usize, np: usize, esize: usize) -> bool {
+    np * k * PANEL * esize <= L2_PREFETCH_MIN_BYTES
+}
 
 /// Bytes of A per row block (see [`panels`]): an eighth of a 2 MiB L2. Measured in a batch-32
 /// forward of ResNet50's 8x8 pointwise convs with cold caches (alternating with unblocked):
@@ -77,8 +83,8 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
     // would otherwise stream from L3 once per panel).
     let block = (A_BLOCK_BYTES / (4 * k)).max(1).next_multiple_of(6);
     let np = n.div_ceil(PANEL);
-    // Prefetch into L2 only for weights larger than it holds comfortably (see `L2_PREFETCH_MIN_BYTES`).
-    let l2 = np * k * PANEL * esize > L2_PREFETCH_MIN_BYTES;
+    // Prefetch into L2 only weights that do not stay there.
+    let l2 = !stays_in_l2(k, np, esize);
     for i_blk in (0..m).step_by(block) {
         let i_end = m.min(i_blk + block);
         let mut jp = 0;

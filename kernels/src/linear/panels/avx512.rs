@@ -4,15 +4,15 @@
 //!
 //! Products of at most 3 rows (batch-1 layers on 1x1 maps, the fc) are weight-bandwidth bound
 //! and run the AVX2 path, whose several weight streams per pass matter there (see its module
-//! docs) — except one-row f32 products of at most `L2_PREFETCH_MIN_BYTES` of weights (a small
-//! model's, resident in L2): 8 panels per pass on zmm, one load per panel row and no L2
-//! prefetch (MobileNetV1 ×0.25's conv6 2.5 → 2.1 µs and conv5_6 1.35 → 1.15 µs inside the
-//! model, the same bits). This path takes the taller products (a batch's pointwise and tap
-//! products, the early layers at batch 1), which are FMA bound. Each row is summed with one accumulator in
-//! `k` order, as on the AVX2 path in f32, so with f32 weights the results are the AVX2 path's
-//! bit for bit and independent of how rows are grouped (tests/panels.rs checks both). (With
-//! f16 weights the AVX2 path splits a 1–3-row pass over several accumulator sets, so a short
-//! last pass may round differently.)
+//! docs) — except one-row f32 products whose weights stay in L2 (`avx2::stays_in_l2`, a small
+//! model's): 8 panels per pass on zmm, one load per panel row and no L2 prefetch (MobileNetV1
+//! ×0.25's conv6 2.5 → 2.1 µs and conv5_6 1.35 → 1.15 µs inside the model, the same bits).
+//! This path takes the taller products (a batch's pointwise and tap products, the early layers
+//! at batch 1), which are FMA bound. Each row is summed with one accumulator in `k` order, as
+//! on the AVX2 path in f32, so with f32 weights the results are the AVX2 path's bit for bit
+//! and independent of how rows are grouped (tests/panels.rs checks both). (With f16 weights
+//! the AVX2 path splits a 1–3-row pass over several accumulator sets, so a short last pass may
+//! round differently.)
 //!
 //! Measured (distillation step, alternating builds): the teacher's forward 52–54 ms on the AVX2
 //! path → 37–41 ms; 4 panels × 6 rows per pass (4 loads and 6 broadcasts per 24 FMAs, as the
@@ -21,7 +21,7 @@
 //! 39.2–40.6 ms; with the L1 prefetch only, the step is unchanged but batch-1 ResNet50 (its
 //! 2x2-map layers stream their weights from DRAM through this path) 3.16–3.25 → 3.50–3.79 ms.
 
-use super::avx2::{A_BLOCK_BYTES, L2_PREFETCH_MIN_BYTES, PREFETCH_BYTES, PREFETCH_L2_BYTES};
+use super::avx2::{stays_in_l2, A_BLOCK_BYTES, PREFETCH_BYTES, PREFETCH_L2_BYTES};
 use super::{PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
 use core::any::TypeId;
@@ -38,7 +38,7 @@ const MAX_R: usize = 12;
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
     let f16 = TypeId::of::<W>() == TypeId::of::<f16>();
-    if p.m == 1 && !f16 && p.n.div_ceil(PANEL) * p.k * 4 <= L2_PREFETCH_MIN_BYTES {
+    if p.m == 1 && !f16 && stays_in_l2(p.k, p.n.div_ceil(PANEL), 4) {
         // SAFETY: forwarded; `W` is f32.
         unsafe { one_row_in_l2(p, c.as_mut_ptr()) };
         return;
