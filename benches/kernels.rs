@@ -18,9 +18,19 @@ use tinykd::kernels::linear::panels;
 use tinykd::kernels::shape::{Channels, Conv2d, DwConv3x3, Linear, Pool};
 use tinykd::kernels::{conv, dwconv, f16, linear, norm, pool, Elem, Isa, IsaKind};
 
-/// Deterministic values in [−0.5, 0.5).
-fn data<E: Elem>(len: usize, salt: usize) -> Vec<E> {
-    (0..len).map(|i| E::from_f32(((i * 7919 + salt * 104_729) % 1000) as f32 * 1e-3 - 0.5)).collect()
+#[path = "../kernels/benches/support/lined.rs"]
+mod lined;
+use lined::Lined;
+
+/// Deterministic values in [−0.5, 0.5), on a cache line as the engine's tensors are.
+fn data<E: Elem>(len: usize, salt: usize) -> Lined<E> {
+    let v: Vec<E> = (0..len).map(|i| E::from_f32(((i * 7919 + salt * 104_729) % 1000) as f32 * 1e-3 - 0.5)).collect();
+    Lined::from_slice(&v)
+}
+
+/// `len` zeros on a cache line.
+fn zeros<E: Elem>(len: usize) -> Lined<E> {
+    Lined::filled(len, E::from_f32(0.0))
 }
 
 /// Every ISA path this CPU can run.
@@ -38,7 +48,7 @@ fn run(c: &mut Criterion, id: [&str; 4], flops: usize, mut f: impl FnMut()) {
 
 fn conv_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Conv2d) {
     let (x, w, b) = (data::<f32>(s.x_len(), 1), data::<W>(s.w_len(), 2), data::<W>(s.c_out, 3));
-    let (mut y, mut scratch) = (vec![0.0f32; s.y_len()], vec![0.0f32; s.scratch_len()]);
+    let (mut y, mut scratch) = (zeros::<f32>(s.y_len()), zeros::<f32>(s.scratch_len()));
     let shape = format!("{}x{}x{}-{}k{}s{}", s.h, s.w, s.c_in, s.c_out, s.kh, s.stride);
     run(c, ["conv", W::DTYPE.name(), isa.kind().name(), &shape], 2 * s.macs(), || {
         conv::conv2d_fwd(isa, &s, black_box(&x), &w, Some(&b), Act::Relu, &mut y, &mut scratch).unwrap()
@@ -47,7 +57,7 @@ fn conv_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Conv2d) {
 
 /// One copy of the weights (hot), or enough copies to fill 64 MiB or `TINYKD_BENCH_COLD_MB`
 /// (cold).
-fn weight_copies<W: Elem>(len: usize, cold: bool) -> Vec<Vec<W>> {
+fn weight_copies<W: Elem>(len: usize, cold: bool) -> Vec<Lined<W>> {
     let mib = std::env::var("TINYKD_BENCH_COLD_MB").ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(64);
     let copies = if cold { ((mib << 20) / (len * core::mem::size_of::<W>())).max(2) } else { 1 };
     (0..copies).map(|i| data::<W>(len, 2 + i)).collect()
@@ -55,7 +65,7 @@ fn weight_copies<W: Elem>(len: usize, cold: bool) -> Vec<Vec<W>> {
 
 fn dwconv_one<W: Elem>(c: &mut Criterion, isa: Isa, s: DwConv3x3, cold: bool) {
     let (x, ws, b) = (data::<f32>(s.x_len(), 1), weight_copies::<W>(s.w_len(), cold), data::<W>(s.c, 3));
-    let mut y = vec![0.0f32; s.y_len()];
+    let mut y = zeros::<f32>(s.y_len());
     let shape = format!("{}x{}x{}s{}{}", s.h, s.w, s.c, s.stride, if cold { "-cold" } else { "" });
     let mut i = 0;
     run(c, ["dwconv", W::DTYPE.name(), isa.kind().name(), &shape], 2 * s.macs(), || {
@@ -66,7 +76,7 @@ fn dwconv_one<W: Elem>(c: &mut Criterion, isa: Isa, s: DwConv3x3, cold: bool) {
 
 fn linear_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Linear, cold: bool) {
     let (x, ws, b) = (data::<f32>(s.x_len(), 1), weight_copies::<W>(s.w_len(), cold), data::<W>(s.c_out, 3));
-    let mut y = vec![0.0f32; s.y_len()];
+    let mut y = zeros::<f32>(s.y_len());
     let shape = format!("{}x{}-{}{}", s.rows, s.c_in, s.c_out, if cold { "-cold" } else { "" });
     let mut i = 0;
     run(c, ["linear", W::DTYPE.name(), isa.kind().name(), &shape], 2 * s.macs(), || {
@@ -78,15 +88,15 @@ fn linear_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Linear, cold: bool) {
 /// The linear forward over weights packed into panels (what the engine runs at batch 1).
 fn linear_panels_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Linear, cold: bool) {
     let (x, b) = (data::<f32>(s.x_len(), 1), data::<W>(s.c_out, 3));
-    let ws: Vec<Vec<W>> = weight_copies::<W>(s.w_len(), cold)
+    let ws: Vec<Lined<W>> = weight_copies::<W>(s.w_len(), cold)
         .iter()
         .map(|w| {
-            let mut wp = vec![W::from_f32(0.0); panels::panels_len(1, s.c_in, s.c_out)];
+            let mut wp = zeros::<W>(panels::panels_len(1, s.c_in, s.c_out));
             panels::pack_panels(1, s.c_in, s.c_out, w, &mut wp).unwrap();
             wp
         })
         .collect();
-    let mut y = vec![0.0f32; s.y_len()];
+    let mut y = zeros::<f32>(s.y_len());
     let shape = format!("{}x{}-{}{}", s.rows, s.c_in, s.c_out, if cold { "-cold" } else { "" });
     let mut i = 0;
     run(c, ["linear-panels", W::DTYPE.name(), isa.kind().name(), &shape], 2 * s.macs(), || {
@@ -98,9 +108,9 @@ fn linear_panels_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Linear, cold: bool
 /// The KxK conv forward over packed weights (few output pixels).
 fn conv_panels_one<W: Elem>(c: &mut Criterion, isa: Isa, s: Conv2d) {
     let (x, w, b) = (data::<f32>(s.x_len(), 1), data::<W>(s.w_len(), 2), data::<W>(s.c_out, 3));
-    let mut wp = vec![W::from_f32(0.0); panels::panels_len(s.kh * s.kw, s.c_in, s.c_out)];
+    let mut wp = zeros::<W>(panels::panels_len(s.kh * s.kw, s.c_in, s.c_out));
     panels::pack_panels(s.kh * s.kw, s.c_in, s.c_out, &w, &mut wp).unwrap();
-    let (mut y, mut scratch) = (vec![0.0f32; s.y_len()], vec![0.0f32; s.scratch_len()]);
+    let (mut y, mut scratch) = (zeros::<f32>(s.y_len()), zeros::<f32>(s.scratch_len()));
     let shape = format!("{}x{}x{}-{}k{}s{}", s.h, s.w, s.c_in, s.c_out, s.kh, s.stride);
     run(c, ["conv-panels", W::DTYPE.name(), isa.kind().name(), &shape], 2 * s.macs(), || {
         conv::conv2d_fwd_panels(isa, &s, black_box(&x), &wp, Some(&b), Act::Relu, &mut y, &mut scratch).unwrap()
@@ -113,7 +123,7 @@ fn elementwise(c: &mut Criterion, isa: Isa) {
         let s = Channels::new(rows, ch);
         let x = data::<f32>(s.len(), 1);
         let p: Vec<Vec<f32>> = (0..4).map(|i| data::<f32>(ch, i + 2).iter().map(|v| v.abs() + 0.5).collect()).collect();
-        let mut y = vec![0.0f32; s.len()];
+        let mut y = zeros::<f32>(s.len());
         run(c, ["bn", "f32", name, &format!("{rows}x{ch}")], 2 * s.len(), || {
             norm::bn_infer_fwd(isa, &s, 1e-5, black_box(&x), &p[0], &p[1], &p[2], &p[3], Act::Relu, &mut y).unwrap()
         });
@@ -128,13 +138,13 @@ fn elementwise(c: &mut Criterion, isa: Isa) {
     }
     let s = Pool::new(1, 16, 16, 64);
     let x = data::<f32>(s.x_len(), 1);
-    let mut y = vec![0.0f32; s.max_y_len()];
+    let mut y = zeros::<f32>(s.max_y_len());
     run(c, ["pool", "f32", name, "max3x3s2-16x16x64"], 8 * s.max_y_len(), || {
         pool::maxpool3x3s2_fwd(isa, &s, black_box(&x), &mut y).unwrap()
     });
     let s = Pool::new(1, 4, 4, 2048);
     let x = data::<f32>(s.x_len(), 1);
-    let mut y = vec![0.0f32; s.avg_y_len()];
+    let mut y = zeros::<f32>(s.avg_y_len());
     run(c, ["pool", "f32", name, "avg-4x4x2048"], s.x_len(), || {
         pool::global_avg_fwd(isa, &s, black_box(&x), &mut y).unwrap()
     });

@@ -10,6 +10,10 @@ use std::hint::black_box;
 use tinykd_kernels::gemm::{gemm, GemmShape};
 use tinykd_kernels::{f16, Elem, Isa, IsaKind};
 
+#[path = "support/lined.rs"]
+mod lined;
+use lined::Lined;
+
 /// (m, n, k): 256³; pointwise convs at batch 64 (m = 64·h·w): 8x8x64→128, 4x4x128→256,
 /// 2x2x512→512; the fc (1024 → 10); an im2col tile of a 3x3 conv over 32 channels.
 const SHAPES: [(usize, usize, usize); 6] =
@@ -17,9 +21,11 @@ const SHAPES: [(usize, usize, usize); 6] =
 
 fn bench_one<B: Elem>(c: &mut Criterion, isa: Isa, m: usize, n: usize, k: usize) {
     let s = GemmShape::nn(m, n, k);
+    // A and C on lines, as the trainer's activations are (B is packed by the GEMM).
     let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+    let a = Lined::from_slice(&a);
     let b: Vec<B> = (0..k * n).map(|i| B::from_f32(((i * 104_729 % 1000) as f32 - 500.0) * 1e-3)).collect();
-    let mut out = vec![0.0f32; m * n];
+    let mut out = Lined::filled(m * n, 0.0f32);
     let mut g = c.benchmark_group(format!("gemm/{}/{}", B::DTYPE.name(), isa.kind().name()));
     g.throughput(Throughput::Elements(s.flops() as u64));
     g.bench_function(format!("{m}x{n}x{k}"), |bench| {
