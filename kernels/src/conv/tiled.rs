@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::gemm::{gemm, GemmShape};
 use crate::isa::Isa;
 use crate::linear::epilogue::{bias_act, gemm_bias_act};
-use crate::linear::panels::{self, PanelProduct};
+use crate::linear::panels::{self, PanelProduct, Start};
 use crate::linear::stream::{self, Product};
 use crate::shape::{Conv2d, IM2COL_ROWS};
 
@@ -172,7 +172,8 @@ fn taps_into<W: Elem>(
             }
             let t = ky * s.kw + kx;
             let b = &wp[t * per_tap..(t + 1) * per_tap];
-            let product = PanelProduct { m: rows, n: c_out, k: c_in, a: &col[t * c_in..], lda: k, b, ldc, relu: false };
+            let a = &col[t * c_in..];
+            let product = PanelProduct { m: rows, n: c_out, k: c_in, a, lda: k, b, ldc, start: Start::C, relu: false };
             panels::accumulate(isa, &product, y_tile);
         }
     }

@@ -21,8 +21,7 @@
 //! tiles are cut in its epilogue.
 
 use super::{scalar, GemmShape, Trans};
-use crate::elem::{f16, Elem};
-use core::any::TypeId;
+use crate::elem::Elem;
 use core::mem::MaybeUninit;
 
 /// A 64-byte-aligned buffer of `N` f32, left uninitialised until it is packed (so a call does
@@ -43,27 +42,7 @@ impl<const N: usize> Buf<N> {
     }
 }
 
-/// `Some(x as &[f16])` when `E` is `f16`.
-#[inline(always)]
-pub(super) fn as_f16<E: Elem>(x: &[E]) -> Option<&[f16]> {
-    if TypeId::of::<E>() == TypeId::of::<f16>() {
-        // SAFETY: `E` is `f16` itself, so the pointer, length and lifetime are unchanged.
-        Some(unsafe { core::slice::from_raw_parts(x.as_ptr() as *const f16, x.len()) })
-    } else {
-        None
-    }
-}
-
-/// `Some(x as &[f32])` when `E` is `f32`.
-#[inline(always)]
-pub(super) fn as_f32<E: Elem>(x: &[E]) -> Option<&[f32]> {
-    if TypeId::of::<E>() == TypeId::of::<f32>() {
-        // SAFETY: `E` is `f32` itself, so the pointer, length and lifetime are unchanged.
-        Some(unsafe { core::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
-    } else {
-        None
-    }
-}
+pub(super) use crate::elem::{as_f16, as_f32};
 
 /// One ISA's register-blocked micro-kernel and its widening routine.
 pub(super) trait MicroKernel {

@@ -20,7 +20,7 @@
 //! 4x512→512 with the weights in L3 70 → 79 GFLOP/s (a standalone loop, alternating builds),
 //! MobileNetV1 1.0's five conv5 layers ~30 → ~29 µs each inside the model.
 
-use super::{relu_if, PanelProduct, PANEL};
+use super::{relu_if, Base, PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
 use core::any::TypeId;
 use core::arch::x86_64::*;
@@ -100,6 +100,7 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
                 _ => 1,
             };
             let j0 = jp * PANEL;
+            let base = p.start.at(j0);
             // SAFETY: panels jp..jp+group lie within the checked `panels_len(1, k, n)` elements.
             let bp = unsafe { b.add(jp * k * PANEL * esize) };
             if group > 1 {
@@ -110,11 +111,11 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
                     let (ai, ci) = (a.add(i_blk * lda), c.add(i_blk * ldc + j0));
                     match (rows, group) {
                         (1, MULTI_PANELS) => {
-                            tile::<1, 1, MULTI_PANELS, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2)
+                            tile::<1, 1, MULTI_PANELS, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base)
                         }
-                        (1, _) => tile::<1, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        (2, _) => tile::<2, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        _ => tile::<3, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        (1, _) => tile::<1, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        (2, _) => tile::<2, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        _ => tile::<3, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
                     }
                 }
                 jp += group;
@@ -136,18 +137,24 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
                         // over several accumulator sets. f32 sums each row in plain k order, so
                         // its bits do not depend on how rows are grouped into passes (the trainer
                         // splits a batch over threads; results must not depend on that).
-                        1 if F16 => tile::<1, 4, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        2 if F16 => tile::<2, 3, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        3 if F16 => tile::<3, 2, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        1 => tile::<1, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        2 => tile::<2, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        3 => tile::<3, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        4 if single && !F16 => tile::<4, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        5 if single && !F16 => tile::<5, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        6 if single && !F16 => tile::<6, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        4 => tile::<4, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        5 => tile::<5, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
-                        _ => tile::<6, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2),
+                        1 if F16 => tile::<1, 4, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        2 if F16 => tile::<2, 3, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        3 if F16 => tile::<3, 2, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        1 => tile::<1, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        2 => tile::<2, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        3 => tile::<3, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        4 if single && !F16 => {
+                            tile::<4, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base)
+                        }
+                        5 if single && !F16 => {
+                            tile::<5, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base)
+                        }
+                        6 if single && !F16 => {
+                            tile::<6, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base)
+                        }
+                        4 => tile::<4, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        5 => tile::<5, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        _ => tile::<6, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
                     }
                 }
                 i += rows;
@@ -191,7 +198,8 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> (__m256, __m256) 
     }
 }
 
-/// `C[..R][..cols] += A[..R][..k]·panels` over `P` consecutive panels (`cols ≤ 16·P`), with
+/// `C[..R][..cols] = start + A[..R][..k]·panels` (`start` per `base`: C's own values, zero, or a
+/// shared row from the tile's first column) over `P` consecutive panels (`cols ≤ 16·P`), with
 /// `S` independent accumulator sets (panel rows `p ≡ s mod S` go to set `s`, added together
 /// at the end) so that `2·R·S·P ≥ 8` FMA chains are in flight. With `AHEAD` the panel after
 /// the `P` is prefetched into L2 as two half-rate streams (its two halves), so that it is in
@@ -199,8 +207,8 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> (__m256, __m256) 
 ///
 /// # Safety
 /// A rows `< R` (stride `lda`) hold `k` values, the panel `k` rows of 16 (f16 when `F16`),
-/// C rows `< R` (stride `ldc`) `cols ≤ 16` writable values; the CPU supports AVX2, FMA, F16C.
-/// With `relu` each stored C value is `max(C + product, 0)`.
+/// C rows `< R` (stride `ldc`) `cols ≤ 16` writable values, a `Base::Row` `cols` readable ones; the CPU supports AVX2, FMA, F16C.
+/// With `relu` each stored C value is `max(start + product, 0)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool, const F16: bool>(
@@ -213,6 +221,7 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
     cols: usize,
     relu: bool,
     l2: bool,
+    base: Base,
 ) {
     let row_bytes = PANEL * if F16 { 2 } else { 4 };
     let panel_bytes = k * row_bytes;
@@ -220,7 +229,8 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
     let mut acc = unsafe { [[[[_mm256_setzero_ps(); 2]; P]; R]; S] };
     let mut p = 0;
     // SAFETY (every access below): p + s < k rows of each of the P panels and columns of A
-    // rows < R; prefetches use wrapping address arithmetic and never fault.
+    // rows < R; prefetches use wrapping address arithmetic and never fault; C rows < R and
+    // the start row, columns < cols.
     unsafe {
         let next = b.wrapping_add(P * panel_bytes);
         let half = (k / 2) * row_bytes;
@@ -293,14 +303,26 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
                 // Only the last of the P panels can be narrower than 16 columns.
                 let cols_q = if q + 1 == P { cols - q * PANEL } else { PANEL };
                 if cols_q == PANEL {
-                    _mm256_storeu_ps(cr, relu8(relu, _mm256_add_ps(_mm256_loadu_ps(cr), vq[0])));
-                    _mm256_storeu_ps(cr.add(8), relu8(relu, _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), vq[1])));
+                    let (s0, s1) = match base {
+                        Base::C => (_mm256_loadu_ps(cr), _mm256_loadu_ps(cr.add(8))),
+                        Base::Zero => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+                        Base::Row(row) => {
+                            (_mm256_loadu_ps(row.add(q * PANEL)), _mm256_loadu_ps(row.add(q * PANEL + 8)))
+                        }
+                    };
+                    _mm256_storeu_ps(cr, relu8(relu, _mm256_add_ps(s0, vq[0])));
+                    _mm256_storeu_ps(cr.add(8), relu8(relu, _mm256_add_ps(s1, vq[1])));
                 } else {
                     let mut t = [0.0f32; PANEL];
                     _mm256_storeu_ps(t.as_mut_ptr(), vq[0]);
                     _mm256_storeu_ps(t.as_mut_ptr().add(8), vq[1]);
                     for (j, &x) in t.iter().enumerate().take(cols_q) {
-                        *cr.add(j) = relu_if(relu, *cr.add(j) + x);
+                        let s = match base {
+                            Base::C => *cr.add(j),
+                            Base::Zero => 0.0,
+                            Base::Row(row) => *row.add(q * PANEL + j),
+                        };
+                        *cr.add(j) = relu_if(relu, s + x);
                     }
                 }
             }

@@ -22,7 +22,7 @@
 //! 2x2-map layers stream their weights from DRAM through this path) 3.16–3.25 → 3.50–3.79 ms.
 
 use super::avx2::{stays_in_l2, A_BLOCK_BYTES, PREFETCH_BYTES, PREFETCH_L2_BYTES};
-use super::{PanelProduct, PANEL};
+use super::{Base, PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
 use core::any::TypeId;
 use core::arch::x86_64::*;
@@ -76,6 +76,7 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
             let two = np - jp >= 2;
             let j0 = jp * PANEL;
             let cols = (n - j0).min(if two { 2 * PANEL } else { PANEL });
+            let base = p.start.at(j0);
             // SAFETY: panels jp.. lie within the checked `panels_len(1, k, n)` elements.
             let bp = unsafe { b.add(jp * k * PANEL * esize) };
             let mut i = i_blk;
@@ -87,9 +88,9 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
                 unsafe {
                     let (ai, ci) = (a.add(i * lda), c.add(i * ldc + j0));
                     if two {
-                        pass::<2, F16>(rows, k, ai, lda, bp, ci, ldc, cols, relu)
+                        pass::<2, F16>(rows, k, ai, lda, bp, ci, ldc, cols, relu, base)
                     } else {
-                        pass::<1, F16>(rows, k, ai, lda, bp, ci, ldc, cols, relu)
+                        pass::<1, F16>(rows, k, ai, lda, bp, ci, ldc, cols, relu, base)
                     }
                 }
                 i += rows;
@@ -126,10 +127,10 @@ unsafe fn one_row_in_l2<W: Elem>(p: &PanelProduct<'_, W>, c: *mut f32) {
         unsafe {
             let (bp, cp) = (b.add(jp * k * PANEL * 4), c.add(j0));
             match group {
-                8 => tile::<1, 8, false, false>(k, a, 0, bp, cp, 0, cols, p.relu),
-                4 => tile::<1, 4, false, false>(k, a, 0, bp, cp, 0, cols, p.relu),
-                2 => tile::<1, 2, false, false>(k, a, 0, bp, cp, 0, cols, p.relu),
-                _ => tile::<1, 1, false, false>(k, a, 0, bp, cp, 0, cols, p.relu),
+                8 => tile::<1, 8, false, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
+                4 => tile::<1, 4, false, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
+                2 => tile::<1, 2, false, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
+                _ => tile::<1, 1, false, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
             }
         }
         jp += group;
@@ -152,22 +153,23 @@ unsafe fn pass<const P: usize, const F16: bool>(
     ldc: usize,
     cols: usize,
     relu: bool,
+    base: Base,
 ) {
     // SAFETY: forwarded, R = rows.
     unsafe {
         match rows {
-            12 => tile::<12, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            11 => tile::<11, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            10 => tile::<10, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            9 => tile::<9, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            8 => tile::<8, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            7 => tile::<7, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            6 => tile::<6, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            5 => tile::<5, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            4 => tile::<4, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            3 => tile::<3, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            2 => tile::<2, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
-            _ => tile::<1, P, F16, true>(k, a, lda, b, c, ldc, cols, relu),
+            12 => tile::<12, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            11 => tile::<11, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            10 => tile::<10, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            9 => tile::<9, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            8 => tile::<8, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            7 => tile::<7, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            6 => tile::<6, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            5 => tile::<5, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            4 => tile::<4, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            3 => tile::<3, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            2 => tile::<2, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            _ => tile::<1, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
         }
     }
 }
@@ -188,13 +190,14 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> __m512 {
     }
 }
 
-/// `C[..R][..cols] += A[..R][..k]·panels` over `P` consecutive panels (`cols ≤ 16·P`), one
-/// accumulator per row and panel, summed in `k` order.
+/// `C[..R][..cols] = start + A[..R][..k]·panels` over `P` consecutive panels (`cols ≤ 16·P`),
+/// one accumulator per row and panel, summed in `k` order; `start` per `base` (C's own values,
+/// zero, or a shared row from the tile's first column).
 ///
 /// # Safety
 /// A rows `< R` (stride `lda`) hold `k` values, the `P` panels `k` rows of 16 each (f16 when
-/// `F16`), C rows `< R` (stride `ldc`) `cols` writable values; the CPU supports AVX-512F.
-/// With `relu` each stored C value is `max(C + product, 0)`. `L2`: also prefetch each panel
+/// `F16`), C rows `< R` (stride `ldc`) `cols` writable values, a `Base::Row` `cols` readable ones; the CPU supports AVX-512F.
+/// With `relu` each stored C value is `max(start + product, 0)`. `L2`: also prefetch each panel
 /// into L2 ahead of use.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -207,12 +210,13 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
     ldc: usize,
     cols: usize,
     relu: bool,
+    base: Base,
 ) {
     let row_bytes = PANEL * if F16 { 2 } else { 4 };
     let panel_bytes = k * row_bytes;
     // SAFETY (every access below): p < k rows of each of the P panels and columns of A rows
     // < R; prefetches use wrapping address arithmetic and never fault; C rows < R, columns <
-    // cols (masked stores for a narrower last panel).
+    // cols (masked loads and stores for a narrower last panel), the start row's columns < cols.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         let ar: [*const f32; R] = core::array::from_fn(|r| a.add(r * lda));
@@ -238,7 +242,12 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
                 // Only the last of the P panels can be narrower than 16 columns.
                 let cols_q = if q + 1 == P { cols - q * PANEL } else { PANEL };
                 let mask: __mmask16 = if cols_q >= PANEL { 0xFFFF } else { (1u16 << cols_q) - 1 };
-                let v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cr), vq);
+                let start = match base {
+                    Base::C => _mm512_maskz_loadu_ps(mask, cr),
+                    Base::Zero => _mm512_setzero_ps(),
+                    Base::Row(row) => _mm512_maskz_loadu_ps(mask, row.add(q * PANEL)),
+                };
+                let v = _mm512_add_ps(start, vq);
                 // max(v, 0) is Act::Relu's bits: 0 for NaN and −0 (the second operand).
                 let v = if relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v };
                 _mm512_mask_storeu_ps(cr, mask, v);
