@@ -20,7 +20,7 @@
 
 use super::epilogue::bias_rows;
 use crate::act::Act;
-use crate::elem::{as_f32, Elem};
+use crate::elem::{as_f16, as_f32, f16, Elem};
 use crate::error::{check_len, Result};
 use crate::isa::Isa;
 
@@ -143,6 +143,8 @@ pub(crate) enum Start<'a> {
     Zero,
     /// `C[i][j] = row[j] + A·B`.
     Row(&'a [f32]),
+    /// The same with an f16 row (an f16 model's bias), widened as it is read (exactly).
+    RowF16(&'a [f16]),
 }
 
 /// [`Start`] for the columns from `j0` on, as the SIMD tiles read it.
@@ -154,6 +156,8 @@ pub(super) enum Base {
     Zero,
     /// The shared row, from column `j0`.
     Row(*const f32),
+    /// The shared f16 row, from column `j0`.
+    RowF16(*const f16),
 }
 
 impl Start<'_> {
@@ -164,6 +168,7 @@ impl Start<'_> {
             Start::C => Base::C,
             Start::Zero => Base::Zero,
             Start::Row(r) => Base::Row(r[j0..].as_ptr()),
+            Start::RowF16(r) => Base::RowF16(r[j0..].as_ptr()),
         }
     }
 
@@ -174,6 +179,7 @@ impl Start<'_> {
             Start::C => c,
             Start::Zero => 0.0,
             Start::Row(r) => r[j],
+            Start::RowF16(r) => r[j].to_f32(),
         }
     }
 }
@@ -187,6 +193,7 @@ impl<W> PanelProduct<'_, W> {
             && self.ldc >= self.n
             && (self.m == 0 || c_len >= (self.m - 1) * self.ldc + self.n)
             && !matches!(self.start, Start::Row(r) if r.len() < self.n)
+            && !matches!(self.start, Start::RowF16(r) if r.len() < self.n)
     }
 }
 
@@ -216,7 +223,7 @@ pub(crate) fn accumulate<W: Elem>(isa: Isa, p: &PanelProduct<'_, W>, c: &mut [f3
 }
 
 /// `y[m×n] = act(A·B + bias)` from one product over packed `B` (`A[i][p]` at `a[i·lda + p]`):
-/// each value starts as its bias (f32; an f16 bias is widened into `y` first) and takes the
+/// each value starts as its bias (an f16 one widened as it is read) and takes the
 /// ReLU as it is stored — the same bits as a zeroed C, the product, then
 /// [`bias_act`](super::epilogue::bias_act) (one rounding of `b + A·B` either way), in one pass.
 /// Operand lengths are checked by the public callers.
@@ -235,9 +242,10 @@ pub(crate) fn forward<W: Elem>(
 ) {
     let start = match bias {
         None => Start::Zero,
-        Some(bias) => match as_f32(bias) {
-            Some(row) => Start::Row(row),
-            None => {
+        Some(bias) => match (as_f32(bias), as_f16(bias)) {
+            (Some(row), _) => Start::Row(row),
+            (_, Some(row)) => Start::RowF16(row),
+            (None, None) => {
                 bias_rows(isa, n, Some(bias), y);
                 Start::C
             }

@@ -207,7 +207,7 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> (__m256, __m256) 
 ///
 /// # Safety
 /// A rows `< R` (stride `lda`) hold `k` values, the panel `k` rows of 16 (f16 when `F16`),
-/// C rows `< R` (stride `ldc`) `cols ≤ 16` writable values, a `Base::Row` `cols` readable ones; the CPU supports AVX2, FMA, F16C.
+/// C rows `< R` (stride `ldc`) `cols ≤ 16` writable values, a start row (`Base::Row`, `RowF16`) `cols` readable ones; the CPU supports AVX2, FMA, F16C.
 /// With `relu` each stored C value is `max(start + product, 0)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -309,6 +309,10 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
                         Base::Row(row) => {
                             (_mm256_loadu_ps(row.add(q * PANEL)), _mm256_loadu_ps(row.add(q * PANEL + 8)))
                         }
+                        Base::RowF16(row) => {
+                            let h = row.add(q * PANEL) as *const __m128i;
+                            (_mm256_cvtph_ps(_mm_loadu_si128(h)), _mm256_cvtph_ps(_mm_loadu_si128(h.add(1))))
+                        }
                     };
                     _mm256_storeu_ps(cr, relu8(relu, _mm256_add_ps(s0, vq[0])));
                     _mm256_storeu_ps(cr.add(8), relu8(relu, _mm256_add_ps(s1, vq[1])));
@@ -321,6 +325,7 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
                             Base::C => *cr.add(j),
                             Base::Zero => 0.0,
                             Base::Row(row) => *row.add(q * PANEL + j),
+                            Base::RowF16(row) => (*row.add(q * PANEL + j)).to_f32(),
                         };
                         *cr.add(j) = relu_if(relu, s + x);
                     }

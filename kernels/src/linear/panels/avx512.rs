@@ -196,7 +196,7 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> __m512 {
 ///
 /// # Safety
 /// A rows `< R` (stride `lda`) hold `k` values, the `P` panels `k` rows of 16 each (f16 when
-/// `F16`), C rows `< R` (stride `ldc`) `cols` writable values, a `Base::Row` `cols` readable ones; the CPU supports AVX-512F.
+/// `F16`), C rows `< R` (stride `ldc`) `cols` writable values, a start row (`Base::Row`, `RowF16`) `cols` readable ones; the CPU supports AVX-512F.
 /// With `relu` each stored C value is `max(start + product, 0)`. `L2`: also prefetch each panel
 /// into L2 ahead of use.
 #[inline(always)]
@@ -246,6 +246,14 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
                     Base::C => _mm512_maskz_loadu_ps(mask, cr),
                     Base::Zero => _mm512_setzero_ps(),
                     Base::Row(row) => _mm512_maskz_loadu_ps(mask, row.add(q * PANEL)),
+                    Base::RowF16(row) if cols_q >= PANEL => {
+                        _mm512_cvtph_ps(_mm256_loadu_si256(row.add(q * PANEL) as *const __m256i))
+                    }
+                    Base::RowF16(row) => {
+                        let t: [f32; PANEL] =
+                            core::array::from_fn(|j| if j < cols_q { (*row.add(q * PANEL + j)).to_f32() } else { 0.0 });
+                        _mm512_loadu_ps(t.as_ptr())
+                    }
                 };
                 let v = _mm512_add_ps(start, vq);
                 // max(v, 0) is Act::Relu's bits: 0 for NaN and −0 (the second operand).
