@@ -4,9 +4,10 @@
 //!
 //! Products of at most 3 rows (batch-1 layers on 1x1 maps, the fc) are weight-bandwidth bound
 //! and run the AVX2 path, whose several weight streams per pass matter there (see its module
-//! docs) — except one-row f32 products whose weights stay in L2 (`avx2::stays_in_l2`, a small
-//! model's): 8 panels per pass on zmm, one load per panel row and no L2 prefetch (MobileNetV1
-//! ×0.25's conv6 2.5 → 2.1 µs and conv5_6 1.35 → 1.15 µs inside the model, the same bits).
+//! docs) — except one-row products whose weights stay in L2 (`avx2::stays_in_l2`, a small
+//! model's; f16 ones over at least 2 panels): 8 panels per pass on zmm, one load per panel row
+//! and no L2 prefetch (MobileNetV1 ×0.25's conv6 2.5 → 2.1 µs and conv5_6 1.35 → 1.15 µs
+//! inside the model in f32, the same bits; its f16 inference 19.3–19.6 → 18.2–18.3 µs).
 //! This path takes the taller products (a batch's pointwise and tap products, the early layers
 //! at batch 1), which are FMA bound. Each row is summed with one accumulator in `k` order, as
 //! on the AVX2 path in f32, so with f32 weights the results are the AVX2 path's bit for bit
@@ -38,9 +39,17 @@ const MAX_R: usize = 12;
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
     let f16 = TypeId::of::<W>() == TypeId::of::<f16>();
-    if p.m == 1 && !f16 && stays_in_l2(p.k, p.n.div_ceil(PANEL), 4) {
-        // SAFETY: forwarded; `W` is f32.
-        unsafe { one_row_in_l2(p, c.as_mut_ptr()) };
+    let np = p.n.div_ceil(PANEL);
+    // (A single f16 panel, e.g. the fc, runs faster on AVX2 with its sum split over 4 sets.)
+    if p.m == 1 && stays_in_l2(p.k, np, if f16 { 2 } else { 4 }) && !(f16 && np == 1) {
+        // SAFETY: forwarded; `W` is f16 when `f16`, else f32.
+        unsafe {
+            if f16 {
+                one_row_in_l2::<W, true>(p, c.as_mut_ptr())
+            } else {
+                one_row_in_l2::<W, false>(p, c.as_mut_ptr())
+            }
+        };
         return;
     }
     if p.m <= 3 {
@@ -100,15 +109,18 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
     }
 }
 
-/// A one-row product (batch 1 on a 1x1 map, the fc) with f32 weights small enough to stay in
-/// L2 between calls: passes over 8 panels at once (8 FMA chains, one zmm load per panel row;
-/// then 4, 2, 1 for the rest), no L2 prefetch. Each column is summed in `k` order, as on the
-/// AVX2 path: the same bits.
+/// A one-row product (batch 1 on a 1x1 map, the fc) with weights small enough to stay in L2
+/// between calls: passes over 8 panels at once (8 FMA chains, one zmm load per panel row, f16
+/// widened by `vcvtph2ps`; then 4, 2, 1 for the rest), no L2 prefetch. Each column is summed in
+/// `k` order, as on the AVX2 path in f32: the same bits. (f16: the AVX2 path splits a one-row
+/// sum over 4 sets and 4 panels per pass, where its 8 ymm conversions per weight row were the
+/// cost: MobileNetV1 ×0.25's conv6 2.56–2.64 → 1.83–1.88 µs, conv5_6 1.40–1.45 → 1.00–1.02;
+/// a single panel, the fc, stays there: 0.28 vs 0.34 µs.)
 ///
 /// # Safety
-/// As [`accumulate`] with `m = 1` and `W = f32`.
+/// As [`accumulate`] with `m = 1`, and `W` f16 exactly when `F16`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn one_row_in_l2<W: Elem>(p: &PanelProduct<'_, W>, c: *mut f32) {
+unsafe fn one_row_in_l2<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32) {
     let (n, k) = (p.n, p.k);
     let (a, b) = (p.a.as_ptr(), p.b.as_ptr() as *const u8);
     let np = n.div_ceil(PANEL);
@@ -125,12 +137,12 @@ unsafe fn one_row_in_l2<W: Elem>(p: &PanelProduct<'_, W>, c: *mut f32) {
         // SAFETY: panels jp..jp + group lie within the checked `panels_len(1, k, n)` elements;
         // row 0 of A holds k values, C columns j0..j0 + cols ≤ n.
         unsafe {
-            let (bp, cp) = (b.add(jp * k * PANEL * 4), c.add(j0));
+            let (bp, cp) = (b.add(jp * k * PANEL * if F16 { 2 } else { 4 }), c.add(j0));
             match group {
-                8 => tile::<1, 8, false, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
-                4 => tile::<1, 4, false, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
-                2 => tile::<1, 2, false, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
-                _ => tile::<1, 1, false, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
+                8 => tile::<1, 8, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
+                4 => tile::<1, 4, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
+                2 => tile::<1, 2, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
+                _ => tile::<1, 1, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
             }
         }
         jp += group;
@@ -236,25 +248,38 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
                 }
             }
         }
+        // Only the last of the P panels can be narrower than 16 columns.
+        let masks: [__mmask16; P] = core::array::from_fn(|q| {
+            let cols_q = if q + 1 == P { cols - q * PANEL } else { PANEL };
+            if cols_q >= PANEL {
+                0xFFFF
+            } else {
+                (1u16 << cols_q) - 1
+            }
+        });
+        // The start of every row when it is not C's own values (zero or the shared row).
+        let shared: [__m512; P] =
+            core::array::from_fn(|q| match base {
+                Base::C | Base::Zero => _mm512_setzero_ps(),
+                Base::Row(row) => _mm512_maskz_loadu_ps(masks[q], row.add(q * PANEL)),
+                Base::RowF16(row) if masks[q] == 0xFFFF => {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(row.add(q * PANEL) as *const __m256i))
+                }
+                Base::RowF16(row) => {
+                    let t: [f32; PANEL] = core::array::from_fn(|j| {
+                        if masks[q] >> j & 1 == 1 {
+                            (*row.add(q * PANEL + j)).to_f32()
+                        } else {
+                            0.0
+                        }
+                    });
+                    _mm512_loadu_ps(t.as_ptr())
+                }
+            });
         for (r, v) in acc.iter().enumerate() {
             for (q, &vq) in v.iter().enumerate() {
-                let cr = c.add(r * ldc + q * PANEL);
-                // Only the last of the P panels can be narrower than 16 columns.
-                let cols_q = if q + 1 == P { cols - q * PANEL } else { PANEL };
-                let mask: __mmask16 = if cols_q >= PANEL { 0xFFFF } else { (1u16 << cols_q) - 1 };
-                let start = match base {
-                    Base::C => _mm512_maskz_loadu_ps(mask, cr),
-                    Base::Zero => _mm512_setzero_ps(),
-                    Base::Row(row) => _mm512_maskz_loadu_ps(mask, row.add(q * PANEL)),
-                    Base::RowF16(row) if cols_q >= PANEL => {
-                        _mm512_cvtph_ps(_mm256_loadu_si256(row.add(q * PANEL) as *const __m256i))
-                    }
-                    Base::RowF16(row) => {
-                        let t: [f32; PANEL] =
-                            core::array::from_fn(|j| if j < cols_q { (*row.add(q * PANEL + j)).to_f32() } else { 0.0 });
-                        _mm512_loadu_ps(t.as_ptr())
-                    }
-                };
+                let (cr, mask) = (c.add(r * ldc + q * PANEL), masks[q]);
+                let start = if let Base::C = base { _mm512_maskz_loadu_ps(mask, cr) } else { shared[q] };
                 let v = _mm512_add_ps(start, vq);
                 // max(v, 0) is Act::Relu's bits: 0 for NaN and −0 (the second operand).
                 let v = if relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v };
