@@ -53,7 +53,7 @@ fn pack_panels_layout_and_padding() {
 fn check_linear<W: Elem>(rng: &mut Rng) {
     for rows in [1, 2, 3, 4, 5, 6, 7, 13, 16, 17] {
         for c_in in [1, 3, 4, 5, 33, 64] {
-            for c_out in [1, 7, 15, 16, 17, 33, 60, 70] {
+            for c_out in [1, 7, 15, 16, 17, 33, 60, 70, 200] {
                 let s = Linear::new(rows, c_in, c_out);
                 let x = rng.vec(s.x_len());
                 let w: Vec<W> = rng.vec(s.w_len()).into_iter().map(W::from_f32).collect();
