@@ -132,9 +132,9 @@ pub(crate) struct PanelProduct<'a, W> {
 
 /// The value a [`PanelProduct`] adds `A·B` to, per C value: C's own (`C += A·B`, a product of
 /// several taps), zero, or a row of n values shared by every row (a bias). The last two ignore
-/// C's old values, so a forward writes its output once instead of filling it first (the
-/// fill's pass over an output that is not in cache cost the distillation step's frozen
-/// teacher ~3 % of its time).
+/// C's old values, so a forward writes its output once instead of filling it first (that fill,
+/// a pass over an output not yet in cache, then read back by every tile: without it the
+/// distillation step went 850–871 → 875–883 img/s, see docs/ARCHITECTURE.md).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Start<'a> {
     /// `C += A·B`.
@@ -245,6 +245,7 @@ pub(crate) fn forward<W: Elem>(
         Some(bias) => match (as_f32(bias), as_f16(bias)) {
             (Some(row), _) => Start::Row(row),
             (_, Some(row)) => Start::RowF16(row),
+            // (`Elem` is f32 or f16; any other would start from a widened copy.)
             (None, None) => {
                 bias_rows(isa, n, Some(bias), y);
                 Start::C
