@@ -138,11 +138,12 @@ unsafe fn one_row_in_l2<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *m
         // row 0 of A holds k values, C columns j0..j0 + cols ≤ n.
         unsafe {
             let (bp, cp) = (b.add(jp * k * PANEL * if F16 { 2 } else { 4 }), c.add(j0));
+            let base = p.start.at(j0);
             match group {
-                8 => tile::<1, 8, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
-                4 => tile::<1, 4, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
-                2 => tile::<1, 2, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
-                _ => tile::<1, 1, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, p.start.at(j0)),
+                8 => tile::<1, 8, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, base),
+                4 => tile::<1, 4, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, base),
+                2 => tile::<1, 2, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, base),
+                _ => tile::<1, 1, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, base),
             }
         }
         jp += group;
