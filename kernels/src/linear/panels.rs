@@ -148,6 +148,7 @@ pub(crate) enum Start<'a> {
 }
 
 /// [`Start`] for the columns from `j0` on, as the SIMD tiles read it.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(super) enum Base {
     /// C's own values.
@@ -162,6 +163,7 @@ pub(super) enum Base {
 
 impl Start<'_> {
     /// This start for a tile whose first column is `j0` (`j0 < n`: in bounds by [`PanelProduct::fits`]).
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) fn at(&self, j0: usize) -> Base {
         match self {
