@@ -4,10 +4,10 @@
 //! widened with F16C while packing. Packing buffers: 144·256 + 320·16 f32 = 164 KiB on the
 //! stack, 64-byte aligned.
 
-use super::blocked::{self, as_f16, as_f32, Blocking, Buf, MicroKernel};
+use super::blocked::{self, Blocking, Buf, MicroKernel};
 use super::{narrow, GemmShape};
 use crate::convert;
-use crate::elem::Elem;
+use crate::elem::{as_f16, as_f32, Elem};
 use core::arch::x86_64::*;
 
 const MR: usize = 6;

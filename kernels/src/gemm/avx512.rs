@@ -26,9 +26,9 @@
 //! so since the trainer's activations are) quiet rounds reach 86–87 % at 256³.
 
 use super::avx2::Fma6x16;
-use super::blocked::{self, as_f32, Blocking, Buf, MicroKernel};
+use super::blocked::{self, Blocking, Buf, MicroKernel};
 use super::{narrow, narrow512, GemmShape};
-use crate::elem::Elem;
+use crate::elem::{as_f32, Elem};
 use core::arch::x86_64::*;
 
 const MR: usize = 6;
@@ -122,19 +122,43 @@ impl MicroKernel for Fma6x64 {
         beta: f32,
     ) {
         // SAFETY: forwarded; A[r][p] at a[r·lda + p] (a[p·lda + r] when trans) is readable for
-        // r < 6 (caller); the
-        // variant covers nr columns.
+        // r < 6 (caller).
         unsafe {
-            match (nr.div_ceil(16), trans) {
-                (1, false) => tile_rx::<MR, 1, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (2, false) => tile_rx::<MR, 2, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (3, false) => tile_rx::<MR, 3, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (_, false) => tile_rx::<MR, NV, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (1, true) => tile_rx::<MR, 1, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (2, true) => tile_rx::<MR, 2, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (3, true) => tile_rx::<MR, 3, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (_, true) => tile_rx::<MR, NV, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            if trans {
+                tile_direct_nr::<true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta)
+            } else {
+                tile_direct_nr::<false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta)
             }
+        }
+    }
+}
+
+/// [`tile_rx`] over an in-place A (`DIRECT`, rows or, with `TRANS`, columns `lda` apart) in the
+/// variant that covers `nr` columns.
+///
+/// # Safety
+/// As [`MicroKernel::tile_direct`] for [`Fma6x64`]; the CPU supports AVX-512F.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_direct_nr<const TRANS: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    // SAFETY: forwarded; the variant covers nr columns.
+    unsafe {
+        match nr.div_ceil(16) {
+            1 => tile_rx::<MR, 1, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            2 => tile_rx::<MR, 2, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            3 => tile_rx::<MR, 3, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            _ => tile_rx::<MR, NV, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
         }
     }
 }

@@ -21,7 +21,7 @@
 //! tiles are cut in its epilogue.
 
 use super::{scalar, GemmShape, Trans};
-use crate::elem::Elem;
+use crate::elem::{as_f32, Elem};
 use core::mem::MaybeUninit;
 
 /// A 64-byte-aligned buffer of `N` f32, left uninitialised until it is packed (so a call does
@@ -41,8 +41,6 @@ impl<const N: usize> Buf<N> {
         self.0.as_mut_ptr() as *mut f32
     }
 }
-
-pub(super) use crate::elem::{as_f16, as_f32};
 
 /// One ISA's register-blocked micro-kernel and its widening routine.
 pub(super) trait MicroKernel {

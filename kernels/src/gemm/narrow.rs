@@ -32,9 +32,9 @@
 //! blocks; KB of 256 or 320 (more block passes) or 512 (the block, A's rows and the prefetched
 //! lines no longer fit L1's 8 ways).
 
-use super::blocked::{as_f16, as_f32, Buf};
+use super::blocked::Buf;
 use super::{GemmShape, Trans};
-use crate::elem::Elem;
+use crate::elem::{as_f16, as_f32, Elem};
 use core::arch::x86_64::*;
 
 /// Widest C this path takes (two columns per vector, five vectors).

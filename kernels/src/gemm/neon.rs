@@ -3,10 +3,10 @@
 //! f16 operands widened with `fcvtl` while packing. Packing buffers: 128·256 + 256·8 f32 =
 //! 136 KiB on the stack, 64-byte aligned.
 
-use super::blocked::{self, as_f16, as_f32, Blocking, Buf, MicroKernel};
+use super::blocked::{self, Blocking, Buf, MicroKernel};
 use super::GemmShape;
 use crate::convert;
-use crate::elem::Elem;
+use crate::elem::{as_f16, as_f32, Elem};
 use core::arch::aarch64::*;
 
 const MR: usize = 8;
