@@ -232,19 +232,30 @@ fn blocking_boundaries() {
 }
 
 /// A narrow C (n ≤ 10) with k ≥ 64, which AVX2 computes with its lanes along k (f32,
-/// untransposed A): every n up to 10 and just past it, k with every remainder mod 4 (the
-/// packed group), on both sides of the 384-deep packed block and with last blocks of 1, 2 and
-/// 7 k, odd m (a lone last row) and m past the 128-row chunk, both B layouts, f16 B, α, β,
-/// padding.
+/// untransposed A) and AVX-512 with 8 k × 2 columns per vector: every n up to 10 and just past
+/// it, k with every remainder mod 8 (the packed groups of 4 and 8 k), on both sides of the
+/// 384-deep packed block and with last blocks of 1, 2 and 7 k, odd m (a lone last row) and m
+/// past the 128-row chunk, both B layouts, f16 B, α, β, padding (NaN, so an unmasked read of A
+/// past k shows).
 #[test]
 fn narrow_c_along_k() {
     let isas = isas();
     let mut rng = Rng::new(4);
     let mut idx = 0usize;
     for n in 1..=11 {
-        for (m, k) in
-            [(1, 64), (7, 65), (4, 202), (8, 203), (9, 384), (3, 385), (2, 391), (5, 770), (6, 1100), (131, 390)]
-        {
+        for (m, k) in [
+            (1, 64),
+            (7, 65),
+            (4, 202),
+            (8, 203),
+            (9, 384),
+            (3, 385),
+            (2, 391),
+            (5, 770),
+            (6, 1100),
+            (131, 390),
+            (4, 197),
+        ] {
             for tb in [Trans::N, Trans::T] {
                 let cs = Case {
                     m,

@@ -14,12 +14,12 @@
 //!   and an f32, untransposed A (the fc at batch 64) goes to `narrow.rs` instead: lanes along
 //!   k (4 k × 2 columns per vector), so no lanes sit idle past column 10;
 //! - AVX-512F (`avx512.rs`): 6×64 micro-kernel on zmm registers, KC 128 (k ≤ 192 in one
-//!   block), the AVX2 path's packers; the narrow C in `narrow512.rs` (4 k × 4 columns per zmm);
+//!   block), the AVX2 path's packers; the narrow C in `narrow512.rs` (8 k × 2 columns per zmm);
 //! - NEON (`neon.rs`): 8×8 micro-kernel, KC ≤ 256, MC·KC = 128·256, 136 KiB of packing buffers;
 //! - the SIMD paths share the loop nest and the f16→f32-widening packers (`blocked.rs`).
 //!
-//! Accuracy contract: the SIMD paths sum in k order within each KC block (the narrow path in
-//! 4 interleaved partial sums over all of k, reduced at the end), fuse multiply-adds and add the KC blocks
+//! Accuracy contract: the SIMD paths sum in k order within each KC block (the narrow paths in
+//! 4 (AVX2) or 8 (AVX-512) interleaved partial sums over all of k, reduced at the end), fuse multiply-adds and add the KC blocks
 //! into C one after another, so they do not match the scalar path bit for bit. Every path satisfies the standard dot-product bound
 //! `|C − C_exact| ≤ γ·(|α|·Σ_p |op(A)[i][p]·op(B)[p][j]| + |β·C₀[i][j]|)` with
 //! `γ = (k + 4)·2⁻²⁴` (f16 operands are widened exactly, so the bound holds for them too);

@@ -34,7 +34,7 @@
 
 use super::blocked::Buf;
 use super::{GemmShape, Trans};
-use crate::elem::{as_f16, as_f32, Elem};
+use crate::elem::{as_f16, as_f32, f16, Elem};
 use core::arch::x86_64::*;
 
 /// Widest C this path takes (two columns per vector, five vectors).
@@ -269,15 +269,15 @@ unsafe fn group_rows<B: Elem, const V: usize>(rows: &[&[B]; 4], o: *mut f32) {
             let (u01, u23) = (_mm_unpacklo_ps(x[0], x[1]), _mm_unpacklo_ps(x[2], x[3]));
             _mm256_set_m128(_mm_movehl_ps(u23, u01), _mm_movelh_ps(u01, u23))
         } else if as_f16(rows[0]).is_some() {
-            // The 8 halves in place, widened at once (a scalar f16 → f32 per element costs
-            // more than the whole group).
-            let mut bits = [0u16; 8];
-            for (t, r) in rows.iter().enumerate() {
-                let h = as_f16(r).unwrap_unchecked();
-                bits[t] = h.get(8).map_or(0, |x| x.to_bits());
-                bits[4 + t] = h.get(9).map_or(0, |x| x.to_bits());
-            }
-            _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const __m128i))
+            // The 8 halves gathered in two 64-bit integers and widened at once (a scalar
+            // f16 → f32 per element costs more than the whole group; a stack array's 16-bit
+            // stores would not forward to one 128-bit load).
+            let word = |j: usize| {
+                rows.iter().enumerate().fold(0u64, |w, (t, r)| {
+                    w | (as_f16(r).unwrap_unchecked().get(j).map_or(0, |x| x.to_bits()) as u64) << (16 * t)
+                })
+            };
+            _mm256_cvtph_ps(_mm_set_epi64x(word(9) as i64, word(8) as i64))
         } else {
             let mut v = [0.0f32; 8];
             for (t, r) in rows.iter().enumerate() {
@@ -321,11 +321,14 @@ unsafe fn load8<E: Elem>(x: &[E]) -> __m256 {
             if h.len() >= 8 {
                 _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i))
             } else {
-                let mut bits = [0u16; 8];
-                for (d, v) in bits.iter_mut().zip(h) {
-                    *d = v.to_bits();
-                }
-                _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const __m128i))
+                // The halves gathered in two 64-bit integers, not through a stack array (its
+                // 16-bit stores cannot forward to the 128-bit load): AVX2 64×4×1024 with f16
+                // B 24.8 → 33.9 % of the peak, 64×6×1024 36.0 → 50.1 (f32 B: 38, 57).
+                let word = |part: &[f16]| {
+                    part.iter().take(4).enumerate().fold(0u64, |w, (j, x)| w | (x.to_bits() as u64) << (16 * j))
+                };
+                let (lo, hi) = h.split_at(h.len().min(4));
+                _mm256_cvtph_ps(_mm_set_epi64x(word(hi) as i64, word(lo) as i64))
             }
         } else if let Some(f) = as_f32(x) {
             if f.len() >= 8 {

@@ -1,24 +1,29 @@
 //! x86_64 AVX-512F path for a narrow C (`n ≤ 10`, the fc at batch 64):
-//! `C[i][j] = α·Σ_p A[i][p]·op(B)[p][j] + β·C[i][j]` with each 128-bit lane of a zmm holding 4
-//! consecutive k of one column — `[col 0 | col 1 | col 2 | col 3]`, `[col 4 | … | col 7]`,
-//! `[col 8 | col 9 | 0 | 0]` (3 vectors for n > 8, 2 for n > 4, 1 else) — in 6-row tiles (6 A
-//! broadcasts and up to 3 op(B) loads per 18 FMAs).
+//! `C[i][j] = α·Σ_p A[i][p]·op(B)[p][j] + β·C[i][j]` with each zmm holding 8 consecutive k of
+//! two columns — vector v = `[col 2v | col 2v+1]` (⌈n/2⌉ vectors, every lane used for even n)
+//! — in 4-row tiles (4 A broadcasts and up to 5 op(B) loads per 20 FMAs).
 //!
-//! It is the AVX2 `narrow.rs` scheme on wider vectors: op(B) is packed per `KB`-deep block by
-//! that module's packer (ymm `[col v | col v+4]`, `[col 8 | col 9]` per group of 4 k) and
-//! regrouped into this layout in a second pass over the L1-resident block (two `vpermt2ps`
-//! per group); A's rows are read in place, 4 k broadcast to the four lanes; each row tile's
-//! accumulators are held across k blocks and reduced once (two in-lane shuffles and adds, then
-//! one permute that gathers the lane sums in column order). Each output is summed in 4
-//! lane-wise partial sums over all of k, as on AVX2, but the tiles and the reduction differ, so
-//! the bits may too (same error bound).
+//! op(B) is packed per `KB`-deep block by the AVX2 `narrow.rs` packer (ymm `[col v | col v+4]`,
+//! `[col 8 | col 9]` per group of 4 k) and regrouped into this layout in a second pass over the
+//! L1-resident block (two such groups → one of 8 k, one `vpermt2ps` per vector); A's rows are
+//! read in place, 8 k broadcast to both halves (`vbroadcastf64x4`); each row tile's
+//! accumulators are held across k blocks and reduced once (`shuffle_f32x4` pairs add the two
+//! 4-lane halves of four columns at once, an unpack and a swap sum each 128-bit lane, one
+//! two-source permute gathers the sums in column order). Each output is summed in 8 lane-wise
+//! partial sums over all of k: another order than the AVX2 path's (4 partial sums), inside the
+//! same error bound.
 //!
-//! `TINYKD_ISA=avx512 tinykd bench gemm` (fraction of the AVX-512 peak, against the AVX2 narrow
-//! path run under the same kind): 64×10×1024 44.6 → 50–53 %, 64×8×1024 41 → 60 %, 64×4×1024
-//! 20 → 41 %, 32×10×1024 41 → 43 %. Tiles of 4 rows: 50 / 58 / 38 %; of 8: 49 / 62 / 44 %. A
-//! third of the n = 10 group's third vector is padding, and the loop runs at ~60 % of the
-//! peak (its FMAs ~80 % of the time by `perf`); as on the blocked kernel, the loads per FMA
-//! seem to be what the zmm loops pay for on this Xeon (no cycle counters in the VM to say).
+//! `TINYKD_ISA=avx512 tinykd bench gemm` (fraction of the AVX-512 peak, three alternating
+//! rounds against the previous layout — 4 k × 4 columns per zmm, `[c0..c3]`, `[c4..c7]`,
+//! `[c8 c9 0 0]`, 6-row tiles, a sixth of the lanes empty at n = 10): 64×10×1024 54.7–57.8 →
+//! 64.7–70.4 %, 64×10×2048 54.9–59.3 → 64.8–70.6, 32×10×1024 44.9–46.7 → 54.5–59.9, 64×8×1024
+//! 61.2–67.1 → 64.9–70.5, 64×4×1024 43.6–44.5 → 47.3–51.9; f16 B 64×10×1024 55.2–59.8 →
+//! 66.3–72.0. By `perf` at 64×10×1024 the k loop takes ~76 % of the time (running near the
+//! 85–90 % an L1-resident zmm loop reaches on this Xeon, see `avx512.rs`), packing ~12 %, the
+//! held accumulators and reductions the rest. Measured and not kept: tiles of 3 rows (61.9 %)
+//! or 5 (25 accumulators + 5 broadcasts + 1 B: the loop spills, 10 %); 6 or 8 rows for n ≤ 6
+//! (fewer vectors per row; the compiled loop keeps its accumulators in memory, 3–7 %); a
+//! 256-, 512- or 768-deep block (within noise of 384).
 
 use super::blocked::Buf;
 use super::narrow::{self, group, KB, MAX_N};
@@ -26,13 +31,13 @@ use super::GemmShape;
 use crate::elem::Elem;
 use core::arch::x86_64::*;
 
-/// f32 per regrouped group of 4 k: 3 zmm.
-const GROUP: usize = 48;
-/// Rows per chunk: their accumulators are held (25 KiB) across the k blocks, and op(B) is
+/// f32 per regrouped group of 8 k: up to 5 zmm.
+const GROUP: usize = 80;
+/// Rows per chunk: their accumulators are held (40 KiB) across the k blocks, and op(B) is
 /// packed once per chunk.
 const MC: usize = 128;
 /// Rows per tile.
-const R: usize = 6;
+const R: usize = 4;
 
 /// `C = α·A·op(B) + β·C` for a shape that [`narrow::applies`].
 ///
@@ -42,20 +47,23 @@ const R: usize = 6;
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B], beta: f32, c: &mut [f32]) {
     debug_assert!(narrow::applies(s));
-    // SAFETY: forwarded contract; n ≤ 4·V in each arm.
+    // SAFETY: forwarded contract; n ≤ 2·V in each arm, W = 5 exactly when n > 8.
     unsafe {
         match s.n {
-            9.. => run::<B, 3, 5>(s, alpha, a, b, beta, c),
-            5..=8 => run::<B, 2, 4>(s, alpha, a, b, beta, c),
+            9.. => run::<B, 5, 5>(s, alpha, a, b, beta, c),
+            7..=8 => run::<B, 4, 4>(s, alpha, a, b, beta, c),
+            5..=6 => run::<B, 3, 4>(s, alpha, a, b, beta, c),
+            3..=4 => run::<B, 2, 4>(s, alpha, a, b, beta, c),
             _ => run::<B, 1, 4>(s, alpha, a, b, beta, c),
         }
     }
 }
 
-/// [`gemm`] with `V` zmm per group (columns 0..4V) over the AVX2 packer's `W`-vector groups.
+/// [`gemm`] with `V` zmm per group of 8 k (columns 0..2V) over the AVX2 packer's `W`-vector
+/// groups of 4 k.
 ///
 /// # Safety
-/// As [`gemm`], n ≤ 4·V, and W = 5 when V = 3, else 4.
+/// As [`gemm`], n ≤ 2·V, and W = 5 when n > 8, else 4.
 #[inline(always)]
 unsafe fn run<B: Elem, const V: usize, const W: usize>(
     s: &GemmShape,
@@ -67,23 +75,27 @@ unsafe fn run<B: Elem, const V: usize, const W: usize>(
 ) {
     let mut ymm_block = Buf::<{ KB / 4 * group(5) }>::new();
     let ymm_block = ymm_block.as_mut_ptr();
-    let mut bp = Buf::<{ KB / 4 * GROUP }>::new();
+    let mut bp = Buf::<{ KB / 8 * GROUP }>::new();
     let bp = bp.as_mut_ptr();
-    let mut held = Buf::<{ MC.div_ceil(R) * R * 3 * 16 }>::new();
-    let held = held.as_mut_ptr() as *mut [[__m512; 3]; R] as *mut [[__m512; V]; R];
+    let mut held = Buf::<{ MC.div_ceil(R) * R * 5 * 16 }>::new();
+    let held = held.as_mut_ptr() as *mut [[__m512; 5]; R] as *mut [[__m512; V]; R];
     for m0 in (0..s.m).step_by(MC) {
         let mc = MC.min(s.m - m0);
         let mut p0 = 0;
         while p0 < s.k {
             let kb = KB.min(s.k - p0);
-            let groups = kb.div_ceil(4);
-            // SAFETY: `ymm_block` holds KB / 4 groups of 8W f32 and `bp` KB / 4 of 16V, both
-            // 64-byte aligned; kb ≤ KB; `b` passed the length check; the CPU features are
-            // present.
+            let quads = kb.div_ceil(4);
+            // SAFETY: `ymm_block` holds KB / 4 groups of 8W f32 and `bp` KB / 8 of 16V, both
+            // 64-byte aligned; kb ≤ KB, and an odd quad count is below KB / 4 (even), so the
+            // zeroed group after the last fits; `b` passed the length check; the CPU features
+            // are present.
             unsafe {
                 narrow::pack::<B, W>(s, b, p0, kb, ymm_block);
-                for g in 0..groups {
-                    regroup::<V, W>(ymm_block.add(g * group(W)), bp.add(g * 16 * V));
+                if quads % 2 == 1 {
+                    core::ptr::write_bytes(ymm_block.add(quads * group(W)), 0, group(W));
+                }
+                for g in 0..quads.div_ceil(2) {
+                    regroup::<V, W>(ymm_block.add(2 * g * group(W)), bp.add(g * 16 * V));
                 }
             }
             let last = p0 + kb == s.k;
@@ -92,7 +104,7 @@ unsafe fn run<B: Elem, const V: usize, const W: usize>(
                 let rows = R.min(m0 + mc - i0);
                 // SAFETY: rows i0..i0+rows (inside this chunk) of A hold columns p0..p0+kb
                 // (caller's length check), missing rows of a short tile read row i0 again (their
-                // sums are dropped); the regrouped block holds kb rounded up to 4; `held` has
+                // sums are dropped); the regrouped block holds kb rounded up to 8; `held` has
                 // ⌈MC / R⌉ 64-byte aligned slots, t < ⌈MC / R⌉, each written (p0 = 0) before it
                 // is read; C's outputs written are rows < m, columns < n.
                 unsafe {
@@ -115,42 +127,53 @@ unsafe fn run<B: Elem, const V: usize, const W: usize>(
     }
 }
 
-/// One group from the AVX2 packer's layout (`W` ymm: `[col v | col v+4]` for v < 4, then
-/// `[col 8 | col 9]`, each half 4 k) to this path's (`V` zmm: lane j of vector u = column
-/// 4u + j, 4 k).
+/// Two groups of the AVX2 packer's layout (`W` ymm each, 4 k: `[col v | col v+4]` for v < 4,
+/// then `[col 8 | col 9]`) to one of this path's (`V` zmm, 8 k: vector v =
+/// `[col 2v | col 2v+1]`, each half the first group's 4 k then the second's).
 ///
 /// # Safety
-/// `src` is readable for 8W f32, `dst` writable for 16V f32 and 64-byte aligned; the CPU
+/// `src` is readable for 16W f32, `dst` writable for 16V f32 and 64-byte aligned; the CPU
 /// supports AVX-512F.
 #[inline(always)]
 unsafe fn regroup<const V: usize, const W: usize>(src: *const f32, dst: *mut f32) {
     // SAFETY: the reads and writes the contract allows; register work otherwise.
     unsafe {
-        // [c0 | c4 | c1 | c5] and [c2 | c6 | c3 | c7] (32-float rows 0-3 of the ymm group).
-        let z01 = _mm512_loadu_ps(src);
-        let z23 = _mm512_loadu_ps(src.add(16));
-        // Lanes of z01 = 0: c0, 1: c4, 2: c1, 3: c5; of z23 (indices + 16) 0: c2, 1: c6, 2: c3,
-        // 3: c7.
-        let lo = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
-        _mm512_store_ps(dst, _mm512_permutex2var_ps(z01, lo, z23));
+        // In 4-float chunks, a group is c0 c4 c1 c5 c2 c6 c3 c7 (c8 c9): its first 16 floats
+        // hold columns 0, 4, 1, 5 and the next 16 columns 2, 6, 3, 7.
+        let (g0, g1) = (src, src.add(group(W)));
+        let (a0, a1) = (_mm512_loadu_ps(g0), _mm512_loadu_ps(g1));
+        // Chunks 0 and 2 (columns 0, 1 or 2, 3) of both groups, interleaved by group.
+        let even = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+        // Chunks 1 and 3 (columns 4, 5 or 6, 7).
+        let odd = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+        _mm512_store_ps(dst, _mm512_permutex2var_ps(a0, even, a1));
         if V > 1 {
-            let hi = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-            _mm512_store_ps(dst.add(16), _mm512_permutex2var_ps(z01, hi, z23));
+            let (b0, b1) = (_mm512_loadu_ps(g0.add(16)), _mm512_loadu_ps(g1.add(16)));
+            _mm512_store_ps(dst.add(16), _mm512_permutex2var_ps(b0, even, b1));
+            if V > 2 {
+                _mm512_store_ps(dst.add(32), _mm512_permutex2var_ps(a0, odd, a1));
+            }
+            if V > 3 {
+                _mm512_store_ps(dst.add(48), _mm512_permutex2var_ps(b0, odd, b1));
+            }
         }
-        if V > 2 {
-            // [c8 | c9] → [c8 | c9 | 0 | 0].
-            let t = _mm256_loadu_ps(src.add(32));
-            _mm512_store_ps(dst.add(32), _mm512_castpd_ps(_mm512_zextpd256_pd512(_mm256_castps_pd(t))));
+        if V > 4 {
+            // [c8 | c9] of each group → [c8 | c8' | c9 | c9'].
+            let (t0, t1) =
+                (_mm256_castps_pd(_mm256_loadu_ps(g0.add(32))), _mm256_castps_pd(_mm256_loadu_ps(g1.add(32))));
+            let t = _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(t0), t1));
+            let order = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+            _mm512_store_ps(dst.add(64), _mm512_permutexvar_ps(order, t));
         }
     }
 }
 
-/// The R×4V outputs' lane-wise partial sums: `acc[r][u] += Σ_{q<kb} A_r[q]·block[q]` for the
+/// The R×2V outputs' lane-wise partial sums: `acc[r][v] += Σ_{q<kb} A_r[q]·block[q]` for the
 /// R rows `ar` and the regrouped block `bp`.
 ///
 /// # Safety
-/// Each `ar[r]` is readable for `kb` f32; `bp` holds kb rounded up to 4 (zero beyond kb),
-/// 64-byte aligned; the CPU supports AVX-512F.
+/// Each `ar[r]` is readable for `kb` f32; `bp` holds kb rounded up to 8 (zero beyond kb),
+/// 64-byte aligned; the CPU supports AVX-512F and AVX2.
 #[inline(always)]
 unsafe fn tile<const V: usize>(
     kb: usize,
@@ -158,61 +181,81 @@ unsafe fn tile<const V: usize>(
     bp: *const f32,
     mut acc: [[__m512; V]; R],
 ) -> [[__m512; V]; R] {
-    // SAFETY (loads): q + 4 ≤ full ≤ kb in the loop; the tail reads A through a lane mask and
-    // the block up to kb rounded up to 4 (caller). Register work otherwise.
+    // SAFETY (loads): q + 8 ≤ full ≤ kb in the loop; the tail reads A through a lane mask and
+    // the block up to kb rounded up to 8 (caller). Register work otherwise.
     unsafe {
-        let full = kb - kb % 4;
+        let full = kb - kb % 8;
         let mut q = 0;
         while q < full {
-            let av: [__m512; R] = core::array::from_fn(|r| _mm512_broadcast_f32x4(_mm_loadu_ps(ar[r].add(q))));
-            step(&mut acc, av, bp.add(q / 4 * 16 * V));
-            q += 4;
+            let av: [__m512; R] = core::array::from_fn(|r| broadcast8(_mm256_loadu_ps(ar[r].add(q))));
+            step(&mut acc, av, bp.add(q / 8 * 16 * V));
+            q += 8;
         }
         if q < kb {
-            let mask = _mm_cmpgt_epi32(_mm_set1_epi32((kb - q) as i32), _mm_setr_epi32(0, 1, 2, 3));
-            let av: [__m512; R] = core::array::from_fn(|r| _mm512_broadcast_f32x4(_mm_maskload_ps(ar[r].add(q), mask)));
-            step(&mut acc, av, bp.add(q / 4 * 16 * V));
+            let mask =
+                _mm256_cmpgt_epi32(_mm256_set1_epi32((kb - q) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            let av: [__m512; R] = core::array::from_fn(|r| broadcast8(_mm256_maskload_ps(ar[r].add(q), mask)));
+            step(&mut acc, av, bp.add(q / 8 * 16 * V));
         }
         acc
     }
 }
 
-/// One group of 4 k: `acc[r][u] += av[r]·bp[16u..]`.
+/// `[x | x]`.
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[inline(always)]
+unsafe fn broadcast8(x: __m256) -> __m512 {
+    // SAFETY: register work (a load folded into it becomes `vbroadcastf64x4`).
+    unsafe { _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(x))) }
+}
+
+/// One group of 8 k: `acc[r][v] += av[r]·bp[16v..]`.
 ///
 /// # Safety
 /// `o` is readable for 16V f32, 64-byte aligned; the CPU supports AVX-512F.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // `u` picks every row's accumulator and the packed vector.
+#[allow(clippy::needless_range_loop)] // `v` picks every row's accumulator and the packed vector.
 unsafe fn step<const V: usize>(acc: &mut [[__m512; V]; R], av: [__m512; R], o: *const f32) {
-    for u in 0..V {
-        // SAFETY: 16u + 16 ≤ 16V (caller); AVX-512F present (caller).
+    for v in 0..V {
+        // SAFETY: 16v + 16 ≤ 16V (caller); AVX-512F present (caller).
         unsafe {
-            let bv = _mm512_load_ps(o.add(u * 16));
+            let bv = _mm512_load_ps(o.add(v * 16));
             for (row, &a) in acc.iter_mut().zip(&av) {
-                row[u] = _mm512_fmadd_ps(a, bv, row[u]);
+                row[v] = _mm512_fmadd_ps(a, bv, row[v]);
             }
         }
     }
 }
 
-/// A row's outputs from its V accumulators: each 128-bit lane summed (two in-lane shuffles and
-/// adds leave the lane's total in all four of its slots), then slots 0, 4, 8, 12 gathered —
-/// columns 4u..4u+4 in order.
+/// A row's outputs from its V accumulators (vector v: 8 partial sums of column 2v, then 8 of
+/// column 2v+1): the two 4-lane halves of each column added (`shuffle_f32x4` pairs vectors, so
+/// one add serves four columns), then each 128-bit lane summed by an unpack and a swap, and
+/// one two-source permute gathering the sums in column order.
 ///
 /// # Safety
 /// The CPU supports AVX-512F.
 #[inline(always)]
-unsafe fn reduce<const V: usize>(x: &[__m512; V]) -> [f32; 12] {
-    let mut out = [0.0f32; 12];
-    // SAFETY: register shuffles and 4-float stores inside `out` (u < V ≤ 3).
+unsafe fn reduce<const V: usize>(x: &[__m512; V]) -> [f32; 16] {
+    let mut out = [0.0f32; 16];
+    // SAFETY: register work and a 16-float store into `out`.
     unsafe {
-        let firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12);
-        for (u, &v) in x.iter().enumerate() {
-            let s = _mm512_add_ps(v, _mm512_permute_ps::<0b10_11_00_01>(v));
-            let s = _mm512_add_ps(s, _mm512_permute_ps::<0b01_00_11_10>(s));
-            let g = _mm512_permutexvar_ps(firsts, s);
-            _mm_storeu_ps(out.as_mut_ptr().add(4 * u), _mm512_castps512_ps128(g));
-        }
+        let zero = _mm512_setzero_ps();
+        let get = |v: usize| if v < V { x[v] } else { zero };
+        // Lanes 4j..4j+4 of `pairs(x_v, x_v+1)`: column 2v + j, 4 partial sums.
+        let pairs = |a: __m512, b: __m512| {
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+        };
+        let (z0, z1, z2) = (pairs(get(0), get(1)), pairs(get(2), get(3)), pairs(get(4), zero));
+        // 128-bit lane j of t: [Σ z0 lane j, Σ z1 lane j] twice — columns j and 4 + j.
+        let t = _mm512_add_ps(_mm512_unpacklo_ps(z0, z1), _mm512_unpackhi_ps(z0, z1));
+        let t = _mm512_add_ps(t, _mm512_permute_ps::<0b01_00_11_10>(t));
+        // 128-bit lane j of u: Σ z2 lane j (column 8 + j) in all four slots.
+        let u = _mm512_add_ps(z2, _mm512_permute_ps::<0b10_11_00_01>(z2));
+        let u = _mm512_add_ps(u, _mm512_permute_ps::<0b01_00_11_10>(u));
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 16, 20, 24, 28, 0, 0, 0, 0);
+        _mm512_storeu_ps(out.as_mut_ptr(), _mm512_permutex2var_ps(t, order, u));
     }
     out
 }
@@ -222,12 +265,12 @@ unsafe fn reduce<const V: usize>(x: &[__m512; V]) -> [f32; 12] {
 /// # Safety
 /// `d` is valid for `n ≤ MAX_N` reads and writes; the CPU supports AVX-512F.
 #[inline(always)]
-unsafe fn update(v: &[f32; 12], n: usize, alpha: f32, beta: f32, d: *mut f32) {
+unsafe fn update(v: &[f32; 16], n: usize, alpha: f32, beta: f32, d: *mut f32) {
     debug_assert!(n <= MAX_N);
     // SAFETY: lanes < n ≤ MAX_N, masked (caller).
     unsafe {
         let mask: __mmask16 = (1u16 << n) - 1;
-        let x = _mm512_mul_ps(_mm512_set1_ps(alpha), _mm512_maskz_loadu_ps(mask, v.as_ptr()));
+        let x = _mm512_mul_ps(_mm512_set1_ps(alpha), _mm512_loadu_ps(v.as_ptr()));
         let y = if beta == 0.0 { x } else { _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(mask, d), x) };
         _mm512_mask_storeu_ps(d, mask, y);
     }
