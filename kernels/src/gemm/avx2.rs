@@ -1,5 +1,5 @@
 //! x86_64 AVX2+FMA path: `f32-gemm 6x16 fma3` micro-kernel (12 ymm accumulators, 2 B loads
-//! and 6 broadcasts per k step; a 4-row variant for edge panels of ≤ 4 rows), KC ≤ 256 (one
+//! and 6 broadcasts per k step; 4-, 2- and 1-row variants for edge panels), KC ≤ 256 (one
 //! block up to k = 320), MC = 144 at KC = 256 (more rows for a shorter kc); f16 operands
 //! widened with F16C while packing. Packing buffers: 144·256 + 320·16 f32 = 164 KiB on the
 //! stack, 64-byte aligned.
@@ -104,12 +104,17 @@ impl MicroKernel for Fma6x16 {
         beta: f32,
     ) {
         // SAFETY: forwarded; A[r][p] at a[r·lda + p] (a[p·lda + r] when trans) is readable
-        // for r < 6 (caller).
+        // for r < mr, and mr ∈ {6, 4, 2, 1} (caller): each variant reads R = mr rows.
         unsafe {
-            if trans {
-                tile_rx16::<MR, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta)
-            } else {
-                tile_rx16::<MR, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta)
+            match (mr, trans) {
+                (1, false) => tile_rx16::<1, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (1, true) => tile_rx16::<1, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (2, false) => tile_rx16::<2, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (2, true) => tile_rx16::<2, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (4, false) => tile_rx16::<4, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (4, true) => tile_rx16::<4, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (_, false) => tile_rx16::<MR, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (_, true) => tile_rx16::<MR, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
             }
         }
     }

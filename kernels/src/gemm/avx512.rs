@@ -122,25 +122,30 @@ impl MicroKernel for Fma6x64 {
         beta: f32,
     ) {
         // SAFETY: forwarded; A[r][p] at a[r·lda + p] (a[p·lda + r] when trans) is readable for
-        // r < 6 (caller).
+        // r < mr, and mr ∈ {6, 4, 2, 1} (caller): each variant reads R = mr rows.
         unsafe {
-            if trans {
-                tile_direct_nr::<true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta)
-            } else {
-                tile_direct_nr::<false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta)
+            match (mr, trans) {
+                (1, false) => tile_direct_nr::<1, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (1, true) => tile_direct_nr::<1, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (2, false) => tile_direct_nr::<2, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (2, true) => tile_direct_nr::<2, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (4, false) => tile_direct_nr::<4, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (4, true) => tile_direct_nr::<4, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (_, false) => tile_direct_nr::<MR, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+                (_, true) => tile_direct_nr::<MR, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
             }
         }
     }
 }
 
-/// [`tile_rx`] over an in-place A (`DIRECT`, rows or, with `TRANS`, columns `lda` apart) in the
-/// variant that covers `nr` columns.
+/// [`tile_rx`] over `R` rows of an in-place A (`DIRECT`, rows or, with `TRANS`, columns `lda`
+/// apart) in the variant that covers `nr` columns.
 ///
 /// # Safety
-/// As [`MicroKernel::tile_direct`] for [`Fma6x64`]; the CPU supports AVX-512F.
+/// As [`MicroKernel::tile_direct`] for [`Fma6x64`] with `mr = R`; the CPU supports AVX-512F.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_direct_nr<const TRANS: bool>(
+unsafe fn tile_direct_nr<const R: usize, const TRANS: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -155,10 +160,10 @@ unsafe fn tile_direct_nr<const TRANS: bool>(
     // SAFETY: forwarded; the variant covers nr columns.
     unsafe {
         match nr.div_ceil(16) {
-            1 => tile_rx::<MR, 1, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-            2 => tile_rx::<MR, 2, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-            3 => tile_rx::<MR, 3, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-            _ => tile_rx::<MR, NV, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            1 => tile_rx::<R, 1, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            2 => tile_rx::<R, 2, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            3 => tile_rx::<R, 3, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            _ => tile_rx::<R, NV, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
         }
     }
 }
