@@ -106,11 +106,27 @@ fn reference(cs: &Case, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<(f64, f64)> {
 /// Runs `cs` with A stored as `EA` and B as `EB` on every ISA, checking against f64 and
 /// against the scalar path; also that C's row padding is untouched.
 fn check_case<EA: Elem, EB: Elem>(isas: &[Isa], rng: &mut Rng, cs: &Case) {
+    check_case_at::<EA, EB>(isas, rng, cs, None)
+}
+
+/// [`check_case`] with B starting `shift` elements past a 64-byte line when `shift` is given
+/// (else wherever the allocator puts it).
+fn check_case_at<EA: Elem, EB: Elem>(isas: &[Isa], rng: &mut Rng, cs: &Case, shift: Option<usize>) {
     let s = cs.shape();
     let (ar, ac) = cs.a_dims();
     let (br, bc) = cs.b_dims();
     let a: Vec<EA> = stored(rng, ar, ac, cs.pad).into_iter().map(EA::from_f32).collect();
     let b: Vec<EB> = stored(rng, br, bc, cs.pad).into_iter().map(EB::from_f32).collect();
+    let mut b_room = vec![EB::from_f32(0.0); b.len() + 64];
+    let b = match shift {
+        Some(shift) => {
+            let line = b_room.as_ptr().align_offset(64);
+            let placed = &mut b_room[line + shift..][..b.len()];
+            placed.copy_from_slice(&b);
+            &*placed
+        }
+        None => &b[..],
+    };
     let a32: Vec<f32> = a.iter().map(|v| v.to_f32()).collect();
     let b32: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
     let mut c0 = stored(rng, cs.m, cs.n, cs.pad);
@@ -128,10 +144,10 @@ fn check_case<EA: Elem, EB: Elem>(isas: &[Isa], rng: &mut Rng, cs: &Case) {
     let tag = format!("{cs:?} A:{:?} B:{:?}", EA::DTYPE, EB::DTYPE);
 
     let mut spec = c0.clone();
-    gemm(Isa::scalar(), &s, cs.alpha, &a, &b, cs.beta, &mut spec).unwrap();
+    gemm(Isa::scalar(), &s, cs.alpha, &a, b, cs.beta, &mut spec).unwrap();
     for isa in isas {
         let mut c = c0.clone();
-        gemm(*isa, &s, cs.alpha, &a, &b, cs.beta, &mut c).unwrap();
+        gemm(*isa, &s, cs.alpha, &a, b, cs.beta, &mut c).unwrap();
         let name = isa.kind().name();
         for i in 0..cs.m {
             for j in 0..cs.n {
@@ -270,6 +286,38 @@ fn narrow_c_along_k() {
                 // f32·f32 or f32·f16: the narrow path needs an f32 A.
                 check_dtypes(&isas, &mut rng, &cs, [0, 2][(idx / 2) % 2]);
                 idx += 1;
+            }
+        }
+    }
+}
+
+/// A B of exactly NR columns (16 on AVX2, 64 on AVX-512), untransposed and unpadded, is its
+/// own packed panel and is read in place when it starts on a line: on a line and one element
+/// past it, with k in one block and in several, A either way, m with edge tiles.
+#[test]
+fn b_read_in_place_when_it_is_a_panel() {
+    let isas = isas();
+    let mut rng = Rng::new(6);
+    let mut idx = 0usize;
+    for n in [16, 64] {
+        for k in [7, 200, 330, 700] {
+            for m in [1, 5, 64, 301] {
+                for ta in [Trans::N, Trans::T] {
+                    for shift in [0, 1] {
+                        let cs = Case {
+                            m,
+                            n,
+                            k,
+                            ta,
+                            tb: Trans::N,
+                            pad: 0,
+                            alpha: ALPHAS[idx % 3],
+                            beta: BETAS[(idx / 3) % 3],
+                        };
+                        check_case_at::<f32, f32>(&isas, &mut rng, &cs, Some(shift));
+                        idx += 1;
+                    }
+                }
             }
         }
     }

@@ -78,8 +78,8 @@ fn check_linear<W: Elem>(rng: &mut Rng) {
 #[test]
 fn transposed_packing_is_packing_of_the_transpose() {
     let mut rng = Rng::new(30);
-    // Column tails below, at and above one panel; a single row and column.
-    for (k, n) in [(1, 1), (3, 5), (7, 16), (10, 17), (33, 40)] {
+    // Column tails below, at and above one panel; a single row and column; deeper k.
+    for (k, n) in [(1, 1), (3, 5), (7, 16), (10, 17), (33, 40), (64, 16), (65, 33), (130, 17)] {
         let wt = rng.vec(n * k);
         let mut b = vec![0.0f32; k * n];
         for j in 0..n {

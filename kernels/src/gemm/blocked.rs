@@ -18,10 +18,13 @@
 //! MobileNetV1's train step 1630–1736 → 1726–1778 img/s in alternating rounds: the packed
 //! 4-row edge of a 64-row im2col tile was ~5 % of its time, the compiled packer storing
 //! through `vscatterqps`); B is packed `⌈m/MC⌉` times, which costs about `1/(2·MC)` of the
-//! arithmetic. f16 operands are widened to f32 while packing (by the kernel's
+//! arithmetic, except an f32 B that already is one panel (n = NR = ldb, untransposed, on a
+//! line), read in place (AVX-512 64×64×576, a 3x3 conv's 64-row im2col tile, 72.1–72.5 →
+//! 73.5–75.2 %). f16 operands are widened to f32 while packing (by the kernel's
 //! [`MicroKernel::widen`], i.e. F16C / NEON `fcvtl`), never in the micro-kernel.
-//! Panels are zero-padded to MR/NR lanes, so the micro-kernel always runs a full tile; edge
-//! tiles are cut in its epilogue.
+//! Packed panels are zero-padded to MR/NR lanes; a tile's columns past n are cut in the
+//! micro-kernel's epilogue, its rows past m by the packed padding or, in place, by a shorter
+//! tile.
 
 use super::{scalar, GemmShape, Trans};
 use crate::elem::{as_f32, Elem};
@@ -314,6 +317,16 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
         _ => None,
     };
     let trans = s.ta == Trans::T;
+    // An f32, untransposed B of exactly NR columns stored NR apart already is its own panel
+    // (row p of a KC block at `b[(p0 + p)·NR ..]`): read in place when line-aligned, as the
+    // kernels' aligned loads need. (A 3x3 conv with 64 outputs on AVX-512 repacked its whole
+    // weight matrix for every 64-row im2col tile.)
+    let b_direct = match as_f32(b) {
+        Some(bf) if s.tb == Trans::N && s.n == NR && s.ldb == NR && (bf.as_ptr() as usize).is_multiple_of(64) => {
+            Some(bf.as_ptr())
+        }
+        _ => None,
+    };
     // One block up to kc_one, else equal blocks of at most kc (k = 576 runs as 3×192, not
     // 256 + 256 + 64), rounded up to a multiple of 8.
     let kc_blk =
@@ -342,14 +355,23 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
             let mut j0 = 0;
             while j0 < s.n {
                 let nr = NR.min(s.n - j0);
-                // SAFETY: the B panel takes `kc·NR ≤ kc_one·NR` slots of `bbuf`; the B
-                // elements read are inside `b` by the caller's length checks.
-                unsafe { pack_panel::<K, B, NR>(b, s.tb == Trans::N, s.ldb, j0, nr, p0, kc, bbuf) };
+                let bp: *const f32 = match b_direct {
+                    // SAFETY: rows p0..p0+kc of B, NR each (n = NR, j0 = 0), inside `b` by the
+                    // caller's length checks.
+                    Some(bp) => unsafe { bp.add(p0 * NR) },
+                    None => {
+                        // SAFETY: the B panel takes `kc·NR ≤ kc_one·NR` slots of `bbuf`; the B
+                        // elements read are inside `b` by the caller's length checks.
+                        unsafe { pack_panel::<K, B, NR>(b, s.tb == Trans::N, s.ldb, j0, nr, p0, kc, bbuf) };
+                        bbuf
+                    }
+                };
                 for ir in 0..panels {
                     let mr = MR.min(mc - ir * MR);
                     let row = i0 + ir * MR;
-                    // SAFETY: both panels were packed above (`kc·MR` and `kc·NR` f32, `bbuf`
-                    // aligned); the tile's C elements (row+r)·ldc + j0+j for r < mr, j < nr are
+                    // SAFETY: the A panel (`kc·MR` f32) was packed above or A is read in place
+                    // (rows < mr); the B panel `bp` holds `kc·NR` f32, 64-byte aligned (`bbuf`,
+                    // or B itself, checked); the tile's C elements (row+r)·ldc + j0+j for r < mr, j < nr are
                     // inside `c` because the caller checked `c.len() ≥ (m−1)·ldc + n`.
                     unsafe {
                         match a_direct {
@@ -361,7 +383,7 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                                         ap.add(if trans { p0 * s.lda + row } else { row * s.lda + p0 }),
                                         s.lda,
                                         trans,
-                                        bbuf,
+                                        bp,
                                         cp.add(row * s.ldc + j0),
                                         s.ldc,
                                         rows,
@@ -374,7 +396,7 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                             None => K::tile(
                                 kc,
                                 abuf.add(ir * MR * kc),
-                                bbuf,
+                                bp,
                                 cp.add(row * s.ldc + j0),
                                 s.ldc,
                                 mr,
