@@ -3,32 +3,36 @@
 //! two columns — vector v = `[col 2v | col 2v+1]` (⌈n/2⌉ vectors, every lane used for even n)
 //! — in 4-row tiles (4 A broadcasts and up to 5 op(B) loads per 20 FMAs).
 //!
-//! op(B) is packed per `KB`-deep block by the AVX2 `narrow.rs` packer (ymm `[col v | col v+4]`,
-//! `[col 8 | col 9]` per group of 4 k) and regrouped into this layout in a second pass over the
-//! L1-resident block (two such groups → one of 8 k, one `vpermt2ps` per vector); A's rows are
-//! read in place, 8 k broadcast to both halves (`vbroadcastf64x4`); each row tile's
-//! accumulators are held across k blocks and reduced once (`shuffle_f32x4` pairs add the two
-//! 4-lane halves of four columns at once, an unpack and a swap sum each 128-bit lane, one
-//! two-source permute gathers the sums in column order). Each output is summed in 8 lane-wise
-//! partial sums over all of k: another order than the AVX2 path's (4 partial sums), inside the
-//! same error bound.
+//! op(B) is packed per `KB`-deep block: an f32, untransposed B straight from its rows
+//! ([`rows8`]: 8 masked row loads, a transpose of the rows' column pairs, 19 shuffles per 8 k);
+//! any other by the AVX2 `narrow.rs` packer (ymm `[col v | col v+4]`, `[col 8 | col 9]` per group of 4 k)
+//! regrouped into this layout in a second pass over the L1-resident block (two such groups →
+//! one of 8 k, one `vpermt2ps` per vector). A's rows are read in place, 8 k broadcast to both
+//! halves (`vbroadcastf64x4`); each row tile's accumulators are held across k blocks and
+//! reduced once (`shuffle_f32x4` pairs add the two 4-lane halves of four columns at once, an
+//! unpack and a swap sum each 128-bit lane, one two-source permute gathers the sums in column
+//! order). Each output is summed in 8 lane-wise partial sums over all of k: another order than
+//! the AVX2 path's (4 partial sums), inside the same error bound.
 //!
 //! `TINYKD_ISA=avx512 tinykd bench gemm` (fraction of the AVX-512 peak, three alternating
 //! rounds against the previous layout — 4 k × 4 columns per zmm, `[c0..c3]`, `[c4..c7]`,
 //! `[c8 c9 0 0]`, 6-row tiles, a sixth of the lanes empty at n = 10): 64×10×1024 54.7–57.8 →
 //! 64.7–70.4 %, 64×10×2048 54.9–59.3 → 64.8–70.6, 32×10×1024 44.9–46.7 → 54.5–59.9, 64×8×1024
 //! 61.2–67.1 → 64.9–70.5, 64×4×1024 43.6–44.5 → 47.3–51.9; f16 B 64×10×1024 55.2–59.8 →
-//! 66.3–72.0. By `perf` at 64×10×1024 the k loop takes ~76 % of the time (running near the
-//! 85–90 % an L1-resident zmm loop reaches on this Xeon, see `avx512.rs`), packing ~12 %, the
-//! held accumulators and reductions the rest. Measured and not kept: tiles of 3 rows (61.9 %)
+//! 66.3–72.0. By `perf` at 64×10×1024 the k loop then took ~76 % of the time (running near
+//! the 85–90 % an L1-resident zmm loop reaches on this Xeon, see `avx512.rs`), packing ~12 %,
+//! the held accumulators and reductions the rest; packing from the rows (`rows8`, instead of
+//! the AVX2 packer and a regroup pass), three alternating rounds: 64×10×1024 66.0–66.9 →
+//! 71.5–72.5 %, 32×10×1024 57.1–57.6 → 63.9–65.9, 64×8×1024 65.7–66.7 → 69.3–70.7. Measured
+//! and not kept: tiles of 3 rows (61.9 %)
 //! or 5 (25 accumulators + 5 broadcasts + 1 B: the loop spills, 10 %); 6 or 8 rows for n ≤ 6
 //! (fewer vectors per row; the compiled loop keeps its accumulators in memory, 3–7 %); a
 //! 256-, 512- or 768-deep block (within noise of 384).
 
 use super::blocked::Buf;
 use super::narrow::{self, group, KB, MAX_N};
-use super::GemmShape;
-use crate::elem::Elem;
+use super::{GemmShape, Trans};
+use crate::elem::{as_f32, Elem};
 use core::arch::x86_64::*;
 
 /// f32 per regrouped group of 8 k: up to 5 zmm.
@@ -90,12 +94,21 @@ unsafe fn run<B: Elem, const V: usize, const W: usize>(
             // zeroed group after the last fits; `b` passed the length check; the CPU features
             // are present.
             unsafe {
-                narrow::pack::<B, W>(s, b, p0, kb, ymm_block);
-                if quads % 2 == 1 {
-                    core::ptr::write_bytes(ymm_block.add(quads * group(W)), 0, group(W));
-                }
-                for g in 0..quads.div_ceil(2) {
-                    regroup::<V, W>(ymm_block.add(2 * g * group(W)), bp.add(g * 16 * V));
+                match as_f32(b) {
+                    Some(bf) if s.tb == Trans::N => {
+                        for g in 0..kb.div_ceil(8) {
+                            rows8::<V>(bf, s, p0 + 8 * g, (kb - 8 * g).min(8), bp.add(g * 16 * V));
+                        }
+                    }
+                    _ => {
+                        narrow::pack::<B, W>(s, b, p0, kb, ymm_block);
+                        if quads % 2 == 1 {
+                            core::ptr::write_bytes(ymm_block.add(quads * group(W)), 0, group(W));
+                        }
+                        for g in 0..quads.div_ceil(2) {
+                            regroup::<V, W>(ymm_block.add(2 * g * group(W)), bp.add(g * 16 * V));
+                        }
+                    }
                 }
             }
             let last = p0 + kb == s.k;
@@ -164,6 +177,64 @@ unsafe fn regroup<const V: usize, const W: usize>(src: *const f32, dst: *mut f32
             let t = _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(t0), t1));
             let order = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
             _mm512_store_ps(dst.add(64), _mm512_permutexvar_ps(order, t));
+        }
+    }
+}
+
+/// One group of this path's layout straight from `rows ≤ 8` rows of an f32, untransposed B
+/// (rows p..p+rows, zeros past them): a transpose of the rows' column pairs as 64-bit values
+/// (unpacks, then 128-bit shuffles, then one two-source permute per vector that also splits
+/// each pair into the two halves) — 19 shuffles per 8 rows where the AVX2 packer and
+/// [`regroup`] take ~36 and a round trip through memory.
+///
+/// # Safety
+/// Rows p..p+rows of B hold n ≤ 2V ≤ 10 elements each (length check); `dst` is writable for
+/// 16V f32, 64-byte aligned; the CPU supports AVX-512F.
+#[inline(always)]
+unsafe fn rows8<const V: usize>(b: &[f32], s: &GemmShape, p: usize, rows: usize, dst: *mut f32) {
+    // SAFETY: masked loads of n elements of rows < p + rows (caller); register work; V
+    // aligned stores into `dst` (caller).
+    unsafe {
+        let mask: __mmask16 = (1u16 << s.n) - 1;
+        let x: [__m512d; 8] = core::array::from_fn(|t| {
+            if t < rows {
+                _mm512_castps_pd(_mm512_maskz_loadu_ps(mask, b.as_ptr().add((p + t) * s.ldb)))
+            } else {
+                _mm512_setzero_pd()
+            }
+        });
+        // Row t as doubles: P0..P4 (P_v = columns 2v, 2v+1), then zeros. Per row pair, by
+        // 128-bit lane: lo = [P0 | P2 | P4 | 0], hi = [P1 | P3 | 0 | 0] (each [row t, row t+1]).
+        let lo: [__m512d; 4] = core::array::from_fn(|q| _mm512_unpacklo_pd(x[2 * q], x[2 * q + 1]));
+        let hi: [__m512d; 4] = core::array::from_fn(|q| _mm512_unpackhi_pd(x[2 * q], x[2 * q + 1]));
+        // Per half of the rows (0–3, 4–7): [P0 | P2] and [P1 | P3] for rows (0, 1) then (2, 3),
+        // and [P4 | 0].
+        let a02: [__m512d; 2] =
+            core::array::from_fn(|h| _mm512_shuffle_f64x2::<0b01_00_01_00>(lo[2 * h], lo[2 * h + 1]));
+        let a13: [__m512d; 2] =
+            core::array::from_fn(|h| _mm512_shuffle_f64x2::<0b01_00_01_00>(hi[2 * h], hi[2 * h + 1]));
+        let a4: [__m512d; 2] =
+            core::array::from_fn(|h| _mm512_shuffle_f64x2::<0b11_10_11_10>(lo[2 * h], lo[2 * h + 1]));
+        // Float indices, in the two sources (rows 0–3, rows 4–7), of the pair held in 128-bit
+        // lanes 0 and 2 (rows 0, 1 and 2, 3): its first column for rows 0..8, then its second;
+        // `second`: the pair in lanes 1 and 3.
+        let first = _mm512_setr_epi32(0, 2, 8, 10, 16, 18, 24, 26, 1, 3, 9, 11, 17, 19, 25, 27);
+        let second = _mm512_add_epi32(first, _mm512_set1_epi32(4));
+        let out = |src: [__m512d; 2], idx: __m512i| {
+            _mm512_permutex2var_ps(_mm512_castpd_ps(src[0]), idx, _mm512_castpd_ps(src[1]))
+        };
+        _mm512_store_ps(dst, out(a02, first));
+        if V > 1 {
+            _mm512_store_ps(dst.add(16), out(a13, first));
+        }
+        if V > 2 {
+            _mm512_store_ps(dst.add(32), out(a02, second));
+        }
+        if V > 3 {
+            _mm512_store_ps(dst.add(48), out(a13, second));
+        }
+        if V > 4 {
+            _mm512_store_ps(dst.add(64), out(a4, first));
         }
     }
 }
