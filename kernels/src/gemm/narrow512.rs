@@ -5,9 +5,9 @@
 //!
 //! op(B) is packed per `KB`-deep block: an f32, untransposed B straight from its rows
 //! ([`rows8`]: 8 masked row loads, a transpose of the rows' column pairs, 19 shuffles per 8 k);
-//! any other by the AVX2 `narrow.rs` packer (ymm `[col v | col v+4]`, `[col 8 | col 9]` per group of 4 k)
-//! regrouped into this layout in a second pass over the L1-resident block (two such groups →
-//! one of 8 k, one `vpermt2ps` per vector). A's rows are read in place, 8 k broadcast to both
+//! any other by the AVX2 `narrow.rs` packer (ymm `[col v | col v+4]`, `[col 8 | col 9]` per
+//! group of 4 k) regrouped into this layout in a second pass over the L1-resident block (two
+//! such groups → one of 8 k, one `vpermt2ps` per vector). A's rows are read in place, 8 k broadcast to both
 //! halves (`vbroadcastf64x4`); each row tile's accumulators are held across k blocks and
 //! reduced once (`shuffle_f32x4` pairs add the two 4-lane halves of four columns at once, an
 //! unpack and a swap sum each 128-bit lane, one two-source permute gathers the sums in column
