@@ -415,6 +415,45 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
     }
 }
 
+/// Walks the cache lines of the next tile's in-place A rows (`rows` rows `lda` apart from
+/// `next`, `kc` values each), prefetching them into L1 a few at a time from the current
+/// tile's k loop, so the next tile does not start on L2/L3 misses (AVX-512 4096×128×64,
+/// whose A streams from L3: 73.9–74.7 → 78.9–80.8 % of the peak, three alternating rounds).
+/// Pointers past A are only formed by `wrapping_add` and only prefetched (never read).
+#[cfg(target_arch = "x86_64")]
+pub(super) struct NextRows {
+    next: *const f32,
+    lda: usize,
+    rows: usize,
+    lines: usize,
+    row: usize,
+    line: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl NextRows {
+    /// The rows after a tile of `rows` rows starting at `a` (row stride `lda`, `kc` deep).
+    #[inline(always)]
+    pub(super) fn after(a: *const f32, lda: usize, rows: usize, kc: usize) -> Self {
+        NextRows { next: a.wrapping_add(rows * lda), lda, rows, lines: kc.div_ceil(16), row: 0, line: 0 }
+    }
+
+    /// Prefetches the next line, if any is left.
+    #[inline(always)]
+    pub(super) fn touch(&mut self) {
+        if self.row < self.rows {
+            let p = self.next.wrapping_add(self.row * self.lda + self.line * 16);
+            // SAFETY: a prefetch is a hint: it reads nothing and faults on no address.
+            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
+            self.line += 1;
+            if self.line == self.lines {
+                self.line = 0;
+                self.row += 1;
+            }
+        }
+    }
+}
+
 /// The in-place tiles that cover a panel of `mr ≤ MR` rows: `(first row, rows)` with rows
 /// MR for a full panel, else 4, 2 and 1 (5 = 4 + 1, 3 = 2 + 1), so that no tile reads a row
 /// of A past the panel's last.
