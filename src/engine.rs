@@ -341,7 +341,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
     }
 
     /// Packs the weights of the conv and fc steps for which
-    /// [`worth_packing`](tinykd_kernels::linear::panels::worth_packing) holds — at batch 1
+    /// [`worth_packing`] holds — at batch 1
     /// every layer but the stem, and above all the late ones, whose cost is streaming their
     /// weights — into 16-column panels in `buf` (see [`tinykd_kernels::linear::panels`]) and runs those steps from
     /// there from now on: one sequential stream per layer, the outputs held in registers.

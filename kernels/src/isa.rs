@@ -5,7 +5,7 @@
 //! implies it) may call its `#[target_feature(enable = "avx2,fma,f16c")]` inner function
 //! soundly. Resolve it once ([`Isa::detect`]) and pass it explicitly; there is no global state.
 //! Tests and benchmarks force a path with [`Isa::force`]; users with `TINYKD_ISA`
-//! ([`Isa::from_env`]).
+//! (`Isa::from_env`, with the `std` feature).
 
 /// The instruction-set families that have kernel paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,7 +60,7 @@ impl Isa {
     }
 
     /// The best path the CPU supports. With the `std` feature this asks the CPU at run time
-    /// (and honours the `TINYKD_ISA` override, see [`Isa::from_env`]); without it, it uses the
+    /// (and honours the `TINYKD_ISA` override, see `Isa::from_env`); without it, it uses the
     /// target features the crate was compiled with.
     pub fn detect() -> Isa {
         #[cfg(feature = "std")]

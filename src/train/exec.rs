@@ -279,7 +279,7 @@ pub struct Executor {
 }
 
 /// Output pixels per sample of the largest map whose pointwise convs a train step runs over
-/// weights packed once per step ([`TrainPanels`]): up to 2x2 (at most 128 rows per thread at
+/// weights packed once per step (`TrainPanels`): up to 2x2 (at most 128 rows per thread at
 /// the tutorial's batch), where the blocked GEMM, repacking the weights on every call for few
 /// rows, ran MobileNetV1's late convs at 24–46 GFLOP/s. Per sample, not per chunk, so the
 /// path (and the bits) do not depend on the batch or the thread count. AVX2 only (the one ISA

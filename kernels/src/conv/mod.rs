@@ -75,7 +75,7 @@ pub fn conv2d_fwd<W: Elem>(
 
 /// [`conv2d_fwd`] with the weights packed by
 /// [`pack_panels`](crate::linear::panels::pack_panels)`(kh·kw, c_in, c_out, ..)`: `wp` holds
-/// [`panels_len`](crate::linear::panels::panels_len)`(kh·kw, c_in, c_out)` elements. Each
+/// [`panels_len`]`(kh·kw, c_in, c_out)` elements. Each
 /// im2col tile is one product per tap that some pixel of the tile reads in bounds, so it is
 /// fast for few output pixels and deep taps (the engine packs the convs for which
 /// [`worth_packing`](crate::linear::panels::worth_packing) holds).

@@ -3,7 +3,7 @@
 //!
 //! All three passes are one call of [`crate::gemm::gemm`], so they speed up with it; only the
 //! forward's bias + activation epilogue (`epilogue`) and the bias gradient are computed here.
-//! A forward of at most [`stream::MAX_ROWS`] rows (batch-1 fc, late pointwise convs) instead
+//! A forward of at most `stream::MAX_ROWS` rows (batch-1 fc, late pointwise convs) instead
 //! streams the weights once in their stored order (`stream`), which is what bounds its speed;
 //! weights packed once into panels ([`panels`], as the engine does) stream faster still.
 

@@ -7,7 +7,7 @@
 //! cache line of f32 (32 bytes of f16), so a panel — and the whole tensor — is a single
 //! sequential stream that the prefetchers run at full bandwidth, and a 16-column tile of `C`
 //! stays in registers across all of `k` (no load/store of `C` per step, unlike
-//! [`super::stream`], which works on the stored layout). This is what inference engines do
+//! `linear::stream`, which works on the stored layout). This is what inference engines do
 //! at load time (onnxruntime's pre-packed GEMM, XNNPACK's packed weights); the engine packs
 //! the layers for which [`worth_packing`] holds.
 //!

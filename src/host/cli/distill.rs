@@ -28,7 +28,7 @@ pub struct Args {
     /// A loss spec, repeatable, items also `;`-separated: `ce`, `l2:T,S`, `fsp:T1,T2,S1,S2`,
     /// `soft:T,S[,T=x]`, each with an optional `*weight`. Teacher tensors are `teacher_<name>`.
     /// Default: ce + l2:teacher_bn5c_branch2b,depthwise_conv2d_11 when their shapes match,
-    /// else ce + soft:teacher_<logits>,<logits>.
+    /// else `ce + soft:teacher_<logits>,<logits>`.
     #[arg(long = "loss", value_name = "SPEC")]
     pub losses: Vec<String>,
     /// Training options.

@@ -20,7 +20,7 @@
 //! Epoch `e` (0-based) visits the training images in the order of a shuffle drawn from
 //! `Rng::stream(seed, 2e)` and augments them from `Rng::stream(seed, 2e + 1)`; the last partial
 //! batch is dropped. Parameters start from [`ParamStore::init`]`(cfg, seed)`, with ResNet50's
-//! residual branches zero-initialised (see [`zero_init_residuals`]). The checkpoint
+//! residual branches zero-initialised (see `zero_init_residuals`). The checkpoint
 //! written after each epoch holds the parameters, statistics, momentum buffers, epoch and step;
 //! everything else is a function of them, so `--resume` continues bit for bit. A resume with
 //! options that would change the result (including the thread count: the executor's

@@ -10,7 +10,7 @@
 //!   1.3 GMAC per image, about 16× more: no teacher could be trained in the time budget.
 //! - Student: MobileNetV1 ×0.25 with the **ImageNet stem** (0.8 MMAC per image), the tutorial's
 //!   student at a quarter width: 1/120 of the teacher's parameters.
-//! - Distillation loss: [`default_losses`](crate::dist::default_losses), which here is
+//! - Distillation loss: [`default_losses`], which here is
 //!   **cross-entropy + soft-label** (`soft:teacher_fc,fc7`, T = 1): the tutorial's hint pair
 //!   `teacher_bn5c_branch2b` / `depthwise_conv2d_11` has 512 channels on the teacher and
 //!   `512·scale` on the student, so at ×0.25 its shapes differ (`[N,1,1,512]` vs `[N,1,1,128]`)
