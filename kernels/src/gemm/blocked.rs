@@ -371,8 +371,9 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                     let row = i0 + ir * MR;
                     // SAFETY: the A panel (`kc·MR` f32) was packed above or A is read in place
                     // (rows < mr); the B panel `bp` holds `kc·NR` f32, 64-byte aligned (`bbuf`,
-                    // or B itself, checked); the tile's C elements (row+r)·ldc + j0+j for r < mr, j < nr are
-                    // inside `c` because the caller checked `c.len() ≥ (m−1)·ldc + n`.
+                    // or B itself, checked); the tile's C elements (row+r)·ldc + j0+j for
+                    // r < mr, j < nr are inside `c` because the caller checked
+                    // `c.len() ≥ (m−1)·ldc + n`.
                     unsafe {
                         match a_direct {
                             Some(ap) => {
