@@ -29,8 +29,12 @@
 //! lines per 4 k steps ([`NextRows`]): three alternating rounds, 4096×128×64 (its 1 MiB A
 //! streams from L3) 75.7–76.3 → 81.0–82.1 %, 256³ 81.8–82.5 → 84.5–85.6, 256×512×512
 //! 77.5–79.4 → 81.1–82.4, 64×64×288 75.7–76.5 → 78.2–79.0; the distillation step unchanged
-//! (pairs run in both orders). On AVX2's 6×16 tile, with half the FMAs per k step to hide it
-//! behind, the same prefetch cost 1–5 % and is not used.
+//! (pairs run in both orders). One line per 4 k steps leaves lines unfetched when a 64-deep
+//! tile ends (4096×128×64 75.6–77.1 % against 79.8–80.2 in the same rounds); three do as two.
+//! On AVX2's 6×16 tile, with half the FMAs per k step to hide it behind, the same prefetch cost
+//! 1–5 % and is not used. Not kept either: n ≤ 16 on AVX-512 sent to the AVX2 kernel (12
+//! accumulators against the zmm tile's 6): 64×16×144 89–90 → 102–106 GFLOP/s but 16384×16×8
+//! 82–83 → 79–80 and 4096×8×27 55–56 → 49–50, the ×0.25 train step unchanged.
 
 use super::avx2::Fma6x16;
 use super::blocked::{self, Blocking, Buf, MicroKernel, NextRows};
