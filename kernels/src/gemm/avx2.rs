@@ -90,7 +90,7 @@ impl MicroKernel for Fma6x16 {
     const DIRECT_A: bool = true;
 
     #[inline(always)]
-    unsafe fn tile_direct(
+    unsafe fn tile_direct<const R: usize>(
         kc: usize,
         a: *const f32,
         lda: usize,
@@ -98,23 +98,17 @@ impl MicroKernel for Fma6x16 {
         b: *const f32,
         c: *mut f32,
         ldc: usize,
-        mr: usize,
         nr: usize,
         alpha: f32,
         beta: f32,
     ) {
         // SAFETY: forwarded; A[r][p] at a[r·lda + p] (a[p·lda + r] when trans) is readable
-        // for r < mr, and mr ∈ {6, 4, 2, 1} (caller): each variant reads R = mr rows.
+        // for r < R (caller).
         unsafe {
-            match (mr, trans) {
-                (1, false) => tile_rx16::<1, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (1, true) => tile_rx16::<1, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (2, false) => tile_rx16::<2, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (2, true) => tile_rx16::<2, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (4, false) => tile_rx16::<4, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (4, true) => tile_rx16::<4, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (_, false) => tile_rx16::<MR, true, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (_, true) => tile_rx16::<MR, true, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            if trans {
+                tile_rx16::<R, true, true>(kc, a, lda, b, c, ldc, R, nr, alpha, beta)
+            } else {
+                tile_rx16::<R, true, false>(kc, a, lda, b, c, ldc, R, nr, alpha, beta)
             }
         }
     }

@@ -26,7 +26,7 @@
 //! so since the trainer's activations are) quiet rounds reach 86–87 % at 256³.
 //!
 //! With A read in place, each tile's k loop prefetches the next tile's A rows into L1, two
-//! lines per 4 k steps ([`NextRows`]): three alternating rounds, 4096×128×64 (its 1 MiB A
+//! lines per 4 k steps ([`NextRows`], below): three alternating rounds, 4096×128×64 (its 1 MiB A
 //! streams from L3) 75.7–76.3 → 81.0–82.1 %, 256³ 81.8–82.5 → 84.5–85.6, 256×512×512
 //! 77.5–79.4 → 81.1–82.4, 64×64×288 75.7–76.5 → 78.2–79.0; the distillation step unchanged
 //! (pairs run in both orders). One line per 4 k steps leaves lines unfetched when a 64-deep
@@ -37,7 +37,7 @@
 //! 82–83 → 79–80 and 4096×8×27 55–56 → 49–50, the ×0.25 train step unchanged.
 
 use super::avx2::Fma6x16;
-use super::blocked::{self, Blocking, Buf, MicroKernel, NextRows};
+use super::blocked::{self, Blocking, Buf, MicroKernel};
 use super::{narrow, narrow512, GemmShape};
 use crate::elem::{as_f32, Elem};
 use core::arch::x86_64::*;
@@ -119,7 +119,7 @@ impl MicroKernel for Fma6x64 {
     const DIRECT_A: bool = true;
 
     #[inline(always)]
-    unsafe fn tile_direct(
+    unsafe fn tile_direct<const R: usize>(
         kc: usize,
         a: *const f32,
         lda: usize,
@@ -127,23 +127,17 @@ impl MicroKernel for Fma6x64 {
         b: *const f32,
         c: *mut f32,
         ldc: usize,
-        mr: usize,
         nr: usize,
         alpha: f32,
         beta: f32,
     ) {
         // SAFETY: forwarded; A[r][p] at a[r·lda + p] (a[p·lda + r] when trans) is readable for
-        // r < mr, and mr ∈ {6, 4, 2, 1} (caller): each variant reads R = mr rows.
+        // r < R (caller).
         unsafe {
-            match (mr, trans) {
-                (1, false) => tile_direct_nr::<1, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (1, true) => tile_direct_nr::<1, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (2, false) => tile_direct_nr::<2, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (2, true) => tile_direct_nr::<2, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (4, false) => tile_direct_nr::<4, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (4, true) => tile_direct_nr::<4, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (_, false) => tile_direct_nr::<MR, false>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-                (_, true) => tile_direct_nr::<MR, true>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            if trans {
+                tile_direct_nr::<R, true>(kc, a, lda, b, c, ldc, nr, alpha, beta)
+            } else {
+                tile_direct_nr::<R, false>(kc, a, lda, b, c, ldc, nr, alpha, beta)
             }
         }
     }
@@ -153,7 +147,7 @@ impl MicroKernel for Fma6x64 {
 /// apart) in the variant that covers `nr` columns.
 ///
 /// # Safety
-/// As [`MicroKernel::tile_direct`] for [`Fma6x64`] with `mr = R`; the CPU supports AVX-512F.
+/// As [`MicroKernel::tile_direct`] for [`Fma6x64`]; the CPU supports AVX-512F.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_direct_nr<const R: usize, const TRANS: bool>(
@@ -163,7 +157,6 @@ unsafe fn tile_direct_nr<const R: usize, const TRANS: bool>(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    mr: usize,
     nr: usize,
     alpha: f32,
     beta: f32,
@@ -171,10 +164,10 @@ unsafe fn tile_direct_nr<const R: usize, const TRANS: bool>(
     // SAFETY: forwarded; the variant covers nr columns.
     unsafe {
         match nr.div_ceil(16) {
-            1 => tile_rx::<R, 1, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-            2 => tile_rx::<R, 2, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-            3 => tile_rx::<R, 3, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
-            _ => tile_rx::<R, NV, true, TRANS>(kc, a, lda, b, c, ldc, mr, nr, alpha, beta),
+            1 => tile_rx::<R, 1, true, TRANS>(kc, a, lda, b, c, ldc, R, nr, alpha, beta),
+            2 => tile_rx::<R, 2, true, TRANS>(kc, a, lda, b, c, ldc, R, nr, alpha, beta),
+            3 => tile_rx::<R, 3, true, TRANS>(kc, a, lda, b, c, ldc, R, nr, alpha, beta),
+            _ => tile_rx::<R, NV, true, TRANS>(kc, a, lda, b, c, ldc, R, nr, alpha, beta),
         }
     }
 }
@@ -300,6 +293,42 @@ unsafe fn tile_rx<const R: usize, const V: usize, const DIRECT: bool, const TRAN
                     _mm512_fmadd_ps(va, v, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, d)))
                 };
                 _mm512_mask_storeu_ps(d, m, out);
+            }
+        }
+    }
+}
+
+/// Walks the cache lines of the next tile's in-place A rows (`rows` rows `lda` apart from
+/// `next`, `kc` values each), prefetching them into L1 a few at a time from the current
+/// tile's k loop, so the next tile does not start on L2/L3 misses (figures in the module
+/// docs). Pointers past A are only formed by `wrapping_add` and only prefetched (never read).
+struct NextRows {
+    next: *const f32,
+    lda: usize,
+    rows: usize,
+    lines: usize,
+    row: usize,
+    line: usize,
+}
+
+impl NextRows {
+    /// The rows after a tile of `rows` rows starting at `a` (row stride `lda`, `kc` deep).
+    #[inline(always)]
+    fn after(a: *const f32, lda: usize, rows: usize, kc: usize) -> Self {
+        NextRows { next: a.wrapping_add(rows * lda), lda, rows, lines: kc.div_ceil(16), row: 0, line: 0 }
+    }
+
+    /// Prefetches the next line, if any is left.
+    #[inline(always)]
+    fn touch(&mut self) {
+        if self.row < self.rows {
+            let p = self.next.wrapping_add(self.row * self.lda + self.line * 16);
+            // SAFETY: a prefetch is a hint: it reads nothing and faults on no address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
+            self.line += 1;
+            if self.line == self.lines {
+                self.line = 0;
+                self.row += 1;
             }
         }
     }

@@ -87,17 +87,17 @@ pub(super) trait MicroKernel {
     /// and a transposed A — the weight gradient `Xᵀ·dY` — was packed on every KC block).
     const DIRECT_A: bool = false;
 
-    /// [`MicroKernel::tile`] with A read in place: `A[r][p]` at `a[r·lda + p]`, or at
-    /// `a[p·lda + r]` when `trans` (op(A) = Aᵀ), `r < mr`, for `mr` one of MR, 4, 2, 1 (see
-    /// [`edge_rows`]). Only called when [`MicroKernel::DIRECT_A`]; this default (never used)
-    /// is a plain loop.
+    /// [`MicroKernel::tile`] with A read in place for the `R` rows of the tile: `A[r][p]` at
+    /// `a[r·lda + p]`, or at `a[p·lda + r]` when `trans` (op(A) = Aᵀ), `r < R`, for `R` one of
+    /// MR, 4, 2, 1 (the loop nest cuts an edge panel so, see [`edge_rows`]). Only called when
+    /// [`MicroKernel::DIRECT_A`]; this default (never used) is a plain loop.
     ///
     /// # Safety
-    /// As [`MicroKernel::tile`], with `mr ∈ {MR, 4, 2, 1}` and A readable at those positions
-    /// for `r < mr`, `p < kc` (no row past `mr` may be read).
+    /// As [`MicroKernel::tile`] with `mr = R ∈ {MR, 4, 2, 1}`, and A readable at those
+    /// positions for `r < R`, `p < kc` (no row past the tile's may be read).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_direct(
+    unsafe fn tile_direct<const R: usize>(
         kc: usize,
         a: *const f32,
         lda: usize,
@@ -105,21 +105,20 @@ pub(super) trait MicroKernel {
         b: *const f32,
         c: *mut f32,
         ldc: usize,
-        mr: usize,
         nr: usize,
         alpha: f32,
         beta: f32,
     ) {
-        for r in 0..mr {
+        for r in 0..R {
             for j in 0..nr {
                 let mut acc = 0.0f32;
                 for p in 0..kc {
-                    // SAFETY: r < MR, p < kc, j < nr ≤ NR: inside A and the B panel (caller).
+                    // SAFETY: r < R, p < kc, j < nr ≤ NR: inside A and the B panel (caller).
                     let ai = if trans { p * lda + r } else { r * lda + p };
                     acc += unsafe { *a.add(ai) * *b.add(p * Self::NR + j) };
                 }
                 let t = alpha * acc;
-                // SAFETY: r < mr, j < nr: inside C (caller).
+                // SAFETY: r < R, j < nr: inside C (caller).
                 unsafe {
                     let d = c.add(r * ldc + j);
                     *d = if beta == 0.0 { t } else { t + beta * *d };
@@ -379,19 +378,15 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                             Some(ap) => {
                                 for (r0, rows) in edge_rows::<MR>(mr) {
                                     let row = row + r0;
-                                    K::tile_direct(
-                                        kc,
-                                        ap.add(if trans { p0 * s.lda + row } else { row * s.lda + p0 }),
-                                        s.lda,
-                                        trans,
-                                        bp,
-                                        cp.add(row * s.ldc + j0),
-                                        s.ldc,
-                                        rows,
-                                        nr,
-                                        alpha,
-                                        beta_p,
-                                    )
+                                    let at = ap.add(if trans { p0 * s.lda + row } else { row * s.lda + p0 });
+                                    let ct = cp.add(row * s.ldc + j0);
+                                    let (lda, ldc) = (s.lda, s.ldc);
+                                    match rows {
+                                        1 => K::tile_direct::<1>(kc, at, lda, trans, bp, ct, ldc, nr, alpha, beta_p),
+                                        2 => K::tile_direct::<2>(kc, at, lda, trans, bp, ct, ldc, nr, alpha, beta_p),
+                                        4 => K::tile_direct::<4>(kc, at, lda, trans, bp, ct, ldc, nr, alpha, beta_p),
+                                        _ => K::tile_direct::<MR>(kc, at, lda, trans, bp, ct, ldc, nr, alpha, beta_p),
+                                    }
                                 }
                             }
                             None => K::tile(
@@ -413,45 +408,6 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
             i0 += mc_blk;
         }
         p0 += kc_blk;
-    }
-}
-
-/// Walks the cache lines of the next tile's in-place A rows (`rows` rows `lda` apart from
-/// `next`, `kc` values each), prefetching them into L1 a few at a time from the current
-/// tile's k loop, so the next tile does not start on L2/L3 misses (AVX-512 4096×128×64,
-/// whose A streams from L3: 73.9–74.7 → 78.9–80.8 % of the peak, three alternating rounds).
-/// Pointers past A are only formed by `wrapping_add` and only prefetched (never read).
-#[cfg(target_arch = "x86_64")]
-pub(super) struct NextRows {
-    next: *const f32,
-    lda: usize,
-    rows: usize,
-    lines: usize,
-    row: usize,
-    line: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl NextRows {
-    /// The rows after a tile of `rows` rows starting at `a` (row stride `lda`, `kc` deep).
-    #[inline(always)]
-    pub(super) fn after(a: *const f32, lda: usize, rows: usize, kc: usize) -> Self {
-        NextRows { next: a.wrapping_add(rows * lda), lda, rows, lines: kc.div_ceil(16), row: 0, line: 0 }
-    }
-
-    /// Prefetches the next line, if any is left.
-    #[inline(always)]
-    pub(super) fn touch(&mut self) {
-        if self.row < self.rows {
-            let p = self.next.wrapping_add(self.row * self.lda + self.line * 16);
-            // SAFETY: a prefetch is a hint: it reads nothing and faults on no address.
-            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
-            self.line += 1;
-            if self.line == self.lines {
-                self.line = 0;
-                self.row += 1;
-            }
-        }
     }
 }
 

@@ -28,7 +28,7 @@
 //! or 5 (25 accumulators + 5 broadcasts + 1 B: the loop spills, 10 %); 6 or 8 rows for n ≤ 6
 //! (fewer vectors per row; the compiled loop keeps its accumulators in memory, 3–7 %); a
 //! 256-, 512- or 768-deep block (within noise of 384); prefetching the next tile's A rows
-//! from the k loop, two lines per 8 k, as the blocked kernel does (`blocked::NextRows`):
+//! from the k loop, two lines per 8 k, as the 6×64 kernel does (`avx512.rs`):
 //! 64×10×1024 72.0–73.6 → 61.7–62.4 %, 32×10×1024 65.0–68.1 → 56.3–58.4.
 
 use super::blocked::Buf;
