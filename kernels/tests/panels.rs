@@ -12,7 +12,7 @@ mod common;
 use common::{assert_close, Rng};
 use tinykd_kernels::act::Act;
 use tinykd_kernels::conv::{conv2d_fwd, conv2d_fwd_panels};
-use tinykd_kernels::linear::panels::{pack_panels, pack_panels_transposed, panels_len, PANEL};
+use tinykd_kernels::linear::panels::{pack_panels, pack_panels_both_ways, pack_panels_transposed, panels_len, PANEL};
 use tinykd_kernels::linear::{linear_fwd, linear_fwd_panels};
 use tinykd_kernels::shape::{Conv2d, Linear};
 use tinykd_kernels::{f16, Elem, Isa, IsaKind, KernelError};
@@ -96,6 +96,36 @@ fn transposed_packing_is_packing_of_the_transpose() {
     assert!(matches!(err, KernelError::Len { arg: "wt", .. }), "{err:?}");
     let err = pack_panels_transposed(2, 3, &[0.0f32; 6], &mut wp[1..]).unwrap_err();
     assert!(matches!(err, KernelError::Len { arg: "wp", .. }), "{err:?}");
+}
+
+#[test]
+fn packing_both_ways_is_the_two_packers_on_every_path() {
+    let mut rng = Rng::new(32);
+    // Rows and columns below, at, above and not a multiple of the 16-wide tile, a single row or
+    // column, and a square of several full tiles.
+    let shapes = [(1, 1), (1, 40), (40, 1), (3, 5), (16, 16), (15, 17), (17, 15), (33, 48), (48, 33), (64, 64)];
+    for isa in isas() {
+        for (k, n) in shapes {
+            let w = rng.vec(k * n);
+            let mut want_f = vec![f32::NAN; panels_len(1, k, n)];
+            let mut want_b = vec![f32::NAN; panels_len(1, n, k)];
+            pack_panels(1, k, n, &w, &mut want_f).unwrap();
+            pack_panels_transposed(n, k, &w, &mut want_b).unwrap();
+            let mut fwd = vec![f32::NAN; want_f.len()];
+            let mut bwd = vec![f32::NAN; want_b.len()];
+            pack_panels_both_ways(isa, k, n, &w, &mut fwd, &mut bwd).unwrap();
+            let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same(&fwd, &want_f), "{:?} k {k} n {n}: fwd panels differ", isa.kind());
+            assert!(same(&bwd, &want_b), "{:?} k {k} n {n}: bwd panels differ", isa.kind());
+        }
+        let (mut f, mut b) = (vec![0.0; panels_len(1, 2, 3)], vec![0.0; panels_len(1, 3, 2)]);
+        let err = pack_panels_both_ways(isa, 2, 3, &[0.0; 5], &mut f, &mut b).unwrap_err();
+        assert!(matches!(err, KernelError::Len { arg: "w", .. }), "{err:?}");
+        let err = pack_panels_both_ways(isa, 2, 3, &[0.0; 6], &mut f[1..], &mut b).unwrap_err();
+        assert!(matches!(err, KernelError::Len { arg: "fwd", .. }), "{err:?}");
+        let err = pack_panels_both_ways(isa, 2, 3, &[0.0; 6], &mut f, &mut b[1..]).unwrap_err();
+        assert!(matches!(err, KernelError::Len { arg: "bwd", .. }), "{err:?}");
+    }
 }
 
 #[test]

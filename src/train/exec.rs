@@ -297,11 +297,10 @@ struct TrainPanels {
 }
 
 impl TrainPanels {
-    /// Packs `w[c_in][c_out]` both ways into the existing buffers.
-    fn pack(&mut self, c_in: usize, c_out: usize, w: &[f32]) -> Result<(), KernelError> {
+    /// Packs `w[c_in][c_out]` both ways into the existing buffers, in one pass over `w`.
+    fn pack(&mut self, isa: Isa, c_in: usize, c_out: usize, w: &[f32]) -> Result<(), KernelError> {
         self.src = (w.as_ptr() as usize, w.len());
-        panels::pack_panels(1, c_in, c_out, w, &mut self.fwd)?;
-        panels::pack_panels_transposed(c_out, c_in, w, &mut self.bwd)
+        panels::pack_panels_both_ways(isa, c_in, c_out, w, &mut self.fwd, &mut self.bwd)
     }
 }
 
@@ -568,7 +567,7 @@ impl Executor {
         if self.train_panels.iter().all(Option::is_none) {
             return Ok(());
         }
-        let prog = self.prog;
+        let (prog, isa) = (self.prog, self.isa);
         let layers: Vec<(usize, &mut TrainPanels)> =
             self.train_panels.iter_mut().enumerate().filter_map(|(i, tp)| Some((i, tp.as_mut()?))).collect();
         let mine = share_out(layers, self.threads, |(_, tp)| tp.fwd.len());
@@ -577,7 +576,7 @@ impl Executor {
                 for (i, tp) in layers {
                     let op = &prog.ops()[i];
                     let s = prog.conv2d(op, 1);
-                    tp.pack(s.c_in, s.c_out, ops[i].weights)
+                    tp.pack(isa, s.c_in, s.c_out, ops[i].weights)
                         .map_err(|err| ExecError::Kernel { layer: op.name, err })?;
                 }
                 Ok(())

@@ -28,6 +28,8 @@ use crate::isa::Isa;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod both_ways;
 
 /// Columns per panel (the same on every ISA, so one packed file serves all of them).
 pub const PANEL: usize = 16;
@@ -104,6 +106,33 @@ pub fn pack_panels_transposed<W: Elem>(k: usize, n: usize, wt: &[W], wp: &mut [W
         }
     }
     Ok(())
+}
+
+/// Packs a `k×n` matrix `w` both ways in one pass: `fwd` as [`pack_panels`]`(1, k, n, w, ..)`
+/// and `bwd` as [`pack_panels_transposed`]`(n, k, w, ..)` (the panels of `wᵀ`), with the
+/// same bits. A trainer's pointwise weight `w[c_in][c_out]` (`k = c_in`, `n = c_out`) gives
+/// the forward's `B = w` and the input gradient's `B = wᵀ` from one read of `w`; the AVX2
+/// path (`both_ways.rs`, on AVX2 and AVX-512 kinds) moves 16×16 tiles through registers,
+/// the others run the two packers. Errors: `w` not exactly `k·n`, `fwd` not exactly
+/// [`panels_len`]`(1, k, n)` or `bwd` not exactly [`panels_len`]`(1, n, k)` elements
+/// ([`crate::KernelError::Len`]).
+pub fn pack_panels_both_ways(isa: Isa, k: usize, n: usize, w: &[f32], fwd: &mut [f32], bwd: &mut [f32]) -> Result<()> {
+    check_len("w", w.len(), k * n)?;
+    check_len("fwd", fwd.len(), panels_len(1, k, n))?;
+    check_len("bwd", bwd.len(), panels_len(1, n, k))?;
+    if k == 0 || n == 0 {
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa.kind().has_avx2() {
+        // SAFETY: lengths checked above, k, n ≥ 1; an `Isa` of kind Avx2 or Avx512 exists only
+        // when the CPU has AVX2 (isa.rs).
+        unsafe { both_ways::pack(k, n, w, fwd, bwd) };
+        return Ok(());
+    }
+    let _ = isa;
+    pack_panels(1, k, n, w, fwd)?;
+    pack_panels_transposed(n, k, w, bwd)
 }
 
 /// One tap's product over packed weights: `A[i][p]` at `a[i·lda + p]`, `B` the `k×n` panels
