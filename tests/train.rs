@@ -520,10 +520,17 @@ fn residual_add_folded_into_the_conv_changes_no_bit() {
         ex.fold_frozen(&params, keep).unwrap();
         ex.forward_eval(&params, &x).unwrap();
         let readable = ex.activation("bn2b_branch2c").is_some();
-        (ex.logits().iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), readable)
+        // res2a's output is res2b's residual, which res2b's last conv (pointwise, its last
+        // reader) overwrites in place.
+        let written_over = ex.activation("res2a.add.relu").is_none();
+        (ex.logits().iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), readable, written_over)
     };
-    let (fused, readable) = run(&[]);
-    let (kept, kept_readable) = run(&add_inputs);
+    let (fused, readable, written_over) = run(&[]);
+    let (kept, kept_readable, kept_written_over) = run(&add_inputs);
     assert_eq!(fused, kept);
     assert!(!readable && kept_readable, "the folded add's input is skipped unless kept");
+    assert!(written_over && !kept_written_over, "the residual is written over only when the add is folded");
+    let res2a = prog.find("res2a.add.relu").unwrap();
+    let (_, _, kept_res2a_over) = run(&[res2a]);
+    assert!(!kept_res2a_over, "a kept residual is not written over");
 }

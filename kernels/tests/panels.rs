@@ -5,7 +5,9 @@
 //! at once, partial last panel included), column tails (below, at, above and not a
 //! multiple of the 16-column panel), depth tails (not a multiple of the 4 accumulator sets)
 //! and, for convs, taps that read only padding, strides and batch > 1. Outputs are
-//! NaN-prefilled so an unwritten value fails.
+//! NaN-prefilled so an unwritten value fails. The product with a residual in its output
+//! (`linear_fwd_panels_residual`) is checked bit for bit against the plain product followed
+//! by `act(y + r)` on each path.
 
 mod common;
 
@@ -13,7 +15,7 @@ use common::{assert_close, Rng};
 use tinykd_kernels::act::Act;
 use tinykd_kernels::conv::{conv2d_fwd, conv2d_fwd_panels};
 use tinykd_kernels::linear::panels::{pack_panels, pack_panels_both_ways, pack_panels_transposed, panels_len, PANEL};
-use tinykd_kernels::linear::{linear_fwd, linear_fwd_panels};
+use tinykd_kernels::linear::{linear_fwd, linear_fwd_panels, linear_fwd_panels_residual};
 use tinykd_kernels::shape::{Conv2d, Linear};
 use tinykd_kernels::{f16, Elem, Isa, IsaKind, KernelError};
 
@@ -59,6 +61,7 @@ fn check_linear<W: Elem>(rng: &mut Rng) {
                 let w: Vec<W> = rng.vec(s.w_len()).into_iter().map(W::from_f32).collect();
                 let b: Vec<W> = rng.vec(c_out).into_iter().map(W::from_f32).collect();
                 let wp = packed(1, c_in, c_out, &w);
+                let r = rng.vec(s.y_len());
                 for (has_b, act) in EPILOGUES {
                     let bias = has_b.then_some(&b[..]);
                     let mut want = vec![f32::NAN; s.y_len()];
@@ -68,6 +71,15 @@ fn check_linear<W: Elem>(rng: &mut Rng) {
                         linear_fwd_panels(isa, &s, &x, &wp, bias, act, &mut got).unwrap();
                         let what = format!("{:?} {:?} {s:?} bias {has_b} {act:?}", isa.kind(), W::DTYPE);
                         assert_close(&what, &got, &want, 1e-5, 1e-6 * (c_in as f32 + 1.0));
+                        // With a residual in `y`: the bits of the plain product, then act(y + r).
+                        let mut plain = vec![f32::NAN; s.y_len()];
+                        linear_fwd_panels(isa, &s, &x, &wp, bias, Act::None, &mut plain).unwrap();
+                        let mut got = r.clone();
+                        linear_fwd_panels_residual(isa, &s, &x, &wp, bias, act, &mut got).unwrap();
+                        for (i, ((g, p), r)) in got.iter().zip(&plain).zip(&r).enumerate() {
+                            let want = act.apply(p + r);
+                            assert_eq!(g.to_bits(), want.to_bits(), "{what} residual: value {i}: {g} vs {want}");
+                        }
                     }
                 }
             }

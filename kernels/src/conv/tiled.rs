@@ -118,7 +118,7 @@ pub(super) fn fwd_panels<W: Elem>(
     let (k, c_out) = (s.k(), s.c_out);
     let pixels = s.out_h() * s.out_w();
     if s.is_pointwise() {
-        panels::forward(isa, s.n * s.h * s.w, c_out, k, x, k, wp, bias, act, y);
+        panels::forward(isa, s.n * s.h * s.w, c_out, k, x, k, wp, bias, false, act, y);
         return;
     }
     y.fill(0.0);
@@ -173,7 +173,18 @@ fn taps_into<W: Elem>(
             let t = ky * s.kw + kx;
             let b = &wp[t * per_tap..(t + 1) * per_tap];
             let a = &col[t * c_in..];
-            let product = PanelProduct { m: rows, n: c_out, k: c_in, a, lda: k, b, ldc, start: Start::C, relu: false };
+            let product = PanelProduct {
+                m: rows,
+                n: c_out,
+                k: c_in,
+                a,
+                lda: k,
+                b,
+                ldc,
+                start: Start::C,
+                relu: false,
+                residual: false,
+            };
             panels::accumulate(isa, &product, y_tile);
         }
     }

@@ -157,6 +157,30 @@ pub(crate) struct PanelProduct<'a, W> {
     /// Whether each C value becomes `max(start + (A·B), 0)` (ReLU, `Act::Relu`'s bits) as it
     /// is stored: only for the last product added into C.
     pub relu: bool,
+    /// Whether C holds a residual on entry, added to each value before the ReLU:
+    /// `C[i][j] = relu_if(start + (A·B) + C[i][j])` (a bottleneck block's shortcut, added while
+    /// the value is in a register, and the output written over it: no pass over another
+    /// output buffer, whose lines a core would first have to fetch). Not with [`Start::C`].
+    pub residual: bool,
+}
+
+/// What a SIMD tile does to each value as it stores it, after `start + product`: add the
+/// residual at the same position (C's row stride; C's own old value) if any, then the ReLU if
+/// `relu`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct Finish {
+    pub relu: bool,
+    pub res: Option<*const f32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Finish {
+    /// This finish for the tile whose first value is at offset `off` of C.
+    #[inline(always)]
+    pub(super) fn at(self, off: usize) -> Finish {
+        Finish { res: self.res.map(|r| r.wrapping_add(off)), ..self }
+    }
 }
 
 /// The value a [`PanelProduct`] adds `A·B` to, per C value: C's own (`C += A·B`, a product of
@@ -216,6 +240,13 @@ impl Start<'_> {
 }
 
 impl<W> PanelProduct<'_, W> {
+    /// The store step of the SIMD tiles, for the tile at C's first value `c`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(super) fn finish(&self, c: *const f32) -> Finish {
+        Finish { relu: self.relu, res: self.residual.then_some(c) }
+    }
+
     /// Whether every operand is long enough for `C` of `c_len` elements.
     fn fits(&self, c_len: usize) -> bool {
         self.lda >= self.k
@@ -225,6 +256,7 @@ impl<W> PanelProduct<'_, W> {
             && (self.m == 0 || c_len >= (self.m - 1) * self.ldc + self.n)
             && !matches!(self.start, Start::Row(r) if r.len() < self.n)
             && !matches!(self.start, Start::RowF16(r) if r.len() < self.n)
+            && !(self.residual && matches!(self.start, Start::C))
     }
 }
 
@@ -253,11 +285,13 @@ pub(crate) fn accumulate<W: Elem>(isa: Isa, p: &PanelProduct<'_, W>, c: &mut [f3
     }
 }
 
-/// `y[m×n] = act(A·B + bias)` from one product over packed `B` (`A[i][p]` at `a[i·lda + p]`):
-/// each value starts as its bias (an f16 one widened as it is read) and takes the
-/// ReLU as it is stored — the same bits as a zeroed C, the product, then
-/// [`bias_act`](super::epilogue::bias_act) (one rounding of `b + A·B` either way), in one pass.
-/// Operand lengths are checked by the public callers.
+/// `y[m×n] = act(A·B + bias (+ y))` from one product over packed `B` (`A[i][p]` at
+/// `a[i·lda + p]`; `+ y` when `residual`, `y` holding the residual on entry): each value
+/// starts as its bias (an f16 one widened as it is read) and takes the residual and the ReLU
+/// as it is stored — the same bits as a zeroed C, the product,
+/// [`bias_act`](super::epilogue::bias_act) (one rounding of `b + A·B` either way), then the
+/// residual add and the activation, in one pass. Operand lengths are checked by the public
+/// callers.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<W: Elem>(
     isa: Isa,
@@ -268,6 +302,7 @@ pub(crate) fn forward<W: Elem>(
     lda: usize,
     b: &[W],
     bias: Option<&[W]>,
+    residual: bool,
     act: Act,
     y: &mut [f32],
 ) {
@@ -277,13 +312,14 @@ pub(crate) fn forward<W: Elem>(
             (Some(row), _) => Start::Row(row),
             (_, Some(row)) => Start::RowF16(row),
             // (`Elem` is f32 or f16; any other would start from a widened copy.)
-            (None, None) => {
+            (None, None) if !residual => {
                 bias_rows(isa, n, Some(bias), y);
                 Start::C
             }
+            (None, None) => unreachable!("Elem is f32 or f16"),
         },
     };
-    let product = PanelProduct { m, n, k, a, lda, b, ldc: n, start, relu: act == Act::Relu };
+    let product = PanelProduct { m, n, k, a, lda, b, ldc: n, start, relu: act == Act::Relu, residual };
     accumulate(isa, &product, y);
 }
 
@@ -305,7 +341,8 @@ fn portable<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
     if k == 0 {
         for i in 0..m {
             for (j, out) in c[i * p.ldc..i * p.ldc + n].iter_mut().enumerate() {
-                *out = relu_if(p.relu, p.start.value(*out, j) + 0.0);
+                let v = p.start.value(*out, j) + 0.0;
+                *out = relu_if(p.relu, if p.residual { v + *out } else { v });
             }
         }
         return;
@@ -321,7 +358,8 @@ fn portable<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32]) {
                 }
             }
             for (j, (out, s)) in c[i * p.ldc + j0..i * p.ldc + j0 + cols].iter_mut().zip(acc).enumerate() {
-                *out = relu_if(p.relu, p.start.value(*out, j0 + j) + s);
+                let v = p.start.value(*out, j0 + j) + s;
+                *out = relu_if(p.relu, if p.residual { v + *out } else { v });
             }
         }
     }

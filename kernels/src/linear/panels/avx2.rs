@@ -20,7 +20,7 @@
 //! 4x512→512 with the weights in L3 70 → 79 GFLOP/s (a standalone loop, alternating builds),
 //! MobileNetV1 1.0's five conv5 layers ~30 → ~29 µs each inside the model.
 
-use super::{relu_if, Base, PanelProduct, PANEL};
+use super::{relu_if, Base, Finish, PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
 use core::any::TypeId;
 use core::arch::x86_64::*;
@@ -76,7 +76,7 @@ pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32])
 /// As [`accumulate`], with `c` the start of C and `F16` whether `W` is f16.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32) {
-    let (m, n, k, lda, ldc, relu) = (p.m, p.n, p.k, p.lda, p.ldc, p.relu);
+    let (m, n, k, lda, ldc, fin) = (p.m, p.n, p.k, p.lda, p.ldc, p.finish(c));
     let (a, b) = (p.a.as_ptr(), p.b.as_ptr() as *const u8);
     let esize = if F16 { 2 } else { 4 };
     // Rows in blocks whose A stays in L2 while every panel passes over it (a batch's tall A
@@ -108,14 +108,14 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
                 // SAFETY: rows i_blk..i_end < m of A and C, columns j0..j0+cols ≤ n of C, and
                 // the group's panels (k rows each) are inside the checked lengths.
                 unsafe {
-                    let (ai, ci) = (a.add(i_blk * lda), c.add(i_blk * ldc + j0));
+                    let (ai, ci, fin) = (a.add(i_blk * lda), c.add(i_blk * ldc + j0), fin.at(i_blk * ldc + j0));
                     match (rows, group) {
                         (1, MULTI_PANELS) => {
-                            tile::<1, 1, MULTI_PANELS, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base)
+                            tile::<1, 1, MULTI_PANELS, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base)
                         }
-                        (1, _) => tile::<1, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
-                        (2, _) => tile::<2, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
-                        _ => tile::<3, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        (1, _) => tile::<1, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        (2, _) => tile::<2, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        _ => tile::<3, 1, 2, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
                     }
                 }
                 jp += group;
@@ -131,30 +131,24 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
                 // SAFETY: rows i..i+rows < m of A (stride lda, k columns) and C (stride ldc,
                 // columns j0..j0+cols ≤ n) are inside the checked lengths; the panel is k rows.
                 unsafe {
-                    let (ai, ci) = (a.add(i * lda), c.add(i * ldc + j0));
+                    let (ai, ci, fin) = (a.add(i * lda), c.add(i * ldc + j0), fin.at(i * ldc + j0));
                     match rows {
                         // f16 rows stream fast enough for the FMA latency to show: split the sum
                         // over several accumulator sets. f32 sums each row in plain k order, so
                         // its bits do not depend on how rows are grouped into passes (the trainer
                         // splits a batch over threads; results must not depend on that).
-                        1 if F16 => tile::<1, 4, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
-                        2 if F16 => tile::<2, 3, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
-                        3 if F16 => tile::<3, 2, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
-                        1 => tile::<1, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
-                        2 => tile::<2, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
-                        3 => tile::<3, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
-                        4 if single && !F16 => {
-                            tile::<4, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base)
-                        }
-                        5 if single && !F16 => {
-                            tile::<5, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base)
-                        }
-                        6 if single && !F16 => {
-                            tile::<6, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base)
-                        }
-                        4 => tile::<4, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
-                        5 => tile::<5, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
-                        _ => tile::<6, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, relu, l2, base),
+                        1 if F16 => tile::<1, 4, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        2 if F16 => tile::<2, 3, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        3 if F16 => tile::<3, 2, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        1 => tile::<1, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        2 => tile::<2, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        3 => tile::<3, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        4 if single && !F16 => tile::<4, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        5 if single && !F16 => tile::<5, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        6 if single && !F16 => tile::<6, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        4 => tile::<4, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        5 => tile::<5, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        _ => tile::<6, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
                     }
                 }
                 i += rows;
@@ -207,8 +201,11 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> (__m256, __m256) 
 ///
 /// # Safety
 /// A rows `< R` (stride `lda`) hold `k` values, the panel `k` rows of 16 (f16 when `F16`),
-/// C rows `< R` (stride `ldc`) `cols ≤ 16` writable values, a start row (`Base::Row`, `RowF16`) `cols` readable ones; the CPU supports AVX2, FMA, F16C.
-/// With `relu` each stored C value is `max(start + product, 0)`.
+/// C rows `< R` (stride `ldc`) `cols ≤ 16` writable values, a start row (`Base::Row`, `RowF16`) `cols` readable ones, and
+/// so do the residual's (`fin.res`, stride `ldc`: C's own values, each read before it is
+/// written); the CPU supports AVX2, FMA, F16C. Each
+/// stored C value is `start + product`, plus the residual's value if any, then `max(·, 0)`
+/// with `fin.relu`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool, const F16: bool>(
@@ -219,7 +216,7 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
     c: *mut f32,
     ldc: usize,
     cols: usize,
-    relu: bool,
+    fin: Finish,
     l2: bool,
     base: Base,
 ) {
@@ -314,8 +311,14 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
                             (_mm256_cvtph_ps(_mm_loadu_si128(h)), _mm256_cvtph_ps(_mm_loadu_si128(h.add(1))))
                         }
                     };
-                    _mm256_storeu_ps(cr, relu8(relu, _mm256_add_ps(s0, vq[0])));
-                    _mm256_storeu_ps(cr.add(8), relu8(relu, _mm256_add_ps(s1, vq[1])));
+                    let (mut v0, mut v1) = (_mm256_add_ps(s0, vq[0]), _mm256_add_ps(s1, vq[1]));
+                    if let Some(res) = fin.res {
+                        let rr = res.add(r * ldc + q * PANEL);
+                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(rr));
+                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(rr.add(8)));
+                    }
+                    _mm256_storeu_ps(cr, relu8(fin.relu, v0));
+                    _mm256_storeu_ps(cr.add(8), relu8(fin.relu, v1));
                 } else {
                     let mut t = [0.0f32; PANEL];
                     _mm256_storeu_ps(t.as_mut_ptr(), vq[0]);
@@ -327,7 +330,9 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
                             Base::Row(row) => *row.add(q * PANEL + j),
                             Base::RowF16(row) => (*row.add(q * PANEL + j)).to_f32(),
                         };
-                        *cr.add(j) = relu_if(relu, s + x);
+                        let v = s + x;
+                        let v = fin.res.map_or(v, |res| v + *res.add(r * ldc + q * PANEL + j));
+                        *cr.add(j) = relu_if(fin.relu, v);
                     }
                 }
             }

@@ -23,7 +23,7 @@
 //! 2x2-map layers stream their weights from DRAM through this path) 3.16–3.25 → 3.50–3.79 ms.
 
 use super::avx2::{stays_in_l2, A_BLOCK_BYTES, PREFETCH_BYTES, PREFETCH_L2_BYTES};
-use super::{Base, PanelProduct, PANEL};
+use super::{Base, Finish, PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
 use core::any::TypeId;
 use core::arch::x86_64::*;
@@ -73,7 +73,7 @@ pub(super) unsafe fn accumulate<W: Elem>(p: &PanelProduct<'_, W>, c: &mut [f32])
 /// As [`accumulate`], with `c` the start of C and `F16` whether `W` is f16.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32) {
-    let (m, n, k, lda, ldc, relu) = (p.m, p.n, p.k, p.lda, p.ldc, p.relu);
+    let (m, n, k, lda, ldc, fin) = (p.m, p.n, p.k, p.lda, p.ldc, p.finish(c));
     let (a, b) = (p.a.as_ptr(), p.b.as_ptr() as *const u8);
     let esize = if F16 { 2 } else { 4 };
     let block = (A_BLOCK_BYTES / (4 * k)).max(1).next_multiple_of(MAX_R);
@@ -95,11 +95,11 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
                 // columns j0..j0+cols ≤ n) are inside the checked lengths; the 1 or 2 panels
                 // hold k rows each.
                 unsafe {
-                    let (ai, ci) = (a.add(i * lda), c.add(i * ldc + j0));
+                    let (ai, ci, fi) = (a.add(i * lda), c.add(i * ldc + j0), fin.at(i * ldc + j0));
                     if two {
-                        pass::<2, F16>(rows, k, ai, lda, bp, ci, ldc, cols, relu, base)
+                        pass::<2, F16>(rows, k, ai, lda, bp, ci, ldc, cols, fi, base)
                     } else {
-                        pass::<1, F16>(rows, k, ai, lda, bp, ci, ldc, cols, relu, base)
+                        pass::<1, F16>(rows, k, ai, lda, bp, ci, ldc, cols, fi, base)
                     }
                 }
                 i += rows;
@@ -138,12 +138,12 @@ unsafe fn one_row_in_l2<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *m
         // row 0 of A holds k values, C columns j0..j0 + cols ≤ n.
         unsafe {
             let (bp, cp) = (b.add(jp * k * PANEL * if F16 { 2 } else { 4 }), c.add(j0));
-            let base = p.start.at(j0);
+            let (base, fin) = (p.start.at(j0), p.finish(c).at(j0));
             match group {
-                8 => tile::<1, 8, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, base),
-                4 => tile::<1, 4, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, base),
-                2 => tile::<1, 2, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, base),
-                _ => tile::<1, 1, F16, false>(k, a, 0, bp, cp, 0, cols, p.relu, base),
+                8 => tile::<1, 8, F16, false>(k, a, 0, bp, cp, 0, cols, fin, base),
+                4 => tile::<1, 4, F16, false>(k, a, 0, bp, cp, 0, cols, fin, base),
+                2 => tile::<1, 2, F16, false>(k, a, 0, bp, cp, 0, cols, fin, base),
+                _ => tile::<1, 1, F16, false>(k, a, 0, bp, cp, 0, cols, fin, base),
             }
         }
         jp += group;
@@ -165,24 +165,24 @@ unsafe fn pass<const P: usize, const F16: bool>(
     c: *mut f32,
     ldc: usize,
     cols: usize,
-    relu: bool,
+    fin: Finish,
     base: Base,
 ) {
     // SAFETY: forwarded, R = rows.
     unsafe {
         match rows {
-            12 => tile::<12, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            11 => tile::<11, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            10 => tile::<10, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            9 => tile::<9, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            8 => tile::<8, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            7 => tile::<7, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            6 => tile::<6, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            5 => tile::<5, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            4 => tile::<4, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            3 => tile::<3, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            2 => tile::<2, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
-            _ => tile::<1, P, F16, true>(k, a, lda, b, c, ldc, cols, relu, base),
+            12 => tile::<12, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            11 => tile::<11, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            10 => tile::<10, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            9 => tile::<9, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            8 => tile::<8, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            7 => tile::<7, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            6 => tile::<6, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            5 => tile::<5, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            4 => tile::<4, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            3 => tile::<3, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            2 => tile::<2, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
+            _ => tile::<1, P, F16, true>(k, a, lda, b, c, ldc, cols, fin, base),
         }
     }
 }
@@ -209,9 +209,11 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> __m512 {
 ///
 /// # Safety
 /// A rows `< R` (stride `lda`) hold `k` values, the `P` panels `k` rows of 16 each (f16 when
-/// `F16`), C rows `< R` (stride `ldc`) `cols` writable values, a start row (`Base::Row`, `RowF16`) `cols` readable ones; the CPU supports AVX-512F.
-/// With `relu` each stored C value is `max(start + product, 0)`. `L2`: also prefetch each panel
-/// into L2 ahead of use.
+/// `F16`), C rows `< R` (stride `ldc`) `cols` writable values, a start row (`Base::Row`, `RowF16`) `cols` readable ones, and
+/// so do the residual's (`fin.res`, stride `ldc`: C's own values, each read before it is
+/// written); the CPU supports AVX-512F. Each stored C
+/// value is `start + product`, plus the residual's value if any, then `max(·, 0)` with
+/// `fin.relu`. `L2`: also prefetch each panel into L2 ahead of use.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
@@ -222,14 +224,15 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
     c: *mut f32,
     ldc: usize,
     cols: usize,
-    relu: bool,
+    fin: Finish,
     base: Base,
 ) {
     let row_bytes = PANEL * if F16 { 2 } else { 4 };
     let panel_bytes = k * row_bytes;
     // SAFETY (every access below): p < k rows of each of the P panels and columns of A rows
-    // < R; prefetches use wrapping address arithmetic and never fault; C rows < R, columns <
-    // cols (masked loads and stores for a narrower last panel), the start row's columns < cols.
+    // < R; prefetches use wrapping address arithmetic and never fault; C and residual rows < R,
+    // columns < cols (masked loads and stores for a narrower last panel), the start row's
+    // columns < cols.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         let ar: [*const f32; R] = core::array::from_fn(|r| a.add(r * lda));
@@ -282,8 +285,12 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
                 let (cr, mask) = (c.add(r * ldc + q * PANEL), masks[q]);
                 let start = if let Base::C = base { _mm512_maskz_loadu_ps(mask, cr) } else { shared[q] };
                 let v = _mm512_add_ps(start, vq);
+                let v = match fin.res {
+                    Some(res) => _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res.add(r * ldc + q * PANEL))),
+                    None => v,
+                };
                 // max(v, 0) is Act::Relu's bits: 0 for NaN and −0 (the second operand).
-                let v = if relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v };
+                let v = if fin.relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v };
                 _mm512_mask_storeu_ps(cr, mask, v);
             }
         }
