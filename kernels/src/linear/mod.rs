@@ -59,13 +59,7 @@ pub fn linear_fwd_panels<W: Elem>(
     act: Act,
     y: &mut [f32],
 ) -> Result<()> {
-    s.validate()?;
-    check_len("x", x.len(), s.x_len())?;
-    check_len("wp", wp.len(), panels::panels_len(1, s.c_in, s.c_out))?;
-    if let Some(b) = bias {
-        check_len("bias", b.len(), s.c_out)?;
-    }
-    check_len("y", y.len(), s.y_len())?;
+    check_panels(s, x, wp, bias, y)?;
     panels::forward(isa, s.rows, s.c_out, s.c_in, x, s.c_in, wp, bias, false, act, y);
     Ok(())
 }
@@ -91,15 +85,21 @@ pub fn linear_fwd_panels_residual<W: Elem>(
     act: Act,
     y: &mut [f32],
 ) -> Result<()> {
+    check_panels(s, x, wp, bias, y)?;
+    panels::forward(isa, s.rows, s.c_out, s.c_in, x, s.c_in, wp, bias, true, act, y);
+    Ok(())
+}
+
+/// The argument checks of the products over packed weights: `s` valid, `x`, `wp`, `bias`
+/// and `y` of exactly the lengths it needs.
+fn check_panels<W: Elem>(s: &Linear, x: &[f32], wp: &[W], bias: Option<&[W]>, y: &[f32]) -> Result<()> {
     s.validate()?;
     check_len("x", x.len(), s.x_len())?;
     check_len("wp", wp.len(), panels::panels_len(1, s.c_in, s.c_out))?;
     if let Some(b) = bias {
         check_len("bias", b.len(), s.c_out)?;
     }
-    check_len("y", y.len(), s.y_len())?;
-    panels::forward(isa, s.rows, s.c_out, s.c_in, x, s.c_in, wp, bias, true, act, y);
-    Ok(())
+    check_len("y", y.len(), s.y_len())
 }
 
 /// Input gradient `dX = dY · Wᵀ`: `dy[rows][c_out]`, `w[c_in][c_out]`, `dx[rows][c_in]`
