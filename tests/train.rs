@@ -159,6 +159,29 @@ fn eval_mode_uses_and_keeps_running_statistics() {
 }
 
 #[test]
+fn only_the_input_gradient_is_kept() {
+    // The backward reuses each consumed gradient's buffer for the next one it writes, so after
+    // it only the input's gradient (asked for) is readable; a second backward over the same
+    // forward, its buffers holding the first one's leftovers in other places, repeats it.
+    let (prog, params) = tiny_mobilenet(9);
+    let mut rng = Rng::new(5);
+    let (x, labels) = batch(&mut rng, &prog, 4);
+    let mut ex = Executor::new(&prog, 4, 2);
+    ex.set_input_grad(true);
+    let mut p = params.clone();
+    ex.forward(&mut p, &x, Mode::Train).unwrap();
+    ce_backward(&mut ex, &p, &labels);
+    let image = ex.tensor_grad(TensorId(0)).unwrap().to_vec();
+    let grads: Vec<Vec<f32>> = ex.param_grads().map(|(_, g)| g.to_vec()).collect();
+    assert!(image.iter().any(|&v| v != 0.0) && image.iter().all(|v| v.is_finite()));
+    assert!(ex.tensor_grad(prog.find("conv1_bn").unwrap()).is_none(), "an intermediate gradient is not kept");
+    ce_backward(&mut ex, &p, &labels);
+    assert_eq!(ex.tensor_grad(TensorId(0)).unwrap(), &image[..], "the input gradient repeats bitwise");
+    let again: Vec<Vec<f32>> = ex.param_grads().map(|(_, g)| g.to_vec()).collect();
+    assert_eq!(again, grads, "the parameter gradients repeat bitwise");
+}
+
+#[test]
 fn threads_match_one_thread_and_repeat_bitwise() {
     let (prog, params) = tiny_mobilenet(7);
     let mut rng = Rng::new(3);
