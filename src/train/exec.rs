@@ -546,7 +546,7 @@ impl Executor {
     /// The gradient of the input (`image`) after the last backward, computed when
     /// [`Executor::set_input_grad`] is on (`None` before any backward, and for every other
     /// tensor: the backward reuses the buffer of each gradient it has consumed for the next
-    /// one it writes, see [`recycle_grads`]).
+    /// one it writes).
     pub fn tensor_grad(&self, id: TensorId) -> Option<&[f32]> {
         (id == self.prog.input())
             .then(|| self.grads.get(id.index()).map(|g| &g[..self.batch() * self.numel[id.index()]]))
