@@ -339,10 +339,11 @@ struct FoldedConv {
 pub const PACK_MAX_PIXELS: usize = 16;
 
 /// `w` packed into panels if `s` is a conv [`Executor::pack_frozen_convs`] packs: output maps of
-/// at most [`PACK_MAX_PIXELS`] pixels, taps deep enough ([`panels::deep_enough`]).
-fn small_map_panels(s: &Conv2d, w: &[f32]) -> Result<Option<LineBuf>, KernelError> {
+/// at most [`PACK_MAX_PIXELS`] pixels (of any size with `any_map`), taps deep enough
+/// ([`panels::deep_enough`]).
+fn small_map_panels(s: &Conv2d, w: &[f32], any_map: bool) -> Result<Option<LineBuf>, KernelError> {
     let taps = s.kh * s.kw;
-    if s.out_h() * s.out_w() > PACK_MAX_PIXELS || !panels::deep_enough(taps, s.c_in) {
+    if (!any_map && s.out_h() * s.out_w() > PACK_MAX_PIXELS) || !panels::deep_enough(taps, s.c_in) {
         return Ok(None);
     }
     let mut p = LineBuf::zeros(panels::panels_len(taps, s.c_in, s.c_out));
@@ -548,9 +549,10 @@ impl Executor {
     /// tensor: the backward reuses the buffer of each gradient it has consumed for the next
     /// one it writes).
     pub fn tensor_grad(&self, id: TensorId) -> Option<&[f32]> {
-        (id == self.prog.input())
-            .then(|| self.grads.get(id.index()).map(|g| &g[..self.batch() * self.numel[id.index()]]))
-            .flatten()
+        if id != self.prog.input() {
+            return None;
+        }
+        self.grads.get(id.index()).map(|g| &g[..self.batch() * self.numel[id.index()]])
     }
 
     /// The gradient of the trainable parameter `name` after the last backward.
@@ -649,8 +651,8 @@ impl Executor {
     /// Packs conv op `i`'s weights `w` into `packed[i]` if its map is small enough.
     fn pack_one(&mut self, i: usize, w: &[f32]) -> Result<(), ExecError> {
         let op = &self.prog.ops()[i];
-        let panels =
-            small_map_panels(&self.prog.conv2d(op, 1), w).map_err(|err| ExecError::Kernel { layer: op.name, err })?;
+        let panels = small_map_panels(&self.prog.conv2d(op, 1), w, false)
+            .map_err(|err| ExecError::Kernel { layer: op.name, err })?;
         self.packed[i] = panels.map(|panels| PackedConv { src: (w.as_ptr() as usize, w.len()), panels });
         Ok(())
     }
@@ -720,13 +722,9 @@ impl Executor {
             let kernel = |err| ExecError::Kernel { layer: op.name, err };
             norm::bn_fold(s.c_out, BN.eps, w, bn.scale, bn.offset, bn.mean, bn.var, &mut wf, &mut bias)
                 .map_err(kernel)?;
-            let (weights, packed) = match small_map_panels(&s, &wf).map_err(kernel)? {
+            // An in-place conv runs over panels whatever its map size.
+            let (weights, packed) = match small_map_panels(&s, &wf, in_place).map_err(kernel)? {
                 Some(p) => (p, true),
-                None if in_place => {
-                    let mut p = LineBuf::zeros(panels::panels_len(1, s.c_in, s.c_out));
-                    panels::pack_panels(1, s.c_in, s.c_out, &wf, &mut p).map_err(kernel)?;
-                    (p, true)
-                }
                 None => (wf, false),
             };
             let at = |x: &[f32]| (x.as_ptr() as usize, x.len());
@@ -1457,10 +1455,10 @@ fn recycle_grads(ctx: &Ctx<'_>, plan: &BackwardPlan, i: usize, grads: &mut [&mut
         return; // its batch norm reads its output's gradient
     }
     for (j, t) in op.inputs().iter().enumerate() {
-        let need = grads[t.index()].len();
         if t.index() == 0 || plan.deliver[i][j] != Deliver::Overwrite {
             continue;
         }
+        let need = grads[t.index()].len();
         if let Some(at) = free.iter().rposition(|&d| grads[d].len() >= need) {
             let d = free.remove(at);
             grads.swap(t.index(), d);
