@@ -121,6 +121,17 @@ pub(super) fn fwd_panels<W: Elem>(
         panels::forward(isa, s.n * s.h * s.w, c_out, k, x, k, wp, bias, false, act, y);
         return;
     }
+    if s.kh == 1 && s.kw == 1 && s.pad == 0 {
+        // A strided 1x1 conv reads no padding: each tile of gathered input pixels is one
+        // product with the bias and activation applied as it is stored.
+        for (row0, rows) in tiles(s) {
+            let col = &mut scratch[..rows * k];
+            im2col::pack(s, x, row0, col);
+            let y_tile = &mut y[row0 * c_out..(row0 + rows) * c_out];
+            panels::forward(isa, rows, c_out, k, col, k, wp, bias, false, act, y_tile);
+        }
+        return;
+    }
     y.fill(0.0);
     if s.n > 1 && pixels <= BY_POSITION_PIXELS {
         // Small maps of a batch: tiles of one output position across images, so each tile
