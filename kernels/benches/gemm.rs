@@ -21,10 +21,12 @@ const SHAPES: [(usize, usize, usize); 6] =
 
 fn bench_one<B: Elem>(c: &mut Criterion, isa: Isa, m: usize, n: usize, k: usize) {
     let s = GemmShape::nn(m, n, k);
-    // A and C on lines, as the trainer's activations are (B is packed by the GEMM).
+    // A and C on lines, as the trainer's activations are, and B too, as the executor's folded
+    // weights are (an f32 B one micro-kernel panel wide is then read in place, not packed).
     let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
     let a = Lined::from_slice(&a);
     let b: Vec<B> = (0..k * n).map(|i| B::from_f32(((i * 104_729 % 1000) as f32 - 500.0) * 1e-3)).collect();
+    let b = Lined::from_slice(&b);
     let mut out = Lined::filled(m * n, 0.0f32);
     let mut g = c.benchmark_group(format!("gemm/{}/{}", B::DTYPE.name(), isa.kind().name()));
     g.throughput(Throughput::Elements(s.flops() as u64));

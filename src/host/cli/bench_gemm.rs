@@ -86,11 +86,15 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// One shape's operands and its timed call.
-/// A and C on cache lines, as the trainer's activations are (B is packed by the GEMM).
+/// A and C on cache lines, as the trainer's activations are, and B too, as the executor's
+/// folded weights are (an f32 B exactly one micro-kernel panel wide, e.g. 64 columns on
+/// AVX-512, is then read in place instead of packed: see `gemm/blocked.rs`).
 struct Case<B: Elem> {
     s: GemmShape,
     a: LineBuf,
+    /// B's `k·n` values from `b[b_start]`, the first on a cache line.
     b: Vec<B>,
+    b_start: usize,
     c: LineBuf,
     calls: usize,
 }
@@ -102,8 +106,11 @@ impl<B: Elem> Case<B> {
         for (i, v) in a.iter_mut().enumerate() {
             *v = ((i * 7919 % 1000) as f32 - 500.0) * 1e-3;
         }
-        let b = (0..k * n).map(|i| B::from_f32(((i * 104_729 % 1000) as f32 - 500.0) * 1e-3)).collect();
-        let mut case = Case { s, a, b, c: LineBuf::zeros(m * n), calls: 1 };
+        // A Vec<B> is B-aligned: a line starts within its first 64 / size_of::<B>() values.
+        let pad = 64 / core::mem::size_of::<B>();
+        let b: Vec<B> = (0..k * n + pad).map(|i| B::from_f32(((i * 104_729 % 1000) as f32 - 500.0) * 1e-3)).collect();
+        let b_start = b.as_ptr().align_offset(64);
+        let mut case = Case { s, a, b, b_start, c: LineBuf::zeros(m * n), calls: 1 };
         // Warm the caches and size the sample from one timed call.
         case.run(isa);
         let t = case.sample(isa);
@@ -111,8 +118,16 @@ impl<B: Elem> Case<B> {
         case
     }
     fn run(&mut self, isa: Isa) {
-        gemm(isa, &self.s, 1.0, black_box(&self.a), black_box(&self.b), 0.0, black_box(&mut self.c))
-            .expect("operands are sized for the shape");
+        gemm(
+            isa,
+            &self.s,
+            1.0,
+            black_box(&self.a),
+            black_box(&self.b[self.b_start..self.b_start + self.s.k * self.s.n]),
+            0.0,
+            black_box(&mut self.c),
+        )
+        .expect("operands are sized for the shape");
     }
     /// Seconds per call over one sample.
     fn sample(&mut self, isa: Isa) -> f64 {
