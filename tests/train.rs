@@ -557,3 +557,39 @@ fn residual_add_folded_into_the_conv_changes_no_bit() {
     let (_, _, kept_res2a_over) = run(&[res2a]);
     assert!(!kept_res2a_over, "a kept residual is not written over");
 }
+
+#[test]
+fn folded_eval_forward_with_targets_recycles_buffers_and_changes_no_bit() {
+    // With eval targets, a folded forward writes outputs into buffers of tensors already read
+    // for the last time: the targets keep their bits (an early one whose buffer a later output
+    // of its size would take if targets were recycled, a mid-network hint, the logits; over two
+    // forwards, batch 3 on 2 threads: chunks of 2 and 1), and every other tensor but the input
+    // refuses to be read afterwards.
+    let cfg = ModelConfig::resnet50();
+    let prog = models::program(&cfg).unwrap();
+    let params = ParamStore::init(&cfg, 8).unwrap();
+    let mut rng = Rng::new(9);
+    let (x, _) = batch(&mut rng, &prog, 3);
+    let (y, _) = batch(&mut rng, &prog, 3);
+    let find = |name: &str| prog.find(name).unwrap();
+    let targets = [find("pool1"), find("bn4f_branch2b"), prog.output()];
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    let mut plain = Executor::new(&prog, 3, 2);
+    plain.fold_frozen(&params, &targets).unwrap();
+    let mut recycled = Executor::new(&prog, 3, 2);
+    recycled.fold_frozen(&params, &targets).unwrap();
+    recycled.set_eval_targets(Some(&targets));
+    let others = ["bn2a_branch2a.relu", "bn3b_branch2b.relu", "bn5a_branch2a.relu"];
+    for input in [&x, &y] {
+        plain.forward_eval(&params, input).unwrap();
+        recycled.forward_eval(&params, input).unwrap();
+        for t in targets {
+            assert_eq!(bits(recycled.tensor(t)), bits(plain.tensor(t)), "{}", prog.tensor(t).name);
+        }
+        for name in others {
+            assert!(plain.activation(name).is_some(), "without targets {name} is kept");
+            assert!(recycled.activation(name).is_none(), "{name} is not a target");
+        }
+        assert!(recycled.activation("image").is_some());
+    }
+}

@@ -265,6 +265,13 @@ pub struct Executor {
     last_folded: bool,
     /// Per tensor, whether eval forwards skip the op writing it ([`Executor::set_eval_targets`]).
     eval_unneeded: Vec<bool>,
+    /// Per tensor, whether it is one of the eval targets (all false when none are set).
+    eval_target: Vec<bool>,
+    /// Whether eval targets are set, so a folded eval forward may recycle dead buffers.
+    eval_recycles: bool,
+    /// Whether the last forward wrote outputs into recycled buffers ([`recycle_output`]): then
+    /// only the eval targets (and the input) are readable.
+    last_recycled: bool,
     /// Per op, the weights of a few-row pointwise conv packed by the last train forward
     /// ([`TRAIN_PANEL_MAX_PIXELS`]).
     train_panels: Vec<Option<TrainPanels>>,
@@ -441,6 +448,9 @@ impl Executor {
             unwritten: vec![false; prog.tensors().len()],
             last_folded: false,
             eval_unneeded: vec![false; prog.tensors().len()],
+            eval_target: vec![false; prog.tensors().len()],
+            eval_recycles: false,
+            last_recycled: false,
             train_panels: prog
                 .ops()
                 .iter()
@@ -521,6 +531,7 @@ impl Executor {
         (self.last_folded && self.unwritten[id.index()])
             || (self.last_fused && self.bn_relu_skipped[id.index()])
             || (matches!(self.last, Some((_, Mode::Eval))) && self.eval_unneeded[id.index()])
+            || (self.last_recycled && id.index() != 0 && !self.eval_target[id.index()])
     }
 
     /// The tensor called `name` (aliases resolved by [`Program::find`]) with its dims for the
@@ -792,12 +803,19 @@ impl Executor {
     /// pointwise conv, residual add, pool and fc. The tensors of skipped ops refuse to be read
     /// as the folded-away ones do ([`Executor::tensor`] panics, [`Executor::activation`] is
     /// `None`), the logits included unless listed. Train forwards run every op.
+    /// With targets set, a forward running folded convs ([`Executor::fold_frozen`]) also writes
+    /// each output into the buffer of a tensor no later op reads, most recently freed first,
+    /// instead of its own buffer last touched a forward ago; then only the targets (and the
+    /// input) can be read after it.
     pub fn set_eval_targets(&mut self, targets: Option<&[TensorId]>) {
         self.eval_unneeded.fill(false);
+        self.eval_target.fill(false);
+        self.eval_recycles = targets.is_some();
         let Some(targets) = targets else { return };
         let mut needed = vec![false; self.numel.len()];
         for t in targets {
             needed[t.index()] = true;
+            self.eval_target[t.index()] = true;
         }
         for op in self.prog.ops().iter().rev() {
             if needed[op.output.index()] {
@@ -808,6 +826,38 @@ impl Executor {
                 self.eval_unneeded[op.output.index()] = true;
             }
         }
+    }
+
+    /// The [`RecyclePlan`] of a folded eval forward with the current targets.
+    fn recycle_plan(&self) -> RecyclePlan {
+        let ops = self.prog.ops();
+        let mut last_read = vec![None; self.numel.len()];
+        let mut writes = vec![None; ops.len()];
+        for (i, op) in ops.iter().enumerate() {
+            if self.eval_unneeded[op.output.index()] || self.fused_away[i] {
+                continue; // skipped, or done by a folded conv
+            }
+            let (out, residual, in_place) = match &self.folded[i] {
+                Some(f) => (f.out, f.residual, f.in_place),
+                None => (op.output, None, false),
+            };
+            for t in op.inputs().iter().chain(residual.as_ref()) {
+                last_read[t.index()] = Some(i);
+            }
+            // An in-place conv's output takes its residual's buffer.
+            if !in_place && !self.eval_target[out.index()] {
+                writes[i] = Some(out.index());
+            }
+        }
+        let mut dies = vec![Vec::new(); ops.len()];
+        for (t, last) in last_read.iter().enumerate() {
+            if let Some(i) = *last {
+                if t != 0 && !self.eval_target[t] {
+                    dies[i].push(t);
+                }
+            }
+        }
+        RecyclePlan { writes, dies }
     }
 
     /// Starts (or stops) timing every op of every thread, from zero. The times include a
@@ -907,6 +957,8 @@ impl Executor {
             });
         self.last_folded = use_fold;
         self.last_fused = !use_fold && self.bn_relu.iter().any(Option::is_some);
+        let recycle = (use_fold && self.eval_recycles).then(|| self.recycle_plan());
+        self.last_recycled = recycle.is_some();
         let chunks = self.chunks(n);
         let t = chunks.len();
         let (first, rest) = self.acts.split_first_mut().expect("a program has an input tensor");
@@ -938,6 +990,7 @@ impl Executor {
             train_panels: if mode == Mode::Train { &self.train_panels } else { &[] },
             bn_relu: if use_fold { &[] } else { &self.bn_relu },
             relu_in_bn: if use_fold { &[] } else { &self.relu_in_bn },
+            recycle: recycle.as_ref(),
         };
         let images: Vec<&[f32]> =
             chunks.iter().map(|r| &image[r.start * self.numel[0]..r.end * self.numel[0]]).collect();
@@ -1013,6 +1066,7 @@ impl Executor {
             train_panels: &self.train_panels,
             bn_relu: &self.bn_relu,
             relu_in_bn: &self.relu_in_bn,
+            recycle: None,
         };
         let acts = &self.acts;
         let plan = &plan;
@@ -1194,6 +1248,17 @@ struct Ctx<'a> {
     bn_relu: &'a [Option<usize>],
     /// Per op, whether it is a ReLU its batch norm runs (empty: none).
     relu_in_bn: &'a [bool],
+    /// Which outputs a folded eval forward writes into recycled buffers ([`recycle_output`]).
+    recycle: Option<&'a RecyclePlan>,
+}
+
+/// Where a folded eval forward with targets may reuse buffers: per op, the tensor it writes
+/// when that may go into a recycled buffer (not a target, not written over a residual), and
+/// the tensors it reads last (not targets), whose buffers are free after it.
+#[derive(Debug)]
+struct RecyclePlan {
+    writes: Vec<Option<usize>>,
+    dies: Vec<Vec<usize>>,
 }
 
 impl Ctx<'_> {
@@ -1250,6 +1315,7 @@ fn forward_chunk(
     w: &mut Worker,
 ) -> Result<(), ExecError> {
     let mut failed = None;
+    let mut free = Vec::new();
     for i in 0..ctx.prog.ops().len() {
         let sync = if mode == Mode::Train { ctx.bn_ord[i] } else { None };
         if failed.is_some() {
@@ -1258,14 +1324,47 @@ fn forward_chunk(
             }
         } else if ctx.skip.get(ctx.prog.ops()[i].output.index()).copied().unwrap_or(false) {
             // Not needed by the eval targets (an eval forward has no batch-norm exchange).
-        } else if let Err(e) = timed(w, i, 0, |w| forward_op(ctx, k, mode, i, image, &mut views, w)) {
-            failed = Some(e);
+        } else {
+            if let Some(plan) = ctx.recycle {
+                recycle_output(ctx, plan, k, i, &mut views, &mut free);
+            }
+            if let Err(e) = timed(w, i, 0, |w| forward_op(ctx, k, mode, i, image, &mut views, w)) {
+                failed = Some(e);
+            }
+            if let Some(plan) = ctx.recycle {
+                free.extend_from_slice(&plan.dies[i]);
+            }
         }
         if ctx.sync_every_op {
             ctx.barrier.wait();
         }
     }
     failed.map_or(Ok(()), Err)
+}
+
+/// Buffers reused within a thread's folded eval forward (a frozen teacher's, with targets):
+/// before op `i` writes a tensor that may be recycled ([`RecyclePlan`]), its view is swapped
+/// with the view of the tensor freed most recently (its last reader has run) that is long
+/// enough, and the swapped-out view, the output's own buffer, joins `free`. An output is then
+/// written into memory read a few ops before, still in cache, not into a buffer last touched
+/// a forward ago, whose every line a core fetches before writing it (as the backward does
+/// with gradients, [`recycle_grads`]). Views may be longer than a recycled tensor, so
+/// `forward_op` cuts each to its tensor's length.
+fn recycle_output(
+    ctx: &Ctx<'_>,
+    plan: &RecyclePlan,
+    k: usize,
+    i: usize,
+    views: &mut [&mut [f32]],
+    free: &mut Vec<usize>,
+) {
+    let Some(out) = plan.writes[i] else { return };
+    let need = ctx.numel[out] * ctx.chunks[k].len();
+    if let Some(at) = free.iter().rposition(|&d| views[d - 1].len() >= need) {
+        let d = free.remove(at);
+        views.swap(out - 1, d - 1);
+        free.insert(0, d);
+    }
 }
 
 /// One op of thread `k`'s forward.
@@ -1289,14 +1388,16 @@ fn forward_op(
     if let Some(Some(FoldedConv { in_place: true, residual: Some(r), out, .. })) = ctx.folded.get(i) {
         views.swap(r.index() - 1, out.index() - 1);
     }
-    // Tensor t ≥ 1 is views[t − 1]; every input precedes the output.
+    // Tensor t ≥ 1 is views[t − 1]; every input precedes the output. Views may be longer
+    // than their tensor (`recycle_output`).
     let (before, after) = views.split_at_mut(op.output.index() - 1);
     let before: &[&mut [f32]] = before;
+    let len = |t: TensorId| ctx.numel[t.index()] * nc;
     let read = |t: TensorId| -> &[f32] {
         if t.index() == 0 {
             image
         } else {
-            &*before[t.index() - 1]
+            &before[t.index() - 1][..len(t)]
         }
     };
     let x = read(op.input());
@@ -1307,7 +1408,7 @@ fn forward_op(
         }
         if let Some(f) = &ctx.folded[i] {
             // Tensor t ≥ op.output is after[t − op.output]; the folded output comes later.
-            let y: &mut [f32] = after[f.out.index() - op.output.index()];
+            let y: &mut [f32] = &mut after[f.out.index() - op.output.index()][..len(f.out)];
             let s = prog.conv2d(op, nc);
             if f.in_place {
                 // `y` holds the residual (views swapped above).
@@ -1331,7 +1432,7 @@ fn forward_op(
     if ctx.relu_done(i) {
         return Ok(()); // its batch norm wrote the output
     }
-    let y: &mut [f32] = after[0];
+    let y: &mut [f32] = &mut after[0][..len(op.output)];
     match op.kind {
         OpKind::Conv { .. } => match (&ctx.packed[i], ctx.train_panel(i, p.weights)) {
             (_, Some(tp)) => {
@@ -1357,7 +1458,7 @@ fn forward_op(
                 Some(r) => (prog.ops()[r].output, Act::Relu),
                 None => (op.output, Act::None),
             };
-            let y: &mut [f32] = after[out.index() - op.output.index()];
+            let y: &mut [f32] = &mut after[out.index() - op.output.index()][..len(out)];
             if mode == Mode::Eval {
                 return norm::bn_infer_fwd(isa, &ch, BN.eps, x, p.scale, p.offset, p.mean, p.var, act, y)
                     .map_err(kernel);
