@@ -198,18 +198,29 @@ fn threads_match_one_thread_and_repeat_bitwise() {
     let one = run(1);
     let two = run(2);
     assert_eq!(two, run(2), "two threads twice: bitwise identical");
+    // Three threads (chunks of 2, 2, 1): each weight gradient is summed in three pieces.
+    let three = run(3);
+    assert_eq!(three, run(3), "three threads twice: bitwise identical");
     // Different thread counts sum in different orders: equal within f32 rounding, amplified
     // by the depth of a random network (tolerances relative to each tensor's largest value).
     // A structural error (e.g. per-chunk instead of whole-batch statistics) is O(1) off.
-    let close = |what: &str, a: &[f32], b: &[f32]| {
-        let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-        let diff: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-        assert!(norm(b) > 0.0, "{what}: all zero");
-        assert!(norm(&diff) <= 2e-2 * norm(b) + 1e-4, "{what}: |a − b| = {} vs |b| = {}", norm(&diff), norm(b));
+    let within = |tol: f64| {
+        move |what: &str, a: &[f32], b: &[f32]| {
+            let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+            let diff: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+            assert!(norm(b) > 0.0, "{what}: all zero");
+            assert!(norm(&diff) <= tol * norm(b) + 1e-4, "{what}: |a − b| = {} vs |b| = {}", norm(&diff), norm(b));
+        }
     };
+    let close = within(2e-2);
     close("logits", &two.0, &one.0);
     for (i, (a, b)) in two.1.iter().zip(&one.1).enumerate() {
         close(&format!("param grad {i}"), a, b);
+    }
+    // Three chunks round differently again (the worst gradient here moves by 3.4 %; a lost
+    // chunk would be O(1) off).
+    for (i, (a, b)) in three.1.iter().zip(&one.1).enumerate() {
+        within(5e-2)(&format!("param grad {i}, three threads"), a, b);
     }
     close("input grad", &two.2, &one.2);
     for (a, b) in two.3.params().iter().zip(one.3.params()) {

@@ -22,7 +22,9 @@
 //! - a train-mode batch-norm backward: the chunks' `Σdy`, `Σdy·x̂` are added in chunk order the
 //!   same way (their totals are `dβ`, `dγ`);
 //! - conv / depthwise / fc parameter gradients: each thread computes its chunk's gradient; the
-//!   results are summed in thread order `((g₀ + g₁) + g₂) + …` after the pass.
+//!   results are summed in thread order `((g₀ + g₁) + g₂) + …`, each thread summing a piece of
+//!   every gradient once the next batch norm's barrier has passed (the last ones after the
+//!   pass).
 //!
 //! So a run is **bitwise reproducible for a given thread count** (and kernel path). A
 //! **different thread count changes the bits** (not the math): chunk moments are merged instead
@@ -42,7 +44,7 @@
 
 use std::ops::Range;
 use std::string::{String, ToString};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockWriteGuard};
 use std::vec::Vec;
 use std::{fmt, thread};
 
@@ -185,7 +187,8 @@ struct Worker {
     tmp: LineBuf,
     /// Per batch norm (by ordinal): the statistics of the last train-mode forward.
     bn: Vec<BnSaved>,
-    /// Per gradient slot: this chunk's parameter gradient.
+    /// Per batch-norm gradient slot (γ, β): this chunk's value (empty for other slots, whose
+    /// chunk gradients go to the thread's [`GradArena`]).
     pgrads: Vec<LineBuf>,
     /// Two channel-sized buffers: throw-away running statistics for `bn_finish_moments`.
     dummy: [Vec<f32>; 2],
@@ -231,6 +234,46 @@ struct BackwardPlan {
     deliver: Vec<[Deliver; 2]>,
 }
 
+/// A thread's two buffers for its chunk's weight gradients, one per segment parity
+/// ([`ReducePlan`]): the thread writes one while every thread reads the other's, so they are
+/// locks (never contended: the batch-norm barriers order the phases).
+type GradArena = [RwLock<LineBuf>; 2];
+
+/// A thread's pieces of the weight gradients it sums ([`reduce_segment`]), indexed by slot:
+/// the piece's offset in the slot's gradient and the piece.
+type Pieces<'a> = Vec<Option<(usize, &'a mut [f32])>>;
+
+/// How a backward's weight gradients are summed over the chunks while still in cache: the
+/// active ops, in backward order, fall into segments cut by the batch norms (whose backward
+/// waits for every thread, [`Ctx::exchange`]). A segment's conv, depthwise and fc gradients
+/// are written by each thread into its arena of the segment's parity, at `place[slot]`; after
+/// the batch norm that ends the segment, each thread sums its share of every slot of it over
+/// the threads' arenas, in thread order, into the slot's gradient ([`reduce_segment`]). A
+/// segment's arenas are written again two segments later, after a barrier every thread
+/// reaches only once its sums are done. The last segment is summed after the pass.
+#[derive(Debug)]
+struct ReducePlan {
+    /// Per segment, its slots.
+    segments: Vec<Vec<usize>>,
+    /// Per slot: its segment and offset in the arena (`None` for batch-norm slots and the
+    /// slots of inactive ops).
+    place: Vec<Option<(usize, usize)>>,
+    /// Per op: the segment it ends (an active batch norm), summed after it.
+    ends: Vec<Option<usize>>,
+    /// f32 of the largest segment.
+    arena_len: usize,
+    /// Per slot, its op.
+    op: Vec<usize>,
+}
+
+impl ReducePlan {
+    /// Where in the arena slot `s` goes, and its segment's parity.
+    fn at(&self, s: usize, len: usize) -> (usize, std::ops::Range<usize>) {
+        let (seg, off) = self.place[s].expect("an active op's weight slot has a place");
+        (seg % 2, off..off + len)
+    }
+}
+
 /// The training executor of one program (see the [module docs](self)).
 #[derive(Debug)]
 pub struct Executor {
@@ -248,6 +291,9 @@ pub struct Executor {
     /// Gradient slots of each op: (weights or scale, offset).
     op_slots: Vec<[Option<usize>; 2]>,
     workers: Vec<Worker>,
+    /// Per thread, the two buffers its chunk's weight gradients alternate between
+    /// ([`ReducePlan`]).
+    arenas: Vec<GradArena>,
     /// Batch of the last forward, and whether it was train mode.
     last: Option<(usize, Mode)>,
     input_grad: bool,
@@ -439,6 +485,7 @@ impl Executor {
             slots,
             op_slots,
             workers,
+            arenas: Vec::new(),
             last: None,
             input_grad: false,
             packed: vec![None; prog.ops().len()],
@@ -991,6 +1038,8 @@ impl Executor {
             bn_relu: if use_fold { &[] } else { &self.bn_relu },
             relu_in_bn: if use_fold { &[] } else { &self.relu_in_bn },
             recycle: recycle.as_ref(),
+            arenas: &[],
+            reduce: None,
         };
         let images: Vec<&[f32]> =
             chunks.iter().map(|r| &image[r.start * self.numel[0]..r.end * self.numel[0]]).collect();
@@ -1042,7 +1091,30 @@ impl Executor {
         let t = chunks.len();
         for w in &mut self.workers[..t] {
             if w.pgrads.is_empty() {
-                w.pgrads = self.slots.iter().map(|s| LineBuf::zeros(s.grad.len())).collect();
+                w.pgrads = self.slots.iter().map(|s| LineBuf::zeros(if s.bn { s.grad.len() } else { 0 })).collect();
+            }
+        }
+        let rp = self.reduce_plan(&plan);
+        while self.arenas.len() < t {
+            self.arenas.push([RwLock::new(LineBuf::default()), RwLock::new(LineBuf::default())]);
+        }
+        for a in self.arenas[..t].iter_mut().flatten() {
+            let a = a.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if a.len() < rp.arena_len {
+                *a = LineBuf::zeros(rp.arena_len);
+            }
+        }
+        // Each placed slot's gradient cut into one piece per thread (on cache lines), indexed by slot.
+        let mut pieces: Vec<Pieces<'_>> = (0..t).map(|_| (0..self.slots.len()).map(|_| None).collect()).collect();
+        for (s, slot) in self.slots.iter_mut().enumerate().filter(|(s, _)| rp.place[*s].is_some()) {
+            let len = slot.grad.len();
+            let mut rest: &mut [f32] = &mut slot.grad;
+            let mut start = 0;
+            for (k, mine) in pieces.iter_mut().enumerate() {
+                let end = if k + 1 == t { len } else { (len * (k + 1) / t).next_multiple_of(16).min(len) };
+                let (piece, tail) = std::mem::take(&mut rest).split_at_mut(end - start);
+                mine[s] = Some((start, piece));
+                (rest, start) = (tail, end);
             }
         }
         let views = split_views(&mut self.grads, &self.numel, &chunks);
@@ -1067,39 +1139,38 @@ impl Executor {
             bn_relu: &self.bn_relu,
             relu_in_bn: &self.relu_in_bn,
             recycle: None,
+            arenas: &self.arenas,
+            reduce: Some(&rp),
         };
         let acts = &self.acts;
         let plan = &plan;
-        let jobs = views.into_iter().zip(self.workers.iter_mut()).enumerate();
-        let results = run_threads(jobs.map(|(k, (v, w))| {
+        let jobs = views.into_iter().zip(pieces).zip(self.workers.iter_mut()).enumerate();
+        let results = run_threads(jobs.map(|(k, ((v, mut mine), w))| {
             let ctx = &ctx;
-            move || backward_chunk(ctx, plan, k, acts, v, w)
+            move || backward_chunk(ctx, plan, k, acts, v, &mut mine, w)
         }));
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
-        // Parameter gradients: chunk sums in thread order; batch-norm γ/β from thread 0. The
-        // slots are shared out over the threads in runs of about equal size (a reduction of
-        // the whole student's gradients is ~40 MB of memory traffic).
+        // What the pass left: the last segment's sums (no batch norm after it), batch-norm γ/β
+        // from thread 0, zeros for the slots of inactive ops.
         let (isa, prog, workers) = (self.isa, &self.prog, &self.workers[..t]);
-        let shares = share_out(self.slots.iter_mut().enumerate().collect(), t, |(_, slot)| slot.grad.len());
-        let results = run_threads(shares.into_iter().map(|share| {
-            move || {
-                for (s, slot) in share {
-                    if !plan.active[slot.op] {
-                        slot.grad.fill(0.0);
-                        continue;
-                    }
-                    slot.grad.copy_from_slice(&workers[0].pgrads[s]);
-                    if !slot.bn {
-                        for w in &workers[1..] {
-                            act::add_inplace(isa, &mut slot.grad, &w.pgrads[s])
-                                .map_err(|err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err })?;
-                        }
-                    }
+        let last = rp.segments.len() - 1;
+        let arenas: Vec<_> =
+            self.arenas[..t].iter().map(|a| a[last % 2].read().unwrap_or_else(PoisonError::into_inner)).collect();
+        self.slots.iter_mut().enumerate().try_for_each(|(s, slot)| {
+            if !plan.active[slot.op] {
+                slot.grad.fill(0.0);
+            } else if slot.bn {
+                slot.grad.copy_from_slice(&workers[0].pgrads[s]);
+            } else if rp.place[s].is_some_and(|(seg, _)| seg == last) {
+                let (_, r) = rp.at(s, slot.grad.len());
+                slot.grad.copy_from_slice(&arenas[0][r.clone()]);
+                for a in &arenas[1..] {
+                    act::add_inplace(isa, &mut slot.grad, &a[r.clone()])
+                        .map_err(|err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err })?;
                 }
-                Ok(())
             }
-        }));
-        results.into_iter().collect()
+            Ok(())
+        })
     }
 
     /// Which ops are reached by the seeded gradients, and how each delivers its input
@@ -1127,6 +1198,51 @@ impl Executor {
         }
         BackwardPlan { active, deliver }
     }
+
+    /// The [`ReducePlan`] of a backward running `plan`.
+    fn reduce_plan(&self, plan: &BackwardPlan) -> ReducePlan {
+        let ops = self.prog.ops();
+        let mut segments = vec![Vec::new()];
+        let mut place = vec![None; self.slots.len()];
+        let mut ends = vec![None; ops.len()];
+        let (mut used, mut arena_len) = (0, 0);
+        for i in (0..ops.len()).rev().filter(|&i| plan.active[i]) {
+            if self.bn_ord[i].is_some() {
+                ends[i] = Some(segments.len() - 1);
+                segments.push(Vec::new());
+                used = 0;
+                continue;
+            }
+            for &s in self.op_slots[i].iter().flatten() {
+                place[s] = Some((segments.len() - 1, used));
+                // Each slot on its own cache lines.
+                used += self.slots[s].grad.len().next_multiple_of(16);
+                segments.last_mut().expect("one segment at least").push(s);
+            }
+            arena_len = arena_len.max(used);
+        }
+        ReducePlan { segments, place, ends, arena_len, op: self.slots.iter().map(|s| s.op).collect() }
+    }
+}
+
+/// Thread `k`'s share of segment `seg`'s slots (`mine[slot]`: the offset of its piece in the
+/// slot and the piece of the slot's gradient) summed over the threads' arenas in thread order.
+fn reduce_segment(ctx: &Ctx<'_>, rp: &ReducePlan, seg: usize, mine: &mut Pieces<'_>) -> Result<(), ExecError> {
+    let t = ctx.chunks.len();
+    let parity = seg % 2;
+    let arenas: Vec<_> =
+        ctx.arenas[..t].iter().map(|a| a[parity].read().unwrap_or_else(PoisonError::into_inner)).collect();
+    for &s in &rp.segments[seg] {
+        let Some((start, piece)) = mine[s].as_mut() else { continue };
+        let (_, range) = rp.at(s, *start + piece.len());
+        let r = range.start + *start..range.end;
+        piece.copy_from_slice(&arenas[0][r.clone()]);
+        for a in &arenas[1..] {
+            act::add_inplace(ctx.isa, piece, &a[r.clone()])
+                .map_err(|err| ExecError::Kernel { layer: ctx.prog.ops()[rp.op[s]].name, err })?;
+        }
+    }
+    Ok(())
 }
 
 /// The running mean and variance of batch norm `layer` in `params`, mutably.
@@ -1250,6 +1366,10 @@ struct Ctx<'a> {
     relu_in_bn: &'a [bool],
     /// Which outputs a folded eval forward writes into recycled buffers ([`recycle_output`]).
     recycle: Option<&'a RecyclePlan>,
+    /// Per thread, its weight-gradient arenas (backward only).
+    arenas: &'a [GradArena],
+    /// Where the backward's weight gradients go and when they are summed.
+    reduce: Option<&'a ReducePlan>,
 }
 
 /// Where a folded eval forward with targets may reuse buffers: per op, the tensor it writes
@@ -1274,6 +1394,13 @@ impl Ctx<'_> {
 }
 
 impl Ctx<'_> {
+    /// Thread `k`'s arena holding the chunk gradient of weight slot `s` (`len` f32), locked
+    /// for writing, and the slot's range in it ([`ReducePlan`]).
+    fn grad_arena(&self, k: usize, s: usize, len: usize) -> (RwLockWriteGuard<'_, LineBuf>, Range<usize>) {
+        let (parity, range) = self.reduce.expect("a backward has a reduce plan").at(s, len);
+        (self.arenas[k][parity].write().unwrap_or_else(PoisonError::into_inner), range)
+    }
+
     /// Op `i`'s packed few-row weights, if packed from `weights` (the slice this pass uses).
     fn train_panel(&self, i: usize, weights: &[f32]) -> Option<&TrainPanels> {
         self.train_panels.get(i)?.as_ref().filter(|tp| tp.src == (weights.as_ptr() as usize, weights.len()))
@@ -1509,6 +1636,7 @@ fn backward_chunk(
     k: usize,
     acts: &[LineBuf],
     mut grads: Vec<&mut [f32]>,
+    mine: &mut Pieces<'_>,
     w: &mut Worker,
 ) -> Result<(), ExecError> {
     let r = &ctx.chunks[k];
@@ -1528,7 +1656,13 @@ fn backward_chunk(
             }
         } else {
             recycle_grads(ctx, plan, i, &mut grads, &mut free);
-            if let Err(e) = timed(w, i, 1, |w| backward_op(ctx, plan, k, i, &act_of, &mut grads, w)) {
+            let mut r = timed(w, i, 1, |w| backward_op(ctx, plan, k, i, &act_of, &mut grads, w));
+            if let (Ok(()), Some(rp)) = (&r, ctx.reduce) {
+                if let Some(seg) = rp.ends[i] {
+                    r = reduce_segment(ctx, rp, seg, mine);
+                }
+            }
+            if let Err(e) = r {
                 failed = Some(e);
             }
         }
@@ -1617,8 +1751,9 @@ fn backward_op<'a>(
     match op.kind {
         OpKind::Conv { .. } => {
             let s = prog.conv2d(op, nc);
-            let dw = &mut pgrads[p.slots[0].expect("conv has weights")];
-            conv::conv2d_bwd_weight(isa, &s, x, dy, dw, scratch).map_err(kernel)?;
+            let (mut arena, r) = ctx.grad_arena(k, p.slots[0].expect("conv has weights"), p.weights.len());
+            conv::conv2d_bwd_weight(isa, &s, x, dy, &mut arena[r], scratch).map_err(kernel)?;
+            drop(arena);
             if let Some(tp) = ctx.train_panel(i, p.weights) {
                 // dX = dY·wᵀ is the pointwise conv c_out → c_in over the transposed panels.
                 let t = Conv2d::new(s.n, s.h, s.w, s.c_out, s.c_in, 1, 1, 0);
@@ -1630,8 +1765,9 @@ fn backward_op<'a>(
         }
         OpKind::DwConv { .. } => {
             let s = prog.dwconv(op, nc);
-            let dw = &mut pgrads[p.slots[0].expect("dwconv has weights")];
-            dwconv::dwconv3x3_bwd_weight(isa, &s, x, dy, dw).map_err(kernel)?;
+            let (mut arena, r) = ctx.grad_arena(k, p.slots[0].expect("dwconv has weights"), p.weights.len());
+            dwconv::dwconv3x3_bwd_weight(isa, &s, x, dy, &mut arena[r]).map_err(kernel)?;
+            drop(arena);
             deliver_to(0, tmp, &mut |dx| dwconv::dwconv3x3_bwd_input(isa, &s, dy, p.weights, dx))
         }
         OpKind::BatchNorm => {
@@ -1712,10 +1848,12 @@ fn backward_op<'a>(
         OpKind::Fc => {
             let s = prog.linear(op, nc);
             let (ws, bs) = (p.slots[0].expect("fc has weights"), p.slots[1].expect("fc has an offset"));
-            let mut db = std::mem::take(&mut pgrads[bs]);
-            let r = linear::linear_bwd_weight(isa, &s, x, dy, &mut pgrads[ws], Some(&mut db)).map_err(kernel);
-            pgrads[bs] = db;
-            r?;
+            let (mut arena, rw) = ctx.grad_arena(k, ws, p.weights.len());
+            let (_, rb) = ctx.reduce.expect("a backward has a reduce plan").at(bs, p.offset.len());
+            // The offset's slot comes after the weights' in the op's segment.
+            let (lo, hi) = arena.split_at_mut(rb.start);
+            linear::linear_bwd_weight(isa, &s, x, dy, &mut lo[rw], Some(&mut hi[..rb.len()])).map_err(kernel)?;
+            drop(arena);
             deliver_to(0, tmp, &mut |dx| linear::linear_bwd_input(isa, &s, dy, p.weights, dx))
         }
     }
