@@ -14,7 +14,8 @@
 //! stack); 6×64 against 4×64 in alternating runs: 256³ 83.3–83.9 vs 81.4–82.2 %,
 //! 4096×128×64 69.7–72.6 vs 64.9–67.9, 1024×256×128 81.0–81.6 vs 77.9–79.9, 256×512×512
 //! 78.5–79.5 vs 76.1–77.5, 64×64×288 72.5–73.5 vs 75.7–76.3 (64 rows leave a 4-row edge), the
-//! distillation step unchanged. KC of 128, 192 or 256 for 6×32 within 1 %; A packed instead
+//! distillation step unchanged. KC of 128, 192 or 256 for 6×32 within 1 % (for 6×64, KC 144,
+//! i.e. k = 288 in two blocks instead of three: 64×64×288 83.0–83.9 → 81.0–81.5 %); A packed instead
 //! of read in place −7 %. An L1-resident loop alone reaches only 85–90 % of the peak loop
 //! (which has no loads): each load costs FMA throughput on this core — in a peak loop, 10 zmm
 //! loads per 24 FMAs cost 10–14 %, 10 broadcasts 1–6 %. A hand-scheduled inline-asm loop
