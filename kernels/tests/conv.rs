@@ -388,3 +388,35 @@ fn invalid_shapes_are_rejected_without_writing() {
         assert!(out.iter().chain(&sc).all(|&v| v == 7.0), "{s:?}: written on error");
     }
 }
+
+/// A scratch longer than the minimum makes the tiles taller (whole multiples of
+/// `IM2COL_ROWS` rows, as many as it holds): forward, input gradient and weight gradient keep
+/// their bits on every path (the weight gradient still sums `IM2COL_ROWS` rows per GEMM).
+#[test]
+fn taller_tiles_from_a_longer_scratch_change_no_bit() {
+    let mut rng = Rng::new(77);
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    // Several tiles at the minimum (the last partial), and the stem-like ones.
+    let shapes =
+        [conv(3, 7, 9, 17, 3, 3, 3, 1, 1), conv(1, 32, 32, 3, 8, 3, 3, 2, 1), conv(4, 16, 16, 3, 8, 7, 7, 2, 3)];
+    for s in shapes {
+        let (x, w, b) = (rng.vec(s.x_len()), rng.vec(s.w_len()), rng.vec(s.c_out));
+        let dy = rng.vec(s.y_len());
+        for isa in isas() {
+            let run = |extra: usize| {
+                let mut scratch = vec![f32::NAN; s.scratch_len() * extra + extra * 5];
+                let mut y = vec![f32::NAN; s.y_len()];
+                conv2d_fwd(isa, &s, &x, &w, Some(&b), Act::Relu, &mut y, &mut scratch).unwrap();
+                let mut dx = vec![f32::NAN; s.x_len()];
+                conv2d_bwd_input(isa, &s, &dy, &w, &mut dx, &mut scratch).unwrap();
+                let mut dw = vec![f32::NAN; s.w_len()];
+                conv2d_bwd_weight(isa, &s, &x, &dy, &mut dw, &mut scratch).unwrap();
+                (bits(&y), bits(&dx), bits(&dw))
+            };
+            let base = run(1);
+            for extra in [2, 3, 4] {
+                assert_eq!(run(extra), base, "{:?} {s:?}: scratch ×{extra}", isa.kind());
+            }
+        }
+    }
+}

@@ -24,10 +24,15 @@ const SHALLOW_DW_ROWS: usize = 64;
 /// Rows of dW (input channels) per block of a shallow pointwise weight gradient.
 const DW_ROW_BLOCK: usize = 48;
 
-/// The output rows of the conv, split into tiles: yields `(row0, rows)`.
-fn tiles(s: &Conv2d) -> impl Iterator<Item = (usize, usize)> {
+/// The output rows of the conv, split into tiles of as many whole [`IM2COL_ROWS`] blocks as
+/// `scratch` holds (at least one: the callers check [`Conv2d::scratch_len`]): yields
+/// `(row0, rows)`. A host caller passing a larger scratch gets fewer, taller tiles, the same
+/// bits: each output row's GEMM sum does not depend on the tile, the col2im scatter adds in
+/// row order either way, and the weight gradient keeps its [`IM2COL_ROWS`]-row GEMMs.
+fn tiles(s: &Conv2d, scratch: &[f32]) -> impl Iterator<Item = (usize, usize)> {
     let total = s.n * s.out_h() * s.out_w();
-    (0..total).step_by(IM2COL_ROWS).map(move |row0| (row0, IM2COL_ROWS.min(total - row0)))
+    let step = (scratch.len() / s.k().max(1) / IM2COL_ROWS).max(1) * IM2COL_ROWS;
+    (0..total).step_by(step).map(move |row0| (row0, step.min(total - row0)))
 }
 
 /// `y = act(im2col(x) · w + b)`, tile by tile.
@@ -55,7 +60,7 @@ pub(super) fn fwd<W: Elem>(
     if stream::applies(isa, total) {
         return fwd_streamed(isa, s, x, w, bias, act, y, scratch);
     }
-    for (row0, rows) in tiles(s) {
+    for (row0, rows) in tiles(s, scratch) {
         let col = &mut scratch[..rows * k];
         im2col::pack(s, x, row0, col);
         let y_tile = &mut y[row0 * c_out..(row0 + rows) * c_out];
@@ -124,7 +129,7 @@ pub(super) fn fwd_panels<W: Elem>(
     if s.kh == 1 && s.kw == 1 && s.pad == 0 {
         // A strided 1x1 conv reads no padding: each tile of gathered input pixels is one
         // product with the bias and activation applied as it is stored.
-        for (row0, rows) in tiles(s) {
+        for (row0, rows) in tiles(s, scratch) {
             let col = &mut scratch[..rows * k];
             im2col::pack(s, x, row0, col);
             let y_tile = &mut y[row0 * c_out..(row0 + rows) * c_out];
@@ -147,7 +152,7 @@ pub(super) fn fwd_panels<W: Elem>(
             }
         }
     } else {
-        for (row0, rows) in tiles(s) {
+        for (row0, rows) in tiles(s, scratch) {
             let col = &mut scratch[..rows * k];
             im2col::pack(s, x, row0, col);
             let y_tile = &mut y[row0 * c_out..(row0 + rows) * c_out];
@@ -215,7 +220,7 @@ pub(super) fn bwd_input(
         return gemm(isa, &GemmShape::nt(s.n * s.h * s.w, k, c_out), 1.0, dy, w, 0.0, dx);
     }
     dx.fill(0.0);
-    for (row0, rows) in tiles(s) {
+    for (row0, rows) in tiles(s, scratch) {
         let dcol = &mut scratch[..rows * k];
         let dy_tile = &dy[row0 * c_out..(row0 + rows) * c_out];
         gemm(isa, &GemmShape::nt(rows, k, c_out), 1.0, dy_tile, w, 0.0, dcol)?;
@@ -248,12 +253,16 @@ pub(super) fn bwd_weight(
         }
         return gemm(isa, &GemmShape::tn(k, c_out, rows), 1.0, x, dy, 0.0, dw);
     }
-    for (row0, rows) in tiles(s) {
+    for (row0, rows) in tiles(s, scratch) {
         let col = &mut scratch[..rows * k];
         im2col::pack(s, x, row0, col);
-        let dy_tile = &dy[row0 * c_out..(row0 + rows) * c_out];
-        let beta = if row0 == 0 { 0.0 } else { 1.0 };
-        gemm(isa, &GemmShape::tn(k, c_out, rows), 1.0, col, dy_tile, beta, dw)?;
+        // One GEMM per IM2COL_ROWS rows whatever the tile: the grouping of dW's sum.
+        for sub in (0..rows).step_by(IM2COL_ROWS) {
+            let (r0, n) = (row0 + sub, IM2COL_ROWS.min(rows - sub));
+            let beta = if r0 == 0 { 0.0 } else { 1.0 };
+            let (a, dy_tile) = (&col[sub * k..(sub + n) * k], &dy[r0 * c_out..(r0 + n) * c_out]);
+            gemm(isa, &GemmShape::tn(k, c_out, n), 1.0, a, dy_tile, beta, dw)?;
+        }
     }
     Ok(())
 }
