@@ -4,7 +4,9 @@
 //!
 //! Scratch: every function takes at least [`Conv2d::scratch_len`] f32 (one im2col tile,
 //! `IM2COL_ROWS·kh·kw·c_in`; 0 for a pointwise conv, which runs the GEMM on `x` directly).
-//! Its contents on entry are ignored and on return are unspecified.
+//! A longer scratch makes the tiles taller (as many whole `IM2COL_ROWS` blocks as it holds;
+//! fewer GEMM calls, the same bits). Its contents on entry are ignored and on return are
+//! unspecified.
 //!
 //! The ISA-independent data movement (im2col / col2im) lives in `im2col`, the tile loops in
 //! `tiled`; all arithmetic goes through [`crate::gemm::gemm`], which dispatches on the ISA —

@@ -1,5 +1,6 @@
-//! The im2col + GEMM drivers: every KxK conv pass is a loop over tiles of at most
-//! [`IM2COL_ROWS`] output rows (rows = flattened `n·out_h·out_w` pixels), each one GEMM call,
+//! The im2col + GEMM drivers: every KxK conv pass is a loop over tiles of [`IM2COL_ROWS`]
+//! output rows, or a multiple of it when the scratch holds more (rows = flattened
+//! `n·out_h·out_w` pixels), each one GEMM call,
 //! so the conv runs at the speed of [`crate::gemm::gemm`]. A pointwise conv (1x1, stride 1,
 //! no padding) is a single GEMM over the input itself, with no scratch. A forward with at most
 //! [`stream::MAX_ROWS`] output pixels (the late layers at batch 1) instead streams the weights
