@@ -255,9 +255,9 @@ type Pieces<'a> = Vec<Option<(usize, &'a mut [f32])>>;
 struct ReducePlan {
     /// Per segment, its slots.
     segments: Vec<Vec<usize>>,
-    /// Per slot: its segment and offset in the arena (`None` for batch-norm slots and the
+    /// Per slot: its segment and its range in the arena (`None` for batch-norm slots and the
     /// slots of inactive ops).
-    place: Vec<Option<(usize, usize)>>,
+    place: Vec<Option<(usize, Range<usize>)>>,
     /// Per op: the segment it ends (an active batch norm), summed after it.
     ends: Vec<Option<usize>>,
     /// f32 of the largest segment.
@@ -268,9 +268,9 @@ struct ReducePlan {
 
 impl ReducePlan {
     /// Where in the arena slot `s` goes, and its segment's parity.
-    fn at(&self, s: usize, len: usize) -> (usize, std::ops::Range<usize>) {
-        let (seg, off) = self.place[s].expect("an active op's weight slot has a place");
-        (seg % 2, off..off + len)
+    fn at(&self, s: usize) -> (usize, Range<usize>) {
+        let (seg, range) = self.place[s].clone().expect("an active op's weight slot has a place");
+        (seg % 2, range)
     }
 }
 
@@ -470,7 +470,7 @@ impl Executor {
                 if s.is_pointwise() {
                     0
                 } else {
-                    s.scratch_len().max(IM2COL_TILE_ROWS.min(rows) * s.k())
+                    IM2COL_TILE_ROWS.min(rows) * s.k() // at least s.scratch_len()
                 }
             })
             .max()
@@ -1179,8 +1179,8 @@ impl Executor {
                 slot.grad.fill(0.0);
             } else if slot.bn {
                 slot.grad.copy_from_slice(&workers[0].pgrads[s]);
-            } else if rp.place[s].is_some_and(|(seg, _)| seg == last) {
-                let (_, r) = rp.at(s, slot.grad.len());
+            } else if rp.place[s].as_ref().is_some_and(|(seg, _)| *seg == last) {
+                let (_, r) = rp.at(s);
                 slot.grad.copy_from_slice(&arenas[0][r.clone()]);
                 for a in &arenas[1..] {
                     act::add_inplace(isa, &mut slot.grad, &a[r.clone()])
@@ -1232,9 +1232,10 @@ impl Executor {
                 continue;
             }
             for &s in self.op_slots[i].iter().flatten() {
-                place[s] = Some((segments.len() - 1, used));
+                let len = self.slots[s].grad.len();
+                place[s] = Some((segments.len() - 1, used..used + len));
                 // Each slot on its own cache lines.
-                used += self.slots[s].grad.len().next_multiple_of(16);
+                used += len.next_multiple_of(16);
                 segments.last_mut().expect("one segment at least").push(s);
             }
             arena_len = arena_len.max(used);
@@ -1252,8 +1253,8 @@ fn reduce_segment(ctx: &Ctx<'_>, rp: &ReducePlan, seg: usize, mine: &mut Pieces<
         ctx.arenas[..t].iter().map(|a| a[parity].read().unwrap_or_else(PoisonError::into_inner)).collect();
     for &s in &rp.segments[seg] {
         let Some((start, piece)) = mine[s].as_mut() else { continue };
-        let (_, range) = rp.at(s, *start + piece.len());
-        let r = range.start + *start..range.end;
+        let from = rp.at(s).1.start + *start;
+        let r = from..from + piece.len();
         piece.copy_from_slice(&arenas[0][r.clone()]);
         for a in &arenas[1..] {
             act::add_inplace(ctx.isa, piece, &a[r.clone()])
@@ -1412,10 +1413,10 @@ impl Ctx<'_> {
 }
 
 impl Ctx<'_> {
-    /// Thread `k`'s arena holding the chunk gradient of weight slot `s` (`len` f32), locked
-    /// for writing, and the slot's range in it ([`ReducePlan`]).
-    fn grad_arena(&self, k: usize, s: usize, len: usize) -> (RwLockWriteGuard<'_, LineBuf>, Range<usize>) {
-        let (parity, range) = self.reduce.expect("a backward has a reduce plan").at(s, len);
+    /// Thread `k`'s arena holding the chunk gradient of weight slot `s`, locked for writing,
+    /// and the slot's range in it ([`ReducePlan`]).
+    fn grad_arena(&self, k: usize, s: usize) -> (RwLockWriteGuard<'_, LineBuf>, Range<usize>) {
+        let (parity, range) = self.reduce.expect("a backward has a reduce plan").at(s);
         (self.arenas[k][parity].write().unwrap_or_else(PoisonError::into_inner), range)
     }
 
@@ -1769,7 +1770,7 @@ fn backward_op<'a>(
     match op.kind {
         OpKind::Conv { .. } => {
             let s = prog.conv2d(op, nc);
-            let (mut arena, r) = ctx.grad_arena(k, p.slots[0].expect("conv has weights"), p.weights.len());
+            let (mut arena, r) = ctx.grad_arena(k, p.slots[0].expect("conv has weights"));
             conv::conv2d_bwd_weight(isa, &s, x, dy, &mut arena[r], scratch).map_err(kernel)?;
             drop(arena);
             if let Some(tp) = ctx.train_panel(i, p.weights) {
@@ -1783,7 +1784,7 @@ fn backward_op<'a>(
         }
         OpKind::DwConv { .. } => {
             let s = prog.dwconv(op, nc);
-            let (mut arena, r) = ctx.grad_arena(k, p.slots[0].expect("dwconv has weights"), p.weights.len());
+            let (mut arena, r) = ctx.grad_arena(k, p.slots[0].expect("dwconv has weights"));
             dwconv::dwconv3x3_bwd_weight(isa, &s, x, dy, &mut arena[r]).map_err(kernel)?;
             drop(arena);
             deliver_to(0, tmp, &mut |dx| dwconv::dwconv3x3_bwd_input(isa, &s, dy, p.weights, dx))
@@ -1866,8 +1867,8 @@ fn backward_op<'a>(
         OpKind::Fc => {
             let s = prog.linear(op, nc);
             let (ws, bs) = (p.slots[0].expect("fc has weights"), p.slots[1].expect("fc has an offset"));
-            let (mut arena, rw) = ctx.grad_arena(k, ws, p.weights.len());
-            let (_, rb) = ctx.reduce.expect("a backward has a reduce plan").at(bs, p.offset.len());
+            let (mut arena, rw) = ctx.grad_arena(k, ws);
+            let (_, rb) = ctx.reduce.expect("a backward has a reduce plan").at(bs);
             // The offset's slot comes after the weights' in the op's segment.
             let (lo, hi) = arena.split_at_mut(rb.start);
             linear::linear_bwd_weight(isa, &s, x, dy, &mut lo[rw], Some(&mut hi[..rb.len()])).map_err(kernel)?;
