@@ -3,7 +3,8 @@
 //! forward, for f32 and f16 weights, with and without bias and ReLU, on shapes that hit every
 //! row-pass size (1–6 rows and several passes; one-pass blocks of 1–3 rows run 2 or 4 panels
 //! at once, partial last panel included), column tails (below, at, above and not a
-//! multiple of the 16-column panel), depth tails (not a multiple of the 4 accumulator sets)
+//! multiple of the 16-column panel), depth tails (not a multiple of the 4 accumulator sets),
+//! depths whose panels outlast the L2 prefetch distance (the passes' k loops split there)
 //! and, for convs, taps that read only padding, strides and batch > 1. Outputs are
 //! NaN-prefilled so an unwritten value fails. The product with a residual in its output
 //! (`linear_fwd_panels_residual`) is checked bit for bit against the plain product followed
@@ -54,7 +55,7 @@ fn pack_panels_layout_and_padding() {
 
 fn check_linear<W: Elem>(rng: &mut Rng) {
     for rows in [1, 2, 3, 4, 5, 6, 7, 13, 16, 17] {
-        for c_in in [1, 3, 4, 5, 33, 64] {
+        for c_in in [1, 3, 4, 5, 33, 64, 301] {
             for c_out in [1, 7, 15, 16, 17, 33, 60, 70, 200] {
                 let s = Linear::new(rows, c_in, c_out);
                 let x = rng.vec(s.x_len());

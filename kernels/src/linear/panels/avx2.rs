@@ -34,6 +34,27 @@ pub(super) const PREFETCH_BYTES: usize = 1024;
 /// 8 KiB L2 → 4.9–6.7 ms (`tinykd bench infer --model resnet50`, alternating runs).
 pub(super) const PREFETCH_L2_BYTES: usize = 8192;
 
+/// The L2 prefetch of a pass over `P` consecutive panels (`panel_bytes` each, `k` rows of
+/// `row_bytes`): each panel prefetches [`PREFETCH_L2_BYTES`] ahead of the row it reads, and
+/// from the returned step on, where that runs past its end, the same distance into the next
+/// pass's panel at the same place (`P` panels on: the returned byte skip). Without the skip
+/// only the last panel's prefetch ran on into the next pass's (its first); the others' first
+/// 8 KiB were fetched when their pass reached them. Measured on the Xeon VM (three
+/// alternating rounds of a standalone loop over `linear_fwd_panels`, weights from L3), f16:
+/// 1x512→1024 23.0–24.3 → 25.8–27.2 GB/s, 1x1024→1024 24.6–25.6 → 25.7–27.9, 4x512→512
+/// (AVX-512) 20.7–22.8 → 24.9–26.1; f32 26–28 either way. At batch 1 with f16 weights
+/// (`tinykd bench infer`, alternating builds): MobileNetV1 1.0 351–374 → 340–347 µs, ResNet50
+/// 2.13–2.26 → 1.91–2.03 ms; f32 and the distillation step unchanged. Prefetches only: the
+/// same bits.
+#[inline(always)]
+pub(super) fn l2_wrap<const P: usize>(k: usize, row_bytes: usize, panel_bytes: usize) -> (usize, usize) {
+    if P == 1 {
+        (k, 0)
+    } else {
+        (panel_bytes.saturating_sub(PREFETCH_L2_BYTES).div_ceil(row_bytes).min(k), (P - 1) * panel_bytes)
+    }
+}
+
 /// Packed weights up to this size skip the per-row L2 prefetch: a small model's weights stay
 /// in L2 between calls, where the prefetch is only a load-port uop per panel row. Measured on
 /// the Xeon VM (a standalone loop over `linear_fwd_panels`): 1x256→256 with the weights in
@@ -197,7 +218,8 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> (__m256, __m256) 
 /// `S` independent accumulator sets (panel rows `p ≡ s mod S` go to set `s`, added together
 /// at the end) so that `2·R·S·P ≥ 8` FMA chains are in flight. With `AHEAD` the panel after
 /// the `P` is prefetched into L2 as two half-rate streams (its two halves), so that it is in
-/// L2 when its pass starts.
+/// L2 when its pass starts; otherwise, with `l2`, each panel prefetches into L2 ahead of its
+/// reads and, near its end, into the next pass's ([`l2_wrap`]).
 ///
 /// # Safety
 /// A rows `< R` (stride `lda`) hold `k` values, the panel `k` rows of 16 (f16 when `F16`),
@@ -235,7 +257,7 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
         // One panel row per set: R broadcasts, 2·R·P FMAs. (A macro, not a closure: a closure
         // does not inherit the caller's target features and its intrinsics became calls.)
         macro_rules! step {
-            ($p:expr) => {
+            ($p:expr, $skip:expr) => {
                 let p = $p;
                 for (s, set) in acc.iter_mut().enumerate() {
                     let rows: [(__m256, __m256); P] = core::array::from_fn(|q| {
@@ -244,7 +266,7 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
                         // With AHEAD the previous pass brought this panel into L2 already.
                         if !AHEAD && l2 {
                             _mm_prefetch::<_MM_HINT_T1>(
-                                bq.wrapping_add((p + s) * row_bytes + PREFETCH_L2_BYTES) as *const i8
+                                bq.wrapping_add($skip + (p + s) * row_bytes + PREFETCH_L2_BYTES) as *const i8,
                             );
                         }
                         load_row::<F16>(bq, p + s)
@@ -263,17 +285,24 @@ unsafe fn tile<const R: usize, const S: usize, const P: usize, const AHEAD: bool
         // no test, and the addresses fold into displacements): 4x512→512 70 → 79 GFLOP/s with
         // the panel in L3. f16: one step per trip (two lost 10–20 % on MobileNetV1's conv5/6).
         let trip = if F16 { S } else { 2 * S };
-        while p + trip <= k {
-            if AHEAD {
-                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(p / 2 * row_bytes) as *const i8);
-                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(half + p / 2 * row_bytes) as *const i8);
-            }
-            step!(p);
-            if !F16 {
-                step!(p + S);
-            }
-            p += trip;
+        let (wrap, skip) = l2_wrap::<P>(k, row_bytes, panel_bytes);
+        macro_rules! trips {
+            ($end:expr, $skip:expr) => {
+                while p + trip <= $end {
+                    if AHEAD {
+                        _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(p / 2 * row_bytes) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(half + p / 2 * row_bytes) as *const i8);
+                    }
+                    step!(p, $skip);
+                    if !F16 {
+                        step!(p + S, $skip);
+                    }
+                    p += trip;
+                }
+            };
         }
+        trips!(wrap, 0);
+        trips!(k, skip);
         while p < k {
             let rows: [(__m256, __m256); P] = core::array::from_fn(|q| load_row::<F16>(b.add(q * panel_bytes), p));
             for (r, v) in acc[0].iter_mut().enumerate() {

@@ -22,7 +22,7 @@
 //! 39.2–40.6 ms; with the L1 prefetch only, the step is unchanged but batch-1 ResNet50 (its
 //! 2x2-map layers stream their weights from DRAM through this path) 3.16–3.25 → 3.50–3.79 ms.
 
-use super::avx2::{stays_in_l2, A_BLOCK_BYTES, PREFETCH_BYTES, PREFETCH_L2_BYTES};
+use super::avx2::{l2_wrap, stays_in_l2, A_BLOCK_BYTES, PREFETCH_BYTES, PREFETCH_L2_BYTES};
 use super::{Base, Finish, PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
 use core::any::TypeId;
@@ -213,7 +213,8 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> __m512 {
 /// so do the residual's (`fin.res`, stride `ldc`: C's own values, each read before it is
 /// written); the CPU supports AVX-512F. Each stored C
 /// value is `start + product`, plus the residual's value if any, then `max(·, 0)` with
-/// `fin.relu`. `L2`: also prefetch each panel into L2 ahead of use.
+/// `fin.relu`. `L2`: also prefetch each panel into L2 ahead of use and, near its end, the
+/// next pass's panels ([`l2_wrap`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
@@ -236,22 +237,31 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         let ar: [*const f32; R] = core::array::from_fn(|r| a.add(r * lda));
-        for p in 0..k {
-            let rows: [__m512; P] = core::array::from_fn(|q| {
-                let bq = b.add(q * panel_bytes);
-                _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(p * row_bytes + PREFETCH_BYTES) as *const i8);
-                if L2 {
-                    _mm_prefetch::<_MM_HINT_T1>(bq.wrapping_add(p * row_bytes + PREFETCH_L2_BYTES) as *const i8);
+        let (wrap, skip) = l2_wrap::<P>(k, row_bytes, panel_bytes);
+        macro_rules! steps {
+            ($steps:expr, $skip:expr) => {
+                for p in $steps {
+                    let rows: [__m512; P] = core::array::from_fn(|q| {
+                        let bq = b.add(q * panel_bytes);
+                        _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(p * row_bytes + PREFETCH_BYTES) as *const i8);
+                        if L2 {
+                            _mm_prefetch::<_MM_HINT_T1>(
+                                bq.wrapping_add($skip + p * row_bytes + PREFETCH_L2_BYTES) as *const i8
+                            );
+                        }
+                        load_row::<F16>(bq, p)
+                    });
+                    for (v, &ap) in acc.iter_mut().zip(&ar) {
+                        let av = _mm512_set1_ps(*ap.add(p));
+                        for (vq, &bq) in v.iter_mut().zip(&rows) {
+                            *vq = _mm512_fmadd_ps(av, bq, *vq);
+                        }
+                    }
                 }
-                load_row::<F16>(bq, p)
-            });
-            for (v, &ap) in acc.iter_mut().zip(&ar) {
-                let av = _mm512_set1_ps(*ap.add(p));
-                for (vq, &bq) in v.iter_mut().zip(&rows) {
-                    *vq = _mm512_fmadd_ps(av, bq, *vq);
-                }
-            }
+            };
         }
+        steps!(0..wrap, 0);
+        steps!(wrap..k, skip);
         // Only the last of the P panels can be narrower than 16 columns.
         let masks: [__mmask16; P] = core::array::from_fn(|q| {
             let cols_q = if q + 1 == P { cols - q * PANEL } else { PANEL };
