@@ -6,7 +6,7 @@
 //! Output rows are taken in runs with the same in-bounds kernel rows; in a run each row's
 //! interior pixels (all kernel columns in bounds) form a line along the row, and each border
 //! column a line down the run (its kernel columns clipped the same way), computed in groups
-//! of up to [`GROUP`] pixels, one accumulator each, so the FMA chains overlap (the ×0.25 stem's
+//! of up to `GROUP` (8) pixels, one accumulator each, so the FMA chains overlap (the ×0.25 stem's
 //! left border column, one pixel at a time, was a third of its FMA-latency time: in the model
 //! 2.1–2.2 → 1.85–1.95 µs). Each accumulator holds 8 output channels and sums `x·w` over the
 //! in-bounds `(ky, kx, ci)` in order from 0; then `y = act(sum + b)`. The weights (and bias)
@@ -195,7 +195,7 @@ unsafe fn store(job: &Job<'_>, acc: __m256, j: usize, out: &mut [f32]) {
 /// activation.
 ///
 /// # Safety
-/// As [`line`] for pixels `0..G`.
+/// As [`line()`] for pixels `0..G`.
 #[inline(always)]
 unsafe fn group<const G: usize>(job: &Job<'_>, x: *const f32, y: *mut f32, l: Line) {
     let s = job.s;

@@ -159,7 +159,7 @@ pub(super) unsafe fn bwd_input_gather(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: 
 ///
 /// The output pixels are visited by window class (the ≤ 3 row runs × ≤ 3 column runs of
 /// [`runs`]: border rows and columns clip the same taps), each class as lines of pixels (its
-/// rows, or a border column from top to bottom), several pixels at a time ([`line`]).
+/// rows, or a border column from top to bottom), several pixels at a time ([`line()`]).
 ///
 /// # Safety
 /// As [`fwd`].
@@ -316,7 +316,7 @@ unsafe fn line<L: Lanes, W: Elem, const FLIP: bool>(k: &Ctx<W>, win: Window, x: 
 /// output depends on its span or class.
 ///
 /// # Safety
-/// As [`line`] for pixels `0..N`.
+/// As [`line()`] for pixels `0..N`.
 #[inline(always)]
 unsafe fn span<L: Lanes, W: Elem, const N: usize, const FLIP: bool>(
     k: &Ctx<W>,
@@ -388,7 +388,7 @@ unsafe fn span<L: Lanes, W: Elem, const N: usize, const FLIP: bool>(
 /// at the bias; each tap loads its `V` weight vectors once for the `G` pixels.
 ///
 /// # Safety
-/// As [`line`] for pixels `0..G`, with `c0 + 8·V ≤ c`.
+/// As [`line()`] for pixels `0..G`, with `c0 + 8·V ≤ c`.
 #[inline(always)]
 unsafe fn block<L: Lanes, W: Elem, const G: usize, const V: usize, const FLIP: bool>(
     k: &Ctx<W>,

@@ -69,7 +69,7 @@ unsafe fn st(p: &mut [f32], i: usize, v: __m256) {
     unsafe { _mm256_storeu_ps(p.as_mut_ptr().add(i), v) }
 }
 
-/// [`gate`] for 8 channels from `i`: the BN output recomputed as [`apply`] computes it
+/// [`gate`](super::scalar::gate) for 8 channels from `i`: the BN output recomputed as [`apply`] computes it
 /// (subtract, multiply by `γ·invstd`, add `β`), compared `> 0` (false for NaN), masking `dy`.
 ///
 /// # Safety
