@@ -487,7 +487,9 @@ fn static_plan_engine_reports_clear_errors() {
 #[test]
 fn packed_panels_match_the_file_layout_on_every_isa() {
     // Batch 1 packs every layer but the stem (ResNet50's 7x7 stem has 3 input channels: not
-    // packed); batch 3 packs fewer; both dtypes; each ISA this CPU has against the unpacked run.
+    // packed); batch 3 packs fewer; both dtypes; each ISA this CPU has against the unpacked run
+    // (on AVX2 the packed layers of over 16 rows run from the file: the packed ones after them
+    // must still find their panels).
     let cases = [(STUDENT, 1), (STUDENT, 3), (ModelConfig::resnet50(), 1)];
     for (cfg, n) in cases {
         let store = random_params(&cfg, 31);
