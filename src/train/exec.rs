@@ -53,7 +53,7 @@ use tinykd_kernels::act::{self, Act};
 use tinykd_kernels::linear::panels;
 use tinykd_kernels::norm::{self, BnParams};
 use tinykd_kernels::shape::{Channels, Conv2d, Linear, Pool, IM2COL_ROWS};
-use tinykd_kernels::{conv, dwconv, linear, pool, Isa, KernelError};
+use tinykd_kernels::{conv, dwconv, linear, pool, Isa, IsaKind, KernelError};
 
 use crate::graph::{Dims, Name, OpKind, ParamRole, Program, TensorId, VarKind, BN_EPS};
 use crate::params::ParamStore;
@@ -335,8 +335,13 @@ pub struct Executor {
 /// weights packed once per step (`TrainPanels`): up to 2x2 (at most 128 rows per thread at
 /// the tutorial's batch), where the blocked GEMM, repacking the weights on every call for few
 /// rows, ran MobileNetV1's late convs at 24–46 GFLOP/s. Per sample, not per chunk, so the
-/// path (and the bits) do not depend on the batch or the thread count. AVX2 only (the one ISA
-/// whose panel product is SIMD).
+/// path (and the bits) do not depend on the batch or the thread count. On the AVX-512 path
+/// only: on AVX2 the blocked GEMM (6×16 tiles, A read in place) now beats packing once per
+/// step plus 6-row passes over one panel (Xeon VM, `TINYKD_ISA=avx2`, three alternating rounds
+/// of `tinykd bench train-step`: with these panels 1422–1484 img/s, with only the 1x1 maps'
+/// 1540–1544, with none 1566–1586; the distillation step 614–626 → 640–645 img/s), while on
+/// AVX-512 they win (2212–2241 img/s against 2096–2162 and 2105–2196); the portable path
+/// (scalar, NEON) is not SIMD.
 pub const TRAIN_PANEL_MAX_PIXELS: usize = 4;
 
 /// Rows of the im2col tiles of a KxK conv (a multiple of [`IM2COL_ROWS`]): the executor's
@@ -522,10 +527,9 @@ impl Executor {
                 .map(|op| {
                     let s = prog.conv2d(op, 1);
                     let few_rows = s.is_pointwise() && s.out_h() * s.out_w() <= TRAIN_PANEL_MAX_PIXELS;
-                    // Only where the panel product has a SIMD path (elsewhere it is the portable
-                    // specification, which the GEMM beats).
-                    let simd = isa.kind().has_avx2();
-                    (matches!(op.kind, OpKind::Conv { .. }) && few_rows && simd).then(|| TrainPanels {
+                    // Only on the AVX-512 path ([`TRAIN_PANEL_MAX_PIXELS`]).
+                    let wins = isa.kind() == IsaKind::Avx512;
+                    (matches!(op.kind, OpKind::Conv { .. }) && few_rows && wins).then(|| TrainPanels {
                         src: (0, 0),
                         fwd: LineBuf::zeros(panels::panels_len(1, s.c_in, s.c_out)),
                         bwd: LineBuf::zeros(panels::panels_len(1, s.c_out, s.c_in)),
