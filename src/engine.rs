@@ -397,7 +397,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
     /// `(taps, c_in, c_out)` of `step`'s weights if the engine packs them into panels.
     #[cfg(feature = "panels")]
     fn panel_dims(&self, step: &Step) -> Option<(usize, usize, usize)> {
-        let rows = self.setup.borrow().schedule.batch * step.y_shape.h as usize * step.y_shape.w as usize;
+        let rows = self.out_rows(step);
         let (k, c_in, c_out) = (step.k as usize, step.x_shape.c as usize, step.y_shape.c as usize);
         let taps = match step.kind {
             StepKind::Conv { .. } => k * k,
@@ -405,6 +405,12 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
             _ => return None,
         };
         worth_packing(rows, taps, c_in).then_some((taps, c_in, c_out))
+    }
+
+    /// Output rows of `step`'s product: batch × output pixels.
+    #[cfg(feature = "panels")]
+    fn out_rows(&self, step: &Step) -> usize {
+        self.setup.borrow().schedule.batch * step.y_shape.h as usize * step.y_shape.w as usize
     }
 
     /// The packed weights at byte offset `off` of the panels, `(taps, c_in, c_out)`.
@@ -466,9 +472,8 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
             let panels = if self.panels.is_empty() {
                 None
             } else {
-                let rows = ep.schedule.batch * step.y_shape.h as usize * step.y_shape.w as usize;
                 self.next_panel(step, &mut end)
-                    .filter(|_| runs_from_panels(isa, rows))
+                    .filter(|_| runs_from_panels(isa, self.out_rows(step)))
                     .and_then(|(off, dims)| self.panel_weights(off, dims))
             };
             #[cfg(not(feature = "panels"))]
