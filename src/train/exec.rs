@@ -347,7 +347,8 @@ pub const TRAIN_PANEL_MAX_PIXELS: usize = 4;
 /// Rows of the im2col tiles of a KxK conv (a multiple of [`IM2COL_ROWS`]): the executor's
 /// scratch holds this many, so the kernels run 4 times fewer, 4 times taller tiles than the
 /// minimum scratch (what the no_std planner gives) — the same bits (see the conv kernels'
-/// `tiles`). ResNet50's train step 306–313 → 326–330 img/s (three alternating rounds: its 3x3
+/// `tiles`; a map of fewer rows gets a scratch 4 times its one tile, which it does not use).
+/// ResNet50's train step 306–313 → 326–330 img/s (three alternating rounds: its 3x3
 /// convs' forward and input gradient, 576–4608 deep, run fewer GEMM calls over more rows);
 /// the distillation step and MobileNetV1's train step unchanged (their only KxK conv is the
 /// teacher's few-pixel 3x3s on panels and the students' stem).
@@ -468,16 +469,8 @@ impl Executor {
             .ops()
             .iter()
             .filter(|op| matches!(op.kind, OpKind::Conv { .. }))
-            .map(|op| {
-                let s = prog.conv2d(op, chunk);
-                let rows = s.n * s.out_h() * s.out_w();
-                // Taller im2col tiles than the kernels' minimum (see IM2COL_TILE_ROWS).
-                if s.is_pointwise() {
-                    0
-                } else {
-                    IM2COL_TILE_ROWS.min(rows) * s.k() // at least s.scratch_len()
-                }
-            })
+            // Taller im2col tiles than the kernels' minimum (see IM2COL_TILE_ROWS).
+            .map(|op| prog.conv2d(op, chunk).scratch_len() * (IM2COL_TILE_ROWS / IM2COL_ROWS))
             .max()
             .unwrap_or(0);
         // Twice the largest chunk tensor: residual add+ReLU keeps its gradient and an accumulator.

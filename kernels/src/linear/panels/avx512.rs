@@ -237,7 +237,7 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool, const L2: bool>(
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         let ar: [*const f32; R] = core::array::from_fn(|r| a.add(r * lda));
-        let (wrap, skip) = l2_wrap::<P>(k, row_bytes, panel_bytes);
+        let (wrap, skip) = if L2 { l2_wrap::<P>(k, row_bytes, panel_bytes) } else { (k, 0) };
         macro_rules! steps {
             ($steps:expr, $skip:expr) => {
                 for p in $steps {
