@@ -13,10 +13,12 @@
 //!
 //! Paths: AVX2+FMA+F16C (`avx2.rs`: 1–6 rows per pass, for f16 weights independent
 //! accumulator sets for 1–3 rows so the FMA latency is hidden, software prefetch ahead of the
-//! stream, f16 widened by `vcvtph2ps`); portable (below, the specification: each output
-//! `C₀ + Σ_p A·B` in `p` order, used by the scalar and NEON kinds). Both satisfy the GEMM's
+//! stream, f16 widened by `vcvtph2ps`); AVX-512F (`avx512.rs`); NEON (`neon.rs`: 1–4 rows per
+//! pass, 2 panels for a lone row, f16 widened by `fcvtl`); portable (below, the specification:
+//! each output `C₀ + Σ_p A·B` in `p` order, used by the scalar kind). All satisfy the GEMM's
 //! dot-product error bound, and with f32 weights each output's bits depend only on its own row
-//! (not on `m` or on the other rows), so splitting a batch across threads changes nothing.
+//! (not on `m` or on the other rows), so splitting a batch across threads changes nothing; the
+//! SIMD paths' f32 bits are also the same on every path (one fused chain per value in `p` order).
 
 use super::epilogue::bias_rows;
 use crate::act::Act;
@@ -30,6 +32,8 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod both_ways;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 /// Columns per panel (the same on every ISA, so one packed file serves all of them).
 pub const PANEL: usize = 16;
@@ -185,14 +189,14 @@ pub(crate) struct PanelProduct<'a, W> {
 /// What a SIMD tile does to each value as it stores it, after `start + product`: add the
 /// residual at the same position (C's row stride; C's own old value) if any, then the ReLU if
 /// `relu`.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[derive(Clone, Copy)]
 pub(super) struct Finish {
     pub relu: bool,
     pub res: Option<*const f32>,
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 impl Finish {
     /// This finish for the tile whose first value is at offset `off` of C.
     #[inline(always)]
@@ -219,7 +223,7 @@ pub(crate) enum Start<'a> {
 }
 
 /// [`Start`] for the columns from `j0` on, as the SIMD tiles read it.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[derive(Clone, Copy)]
 pub(super) enum Base {
     /// C's own values.
@@ -234,7 +238,7 @@ pub(super) enum Base {
 
 impl Start<'_> {
     /// This start for a tile whose first column is `j0` (`j0 < n`: in bounds by [`PanelProduct::fits`]).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
     pub(super) fn at(&self, j0: usize) -> Base {
         match self {
@@ -259,7 +263,7 @@ impl Start<'_> {
 
 impl<W> PanelProduct<'_, W> {
     /// The store step of the SIMD tiles, for the tile at C's first value `c`.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
     pub(super) fn finish(&self, c: *const f32) -> Finish {
         Finish { relu: self.relu, res: self.residual.then_some(c) }
@@ -299,6 +303,10 @@ pub(crate) fn accumulate<W: Elem>(isa: Isa, p: &PanelProduct<'_, W>, c: &mut [f3
         // SAFETY: operand lengths checked above; an `Isa` of kind Avx512 exists only when the
         // CPU has AVX-512F besides AVX2+FMA+F16C (isa.rs).
         crate::isa::IsaKind::Avx512 => unsafe { avx512::accumulate(p, c) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: operand lengths checked above; an `Isa` of kind Neon exists only on aarch64
+        // CPUs with NEON (isa.rs).
+        crate::isa::IsaKind::Neon => unsafe { neon::accumulate(p, c) },
         _ => portable(p, c),
     }
 }
