@@ -145,7 +145,7 @@ mod avx2 {
     }
 }
 
-/// NEON max pool forward: the twin of [`avx2`], 4 channels per instruction.
+/// NEON max pool forward: the twin of `avx2`, 4 channels per instruction.
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use super::{max_tail, window_taps};

@@ -1,23 +1,31 @@
-//! AVX2 direct forward for KxK convs with few input channels (MobileNetV1's stem: 3x3, 3 →
-//! 8·k channels): no im2col. An im2col + GEMM of such a conv is dominated by moving data
-//! (27-deep products over a 16-column tile of which the ×0.25 stem fills 8): 10–17 µs for the
-//! ×0.25 stem at batch 1, its largest layer.
+//! Direct forward for KxK convs with few input channels (MobileNetV1's stem: 3x3, 3 → 8·k
+//! channels) on AVX2 (`avx2.rs`) and NEON (`neon.rs`): no im2col. An im2col + GEMM of such a
+//! conv is dominated by moving data (27-deep products over a 16-column tile of which the ×0.25
+//! stem fills 8): 10–17 µs for the ×0.25 stem at batch 1 on AVX2, its largest layer; on NEON
+//! the im2col, the GEMM's packing and its 8x8 tiles were 136 K of the ×0.25 model's 680 K
+//! guest instructions per inference.
 //!
 //! Output rows are taken in runs with the same in-bounds kernel rows; in a run each row's
 //! interior pixels (all kernel columns in bounds) form a line along the row, and each border
 //! column a line down the run (its kernel columns clipped the same way), computed in groups
 //! of up to `GROUP` (8) pixels, one accumulator each, so the FMA chains overlap (the ×0.25 stem's
 //! left border column, one pixel at a time, was a third of its FMA-latency time: in the model
-//! 2.1–2.2 → 1.85–1.95 µs). Each accumulator holds 8 output channels and sums `x·w` over the
-//! in-bounds `(ky, kx, ci)` in order from 0; then `y = act(sum + b)`. The weights (and bias)
-//! are widened once per call into a stack tile with the channels padded to a multiple of 8
-//! (zeros), so every weight load is a whole vector and only the store of a last partial block
-//! of channels is masked.
+//! 2.1–2.2 → 1.85–1.95 µs). Each accumulator holds 8 output channels (one ymm, two q
+//! registers) and sums `x·w` over the in-bounds `(ky, kx, ci)` in order from 0, fused; then
+//! `y = act(sum + b)` — the same bits on both paths. The weights (and bias) are widened once
+//! per call into a stack tile with the channels padded to a multiple of 8 (zeros), so every
+//! weight load is a whole vector and only the store of a last partial block of channels is
+//! narrower. This file holds the driver; each path's `group` (the pixels of one group) is its
+//! `Pixels` impl.
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx2;
+#[cfg(target_arch = "aarch64")]
+pub(super) mod neon;
 
 use crate::act::Act;
 use crate::elem::Elem;
 use crate::shape::Conv2d;
-use core::arch::x86_64::*;
 
 /// Largest widened weight tile, f32 values (8 KiB of stack).
 const MAX_W: usize = 2048;
@@ -47,7 +55,7 @@ fn clip(start: usize, pad: usize, len: usize, k: usize) -> (usize, usize) {
 }
 
 /// What every pixel of one call shares.
-struct Job<'a> {
+pub(super) struct Job<'a> {
     s: &'a Conv2d,
     /// Widened weights `[ky][kx][ci][cp]`, `cp` = `c_out` rounded up to 8 (zeros).
     wt: &'a [f32],
@@ -55,17 +63,27 @@ struct Job<'a> {
     /// Widened bias (zeros without one), `cp` values.
     bt: &'a [f32],
     relu: bool,
-    /// Lane mask of the last block of 8 channels (all lanes when `c_out % 8 == 0`).
-    tail: __m256i,
 }
 
-/// `y = act(conv(x, w) + b)` for a shape [`applies`] accepts.
+/// One path's arithmetic: the pixels of one group.
+pub(super) trait Pixels {
+    /// `G` pixels of a line from `x`, `y` (one accumulator each per 8 output channels, so the
+    /// FMA chains overlap): `Σ x·w` over the in-bounds `(ky, kx, ci)` in order, fused, then
+    /// the bias and the activation (ReLU: `v > 0 ? v : +0`).
+    ///
+    /// # Safety
+    /// As [`line()`] for pixels `0..G`, and the CPU supports the path's features.
+    unsafe fn group<const G: usize>(job: &Job<'_>, x: *const f32, y: *mut f32, l: Line);
+}
+
+/// `y = act(conv(x, w) + b)` for a shape [`applies`] accepts, with `P`'s arithmetic (inlined
+/// into each path's entry, which enables its features).
 ///
 /// # Safety
 /// `s` is valid, [`applies`]`(s)`, `x`, `w`, `bias`, `y` have the lengths `conv2d_fwd` checks,
-/// and the CPU supports AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn fwd<W: Elem>(s: &Conv2d, x: &[f32], w: &[W], bias: Option<&[W]>, act: Act, y: &mut [f32]) {
+/// and the CPU supports `P`'s features.
+#[inline(always)]
+unsafe fn fwd<P: Pixels, W: Elem>(s: &Conv2d, x: &[f32], w: &[W], bias: Option<&[W]>, act: Act, y: &mut [f32]) {
     let (c_in, c_out) = (s.c_in, s.c_out);
     let cp = c_out.next_multiple_of(8);
     let depth = s.kh * s.kw * c_in;
@@ -81,10 +99,7 @@ pub(super) unsafe fn fwd<W: Elem>(s: &Conv2d, x: &[f32], w: &[W], bias: Option<&
             *d = v.to_f32();
         }
     }
-    let rem = (c_out % 8) as i32;
-    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let tail = if rem == 0 { _mm256_set1_epi32(-1) } else { _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), lanes) };
-    let job = Job { s, wt: &wt[..depth * cp], cp, bt: &bt[..cp], relu: act == Act::Relu, tail };
+    let job = Job { s, wt: &wt[..depth * cp], cp, bt: &bt[..cp], relu: act == Act::Relu };
     let (oh, ow) = (s.out_h(), s.out_w());
     // Output columns whose kernel columns are all in bounds: ox·stride ≥ pad and
     // ox·stride − pad + kw ≤ w.
@@ -113,7 +128,7 @@ pub(super) unsafe fn fwd<W: Elem>(s: &Conv2d, x: &[f32], w: &[W], bias: Option<&
                     let l = Line { x: s.stride * c_in, y: c_out, len: ox_hi - ox_lo, ky, kx: (0, s.kw) };
                     // SAFETY: the line's windows (interior columns, rows clipped) and outputs
                     // are in bounds; AVX2/FMA vouched for by the caller.
-                    unsafe { line(&job, xp.add(xo), yp.add(yo), l) };
+                    unsafe { line::<P>(&job, xp.add(xo), yp.add(yo), l) };
                 }
             }
             // Each border column down the run's rows.
@@ -122,7 +137,7 @@ pub(super) unsafe fn fwd<W: Elem>(s: &Conv2d, x: &[f32], w: &[W], bias: Option<&
                 let (xo, yo) = at(oy, ox, kx.0);
                 let l = Line { x: s.stride * s.w * c_in, y: ow * c_out, len: end - oy, ky, kx };
                 // SAFETY: as above, with the column's kernel columns clipped.
-                unsafe { line(&job, xp.add(xo), yp.add(yo), l) };
+                unsafe { line::<P>(&job, xp.add(xo), yp.add(yo), l) };
             }
             oy = end;
         }
@@ -133,7 +148,7 @@ pub(super) unsafe fn fwd<W: Elem>(s: &Conv2d, x: &[f32], w: &[W], bias: Option<&
 /// input at `x + p·x` (from the line's start), its output at `y + p·y`; kernel rows `ky.0..ky.1`
 /// and columns `kx.0..kx.1` in bounds for all of them.
 #[derive(Clone, Copy)]
-struct Line {
+pub(super) struct Line {
     x: usize,
     y: usize,
     len: usize,
@@ -145,9 +160,9 @@ struct Line {
 ///
 /// # Safety
 /// Every pixel's in-bounds inputs (tap `(ky, kx, ci)` at `x + p·l.x + ((ky − ky.0)·w + kx −
-/// kx.0)·c_in + ci`) and its `c_out` outputs are in bounds; AVX2 and FMA.
+/// kx.0)·c_in + ci`) and its `c_out` outputs are in bounds; the CPU supports `P`'s features.
 #[inline(always)]
-unsafe fn line(job: &Job<'_>, x: *const f32, y: *mut f32, l: Line) {
+unsafe fn line<P: Pixels>(job: &Job<'_>, x: *const f32, y: *mut f32, l: Line) {
     let mut p = 0;
     while p < l.len {
         let g = GROUP.min(l.len - p);
@@ -155,73 +170,16 @@ unsafe fn line(job: &Job<'_>, x: *const f32, y: *mut f32, l: Line) {
         unsafe {
             let (x, y) = (x.add(p * l.x), y.add(p * l.y));
             match g {
-                8 => group::<8>(job, x, y, l),
-                7 => group::<7>(job, x, y, l),
-                6 => group::<6>(job, x, y, l),
-                5 => group::<5>(job, x, y, l),
-                4 => group::<4>(job, x, y, l),
-                3 => group::<3>(job, x, y, l),
-                2 => group::<2>(job, x, y, l),
-                _ => group::<1>(job, x, y, l),
+                8 => P::group::<8>(job, x, y, l),
+                7 => P::group::<7>(job, x, y, l),
+                6 => P::group::<6>(job, x, y, l),
+                5 => P::group::<5>(job, x, y, l),
+                4 => P::group::<4>(job, x, y, l),
+                3 => P::group::<3>(job, x, y, l),
+                2 => P::group::<2>(job, x, y, l),
+                _ => P::group::<1>(job, x, y, l),
             }
         }
         p += g;
-    }
-}
-
-/// Adds the bias, applies the activation and stores 8 channels from `j` (masked on the last
-/// block of a `c_out` that is not a multiple of 8).
-///
-/// # Safety
-/// `out[j..]` holds `min(8, c_out − j)` values; `j < cp`; AVX2 vouched for by the caller.
-#[inline(always)]
-unsafe fn store(job: &Job<'_>, acc: __m256, j: usize, out: &mut [f32]) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let mut v = _mm256_add_ps(acc, _mm256_loadu_ps(job.bt.as_ptr().add(j)));
-        if job.relu {
-            v = _mm256_max_ps(v, _mm256_setzero_ps());
-        }
-        if j + 8 <= job.s.c_out {
-            _mm256_storeu_ps(out.as_mut_ptr().add(j), v);
-        } else {
-            _mm256_maskstore_ps(out.as_mut_ptr().add(j), job.tail, v);
-        }
-    }
-}
-
-/// `G` pixels of a line from `x`, `y` (one accumulator each per 8 output channels, so the FMA
-/// chains overlap): `Σ x·w` over the in-bounds `(ky, kx, ci)` in order, then the bias and
-/// activation.
-///
-/// # Safety
-/// As [`line()`] for pixels `0..G`.
-#[inline(always)]
-unsafe fn group<const G: usize>(job: &Job<'_>, x: *const f32, y: *mut f32, l: Line) {
-    let s = job.s;
-    let (c_in, c_out, cp) = (s.c_in, s.c_out, job.cp);
-    // Taps (kx, ci) of a kernel row are contiguous in the input and in the weights: t from
-    // kx.0·c_in to kx.1·c_in, input offset t − kx.0·c_in.
-    let (t_lo, t_hi) = (l.kx.0 * c_in, l.kx.1 * c_in);
-    for j in (0..cp).step_by(8) {
-        // SAFETY (every access below): in-bounds taps of the G pixels (caller), weight rows
-        // (ky·kw·c_in + t) < depth, lanes j..j+8 ≤ cp inside `wt`, outputs of the G pixels.
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); G];
-            for ky in l.ky.0..l.ky.1 {
-                let xrow = x.add((ky - l.ky.0) * s.w * c_in).wrapping_sub(t_lo);
-                let wrow = job.wt.as_ptr().add(ky * s.kw * c_in * cp + j);
-                for t in t_lo..t_hi {
-                    let wv = _mm256_loadu_ps(wrow.add(t * cp));
-                    for (p, a) in acc.iter_mut().enumerate() {
-                        let xv = _mm256_broadcast_ss(&*xrow.wrapping_add(p * l.x + t));
-                        *a = _mm256_fmadd_ps(xv, wv, *a);
-                    }
-                }
-            }
-            for (p, a) in acc.iter().enumerate() {
-                store(job, *a, j, core::slice::from_raw_parts_mut(y.add(p * l.y), c_out));
-            }
-        }
     }
 }

@@ -11,10 +11,10 @@
 //! The ISA-independent data movement (im2col / col2im) lives in `im2col`, the tile loops in
 //! `tiled`; all arithmetic goes through [`crate::gemm::gemm`], which dispatches on the ISA —
 //! except the forward of a conv with few input channels on a Cortex-M4F (`m4`: direct, no
-//! im2col, same bits) and on AVX2 (`direct`: no im2col, groups of pixels in registers).
+//! im2col, same bits) and on AVX2 and NEON (`direct`: no im2col, groups of pixels in registers).
 
-/// AVX2 direct forward for few input channels (the stem).
-#[cfg(target_arch = "x86_64")]
+/// AVX2 and NEON direct forward for few input channels (the stem).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod direct;
 mod im2col;
 mod tiled;
@@ -66,7 +66,14 @@ pub fn conv2d_fwd<W: Elem>(
         IsaKind::Avx2 | IsaKind::Avx512 if direct::applies(s) => {
             // SAFETY: shape validated and lengths checked above; `applies` holds; an `Isa` of
             // kind Avx2 or Avx512 exists only when the CPU has AVX2+FMA+F16C (isa.rs).
-            unsafe { direct::fwd(s, x, w, bias, act, y) };
+            unsafe { direct::avx2::fwd(s, x, w, bias, act, y) };
+            Ok(())
+        }
+        #[cfg(target_arch = "aarch64")]
+        IsaKind::Neon if direct::applies(s) => {
+            // SAFETY: shape validated and lengths checked above; `applies` holds; an `Isa` of
+            // kind Neon exists only on aarch64 CPUs with NEON (isa.rs).
+            unsafe { direct::neon::fwd(s, x, w, bias, act, y) };
             Ok(())
         }
         IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => {

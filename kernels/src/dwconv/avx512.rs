@@ -1,5 +1,5 @@
 //! x86_64 AVX-512F depthwise 3x3 forward (and the stride-1 input gradient, the same loop over
-//! `dy` with the taps flipped): `avx2.rs`'s loops over 16-lane zmm registers ([`Zmm`]), so a
+//! `dy` with the taps flipped): `lines.rs`'s loops over 16-lane zmm registers ([`Zmm`]), so a
 //! pixel's channels take half the loads and FMAs; a last block of 8 channels runs on ymm, fewer
 //! than 8 through the AVX2 path's stack copy. Each lane computes what the AVX2 lane computes
 //! (bias, then the taps in row-major order, fused multiply-adds): the same bits. The weight
@@ -8,7 +8,8 @@
 //! (conv3_1 0.81 → 0.57), the whole ×0.25 18.5–19.8 → 18.0–19.1 µs, 1.0 0.50–0.53 → 0.49–0.51
 //! ms, the distillation step 895–905 → 909–917 img/s.
 
-use super::avx2::{taps_fwd, Lanes};
+use super::avx2::Ymm;
+use super::lines::{taps_fwd, Lanes};
 use crate::act::Act;
 use crate::elem::{f16, Elem};
 use crate::shape::DwConv3x3;
@@ -21,6 +22,8 @@ pub(super) struct Zmm;
 impl Lanes for Zmm {
     type V = __m512;
     const N: usize = 16;
+    type Tail = Ymm;
+    const OVERLAP_BELOW: usize = 32;
     #[inline(always)]
     unsafe fn load(p: *const f32) -> __m512 {
         // SAFETY: forwarded.

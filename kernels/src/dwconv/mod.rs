@@ -3,19 +3,22 @@
 //! (channel-innermost), no scratch.
 //!
 //! The per-ISA loops live in submodules: `scalar` (the specification, and the backward
-//! passes on the other ISAs), `avx2` (pixel-major forward over window classes: lines of up
-//! to 8 pixels whose border taps are clipped the same way, 8 FMA chains whatever the width,
-//! weights widened in the load; the stride-1 input gradient as that forward over `dy` with the
-//! kernel flipped; the weight gradient 8 channels per FMA, with the 9 tap sums in registers per
-//! image on stride-1 maps of at least 64 pixels), `avx512` (the same forward loops over 16-lane
-//! registers, bit-identical to `avx2`), `neon` (channel-vectorised forward, 8 channels per
-//! block, f16 weights widened once per block; the input gradient as a gather over each input
-//! pixel's taps; the weight gradient with a channel block's 9 tap sums in registers for the
-//! whole sweep), and `m4` (the scalar forward on a Cortex-M4F: 8 channel accumulators in
+//! passes on the other ISAs), `lines` (the SIMD forward, written once over a register type:
+//! pixel-major over window classes, lines of up to 8 pixels whose border taps are clipped the
+//! same way, 8 FMA chains whatever the width, weights widened in the load; the same bits on
+//! every path), `avx2` (that forward on ymm; the stride-1 input gradient as that forward over
+//! `dy` with the kernel flipped; the weight gradient 8 channels per FMA, with the 9 tap sums in
+//! registers per image on stride-1 maps of at least 64 pixels), `avx512` (the forward and the
+//! stride-1 input gradient on zmm), `neon` (the forward on q registers; the input gradient as a
+//! gather over each input pixel's taps; the weight gradient with a channel block's 9 tap sums
+//! in registers for the whole sweep), and `m4` (the scalar forward on a Cortex-M4F: 8 channel accumulators in
 //! registers per output pixel, bit-identical to `scalar`). Each public function checks its
 //! arguments and dispatches once on [`Isa::kind`].
 
 mod scalar;
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod lines;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -39,16 +42,9 @@ use crate::error::{check_len, Result};
 use crate::isa::{Isa, IsaKind};
 use crate::shape::DwConv3x3;
 
-/// Channels per SIMD block in the forward pass.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+/// Channels per AVX2 register (the x86 forward's narrowest block, the weight gradient's block).
+#[cfg(target_arch = "x86_64")]
 const BLOCK: usize = 8;
-
-/// One block's 9 taps and bias, widened to f32: rows 0..9 are `w[tap][c0..c0 + BLOCK]`, row 9
-/// the bias (zero-padded past the last channel).
-#[cfg(target_arch = "aarch64")]
-#[derive(Default)]
-#[repr(C, align(32))]
-struct WTile([[f32; BLOCK]; 10]);
 
 /// `y = act(dwconv3x3(x, w) + b)`: `x[n][h][w][c]` → `y[n][out_h][out_w][c]`, weights
 /// `w[3][3][c]` and optional `bias[c]` stored as f32 or f16, f32 accumulation.

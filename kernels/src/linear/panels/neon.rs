@@ -1,7 +1,8 @@
 //! aarch64 NEON product over packed panels: `C[i][j] = start + Σ_p A[i][p]·B[p][j]` per
 //! 16-column panel, in passes of 1–4 rows whose `R×16` tile of `C` lives in `4·R` q-register
-//! accumulators over all of `k` (`fmla` by an A scalar, one chain per lane in `p` order: with
-//! f32 weights the same bits as the AVX2 and AVX-512 paths, whatever the row grouping). A
+//! accumulators over all of `k` (`fmla` by lane of a 4-k load of each A row, one chain per
+//! lane in `p` order: with f32 weights the same bits as the AVX2 and AVX-512 paths, whatever
+//! the row grouping). A
 //! one-row pass (batch 1 on 1x1 maps, the fc) runs 2 panels at once, so 8 FMA chains are in
 //! flight (a Cortex-A76-class core has 2 FMA pipes of 4-cycle latency); f16 weights are
 //! widened by `fcvtl` / `fcvtl2` as each panel row is loaded (inline `asm!`: the f16
@@ -140,6 +141,42 @@ unsafe fn relu4(relu: bool, v: float32x4_t) -> float32x4_t {
     }
 }
 
+/// `acc[r] += A[r][p + l]·(panel row p + l)` for `l` = 0..4 in order, `av[r]` holding
+/// `A[r][p..p + 4]` (by value in and out, so the accumulators stay in registers).
+///
+/// # Safety
+/// Rows `p..p + 4` of each of the `P` panels at `b` (`panel_bytes` apart) are readable; NEON.
+#[inline(always)]
+unsafe fn quad<const R: usize, const P: usize, const F16: bool>(
+    mut acc: [[[float32x4_t; 4]; P]; R],
+    av: [float32x4_t; R],
+    b: *const u8,
+    panel_bytes: usize,
+    p: usize,
+) -> [[[float32x4_t; 4]; P]; R] {
+    // (A macro: the lane index is a const generic.)
+    macro_rules! step {
+        ($lane:literal) => {
+            // SAFETY: rows p..p + 4 of the panels (caller).
+            let rows: [[float32x4_t; 4]; P] =
+                core::array::from_fn(|q| unsafe { load_row::<F16>(b.add(q * panel_bytes), p + $lane) });
+            for r in 0..R {
+                for q in 0..P {
+                    for h in 0..4 {
+                        // SAFETY: register work.
+                        acc[r][q][h] = unsafe { vfmaq_laneq_f32::<$lane>(acc[r][q][h], rows[q][h], av[r]) };
+                    }
+                }
+            }
+        };
+    }
+    step!(0);
+    step!(1);
+    step!(2);
+    step!(3);
+    acc
+}
+
 /// `C[..R][..cols] = start + A[..R][..k]·panels` over `P` consecutive panels (`cols ≤ 16·P`),
 /// then `+ residual` (`fin.res`) and the ReLU (`fin.relu`) as each value is stored; `start`
 /// per `base`: C's own values, zero, or a shared row from the tile's first column.
@@ -167,7 +204,15 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool>(
     unsafe {
         let mut acc = [[[vdupq_n_f32(0.0); 4]; P]; R];
         let ar: [*const f32; R] = core::array::from_fn(|r| a.add(r * lda));
-        for p in 0..k {
+        // Four panel rows per trip against one 4-k load of each A row (`fmla` by lane): 1 A
+        // load per 4 k instead of 4.
+        let mut p = 0;
+        while p + 4 <= k {
+            let av: [float32x4_t; R] = core::array::from_fn(|r| vld1q_f32(ar[r].add(p)));
+            acc = quad::<R, P, F16>(acc, av, b, panel_bytes, p);
+            p += 4;
+        }
+        while p < k {
             let rows: [[float32x4_t; 4]; P] = core::array::from_fn(|q| load_row::<F16>(b.add(q * panel_bytes), p));
             for (v, &ap) in acc.iter_mut().zip(&ar) {
                 let av = *ap.add(p);
@@ -177,6 +222,7 @@ unsafe fn tile<const R: usize, const P: usize, const F16: bool>(
                     }
                 }
             }
+            p += 1;
         }
         for (r, v) in acc.iter().enumerate() {
             for (q, vq) in v.iter().enumerate() {
