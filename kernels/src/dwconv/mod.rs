@@ -9,8 +9,8 @@
 //! every path), `avx2` (that forward on ymm; the stride-1 input gradient as that forward over
 //! `dy` with the kernel flipped; the weight gradient 8 channels per FMA, with the 9 tap sums in
 //! registers per image on stride-1 maps of at least 64 pixels), `avx512` (the forward and the
-//! stride-1 input gradient on zmm), `neon` (the forward on q registers; the input gradient as a
-//! gather over each input pixel's taps; the weight gradient with a channel block's 9 tap sums
+//! stride-1 input gradient on zmm), `neon` (the forward on q registers, and the stride-1 input gradient as
+//! on x86; the strided input gradient as a gather over each input pixel's taps; the weight gradient with a channel block's 9 tap sums
 //! in registers for the whole sweep), and `m4` (the scalar forward on a Cortex-M4F: 8 channel accumulators in
 //! registers per output pixel, bit-identical to `scalar`). Each public function checks its
 //! arguments and dispatches once on [`Isa::kind`].
@@ -114,8 +114,11 @@ pub fn dwconv3x3_bwd_input(isa: Isa, s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &
         // SAFETY: as above (any stride).
         IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::bwd_input_gather(s, dy, w, dx) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: lengths checked above; an `Isa` of kind Neon exists only on aarch64 CPUs with
-        // NEON (isa.rs).
+        // SAFETY: stride 1 and lengths checked above; an `Isa` of kind Neon exists only on
+        // aarch64 CPUs with NEON (isa.rs).
+        IsaKind::Neon if s.stride == 1 => unsafe { neon::bwd_input_s1(s, dy, w, dx) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above (any stride).
         IsaKind::Neon => unsafe { neon::bwd_input(s, dy, w, dx) },
         _ => scalar::bwd_input(s, dy, w, dx),
     }

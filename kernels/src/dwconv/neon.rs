@@ -74,6 +74,19 @@ pub(super) unsafe fn fwd<W: Elem>(s: &DwConv3x3, x: &[f32], w: &[W], bias: Optio
     unsafe { taps_fwd::<Q, W, false>(s, x, w, bias, act, y) }
 }
 
+/// `dx = Σ_taps shift(dy ⊙ w[tap])` for stride 1 (see [`super::dwconv3x3_bwd_input`]): the
+/// forward of `dy` with the kernel flipped (`w[2 − ky][2 − kx]`), same padding, as on x86.
+///
+/// # Safety
+/// `s.stride == 1`, lengths as checked by [`super::dwconv3x3_bwd_input`], and the CPU supports
+/// NEON.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn bwd_input_s1(s: &DwConv3x3, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    debug_assert_eq!(s.stride, 1);
+    // SAFETY: at stride 1 `dy` and `dx` both hold n·h·w·c values; forwarded otherwise.
+    unsafe { taps_fwd::<Q, f32, true>(s, dy, w, None, Act::None, dx) }
+}
+
 /// `dx` of the depthwise conv as a gather over each input pixel's taps, any stride (see
 /// [`super::dwconv3x3_bwd_input`]): input pixel `(iy, ix)` gets `Σ dy[oy][ox]·w[ky][kx]` over
 /// the taps with `oy·st + ky − 1 = iy`, `ox·st + kx − 1 = ix` in bounds (at most 9 at stride 1,
