@@ -6,14 +6,15 @@
 //! passes on the other ISAs), `lines` (the SIMD forward, written once over a register type:
 //! pixel-major over window classes, lines of up to 8 pixels whose border taps are clipped the
 //! same way, 8 FMA chains whatever the width, weights widened in the load; the same bits on
-//! every path), `avx2` (that forward on ymm; the stride-1 input gradient as that forward over
-//! `dy` with the kernel flipped; the weight gradient 8 channels per FMA, with the 9 tap sums in
-//! registers per image on stride-1 maps of at least 64 pixels), `avx512` (the forward and the
-//! stride-1 input gradient on zmm), `neon` (the forward on q registers, and the stride-1 input gradient as
-//! on x86; the strided input gradient as a gather over each input pixel's taps; the weight gradient with a channel block's 9 tap sums
-//! in registers for the whole sweep), and `m4` (the scalar forward on a Cortex-M4F: 8 channel accumulators in
-//! registers per output pixel, bit-identical to `scalar`). Each public function checks its
-//! arguments and dispatches once on [`Isa::kind`].
+//! every path; the stride-1 input gradient is that forward over `dy` with the kernel flipped),
+//! `avx2` (that forward on ymm; the strided input gradient as a gather; the weight gradient 8
+//! channels per FMA, with the 9 tap sums in registers per image on stride-1 maps of at least
+//! 64 pixels), `avx512` (the forward and the stride-1 input gradient on zmm), `neon` (the
+//! forward and the stride-1 input gradient on q registers; the strided input gradient as a
+//! gather over each input pixel's taps; the weight gradient with a channel block's 9 tap sums
+//! in registers for the whole sweep), and `m4` (the scalar forward on a Cortex-M4F: 8 channel
+//! accumulators in registers per output pixel, bit-identical to `scalar`). Each public
+//! function checks its arguments and dispatches once on [`Isa::kind`].
 
 mod scalar;
 
