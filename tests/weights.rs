@@ -363,6 +363,17 @@ fn crc32_known_vectors() {
         c.update(&data[..cut]).update(&data[cut..]);
         assert_eq!(c.finish(), crc32(&data), "cut {cut}");
     }
+    // The run-time form (crc32fast's folding paths under `std`) equals the table
+    // specification on long buffers, odd lengths and unaligned starts, whole and in pieces.
+    let long: Vec<u8> = (0..100_003u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    for (start, end) in [(0, 100_003), (1, 99_999), (3, 4_099), (5, 69), (64, 192)] {
+        let part = &long[start..end];
+        assert_eq!(Crc32::of(part), crc32(part), "{start}..{end}");
+        let mid = start + (end - start) / 3;
+        let mut c = Crc32::new();
+        c.update(&long[start..mid]).update(&long[mid..end]);
+        assert_eq!(c.finish(), crc32(part), "{start}..{mid}..{end}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

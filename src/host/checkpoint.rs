@@ -24,7 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Arch, ModelConfig, Stem};
-use crate::crc32::crc32;
+use crate::crc32::Crc32;
 use crate::host::atomic::write_atomic;
 
 /// The first 8 bytes of every checkpoint.
@@ -197,7 +197,7 @@ impl Checkpoint {
         out.extend_from_slice(self.meta.as_bytes());
         let payload_len = (out.len() - HEADER_LEN) as u64;
         out[12..20].copy_from_slice(&payload_len.to_le_bytes());
-        let crc = crc32(&out);
+        let crc = Crc32::of(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         Ok(out)
     }
@@ -230,7 +230,7 @@ impl Checkpoint {
         }
         let body_end = bytes.len() - 4;
         let stored = u32::from_le_bytes(bytes[body_end..].try_into().expect("4 bytes"));
-        let computed = crc32(&bytes[..body_end]);
+        let computed = Crc32::of(&bytes[..body_end]);
         if stored != computed {
             return Err(CkptError::Checksum { path: path_buf(), stored, computed });
         }
