@@ -12,7 +12,7 @@
 //! k up to the kernel's `kc_one` is one block (one pass over C); a deeper k is cut into equal
 //! KC blocks (at most the kernel's KC, a multiple of 8). MC is as many rows as the A buffer
 //! holds at that depth (MC·KC is fixed), so a short k gets a tall A block.
-//! Each element of A is packed once — or, for a kernel with `DIRECT_A` (AVX2, AVX-512) and an
+//! Each element of A is packed once — or, for a kernel with `DIRECT_A` (AVX2, AVX-512, NEON) and an
 //! f32 A (transposed or not), not at all: the micro-kernel broadcasts it in place, an edge of
 //! fewer than MR rows as tiles of 4, 2 and 1 rows (AVX-512 64×64×288 71.1–71.4 → 73.4–76.3 %,
 //! MobileNetV1's train step 1630–1736 → 1726–1778 img/s in alternating rounds: the packed
