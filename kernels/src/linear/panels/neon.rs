@@ -2,13 +2,14 @@
 //! 16-column panel, in passes of 1–4 rows whose `R×16` tile of `C` lives in `4·R` q-register
 //! accumulators over all of `k` (`fmla` by lane of a 4-k load of each A row, one chain per
 //! lane in `p` order: with f32 weights the same bits as the AVX2 and AVX-512 paths, whatever
-//! the row grouping). A
-//! one-row pass (batch 1 on 1x1 maps, the fc) runs 2 panels at once, so 8 FMA chains are in
-//! flight (a Cortex-A76-class core has 2 FMA pipes of 4-cycle latency); f16 weights are
-//! widened by `fcvtl` / `fcvtl2` as each panel row is loaded (inline `asm!`: the f16
-//! intrinsics are unstable). Before this path the NEON kind ran the portable product: one row
-//! at a time (every panel re-read per row), a separate multiply and add, and each f16 weight
-//! widened in scalar code.
+//! the row grouping). A one-row pass (batch 1 on 1x1 maps, the fc) runs 2 panels at once, so
+//! 8 FMA chains are in flight (a Cortex-A76-class core has 2 FMA pipes of 4-cycle latency);
+//! f16 weights are widened by `fcvtl` / `fcvtl2` as each panel row is loaded (inline `asm!`:
+//! the f16 intrinsics are unstable). Passes go row block by row block, each over every panel
+//! (4 A rows stay in L1, the weights stream per pass; x86 goes panel by panel over A blocks
+//! instead — which order wins on an ARM core's caches is for hardware to say). Before this
+//! path the NEON kind ran the portable product: one row at a time (every panel re-read per
+//! row), a separate multiply and add, and each f16 weight widened in scalar code.
 
 use super::{Base, Finish, PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
