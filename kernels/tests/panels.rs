@@ -360,3 +360,35 @@ fn strided_pointwise_panel_conv_is_the_product_over_the_subsampled_input() {
     check::<f32>(&mut rng);
     check::<f16>(&mut rng);
 }
+
+/// With f32 weights every SIMD path sums each value as one fused chain in `p` order from zero
+/// and then adds the bias (`bias + Σ a·b`, `a.mul_add(b, acc)` per term): checked bit for bit
+/// against that sum on each path this CPU has, so the x86 paths and NEON (under qemu in CI)
+/// give the same bits. Shapes hit 1–13 rows (every pass size, several passes), column tails,
+/// 2-panel one-row passes and depths not a multiple of 4.
+#[test]
+fn f32_panel_products_are_one_fused_chain_per_value_on_every_simd_path() {
+    let mut rng = Rng::new(34);
+    let simd: Vec<Isa> = isas().into_iter().filter(|i| i.kind() != IsaKind::Scalar).collect();
+    for (rows, c_in, c_out) in
+        [(1, 301, 70), (2, 64, 33), (3, 5, 16), (4, 33, 17), (5, 96, 40), (13, 7, 200), (1, 2048, 20)]
+    {
+        let s = Linear::new(rows, c_in, c_out);
+        let x = rng.vec(s.x_len());
+        let w = rng.vec(s.w_len());
+        let b = rng.vec(c_out);
+        let wp = packed(1, c_in, c_out, &w);
+        let want: Vec<f32> = (0..rows * c_out)
+            .map(|o| {
+                let (i, j) = (o / c_out, o % c_out);
+                let acc = (0..c_in).fold(0.0f32, |acc, p| x[i * c_in + p].mul_add(w[p * c_out + j], acc));
+                b[j] + acc
+            })
+            .collect();
+        for &isa in &simd {
+            let mut y = vec![f32::NAN; s.y_len()];
+            linear_fwd_panels(isa, &s, &x, &wp, Some(&b), Act::None, &mut y).unwrap();
+            assert_eq!(y, want, "{:?} {s:?}", isa.kind());
+        }
+    }
+}
