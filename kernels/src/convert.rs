@@ -140,6 +140,38 @@ pub(crate) mod arm {
     use core::arch::aarch64::*;
     use core::arch::asm;
 
+    /// One f32 vector from 4 f16 values (`fcvtl`; exact). The one place the kernels widen f16
+    /// in NEON registers (GEMM packing, panel products, the depthwise forward).
+    ///
+    /// # Safety
+    /// The CPU must support NEON (the conversion is base ARMv8 floating point).
+    #[inline(always)]
+    pub(crate) unsafe fn widen4(h: uint16x4_t) -> float32x4_t {
+        let v: float32x4_t;
+        // SAFETY: a register-only instruction.
+        unsafe {
+            asm!("fcvtl {v:v}.4s, {h:v}.4h", h = in(vreg) h, v = lateout(vreg) v,
+                 options(pure, nomem, nostack, preserves_flags));
+        }
+        v
+    }
+
+    /// Two f32 vectors from 8 f16 values: `fcvtl` (low half) and `fcvtl2` (high half).
+    ///
+    /// # Safety
+    /// The CPU must support NEON.
+    #[inline(always)]
+    pub(crate) unsafe fn widen8(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
+        let (lo, hi): (float32x4_t, float32x4_t);
+        // SAFETY: register-only instructions; `lo` is an early-clobber output (written before
+        // the second instruction reads `h`).
+        unsafe {
+            asm!("fcvtl {lo:v}.4s, {h:v}.4h", "fcvtl2 {hi:v}.4s, {h:v}.8h", h = in(vreg) h, lo = out(vreg) lo,
+                 hi = lateout(vreg) hi, options(pure, nomem, nostack, preserves_flags));
+        }
+        (lo, hi)
+    }
+
     /// `dst[i] = f16(src[i])` over `min(src.len(), dst.len())` elements.
     ///
     /// # Safety
@@ -187,14 +219,8 @@ pub(crate) mod arm {
         let mut i = 0;
         while i < body {
             // SAFETY: i + 4 <= n: 8 bytes of f16 readable at src[i..], 4 f32 writable at
-            // dst.add(i) (caller); `fcvtl` only reads and writes the named vector registers.
-            unsafe {
-                let h = vld1_u16(src.as_ptr().add(i) as *const u16);
-                let v: float32x4_t;
-                asm!("fcvtl {v:v}.4s, {h:v}.4h", h = in(vreg) h, v = lateout(vreg) v,
-                     options(pure, nomem, nostack, preserves_flags));
-                vst1q_f32(dst.add(i), v);
-            }
+            // dst.add(i) (caller).
+            unsafe { vst1q_f32(dst.add(i), widen4(vld1_u16(src.as_ptr().add(i) as *const u16))) };
             i += 4;
         }
         for (j, h) in src[body..].iter().enumerate() {

@@ -11,11 +11,11 @@
 use super::lines::{taps_fwd, Lanes};
 use super::{scalar, taps};
 use crate::act::Act;
+use crate::convert::arm::widen4;
 use crate::elem::{f16, Elem};
 use crate::shape::DwConv3x3;
 use core::any::TypeId;
 use core::arch::aarch64::*;
-use core::arch::asm;
 
 /// The NEON register: 4 lanes.
 pub(super) struct Q;
@@ -32,15 +32,10 @@ impl Lanes for Q {
     }
     #[inline(always)]
     unsafe fn load_w<W: Elem>(p: *const W) -> float32x4_t {
-        // SAFETY: forwarded; `W` is f16 (4 halves, widened by `fcvtl`, a register-only
-        // instruction) or f32, the only other `Elem`.
+        // SAFETY: forwarded; `W` is f16 (4 halves) or f32, the only other `Elem`.
         unsafe {
             if TypeId::of::<W>() == TypeId::of::<f16>() {
-                let h = vld1_u16(p as *const u16);
-                let v: float32x4_t;
-                asm!("fcvtl {v:v}.4s, {h:v}.4h", h = in(vreg) h, v = lateout(vreg) v,
-                     options(pure, nomem, nostack, preserves_flags));
-                v
+                widen4(vld1_u16(p as *const u16))
             } else {
                 vld1q_f32(p as *const f32)
             }

@@ -172,7 +172,7 @@ unsafe fn tile_direct_n<const R: usize>(
             }
             p += 1;
         }
-        store::<R>(&acc, c, ldc, nr, alpha, beta);
+        store_rows(&acc, R, c, ldc, nr, alpha, beta);
     }
 }
 
@@ -231,7 +231,7 @@ unsafe fn tile_direct_t<const R: usize>(
                 }
             }
         }
-        store::<R>(&acc, c, ldc, nr, alpha, beta);
+        store_rows(&acc, R, c, ldc, nr, alpha, beta);
     }
 }
 
@@ -280,23 +280,6 @@ unsafe fn tile_8x8(
     }
     // SAFETY: forwarded (C rows < mr, columns < nr).
     unsafe { store_rows(&acc, mr, c, ldc, nr, alpha, beta) }
-}
-
-/// [`store_rows`] for a tile of `R` rows.
-///
-/// # Safety
-/// As [`store_rows`] with `mr = R`.
-#[inline(always)]
-unsafe fn store<const R: usize>(
-    acc: &[[float32x4_t; 2]; R],
-    c: *mut f32,
-    ldc: usize,
-    nr: usize,
-    alpha: f32,
-    beta: f32,
-) {
-    // SAFETY: forwarded.
-    unsafe { store_rows(acc, R, c, ldc, nr, alpha, beta) }
 }
 
 /// `C[r][j] = α·acc[r][j] + β·C[r][j]` (C only written when `β = 0`) for `r < mr`, `j < nr`.

@@ -12,10 +12,10 @@
 //! row), a separate multiply and add, and each f16 weight widened in scalar code.
 
 use super::{Base, Finish, PanelProduct, PANEL};
+use crate::convert::arm::{widen4, widen8};
 use crate::elem::{f16, Elem};
 use core::any::TypeId;
 use core::arch::aarch64::*;
-use core::arch::asm;
 
 /// Rows of the tallest pass: 16 accumulators, 4 panel-row registers and the A scalars stay
 /// well inside the 32 q registers.
@@ -72,36 +72,6 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
         }
         i += rows;
     }
-}
-
-/// Four f32 vectors from 8 f16 values each: `fcvtl` (low half) and `fcvtl2` (high half).
-///
-/// # Safety
-/// The CPU supports NEON (the conversions are base ARMv8 floating point).
-#[inline(always)]
-unsafe fn widen8(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
-    let (lo, hi): (float32x4_t, float32x4_t);
-    // SAFETY: register-only instructions; `lo` is an early-clobber output (written before the
-    // second instruction reads `h`).
-    unsafe {
-        asm!("fcvtl {lo:v}.4s, {h:v}.4h", "fcvtl2 {hi:v}.4s, {h:v}.8h", h = in(vreg) h, lo = out(vreg) lo,
-             hi = lateout(vreg) hi, options(pure, nomem, nostack, preserves_flags));
-    }
-    (lo, hi)
-}
-
-/// One f32 vector from 4 f16 values (`fcvtl`).
-///
-/// # Safety
-/// The CPU supports NEON.
-#[inline(always)]
-unsafe fn widen4(h: uint16x4_t) -> float32x4_t {
-    let v: float32x4_t;
-    // SAFETY: a register-only instruction.
-    unsafe {
-        asm!("fcvtl {v:v}.4s, {h:v}.4h", h = in(vreg) h, v = lateout(vreg) v, options(pure, nomem, nostack, preserves_flags));
-    }
-    v
 }
 
 /// The 16 values of panel row `p` as four f32 vectors.
