@@ -17,8 +17,9 @@
 //! fewer than MR rows as tiles of 4, 2 and 1 rows (AVX-512 64×64×288 71.1–71.4 → 73.4–76.3 %,
 //! MobileNetV1's train step 1630–1736 → 1726–1778 img/s in alternating rounds: the packed
 //! 4-row edge of a 64-row im2col tile was ~5 % of its time, the compiled packer storing
-//! through `vscatterqps`); B is packed `⌈m/MC⌉` times, which costs about `1/(2·MC)` of the
-//! arithmetic, except an f32 B that already is one panel (n = NR = ldb, untransposed, on a
+//! through `vscatterqps`) — except a transposed A whose stride aliases in L1 ([`aliases`]),
+//! copied block by block to a padded stride first; B is packed `⌈m/MC⌉` times, which costs
+//! about `1/(2·MC)` of the arithmetic, except an f32 B that already is one panel (n = NR = ldb, untransposed, on a
 //! line), read in place (AVX-512 64×64×576, a 3x3 conv's 64-row im2col tile, 72.1–72.5 →
 //! 73.5–75.2 %). f16 operands are widened to f32 while packing (by the kernel's
 //! [`MicroKernel::widen`], i.e. F16C / NEON `fcvtl`), never in the micro-kernel.
@@ -263,13 +264,15 @@ pub(super) struct Blocking {
 
 impl Blocking {
     /// What [`run`] needs of a blocking for `mr`-row panels: `mc` a positive multiple of `mr`,
-    /// `1 ≤ kc ≤ kc_one`, and a block of depth `kc_one` still holds one panel.
+    /// `1 ≤ kc ≤ kc_one`, and a block of depth `kc_one` still holds one panel, packed or
+    /// copied at a padded stride ([`copied_rows`]).
     pub(super) const fn valid(&self, mr: usize) -> bool {
         self.mc > 0
             && self.mc.is_multiple_of(mr)
             && self.kc >= 1
             && self.kc <= self.kc_one
             && self.kc_one * mr <= self.a_len()
+            && self.a_len() / self.kc_one >= 32 + mr
     }
     /// f32 slots of the A packing buffer.
     pub(super) const fn a_len(&self) -> usize {
@@ -316,6 +319,10 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
         _ => None,
     };
     let trans = s.ta == Trans::T;
+    // Unless its stride would alias in L1 ([`aliases`]): then each A block is copied into
+    // `abuf` at a stride that does not, and read there (not worth it for a block that only
+    // one B panel reads).
+    let restride = a_direct.is_some() && s.n > NR && aliases(s.lda, trans, MR);
     // An f32, untransposed B of exactly NR columns stored NR apart already is its own panel
     // (row p of a KC block at `b[(p0 + p)·NR ..]`): read in place when line-aligned, as the
     // kernels' aligned loads need. (A 3x3 conv with 64 outputs on AVX-512 repacked its whole
@@ -331,7 +338,9 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
     let kc_blk =
         if s.k <= blk.kc_one { s.k } else { s.k.div_ceil(s.k.div_ceil(blk.kc)).next_multiple_of(8).min(blk.kc) };
     // As many rows as the A buffer holds at that depth: fewer B repacks when k is short.
-    let mc_blk = (blk.a_len() / kc_blk) / MR * MR;
+    let mc_blk = if restride { copied_rows::<MR>(blk.a_len(), kc_blk) } else { (blk.a_len() / kc_blk) / MR * MR };
+    // The copied block's stride (A stored k×m: a depth holds mc_blk values).
+    let ld_copy = padded_stride(mc_blk);
     let mut p0 = 0;
     while p0 < s.k {
         let kc = kc_blk.min(s.k - p0);
@@ -340,6 +349,18 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
         while i0 < s.m {
             let mc = mc_blk.min(s.m - i0);
             let panels = mc.div_ceil(MR);
+            // Where the tiles read A in place: A itself, or its block copied at `ld_copy`.
+            let a_at = match a_direct {
+                Some(ap) if restride => {
+                    // SAFETY: the block (depths p0..p0+kc of columns i0..i0+mc of the stored
+                    // k×m A) is inside A by the caller's length checks; its copy, `kc·ld_copy`
+                    // f32 (kc ≤ kc_blk, mc ≤ mc_blk), fits `abuf` by `copied_rows`.
+                    unsafe { copy_block(ap, s.lda, i0, mc, p0, kc, abuf, ld_copy) };
+                    Some((abuf as *const f32, ld_copy, 0, 0))
+                }
+                Some(ap) => Some((ap, s.lda, i0, p0)),
+                None => None,
+            };
             // An in-place A packs nothing.
             for ir in (0..panels).filter(|_| a_direct.is_none()) {
                 let mr = MR.min(mc - ir * MR);
@@ -374,13 +395,16 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                     // r < mr, j < nr are inside `c` because the caller checked
                     // `c.len() ≥ (m−1)·ldc + n`.
                     unsafe {
-                        match a_direct {
-                            Some(ap) => {
+                        match a_at {
+                            Some((ap, lda, i_off, p_off)) => {
                                 for (r0, rows) in edge_rows::<MR>(mr) {
                                     let row = row + r0;
-                                    let at = ap.add(if trans { p0 * s.lda + row } else { row * s.lda + p0 });
+                                    // Row `row` of op(A) from depth p0, in A or in its copy
+                                    // (which starts at row i0, depth p0; only transposed).
+                                    let (ri, pi) = (row - i0 + i_off, p_off);
+                                    let at = ap.add(if trans { pi * lda + ri } else { ri * lda + pi });
                                     let ct = cp.add(row * s.ldc + j0);
-                                    let (lda, ldc) = (s.lda, s.ldc);
+                                    let ldc = s.ldc;
                                     match rows {
                                         1 => K::tile_direct::<1>(kc, at, lda, trans, bp, ct, ldc, nr, alpha, beta_p),
                                         2 => K::tile_direct::<2>(kc, at, lda, trans, bp, ct, ldc, nr, alpha, beta_p),
@@ -408,6 +432,49 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
             i0 += mc_blk;
         }
         p0 += kc_blk;
+    }
+}
+
+/// Whether reading an f32 A in place at row stride `lda` (`trans`: op(A) = Aᵀ) would make
+/// a tile's A lines collide in L1 with each other and with the B panel.
+///
+/// Transposed (a weight gradient `Xᵀ·dY`, `lda` = the layer's input channels), a tile walks
+/// `kc` lines `4·lda` bytes apart; an L1 way is 4 KiB (64 sets of 64-byte lines), so a
+/// multiple of 2 KiB keeps them in two sets or one, where they evict each other and the B
+/// panel (AVX2 on Zen 2, in place → copied: 1024×256×128 54–55 → 87–89 %, 512×128×512 67–68
+/// → 81–83, 512×512×512 66–69 → 77–83). A stride of 1 KiB or less, or an untransposed A
+/// (its `MR` rows each stream along a line), measured no better copied (256³ transposed
+/// 84–86 → 81–82 %).
+fn aliases(lda: usize, trans: bool, mr: usize) -> bool {
+    trans && lda >= mr && (lda * core::mem::size_of::<f32>()).is_multiple_of(2048)
+}
+
+/// The stride of a copied A block for runs of `len` f32: whole lines, an odd number of them
+/// (consecutive runs then start in different L1 sets, 64 of them before one repeats).
+fn padded_stride(len: usize) -> usize {
+    let lines = len.div_ceil(16);
+    (lines | 1) * 16
+}
+
+/// Rows of op(A) per block (a multiple of `MR`, at least `MR`) when its `kc_blk`-deep blocks
+/// of a transposed A are copied into an `a_len`-f32 buffer: `kc_blk` runs of
+/// `padded_stride(mc) ≤ mc + 32` f32 ([`Blocking::valid`] leaves room for `MR` rows).
+fn copied_rows<const MR: usize>(a_len: usize, kc_blk: usize) -> usize {
+    ((a_len / kc_blk).saturating_sub(32) / MR * MR).max(MR)
+}
+
+/// Copies columns `i0..i0+mc` of depths `p0..p0+kc` of a stored k×m A (row stride `lda`) into
+/// `dst`, depth `p` at `dst[p·ld ..][..mc]`.
+///
+/// # Safety
+/// `a[(p0+p)·lda + i0 + r]` is readable for `p < kc`, `r < mc`; `dst` is valid for `kc·ld`
+/// f32 writes, `mc ≤ ld`, and does not overlap A.
+#[allow(clippy::too_many_arguments)]
+unsafe fn copy_block(a: *const f32, lda: usize, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut f32, ld: usize) {
+    for p in 0..kc {
+        // SAFETY: depth p's run is `mc` readable f32 of A and `mc ≤ ld` writable ones of `dst`
+        // (caller).
+        unsafe { core::ptr::copy_nonoverlapping(a.add((p0 + p) * lda + i0), dst.add(p * ld), mc) };
     }
 }
 

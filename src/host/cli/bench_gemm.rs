@@ -46,6 +46,9 @@ pub struct GemmArgs {
     /// and the models' layer shapes of `kernels/benches/gemm.rs`.
     #[arg(long = "shape", value_name = "MxNxK", value_parser = parse_shape)]
     pub shapes: Vec<(usize, usize, usize)>,
+    /// A stored transposed (k×m, read as op(A) = Aᵀ), as in a weight gradient `Xᵀ·dY`.
+    #[arg(long)]
+    pub trans_a: bool,
     /// Storage of B (the weights); A and C are f32.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
@@ -100,8 +103,8 @@ struct Case<B: Elem> {
 }
 
 impl<B: Elem> Case<B> {
-    fn new(isa: Isa, (m, n, k): (usize, usize, usize), sample_s: f64) -> Self {
-        let s = GemmShape::nn(m, n, k);
+    fn new(isa: Isa, (m, n, k): (usize, usize, usize), trans_a: bool, sample_s: f64) -> Self {
+        let s = if trans_a { GemmShape::tn(m, n, k) } else { GemmShape::nn(m, n, k) };
         let mut a = LineBuf::zeros(m * k);
         for (i, v) in a.iter_mut().enumerate() {
             *v = ((i * 7919 % 1000) as f32 - 500.0) * 1e-3;
@@ -172,7 +175,7 @@ fn measure<B: Elem>(isa: Isa, a: &GemmArgs) -> anyhow::Result<serde_json::Value>
     let probe = 10_000;
     let probe_s = peak_flop(probe) / peak_sample(probe);
     let peak_rounds = ((probe as f64 * sample_s / probe_s) as usize).max(probe);
-    let mut cases: Vec<Case<B>> = shapes.iter().map(|&sh| Case::new(isa, sh, sample_s)).collect();
+    let mut cases: Vec<Case<B>> = shapes.iter().map(|&sh| Case::new(isa, sh, a.trans_a, sample_s)).collect();
     let mut peak = Vec::new();
     let mut gflops = vec![Vec::new(); cases.len()];
     let mut ratio = vec![Vec::new(); cases.len()];
@@ -206,6 +209,7 @@ fn measure<B: Elem>(isa: Isa, a: &GemmArgs) -> anyhow::Result<serde_json::Value>
         "bench": "gemm",
         "isa": isa.kind().name(),
         "dtype_b": B::DTYPE.name(),
+        "trans_a": a.trans_a,
         "threads": 1,
         "rounds": a.rounds,
         "peak_gflops_median": median(&mut peak),
