@@ -19,9 +19,9 @@
 //! 4-row edge of a 64-row im2col tile was ~5 % of its time, the compiled packer storing
 //! through `vscatterqps`) — except a transposed A whose stride aliases in L1 ([`aliases`]),
 //! copied block by block to a padded stride first; B is packed `⌈m/MC⌉` times, which costs
-//! about `1/(2·MC)` of the arithmetic, except an f32 B that already is one panel (n = NR = ldb, untransposed, on a
-//! line), read in place (AVX-512 64×64×576, a 3x3 conv's 64-row im2col tile, 72.1–72.5 →
-//! 73.5–75.2 %). f16 operands are widened to f32 while packing (by the kernel's
+//! about `1/(2·MC)` of the arithmetic, except an f32 B that already is one panel (n = NR =
+//! ldb, untransposed, on a line), read in place (AVX-512 64×64×576, a 3x3 conv's 64-row
+//! im2col tile, 72.1–72.5 → 73.5–75.2 %). f16 operands are widened to f32 while packing (by the kernel's
 //! [`MicroKernel::widen`], i.e. F16C / NEON `fcvtl`), never in the micro-kernel.
 //! Packed panels are zero-padded to MR/NR lanes; a tile's columns past n are cut in the
 //! micro-kernel's epilogue, its rows past m by the packed padding or, in place, by a shorter
