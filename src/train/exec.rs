@@ -784,6 +784,7 @@ impl Executor {
             let in_place = add.is_some_and(|(a, other)| {
                 let (free, y) = (|t: TensorId| !keep.contains(&t) && t != prog.output(), all[a].output);
                 s.is_pointwise()
+                    && s.out_h() * s.out_w() <= PACK_MAX_PIXELS
                     && other.index() != 0
                     && free(other)
                     && free(y)
