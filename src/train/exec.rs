@@ -335,13 +335,13 @@ pub struct Executor {
 /// weights packed once per step (`TrainPanels`): up to 2x2 (at most 128 rows per thread at
 /// the tutorial's batch), where the blocked GEMM, repacking the weights on every call for few
 /// rows, ran MobileNetV1's late convs at 24–46 GFLOP/s. Per sample, not per chunk, so the
-/// path (and the bits) do not depend on the batch or the thread count. On the AVX-512 path
-/// only: on AVX2 the blocked GEMM (6×16 tiles, A read in place) now beats packing once per
-/// step plus 6-row passes over one panel (Xeon VM, `TINYKD_ISA=avx2`, three alternating rounds
-/// of `tinykd bench train-step`: with these panels 1422–1484 img/s, with only the 1x1 maps'
-/// 1540–1544, with none 1566–1586; the distillation step 614–626 → 640–645 img/s), while on
-/// AVX-512 they win (2212–2241 img/s against 2096–2162 and 2105–2196); the portable path
-/// (scalar, NEON) is not SIMD.
+/// path (and the bits) do not depend on the batch or the thread count. On the AVX-512 and
+/// AVX2 paths; the portable path (scalar, NEON) is not SIMD. AVX2 lost with them while its
+/// panel tiles kept every accumulator in memory (Xeon VM, `TINYKD_ISA=avx2`: 1422–1484 img/s
+/// against 1566–1586 without); with the tiles fixed, on the AMD EPYC VM (three alternating
+/// rounds): distillation step 594–610 → 604–633 img/s (the student's conv6 forward and
+/// backward 3.6 + 8.3 → 1.9 + 4.9 thread-ms), train step 1309–1391 → 1375–1406; up to 4x4
+/// (16 pixels) no better (596–626, 1352–1393).
 pub const TRAIN_PANEL_MAX_PIXELS: usize = 4;
 
 /// Rows of the im2col tiles of a KxK conv (a multiple of [`IM2COL_ROWS`]): the executor's
@@ -520,8 +520,8 @@ impl Executor {
                 .map(|op| {
                     let s = prog.conv2d(op, 1);
                     let few_rows = s.is_pointwise() && s.out_h() * s.out_w() <= TRAIN_PANEL_MAX_PIXELS;
-                    // Only on the AVX-512 path ([`TRAIN_PANEL_MAX_PIXELS`]).
-                    let wins = isa.kind() == IsaKind::Avx512;
+                    // Only on the x86 SIMD paths ([`TRAIN_PANEL_MAX_PIXELS`]).
+                    let wins = matches!(isa.kind(), IsaKind::Avx512 | IsaKind::Avx2);
                     (matches!(op.kind, OpKind::Conv { .. }) && few_rows && wins).then(|| TrainPanels {
                         src: (0, 0),
                         fwd: LineBuf::zeros(panels::panels_len(1, s.c_in, s.c_out)),
@@ -784,7 +784,6 @@ impl Executor {
             let in_place = add.is_some_and(|(a, other)| {
                 let (free, y) = (|t: TensorId| !keep.contains(&t) && t != prog.output(), all[a].output);
                 s.is_pointwise()
-                    && s.out_h() * s.out_w() <= PACK_MAX_PIXELS
                     && other.index() != 0
                     && free(other)
                     && free(y)
