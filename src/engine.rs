@@ -42,7 +42,7 @@ use core::ops::Range;
 
 use tinykd_kernels::act::{self, Act};
 #[cfg(feature = "panels")]
-use tinykd_kernels::linear::panels::{pack_panels, panels_len, runs_from_panels, worth_packing};
+use tinykd_kernels::linear::panels::{pack_panels, panels_len, worth_packing};
 use tinykd_kernels::{conv, dwconv, f16, linear, pool, DType, Elem, Isa, KernelError};
 
 use crate::arena;
@@ -345,9 +345,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
     /// every layer but the stem, and above all the late ones, whose cost is streaming their
     /// weights — into 16-column panels in `buf` (see [`tinykd_kernels::linear::panels`]) and runs those steps from
     /// there from now on: one sequential stream per layer, the outputs held in registers.
-    /// Same results up to rounding order. The AVX2 path runs only the layers of at most
-    /// [`AVX2_PANEL_MAX_ROWS`](tinykd_kernels::linear::panels::AVX2_PANEL_MAX_ROWS) output rows
-    /// from the panels (above, its GEMM is faster). This is a host-side speed-up (it copies those
+    /// Same results up to rounding order. This is a host-side speed-up (it copies those
     /// weights, [`Engine::panels_bytes`] bytes); the Cortex-M4F kernels do not use it.
     ///
     /// Errors: [`EngineError::PanelBufferTooSmall`] if `buf` is shorter than
@@ -472,9 +470,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
             let panels = if self.panels.is_empty() {
                 None
             } else {
-                self.next_panel(step, &mut end)
-                    .filter(|_| runs_from_panels(isa, self.out_rows(step)))
-                    .and_then(|(off, dims)| self.panel_weights(off, dims))
+                self.next_panel(step, &mut end).and_then(|(off, dims)| self.panel_weights(off, dims))
             };
             #[cfg(not(feature = "panels"))]
             let panels = None;

@@ -45,27 +45,15 @@ pub const PANEL: usize = 16;
 pub const PACK_MAX_ROWS: usize = 256;
 
 /// Whether a layer with `rows` output rows, `taps` kernel taps and `c_in` input channels runs
-/// faster from packed panels: at most [`PACK_MAX_ROWS`] rows and [`deep_enough`].
+/// faster from packed panels: at most [`PACK_MAX_ROWS`] rows and [`deep_enough`]. Every path
+/// runs such a layer from its panels. (AVX2 ran only those of at most 16 rows from them while
+/// its panel tiles kept their accumulators in memory — 16 against 256 rows on the Xeon VM
+/// with `TINYKD_ISA=avx2`: MobileNetV1 1.0 532–547 → 524–531 µs, ×0.25 25.3–26.0 → 24.4–25.1;
+/// with the tiles fixed, on the AMD EPYC VM, four alternating rounds, 16 → 256 rows:
+/// MobileNetV1 1.0 446–516 → 468–490 µs, ×0.25 36.5–37.9 → 35.6–36.6, f16 35.7–36.3 →
+/// 34.6–34.7, ResNet50 the same.)
 pub const fn worth_packing(rows: usize, taps: usize, c_in: usize) -> bool {
     rows <= PACK_MAX_ROWS && deep_enough(taps, c_in)
-}
-
-/// The most output rows for which the AVX2 path runs a packed layer from its panels; above,
-/// the blocked GEMM over the stored weights (6x16 tiles, weights packed per call, bias and
-/// ReLU in its store) is faster there since it read A in place. Measured on the Xeon VM with
-/// `TINYKD_ISA=avx2` (three alternating rounds of `tinykd bench infer`, batch 1): 16
-/// against 256 rows, MobileNetV1 1.0 532–547 → 524–531 µs (f16 342–344 → 326–328), ResNet50
-/// 3.44–3.50 → 3.41–3.48 ms (f16 2.25–2.32 → 2.15–2.20), ×0.25 25.3–26.0 → 24.4–25.1 µs; 64
-/// rows: as 256. The AVX-512 path keeps every packed layer on panels (16 rows there: ×0.25
-/// 16.1–16.9 → 17.4–19.5 µs).
-pub const AVX2_PANEL_MAX_ROWS: usize = 16;
-
-/// Whether `isa` runs a packed product of `rows` output rows from its panels rather than
-/// from the stored weights: always but on the AVX2 path above [`AVX2_PANEL_MAX_ROWS`] rows.
-/// (What is packed, [`worth_packing`], does not depend on the path, so one packed buffer
-/// serves every path.)
-pub fn runs_from_panels(isa: Isa, rows: usize) -> bool {
-    !matches!(isa.kind(), crate::isa::IsaKind::Avx2) || rows <= AVX2_PANEL_MAX_ROWS
 }
 
 /// Whether the per-tap products of a conv over panels are deep enough to pay: a pointwise
