@@ -220,7 +220,8 @@ fn tails_all_transposes() {
 /// Shapes crossing the blocking: k > KC (256; AVX2 runs k ≤ 320 as one block, so 300 and
 /// 320 are one block there and 321 two; AVX-512's KC is 128), m > MC (144 AVX2 and 128 NEON at
 /// kc = 256, ~MC·256/kc rows at another kc; 288 AVX-512 at kc = 128, which runs k ≤ 192 as
-/// one block), several NR panels, with every β, both pads and all dtype combinations.
+/// one block; AVX2 also caps a shallow block's rows so that A and C fit 256 KiB: 246 rows at
+/// 700×200×64), several NR panels, with every β, both pads and all dtype combinations.
 #[test]
 fn blocking_boundaries() {
     let isas = isas();
@@ -236,6 +237,7 @@ fn blocking_boundaries() {
         (1600, 5, 24),
         (130, 20, 320),
         (118, 35, 321),
+        (700, 200, 64),
     ];
     let mut idx = 0usize;
     for &(m, n, k) in &shapes {

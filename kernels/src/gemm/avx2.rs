@@ -14,8 +14,11 @@ const MR: usize = 6;
 const NR: usize = 16;
 /// KC ≤ 256 (one 16 KiB B panel in L1), one block up to k = 320 (k = 288, a 3x3 conv over 32
 /// channels, then makes one pass over C instead of two; measured +3 % at 64×64×288), MC = 144
-/// rows at KC = 256 (a 144 KiB A block in L2).
-const BLOCKING: Blocking = Blocking { kc: 256, kc_one: 320, mc: 144 };
+/// rows at KC = 256 (a 144 KiB A block in L2), and for a short k at most 256 KiB of A block
+/// and C rows, half of Zen 2's L2 (AMD EPYC VM, three alternating rounds: 4096×128×64 80–82 →
+/// 85–86 % of the peak, 2048×256×64 83–84 → 85–86, the other default shapes the same; the
+/// Xeon's 2 MiB L2 never needed it). Row blocking leaves every sum's order, so the bits, alone.
+const BLOCKING: Blocking = Blocking { kc: 256, kc_one: 320, mc: 144, ac_bytes: 256 * 1024 };
 const _: () = assert!(BLOCKING.valid(MR));
 
 /// `C = α·op(A)·op(B) + β·C` (see [`super::gemm`]).

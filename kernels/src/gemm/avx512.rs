@@ -47,7 +47,7 @@ const MR: usize = 6;
 /// zmm vectors per tile row.
 const NV: usize = 4;
 const NR: usize = 16 * NV;
-const BLOCKING: Blocking = Blocking { kc: 128, kc_one: 192, mc: 288 };
+const BLOCKING: Blocking = Blocking { kc: 128, kc_one: 192, mc: 288, ac_bytes: usize::MAX };
 const _: () = assert!(BLOCKING.valid(MR));
 
 /// `C = α·op(A)·op(B) + β·C` (see [`super::gemm`]).

@@ -260,6 +260,10 @@ pub(super) struct Blocking {
     /// Rows of an A block at depth `kc` (a multiple of MR); a shallower block takes
     /// proportionally more rows, a deeper one (up to `kc_one`) fewer: `mc·kc` is fixed.
     pub mc: usize,
+    /// Bytes of an A block plus the C rows it updates (`rows·(kc + n)·4`) above which a
+    /// shallow block takes fewer rows (never fewer than `mc`): A and C then stay in L2 while
+    /// every B panel passes over them. `usize::MAX`: no such limit.
+    pub ac_bytes: usize,
 }
 
 impl Blocking {
@@ -339,6 +343,10 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
         if s.k <= blk.kc_one { s.k } else { s.k.div_ceil(s.k.div_ceil(blk.kc)).next_multiple_of(8).min(blk.kc) };
     // As many rows as the A buffer holds at that depth: fewer B repacks when k is short.
     let mc_blk = if restride { copied_rows::<MR>(blk.a_len(), kc_blk) } else { (blk.a_len() / kc_blk) / MR * MR };
+    // Fewer where an A block and its rows of C would crowd L2 (a short k: ~600 rows), but not
+    // below the blocking's MC.
+    let mc_blk = mc_blk.min(blk.mc.max(blk.ac_bytes / 4 / (kc_blk + s.n) / MR * MR));
+    let mc_blk = mc_blk.min(blk.mc.max((256 * 1024 / 4) / (kc_blk + s.n) / MR * MR));
     // The copied block's stride (A stored k×m: a depth holds mc_blk values).
     let ld_copy = padded_stride(mc_blk);
     let mut p0 = 0;
