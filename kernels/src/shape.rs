@@ -92,6 +92,18 @@ impl Conv2d {
     pub const fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
+    /// The one tap `t = pad·kw + pad` a conv from a 1x1 map to a 1x1 map reads in bounds (its
+    /// output pixel is its input pixel, whatever the stride), if the shape is such a conv and not
+    /// already pointwise: then it is the pointwise conv with weights `w[t]` (`c_in × c_out`),
+    /// the other taps reading only padding (ResNet50's res5 3x3 convs at a 32x32 input).
+    pub const fn only_tap(&self) -> Option<usize> {
+        let one_out = self.out_h() == 1 && self.out_w() == 1;
+        if self.h == 1 && self.w == 1 && one_out && self.pad < self.kh && self.pad < self.kw && !self.is_pointwise() {
+            Some(self.pad * self.kw + self.pad)
+        } else {
+            None
+        }
+    }
     /// f32 scratch length needed by the forward, grad-input and grad-weight kernels:
     /// one im2col tile of `min(IM2COL_ROWS, n·out_h·out_w)` rows of `K`; 0 for a pointwise conv.
     pub const fn scratch_len(&self) -> usize {

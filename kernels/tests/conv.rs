@@ -47,6 +47,10 @@ const SHAPES: &[Conv2d] = &[
     conv(2, 16, 16, 3, 8, 7, 7, 2, 3),  // 7x7 s2 p3, 128 rows
     conv(1, 5, 7, 3, 5, 3, 3, 1, 0),    // valid (no padding)
     conv(2, 1, 1, 5, 3, 3, 3, 1, 1),    // 1x1 input, only the centre tap is real
+    conv(40, 1, 1, 33, 20, 3, 3, 1, 1), // the same over 40 samples: its pointwise GEMM (only_tap)
+    conv(70, 1, 1, 9, 17, 3, 3, 2, 1),  // 1x1 input, stride 2, 70 samples (dW not row-blocked)
+    conv(3, 1, 1, 4, 5, 5, 5, 1, 2),    // 5x5 on a 1x1 input: tap 12
+    conv(2, 1, 1, 3, 4, 3, 3, 1, 2),    // 1x1 input, padding 2: a 3x3 output, every tap used
     conv(1, 1, 2, 3, 2, 3, 3, 1, 2),    // padding 2: windows mostly padding
     conv(1, 6, 6, 3, 4, 2, 2, 2, 0),    // even kernel
     conv(1, 5, 5, 3, 4, 2, 2, 1, 1),    // even kernel with padding
@@ -280,6 +284,7 @@ const GRAD_SHAPES: &[Conv2d] = &[
     conv(2, 9, 9, 3, 4, 7, 7, 2, 3),
     conv(2, 5, 7, 5, 3, 1, 1, 2, 0),
     conv(2, 5, 7, 17, 5, 1, 1, 1, 0),
+    conv(20, 1, 1, 6, 5, 3, 3, 1, 1), // a 1x1 map: the centre tap alone
 ];
 
 #[test]

@@ -2,7 +2,11 @@
 //! output rows, or a multiple of it when the scratch holds more (rows = flattened
 //! `n·out_h·out_w` pixels), each one GEMM call,
 //! so the conv runs at the speed of [`crate::gemm::gemm`]. A pointwise conv (1x1, stride 1,
-//! no padding) is a single GEMM over the input itself, with no scratch. A forward with at most
+//! no padding) is a single GEMM over the input itself, with no scratch, and so is a conv from
+//! a 1x1 map to a 1x1 map, over its one in-bounds tap ([`Conv2d::only_tap`]: ResNet50's res5
+//! 3x3 convs at a 32x32 input did 9× the work on im2col zeros; its train step 202–208 →
+//! 215–220 img/s on the AMD EPYC VM, the same bits, since the zero taps added exact zeros
+//! in whole KC blocks). A forward with at most
 //! [`stream::MAX_ROWS`] output pixels (the late layers at batch 1) instead streams the weights
 //! once ([`stream`]), tap by tap, skipping taps that only ever read padding (at 1x1 spatial
 //! size a 3x3 conv reads 1/9 of its weights).
@@ -51,12 +55,11 @@ pub(super) fn fwd<W: Elem>(
     let (k, c_out) = (s.k(), s.c_out);
     let total = s.n * s.out_h() * s.out_w();
     if s.is_pointwise() {
-        let product = Product { m: total, n: c_out, k, a: x, lda: k, b: w };
-        if stream::overwrite(isa, &product, y) {
-            bias_act(isa, c_out, bias, act, y);
-            return Ok(());
-        }
-        return gemm_bias_act(isa, &GemmShape::nn(total, c_out, k), x, w, bias, act, y);
+        return pointwise_fwd(isa, total, k, c_out, x, w, bias, act, y);
+    }
+    if let Some(t) = s.only_tap() {
+        let per_tap = s.c_in * c_out;
+        return pointwise_fwd(isa, total, s.c_in, c_out, x, &w[t * per_tap..][..per_tap], bias, act, y);
     }
     if stream::applies(isa, total) {
         return fwd_streamed(isa, s, x, w, bias, act, y, scratch);
@@ -68,6 +71,27 @@ pub(super) fn fwd<W: Elem>(
         gemm_bias_act(isa, &GemmShape::nn(rows, c_out, k), col, w, bias, act, y_tile)?;
     }
     Ok(())
+}
+
+/// `y = act(x · w + b)` for `rows` pixels of `k` channels (`w` is `k × c_out`).
+#[allow(clippy::too_many_arguments)]
+fn pointwise_fwd<W: Elem>(
+    isa: Isa,
+    rows: usize,
+    k: usize,
+    c_out: usize,
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+) -> Result<()> {
+    let product = Product { m: rows, n: c_out, k, a: x, lda: k, b: w };
+    if stream::overwrite(isa, &product, y) {
+        bias_act(isa, c_out, bias, act, y);
+        return Ok(());
+    }
+    gemm_bias_act(isa, &GemmShape::nn(rows, c_out, k), x, w, bias, act, y)
 }
 
 /// The forward for few output pixels (one im2col tile): `y = Σ_taps col[.., tap] · w[tap]`
@@ -220,6 +244,11 @@ pub(super) fn bwd_input(
     if s.is_pointwise() {
         return gemm(isa, &GemmShape::nt(s.n * s.h * s.w, k, c_out), 1.0, dy, w, 0.0, dx);
     }
+    if let Some(t) = s.only_tap() {
+        // dx = dy · w[t]ᵀ: the other taps read only padding.
+        let per_tap = s.c_in * c_out;
+        return gemm(isa, &GemmShape::nt(s.n, s.c_in, c_out), 1.0, dy, &w[t * per_tap..][..per_tap], 0.0, dx);
+    }
     dx.fill(0.0);
     for (row0, rows) in tiles(s, scratch) {
         let dcol = &mut scratch[..rows * k];
@@ -228,6 +257,29 @@ pub(super) fn bwd_input(
         im2col::scatter_add(s, dcol, row0, dx);
     }
     Ok(())
+}
+
+/// `dw = xᵀ · dy` for `rows` pixels of `k` input channels (`dw` is `k × c_out`).
+fn pointwise_bwd_weight(
+    isa: Isa,
+    rows: usize,
+    k: usize,
+    c_out: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) -> Result<()> {
+    if rows <= SHALLOW_DW_ROWS {
+        // A shallow product (few pixels: a late layer's map × a thread's samples) writes a
+        // large dW once per element; row blocks of dW keep those writes on few pages.
+        for i0 in (0..k).step_by(DW_ROW_BLOCK) {
+            let mb = DW_ROW_BLOCK.min(k - i0);
+            let shape = GemmShape { m: mb, ..GemmShape::tn(k, c_out, rows) };
+            gemm(isa, &shape, 1.0, &x[i0..], dy, 0.0, &mut dw[i0 * c_out..(i0 + mb) * c_out])?;
+        }
+        return Ok(());
+    }
+    gemm(isa, &GemmShape::tn(k, c_out, rows), 1.0, x, dy, 0.0, dw)
 }
 
 /// `dw = im2col(x)ᵀ · dy`: the first tile overwrites `dw`, later tiles accumulate (β = 1).
@@ -241,18 +293,13 @@ pub(super) fn bwd_weight(
 ) -> Result<()> {
     let (k, c_out) = (s.k(), s.c_out);
     if s.is_pointwise() {
-        let rows = s.n * s.h * s.w;
-        if rows <= SHALLOW_DW_ROWS {
-            // A shallow product (few pixels: a late layer's map × a thread's samples) writes a
-            // large dW once per element; row blocks of dW keep those writes on few pages.
-            for i0 in (0..k).step_by(DW_ROW_BLOCK) {
-                let mb = DW_ROW_BLOCK.min(k - i0);
-                let shape = GemmShape { m: mb, ..GemmShape::tn(k, c_out, rows) };
-                gemm(isa, &shape, 1.0, &x[i0..], dy, 0.0, &mut dw[i0 * c_out..(i0 + mb) * c_out])?;
-            }
-            return Ok(());
-        }
-        return gemm(isa, &GemmShape::tn(k, c_out, rows), 1.0, x, dy, 0.0, dw);
+        return pointwise_bwd_weight(isa, s.n * s.h * s.w, k, c_out, x, dy, dw);
+    }
+    if let Some(t) = s.only_tap() {
+        // dw[t] = xᵀ · dy; the other taps read only padding: their gradient is 0.
+        let per_tap = s.c_in * c_out;
+        dw.fill(0.0);
+        return pointwise_bwd_weight(isa, s.n, s.c_in, c_out, x, dy, &mut dw[t * per_tap..][..per_tap]);
     }
     for (row0, rows) in tiles(s, scratch) {
         let col = &mut scratch[..rows * k];
