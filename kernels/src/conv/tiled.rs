@@ -19,6 +19,7 @@ use crate::elem::Elem;
 use crate::error::Result;
 use crate::gemm::{gemm, GemmShape};
 use crate::isa::Isa;
+use crate::linear::dense_fwd;
 use crate::linear::epilogue::{bias_act, gemm_bias_act};
 use crate::linear::panels::{self, PanelProduct, Start};
 use crate::linear::stream::{self, Product};
@@ -55,11 +56,11 @@ pub(super) fn fwd<W: Elem>(
     let (k, c_out) = (s.k(), s.c_out);
     let total = s.n * s.out_h() * s.out_w();
     if s.is_pointwise() {
-        return pointwise_fwd(isa, total, k, c_out, x, w, bias, act, y);
+        return dense_fwd(isa, total, k, c_out, x, w, bias, act, y);
     }
     if let Some(t) = s.only_tap() {
         let per_tap = s.c_in * c_out;
-        return pointwise_fwd(isa, total, s.c_in, c_out, x, &w[t * per_tap..][..per_tap], bias, act, y);
+        return dense_fwd(isa, total, s.c_in, c_out, x, &w[t * per_tap..][..per_tap], bias, act, y);
     }
     if stream::applies(isa, total) {
         return fwd_streamed(isa, s, x, w, bias, act, y, scratch);
@@ -71,27 +72,6 @@ pub(super) fn fwd<W: Elem>(
         gemm_bias_act(isa, &GemmShape::nn(rows, c_out, k), col, w, bias, act, y_tile)?;
     }
     Ok(())
-}
-
-/// `y = act(x · w + b)` for `rows` pixels of `k` channels (`w` is `k × c_out`).
-#[allow(clippy::too_many_arguments)]
-fn pointwise_fwd<W: Elem>(
-    isa: Isa,
-    rows: usize,
-    k: usize,
-    c_out: usize,
-    x: &[f32],
-    w: &[W],
-    bias: Option<&[W]>,
-    act: Act,
-    y: &mut [f32],
-) -> Result<()> {
-    let product = Product { m: rows, n: c_out, k, a: x, lda: k, b: w };
-    if stream::overwrite(isa, &product, y) {
-        bias_act(isa, c_out, bias, act, y);
-        return Ok(());
-    }
-    gemm_bias_act(isa, &GemmShape::nn(rows, c_out, k), x, w, bias, act, y)
 }
 
 /// The forward for few output pixels (one im2col tile): `y = Σ_taps col[.., tap] · w[tap]`

@@ -37,12 +37,30 @@ pub fn linear_fwd<W: Elem>(
         check_len("bias", b.len(), s.c_out)?;
     }
     check_len("y", y.len(), s.y_len())?;
-    let product = stream::Product { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: w };
+    dense_fwd(isa, s.rows, s.c_in, s.c_out, x, w, bias, act, y)
+}
+
+/// `y = act(x · w + b)` for `rows` rows of `c_in` (`w` is `c_in × c_out`), lengths already
+/// checked: few rows stream the weights once ([`stream`]), more go through the GEMM with the
+/// bias and activation in its store. Also a pointwise conv's forward (`conv::tiled`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dense_fwd<W: Elem>(
+    isa: Isa,
+    rows: usize,
+    c_in: usize,
+    c_out: usize,
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+) -> Result<()> {
+    let product = stream::Product { m: rows, n: c_out, k: c_in, a: x, lda: c_in, b: w };
     if stream::overwrite(isa, &product, y) {
-        epilogue::bias_act(isa, s.c_out, bias, act, y);
+        epilogue::bias_act(isa, c_out, bias, act, y);
         return Ok(());
     }
-    epilogue::gemm_bias_act(isa, &GemmShape::nn(s.rows, s.c_out, s.c_in), x, w, bias, act, y)
+    epilogue::gemm_bias_act(isa, &GemmShape::nn(rows, c_out, c_in), x, w, bias, act, y)
 }
 
 /// [`linear_fwd`] with the weights packed by [`panels::pack_panels`]`(1, c_in, c_out, ..)`:
