@@ -21,8 +21,8 @@
 //! copied block by block to a padded stride first; B is packed `⌈m/MC⌉` times, which costs
 //! about `1/(2·MC)` of the arithmetic, except an f32 B that already is one panel (n = NR =
 //! ldb, untransposed, on a line), read in place (AVX-512 64×64×576, a 3x3 conv's 64-row
-//! im2col tile, 72.1–72.5 → 73.5–75.2 %). f16 operands are widened to f32 while packing (by the kernel's
-//! [`MicroKernel::widen`], i.e. F16C / NEON `fcvtl`), never in the micro-kernel.
+//! im2col tile, 72.1–72.5 → 73.5–75.2 %). f16 operands are widened to f32 while packing (by
+//! the kernel's [`MicroKernel::widen`], i.e. F16C / NEON `fcvtl`), never in the micro-kernel.
 //! Packed panels are zero-padded to MR/NR lanes; a tile's columns past n are cut in the
 //! micro-kernel's epilogue, its rows past m by the packed padding or, in place, by a shorter
 //! tile.
@@ -346,7 +346,6 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
     // Fewer where an A block and its rows of C would crowd L2 (a short k: ~600 rows), but not
     // below the blocking's MC.
     let mc_blk = mc_blk.min(blk.mc.max(blk.ac_bytes / 4 / (kc_blk + s.n) / MR * MR));
-    let mc_blk = mc_blk.min(blk.mc.max((256 * 1024 / 4) / (kc_blk + s.n) / MR * MR));
     // The copied block's stride (A stored k×m: a depth holds mc_blk values).
     let ld_copy = padded_stride(mc_blk);
     let mut p0 = 0;

@@ -232,7 +232,7 @@ unsafe fn load_row<const F16: bool>(b: *const u8, p: usize) -> (__m256, __m256) 
 /// Compiled on its own, one function per variant: inlined into [`panels`] beside its twenty
 /// siblings, LLVM kept every accumulator in memory too and stored it after each FMA (twelve
 /// stores per k step in a 6-row pass; Zen 2 retires one store per cycle, so the pass ran at
-/// half speed): the distillation step's teacher forward 709–729 → 1086–1113 img/s on the
+/// half speed): the distillation step's teacher forward 723–729 → 1086–1113 img/s on the
 /// 2-core AMD EPYC VM (alternating builds, same bits).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
