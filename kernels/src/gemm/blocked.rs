@@ -356,16 +356,18 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
         while i0 < s.m {
             let mc = mc_blk.min(s.m - i0);
             let panels = mc.div_ceil(MR);
-            // Where the tiles read A in place: A itself, or its block copied at `ld_copy`.
+            // Where the tiles read A in place: the block's first element (row i0, depth p0) and
+            // its stride, in A itself or in the block's copy at `ld_copy`.
             let a_at = match a_direct {
                 Some(ap) if restride => {
                     // SAFETY: the block (depths p0..p0+kc of columns i0..i0+mc of the stored
                     // k×m A) is inside A by the caller's length checks; its copy, `kc·ld_copy`
                     // f32 (kc ≤ kc_blk, mc ≤ mc_blk), fits `abuf` by `copied_rows`.
                     unsafe { copy_block(ap, s.lda, i0, mc, p0, kc, abuf, ld_copy) };
-                    Some((abuf as *const f32, ld_copy, 0, 0))
+                    Some((abuf as *const f32, ld_copy))
                 }
-                Some(ap) => Some((ap, s.lda, i0, p0)),
+                // SAFETY: element (i0, p0) of op(A) is inside A (caller's length checks).
+                Some(ap) => Some((unsafe { ap.add(if trans { p0 * s.lda + i0 } else { i0 * s.lda + p0 }) }, s.lda)),
                 None => None,
             };
             // An in-place A packs nothing.
@@ -403,13 +405,12 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                     // `c.len() ≥ (m−1)·ldc + n`.
                     unsafe {
                         match a_at {
-                            Some((ap, lda, i_off, p_off)) => {
+                            Some((a_blk, lda)) => {
                                 for (r0, rows) in edge_rows::<MR>(mr) {
                                     let row = row + r0;
-                                    // Row `row` of op(A) from depth p0, in A or in its copy
-                                    // (which starts at row i0, depth p0; only transposed).
-                                    let (ri, pi) = (row - i0 + i_off, p_off);
-                                    let at = ap.add(if trans { pi * lda + ri } else { ri * lda + pi });
+                                    // Row `row` of op(A) from depth p0.
+                                    let r = row - i0;
+                                    let at = a_blk.add(if trans { r } else { r * lda });
                                     let ct = cp.add(row * s.ldc + j0);
                                     let ldc = s.ldc;
                                     match rows {
