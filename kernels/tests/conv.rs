@@ -60,6 +60,12 @@ const SHAPES: &[Conv2d] = &[
     conv(1, 9, 9, 3, 32, 3, 3, 2, 1),   // a stem with 32 output channels (MobileNetV1 1.0 conv1)
     conv(2, 6, 5, 4, 31, 3, 3, 1, 1),   // 31 output channels: GEMM edge tiles of 15 columns
     conv(2, 3, 3, 100, 20, 1, 1, 1, 0), // pointwise over 18 pixels, 100 inputs: dW in row blocks
+    // Maps of at most 4 output pixels: dW position by position, a GEMM per in-bounds tap.
+    conv(3, 2, 2, 24, 20, 3, 3, 1, 1), // 2x2 → 2x2 (ResNet50's res4 at 32x32)
+    conv(5, 4, 4, 9, 18, 3, 3, 2, 1),  // 4x4 → 2x2, stride 2
+    conv(4, 2, 2, 7, 9, 3, 3, 2, 1),   // 2x2 → 1x1, stride 2: 4 of 9 taps
+    conv(3, 3, 3, 5, 6, 1, 1, 2, 0),   // 1x1 stride 2, 3x3 → 2x2
+    conv(2, 1, 2, 4, 5, 3, 3, 1, 1),   // 1x2 map: the top and bottom rows of taps read padding
 ];
 
 /// Output dims computed independently of the crate.
@@ -285,6 +291,7 @@ const GRAD_SHAPES: &[Conv2d] = &[
     conv(2, 5, 7, 5, 3, 1, 1, 2, 0),
     conv(2, 5, 7, 17, 5, 1, 1, 1, 0),
     conv(20, 1, 1, 6, 5, 3, 3, 1, 1), // a 1x1 map: the centre tap alone
+    conv(3, 2, 2, 6, 5, 3, 3, 1, 1),  // a 2x2 map: dW position by position
 ];
 
 #[test]

@@ -14,7 +14,7 @@ mod common;
 
 use common::{assert_close, Rng};
 use tinykd_kernels::act::Act;
-use tinykd_kernels::conv::{conv2d_fwd, conv2d_fwd_panels};
+use tinykd_kernels::conv::{conv2d_bwd_input_panels, conv2d_fwd, conv2d_fwd_panels};
 use tinykd_kernels::linear::panels::{pack_panels, pack_panels_both_ways, pack_panels_transposed, panels_len, PANEL};
 use tinykd_kernels::linear::{linear_fwd, linear_fwd_panels, linear_fwd_panels_residual};
 use tinykd_kernels::shape::{Conv2d, Linear};
@@ -119,24 +119,29 @@ fn packing_both_ways_is_the_two_packers_on_every_path() {
     let shapes = [(1, 1), (1, 40), (40, 1), (3, 5), (16, 16), (15, 17), (17, 15), (33, 48), (48, 33), (64, 64)];
     for isa in isas() {
         for (k, n) in shapes {
-            let w = rng.vec(k * n);
-            let mut want_f = vec![f32::NAN; panels_len(1, k, n)];
-            let mut want_b = vec![f32::NAN; panels_len(1, n, k)];
-            pack_panels(1, k, n, &w, &mut want_f).unwrap();
-            pack_panels_transposed(n, k, &w, &mut want_b).unwrap();
-            let mut fwd = vec![f32::NAN; want_f.len()];
-            let mut bwd = vec![f32::NAN; want_b.len()];
-            pack_panels_both_ways(isa, k, n, &w, &mut fwd, &mut bwd).unwrap();
-            let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same(&fwd, &want_f), "{:?} k {k} n {n}: fwd panels differ", isa.kind());
-            assert!(same(&bwd, &want_b), "{:?} k {k} n {n}: bwd panels differ", isa.kind());
+            for taps in [1, 3] {
+                let w = rng.vec(taps * k * n);
+                let mut want_f = vec![f32::NAN; panels_len(taps, k, n)];
+                let mut want_b = vec![f32::NAN; panels_len(taps, n, k)];
+                pack_panels(taps, k, n, &w, &mut want_f).unwrap();
+                let b_tap = panels_len(1, n, k);
+                for (t, wt) in w.chunks_exact(k * n).enumerate() {
+                    pack_panels_transposed(n, k, wt, &mut want_b[t * b_tap..(t + 1) * b_tap]).unwrap();
+                }
+                let mut fwd = vec![f32::NAN; want_f.len()];
+                let mut bwd = vec![f32::NAN; want_b.len()];
+                pack_panels_both_ways(isa, taps, k, n, &w, &mut fwd, &mut bwd).unwrap();
+                let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same(&fwd, &want_f), "{:?} taps {taps} k {k} n {n}: fwd panels differ", isa.kind());
+                assert!(same(&bwd, &want_b), "{:?} taps {taps} k {k} n {n}: bwd panels differ", isa.kind());
+            }
         }
         let (mut f, mut b) = (vec![0.0; panels_len(1, 2, 3)], vec![0.0; panels_len(1, 3, 2)]);
-        let err = pack_panels_both_ways(isa, 2, 3, &[0.0; 5], &mut f, &mut b).unwrap_err();
+        let err = pack_panels_both_ways(isa, 1, 2, 3, &[0.0; 5], &mut f, &mut b).unwrap_err();
         assert!(matches!(err, KernelError::Len { arg: "w", .. }), "{err:?}");
-        let err = pack_panels_both_ways(isa, 2, 3, &[0.0; 6], &mut f[1..], &mut b).unwrap_err();
+        let err = pack_panels_both_ways(isa, 1, 2, 3, &[0.0; 6], &mut f[1..], &mut b).unwrap_err();
         assert!(matches!(err, KernelError::Len { arg: "fwd", .. }), "{err:?}");
-        let err = pack_panels_both_ways(isa, 2, 3, &[0.0; 6], &mut f, &mut b[1..]).unwrap_err();
+        let err = pack_panels_both_ways(isa, 1, 2, 3, &[0.0; 6], &mut f, &mut b[1..]).unwrap_err();
         assert!(matches!(err, KernelError::Len { arg: "bwd", .. }), "{err:?}");
     }
 }
@@ -198,6 +203,79 @@ fn conv_panels_match_dense_scalar_f32_and_f16() {
     let mut rng = Rng::new(32);
     check_conv::<f32>(&mut rng);
     check_conv::<f16>(&mut rng);
+}
+
+/// Each tap's `w[t]ᵀ` packed, tap after tap (what `conv2d_bwd_input_panels` takes).
+fn packed_transposed<W: Elem>(s: &Conv2d, w: &[W]) -> Vec<W> {
+    let per_tap = panels_len(1, s.c_out, s.c_in);
+    let mut wtp = vec![W::from_f32(f32::NAN); panels_len(s.kh * s.kw, s.c_out, s.c_in)];
+    for (t, wt) in w.chunks_exact(s.c_in * s.c_out).enumerate() {
+        pack_panels_transposed(s.c_out, s.c_in, wt, &mut wtp[t * per_tap..(t + 1) * per_tap]).unwrap();
+    }
+    wtp
+}
+
+/// The input gradient over transposed panels against the dense scalar one (im2col GEMM,
+/// col2im), on the forward's shapes (taps reading only padding, strides, batches of small
+/// maps), f32 and f16 weights; with f32 weights each image's bits do not depend on the batch
+/// it is in (a batch split across threads changes nothing).
+#[test]
+fn conv_input_gradient_over_panels_matches_the_dense_one() {
+    fn check<W: Elem>(rng: &mut Rng) {
+        let shapes = [
+            Conv2d::new(1, 1, 1, 9, 17, 3, 1, 1),
+            Conv2d::new(1, 2, 2, 5, 8, 3, 1, 1),
+            Conv2d::new(1, 2, 2, 33, 9, 3, 2, 1),
+            Conv2d::new(1, 3, 3, 7, 70, 3, 1, 1),
+            Conv2d::new(3, 2, 2, 40, 7, 3, 1, 1),
+            Conv2d::new(1, 4, 4, 3, 10, 7, 2, 3),
+            Conv2d::new(2, 4, 4, 16, 24, 1, 1, 0),
+            Conv2d::new(5, 3, 3, 16, 24, 1, 2, 0),
+            Conv2d::new(3, 4, 4, 9, 20, 3, 2, 1),
+            Conv2d::new(9, 2, 2, 17, 33, 3, 1, 1),
+            Conv2d::new(7, 1, 1, 5, 18, 3, 1, 1),
+        ];
+        for s in shapes {
+            let dy = rng.vec(s.y_len());
+            let w: Vec<W> = rng.vec(s.w_len()).into_iter().map(W::from_f32).collect();
+            let w32: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            let wtp = packed_transposed(&s, &w);
+            let mut scratch = vec![0.0f32; s.scratch_len()];
+            let mut want = vec![f32::NAN; s.x_len()];
+            tinykd_kernels::conv::conv2d_bwd_input(Isa::scalar(), &s, &dy, &w32, &mut want, &mut scratch).unwrap();
+            for isa in isas() {
+                let mut got = vec![f32::NAN; s.x_len()];
+                conv2d_bwd_input_panels(isa, &s, &dy, &wtp, &mut got).unwrap();
+                let what = format!("{:?} {:?} {s:?}", isa.kind(), W::DTYPE);
+                assert_close(&what, &got, &want, 1e-5, 1e-6 * (s.kh * s.kw * s.c_out) as f32);
+                if W::DTYPE != DType::F32 || s.n == 1 {
+                    continue;
+                }
+                let one = Conv2d { n: 1, ..s };
+                for i in 0..s.n {
+                    let mut alone = vec![f32::NAN; one.x_len()];
+                    let dy_i = &dy[i * one.y_len()..(i + 1) * one.y_len()];
+                    conv2d_bwd_input_panels(isa, &one, dy_i, &wtp, &mut alone).unwrap();
+                    let in_batch = &got[i * one.x_len()..(i + 1) * one.x_len()];
+                    assert!(
+                        alone.iter().zip(in_batch).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{what}: image {i} alone differs from the batch"
+                    );
+                }
+            }
+        }
+        let s = Conv2d::new(1, 2, 2, 3, 4, 3, 1, 1);
+        let (dy, wtp) = (vec![0.5f32; s.y_len()], vec![W::from_f32(0.25); panels_len(9, 4, 3)]);
+        let mut dx = vec![f32::NAN; s.x_len()];
+        let err = conv2d_bwd_input_panels(Isa::scalar(), &s, &dy, &wtp[1..], &mut dx).unwrap_err();
+        assert!(matches!(err, KernelError::Len { arg: "wtp", .. }), "{err:?}");
+        let err = conv2d_bwd_input_panels(Isa::scalar(), &s, &dy[1..], &wtp, &mut dx).unwrap_err();
+        assert!(matches!(err, KernelError::Len { arg: "dy", .. }), "{err:?}");
+        assert!(dx.iter().all(|v| v.is_nan()));
+    }
+    let mut rng = Rng::new(33);
+    check::<f32>(&mut rng);
+    check::<f16>(&mut rng);
 }
 
 #[test]

@@ -331,8 +331,8 @@ pub struct Executor {
     last_fused: bool,
 }
 
-/// Output pixels per sample of the largest map whose pointwise convs a train step runs over
-/// weights packed once per step (`TrainPanels`): up to 2x2 (at most 128 rows per thread at
+/// Output pixels per sample of the largest map whose convs a train step runs over weights
+/// packed once per step (`TrainPanels`): up to 2x2 (at most 128 rows per thread at
 /// the tutorial's batch), where the blocked GEMM, repacking the weights on every call for few
 /// rows, ran MobileNetV1's late convs at 24–46 GFLOP/s. Per sample, not per chunk, so the
 /// path (and the bits) do not depend on the batch or the thread count. On the AVX-512 and
@@ -341,7 +341,11 @@ pub struct Executor {
 /// against 1566–1586 without); with the tiles fixed, on the AMD EPYC VM (three alternating
 /// rounds): distillation step 594–610 → 604–633 img/s (the student's conv6 forward and
 /// backward 3.6 + 8.3 → 1.9 + 4.9 thread-ms), train step 1309–1391 → 1375–1406; up to 4x4
-/// (16 pixels) no better (596–626, 1352–1393).
+/// (16 pixels) no better (596–626, 1352–1393). Since the eighteenth session also KxK and
+/// strided convs (ResNet50's res4 3x3s at 2x2, the stride-2 convs into 2x2 and 1x1 maps):
+/// forward and input gradient position by position, skipping the taps that read only padding
+/// (5 of 9 per position at 2x2), with no weight packing per call — ResNet50 train step 213–216
+/// → 229–230 img/s (two alternating rounds); 16 pixels (res3 at 4x4) no better (229–231).
 pub const TRAIN_PANEL_MAX_PIXELS: usize = 4;
 
 /// Rows of the im2col tiles of a KxK conv (a multiple of [`IM2COL_ROWS`]): the executor's
@@ -354,9 +358,9 @@ pub const TRAIN_PANEL_MAX_PIXELS: usize = 4;
 /// teacher's few-pixel 3x3s on panels and the students' stem).
 const IM2COL_TILE_ROWS: usize = 4 * IM2COL_ROWS;
 
-/// A trainable pointwise conv's weights packed into panels at the start of a train forward:
-/// `w` for the forward, `wᵀ` for the input gradient `dX = dY·wᵀ` (both products over panels,
-/// [`panels`]), and the slice (address, length) they were packed from.
+/// A trainable few-pixel conv's weights packed into panels at the start of a train forward:
+/// `w` for the forward, each tap's `w[t]ᵀ` for the input gradient `dX = Σ dY·w[t]ᵀ` (both
+/// products over panels, [`panels`]), and the slice (address, length) they were packed from.
 #[derive(Clone, Debug)]
 struct TrainPanels {
     src: (usize, usize),
@@ -365,10 +369,10 @@ struct TrainPanels {
 }
 
 impl TrainPanels {
-    /// Packs `w[c_in][c_out]` both ways into the existing buffers, in one pass over `w`.
-    fn pack(&mut self, isa: Isa, c_in: usize, c_out: usize, w: &[f32]) -> Result<(), KernelError> {
+    /// Packs `w[tap][c_in][c_out]` both ways into the existing buffers, in one pass over `w`.
+    fn pack(&mut self, isa: Isa, s: &Conv2d, w: &[f32]) -> Result<(), KernelError> {
         self.src = (w.as_ptr() as usize, w.len());
-        panels::pack_panels_both_ways(isa, c_in, c_out, w, &mut self.fwd, &mut self.bwd)
+        panels::pack_panels_both_ways(isa, s.kh * s.kw, s.c_in, s.c_out, w, &mut self.fwd, &mut self.bwd)
     }
 }
 
@@ -519,13 +523,15 @@ impl Executor {
                 .iter()
                 .map(|op| {
                     let s = prog.conv2d(op, 1);
-                    let few_rows = s.is_pointwise() && s.out_h() * s.out_w() <= TRAIN_PANEL_MAX_PIXELS;
+                    let taps = s.kh * s.kw;
+                    let few_rows = s.out_h() * s.out_w() <= TRAIN_PANEL_MAX_PIXELS;
+                    let packs = few_rows && panels::deep_enough(taps, s.c_in) && s.only_tap().is_none();
                     // Only on the x86 SIMD paths ([`TRAIN_PANEL_MAX_PIXELS`]).
                     let wins = matches!(isa.kind(), IsaKind::Avx512 | IsaKind::Avx2);
-                    (matches!(op.kind, OpKind::Conv { .. }) && few_rows && wins).then(|| TrainPanels {
+                    (matches!(op.kind, OpKind::Conv { .. }) && packs && wins).then(|| TrainPanels {
                         src: (0, 0),
-                        fwd: LineBuf::zeros(panels::panels_len(1, s.c_in, s.c_out)),
-                        bwd: LineBuf::zeros(panels::panels_len(1, s.c_out, s.c_in)),
+                        fwd: LineBuf::zeros(panels::panels_len(taps, s.c_in, s.c_out)),
+                        bwd: LineBuf::zeros(panels::panels_len(taps, s.c_out, s.c_in)),
                     })
                 })
                 .collect(),
@@ -647,7 +653,7 @@ impl Executor {
         }
     }
 
-    /// Packs the few-row pointwise convs' weights ([`TrainPanels`]), the layers split over
+    /// Packs the few-pixel convs' weights ([`TrainPanels`]), the layers split over
     /// the threads.
     fn pack_train_panels(&mut self, ops: &[OpParams<'_>]) -> Result<(), ExecError> {
         if self.train_panels.iter().all(Option::is_none) {
@@ -661,8 +667,7 @@ impl Executor {
             move || {
                 for (i, tp) in layers {
                     let op = &prog.ops()[i];
-                    let s = prog.conv2d(op, 1);
-                    tp.pack(isa, s.c_in, s.c_out, ops[i].weights)
+                    tp.pack(isa, &prog.conv2d(op, 1), ops[i].weights)
                         .map_err(|err| ExecError::Kernel { layer: op.name, err })?;
                 }
                 Ok(())
@@ -1070,7 +1075,7 @@ impl Executor {
     /// whole batch; several seeds on one tensor add up) through the last train-mode forward,
     /// down to every trainable parameter (and to the input if [`Executor::set_input_grad`]).
     /// `params` must be the store the forward ran with (its running statistics may have been
-    /// updated since; only weights, γ and β are read; the few-row pointwise convs' input
+    /// updated since; only weights, γ and β are read; the few-pixel convs' input
     /// gradients use the weights that forward packed, [`TRAIN_PANEL_MAX_PIXELS`]).
     pub fn backward(&mut self, params: &ParamStore, seeds: &[(TensorId, &[f32])]) -> Result<(), ExecError> {
         let n = match self.last {
@@ -1374,7 +1379,7 @@ struct Ctx<'a> {
     /// Per tensor, whether this forward skips the op writing it (empty: none;
     /// [`Executor::set_eval_targets`]).
     skip: &'a [bool],
-    /// Per op, packed weights of a few-row pointwise conv (train forward and backward only).
+    /// Per op, packed weights of a few-pixel conv (train forward and backward only).
     train_panels: &'a [Option<TrainPanels>],
     /// Per batch-norm op, the ReLU op it runs with (empty: none; [`Executor::fuse_bn_relu`]).
     bn_relu: &'a [Option<usize>],
@@ -1771,11 +1776,8 @@ fn backward_op<'a>(
             conv::conv2d_bwd_weight(isa, &s, x, dy, &mut arena[r], scratch).map_err(kernel)?;
             drop(arena);
             if let Some(tp) = ctx.train_panel(i, p.weights) {
-                // dX = dY·wᵀ is the pointwise conv c_out → c_in over the transposed panels.
-                let t = Conv2d::new(s.n, s.h, s.w, s.c_out, s.c_in, 1, 1, 0);
-                return deliver_to(0, tmp, &mut |dx| {
-                    conv::conv2d_fwd_panels(isa, &t, dy, &tp.bwd, None, Act::None, dx, scratch)
-                });
+                // dX = Σ dY·w[t]ᵀ over each tap's transposed panels.
+                return deliver_to(0, tmp, &mut |dx| conv::conv2d_bwd_input_panels(isa, &s, dy, &tp.bwd, dx));
             }
             deliver_to(0, tmp, &mut |dx| conv::conv2d_bwd_input(isa, &s, dy, p.weights, dx, scratch))
         }

@@ -138,6 +138,25 @@ pub fn conv2d_bwd_input(
     }
 }
 
+/// [`conv2d_bwd_input`] with each tap's weights transposed and packed into panels: `wtp` holds
+/// [`panels_len`]`(kh·kw, c_out, c_in)` elements, tap `t` the panels of `w[t]ᵀ` (as
+/// [`pack_panels_both_ways`](crate::linear::panels::pack_panels_both_ways) packs them). Output
+/// position by output position, each tap that reads the input in bounds is one product
+/// `dx[pixel it reads] += dy[position] · w[t]ᵀ` over the batch (so a small map skips the taps
+/// that read only padding, 5 of 9 per position at 2x2, and no im2col tile is written); fast for
+/// few output pixels, as [`conv2d_fwd_panels`] is. A pointwise conv is one product.
+///
+/// Errors: `Shape` if `s` is invalid; `Len` naming `dy`, `wtp` or `dx` (exact lengths).
+/// Nothing is written on error.
+pub fn conv2d_bwd_input_panels<W: Elem>(isa: Isa, s: &Conv2d, dy: &[f32], wtp: &[W], dx: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("dy", dy.len(), s.y_len())?;
+    check_len("wtp", wtp.len(), panels_len(s.kh * s.kw, s.c_out, s.c_in))?;
+    check_len("dx", dx.len(), s.x_len())?;
+    tiled::bwd_input_panels(isa, s, dy, wtp, dx);
+    Ok(())
+}
+
 /// `dW = im2col(X)ᵀ · dY` (overwrites `dw`): `x[n][h][w][c_in]`, `dy[n][out_h][out_w][c_out]`
 /// → `dw[kh][kw][c_in][c_out]` (HWIO).
 ///

@@ -239,6 +239,45 @@ pub(super) fn bwd_input(
     Ok(())
 }
 
+/// `dx = Σ_(position, tap) dy[position] · wtp[tap]ᵀ`, each product added into the input pixel
+/// the tap reads from that output position (taps reading padding skipped), in position-major,
+/// tap-minor order; a pointwise conv is one product.
+pub(super) fn bwd_input_panels<W: Elem>(isa: Isa, s: &Conv2d, dy: &[f32], wtp: &[W], dx: &mut [f32]) {
+    let (c_in, c_out) = (s.c_in, s.c_out);
+    if s.is_pointwise() {
+        panels::forward(isa, s.n * s.h * s.w, c_in, c_out, dy, c_out, wtp, None, false, Act::None, dx);
+        return;
+    }
+    let per_tap = panels::panels_len(1, c_out, c_in);
+    let (out_h, out_w) = (s.out_h(), s.out_w());
+    dx.fill(0.0);
+    for oy in 0..out_h {
+        for ox in 0..out_w {
+            let pos = oy * out_w + ox;
+            for ky in 0..s.kh {
+                let Some(iy) = (oy * s.stride + ky).checked_sub(s.pad).filter(|&iy| iy < s.h) else { continue };
+                for kx in 0..s.kw {
+                    let Some(ix) = (ox * s.stride + kx).checked_sub(s.pad).filter(|&ix| ix < s.w) else { continue };
+                    let t = ky * s.kw + kx;
+                    let product = PanelProduct {
+                        m: s.n,
+                        n: c_in,
+                        k: c_out,
+                        a: &dy[pos * c_out..],
+                        lda: out_h * out_w * c_out,
+                        b: &wtp[t * per_tap..(t + 1) * per_tap],
+                        ldc: s.h * s.w * c_in,
+                        start: Start::C,
+                        relu: false,
+                        residual: false,
+                    };
+                    panels::accumulate(isa, &product, &mut dx[(iy * s.w + ix) * c_in..]);
+                }
+            }
+        }
+    }
+}
+
 /// `dw = xᵀ · dy` for `rows` pixels of `k` input channels (`dw` is `k × c_out`).
 fn pointwise_bwd_weight(
     isa: Isa,
@@ -281,6 +320,9 @@ pub(super) fn bwd_weight(
         dw.fill(0.0);
         return pointwise_bwd_weight(isa, s.n, s.c_in, c_out, x, dy, &mut dw[t * per_tap..][..per_tap]);
     }
+    if s.out_h() * s.out_w() <= BY_POSITION_DW_PIXELS {
+        return bwd_weight_by_position(isa, s, x, dy, dw);
+    }
     for (row0, rows) in tiles(s, scratch) {
         let col = &mut scratch[..rows * k];
         im2col::pack(s, x, row0, col);
@@ -290,6 +332,38 @@ pub(super) fn bwd_weight(
             let beta = if r0 == 0 { 0.0 } else { 1.0 };
             let (a, dy_tile) = (&col[sub * k..(sub + n) * k], &dy[r0 * c_out..(r0 + n) * c_out]);
             gemm(isa, &GemmShape::tn(k, c_out, n), 1.0, a, dy_tile, beta, dw)?;
+        }
+    }
+    Ok(())
+}
+
+/// Output maps of at most this many pixels get their KxK weight gradient position by position
+/// ([`bwd_weight_by_position`]).
+const BY_POSITION_DW_PIXELS: usize = 4;
+
+/// `dw[t] = Σ_positions x[pixel t reads there]ᵀ · dy[position]` over the batch, one GEMM per
+/// (tap, position) at which the tap reads the input in bounds, straight from `x` and `dy` at
+/// their batch strides (no im2col tile), positions in order, `β = 1` after a tap's first; a
+/// tap that reads only padding gets 0. At a 2x2 map a 3x3 conv's taps read the input at 16 of
+/// the 36 (tap, position) pairs: the im2col GEMM multiplied zeros for the other 20.
+fn bwd_weight_by_position(isa: Isa, s: &Conv2d, x: &[f32], dy: &[f32], dw: &mut [f32]) -> Result<()> {
+    let (c_in, c_out) = (s.c_in, s.c_out);
+    let (out_h, out_w) = (s.out_h(), s.out_w());
+    let shape = GemmShape { lda: s.h * s.w * c_in, ldb: out_h * out_w * c_out, ..GemmShape::tn(c_in, c_out, s.n) };
+    for (t, dw_t) in dw.chunks_exact_mut(c_in * c_out).enumerate() {
+        let (ky, kx) = (t / s.kw, t % s.kw);
+        let mut beta = 0.0;
+        for oy in 0..out_h {
+            let Some(iy) = (oy * s.stride + ky).checked_sub(s.pad).filter(|&iy| iy < s.h) else { continue };
+            for ox in 0..out_w {
+                let Some(ix) = (ox * s.stride + kx).checked_sub(s.pad).filter(|&ix| ix < s.w) else { continue };
+                let (a, b) = (&x[(iy * s.w + ix) * c_in..], &dy[(oy * out_w + ox) * c_out..]);
+                gemm(isa, &shape, 1.0, a, b, beta, dw_t)?;
+                beta = 1.0;
+            }
+        }
+        if beta == 0.0 {
+            dw_t.fill(0.0);
         }
     }
     Ok(())

@@ -118,31 +118,44 @@ pub fn pack_panels_transposed<W: Elem>(k: usize, n: usize, wt: &[W], wp: &mut [W
     Ok(())
 }
 
-/// Packs a `k×n` matrix `w` both ways in one pass: `fwd` as [`pack_panels`]`(1, k, n, w, ..)`
-/// and `bwd` as [`pack_panels_transposed`]`(n, k, w, ..)` (the panels of `wᵀ`), with the
-/// same bits. A trainer's pointwise weight `w[c_in][c_out]` (`k = c_in`, `n = c_out`) gives
-/// the forward's `B = w` and the input gradient's `B = wᵀ` from one read of `w`; the AVX2
-/// path (`both_ways.rs`, on AVX2 and AVX-512 kinds) moves 16×16 tiles through registers,
-/// the others run the two packers. Errors: `w` not exactly `k·n`, `fwd` not exactly
-/// [`panels_len`]`(1, k, n)` or `bwd` not exactly [`panels_len`]`(1, n, k)` elements
-/// ([`crate::KernelError::Len`]).
-pub fn pack_panels_both_ways(isa: Isa, k: usize, n: usize, w: &[f32], fwd: &mut [f32], bwd: &mut [f32]) -> Result<()> {
-    check_len("w", w.len(), k * n)?;
-    check_len("fwd", fwd.len(), panels_len(1, k, n))?;
-    check_len("bwd", bwd.len(), panels_len(1, n, k))?;
-    if k == 0 || n == 0 {
+/// Packs `taps` stacked `k×n` matrices `w[t]` both ways in one pass: `fwd` as
+/// [`pack_panels`]`(taps, k, n, w, ..)` and `bwd` as each tap's [`pack_panels_transposed`]`(n,
+/// k, w[t], ..)` (the panels of `w[t]ᵀ`, tap after tap: [`panels_len`]`(taps, n, k)` in all),
+/// with the same bits. A trainer's conv weight `w[t][c_in][c_out]` (`k = c_in`, `n = c_out`)
+/// gives the forward's `B = w[t]` and the input gradient's `B = w[t]ᵀ` from one read of `w`;
+/// the AVX2 path (`both_ways.rs`, on AVX2 and AVX-512 kinds) moves 16×16 tiles through
+/// registers, the others run the two packers. Errors: `w` not exactly `taps·k·n`, `fwd` not
+/// exactly [`panels_len`]`(taps, k, n)` or `bwd` not exactly [`panels_len`]`(taps, n, k)`
+/// elements ([`crate::KernelError::Len`]).
+pub fn pack_panels_both_ways(
+    isa: Isa,
+    taps: usize,
+    k: usize,
+    n: usize,
+    w: &[f32],
+    fwd: &mut [f32],
+    bwd: &mut [f32],
+) -> Result<()> {
+    check_len("w", w.len(), taps * k * n)?;
+    check_len("fwd", fwd.len(), panels_len(taps, k, n))?;
+    check_len("bwd", bwd.len(), panels_len(taps, n, k))?;
+    if taps == 0 || k == 0 || n == 0 {
         return Ok(());
     }
-    #[cfg(target_arch = "x86_64")]
-    if isa.kind().has_avx2() {
-        // SAFETY: lengths checked above, k, n ≥ 1; an `Isa` of kind Avx2 or Avx512 exists only
-        // when the CPU has AVX2 (isa.rs).
-        unsafe { both_ways::pack(k, n, w, fwd, bwd) };
-        return Ok(());
+    let (f_tap, b_tap) = (panels_len(1, k, n), panels_len(1, n, k));
+    for ((w, fwd), bwd) in w.chunks_exact(k * n).zip(fwd.chunks_exact_mut(f_tap)).zip(bwd.chunks_exact_mut(b_tap)) {
+        #[cfg(target_arch = "x86_64")]
+        if isa.kind().has_avx2() {
+            // SAFETY: lengths checked above (one tap's share of each), k, n ≥ 1; an `Isa` of
+            // kind Avx2 or Avx512 exists only when the CPU has AVX2 (isa.rs).
+            unsafe { both_ways::pack(k, n, w, fwd, bwd) };
+            continue;
+        }
+        let _ = isa;
+        pack_panels(1, k, n, w, fwd)?;
+        pack_panels_transposed(n, k, w, bwd)?;
     }
-    let _ = isa;
-    pack_panels(1, k, n, w, fwd)?;
-    pack_panels_transposed(n, k, w, bwd)
+    Ok(())
 }
 
 /// One tap's product over packed weights: `A[i][p]` at `a[i·lda + p]`, `B` the `k×n` panels
