@@ -12,6 +12,10 @@
 //! `tiled`; all arithmetic goes through [`crate::gemm::gemm`], which dispatches on the ISA —
 //! except the forward of a conv with few input channels on a Cortex-M4F (`m4`: direct, no
 //! im2col, same bits) and on AVX2 and NEON (`direct`: no im2col, groups of pixels in registers).
+//! Over weights packed into panels, a forward ([`conv2d_fwd_panels`]) and an input gradient
+//! ([`conv2d_bwd_input_panels`]) run one product per in-bounds tap, position by position on
+//! small maps; a weight gradient of at most 4 output pixels runs one GEMM per in-bounds (tap,
+//! position) pair, straight from `x` and `dy`.
 
 /// AVX2 and NEON direct forward for few input channels (the stem).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
