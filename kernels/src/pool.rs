@@ -37,7 +37,15 @@ pub fn maxpool3x3s2_bwd(isa: Isa, s: &Pool, x: &[f32], y: &[f32], dy: &[f32], dx
     check_len("dy", dy.len(), s.max_y_len())?;
     check_len("dx", dx.len(), s.x_len())?;
     match isa.kind() {
-        IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::maxpool_bwd(s, x, y, dy, dx),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths checked above; an `Isa` of kind Avx2 or Avx512 exists only when the CPU has
+        // AVX2 (isa.rs).
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::maxpool_bwd(s, x, y, dy, dx) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: lengths checked above; an `Isa` of kind Neon exists only on aarch64 CPUs with
+        // NEON (isa.rs).
+        IsaKind::Neon => unsafe { neon::maxpool_bwd(s, x, y, dy, dx) },
+        _ => scalar::maxpool_bwd(s, x, y, dy, dx),
     }
     Ok(())
 }
@@ -72,8 +80,7 @@ fn window(o: usize, len: usize) -> core::ops::Range<usize> {
 }
 
 /// The in-bounds window pixels of output `(oy, ox)` as offsets (channel 0) into one image, in
-/// row-major order, and how many there are (1 to 9). Used by the SIMD forwards.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+/// row-major order, and how many there are (1 to 9).
 #[inline(always)]
 fn window_taps(s: &crate::shape::Pool, oy: usize, ox: usize) -> ([usize; 9], usize) {
     let mut taps = [0usize; 9];
@@ -85,6 +92,24 @@ fn window_taps(s: &crate::shape::Pool, oy: usize, ox: usize) -> ([usize; 9], usi
         }
     }
     (taps, nt)
+}
+
+/// The offset in `img` that channel `ch` of an output with window `taps` and value `target`
+/// routes its gradient to ([`maxpool3x3s2_bwd`]): the first tap equal to `target`, else the
+/// first maximum (`v > best`, so a NaN never takes over and a NaN first tap stays).
+#[inline(always)]
+fn route(img: &[f32], taps: &[usize], target: f32, ch: usize) -> usize {
+    let mut best = taps[0] + ch;
+    for &t in taps {
+        let v = img[t + ch];
+        if v == target {
+            return t + ch;
+        }
+        if v > img[best] {
+            best = t + ch;
+        }
+    }
+    best
 }
 
 /// Channels `from..` of one output pixel `out` as [`scalar::maxpool_fwd`] computes them (first
@@ -102,10 +127,10 @@ fn max_tail(img: &[f32], taps: &[usize], from: usize, out: &mut [f32]) {
     }
 }
 
-/// AVX2 max pool forward (the ResNet50 stem's, on every teacher step).
+/// AVX2 max pool forward and backward (the ResNet50 stem's, on every teacher step).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{max_tail, window_taps};
+    use super::{max_tail, route, window_taps};
     use crate::shape::Pool;
     use core::arch::x86_64::*;
 
@@ -143,12 +168,70 @@ mod avx2 {
             }
         }
     }
+
+    /// [`super::scalar::maxpool_bwd`] 8 channels at a time: the window's taps in order, each
+    /// lane's gradient added at the first tap equal to its output (`==` of the loaded taps
+    /// against `y`, lanes already routed masked off), the whole window skipped once every
+    /// lane is routed; a lane no tap equals (a `y` not from this `x`, a NaN output) takes the
+    /// scalar route. Outputs are visited in the same order and each adds once per channel, so
+    /// every `dx` sum is the scalar one, bit for bit.
+    ///
+    /// # Safety
+    /// `x`, `dx` hold `s.x_len()` values and `y`, `dy` `s.max_y_len()`; the CPU supports AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn maxpool_bwd(s: &Pool, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);
+        let (full, plane) = (c / 8 * 8, s.h * s.w * c);
+        dx.fill(0.0);
+        for n in 0..s.n {
+            let img = &x[n * plane..(n + 1) * plane];
+            let dimg = &mut dx[n * plane..(n + 1) * plane];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = ((n * oh + oy) * ow + ox) * c;
+                    let (taps, nt) = window_taps(s, oy, ox);
+                    let taps = &taps[..nt];
+                    for i in (0..full).step_by(8) {
+                        // SAFETY: every tap is a whole pixel of `c` channels inside `img` (and
+                        // `dimg`, the same size) and i + 8 ≤ c, so each load and store stays
+                        // inside its slice; `o + i + 8 ≤` the length of `y` and `dy`.
+                        let left = unsafe {
+                            let target = _mm256_loadu_ps(y.as_ptr().add(o + i));
+                            let g = _mm256_loadu_ps(dy.as_ptr().add(o + i));
+                            let mut left = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+                            for &t in taps {
+                                let v = _mm256_loadu_ps(img.as_ptr().add(t + i));
+                                let hit = _mm256_and_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, target), left);
+                                if _mm256_movemask_ps(hit) != 0 {
+                                    let d = dimg.as_mut_ptr().add(t + i);
+                                    let old = _mm256_loadu_ps(d);
+                                    _mm256_storeu_ps(d, _mm256_blendv_ps(old, _mm256_add_ps(old, g), hit));
+                                    left = _mm256_andnot_ps(hit, left);
+                                    if _mm256_movemask_ps(left) == 0 {
+                                        break;
+                                    }
+                                }
+                            }
+                            _mm256_movemask_ps(left)
+                        };
+                        for lane in (0..8).filter(|l| left >> l & 1 == 1) {
+                            let ch = i + lane;
+                            dimg[route(img, taps, y[o + ch], ch)] += dy[o + ch];
+                        }
+                    }
+                    for ch in full..c {
+                        dimg[route(img, taps, y[o + ch], ch)] += dy[o + ch];
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// NEON max pool forward: the twin of `avx2`, 4 channels per instruction.
+/// NEON max pool forward and backward: the twins of `avx2`, 4 channels per instruction.
 #[cfg(target_arch = "aarch64")]
 mod neon {
-    use super::{max_tail, window_taps};
+    use super::{max_tail, route, window_taps};
     use crate::shape::Pool;
     use core::arch::aarch64::*;
 
@@ -186,10 +269,66 @@ mod neon {
             }
         }
     }
+    /// [`super::scalar::maxpool_bwd`] 4 channels at a time: the twin of the AVX2 backward
+    /// (`vceqq` against `y`, lanes already routed masked off, a lane no tap equals routed by
+    /// the scalar rule), bit for bit the scalar sums.
+    ///
+    /// # Safety
+    /// `x`, `dx` hold `s.x_len()` values and `y`, `dy` `s.max_y_len()`; the CPU supports NEON.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn maxpool_bwd(s: &Pool, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);
+        let (full, plane) = (c / 4 * 4, s.h * s.w * c);
+        dx.fill(0.0);
+        for n in 0..s.n {
+            let img = &x[n * plane..(n + 1) * plane];
+            let dimg = &mut dx[n * plane..(n + 1) * plane];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = ((n * oh + oy) * ow + ox) * c;
+                    let (taps, nt) = window_taps(s, oy, ox);
+                    let taps = &taps[..nt];
+                    for i in (0..full).step_by(4) {
+                        // SAFETY: every tap is a whole pixel of `c` channels inside `img` (and
+                        // `dimg`, the same size) and i + 4 ≤ c, so each load and store stays
+                        // inside its slice; `o + i + 4 ≤` the length of `y` and `dy`.
+                        let left = unsafe {
+                            let target = vld1q_f32(y.as_ptr().add(o + i));
+                            let g = vld1q_f32(dy.as_ptr().add(o + i));
+                            let mut left = vdupq_n_u32(u32::MAX);
+                            for &t in taps {
+                                let v = vld1q_f32(img.as_ptr().add(t + i));
+                                let hit = vandq_u32(vceqq_f32(v, target), left);
+                                if vmaxvq_u32(hit) != 0 {
+                                    let d = dimg.as_mut_ptr().add(t + i);
+                                    let old = vld1q_f32(d);
+                                    vst1q_f32(d, vbslq_f32(hit, vaddq_f32(old, g), old));
+                                    left = vbicq_u32(left, hit);
+                                    if vmaxvq_u32(left) == 0 {
+                                        break;
+                                    }
+                                }
+                            }
+                            let mut lanes = [0u32; 4];
+                            vst1q_u32(lanes.as_mut_ptr(), left);
+                            lanes
+                        };
+                        for (lane, _) in left.iter().enumerate().filter(|(_, &l)| l != 0) {
+                            let ch = i + lane;
+                            dimg[route(img, taps, y[o + ch], ch)] += dy[o + ch];
+                        }
+                    }
+                    for ch in full..c {
+                        dimg[route(img, taps, y[o + ch], ch)] += dy[o + ch];
+                    }
+                }
+            }
+        }
+    }
 }
 
 mod scalar {
-    use super::window;
+    use super::{route, window, window_taps};
     use crate::shape::Pool;
 
     pub(super) fn maxpool_fwd(s: &Pool, x: &[f32], y: &mut [f32]) {
@@ -230,26 +369,9 @@ mod scalar {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let o = ((n * oh + oy) * ow + ox) * c;
+                    let (taps, nt) = window_taps(s, oy, ox);
                     for ch in 0..c {
-                        let target = y[o + ch];
-                        let mut hit = None;
-                        let mut best: Option<(usize, f32)> = None;
-                        'scan: for iy in window(oy, s.h) {
-                            for ix in window(ox, s.w) {
-                                let i = (iy * s.w + ix) * c + ch;
-                                let v = img[i];
-                                if v == target {
-                                    hit = Some(i);
-                                    break 'scan;
-                                }
-                                if best.is_none_or(|(_, b)| v > b) {
-                                    best = Some((i, v));
-                                }
-                            }
-                        }
-                        if let Some(i) = hit.or(best.map(|(i, _)| i)) {
-                            dimg[i] += dy[o + ch];
-                        }
+                        dimg[route(img, &taps[..nt], y[o + ch], ch)] += dy[o + ch];
                     }
                 }
             }
