@@ -5,18 +5,21 @@
 //! the im2col, the GEMM's packing and its 8x8 tiles were 136 K of the ×0.25 model's 680 K
 //! guest instructions per inference.
 //!
-//! Output rows are taken in runs with the same in-bounds kernel rows; in a run each row's
-//! interior pixels (all kernel columns in bounds) form a line along the row, and each border
-//! column a line down the run (its kernel columns clipped the same way), computed in groups
-//! of up to `GROUP` (8) pixels, one accumulator each, so the FMA chains overlap (the ×0.25 stem's
-//! left border column, one pixel at a time, was a third of its FMA-latency time: in the model
-//! 2.1–2.2 → 1.85–1.95 µs). Each accumulator holds 8 output channels (one ymm, two q
-//! registers) and sums `x·w` over the in-bounds `(ky, kx, ci)` in order from 0, fused; then
-//! `y = act(sum + b)` — the same bits on both paths. The weights (and bias) are widened once
-//! per call into a stack tile with the channels padded to a multiple of 8 (zeros), so every
-//! weight load is a whole vector and only the store of a last partial block of channels is
-//! narrower. This file holds the driver; each path's `group` (the pixels of one group) is its
-//! `Pixels` impl.
+//! Output rows are taken in runs with the same in-bounds kernel rows; in a run each row's interior
+//! pixels (all kernel columns in bounds) form a line along the row, and each border column a line
+//! down the run (its kernel columns clipped the same way), computed in groups of up to `GROUP` (8)
+//! pixels, one accumulator each, so the FMA chains overlap (the ×0.25 stem's left border column,
+//! one pixel at a time, was a third of its FMA-latency time: in the model 2.1–2.2 → 1.85–1.95 µs);
+//! a line is split into groups of sizes differing by at most one. AVX2 runs groups of up to 6
+//! pixels × 16 channels where `c_out` fills two vectors (12 chains, 8 loads per 12 FMAs; 8 × 8 had
+//! 9 loads per 8 FMAs and only 8 chains for Zen 2's 5-cycle latency): MobileNetV1 1.0's stem at
+//! batch 1, AMD EPYC VM, three alternating rounds, 8.8–11.8 → 7.8–8.4 µs. Each accumulator holds 8
+//! output channels (one ymm, two q registers) and sums `x·w` over the in-bounds `(ky, kx, ci)` in
+//! order from 0, fused; then `y = act(sum + b)` — the same bits on both paths. The weights (and
+//! bias) are widened once per call into a stack tile with the channels padded to a multiple of 8
+//! (zeros), so every weight load is a whole vector and only the store of a last partial block of
+//! channels is narrower. This file holds the driver; each path's `group` (the pixels of one group)
+//! is its `Pixels` impl.
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2;
@@ -31,7 +34,10 @@ use crate::shape::Conv2d;
 const MAX_W: usize = 2048;
 /// Most output channels (the bias tile).
 const MAX_C_OUT: usize = 256;
-/// Most products per output (`kh·kw·c_in`): deeper convs are faster as im2col + GEMM.
+/// Most products per output (`kh·kw·c_in`): deeper convs are faster as im2col + GEMM in the
+/// models. (ResNet50's 7x7 stem, 147 deep, ran 63 µs direct against 70 µs as im2col + GEMM
+/// in the criterion bench, but no faster in the model at batch 1 — 113–116 µs either way —
+/// and the 37 KiB weight tile's zeroing slowed the small stems: not kept.)
 const MAX_DEPTH: usize = 64;
 /// Pixels per group: independent accumulators in flight.
 const GROUP: usize = 8;
@@ -67,6 +73,11 @@ pub(super) struct Job<'a> {
 
 /// One path's arithmetic: the pixels of one group.
 pub(super) trait Pixels {
+    /// Pixels per group for a job of `cp` padded output channels (at most [`GROUP`]).
+    fn group_len(_cp: usize) -> usize {
+        GROUP
+    }
+
     /// `G` pixels of a line from `x`, `y` (one accumulator each per 8 output channels, so the
     /// FMA chains overlap): `Σ x·w` over the in-bounds `(ky, kx, ci)` in order, fused, then
     /// the bias and the activation (ReLU: `v > 0 ? v : +0`).
@@ -163,9 +174,12 @@ pub(super) struct Line {
 /// kx.0)·c_in + ci`) and its `c_out` outputs are in bounds; the CPU supports `P`'s features.
 #[inline(always)]
 unsafe fn line<P: Pixels>(job: &Job<'_>, x: *const f32, y: *mut f32, l: Line) {
+    // As few groups as the path's group length allows, of sizes differing by at most one
+    // (13 pixels as 5 + 4 + 4, not 6 + 6 + 1: a lone pixel's chains wait on the FMA latency).
+    let groups = l.len.div_ceil(P::group_len(job.cp).min(GROUP));
     let mut p = 0;
-    while p < l.len {
-        let g = GROUP.min(l.len - p);
+    for i in 0..groups {
+        let g = l.len / groups + usize::from(i < l.len % groups);
         // SAFETY: pixels p..p + g of the line (caller).
         unsafe {
             let (x, y) = (x.add(p * l.x), y.add(p * l.y));
