@@ -16,25 +16,30 @@ pub struct Momentum {
 }
 
 /// One momentum step `v = μ·v + g + wd·p; p −= lr·v`, elementwise over `p`, `g`, `v` (same
-/// length); `p` and `v` updated in place.
-pub fn sgd_momentum(isa: Isa, h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f32]) -> Result<()> {
+/// length); `p` and `v` updated in place. Returns whether every `g` and every updated `v` and
+/// `p` is finite, found in the same pass (a trainer's divergence check then need not read the
+/// gradients, weights and momentum again: 3 × 94 MB per ResNet50 step).
+pub fn sgd_momentum(isa: Isa, h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f32]) -> Result<bool> {
     check_len("g", g.len(), p.len())?;
     check_len("v", v.len(), p.len())?;
     ensure(h.lr.is_finite() && h.mu.is_finite() && h.wd.is_finite(), "sgd_momentum: hyper-parameters must be finite")?;
-    match isa.kind() {
+    Ok(match isa.kind() {
         IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::sgd_momentum(h, p, g, v),
-    }
-    Ok(())
+    })
 }
 
 /// Portable path (the specification). Lengths are checked by the caller.
 mod scalar {
     use super::Momentum;
 
-    pub(super) fn sgd_momentum(h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f32]) {
+    pub(super) fn sgd_momentum(h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f32]) -> bool {
+        let mut finite = true;
         for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
             *v = h.mu * *v + g + h.wd * *p;
             *p -= h.lr * *v;
+            // No early exit: the loop stays one vectorised pass.
+            finite &= g.is_finite() & v.is_finite() & p.is_finite();
         }
+        finite
     }
 }

@@ -1,5 +1,5 @@
 //! Momentum SGD: two steps by hand (with weight decay), the tutorial's plain momentum against a
-//! naive loop, and length errors.
+//! naive loop, the finiteness flag, and length errors.
 mod common;
 
 use common::{assert_close, Rng};
@@ -55,4 +55,24 @@ fn wrong_lengths_are_errors_and_write_nothing() {
     let nan = Momentum { lr: f32::NAN, ..h };
     assert!(matches!(sgd_momentum(Isa::scalar(), nan, &mut p, &[1.0; 3], &mut v), Err(KernelError::Shape(_))));
     assert_eq!((p, v), ([7.0; 3], [7.0; 3]));
+}
+
+#[test]
+fn the_flag_says_whether_gradient_momentum_and_weights_are_all_finite() {
+    let h = Momentum { lr: 0.1, mu: 0.9, wd: 0.0 };
+    let step = |p: f32, g: f32, v: f32| {
+        // The odd element sits past the first vector of 8 and in a scalar tail.
+        let (mut ps, mut vs, mut gs) = (vec![1.0f32; 19], vec![0.5f32; 19], vec![0.25f32; 19]);
+        (ps[13], gs[13], vs[13]) = (p, g, v);
+        sgd_momentum(Isa::scalar(), h, &mut ps, &gs, &mut vs).unwrap()
+    };
+    assert!(step(1.0, 0.25, 0.5), "all finite");
+    assert!(!step(1.0, f32::NAN, 0.5), "a NaN gradient");
+    assert!(!step(1.0, f32::INFINITY, 0.5), "an infinite gradient");
+    assert!(!step(1.0, 0.25, f32::NEG_INFINITY), "an infinite momentum");
+    assert!(!step(f32::NAN, 0.25, 0.5), "a NaN weight");
+    // Finite inputs whose update overflows: v = 0.9·3e38 + 3e38 = +Inf.
+    assert!(!step(1.0, 3e38, 3e38), "an overflowing momentum");
+    // v finite, p − 0.1·v overflows: p = −3.4e38, v = 3e38.
+    assert!(!step(-3.4e38, 3e38, 0.0), "an overflowing weight");
 }

@@ -191,7 +191,9 @@ impl<'w> FineTuner<'w> {
         let loss = self.forward_backward(isa, self.parts(state), input, labels, ar)?;
         let grads = &ar[self.range(self.layout.bufs.grads)];
         let (p, v) = state.split_at_mut(self.layout.trainable());
-        optim::sgd_momentum(isa, hp, p, grads, v).map_err(|err| self.kernel(self.layout.fc, err))?;
+        // Whether the step stayed finite is not surfaced: the caller sees the loss, and the
+        // device has no earlier state to fall back to.
+        let _finite = optim::sgd_momentum(isa, hp, p, grads, v).map_err(|err| self.kernel(self.layout.fc, err))?;
         Ok(loss)
     }
 

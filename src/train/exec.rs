@@ -1340,10 +1340,11 @@ pub(crate) fn share_out<T>(items: Vec<T>, t: usize, size: impl Fn(&T) -> usize) 
 
 /// Runs each job on its own thread (the first on the calling thread) and returns their results
 /// in job order.
-pub(crate) fn run_threads<E, F>(jobs: impl Iterator<Item = F>) -> Vec<Result<(), E>>
+pub(crate) fn run_threads<T, E, F>(jobs: impl Iterator<Item = F>) -> Vec<Result<T, E>>
 where
+    T: Send,
     E: Send,
-    F: FnOnce() -> Result<(), E> + Send,
+    F: FnOnce() -> Result<T, E> + Send,
 {
     let mut jobs = jobs;
     let Some(first) = jobs.next() else { return Vec::new() };

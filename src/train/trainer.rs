@@ -185,6 +185,10 @@ pub struct StepReport {
     pub losses: LossValues,
     /// Where the step's wall-clock time went.
     pub phases: StepPhases,
+    /// Whether every gradient, weight, batch-norm statistic and momentum value is finite after
+    /// the step (checked as the update wrote them; when false, a caller finds which tensor by
+    /// scanning them).
+    pub all_finite: bool,
 }
 
 /// Wall-clock seconds of one step's phases, in the order they run (each phase uses all the
@@ -435,15 +439,23 @@ impl Trainer {
         let shares = share_out(trainable, self.student.threads(), |t| t.0.len());
         let results = run_threads(shares.into_iter().map(|share| {
             move || {
+                let mut finite = true;
                 for (p, v, g) in share {
-                    optim::sgd_momentum(isa, h, p, g, v).map_err(TrainError::Kernel)?;
+                    finite &= optim::sgd_momentum(isa, h, p, g, v).map_err(TrainError::Kernel)?;
                 }
-                Ok(())
+                Ok(finite)
             }
         }));
-        results.into_iter().collect::<Result<(), TrainError>>()?;
+        let updated_finite = results.into_iter().collect::<Result<Vec<bool>, TrainError>>()?.into_iter().all(|f| f);
+        // What the update did not touch: the batch-norm statistics (the forward updated them)
+        // and any parameter without a gradient, with its momentum (a few thousand values).
+        let rest_finite = self.params.params().iter().zip(&self.velocity).zip(&self.grad_of).all(|((p, v), slot)| {
+            (p.kind == VarKind::Parameter && slot.is_some())
+                || (p.data.iter().all(|x| x.is_finite()) && v.iter().all(|x| x.is_finite()))
+        });
         lap(&mut phases.update);
-        let report = StepReport { step: self.step, epoch, lr, batch: labels.len(), losses: values, phases };
+        let all_finite = updated_finite && rest_finite;
+        let report = StepReport { step: self.step, epoch, lr, batch: labels.len(), losses: values, phases, all_finite };
         self.step += 1;
         Ok(report)
     }

@@ -435,7 +435,12 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
                 }
                 Err(e) => return Err(anyhow::anyhow!("{e}")),
             };
-            if let Some((what, detail)) = first_non_finite(&trainer) {
+            // The update reports whether everything it wrote is finite; only then are the
+            // tensors scanned, to name the first bad one (a scan of every gradient, weight and
+            // momentum on every step was ~5 % of a ResNet50 step, on one thread).
+            if !report.all_finite {
+                let (what, detail) = first_non_finite(&trainer)
+                    .unwrap_or_else(|| ("a value the update wrote".into(), "is not finite".into()));
                 let (step, values) = (report.step, report.losses);
                 let d = Divergence { what, detail: Some(detail), step, epoch, values };
                 return Err(d.error(o, &trainer, &ckpt_path));
