@@ -1257,10 +1257,16 @@ fn reduce_segment(ctx: &Ctx<'_>, rp: &ReducePlan, seg: usize, mine: &mut Pieces<
         let Some((start, piece)) = mine[s].as_mut() else { continue };
         let from = rp.at(s).1.start + *start;
         let r = from..from + piece.len();
-        piece.copy_from_slice(&arenas[0][r.clone()]);
-        for a in &arenas[1..] {
-            act::add_inplace(ctx.isa, piece, &a[r.clone()])
-                .map_err(|err| ExecError::Kernel { layer: ctx.prog.ops()[rp.op[s]].name, err })?;
+        let kernel = |err| ExecError::Kernel { layer: ctx.prog.ops()[rp.op[s]].name, err };
+        // The first two summed as they are stored (one pass instead of a copy and an add: the
+        // same bits).
+        match &arenas[..] {
+            [a0] => piece.copy_from_slice(&a0[r.clone()]),
+            [a0, a1, ..] => act::add(ctx.isa, &a0[r.clone()], &a1[r.clone()], piece).map_err(kernel)?,
+            [] => piece.fill(0.0),
+        }
+        for a in arenas.iter().skip(2) {
+            act::add_inplace(ctx.isa, piece, &a[r.clone()]).map_err(kernel)?;
         }
     }
     Ok(())
