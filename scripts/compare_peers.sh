@@ -28,5 +28,8 @@ for r in $(seq "$ROUNDS"); do
     echo "tinykd distill-step: $(echo "$d" | med images_per_s) img/s (teacher forward $(echo "$d" | med teacher_fwd_images_per_s) img/s)"
     echo "tinykd train-step: $($B bench train-step --model mobilenet_v1 --threads 2 --iters 8 | med images_per_s) img/s"
     echo "pytorch: $("$TORCH_PY" "$PEERS/torch_distill.py" 2 2>&1 | tail -1)"
+    # The main job's teacher phase: a ResNet50 train step (our peer script, scripts/).
+    echo "tinykd train-step resnet50: $($B bench train-step --model resnet50 --threads 2 --iters 6 | med images_per_s) img/s"
+    echo "pytorch resnet50: $("$TORCH_PY" scripts/torch_resnet50_train.py 2 5 2>&1 | tail -1)"
   fi
 done
