@@ -112,6 +112,44 @@ fn route(img: &[f32], taps: &[usize], target: f32, ch: usize) -> usize {
     best
 }
 
+/// The max pool backward's walk, shared by every path: `dx` zeroed, then per output pixel (in
+/// order) `L` channels at a time through `block(img, dimg, taps, o, i)`, which routes what it
+/// can and returns a bit mask of the lanes it left (they take [`route`]), the last `c % L`
+/// channels by [`route`] alone (`L = 1`, a `block` that leaves every lane: the scalar path).
+#[inline(always)]
+fn maxpool_bwd_walk<const L: usize>(
+    s: &crate::shape::Pool,
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    mut block: impl FnMut(&[f32], &mut [f32], &[usize], usize, usize) -> u32,
+) {
+    let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);
+    let (full, plane) = (c / L * L, s.h * s.w * c);
+    dx.fill(0.0);
+    for n in 0..s.n {
+        let img = &x[n * plane..(n + 1) * plane];
+        let dimg = &mut dx[n * plane..(n + 1) * plane];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let o = ((n * oh + oy) * ow + ox) * c;
+                let (taps, nt) = window_taps(s, oy, ox);
+                let taps = &taps[..nt];
+                for i in (0..full).step_by(L) {
+                    let left = block(img, dimg, taps, o, i);
+                    for ch in (0..L).filter(|l| left >> l & 1 == 1).map(|l| i + l) {
+                        dimg[route(img, taps, y[o + ch], ch)] += dy[o + ch];
+                    }
+                }
+                for ch in full..c {
+                    dimg[route(img, taps, y[o + ch], ch)] += dy[o + ch];
+                }
+            }
+        }
+    }
+}
+
 /// Channels `from..` of one output pixel `out` as [`scalar::maxpool_fwd`] computes them (first
 /// tap, then `v > m ? v : m` per tap): the SIMD forwards' channel tail.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -130,7 +168,7 @@ fn max_tail(img: &[f32], taps: &[usize], from: usize, out: &mut [f32]) {
 /// AVX2 max pool forward and backward (the ResNet50 stem's, on every teacher step).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{max_tail, route, window_taps};
+    use super::{max_tail, maxpool_bwd_walk, window_taps};
     use crate::shape::Pool;
     use core::arch::x86_64::*;
 
@@ -180,58 +218,37 @@ mod avx2 {
     /// `x`, `dx` hold `s.x_len()` values and `y`, `dy` `s.max_y_len()`; the CPU supports AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn maxpool_bwd(s: &Pool, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);
-        let (full, plane) = (c / 8 * 8, s.h * s.w * c);
-        dx.fill(0.0);
-        for n in 0..s.n {
-            let img = &x[n * plane..(n + 1) * plane];
-            let dimg = &mut dx[n * plane..(n + 1) * plane];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let o = ((n * oh + oy) * ow + ox) * c;
-                    let (taps, nt) = window_taps(s, oy, ox);
-                    let taps = &taps[..nt];
-                    for i in (0..full).step_by(8) {
-                        // SAFETY: every tap is a whole pixel of `c` channels inside `img` (and
-                        // `dimg`, the same size) and i + 8 ≤ c, so each load and store stays
-                        // inside its slice; `o + i + 8 ≤` the length of `y` and `dy`.
-                        let left = unsafe {
-                            let target = _mm256_loadu_ps(y.as_ptr().add(o + i));
-                            let g = _mm256_loadu_ps(dy.as_ptr().add(o + i));
-                            let mut left = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-                            for &t in taps {
-                                let v = _mm256_loadu_ps(img.as_ptr().add(t + i));
-                                let hit = _mm256_and_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, target), left);
-                                if _mm256_movemask_ps(hit) != 0 {
-                                    let d = dimg.as_mut_ptr().add(t + i);
-                                    let old = _mm256_loadu_ps(d);
-                                    _mm256_storeu_ps(d, _mm256_blendv_ps(old, _mm256_add_ps(old, g), hit));
-                                    left = _mm256_andnot_ps(hit, left);
-                                    if _mm256_movemask_ps(left) == 0 {
-                                        break;
-                                    }
-                                }
-                            }
-                            _mm256_movemask_ps(left)
-                        };
-                        for lane in (0..8).filter(|l| left >> l & 1 == 1) {
-                            let ch = i + lane;
-                            dimg[route(img, taps, y[o + ch], ch)] += dy[o + ch];
+        maxpool_bwd_walk::<8>(s, x, y, dy, dx, |img, dimg, taps, o, i| {
+            // SAFETY: every tap is a whole pixel of `c` channels inside `img` (and `dimg`, the
+            // same size) and i + 8 ≤ c, so each load and store stays inside its slice;
+            // `o + i + 8 ≤` the length of `y` and `dy` (the walk); AVX2 present (caller).
+            unsafe {
+                let target = _mm256_loadu_ps(y.as_ptr().add(o + i));
+                let g = _mm256_loadu_ps(dy.as_ptr().add(o + i));
+                let mut left = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+                for &t in taps {
+                    let v = _mm256_loadu_ps(img.as_ptr().add(t + i));
+                    let hit = _mm256_and_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, target), left);
+                    if _mm256_movemask_ps(hit) != 0 {
+                        let d = dimg.as_mut_ptr().add(t + i);
+                        let old = _mm256_loadu_ps(d);
+                        _mm256_storeu_ps(d, _mm256_blendv_ps(old, _mm256_add_ps(old, g), hit));
+                        left = _mm256_andnot_ps(hit, left);
+                        if _mm256_movemask_ps(left) == 0 {
+                            break;
                         }
                     }
-                    for ch in full..c {
-                        dimg[route(img, taps, y[o + ch], ch)] += dy[o + ch];
-                    }
                 }
+                _mm256_movemask_ps(left) as u32
             }
-        }
+        })
     }
 }
 
 /// NEON max pool forward and backward: the twins of `avx2`, 4 channels per instruction.
 #[cfg(target_arch = "aarch64")]
 mod neon {
-    use super::{max_tail, route, window_taps};
+    use super::{max_tail, maxpool_bwd_walk, window_taps};
     use crate::shape::Pool;
     use core::arch::aarch64::*;
 
@@ -277,58 +294,40 @@ mod neon {
     /// `x`, `dx` hold `s.x_len()` values and `y`, `dy` `s.max_y_len()`; the CPU supports NEON.
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn maxpool_bwd(s: &Pool, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);
-        let (full, plane) = (c / 4 * 4, s.h * s.w * c);
-        dx.fill(0.0);
-        for n in 0..s.n {
-            let img = &x[n * plane..(n + 1) * plane];
-            let dimg = &mut dx[n * plane..(n + 1) * plane];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let o = ((n * oh + oy) * ow + ox) * c;
-                    let (taps, nt) = window_taps(s, oy, ox);
-                    let taps = &taps[..nt];
-                    for i in (0..full).step_by(4) {
-                        // SAFETY: every tap is a whole pixel of `c` channels inside `img` (and
-                        // `dimg`, the same size) and i + 4 ≤ c, so each load and store stays
-                        // inside its slice; `o + i + 4 ≤` the length of `y` and `dy`.
-                        let left = unsafe {
-                            let target = vld1q_f32(y.as_ptr().add(o + i));
-                            let g = vld1q_f32(dy.as_ptr().add(o + i));
-                            let mut left = vdupq_n_u32(u32::MAX);
-                            for &t in taps {
-                                let v = vld1q_f32(img.as_ptr().add(t + i));
-                                let hit = vandq_u32(vceqq_f32(v, target), left);
-                                if vmaxvq_u32(hit) != 0 {
-                                    let d = dimg.as_mut_ptr().add(t + i);
-                                    let old = vld1q_f32(d);
-                                    vst1q_f32(d, vbslq_f32(hit, vaddq_f32(old, g), old));
-                                    left = vbicq_u32(left, hit);
-                                    if vmaxvq_u32(left) == 0 {
-                                        break;
-                                    }
-                                }
-                            }
-                            let mut lanes = [0u32; 4];
-                            vst1q_u32(lanes.as_mut_ptr(), left);
-                            lanes
-                        };
-                        for (lane, _) in left.iter().enumerate().filter(|(_, &l)| l != 0) {
-                            let ch = i + lane;
-                            dimg[route(img, taps, y[o + ch], ch)] += dy[o + ch];
+        maxpool_bwd_walk::<4>(s, x, y, dy, dx, |img, dimg, taps, o, i| {
+            // SAFETY: every tap is a whole pixel of `c` channels inside `img` (and `dimg`, the
+            // same size) and i + 4 ≤ c, so each load and store stays inside its slice;
+            // `o + i + 4 ≤` the length of `y` and `dy` (the walk); NEON present (caller).
+            unsafe {
+                let target = vld1q_f32(y.as_ptr().add(o + i));
+                let g = vld1q_f32(dy.as_ptr().add(o + i));
+                let mut left = vdupq_n_u32(u32::MAX);
+                for &t in taps {
+                    let v = vld1q_f32(img.as_ptr().add(t + i));
+                    let hit = vandq_u32(vceqq_f32(v, target), left);
+                    if vmaxvq_u32(hit) != 0 {
+                        let d = dimg.as_mut_ptr().add(t + i);
+                        let old = vld1q_f32(d);
+                        vst1q_f32(d, vbslq_f32(hit, vaddq_f32(old, g), old));
+                        left = vbicq_u32(left, hit);
+                        if vmaxvq_u32(left) == 0 {
+                            break;
                         }
                     }
-                    for ch in full..c {
-                        dimg[route(img, taps, y[o + ch], ch)] += dy[o + ch];
-                    }
                 }
+                // Lane l's bit: its mask's top bit, shifted into place.
+                let bits = vshrq_n_u32::<31>(left);
+                vgetq_lane_u32::<0>(bits)
+                    | vgetq_lane_u32::<1>(bits) << 1
+                    | vgetq_lane_u32::<2>(bits) << 2
+                    | vgetq_lane_u32::<3>(bits) << 3
             }
-        }
+        })
     }
 }
 
 mod scalar {
-    use super::{route, window, window_taps};
+    use super::{maxpool_bwd_walk, window};
     use crate::shape::Pool;
 
     pub(super) fn maxpool_fwd(s: &Pool, x: &[f32], y: &mut [f32]) {
@@ -360,22 +359,7 @@ mod scalar {
     }
 
     pub(super) fn maxpool_bwd(s: &Pool, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let (oh, ow, c) = (s.max_out_h(), s.max_out_w(), s.c);
-        dx.fill(0.0);
-        let plane = s.h * s.w * c;
-        for n in 0..s.n {
-            let img = &x[n * plane..(n + 1) * plane];
-            let dimg = &mut dx[n * plane..(n + 1) * plane];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let o = ((n * oh + oy) * ow + ox) * c;
-                    let (taps, nt) = window_taps(s, oy, ox);
-                    for ch in 0..c {
-                        dimg[route(img, &taps[..nt], y[o + ch], ch)] += dy[o + ch];
-                    }
-                }
-            }
-        }
+        maxpool_bwd_walk::<1>(s, x, y, dy, dx, |_, _, _, _, _| 1);
     }
 
     pub(super) fn avg_fwd(s: &Pool, x: &[f32], y: &mut [f32]) {

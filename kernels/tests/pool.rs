@@ -166,11 +166,11 @@ fn wrong_lengths_are_errors_and_write_nothing() {
     assert!(matches!(global_avg_fwd(isa(), &Pool::new(1, 0, 4, 2), &[], &mut y[..2]), Err(KernelError::Shape(_))));
 }
 
-#[test]
-fn maxpool_simd_paths_equal_scalar_bit_for_bit() {
-    // Channel counts below, at and above the 8-lane (AVX2) and 4-lane (NEON) vectors; odd and even maps (clipped
-    // windows at every edge); ties, ±0 and NaN (a NaN tap never wins; a NaN first tap stays).
-    let mut rng = Rng::new(31);
+/// Pools for the SIMD-vs-scalar tests: channel counts below, at and above the 8-lane (AVX2)
+/// and 4-lane (NEON) vectors, odd and even maps (clipped windows at every edge), each with an
+/// input on a coarse grid (ties) holding ±0 and NaN.
+fn simd_cases(rng: &mut Rng) -> Vec<(Pool, Vec<f32>)> {
+    let mut cases = Vec::new();
     for c in [1, 4, 5, 7, 8, 9, 17, 64] {
         for (h, w) in [(1, 1), (2, 3), (5, 4), (7, 7), (16, 16)] {
             let s = Pool::new(2, h, w, c);
@@ -178,49 +178,52 @@ fn maxpool_simd_paths_equal_scalar_bit_for_bit() {
             x[0] = f32::NAN;
             x[s.x_len() / 3] = -0.0;
             x[s.x_len() / 2] = f32::NAN;
-            let mut want = vec![0.0; s.max_y_len()];
-            maxpool3x3s2_fwd(Isa::scalar(), &s, &x, &mut want).unwrap();
-            for kind in tinykd_kernels::IsaKind::ALL {
-                let Some(simd) = Isa::force(kind) else { continue };
-                let mut got = vec![f32::NAN; s.max_y_len()];
-                maxpool3x3s2_fwd(simd, &s, &x, &mut got).unwrap();
-                let bits = |t: &[f32]| t.iter().map(|u| u.to_bits()).collect::<Vec<u32>>();
-                assert_eq!(bits(&got), bits(&want), "{kind:?} {h}x{w}x{c}");
-            }
+            cases.push((s, x));
+        }
+    }
+    cases
+}
+
+fn bits(t: &[f32]) -> Vec<u32> {
+    t.iter().map(|u| u.to_bits()).collect()
+}
+
+#[test]
+fn maxpool_simd_paths_equal_scalar_bit_for_bit() {
+    // Ties, ±0 and NaN: a NaN tap never wins; a NaN first tap stays.
+    for (s, x) in simd_cases(&mut Rng::new(31)) {
+        let mut want = vec![0.0; s.max_y_len()];
+        maxpool3x3s2_fwd(Isa::scalar(), &s, &x, &mut want).unwrap();
+        for kind in tinykd_kernels::IsaKind::ALL {
+            let Some(simd) = Isa::force(kind) else { continue };
+            let mut got = vec![f32::NAN; s.max_y_len()];
+            maxpool3x3s2_fwd(simd, &s, &x, &mut got).unwrap();
+            assert_eq!(bits(&got), bits(&want), "{kind:?} {s:?}");
         }
     }
 }
 
 #[test]
 fn maxpool_backward_simd_paths_equal_scalar_bit_for_bit() {
-    // The forward test's channel counts and maps; ties (values on a coarse grid: the gradient
-    // goes to the first equal tap), ±0, NaN inputs (a NaN output finds no equal tap and takes
-    // the first-maximum route), and a `y` with outputs no window holds.
+    // Ties (the gradient goes to the first equal tap), ±0, NaN inputs (a NaN output finds no
+    // equal tap and takes the first-maximum route), and a `y` with outputs no window holds.
     let mut rng = Rng::new(32);
-    for c in [1, 4, 5, 7, 8, 9, 17, 64] {
-        for (h, w) in [(1, 1), (2, 3), (5, 4), (7, 7), (16, 16)] {
-            let s = Pool::new(2, h, w, c);
-            let mut x: Vec<f32> = rng.vec(s.x_len()).iter().map(|v| (v * 8.0).round() - 4.0).collect();
-            x[0] = f32::NAN;
-            x[s.x_len() / 3] = -0.0;
-            x[s.x_len() / 2] = f32::NAN;
-            let mut y = vec![0.0; s.max_y_len()];
-            maxpool3x3s2_fwd(Isa::scalar(), &s, &x, &mut y).unwrap();
-            let dy = rng.vec(s.max_y_len());
-            let mut stray = y.clone();
-            for v in stray.iter_mut().step_by(3) {
-                *v += 0.5;
-            }
-            for y in [&y, &stray] {
-                let mut want = vec![f32::NAN; s.x_len()];
-                maxpool3x3s2_bwd(Isa::scalar(), &s, &x, y, &dy, &mut want).unwrap();
-                for kind in tinykd_kernels::IsaKind::ALL {
-                    let Some(simd) = Isa::force(kind) else { continue };
-                    let mut got = vec![f32::NAN; s.x_len()];
-                    maxpool3x3s2_bwd(simd, &s, &x, y, &dy, &mut got).unwrap();
-                    let bits = |t: &[f32]| t.iter().map(|u| u.to_bits()).collect::<Vec<u32>>();
-                    assert_eq!(bits(&got), bits(&want), "{kind:?} {h}x{w}x{c}");
-                }
+    for (s, x) in simd_cases(&mut rng) {
+        let mut y = vec![0.0; s.max_y_len()];
+        maxpool3x3s2_fwd(Isa::scalar(), &s, &x, &mut y).unwrap();
+        let dy = rng.vec(s.max_y_len());
+        let mut stray = y.clone();
+        for v in stray.iter_mut().step_by(3) {
+            *v += 0.5;
+        }
+        for y in [&y, &stray] {
+            let mut want = vec![f32::NAN; s.x_len()];
+            maxpool3x3s2_bwd(Isa::scalar(), &s, &x, y, &dy, &mut want).unwrap();
+            for kind in tinykd_kernels::IsaKind::ALL {
+                let Some(simd) = Isa::force(kind) else { continue };
+                let mut got = vec![f32::NAN; s.x_len()];
+                maxpool3x3s2_bwd(simd, &s, &x, y, &dy, &mut got).unwrap();
+                assert_eq!(bits(&got), bits(&want), "{kind:?} {s:?}");
             }
         }
     }
