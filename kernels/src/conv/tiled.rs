@@ -254,25 +254,21 @@ pub(super) fn bwd_input_panels<W: Elem>(isa: Isa, s: &Conv2d, dy: &[f32], wtp: &
     for oy in 0..out_h {
         for ox in 0..out_w {
             let pos = oy * out_w + ox;
-            for ky in 0..s.kh {
-                let Some(iy) = (oy * s.stride + ky).checked_sub(s.pad).filter(|&iy| iy < s.h) else { continue };
-                for kx in 0..s.kw {
-                    let Some(ix) = (ox * s.stride + kx).checked_sub(s.pad).filter(|&ix| ix < s.w) else { continue };
-                    let t = ky * s.kw + kx;
-                    let product = PanelProduct {
-                        m: s.n,
-                        n: c_in,
-                        k: c_out,
-                        a: &dy[pos * c_out..],
-                        lda: out_h * out_w * c_out,
-                        b: &wtp[t * per_tap..(t + 1) * per_tap],
-                        ldc: s.h * s.w * c_in,
-                        start: Start::C,
-                        relu: false,
-                        residual: false,
-                    };
-                    panels::accumulate(isa, &product, &mut dx[(iy * s.w + ix) * c_in..]);
-                }
+            for t in 0..s.kh * s.kw {
+                let Some(src) = im2col::tap_source(s, oy, ox, t / s.kw, t % s.kw) else { continue };
+                let product = PanelProduct {
+                    m: s.n,
+                    n: c_in,
+                    k: c_out,
+                    a: &dy[pos * c_out..],
+                    lda: out_h * out_w * c_out,
+                    b: &wtp[t * per_tap..(t + 1) * per_tap],
+                    ldc: s.h * s.w * c_in,
+                    start: Start::C,
+                    relu: false,
+                    residual: false,
+                };
+                panels::accumulate(isa, &product, &mut dx[src * c_in..]);
             }
         }
     }
@@ -351,13 +347,11 @@ fn bwd_weight_by_position(isa: Isa, s: &Conv2d, x: &[f32], dy: &[f32], dw: &mut 
     let (out_h, out_w) = (s.out_h(), s.out_w());
     let shape = GemmShape { lda: s.h * s.w * c_in, ldb: out_h * out_w * c_out, ..GemmShape::tn(c_in, c_out, s.n) };
     for (t, dw_t) in dw.chunks_exact_mut(c_in * c_out).enumerate() {
-        let (ky, kx) = (t / s.kw, t % s.kw);
         let mut beta = 0.0;
         for oy in 0..out_h {
-            let Some(iy) = (oy * s.stride + ky).checked_sub(s.pad).filter(|&iy| iy < s.h) else { continue };
             for ox in 0..out_w {
-                let Some(ix) = (ox * s.stride + kx).checked_sub(s.pad).filter(|&ix| ix < s.w) else { continue };
-                let (a, b) = (&x[(iy * s.w + ix) * c_in..], &dy[(oy * out_w + ox) * c_out..]);
+                let Some(src) = im2col::tap_source(s, oy, ox, t / s.kw, t % s.kw) else { continue };
+                let (a, b) = (&x[src * c_in..], &dy[(oy * out_w + ox) * c_out..]);
                 gemm(isa, &shape, 1.0, a, b, beta, dw_t)?;
                 beta = 1.0;
             }

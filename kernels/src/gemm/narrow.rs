@@ -27,8 +27,9 @@
 //! columns 0–7 as an outer product with A broadcast per k (one broadcast per FMA: 62 %);
 //! unrolling the k loop 4× (2× is kept: +3 % on Zen 2, no gain measured on the Xeon); software
 //! prefetch of A (the next pair's rows at the tile start or through the tile, into L1 or L2;
-//! the current rows 128 B–1 KiB ahead); prefetch of B while packing; packing fused with the first row pair's FMAs; the next block packed a slice
-//! after each tile into a second buffer (−3 to −5 %: the two blocks crowd L1); equal-depth k
+//! the current rows 128 B–1 KiB ahead); prefetch of B while packing; packing fused with the
+//! first row pair's FMAs; the next block packed a slice after each tile into a second buffer
+//! (−3 to −5 %: the two blocks crowd L1); equal-depth k
 //! blocks; KB of 256 or 320 (more block passes) or 512 (the block, A's rows and the prefetched
 //! lines no longer fit L1's 8 ways); 3-row tiles (15 accumulators, op(B) as memory operands of
 //! the FMAs, in inline assembly since the compiled loop spills): 64×10×1024 108–110 → 95–98
