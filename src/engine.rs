@@ -100,6 +100,14 @@ pub enum EngineError {
         /// Values given.
         got: usize,
     },
+    /// An input value is NaN or infinite (a ReLU would silently turn NaN into 0 and the
+    /// logits would look valid).
+    NonFiniteInput {
+        /// Index of the first such value in the input slice.
+        index: usize,
+        /// Values per image (`h·w·c`), to name the image.
+        per_image: usize,
+    },
     /// The logits slice is not `batch·classes` values.
     LogitsLen {
         /// Values needed.
@@ -128,6 +136,37 @@ pub enum EngineError {
     },
 }
 
+/// Checks that `input` holds `batch` images of `cfg`'s input shape, every value finite.
+pub(crate) fn check_input(cfg: &ModelConfig, batch: usize, input: &[f32]) -> Result<(), EngineError> {
+    let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
+    if input.len() != batch * per_image {
+        return Err(EngineError::InputLen { expected: batch * per_image, got: input.len() });
+    }
+    if all_finite(input) {
+        return Ok(());
+    }
+    let index = input.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(EngineError::NonFiniteInput { index, per_image })
+}
+
+/// Whether every value of `x` is finite, by a sufficient test: a finite `Σ v` (8 independent
+/// sums, so it vectorises on the host and costs a load and an add per value on a Cortex-M4F)
+/// means no value is NaN or ±Inf; only a non-finite sum (such a value, or an overflow of huge
+/// ones) looks at each value.
+fn all_finite(x: &[f32]) -> bool {
+    let mut acc = [0.0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += v;
+    }
+    acc.iter().all(|a| a.is_finite()) || x.iter().all(|v| v.is_finite())
+}
+
 impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -147,6 +186,12 @@ impl fmt::Display for EngineError {
                 write!(f, "arena of {got} bytes is too small: the plan needs {needed} bytes at this alignment")
             }
             EngineError::InputLen { expected, got } => write!(f, "input has {got} values, the model needs {expected}"),
+            EngineError::NonFiniteInput { index, per_image } => write!(
+                f,
+                "input value {index} (image {}, value {} of it) is NaN or infinite: the model needs finite inputs",
+                index / (*per_image).max(1),
+                index % (*per_image).max(1)
+            ),
             EngineError::LogitsLen { expected, got } => {
                 write!(f, "logits slice has {got} values, the model writes {expected}")
             }
@@ -442,10 +487,7 @@ impl<'w, P: Borrow<EnginePlan>> Engine<'w, P> {
         let ep = self.setup.borrow();
         let cfg = &ep.schedule.config;
         let n = ep.schedule.batch;
-        let want_in = n * cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
-        if input.len() != want_in {
-            return Err(EngineError::InputLen { expected: want_in, got: input.len() });
-        }
+        check_input(cfg, n, input)?;
         let want_out = n * cfg.classes as usize;
         if logits.len() != want_out {
             return Err(EngineError::LogitsLen { expected: want_out, got: logits.len() });

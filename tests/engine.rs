@@ -365,6 +365,18 @@ fn engine_reports_clear_errors() {
     assert_eq!(e, EngineError::InputLen { expected: 3072, got: 3071 });
     let e = engine.run(Isa::scalar(), &image, &mut arena, &mut logits[..9]).unwrap_err();
     assert_eq!(e, EngineError::LogitsLen { expected: 10, got: 9 });
+    // A NaN or infinite input value is named (a ReLU would have turned NaN into 0).
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut poisoned = image.clone();
+        poisoned[1000] = bad;
+        let e = engine.run(Isa::scalar(), &poisoned, &mut arena, &mut logits).unwrap_err();
+        assert_eq!(e, EngineError::NonFiniteInput { index: 1000, per_image: 3072 });
+        assert!(e.to_string().contains("input value 1000 (image 0, value 1000 of it) is NaN or infinite"), "{e}");
+    }
+    // Huge finite values whose sum overflows are still accepted (the fast test is only sufficient).
+    let huge = vec![3e38f32; 32 * 32 * 3];
+    engine.run(Isa::scalar(), &huge, &mut arena, &mut logits).unwrap();
+    logits = [7.0; 10];
     assert_eq!(logits, [7.0; 10]);
     // An arena starting ALIGN-aligned needs only the plan's peak.
     let exact = &mut arena[base..base + engine.plan().peak];
@@ -482,6 +494,11 @@ fn static_plan_engine_reports_clear_errors() {
     let mut arena = vec![0u8; engine.arena_bytes()];
     let e = engine.run(Isa::scalar(), &[0.0; 3072], &mut arena, &mut [0.0; 20]).unwrap_err();
     assert_eq!(e, EngineError::InputLen { expected: 6144, got: 3072 });
+    let mut two = [0.0f32; 6144];
+    two[3072 + 5] = f32::NAN;
+    let e = engine.run(Isa::scalar(), &two, &mut arena, &mut [0.0; 20]).unwrap_err();
+    assert_eq!(e, EngineError::NonFiniteInput { index: 3077, per_image: 3072 });
+    assert!(e.to_string().contains("(image 1, value 5 of it)"), "{e}");
 }
 
 #[test]
