@@ -241,6 +241,48 @@ fn finetuning_raises_heldout_accuracy_on_the_shifted_task() {
     }
 }
 
+/// A step that would leave a non-finite loss, gradient, parameter or momentum is refused with
+/// `NonFinite` and writes nothing: a NaN weight (NaN loss), and finite gradients whose update
+/// overflows (momentum near `f32::MAX`, lr 10). The same state then still takes good steps.
+#[test]
+fn non_finite_steps_are_refused_and_leave_the_state() {
+    let buf = calibrated_student(&CFG, 4, 1, DType::F32);
+    let file = WeightFile::parse(&buf).unwrap();
+    let (x, y) = user_task(2, 21);
+    let hp = Momentum { lr: 0.1, mu: 0.9, wd: 0.0 };
+    for tail in Tail::ALL {
+        let ft = FineTuner::new(&CFG, tail, 2, &file).unwrap();
+        let mut state = vec![0.0; ft.state_len()];
+        ft.init_state(&mut state).unwrap();
+        let mut arena = vec![0u8; ft.arena_bytes()];
+        let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let init = bits(&state);
+
+        // A NaN fc weight (a state corrupted earlier) makes the logits and the loss NaN.
+        let mut nan = state.clone();
+        nan[3] = f32::NAN;
+        let before = bits(&nan);
+        let err = ft.step(Isa::scalar(), hp, &mut nan, &x, &y, &mut arena).unwrap_err();
+        assert!(matches!(err, FinetuneError::NonFinite { loss } if loss.is_nan()), "{tail}: NaN weight gave {err:?}");
+        assert!(err.to_string().contains("state is unchanged"), "{tail}: {err}");
+        assert_eq!(bits(&nan), before, "{tail}: the NaN step wrote the state");
+
+        // Finite loss and gradients, but v' = 0.9·3e38 + g and p − 10·v' overflow.
+        let n = ft.params(&state).len();
+        let mut huge = state.clone();
+        huge[n..].fill(3e38);
+        let before = bits(&huge);
+        let loud = Momentum { lr: 10.0, ..hp };
+        let err = ft.step(Isa::scalar(), loud, &mut huge, &x, &y, &mut arena).unwrap_err();
+        assert!(matches!(err, FinetuneError::NonFinite { loss } if loss.is_finite()), "{tail}: overflow gave {err:?}");
+        assert_eq!(bits(&huge), before, "{tail}: the overflowing step wrote the state");
+
+        let loss = ft.step(Isa::scalar(), hp, &mut state, &x, &y, &mut arena).unwrap();
+        assert!(loss.is_finite() && state.iter().all(|v| v.is_finite()), "{tail}: a good step after the refusals");
+        assert_ne!(bits(&state), init, "{tail}: the good step did not update");
+    }
+}
+
 #[test]
 fn bad_arguments_are_errors() {
     let buf = calibrated_student(&CFG, 4, 1, DType::F32);
@@ -248,6 +290,7 @@ fn bad_arguments_are_errors() {
     let ft = FineTuner::new(&CFG, Tail::FcAffine, 2, &file).unwrap();
     let mut state = vec![0.0; ft.state_len()];
     ft.init_state(&mut state).unwrap();
+    let untouched = state.clone();
     let mut arena = vec![0u8; ft.arena_bytes()];
     let x = vec![0.1; 2 * IMAGE_LEN];
     let hp = Momentum { lr: 0.1, mu: 0.9, wd: 0.0 };
@@ -267,8 +310,13 @@ fn bad_arguments_are_errors() {
         ft.step(Isa::scalar(), hp, &mut state, &x[1..], &[0, 1], &mut arena),
         Err(FinetuneError::Engine(EngineError::InputLen { .. }))
     ));
-    let untouched = state.clone();
-    assert_eq!(state, untouched);
+    let mut nan_x = x.clone();
+    nan_x[IMAGE_LEN + 17] = f32::NAN;
+    assert_eq!(
+        ft.step(Isa::scalar(), hp, &mut state, &nan_x, &[0, 1], &mut arena),
+        Err(FinetuneError::Engine(EngineError::NonFiniteInput { index: IMAGE_LEN + 17, per_image: IMAGE_LEN }))
+    );
+    assert_eq!(state, untouched, "a refused step wrote the state");
     let other = ModelConfig::mobilenet_v1(500);
     assert!(matches!(
         FineTuner::new(&other, Tail::Fc, 2, &file),

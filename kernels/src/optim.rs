@@ -28,15 +28,34 @@ pub fn sgd_momentum(isa: Isa, h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f3
     })
 }
 
+/// Whether [`sgd_momentum`] with these arguments would find every `g` and every updated `v`
+/// and `p` finite, computed by the same arithmetic without writing anything: a caller with no
+/// earlier state to fall back to (on-device fine-tuning) checks first and updates only then.
+pub fn sgd_momentum_stays_finite(h: Momentum, p: &[f32], g: &[f32], v: &[f32]) -> Result<bool> {
+    check_len("g", g.len(), p.len())?;
+    check_len("v", v.len(), p.len())?;
+    ensure(h.lr.is_finite() && h.mu.is_finite() && h.wd.is_finite(), "sgd_momentum: hyper-parameters must be finite")?;
+    Ok(p.iter().zip(g).zip(v).fold(true, |finite, ((&p, &g), &v)| {
+        let (v, p) = scalar::next(h, p, g, v);
+        finite & g.is_finite() & v.is_finite() & p.is_finite()
+    }))
+}
+
 /// Portable path (the specification). Lengths are checked by the caller.
 mod scalar {
     use super::Momentum;
 
+    /// `(v', p')` for one element: `v' = μ·v + g + wd·p`, `p' = p − lr·v'`.
+    #[inline(always)]
+    pub(super) fn next(h: Momentum, p: f32, g: f32, v: f32) -> (f32, f32) {
+        let v = h.mu * v + g + h.wd * p;
+        (v, p - h.lr * v)
+    }
+
     pub(super) fn sgd_momentum(h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f32]) -> bool {
         let mut finite = true;
         for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
-            *v = h.mu * *v + g + h.wd * *p;
-            *p -= h.lr * *v;
+            (*v, *p) = next(h, *p, g, *v);
             // No early exit: the loop stays one vectorised pass.
             finite &= g.is_finite() & v.is_finite() & p.is_finite();
         }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_close, Rng};
-use tinykd_kernels::optim::{sgd_momentum, Momentum};
+use tinykd_kernels::optim::{sgd_momentum, sgd_momentum_stays_finite, Momentum};
 use tinykd_kernels::{Isa, KernelError};
 
 #[test]
@@ -55,6 +55,16 @@ fn wrong_lengths_are_errors_and_write_nothing() {
     let nan = Momentum { lr: f32::NAN, ..h };
     assert!(matches!(sgd_momentum(Isa::scalar(), nan, &mut p, &[1.0; 3], &mut v), Err(KernelError::Shape(_))));
     assert_eq!((p, v), ([7.0; 3], [7.0; 3]));
+    // The read-only check refuses the same arguments.
+    assert_eq!(
+        sgd_momentum_stays_finite(h, &p, &[1.0; 2], &v),
+        Err(KernelError::Len { arg: "g", expected: 3, got: 2 })
+    );
+    assert_eq!(
+        sgd_momentum_stays_finite(h, &p, &[1.0; 3], &v[..1]),
+        Err(KernelError::Len { arg: "v", expected: 3, got: 1 })
+    );
+    assert!(matches!(sgd_momentum_stays_finite(nan, &p, &[1.0; 3], &v), Err(KernelError::Shape(_))));
 }
 
 #[test]
@@ -64,7 +74,11 @@ fn the_flag_says_whether_gradient_momentum_and_weights_are_all_finite() {
         // The odd element sits past the first vector of 8 and in a scalar tail.
         let (mut ps, mut vs, mut gs) = (vec![1.0f32; 19], vec![0.5f32; 19], vec![0.25f32; 19]);
         (ps[13], gs[13], vs[13]) = (p, g, v);
-        sgd_momentum(Isa::scalar(), h, &mut ps, &gs, &mut vs).unwrap()
+        // The read-only check (it borrows shared slices) predicts the flag.
+        let predicted = sgd_momentum_stays_finite(h, &ps, &gs, &vs).unwrap();
+        let finite = sgd_momentum(Isa::scalar(), h, &mut ps, &gs, &mut vs).unwrap();
+        assert_eq!(predicted, finite, "the check and the update disagree at p {p}, g {g}, v {v}");
+        finite
     };
     assert!(step(1.0, 0.25, 0.5), "all finite");
     assert!(!step(1.0, f32::NAN, 0.5), "a NaN gradient");

@@ -78,7 +78,7 @@ impl fmt::Display for Tail {
 }
 
 /// Why fine-tuning refused to be set up or to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum FinetuneError {
     /// The configuration (or batch) is invalid.
     Model(ModelError),
@@ -103,6 +103,12 @@ pub enum FinetuneError {
         /// The class count.
         classes: usize,
     },
+    /// The step's loss, a gradient, or an updated parameter or momentum would not be finite;
+    /// the state was left unchanged.
+    NonFinite {
+        /// The batch's loss before the refused update (may itself be NaN or infinite).
+        loss: f32,
+    },
 }
 
 impl fmt::Display for FinetuneError {
@@ -121,6 +127,11 @@ impl fmt::Display for FinetuneError {
             FinetuneError::Labels { batch, classes } => {
                 write!(f, "labels must be {batch} values, each below {classes}")
             }
+            FinetuneError::NonFinite { loss } => write!(
+                f,
+                "step refused, the state is unchanged: the loss ({loss}), a gradient or the update would not be \
+                 finite (lower the learning rate, or check the inputs for NaN or huge values)"
+            ),
         }
     }
 }

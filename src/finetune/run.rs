@@ -10,7 +10,7 @@ use tinykd_kernels::{linear, loss, pool, Isa, KernelError};
 
 use crate::arena::split;
 use crate::config::ModelConfig;
-use crate::engine::{forward_step, step_input, step_weights, EngineError, StepWeights};
+use crate::engine::{check_input, forward_step, step_input, step_weights, EngineError, StepWeights};
 use crate::graph::Name;
 use crate::plan::{Buf, Step, ALIGN, MAX_STEPS};
 use crate::weights::{FileKind, WeightFile};
@@ -175,6 +175,11 @@ impl<'w> FineTuner<'w> {
 
     /// One Momentum SGD step on the batch (`v = μ·v + g + wd·p; p −= lr·v` over every
     /// trainable parameter); returns the loss before the update.
+    ///
+    /// A step whose loss, a gradient, or an updated parameter or momentum would not be finite
+    /// is refused with [`FinetuneError::NonFinite`] and leaves `state` as it was: the device
+    /// has no earlier copy to fall back to (the check reads the state once more, a small
+    /// fraction of the step's forward pass through the frozen prefix).
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &self,
@@ -191,9 +196,12 @@ impl<'w> FineTuner<'w> {
         let loss = self.forward_backward(isa, self.parts(state), input, labels, ar)?;
         let grads = &ar[self.range(self.layout.bufs.grads)];
         let (p, v) = state.split_at_mut(self.layout.trainable());
-        // Whether the step stayed finite is not surfaced: the caller sees the loss, and the
-        // device has no earlier state to fall back to.
-        let _finite = optim::sgd_momentum(isa, hp, p, grads, v).map_err(|err| self.kernel(self.layout.fc, err))?;
+        let kernel = |err| self.kernel(self.layout.fc, err);
+        if !loss.is_finite() || !optim::sgd_momentum_stays_finite(hp, p, grads, v).map_err(kernel)? {
+            return Err(FinetuneError::NonFinite { loss });
+        }
+        let finite = optim::sgd_momentum(isa, hp, p, grads, v).map_err(kernel)?;
+        debug_assert!(finite, "the check runs the update's arithmetic");
         Ok(loss)
     }
 
@@ -275,10 +283,7 @@ impl<'w> FineTuner<'w> {
     fn forward(&self, isa: Isa, p: Parts<'_>, input: &[f32], ar: &mut [f32]) -> Result<(), FinetuneError> {
         let cfg = &self.layout.schedule.config;
         let d = self.layout.dims;
-        let want = d.batch * cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
-        if input.len() != want {
-            return Err(EngineError::InputLen { expected: want, got: input.len() }.into());
-        }
+        check_input(cfg, d.batch, input)?;
         let steps = self.layout.schedule.steps();
         for (step, w) in steps[..self.layout.cut_step].iter().zip(&self.weights) {
             self.prefix_step(isa, step, *w, input, ar)?;
