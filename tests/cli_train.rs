@@ -181,6 +181,23 @@ fn eval_and_export_agree_across_params_checkpoint_and_inference_files() {
     assert!(!again.exists());
 }
 
+/// A weight beyond f16's range (after folding) is refused by `export --dtype f16`, naming the
+/// tensor, instead of becoming an infinity in the file; f32 holds it.
+#[test]
+fn an_f16_export_refuses_weights_beyond_f16_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig::mobilenet_v1(250);
+    let mut store = ParamStore::init(&cfg, 1).unwrap();
+    store.get_mut("conv1_weights").unwrap().data[5] = 1e6;
+    let params = dir.path().join("big.tkd");
+    weights::write_file(&params, &cfg, FileKind::Params, DType::F32, &store.to_tensors()).unwrap();
+    let out = dir.path().join("big.f16.tkd");
+    let o = tinykd(&["export", "--weights", s(&params), "--dtype", "f16", "--out", s(&out)]);
+    assert_fails(&o, 1, &["value 5 of the BN-folded `conv1_weights` is 99999", "beyond f16's range", "--dtype f32"]);
+    assert!(!out.exists());
+    ok(tinykd(&["export", "--weights", s(&params), "--dtype", "f32", "--out", s(&out)]));
+}
+
 /// A params file of a MobileNetV1 x0.5 "teacher" (fresh weights: enough to check the merge).
 fn teacher_file(dir: &Path) -> PathBuf {
     let cfg = ModelConfig::mobilenet_v1(500);

@@ -217,16 +217,38 @@ fn f16_rounds_to_nearest_even() {
     // 1 + 2^-11 is halfway between 1 (even mantissa) and 1 + 2^-10: rounds down to 1.
     // 1 + 3·2^-11 is halfway between 1 + 2^-10 (odd) and 1 + 2^-9 (even): rounds up.
     // 1 + 2^-11 + 2^-20 is above halfway: rounds up to 1 + 2^-10.
-    let data =
-        [1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), 1.0 + 2f32.powi(-11) + 2f32.powi(-20), -2.0, 65504.0, 1e6];
-    let want_bits: [u16; 6] = [0x3C00, 0x3C02, 0x3C01, 0xC000, 0x7BFF, 0x7C00];
+    // 65519 rounds down to f16's largest, 65504; an infinity stays one.
+    let data = [
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        1.0 + 2f32.powi(-11) + 2f32.powi(-20),
+        -2.0,
+        65504.0,
+        65519.0,
+        f32::INFINITY,
+    ];
+    let want_bits: [u16; 7] = [0x3C00, 0x3C02, 0x3C01, 0xC000, 0x7BFF, 0x7BFF, 0x7C00];
     let bytes =
-        to_bytes(&config(), FileKind::Params, DType::F16, &[TensorOut { name: "x", dims: &[6], data: &data }]).unwrap();
+        to_bytes(&config(), FileKind::Params, DType::F16, &[TensorOut { name: "x", dims: &[7], data: &data }]).unwrap();
     let buf = AlignedBuf::from_bytes(&bytes);
     let f = parse(&buf).unwrap();
     let TensorData::F16(s) = f.get("x").unwrap().data else { panic!("not f16") };
     let bits: Vec<u16> = s.iter().map(|h| h.to_bits()).collect();
     assert_eq!(bits, want_bits);
+}
+
+#[test]
+fn finite_values_beyond_f16_are_refused_not_made_infinite() {
+    // 65520 rounds to +Inf in f16: refused, naming the tensor index, the position and the value.
+    for big in [65520.0f32, -1e6] {
+        let (a, b) = ([1.0f32; 3], [0.5, 2.0, big, 7.0]);
+        let t = [TensorOut { name: "a", dims: &[3], data: &a }, TensorOut { name: "b", dims: &[4], data: &b }];
+        let e = to_bytes(&config(), FileKind::Inference, DType::F16, &t).unwrap_err();
+        assert_eq!(e, WeightError::F16Overflow { index: 1, at: 2, bits: big.to_bits() });
+        assert!(e.to_string().contains("beyond f16's range (±65504); write the file as f32"), "{e}");
+        // f32 holds it.
+        to_bytes(&config(), FileKind::Inference, DType::F32, &t).unwrap();
+    }
 }
 
 #[test]

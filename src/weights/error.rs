@@ -99,6 +99,16 @@ pub enum WeightError {
         /// Tensor index.
         index: u32,
     },
+    /// Writing f16: a finite value of a tensor is beyond f16's range (±65504) and would become
+    /// an infinity.
+    F16Overflow {
+        /// Tensor index.
+        index: u32,
+        /// Position of the first such value in the tensor's data.
+        at: u64,
+        /// The value's f32 bits.
+        bits: u32,
+    },
     /// A tensor's data offset is not a multiple of [`DATA_ALIGN`](super::DATA_ALIGN).
     OffsetUnaligned {
         /// Tensor index.
@@ -193,6 +203,11 @@ impl fmt::Display for WeightError {
                 "tensor {index}'s dims hold {dims_product} elements but it has {count}"
             ),
             TooLarge { index } => write!(f, "tensor {index} is too large for a weight file on this target"),
+            F16Overflow { index, at, bits } => write!(
+                f,
+                "tensor {index}: value {at} is {}, beyond f16's range (±65504); write the file as f32",
+                f32::from_bits(bits)
+            ),
             OffsetUnaligned { index, offset } => write!(
                 f,
                 "tensor {index}'s data offset {offset} is not a multiple of {}",

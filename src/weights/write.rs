@@ -27,7 +27,8 @@ pub struct TensorOut<'a> {
 /// next multiple of 16 bytes, converted to `dtype` (f16: round to nearest even).
 ///
 /// Rejects an invalid config, empty, over-long or duplicate names, rank > 4, dims whose
-/// product differs from `data.len()`, and sizes the format cannot record.
+/// product differs from `data.len()`, sizes the format cannot record, and (f16) finite values
+/// beyond f16's range, which would become infinities.
 pub fn to_bytes(
     config: &ModelConfig,
     kind: FileKind,
@@ -42,6 +43,11 @@ pub fn to_bytes(
     for (i, t) in tensors.iter().enumerate() {
         let index = i as u32; // i < count, a u32
         check_tensor(index, t, tensors.get(..i).unwrap_or(&[]))?;
+        if dtype == DType::F16 {
+            if let Some(at) = t.data.iter().position(|&v| v.is_finite() && f16::from_f32(v).is_infinite()) {
+                return Err(WeightError::F16Overflow { index, at: at as u64, bits: t.data[at].to_bits() });
+            }
+        }
         let entry_len = 1 + t.name.len() + 1 + 4 * t.dims.len() + 8 + 8;
         table_end += entry_len as u64;
     }

@@ -110,7 +110,14 @@ fn run() -> i32 {
     let cp = cortex_m::Peripherals::take().expect("core peripherals taken once");
     let ticks = Ticks::start(cp.SYST);
     ticks::calibrate(&ticks);
-    match finetune(&ticks) {
+    let file = match WeightFile::parse(&WEIGHTS.0) {
+        Ok(file) => file,
+        Err(e) => {
+            defmt::error!("weights: {}", defmt::Display2Format(&e));
+            return 1;
+        }
+    };
+    match finetune(&ticks, &file) {
         Ok(rise) if rise >= MIN_RISE as i32 => {
             defmt::info!("result PASS rise={=i32} min={=usize}", rise, MIN_RISE);
             0
@@ -136,11 +143,11 @@ fn correct(ft: &FineTuner, state: &[f32], arena: &mut [u8]) -> Result<usize, tin
     Ok(ok)
 }
 
-/// Fine-tunes [`TAIL`] and prints the lines `check.sh` compares; returns the held-out gain.
+/// Fine-tunes [`TAIL`] of the student in `file` and prints the lines `check.sh` compares;
+/// returns the held-out gain.
 #[inline(never)]
-fn finetune(ticks: &Ticks) -> Result<i32, tinykd::finetune::FinetuneError> {
-    let file = WeightFile::parse(&WEIGHTS.0).map_err(|_| tinykd::engine::EngineError::NotInference)?;
-    let ft = FineTuner::new(&CFG, TAIL, BATCH, &file)?;
+fn finetune(ticks: &Ticks, file: &WeightFile) -> Result<i32, tinykd::finetune::FinetuneError> {
+    let ft = FineTuner::new(&CFG, TAIL, BATCH, file)?;
     let arena = ARENA.take().expect("arena taken once");
     let state = STATE.take().expect("state taken once");
     let hp: Momentum = HP;

@@ -60,7 +60,17 @@ pub fn export_file(store: &ParamStore, dtype: DType, out: &Path) -> anyhow::Resu
     let tensors = fold::inference_tensors(store.config(), store).context("cannot fold batch norm")?;
     let outs: Vec<TensorOut> =
         tensors.iter().map(|t| TensorOut { name: &t.name, dims: &t.dims, data: &t.data }).collect();
-    let bytes = weights::to_bytes(store.config(), FileKind::Inference, dtype, &outs)?;
+    let bytes = weights::to_bytes(store.config(), FileKind::Inference, dtype, &outs).map_err(|e| match e {
+        weights::WeightError::F16Overflow { index, at, bits } => {
+            let name = outs.get(index as usize).map_or("?", |t| t.name);
+            anyhow::anyhow!(
+                "cannot write f16 weights: value {at} of the BN-folded `{name}` is {}, beyond f16's range \
+                 (±65504); export with --dtype f32",
+                f32::from_bits(bits)
+            )
+        }
+        e => e.into(),
+    })?;
     write_atomic(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(Exported { bytes: bytes.len(), tensors: tensors.len() })
 }
