@@ -69,24 +69,25 @@ impl Elem for f16 {
     }
 }
 
-/// `Some(x as &[f16])` when `E` is `f16`.
+/// `Some(x as &[T])` when `E` is `T` (the same type: no conversion), else `None`.
 #[inline(always)]
-pub(crate) fn as_f16<E: Elem>(x: &[E]) -> Option<&[f16]> {
-    if core::any::TypeId::of::<E>() == core::any::TypeId::of::<f16>() {
-        // SAFETY: `E` is `f16` itself, so the pointer, length and lifetime are unchanged.
-        Some(unsafe { core::slice::from_raw_parts(x.as_ptr() as *const f16, x.len()) })
+fn same<E: Elem, T: Elem>(x: &[E]) -> Option<&[T]> {
+    if core::any::TypeId::of::<E>() == core::any::TypeId::of::<T>() {
+        // SAFETY: `E` is `T` itself, so the pointer, length and lifetime are unchanged.
+        Some(unsafe { core::slice::from_raw_parts(x.as_ptr() as *const T, x.len()) })
     } else {
         None
     }
 }
 
+/// `Some(x as &[f16])` when `E` is `f16`.
+#[inline(always)]
+pub(crate) fn as_f16<E: Elem>(x: &[E]) -> Option<&[f16]> {
+    same(x)
+}
+
 /// `Some(x as &[f32])` when `E` is `f32`.
 #[inline(always)]
 pub(crate) fn as_f32<E: Elem>(x: &[E]) -> Option<&[f32]> {
-    if core::any::TypeId::of::<E>() == core::any::TypeId::of::<f32>() {
-        // SAFETY: `E` is `f32` itself, so the pointer, length and lifetime are unchanged.
-        Some(unsafe { core::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
-    } else {
-        None
-    }
+    same(x)
 }
