@@ -110,10 +110,16 @@ fn resnet50_gradients_match_finite_differences() {
     let params = ParamStore::init(&cfg, 3).unwrap();
     let mut rng = Rng::new(5);
     let (x, _) = batch(&mut rng, &prog, 2);
-    let cases: [(&str, &[&str]); 3] = [
+    // The res5 convs (1x1 maps at batch 2) take their weight gradients whole-batch at reduce
+    // time (a pointwise conv, a 1x1 stride-2 shortcut, 3x3 convs into a 1x1 map from 2x2 and
+    // from 1x1: per-tap GEMMs and zero padding taps).
+    let cases: [(&str, &[&str]); 6] = [
         ("pool1", &["conv1_weights", "bn_conv1_scale", "bn_conv1_offset"]),
         ("res2a.add.relu", &["res2a_branch1_weights", "bn2a_branch1_scale", "res2a_branch2c_weights"]),
         ("res3a_branch2b", &["res3a_branch2b_weights", "bn3a_branch2a_scale"]),
+        ("res5a_branch2b", &["res5a_branch2b_weights", "res5a_branch2a_weights"]),
+        ("res5a_branch1", &["res5a_branch1_weights"]),
+        ("res5b_branch2b", &["res5b_branch2b_weights"]),
     ];
     let mut ex = Executor::new(&prog, 2, 1);
     let mut probe = Executor::new(&prog, 2, 1);

@@ -24,7 +24,10 @@
 //! - conv / depthwise / fc parameter gradients: each thread computes its chunk's gradient; the
 //!   results are summed in thread order `((g₀ + g₁) + g₂) + …`, each thread summing a piece of
 //!   every gradient once the next batch norm's barrier has passed (the last ones after the
-//!   pass).
+//!   pass). A conv with few rows and many input channels (a late layer: a pointwise conv, or
+//!   any conv into a 1x1 map) instead leaves its chunk's `dY` there, and after the barrier each
+//!   thread computes its rows of `dW` over the whole batch with one GEMM per tap
+//!   ([`ReducePlan`]), so no thread writes and re-reads a whole-size partial.
 //!
 //! So a run is **bitwise reproducible for a given thread count** (and kernel path). A
 //! **different thread count changes the bits** (not the math): chunk moments are merged instead
@@ -50,6 +53,7 @@ use std::{fmt, thread};
 
 use super::lines::LineBuf;
 use tinykd_kernels::act::{self, Act};
+use tinykd_kernels::gemm::{gemm, GemmShape, Trans};
 use tinykd_kernels::linear::panels;
 use tinykd_kernels::norm::{self, BnParams};
 use tinykd_kernels::shape::{Channels, Conv2d, Linear, Pool, IM2COL_ROWS};
@@ -185,6 +189,8 @@ struct Worker {
     scratch: LineBuf,
     /// Chunk-sized buffers for gradients that are accumulated rather than overwritten.
     tmp: LineBuf,
+    /// The whole batch's `dY` of a [`Whole`] weight gradient, gathered at reduce time.
+    stage: LineBuf,
     /// Per batch norm (by ordinal): the statistics of the last train-mode forward.
     bn: Vec<BnSaved>,
     /// Per batch-norm gradient slot (γ, β): this chunk's value (empty for other slots, whose
@@ -251,6 +257,12 @@ type Pieces<'a> = Vec<Option<(usize, &'a mut [f32])>>;
 /// the threads' arenas, in thread order, into the slot's gradient ([`reduce_segment`]). A
 /// segment's arenas are written again two segments later, after a barrier every thread
 /// reaches only once its sums are done. The last segment is summed after the pass.
+///
+/// A pointwise conv whose weight gradient is much larger than its output gradient (a late
+/// layer: few rows, many channels) is a [`Whole`] slot instead: each thread leaves its chunk's
+/// `dY` in the arena, and at reduce time computes its rows of `dW = Xᵀ·dY` over the whole
+/// batch with one GEMM. Summing per-thread partials would write the whole `dW` once per
+/// thread and read it back to add: 4 MB per thread and op at ResNet50's res5.
 #[derive(Debug)]
 struct ReducePlan {
     /// Per segment, its slots.
@@ -264,6 +276,112 @@ struct ReducePlan {
     arena_len: usize,
     /// Per slot, its op.
     op: Vec<usize>,
+    /// Per slot: computed whole-batch at reduce time ([`Whole`]), or summed from partials.
+    whole: Vec<Option<Whole>>,
+}
+
+/// A conv weight gradient computed at reduce time over every row of the batch, in row pieces,
+/// from the threads' `dY` chunks left in their arenas ([`ReducePlan`]): a stride-1 pointwise
+/// conv (`dW = Xᵀ·dY`, one row per output pixel), or a conv to a 1x1 map, whose every
+/// in-bounds tap `t` reads one input pixel (`dW[t] = X_pixelᵀ·dY`, one row per sample; the
+/// other taps read padding and get zeros). Taken when the batch's rows are at most
+/// `c_in / WHOLE_RATIO`, so each thread's `dY` chunk fits the slot.
+#[derive(Clone, Debug)]
+struct Whole {
+    /// The conv's input tensor.
+    x: TensorId,
+    c_in: usize,
+    c_out: usize,
+    /// Rows per sample (output pixels).
+    pixels: usize,
+    /// Stride between X rows (`c_in`, or a whole sample for a 1x1 output map).
+    lda: usize,
+    /// Per kernel tap: the offset in a sample of the input pixel its rows read, `None` for
+    /// a tap that reads only padding.
+    taps: Vec<Option<usize>>,
+}
+
+impl Whole {
+    /// The whole-batch form of conv `c`'s weight gradient over input `x`, if it has one.
+    fn of(c: &Conv2d, x: TensorId) -> Option<Whole> {
+        let (oh, ow) = (c.out_h(), c.out_w());
+        if c.n * oh * ow * WHOLE_RATIO > c.c_in {
+            return None;
+        }
+        let (c_in, c_out) = (c.c_in, c.c_out);
+        if c.is_pointwise() {
+            return Some(Whole { x, c_in, c_out, pixels: oh * ow, lda: c_in, taps: vec![Some(0)] });
+        }
+        if oh != 1 || ow != 1 {
+            return None;
+        }
+        // Output (0, 0) reads input (i − pad, j − pad) through tap (i, j).
+        let taps = (0..c.kh * c.kw)
+            .map(|t| {
+                let (i, j) = ((t / c.kw).checked_sub(c.pad)?, (t % c.kw).checked_sub(c.pad)?);
+                (i < c.h && j < c.w).then_some((i * c.w + j) * c_in)
+            })
+            .collect();
+        Some(Whole { x, c_in, c_out, pixels: 1, lda: c.h * c.w * c_in, taps })
+    }
+}
+
+/// A conv's batch rows at most `c_in` over this make it a [`Whole`] slot: its `dY` (gathered
+/// by every thread) is then at most a quarter of one tap's `dW`.
+const WHOLE_RATIO: usize = 4;
+
+/// Rows `start / c_out ..` of a [`Whole`] slot's `dW` into `piece` (whole rows of `dW`): the
+/// threads' `dY` chunks (in `arenas` at `at`, chunk order) are gathered into `stage`, then each
+/// in-bounds tap's rows in the piece are one GEMM over every row of the batch (`x` is the whole
+/// batch's input); a padding tap's rows are zero.
+#[allow(clippy::too_many_arguments)]
+fn whole_piece(
+    isa: Isa,
+    wh: &Whole,
+    chunks: &[Range<usize>],
+    x: &[f32],
+    arenas: &[&LineBuf],
+    at: usize,
+    start: usize,
+    piece: &mut [f32],
+    stage: &mut LineBuf,
+) -> Result<(), KernelError> {
+    let rows = chunks.iter().map(|c| c.len()).sum::<usize>() * wh.pixels;
+    let need = rows * wh.c_out;
+    if stage.len() < need {
+        *stage = LineBuf::zeros(need);
+    }
+    let mut to = 0;
+    for (c, a) in chunks.iter().zip(arenas) {
+        let len = c.len() * wh.pixels * wh.c_out;
+        stage[to..to + len].copy_from_slice(&a[at..at + len]);
+        to += len;
+    }
+    let (r0, r1) = (start / wh.c_out, (start + piece.len()) / wh.c_out);
+    for (t, off) in wh.taps.iter().enumerate() {
+        // This tap's dW rows within the piece.
+        let (lo, hi) = (r0.max(t * wh.c_in), r1.min((t + 1) * wh.c_in));
+        if lo >= hi {
+            continue;
+        }
+        let out = &mut piece[(lo - r0) * wh.c_out..(hi - r0) * wh.c_out];
+        let Some(off) = off else {
+            out.fill(0.0);
+            continue;
+        };
+        let s = GemmShape {
+            m: hi - lo,
+            n: wh.c_out,
+            k: rows,
+            ta: Trans::T,
+            tb: Trans::N,
+            lda: wh.lda,
+            ldb: wh.c_out,
+            ldc: wh.c_out,
+        };
+        gemm(isa, &s, 1.0, &x[off + lo - t * wh.c_in..], &stage[..need], 0.0, out)?;
+    }
+    Ok(())
 }
 
 impl ReducePlan {
@@ -484,6 +602,7 @@ impl Executor {
             .map(|_| Worker {
                 scratch: LineBuf::zeros(scratch_len),
                 tmp: LineBuf::zeros(tmp_len),
+                stage: LineBuf::default(),
                 bn: bn_channels
                     .iter()
                     .map(|&c| BnSaved { count: 0, mean: vec![0.0; c], m2: vec![0.0; c], invstd: vec![0.0; c] })
@@ -1114,7 +1233,7 @@ impl Executor {
                 w.pgrads = self.slots.iter().map(|s| LineBuf::zeros(if s.bn { s.grad.len() } else { 0 })).collect();
             }
         }
-        let rp = self.reduce_plan(&plan);
+        let rp = self.reduce_plan(&plan, n);
         while self.arenas.len() < t {
             self.arenas.push([RwLock::new(LineBuf::default()), RwLock::new(LineBuf::default())]);
         }
@@ -1128,10 +1247,18 @@ impl Executor {
         let mut pieces: Vec<Pieces<'_>> = (0..t).map(|_| (0..self.slots.len()).map(|_| None).collect()).collect();
         for (s, slot) in self.slots.iter_mut().enumerate().filter(|(s, _)| rp.place[*s].is_some()) {
             let len = slot.grad.len();
+            // A whole-batch slot's pieces are whole rows of dW (one GEMM each).
+            let row = rp.whole[s].as_ref().map_or(1, |wh| wh.c_out);
             let mut rest: &mut [f32] = &mut slot.grad;
             let mut start = 0;
             for (k, mine) in pieces.iter_mut().enumerate() {
-                let end = if k + 1 == t { len } else { (len * (k + 1) / t).next_multiple_of(16).min(len) };
+                let end = if k + 1 == t {
+                    len
+                } else if row > 1 {
+                    len / row * (k + 1) / t * row
+                } else {
+                    (len * (k + 1) / t).next_multiple_of(16).min(len)
+                };
                 let (piece, tail) = std::mem::take(&mut rest).split_at_mut(end - start);
                 mine[s] = Some((start, piece));
                 (rest, start) = (tail, end);
@@ -1173,6 +1300,7 @@ impl Executor {
         // What the pass left: the last segment's sums (no batch norm after it), batch-norm γ/β
         // from thread 0, zeros for the slots of inactive ops.
         let (isa, prog, workers) = (self.isa, &self.prog, &self.workers[..t]);
+        let (acts, numel, mut stage) = (&self.acts, &self.numel, LineBuf::default());
         let last = rp.segments.len() - 1;
         let arenas: Vec<_> =
             self.arenas[..t].iter().map(|a| a[last % 2].read().unwrap_or_else(PoisonError::into_inner)).collect();
@@ -1183,6 +1311,12 @@ impl Executor {
                 slot.grad.copy_from_slice(&workers[0].pgrads[s]);
             } else if rp.place[s].as_ref().is_some_and(|(seg, _)| *seg == last) {
                 let (_, r) = rp.at(s);
+                if let Some(wh) = &rp.whole[s] {
+                    let x = &acts[wh.x.index()][..n * numel[wh.x.index()]];
+                    let a: Vec<&LineBuf> = arenas.iter().map(|a| &**a).collect();
+                    return whole_piece(isa, wh, &chunks, x, &a, r.start, 0, &mut slot.grad, &mut stage)
+                        .map_err(|err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err });
+                }
                 slot.grad.copy_from_slice(&arenas[0][r.clone()]);
                 for a in &arenas[1..] {
                     act::add_inplace(isa, &mut slot.grad, &a[r.clone()])
@@ -1219,8 +1353,8 @@ impl Executor {
         BackwardPlan { active, deliver }
     }
 
-    /// The [`ReducePlan`] of a backward running `plan`.
-    fn reduce_plan(&self, plan: &BackwardPlan) -> ReducePlan {
+    /// The [`ReducePlan`] of a backward running `plan` over a batch of `n`.
+    fn reduce_plan(&self, plan: &BackwardPlan, n: usize) -> ReducePlan {
         let ops = self.prog.ops();
         let mut segments = vec![Vec::new()];
         let mut place = vec![None; self.slots.len()];
@@ -1242,22 +1376,48 @@ impl Executor {
             }
             arena_len = arena_len.max(used);
         }
-        ReducePlan { segments, place, ends, arena_len, op: self.slots.iter().map(|s| s.op).collect() }
+        let whole = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(s, slot)| {
+                let op = &ops[slot.op];
+                let conv = matches!(op.kind, OpKind::Conv { .. }) && place[s].is_some() && !slot.bn;
+                conv.then(|| Whole::of(&self.prog.conv2d(op, n), op.input())).flatten()
+            })
+            .collect();
+        ReducePlan { segments, place, ends, arena_len, op: self.slots.iter().map(|s| s.op).collect(), whole }
     }
 }
 
 /// Thread `k`'s share of segment `seg`'s slots (`mine[slot]`: the offset of its piece in the
 /// slot and the piece of the slot's gradient) summed over the threads' arenas in thread order.
-fn reduce_segment(ctx: &Ctx<'_>, rp: &ReducePlan, seg: usize, mine: &mut Pieces<'_>) -> Result<(), ExecError> {
+/// A [`Whole`] slot's piece is computed instead ([`whole_piece`], with the whole batch's
+/// activations `acts` and the thread's `stage`).
+fn reduce_segment(
+    ctx: &Ctx<'_>,
+    rp: &ReducePlan,
+    seg: usize,
+    mine: &mut Pieces<'_>,
+    acts: &[LineBuf],
+    stage: &mut LineBuf,
+) -> Result<(), ExecError> {
     let t = ctx.chunks.len();
     let parity = seg % 2;
     let arenas: Vec<_> =
         ctx.arenas[..t].iter().map(|a| a[parity].read().unwrap_or_else(PoisonError::into_inner)).collect();
     for &s in &rp.segments[seg] {
         let Some((start, piece)) = mine[s].as_mut() else { continue };
+        let kernel = |err| ExecError::Kernel { layer: ctx.prog.ops()[rp.op[s]].name, err };
+        if let Some(wh) = &rp.whole[s] {
+            let n = ctx.chunks.last().map_or(0, |c| c.end);
+            let x = &acts[wh.x.index()][..n * ctx.numel[wh.x.index()]];
+            let a: Vec<&LineBuf> = arenas.iter().map(|a| &**a).collect();
+            whole_piece(ctx.isa, wh, ctx.chunks, x, &a, rp.at(s).1.start, *start, piece, stage).map_err(kernel)?;
+            continue;
+        }
         let from = rp.at(s).1.start + *start;
         let r = from..from + piece.len();
-        let kernel = |err| ExecError::Kernel { layer: ctx.prog.ops()[rp.op[s]].name, err };
         // The first two summed as they are stored (one pass instead of a copy and an add: the
         // same bits).
         match &arenas[..] {
@@ -1687,7 +1847,7 @@ fn backward_chunk(
             let mut r = timed(w, i, 1, |w| backward_op(ctx, plan, k, i, &act_of, &mut grads, w));
             if let (Ok(()), Some(rp)) = (&r, ctx.reduce) {
                 if let Some(seg) = rp.ends[i] {
-                    r = reduce_segment(ctx, rp, seg, mine);
+                    r = reduce_segment(ctx, rp, seg, mine, acts, &mut w.stage);
                 }
             }
             if let Err(e) = r {
@@ -1779,8 +1939,14 @@ fn backward_op<'a>(
     match op.kind {
         OpKind::Conv { .. } => {
             let s = prog.conv2d(op, nc);
-            let (mut arena, r) = ctx.grad_arena(k, p.slots[0].expect("conv has weights"));
-            conv::conv2d_bwd_weight(isa, &s, x, dy, &mut arena[r], scratch).map_err(kernel)?;
+            let slot = p.slots[0].expect("conv has weights");
+            let (mut arena, r) = ctx.grad_arena(k, slot);
+            if ctx.reduce.is_some_and(|rp| rp.whole[slot].is_some()) {
+                // Its dW is computed over the whole batch at reduce time, from this dY.
+                arena[r.start..r.start + dy.len()].copy_from_slice(dy);
+            } else {
+                conv::conv2d_bwd_weight(isa, &s, x, dy, &mut arena[r], scratch).map_err(kernel)?;
+            }
             drop(arena);
             if let Some(tp) = ctx.train_panel(i, p.weights) {
                 // dX = Σ dY·w[t]ᵀ over each tap's transposed panels.
@@ -1886,7 +2052,30 @@ fn backward_op<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::share_out;
+    use super::{share_out, Whole};
+    use crate::graph::TensorId;
+    use tinykd_kernels::shape::Conv2d;
+
+    #[test]
+    fn whole_batch_weight_gradients_are_taken_for_few_rows_and_map_their_taps() {
+        let x = TensorId(3);
+        let taps = |c: Conv2d| Whole::of(&c, x).map(|w| (w.pixels, w.lda, w.taps));
+        // Pointwise, stride 1: one row per output pixel (16 rows · 4 ≤ 64 channels).
+        assert_eq!(taps(Conv2d::new(4, 2, 2, 64, 8, 1, 1, 0)), Some((4, 64, vec![Some(0)])));
+        // Too many rows for the channels: summed from per-thread partials.
+        assert_eq!(taps(Conv2d::new(5, 2, 2, 64, 8, 1, 1, 0)), None);
+        // 1x1 stride 2 from 2x2 to 1x1 (res5a_branch1): pixel (0, 0) of each sample.
+        assert_eq!(taps(Conv2d::new(4, 2, 2, 64, 8, 1, 2, 0)), Some((1, 4 * 64, vec![Some(0)])));
+        // 3x3 pad 1 on a 1x1 map (res5b_branch2b): only the centre tap reads the input.
+        let centre = [None, None, None, None, Some(0), None, None, None, None];
+        assert_eq!(taps(Conv2d::new(4, 1, 1, 64, 8, 3, 1, 1)), Some((1, 64, centre.to_vec())));
+        // 3x3 stride 2 pad 1 from 2x2 to 1x1 (res5a_branch2b): taps (1,1) (1,2) (2,1) (2,2)
+        // read pixels 0, 1, 2, 3.
+        let four = [None, None, None, None, Some(0), Some(64), None, Some(128), Some(192)];
+        assert_eq!(taps(Conv2d::new(4, 2, 2, 64, 8, 3, 2, 1)), Some((1, 4 * 64, four.to_vec())));
+        // A 3x3 conv with a 2x2 output keeps the per-thread path.
+        assert_eq!(taps(Conv2d::new(1, 2, 2, 64, 8, 3, 1, 1)), None);
+    }
 
     #[test]
     fn share_out_keeps_order_and_balances_sizes() {
