@@ -258,11 +258,12 @@ type Pieces<'a> = Vec<Option<(usize, &'a mut [f32])>>;
 /// segment's arenas are written again two segments later, after a barrier every thread
 /// reaches only once its sums are done. The last segment is summed after the pass.
 ///
-/// A pointwise conv whose weight gradient is much larger than its output gradient (a late
-/// layer: few rows, many channels) is a [`Whole`] slot instead: each thread leaves its chunk's
-/// `dY` in the arena, and at reduce time computes its rows of `dW = Xᵀ·dY` over the whole
-/// batch with one GEMM. Summing per-thread partials would write the whole `dW` once per
-/// thread and read it back to add: 4 MB per thread and op at ResNet50's res5.
+/// A conv whose weight gradient is much larger than its output gradient (a late layer: few
+/// rows, many channels; a pointwise conv or a conv into a 1x1 map) is a [`Whole`] slot
+/// instead: each thread leaves its chunk's `dY` in the arena, and at reduce time computes its
+/// rows of `dW` over the whole batch, one GEMM per in-bounds tap. Summing per-thread partials
+/// would write the whole `dW` once per thread and read it back to add: up to 9.4 MB per
+/// thread and op at ResNet50's res5.
 #[derive(Debug)]
 struct ReducePlan {
     /// Per segment, its slots.
