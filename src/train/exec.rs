@@ -27,7 +27,7 @@
 //!   pass). A conv with few rows and many input channels (a late layer: a pointwise conv, or
 //!   any conv into a 1x1 map) instead leaves its chunk's `dY` there, and after the barrier each
 //!   thread computes its rows of `dW` over the whole batch with one GEMM per tap
-//!   ([`ReducePlan`]), so no thread writes and re-reads a whole-size partial.
+//!   (the reduce plan), so no thread writes and re-reads a whole-size partial.
 //!
 //! So a run is **bitwise reproducible for a given thread count** (and kernel path). A
 //! **different thread count changes the bits** (not the math): chunk moments are merged instead
