@@ -100,6 +100,11 @@ fn distill_step_ops_time_both_networks() {
     // The frozen teacher only runs forward; the student trains.
     assert!(teacher.iter().all(|o| ms(o, "bwd_ms") == 0.0), "{v}");
     assert!(student.iter().any(|o| ms(o, "bwd_ms") > 0.0), "{v}");
+    // The student's reduce time has rows of its own (sums of the threads' weight gradients, and
+    // its last pointwise convs' whole-batch ones at this batch); the teacher has none.
+    let reduce: Vec<_> = ops.iter().filter(|o| o["kind"] == "Reduce").collect();
+    assert_eq!(reduce.len(), 2, "{v}");
+    assert!(reduce.iter().all(|o| o["net"] == "student" && ms(o, "bwd_ms") > 0.0), "{v}");
     assert!(ops.iter().all(|o| ms(o, "fwd_ms") >= 0.0 && o["op"].is_string() && o["kind"].is_string()), "{v}");
     // Heaviest first.
     let total: Vec<f64> = ops.iter().map(|o| ms(o, "fwd_ms") + ms(o, "bwd_ms")).collect();

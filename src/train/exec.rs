@@ -201,6 +201,9 @@ struct Worker {
     /// Per op, seconds spent in its forward and backward since the last reset, while
     /// profiling ([`Executor::set_profiling`]); empty otherwise.
     times: Vec<[f64; 2]>,
+    /// Seconds spent at reduce time summing weight gradients and computing [`Whole`] ones, while
+    /// profiling.
+    reduce_s: [f64; 2],
 }
 
 /// One chunk's published batch-norm values: (rows, mean, M2) forward, (unused, `Σdy`,
@@ -611,6 +614,7 @@ impl Executor {
                 pgrads: Vec::new(),
                 dummy: [vec![0.0; max_c], vec![0.0; max_c]],
                 times: Vec::new(),
+                reduce_s: [0.0; 2],
             })
             .collect();
         Executor {
@@ -1053,7 +1057,15 @@ impl Executor {
         let n = if on { self.prog.ops().len() } else { 0 };
         for w in &mut self.workers {
             w.times = vec![[0.0; 2]; n];
+            w.reduce_s = [0.0; 2];
         }
+    }
+
+    /// While profiling: seconds spent at reduce time since profiling started, summed over the
+    /// threads and not part of any op's [`Self::op_times`]: summing per-thread weight
+    /// gradients, and computing the late layers' whole-batch ones.
+    pub fn reduce_seconds(&self) -> [f64; 2] {
+        self.workers.iter().fold([0.0; 2], |[a, b], w| [a + w.reduce_s[0], b + w.reduce_s[1]])
     }
 
     /// While profiling: per op (in program order), its name, kind and the seconds its
@@ -1300,32 +1312,43 @@ impl Executor {
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
         // What the pass left: the last segment's sums (no batch norm after it), batch-norm γ/β
         // from thread 0, zeros for the slots of inactive ops.
+        let mut clock = (!self.workers[0].times.is_empty()).then_some([0.0; 2]);
         let (isa, prog, workers) = (self.isa, &self.prog, &self.workers[..t]);
         let (acts, numel, mut stage) = (&self.acts, &self.numel, LineBuf::default());
         let last = rp.segments.len() - 1;
         let arenas: Vec<_> =
             self.arenas[..t].iter().map(|a| a[last % 2].read().unwrap_or_else(PoisonError::into_inner)).collect();
-        self.slots.iter_mut().enumerate().try_for_each(|(s, slot)| {
+        let done = self.slots.iter_mut().enumerate().try_for_each(|(s, slot)| {
             if !plan.active[slot.op] {
                 slot.grad.fill(0.0);
             } else if slot.bn {
                 slot.grad.copy_from_slice(&workers[0].pgrads[s]);
             } else if rp.place[s].as_ref().is_some_and(|(seg, _)| *seg == last) {
                 let (_, r) = rp.at(s);
+                let kernel = |err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err };
+                let start = clock.map(|_| std::time::Instant::now());
                 if let Some(wh) = &rp.whole[s] {
                     let x = &acts[wh.x.index()][..n * numel[wh.x.index()]];
                     let a: Vec<&LineBuf> = arenas.iter().map(|a| &**a).collect();
-                    return whole_piece(isa, wh, &chunks, x, &a, r.start, 0, &mut slot.grad, &mut stage)
-                        .map_err(|err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err });
+                    whole_piece(isa, wh, &chunks, x, &a, r.start, 0, &mut slot.grad, &mut stage).map_err(kernel)?;
+                } else {
+                    slot.grad.copy_from_slice(&arenas[0][r.clone()]);
+                    for a in &arenas[1..] {
+                        act::add_inplace(isa, &mut slot.grad, &a[r.clone()]).map_err(kernel)?;
+                    }
                 }
-                slot.grad.copy_from_slice(&arenas[0][r.clone()]);
-                for a in &arenas[1..] {
-                    act::add_inplace(isa, &mut slot.grad, &a[r.clone()])
-                        .map_err(|err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err })?;
+                if let (Some(c), Some(start)) = (clock.as_mut(), start) {
+                    c[rp.whole[s].is_some() as usize] += start.elapsed().as_secs_f64();
                 }
             }
             Ok(())
-        })
+        });
+        drop(arenas);
+        if let Some([a, b]) = clock {
+            self.workers[0].reduce_s[0] += a;
+            self.workers[0].reduce_s[1] += b;
+        }
+        done
     }
 
     /// Which ops are reached by the seeded gradients, and how each delivers its input
@@ -1402,6 +1425,7 @@ fn reduce_segment(
     mine: &mut Pieces<'_>,
     acts: &[LineBuf],
     stage: &mut LineBuf,
+    mut clock: Option<&mut [f64; 2]>,
 ) -> Result<(), ExecError> {
     let t = ctx.chunks.len();
     let parity = seg % 2;
@@ -1410,11 +1434,15 @@ fn reduce_segment(
     for &s in &rp.segments[seg] {
         let Some((start, piece)) = mine[s].as_mut() else { continue };
         let kernel = |err| ExecError::Kernel { layer: ctx.prog.ops()[rp.op[s]].name, err };
+        let t0 = clock.as_ref().map(|_| std::time::Instant::now());
         if let Some(wh) = &rp.whole[s] {
             let n = ctx.chunks.last().map_or(0, |c| c.end);
             let x = &acts[wh.x.index()][..n * ctx.numel[wh.x.index()]];
             let a: Vec<&LineBuf> = arenas.iter().map(|a| &**a).collect();
             whole_piece(ctx.isa, wh, ctx.chunks, x, &a, rp.at(s).1.start, *start, piece, stage).map_err(kernel)?;
+            if let (Some(c), Some(t0)) = (clock.as_deref_mut(), t0) {
+                c[1] += t0.elapsed().as_secs_f64();
+            }
             continue;
         }
         let from = rp.at(s).1.start + *start;
@@ -1428,6 +1456,9 @@ fn reduce_segment(
         }
         for a in arenas.iter().skip(2) {
             act::add_inplace(ctx.isa, piece, &a[r.clone()]).map_err(kernel)?;
+        }
+        if let (Some(c), Some(t0)) = (clock.as_deref_mut(), t0) {
+            c[0] += t0.elapsed().as_secs_f64();
         }
     }
     Ok(())
@@ -1848,7 +1879,8 @@ fn backward_chunk(
             let mut r = timed(w, i, 1, |w| backward_op(ctx, plan, k, i, &act_of, &mut grads, w));
             if let (Ok(()), Some(rp)) = (&r, ctx.reduce) {
                 if let Some(seg) = rp.ends[i] {
-                    r = reduce_segment(ctx, rp, seg, mine, acts, &mut w.stage);
+                    let clock = (!w.times.is_empty()).then_some(&mut w.reduce_s);
+                    r = reduce_segment(ctx, rp, seg, mine, acts, &mut w.stage, clock);
                 }
             }
             if let Err(e) = r {

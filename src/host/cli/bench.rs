@@ -350,20 +350,33 @@ fn op_rows(trainer: &Trainer, steps: u32) -> Vec<serde_json::Value> {
         .iter()
         .filter_map(|&(net, ex)| ex.map(|ex| (net, ex)))
         .flat_map(|(net, ex)| {
-            ex.op_times().into_iter().map(move |(name, kind, [f, b])| {
-                let per = 1e3 / f64::from(steps);
-                let (fwd_ms, bwd_ms) = (f * per, b * per);
-                let row = json!({
-                    "net": net,
-                    "op": name.to_string(),
-                    "kind": format!("{kind:?}"),
-                    "fwd_ms": fwd_ms,
-                    "bwd_ms": bwd_ms,
+            // Reduce time runs between ops (after batch-norm barriers): rows of their own, when
+            // there was any — summing the threads' weight gradients, and the late layers'
+            // whole-batch weight gradients.
+            let [sums, whole] = ex.reduce_seconds().map(|s| s * 1e3 / f64::from(steps));
+            let reduce = [("weight-gradient sums", sums), ("whole-batch weight gradients", whole)]
+                .into_iter()
+                .filter(|&(_, ms)| ms > 0.0)
+                .map(move |(op, ms)| {
+                    (ms, json!({"net": net, "op": op, "kind": "Reduce", "fwd_ms": 0.0, "bwd_ms": ms}))
                 });
-                // Sorted by the sum of the printed values (not (f + b)·per, which rounds
-                // differently and could order near-equal rows against what a reader adds up).
-                (fwd_ms + bwd_ms, row)
-            })
+            ex.op_times()
+                .into_iter()
+                .map(move |(name, kind, [f, b])| {
+                    let per = 1e3 / f64::from(steps);
+                    let (fwd_ms, bwd_ms) = (f * per, b * per);
+                    let row = json!({
+                        "net": net,
+                        "op": name.to_string(),
+                        "kind": format!("{kind:?}"),
+                        "fwd_ms": fwd_ms,
+                        "bwd_ms": bwd_ms,
+                    });
+                    // Sorted by the sum of the printed values (not (f + b)·per, which rounds
+                    // differently and could order near-equal rows against what a reader adds up).
+                    (fwd_ms + bwd_ms, row)
+                })
+                .chain(reduce)
         })
         .collect();
     rows.sort_by(|x, y| y.0.total_cmp(&x.0));
