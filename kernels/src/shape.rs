@@ -92,6 +92,13 @@ impl Conv2d {
     pub const fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
+    /// The input pixel (`iy·w + ix`, within one image) that tap `t` (`ky·kw + kx`) of output
+    /// pixel `(oy, ox)` reads, or `None` where it reads padding.
+    pub fn tap_source(&self, oy: usize, ox: usize, t: usize) -> Option<usize> {
+        let iy = (oy * self.stride + t / self.kw).checked_sub(self.pad).filter(|&iy| iy < self.h)?;
+        let ix = (ox * self.stride + t % self.kw).checked_sub(self.pad).filter(|&ix| ix < self.w)?;
+        Some(iy * self.w + ix)
+    }
     /// The one tap `t = pad·kw + pad` a conv from a 1x1 map to a 1x1 map reads in bounds (its
     /// output pixel is its input pixel, whatever the stride), if the shape is such a conv and not
     /// already pointwise: then it is the pointwise conv with weights `w[t]` (`c_in × c_out`),

@@ -182,14 +182,6 @@ pub(super) fn tap_used(s: &Conv2d, row0: usize, rows: usize, ky: usize, kx: usiz
     })
 }
 
-/// The input pixel (`iy·w + ix`, within one image) that tap `(ky, kx)` of output pixel
-/// `(oy, ox)` reads, or `None` where it reads padding.
-pub(super) fn tap_source(s: &Conv2d, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
-    let iy = (oy * s.stride + ky).checked_sub(s.pad).filter(|&iy| iy < s.h)?;
-    let ix = (ox * s.stride + kx).checked_sub(s.pad).filter(|&ix| ix < s.w)?;
-    Some(iy * s.w + ix)
-}
-
 /// The adjoint of [`pack`]: adds every in-bounds column of `col` (rows from output pixel
 /// `row0`) into the input position it was read from; padding columns are dropped.
 pub(super) fn scatter_add(s: &Conv2d, col: &[f32], row0: usize, dx: &mut [f32]) {

@@ -255,7 +255,7 @@ pub(super) fn bwd_input_panels<W: Elem>(isa: Isa, s: &Conv2d, dy: &[f32], wtp: &
         for ox in 0..out_w {
             let pos = oy * out_w + ox;
             for t in 0..s.kh * s.kw {
-                let Some(src) = im2col::tap_source(s, oy, ox, t / s.kw, t % s.kw) else { continue };
+                let Some(src) = s.tap_source(oy, ox, t) else { continue };
                 let product = PanelProduct {
                     m: s.n,
                     n: c_in,
@@ -350,7 +350,7 @@ fn bwd_weight_by_position(isa: Isa, s: &Conv2d, x: &[f32], dy: &[f32], dw: &mut 
         let mut beta = 0.0;
         for oy in 0..out_h {
             for ox in 0..out_w {
-                let Some(src) = im2col::tap_source(s, oy, ox, t / s.kw, t % s.kw) else { continue };
+                let Some(src) = s.tap_source(oy, ox, t) else { continue };
                 let (a, b) = (&x[src * c_in..], &dy[(oy * out_w + ox) * c_out..]);
                 gemm(isa, &shape, 1.0, a, b, beta, dw_t)?;
                 beta = 1.0;
