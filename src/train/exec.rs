@@ -47,7 +47,7 @@
 
 use std::ops::Range;
 use std::string::{String, ToString};
-use std::sync::{OnceLock, PoisonError, RwLock, RwLockWriteGuard};
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::vec::Vec;
 use std::{fmt, thread};
 
@@ -300,6 +300,8 @@ struct Whole {
     pixels: usize,
     /// Stride between X rows (`c_in`, or a whole sample for a 1x1 output map).
     lda: usize,
+    /// X values per sample (`h·w·c_in`).
+    sample: usize,
     /// Per kernel tap: the offset in a sample of the input pixel its rows read, `None` for
     /// a tap that reads only padding.
     taps: Vec<Option<usize>>,
@@ -312,21 +314,15 @@ impl Whole {
         if c.n * oh * ow * WHOLE_RATIO > c.c_in {
             return None;
         }
-        let (c_in, c_out) = (c.c_in, c.c_out);
+        let (c_in, c_out, sample) = (c.c_in, c.c_out, c.h * c.w * c.c_in);
         if c.is_pointwise() {
-            return Some(Whole { x, c_in, c_out, pixels: oh * ow, lda: c_in, taps: vec![Some(0)] });
+            return Some(Whole { x, c_in, c_out, pixels: oh * ow, lda: c_in, sample, taps: vec![Some(0)] });
         }
         if oh != 1 || ow != 1 {
             return None;
         }
-        // Output (0, 0) reads input (i − pad, j − pad) through tap (i, j).
-        let taps = (0..c.kh * c.kw)
-            .map(|t| {
-                let (i, j) = ((t / c.kw).checked_sub(c.pad)?, (t % c.kw).checked_sub(c.pad)?);
-                (i < c.h && j < c.w).then_some((i * c.w + j) * c_in)
-            })
-            .collect();
-        Some(Whole { x, c_in, c_out, pixels: 1, lda: c.h * c.w * c_in, taps })
+        let taps = (0..c.kh * c.kw).map(|t| c.tap_source(0, 0, t).map(|px| px * c_in)).collect();
+        Some(Whole { x, c_in, c_out, pixels: 1, lda: sample, sample, taps })
     }
 }
 
@@ -336,21 +332,23 @@ const WHOLE_RATIO: usize = 4;
 
 /// Rows `start / c_out ..` of a [`Whole`] slot's `dW` into `piece` (whole rows of `dW`): the
 /// threads' `dY` chunks (in `arenas` at `at`, chunk order) are gathered into `stage`, then each
-/// in-bounds tap's rows in the piece are one GEMM over every row of the batch (`x` is the whole
-/// batch's input); a padding tap's rows are zero.
+/// in-bounds tap's rows in the piece are one GEMM over every row of the batch (X from the
+/// whole batch's activations `acts`); a padding tap's rows are zero.
 #[allow(clippy::too_many_arguments)]
 fn whole_piece(
     isa: Isa,
     wh: &Whole,
     chunks: &[Range<usize>],
-    x: &[f32],
-    arenas: &[&LineBuf],
+    acts: &[LineBuf],
+    arenas: &[RwLockReadGuard<'_, LineBuf>],
     at: usize,
     start: usize,
     piece: &mut [f32],
     stage: &mut LineBuf,
 ) -> Result<(), KernelError> {
-    let rows = chunks.iter().map(|c| c.len()).sum::<usize>() * wh.pixels;
+    let n = chunks.last().map_or(0, |c| c.end);
+    let x = &acts[wh.x.index()][..n * wh.sample];
+    let rows = n * wh.pixels;
     let need = rows * wh.c_out;
     if stage.len() < need {
         *stage = LineBuf::zeros(need);
@@ -384,6 +382,46 @@ fn whole_piece(
             ldc: wh.c_out,
         };
         gemm(isa, &s, 1.0, &x[off + lo - t * wh.c_in..], &stage[..need], 0.0, out)?;
+    }
+    Ok(())
+}
+
+/// Slot `s`'s `piece` (at `start` in the slot) at reduce time, from the threads' `arenas`: the
+/// sum of their partials in thread order, or for a [`Whole`] slot its rows of `dW` over the
+/// whole batch ([`whole_piece`]). While profiling, the seconds it took go to `clock[0]` (sums)
+/// or `clock[1]` (whole-batch).
+#[allow(clippy::too_many_arguments)]
+fn reduce_slot(
+    isa: Isa,
+    rp: &ReducePlan,
+    s: usize,
+    chunks: &[Range<usize>],
+    acts: &[LineBuf],
+    arenas: &[RwLockReadGuard<'_, LineBuf>],
+    start: usize,
+    piece: &mut [f32],
+    stage: &mut LineBuf,
+    clock: Option<&mut [f64; 2]>,
+) -> Result<(), KernelError> {
+    let t0 = clock.is_some().then(std::time::Instant::now);
+    let at = rp.at(s).1.start;
+    if let Some(wh) = &rp.whole[s] {
+        whole_piece(isa, wh, chunks, acts, arenas, at, start, piece, stage)?;
+    } else {
+        let r = at + start..at + start + piece.len();
+        // The first two summed as they are stored (one pass instead of a copy and an add: the
+        // same bits).
+        match arenas {
+            [a0] => piece.copy_from_slice(&a0[r.clone()]),
+            [a0, a1, ..] => act::add(isa, &a0[r.clone()], &a1[r.clone()], piece)?,
+            [] => piece.fill(0.0),
+        }
+        for a in arenas.iter().skip(2) {
+            act::add_inplace(isa, piece, &a[r.clone()])?;
+        }
+    }
+    if let (Some(c), Some(t0)) = (clock, t0) {
+        c[rp.whole[s].is_some() as usize] += t0.elapsed().as_secs_f64();
     }
     Ok(())
 }
@@ -1314,7 +1352,7 @@ impl Executor {
         // from thread 0, zeros for the slots of inactive ops.
         let mut clock = (!self.workers[0].times.is_empty()).then_some([0.0; 2]);
         let (isa, prog, workers) = (self.isa, &self.prog, &self.workers[..t]);
-        let (acts, numel, mut stage) = (&self.acts, &self.numel, LineBuf::default());
+        let (acts, mut stage) = (&self.acts, LineBuf::default());
         let last = rp.segments.len() - 1;
         let arenas: Vec<_> =
             self.arenas[..t].iter().map(|a| a[last % 2].read().unwrap_or_else(PoisonError::into_inner)).collect();
@@ -1324,22 +1362,8 @@ impl Executor {
             } else if slot.bn {
                 slot.grad.copy_from_slice(&workers[0].pgrads[s]);
             } else if rp.place[s].as_ref().is_some_and(|(seg, _)| *seg == last) {
-                let (_, r) = rp.at(s);
-                let kernel = |err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err };
-                let start = clock.map(|_| std::time::Instant::now());
-                if let Some(wh) = &rp.whole[s] {
-                    let x = &acts[wh.x.index()][..n * numel[wh.x.index()]];
-                    let a: Vec<&LineBuf> = arenas.iter().map(|a| &**a).collect();
-                    whole_piece(isa, wh, &chunks, x, &a, r.start, 0, &mut slot.grad, &mut stage).map_err(kernel)?;
-                } else {
-                    slot.grad.copy_from_slice(&arenas[0][r.clone()]);
-                    for a in &arenas[1..] {
-                        act::add_inplace(isa, &mut slot.grad, &a[r.clone()]).map_err(kernel)?;
-                    }
-                }
-                if let (Some(c), Some(start)) = (clock.as_mut(), start) {
-                    c[rp.whole[s].is_some() as usize] += start.elapsed().as_secs_f64();
-                }
+                reduce_slot(isa, &rp, s, &chunks, acts, &arenas, 0, &mut slot.grad, &mut stage, clock.as_mut())
+                    .map_err(|err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err })?;
             }
             Ok(())
         });
@@ -1416,7 +1440,7 @@ impl Executor {
 
 /// Thread `k`'s share of segment `seg`'s slots (`mine[slot]`: the offset of its piece in the
 /// slot and the piece of the slot's gradient) summed over the threads' arenas in thread order.
-/// A [`Whole`] slot's piece is computed instead ([`whole_piece`], with the whole batch's
+/// A [`Whole`] slot's piece is computed instead ([`reduce_slot`], with the whole batch's
 /// activations `acts` and the thread's `stage`).
 fn reduce_segment(
     ctx: &Ctx<'_>,
@@ -1433,33 +1457,8 @@ fn reduce_segment(
         ctx.arenas[..t].iter().map(|a| a[parity].read().unwrap_or_else(PoisonError::into_inner)).collect();
     for &s in &rp.segments[seg] {
         let Some((start, piece)) = mine[s].as_mut() else { continue };
-        let kernel = |err| ExecError::Kernel { layer: ctx.prog.ops()[rp.op[s]].name, err };
-        let t0 = clock.as_ref().map(|_| std::time::Instant::now());
-        if let Some(wh) = &rp.whole[s] {
-            let n = ctx.chunks.last().map_or(0, |c| c.end);
-            let x = &acts[wh.x.index()][..n * ctx.numel[wh.x.index()]];
-            let a: Vec<&LineBuf> = arenas.iter().map(|a| &**a).collect();
-            whole_piece(ctx.isa, wh, ctx.chunks, x, &a, rp.at(s).1.start, *start, piece, stage).map_err(kernel)?;
-            if let (Some(c), Some(t0)) = (clock.as_deref_mut(), t0) {
-                c[1] += t0.elapsed().as_secs_f64();
-            }
-            continue;
-        }
-        let from = rp.at(s).1.start + *start;
-        let r = from..from + piece.len();
-        // The first two summed as they are stored (one pass instead of a copy and an add: the
-        // same bits).
-        match &arenas[..] {
-            [a0] => piece.copy_from_slice(&a0[r.clone()]),
-            [a0, a1, ..] => act::add(ctx.isa, &a0[r.clone()], &a1[r.clone()], piece).map_err(kernel)?,
-            [] => piece.fill(0.0),
-        }
-        for a in arenas.iter().skip(2) {
-            act::add_inplace(ctx.isa, piece, &a[r.clone()]).map_err(kernel)?;
-        }
-        if let (Some(c), Some(t0)) = (clock.as_deref_mut(), t0) {
-            c[0] += t0.elapsed().as_secs_f64();
-        }
+        reduce_slot(ctx.isa, rp, s, ctx.chunks, acts, &arenas, *start, piece, stage, clock.as_deref_mut())
+            .map_err(|err| ExecError::Kernel { layer: ctx.prog.ops()[rp.op[s]].name, err })?;
     }
     Ok(())
 }
