@@ -20,9 +20,7 @@ pub struct Momentum {
 /// `p` is finite, found in the same pass (a trainer's divergence check then need not read the
 /// gradients, weights and momentum again: 3 × 94 MB per ResNet50 step).
 pub fn sgd_momentum(isa: Isa, h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f32]) -> Result<bool> {
-    check_len("g", g.len(), p.len())?;
-    check_len("v", v.len(), p.len())?;
-    ensure(h.lr.is_finite() && h.mu.is_finite() && h.wd.is_finite(), "sgd_momentum: hyper-parameters must be finite")?;
+    check_args(h, p, g, v)?;
     Ok(match isa.kind() {
         IsaKind::Scalar | IsaKind::Avx2 | IsaKind::Avx512 | IsaKind::Neon => scalar::sgd_momentum(h, p, g, v),
     })
@@ -32,32 +30,37 @@ pub fn sgd_momentum(isa: Isa, h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f3
 /// and `p` finite, computed by the same arithmetic without writing anything: a caller with no
 /// earlier state to fall back to (on-device fine-tuning) checks first and updates only then.
 pub fn sgd_momentum_stays_finite(h: Momentum, p: &[f32], g: &[f32], v: &[f32]) -> Result<bool> {
+    check_args(h, p, g, v)?;
+    Ok(p.iter().zip(g).zip(v).fold(true, |finite, ((&p, &g), &v)| finite & scalar::next(h, p, g, v).2))
+}
+
+/// Both updates' argument checks: `g` and `v` as long as `p`, finite hyper-parameters.
+fn check_args(h: Momentum, p: &[f32], g: &[f32], v: &[f32]) -> Result<()> {
     check_len("g", g.len(), p.len())?;
     check_len("v", v.len(), p.len())?;
-    ensure(h.lr.is_finite() && h.mu.is_finite() && h.wd.is_finite(), "sgd_momentum: hyper-parameters must be finite")?;
-    Ok(p.iter().zip(g).zip(v).fold(true, |finite, ((&p, &g), &v)| {
-        let (v, p) = scalar::next(h, p, g, v);
-        finite & g.is_finite() & v.is_finite() & p.is_finite()
-    }))
+    ensure(h.lr.is_finite() && h.mu.is_finite() && h.wd.is_finite(), "sgd_momentum: hyper-parameters must be finite")
 }
 
 /// Portable path (the specification). Lengths are checked by the caller.
 mod scalar {
     use super::Momentum;
 
-    /// `(v', p')` for one element: `v' = μ·v + g + wd·p`, `p' = p − lr·v'`.
+    /// `(v', p', finite)` for one element: `v' = μ·v + g + wd·p`, `p' = p − lr·v'`, and
+    /// whether `g`, `v'` and `p'` are all finite.
     #[inline(always)]
-    pub(super) fn next(h: Momentum, p: f32, g: f32, v: f32) -> (f32, f32) {
+    pub(super) fn next(h: Momentum, p: f32, g: f32, v: f32) -> (f32, f32, bool) {
         let v = h.mu * v + g + h.wd * p;
-        (v, p - h.lr * v)
+        let p = p - h.lr * v;
+        (v, p, g.is_finite() & v.is_finite() & p.is_finite())
     }
 
     pub(super) fn sgd_momentum(h: Momentum, p: &mut [f32], g: &[f32], v: &mut [f32]) -> bool {
         let mut finite = true;
         for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
-            (*v, *p) = next(h, *p, g, *v);
+            let ok;
+            (*v, *p, ok) = next(h, *p, g, *v);
             // No early exit: the loop stays one vectorised pass.
-            finite &= g.is_finite() & v.is_finite() & p.is_finite();
+            finite &= ok;
         }
         finite
     }
