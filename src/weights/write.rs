@@ -43,11 +43,6 @@ pub fn to_bytes(
     for (i, t) in tensors.iter().enumerate() {
         let index = i as u32; // i < count, a u32
         check_tensor(index, t, tensors.get(..i).unwrap_or(&[]))?;
-        if dtype == DType::F16 {
-            if let Some(at) = t.data.iter().position(|&v| v.is_finite() && f16::from_f32(v).is_infinite()) {
-                return Err(WeightError::F16Overflow { index, at: at as u64, bits: t.data[at].to_bits() });
-            }
-        }
         let entry_len = 1 + t.name.len() + 1 + 4 * t.dims.len() + 8 + 8;
         table_end += entry_len as u64;
     }
@@ -78,11 +73,20 @@ pub fn to_bytes(
         buf.extend_from_slice(&offset.to_le_bytes());
         buf.extend_from_slice(&(t.data.len() as u64).to_le_bytes());
     }
-    for (t, &offset) in tensors.iter().zip(&offsets) {
+    for (i, (t, &offset)) in tensors.iter().zip(&offsets).enumerate() {
         buf.resize(offset as usize, 0);
         match dtype {
             DType::F32 => t.data.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
-            DType::F16 => t.data.iter().for_each(|&v| buf.extend_from_slice(&f16::from_f32(v).to_bits().to_le_bytes())),
+            DType::F16 => {
+                for (at, &v) in t.data.iter().enumerate() {
+                    let h = f16::from_f32(v);
+                    if h.is_infinite() && v.is_finite() {
+                        let (index, at, bits) = (i as u32, at as u64, v.to_bits());
+                        return Err(WeightError::F16Overflow { index, at, bits });
+                    }
+                    buf.extend_from_slice(&h.to_bits().to_le_bytes());
+                }
+            }
         }
     }
     debug_assert_eq!(buf.len(), len);
