@@ -23,14 +23,19 @@
 //! (64×8×1024 ~63 → 76–85 %); n ≤ 4 leaves half of each vector empty (64×4×1024 39–41 %, from
 //! 17 % when such rows were packed element by element). Of what is left, packing is ~5 %
 //! (~10 % at m = 32) and A's stream from L2 ~3 % (A's rows held in L1: +3 %; not a matter of
-//! L1 sets — a padded row stride is no faster — nor of prefetching). Measured and not kept:
+//! L1 sets — a padded row stride is no faster — nor of prefetching); on the AMD EPYC VM, with
+//! packing skipped (wrong results, timing only) 64×10×1024 ran at 87–90 % against 79–82 %, and
+//! a standalone pack loop took ~9.6 cycles per group of 4 rows. Measured and not kept:
 //! columns 0–7 as an outer product with A broadcast per k (one broadcast per FMA: 62 %);
 //! unrolling the k loop 4× (2× is kept: +3 % on Zen 2, no gain measured on the Xeon); software
 //! prefetch of A (the next pair's rows at the tile start or through the tile, into L1 or L2;
 //! the current rows 128 B–1 KiB ahead); prefetch of B while packing; packing fused with the
 //! first row pair's FMAs; the next block packed a slice after each tile into a second buffer
-//! (−3 to −5 %: the two blocks crowd L1); equal-depth k
-//! blocks; KB of 256 or 320 (more block passes) or 512 (the block, A's rows and the prefetched
+//! (−3 to −5 %: the two blocks crowd L1; again on the EPYC VM, −3 to −8 % at KB 384 and −5 to
+//! −9 % at KB 256, where both blocks fit L1: the pack's shuffles slow the FMAs); columns 8–9
+//! packed from four aligned loads, three blends and one `vpermps` instead of five shuffles (the
+//! pack 9.6 → 9.0 cycles per group standalone, ~0.5 % of the GEMM); equal-depth k blocks; KB
+//! of 256 or 320 (more block passes) or 512 (the block, A's rows and the prefetched
 //! lines no longer fit L1's 8 ways); 3-row tiles (15 accumulators, op(B) as memory operands of
 //! the FMAs, in inline assembly since the compiled loop spills): 64×10×1024 108–110 → 95–98
 //! GFLOP/s on the AVX-512 Xeon (1.2 loads per FMA instead of 0.7).
