@@ -68,6 +68,13 @@ fn user_task(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
 /// One image's values.
 const IMAGE_LEN: usize = 32 * 32 * 3;
 
+/// A fresh state (the file's tail, affine at identity, momentum 0) and an arena for `ft`.
+fn fresh(ft: &FineTuner) -> (Vec<f32>, Vec<u8>) {
+    let mut state = vec![0.0; ft.state_len()];
+    ft.init_state(&mut state).unwrap();
+    (state, vec![0u8; ft.arena_bytes()])
+}
+
 /// Held-out top-1 count over batches of the tuner's batch.
 fn correct(ft: &FineTuner, state: &[f32], x: &[f32], y: &[u32], arena: &mut [u8]) -> usize {
     let b = ft.layout().dims.batch;
@@ -146,14 +153,12 @@ fn tail_gradients_match_finite_differences() {
     for tail in Tail::ALL {
         let ft = FineTuner::new(&cfg, tail, batch, &file).unwrap();
         assert_eq!(ft.layout().dims.hw, 4);
-        let mut state = vec![0.0; ft.state_len()];
-        ft.init_state(&mut state).unwrap();
+        let (mut state, mut arena) = fresh(&ft);
         let n = ft.layout().trainable();
         for v in &mut state[..n] {
             *v *= rng.uniform(0.7, 1.3);
             *v += rng.uniform(-0.05, 0.05);
         }
-        let mut arena = vec![0u8; ft.arena_bytes()];
         let (_, g) = ft.grads(Isa::detect(), &state, &x, &y, &mut arena).unwrap();
         let grads = g.to_vec();
         let d = ft.layout().dims;
@@ -186,10 +191,8 @@ fn first_step_is_plain_sgd_on_the_gradients() {
     let hp = Momentum { lr: 0.1, mu: 0.9, wd: 0.0 };
     for tail in Tail::ALL {
         let ft = FineTuner::new(&CFG, tail, 8, &file).unwrap();
-        let mut state = vec![0.0; ft.state_len()];
-        ft.init_state(&mut state).unwrap();
+        let (mut state, mut arena) = fresh(&ft);
         let p0 = ft.params(&state).to_vec();
-        let mut arena = vec![0u8; ft.arena_bytes()];
         let (loss, g) = ft.grads(Isa::scalar(), &state, &x, &y, &mut arena).unwrap();
         let g = g.to_vec();
         assert!(g.iter().any(|&v| v != 0.0), "{tail}: all-zero gradient");
@@ -201,8 +204,7 @@ fn first_step_is_plain_sgd_on_the_gradients() {
             assert_eq!(state[i], p0[i] - 0.1 * g[i], "{tail}: parameter {i}");
         }
         // Deterministic: the same step from the same state gives the same bits.
-        let mut again = vec![0.0; ft.state_len()];
-        ft.init_state(&mut again).unwrap();
+        let (mut again, _) = fresh(&ft);
         ft.step(Isa::scalar(), hp, &mut again, &x, &y, &mut arena).unwrap();
         assert_eq!(again, state, "{tail}: not deterministic");
     }
@@ -220,9 +222,7 @@ fn finetuning_raises_heldout_accuracy_on_the_shifted_task() {
     let hp = Momentum { lr: 0.03, mu: 0.9, wd: 0.0 };
     for tail in Tail::ALL {
         let ft = FineTuner::new(&CFG, tail, 8, &file).unwrap();
-        let mut state = vec![0.0; ft.state_len()];
-        ft.init_state(&mut state).unwrap();
-        let mut arena = vec![0u8; ft.arena_bytes()];
+        let (mut state, mut arena) = fresh(&ft);
         let before = correct(&ft, &state, &xh, &yh, &mut arena);
         let mut losses = Vec::new();
         for _ in 0..3 {
@@ -252,9 +252,7 @@ fn non_finite_steps_are_refused_and_leave_the_state() {
     let hp = Momentum { lr: 0.1, mu: 0.9, wd: 0.0 };
     for tail in Tail::ALL {
         let ft = FineTuner::new(&CFG, tail, 2, &file).unwrap();
-        let mut state = vec![0.0; ft.state_len()];
-        ft.init_state(&mut state).unwrap();
-        let mut arena = vec![0u8; ft.arena_bytes()];
+        let (mut state, mut arena) = fresh(&ft);
         let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         let init = bits(&state);
 
@@ -288,10 +286,8 @@ fn bad_arguments_are_errors() {
     let buf = calibrated_student(&CFG, 4, 1, DType::F32);
     let file = WeightFile::parse(&buf).unwrap();
     let ft = FineTuner::new(&CFG, Tail::FcAffine, 2, &file).unwrap();
-    let mut state = vec![0.0; ft.state_len()];
-    ft.init_state(&mut state).unwrap();
+    let (mut state, mut arena) = fresh(&ft);
     let untouched = state.clone();
-    let mut arena = vec![0u8; ft.arena_bytes()];
     let x = vec![0.1; 2 * IMAGE_LEN];
     let hp = Momentum { lr: 0.1, mu: 0.9, wd: 0.0 };
     let short = &mut state.clone()[1..];
