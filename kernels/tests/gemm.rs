@@ -370,6 +370,56 @@ fn a_copied_where_its_stride_aliases() {
     }
 }
 
+/// A short k (AVX2: k ≤ 128) with an f32 A read in place: each row panel sweeps a block of up
+/// to 64 KiB of packed B panels (16 panels at k = 64, 8 at k = 128, so wider n take several
+/// blocks), transposed A at an aliasing stride too (copied first). Against f64 and the scalar
+/// path with f32 and f16 B, and bit for bit against the same product computed 16 columns at a
+/// time (calls whose n = 16 take the column-panel order: the same tiles, so the same bits).
+#[test]
+fn short_k_sweeps_blocks_of_b() {
+    let isas = isas();
+    let mut rng = Rng::new(9);
+    // (m, n, k, ta, tb, pad); the fourth: lda = 61 + 451 = 512, transposed (aliases). Each n
+    // leaves 0 or more than 10 columns past its last 16 (a last slice of ≤ 10 columns with k ≥
+    // 64 would take the narrow path, another order).
+    let cases = [
+        (13, 300, 64, Trans::T, Trans::N, 0),
+        (7, 267, 128, Trans::N, Trans::T, 3),
+        (145, 526, 100, Trans::T, Trans::N, 0),
+        (61, 139, 128, Trans::T, Trans::T, 451),
+        (300, 45, 64, Trans::N, Trans::N, 1),
+        (5, 1000, 16, Trans::T, Trans::N, 0),
+        (20, 256, 64, Trans::T, Trans::N, 2),
+    ];
+    for (idx, &(m, n, k, ta, tb, pad)) in cases.iter().enumerate() {
+        let cs = Case { m, n, k, ta, tb, pad, alpha: ALPHAS[idx % 3], beta: BETAS[idx % 3] };
+        check_case::<f32, f32>(&isas, &mut rng, &cs);
+        check_case::<f32, f16>(&isas, &mut rng, &cs);
+        let s = cs.shape();
+        let (ar, ac) = cs.a_dims();
+        let (br, bc) = cs.b_dims();
+        let (a, b) = (stored(&mut rng, ar, ac, pad), stored(&mut rng, br, bc, pad));
+        let c0 = stored(&mut rng, m, n, pad);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for isa in &isas {
+            let mut whole = c0.clone();
+            gemm(*isa, &s, cs.alpha, &a, &b, cs.beta, &mut whole).unwrap();
+            let mut sliced = c0.clone();
+            for j0 in (0..n).step_by(16) {
+                let w = 16.min(n - j0);
+                // Columns j0.. of op(B): B's columns when untransposed, its rows when transposed.
+                let b_at = match tb {
+                    Trans::N => &b[j0..],
+                    Trans::T => &b[j0 * s.ldb..],
+                };
+                let sj = GemmShape { n: w, ..s };
+                gemm(*isa, &sj, cs.alpha, &a, b_at, cs.beta, &mut sliced[j0..]).unwrap();
+            }
+            assert_eq!(bits(&whole), bits(&sliced), "{} {cs:?}: one call vs 16 columns at a time", isa.kind().name());
+        }
+    }
+}
+
 /// Model layer shapes: pointwise conv (m = n·h·w), fc, an im2col tile, 256³ with f16 weights.
 #[test]
 fn model_shapes() {

@@ -18,8 +18,11 @@ const NR: usize = 16;
 /// and C rows, half of Zen 2's L2 (AMD EPYC VM, three alternating rounds: 4096×128×64 80–82 →
 /// 85–86 % of the peak, 2048×256×64 83–84 → 85–86, the other default shapes the same; the
 /// Xeon's 2 MiB L2 never needed it). Row blocking leaves every sum's order, so the bits, alone.
-const BLOCKING: Blocking = Blocking { kc: 256, kc_one: 320, mc: 144, ac_bytes: 256 * 1024 };
-const _: () = assert!(BLOCKING.valid(MR));
+/// A k up to 128 with A in place sweeps blocks of B panels row panel by row panel
+/// (`blocked::sweep`: 512×2048×64 transposed 72–79 → 84 %); at k = 256 that order lost
+/// (512×256×256 84–86 → 81 %), and AVX-512 and NEON are unmeasured (`sweep_k` 0).
+const BLOCKING: Blocking = Blocking { kc: 256, kc_one: 320, mc: 144, ac_bytes: 256 * 1024, sweep_k: 128 };
+const _: () = assert!(BLOCKING.valid(MR, NR));
 
 /// `C = α·op(A)·op(B) + β·C` (see [`super::gemm`]).
 ///

@@ -47,8 +47,8 @@ const MR: usize = 6;
 /// zmm vectors per tile row.
 const NV: usize = 4;
 const NR: usize = 16 * NV;
-const BLOCKING: Blocking = Blocking { kc: 128, kc_one: 192, mc: 288, ac_bytes: usize::MAX };
-const _: () = assert!(BLOCKING.valid(MR));
+const BLOCKING: Blocking = Blocking { kc: 128, kc_one: 192, mc: 288, ac_bytes: usize::MAX, sweep_k: 0 };
+const _: () = assert!(BLOCKING.valid(MR, NR));
 
 /// `C = α·op(A)·op(B) + β·C` (see [`super::gemm`]).
 ///

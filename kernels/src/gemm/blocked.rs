@@ -9,6 +9,9 @@
 //!       for each MR-row panel: micro-kernel MR×NR over kc, α/β epilogue into C
 //! ```
 //!
+//! A k up to the kernel's `sweep_k` with A read in place turns the inner two loops around:
+//! B's panels are packed 64 KiB at a time and each MR-row panel runs across them ([`sweep`]).
+//!
 //! k up to the kernel's `kc_one` is one block (one pass over C); a deeper k is cut into equal
 //! KC blocks (at most the kernel's KC, a multiple of 8). MC is as many rows as the A buffer
 //! holds at that depth (MC·KC is fixed), so a short k gets a tall A block.
@@ -264,27 +267,45 @@ pub(super) struct Blocking {
     /// shallow block takes fewer rows (never fewer than `mc`): A and C then stay in L2 while
     /// every B panel passes over them. `usize::MAX`: no such limit.
     pub ac_bytes: usize,
+    /// A k up to this (one block) with A read in place runs row panel by row panel over
+    /// blocks of B panels packed side by side ([`SWEEP_LEN`] f32, see [`sweep`]); 0: never.
+    pub sweep_k: usize,
 }
+
+/// f32 slots of a block of B panels that the row panels of a short k sweep ([`sweep`]): 64 KiB
+/// (8 panels of 16 columns at k = 128, 16 at k = 64), in L2 beside A's rows. Measured on the
+/// AMD EPYC VM (`tinykd bench gemm --trans-a`, two alternating rounds): 32 KiB 512×2048×64
+/// 78–81 % of the peak, 128×2048×64 74–75; 64 KiB 81–83, 78–79; 128 KiB 81–83, 78–79.
+pub(super) const SWEEP_LEN: usize = 16 * 1024;
 
 impl Blocking {
     /// What [`run`] needs of a blocking for `mr`-row panels: `mc` a positive multiple of `mr`,
     /// `1 ≤ kc ≤ kc_one`, and a block of depth `kc_one` still holds one panel, packed or
-    /// copied at a padded stride ([`copied_rows`]).
-    pub(super) const fn valid(&self, mr: usize) -> bool {
+    /// copied at a padded stride ([`copied_rows`]); a sweep's block holds at least one
+    /// `nr`-column panel and its k is one block.
+    pub(super) const fn valid(&self, mr: usize, nr: usize) -> bool {
         self.mc > 0
             && self.mc.is_multiple_of(mr)
             && self.kc >= 1
             && self.kc <= self.kc_one
             && self.kc_one * mr <= self.a_len()
             && self.a_len() / self.kc_one >= 32 + mr
+            && self.sweep_k <= self.kc_one
+            && self.sweep_k * nr <= SWEEP_LEN
     }
     /// f32 slots of the A packing buffer.
     pub(super) const fn a_len(&self) -> usize {
         self.mc * self.kc
     }
-    /// f32 slots of the B packing buffer for `nr`-column panels.
+    /// f32 slots of the B packing buffer for `nr`-column panels: one panel `kc_one` deep, or
+    /// a sweep's block.
     pub(super) const fn b_len(&self, nr: usize) -> usize {
-        self.kc_one * nr
+        let one = self.kc_one * nr;
+        if self.sweep_k > 0 && SWEEP_LEN > one {
+            SWEEP_LEN
+        } else {
+            one
+        }
     }
 }
 
@@ -294,7 +315,7 @@ impl Blocking {
 /// # Safety
 /// The slices satisfy the length checks of [`super::gemm`] for `s`; `m, n ≥ 1`; `abuf` and
 /// `bbuf` are valid for reads and writes of the sizes above and 32-byte aligned;
-/// `blk.valid(MR)`; the CPU supports `K`'s ISA. (`MR`, `NR` repeat `K::MR`, `K::NR` as const
+/// `blk.valid(MR, NR)`; the CPU supports `K`'s ISA. (`MR`, `NR` repeat `K::MR`, `K::NR` as const
 /// parameters; a mismatch fails to compile.)
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -310,7 +331,7 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
     bbuf: *mut f32,
 ) {
     const { assert!(MR == K::MR && NR == K::NR) };
-    debug_assert!(blk.valid(MR));
+    debug_assert!(blk.valid(MR, NR));
     if s.k == 0 {
         scalar::gemm(s, alpha, a, b, beta, c);
         return;
@@ -348,6 +369,8 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
     let mc_blk = mc_blk.min(blk.mc.max(blk.ac_bytes / 4 / (kc_blk + s.n) / MR * MR));
     // The copied block's stride (A stored k×m: a depth holds mc_blk values).
     let ld_copy = padded_stride(mc_blk);
+    // A short k with A in place and B to pack: row panels sweep blocks of B panels.
+    let sweeps = a_direct.is_some() && b_direct.is_none() && s.k <= blk.sweep_k && s.n > NR;
     let mut p0 = 0;
     while p0 < s.k {
         let kc = kc_blk.min(s.k - p0);
@@ -381,6 +404,15 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                     pack_panel::<K, A, MR>(a, s.ta == Trans::T, s.lda, i0 + ir * MR, mr, p0, kc, abuf.add(ir * MR * kc))
                 };
             }
+            if let Some((a_blk, lda)) = a_at.filter(|_| sweeps) {
+                let at = InPlace { a: a_blk, lda, trans };
+                // SAFETY: a single k block (s.k ≤ sweep_k ≤ kc_one), A read in place at `at`
+                // for rows i0..i0+mc (above), `bbuf` holds SWEEP_LEN f32 (b_len) and a
+                // sweep_k-deep panel fits it (`valid`), C as the caller checked.
+                unsafe { sweep::<K, B, MR, NR>(s, b, at, i0, mc, bbuf, cp, alpha, beta_p) };
+                i0 += mc_blk;
+                continue;
+            }
             let mut j0 = 0;
             while j0 < s.n {
                 let nr = NR.min(s.n - j0);
@@ -406,20 +438,9 @@ pub(super) unsafe fn run<K: MicroKernel, A: Elem, B: Elem, const MR: usize, cons
                     unsafe {
                         match a_at {
                             Some((a_blk, lda)) => {
-                                for (r0, rows) in edge_rows::<MR>(mr) {
-                                    let row = row + r0;
-                                    // Row `row` of op(A) from depth p0.
-                                    let r = row - i0;
-                                    let at = a_blk.add(if trans { r } else { r * lda });
-                                    let ct = cp.add(row * s.ldc + j0);
-                                    let ldc = s.ldc;
-                                    match rows {
-                                        1 => K::tile_direct::<1>(kc, at, lda, trans, bp, ct, ldc, nr, alpha, beta_p),
-                                        2 => K::tile_direct::<2>(kc, at, lda, trans, bp, ct, ldc, nr, alpha, beta_p),
-                                        4 => K::tile_direct::<4>(kc, at, lda, trans, bp, ct, ldc, nr, alpha, beta_p),
-                                        _ => K::tile_direct::<MR>(kc, at, lda, trans, bp, ct, ldc, nr, alpha, beta_p),
-                                    }
-                                }
+                                let ct = cp.add(row * s.ldc + j0);
+                                let (at, ab) = (InPlace { a: a_blk, lda, trans }, (alpha, beta_p));
+                                direct_tiles::<K, MR>(kc, at, row - i0, mr, bp, ct, s.ldc, nr, ab)
                             }
                             None => K::tile(
                                 kc,
@@ -483,6 +504,114 @@ unsafe fn copy_block(a: *const f32, lda: usize, i0: usize, mc: usize, p0: usize,
         // SAFETY: depth p's run is `mc` readable f32 of A and `mc ≤ ld` writable ones of `dst`
         // (caller).
         unsafe { core::ptr::copy_nonoverlapping(a.add((p0 + p) * lda + i0), dst.add(p * ld), mc) };
+    }
+}
+
+/// An f32 A read in place from a tile's first row: `A[r][p]` at `a[r·lda + p]`, or at
+/// `a[p·lda + r]` when `trans`.
+#[derive(Clone, Copy)]
+struct InPlace {
+    a: *const f32,
+    lda: usize,
+    trans: bool,
+}
+
+/// `C[r][j] = α·Σ_p A[r0+r][p]·B̃[p][j] + β·C[r][j]` for `r < mr ≤ MR`, `j < nr`: the in-place
+/// tiles ([`edge_rows`]) of rows `r0..r0+mr` of the block `at` against the B panel `bp`, into
+/// C from `c` (the panel's first row and column).
+///
+/// # Safety
+/// As [`MicroKernel::tile_direct`] for each tile: A readable at rows `r0..r0+mr`, depths
+/// `< kc`; `bp` holds `kc·NR` f32, 32-byte aligned; C rows `< mr` (stride `ldc`) hold `nr`
+/// values from `c`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn direct_tiles<K: MicroKernel, const MR: usize>(
+    kc: usize,
+    at: InPlace,
+    r0: usize,
+    mr: usize,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    (alpha, beta): (f32, f32),
+) {
+    let InPlace { a, lda, trans } = at;
+    for (t0, rows) in edge_rows::<MR>(mr) {
+        let r = r0 + t0;
+        // SAFETY: row r of op(A) from the block's depth 0, C row t0 of the panel (caller).
+        unsafe {
+            let a = a.add(if trans { r } else { r * lda });
+            let c = c.add(t0 * ldc);
+            match rows {
+                1 => K::tile_direct::<1>(kc, a, lda, trans, bp, c, ldc, nr, alpha, beta),
+                2 => K::tile_direct::<2>(kc, a, lda, trans, bp, c, ldc, nr, alpha, beta),
+                4 => K::tile_direct::<4>(kc, a, lda, trans, bp, c, ldc, nr, alpha, beta),
+                _ => K::tile_direct::<MR>(kc, a, lda, trans, bp, c, ldc, nr, alpha, beta),
+            }
+        }
+    }
+}
+
+/// Rows `i0..i0+mc` of `C = α·op(A)·op(B) + β·C` for a k that is one short block (`k ≤`
+/// [`Blocking::sweep_k`]), A read in place at `at` (from row i0, depth 0): B's panels are
+/// packed [`SWEEP_LEN`] f32 at a time, side by side in `bbuf`, and each MR-row panel runs its
+/// tiles across them. With few FMAs per C value the tiles' stores weigh: in the column-panel
+/// order of [`run`] an A block's rows each take one line per panel (144 scattered rows per
+/// panel), here an A panel's 6 rows are written in runs of up to 256 columns, and the A panel
+/// stays in L1 while the B block stays in L2. The same tiles over the same k: the same bits.
+/// Measured on the AMD EPYC VM (two alternating rounds of `tinykd bench gemm --trans-a`):
+/// 512×2048×64 72–79 → 84 % of the peak, 1024×512×64 79–82 → 84, 4096×128×64 (not transposed)
+/// 83–88 → 86, 512×256×256 (deeper than `sweep_k`: a sweep there was 84–86 → 81) unchanged;
+/// the ResNet50 train step's whole-batch weight gradients 36–38 → 30–32 thread-ms.
+///
+/// # Safety
+/// `s.k ≤ kc_one`; op(A) rows `i0..i0+mc` are readable in place through `at` for all of k;
+/// `bbuf` is valid for [`SWEEP_LEN`] f32 writes, 32-byte aligned, and `s.k·NR ≤ SWEEP_LEN`;
+/// `b` and `c` satisfy the length checks of [`super::gemm`] for `s`; the CPU supports `K`'s
+/// ISA.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sweep<K: MicroKernel, B: Elem, const MR: usize, const NR: usize>(
+    s: &GemmShape,
+    b: &[B],
+    at: InPlace,
+    i0: usize,
+    mc: usize,
+    bbuf: *mut f32,
+    c: *mut f32,
+    alpha: f32,
+    beta: f32,
+) {
+    let kc = s.k;
+    let per = SWEEP_LEN / (kc * NR);
+    let mut j0 = 0;
+    while j0 < s.n {
+        let np = (s.n - j0).div_ceil(NR).min(per);
+        for q in 0..np {
+            let jq = j0 + q * NR;
+            // SAFETY: panel q takes bbuf[q·kc·NR ..][.. kc·NR], inside SWEEP_LEN as q < per;
+            // the B elements read are inside `b` (caller's length checks).
+            unsafe {
+                pack_panel::<K, B, NR>(b, s.tb == Trans::N, s.ldb, jq, NR.min(s.n - jq), 0, kc, bbuf.add(q * kc * NR))
+            };
+        }
+        for r in (0..mc).step_by(MR) {
+            let mr = MR.min(mc - r);
+            for q in 0..np {
+                let jq = j0 + q * NR;
+                // SAFETY: rows i0+r..i0+r+mr < m of op(A) in place (caller), the packed panel q
+                // (kc·NR f32, 32-byte aligned: kc·NR·4 is a multiple of 64), C's rows and
+                // columns jq..jq+nr ≤ n inside `c` (caller's length checks).
+                unsafe {
+                    let bp = bbuf.add(q * kc * NR);
+                    let ct = c.add((i0 + r) * s.ldc + jq);
+                    direct_tiles::<K, MR>(kc, at, r, mr, bp, ct, s.ldc, NR.min(s.n - jq), (alpha, beta));
+                }
+            }
+        }
+        j0 += np * NR;
     }
 }
 

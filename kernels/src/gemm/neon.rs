@@ -16,8 +16,8 @@ use core::arch::aarch64::*;
 const MR: usize = 8;
 const NR: usize = 8;
 /// KC ≤ 256, MC = 128 at KC = 256 (no single deeper block: not measured on NEON hardware).
-const BLOCKING: Blocking = Blocking { kc: 256, kc_one: 256, mc: 128, ac_bytes: usize::MAX };
-const _: () = assert!(BLOCKING.valid(MR));
+const BLOCKING: Blocking = Blocking { kc: 256, kc_one: 256, mc: 128, ac_bytes: usize::MAX, sweep_k: 0 };
+const _: () = assert!(BLOCKING.valid(MR, NR));
 
 /// `C = α·op(A)·op(B) + β·C` (see [`super::gemm`]).
 ///
