@@ -14,8 +14,9 @@
 //! A block of 4–6 rows (2x2 maps) keeps one panel per pass (2 panels would need more than
 //! the 16 ymm registers) and instead prefetches the next panel into L2 as two streams, its
 //! two halves each at half the consumption rate (`AHEAD`): 4x512→512 cold f32 81–88 → 56–69
-//! µs. f32 only: f16 moves half the bytes per FMA, gained nothing cold and lost 11 % on
-//! MobileNetV1 1.0's L3-resident conv5 layers (0.143 → 0.160 ms). Such a pass skips the
+//! µs. f16 weights only from [`F16_AHEAD_MIN_BYTES`] on (on the Xeon VM f16 gained nothing
+//! cold and lost 11 % on MobileNetV1 1.0's L3-resident conv5 layers, 0.143 → 0.160 ms; on the
+//! AMD EPYC VM ResNet50's res4 gains ~20 %, see there). Such a pass skips the
 //! per-row L2 prefetch (its panel is in L2 already) and runs two panel rows per loop trip:
 //! 4x512→512 with the weights in L3 70 → 79 GFLOP/s (a standalone loop, alternating builds),
 //! MobileNetV1 1.0's five conv5 layers ~30 → ~29 µs each inside the model.
@@ -72,6 +73,17 @@ pub(super) const fn stays_in_l2(k: usize, np: usize, esize: usize) -> bool {
 /// 256→64 and 256→128 1.06–1.11x faster, other shapes unchanged.
 pub(super) const A_BLOCK_BYTES: usize = 256 * 1024;
 
+/// Packed f16 weights from this size on run their 4-row passes (2x2 maps at batch 1) with the
+/// next panel prefetched into L2 as f32 weights always do (`AHEAD`). Measured on the AMD EPYC
+/// VM (four alternating rounds, `tinykd bench infer --dtype f16`): ResNet50, whose 47 MB of f16
+/// weights come from DRAM, 3.75–3.83 → 3.52–3.63 ms at batch 1 (res4's 1x1 convs 41–47 → 34–37
+/// µs each in `--layers` rounds); MobileNetV1 1.0 (its 512 KiB conv5 layers L3-resident)
+/// 371–386 → 375–383 µs (slower in three rounds by ≤ 2 %); with the prefetch for every size
+/// MobileNetV1 ×0.25 (32 KiB layers in L2) lost 0.3–1 % (34.9–35.0 → 35.0–35.3 µs), hence the
+/// floor, below a 3x3 tap of res4 (128 KiB: a KxK conv's products are per tap). On the Xeon VM
+/// of earlier sessions f16 showed no cold gain.
+const F16_AHEAD_MIN_BYTES: usize = 64 * 1024;
+
 /// Panels a one-row pass runs at once (one weight stream each; 2 for passes of 2–3 rows).
 const MULTI_PANELS: usize = 4;
 
@@ -106,6 +118,8 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
     let np = n.div_ceil(PANEL);
     // Prefetch into L2 only weights that do not stay there.
     let l2 = !stays_in_l2(k, np, esize);
+    // f16 4-row passes prefetch the next panel only over large weights ([`F16_AHEAD_MIN_BYTES`]).
+    let ahead16 = np * k * PANEL * esize >= F16_AHEAD_MIN_BYTES;
     for i_blk in (0..m).step_by(block) {
         let i_end = m.min(i_blk + block);
         let mut jp = 0;
@@ -164,7 +178,9 @@ unsafe fn panels<W: Elem, const F16: bool>(p: &PanelProduct<'_, W>, c: *mut f32)
                         1 => tile::<1, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
                         2 => tile::<2, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
                         3 => tile::<3, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
-                        4 if single && !F16 => tile::<4, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
+                        4 if single && (!F16 || ahead16) => {
+                            tile::<4, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base)
+                        }
                         5 if single && !F16 => tile::<5, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
                         6 if single && !F16 => tile::<6, 1, 1, true, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
                         4 => tile::<4, 1, 1, false, F16>(k, ai, lda, bp, ci, ldc, cols, fin, l2, base),
