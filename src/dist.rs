@@ -64,7 +64,7 @@ pub enum DistError {
         name: String,
         /// What it was asked for (e.g. `l2 loss`).
         context: String,
-        /// The closest existing names (by edit distance), best first.
+        /// The closest existing names, best first (see [`Merged::closest`]).
         suggestions: Vec<String>,
     },
     /// Two tensors a loss combines have incompatible shapes.
@@ -291,9 +291,16 @@ impl Merged {
         out
     }
 
-    /// The `k` names closest to `name` by edit distance (ties by name).
+    /// The `k` names closest to `name`, best first: names that start with `name`, then names
+    /// that contain it (each group shortest first, ties by name), then the rest by edit distance
+    /// (ties by name). So `teacher_res5c` suggests the `teacher_res5c_*` tensors.
     pub fn closest(&self, name: &str, k: usize) -> Vec<String> {
-        let mut scored: Vec<(usize, String)> = self.names().into_iter().map(|n| (edit_distance(name, &n), n)).collect();
+        let rank = |n: &str| match (n.starts_with(name), n.contains(name)) {
+            (true, _) => (0, n.len()),
+            (false, true) => (1, n.len()),
+            _ => (2, edit_distance(name, n)),
+        };
+        let mut scored: Vec<((usize, usize), String)> = self.names().into_iter().map(|n| (rank(&n), n)).collect();
         scored.sort();
         scored.into_iter().take(k).map(|(_, n)| n).collect()
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use tinykd::crc32::crc32;
 use tinykd::host::checkpoint::{Checkpoint, CkptError, NamedTensor, TrainState, MAGIC, VERSION};
+use tinykd::host::cli::weights_io::load;
 use tinykd::host::data::Rng;
 use tinykd::{ModelConfig, Stem};
 
@@ -173,4 +174,44 @@ fn inconsistent_tensor_is_refused_on_save() {
     assert!(matches!(e, CkptError::Malformed { .. }), "{e:?}");
     assert!(e.to_string().contains("conv1_weights"), "{e}");
     assert!(!p.exists());
+}
+
+#[test]
+fn a_file_shorter_than_its_magic_is_reported_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bytes) = saved(dir.path());
+    let cut = dir.path().join("cut5.tkd");
+    std::fs::write(&cut, &bytes[..5]).unwrap();
+    let e = Checkpoint::load(&cut).unwrap_err();
+    assert!(matches!(e, CkptError::Truncated { len: 5, .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(e.contains("cut5.tkd") && e.contains("truncated") && e.contains("5 bytes"), "{e}");
+
+    // The command's reader (weights or checkpoint, by magic) says the same.
+    let cases: [(&str, &[u8], &[&str]); 5] = [
+        ("cut5.tkd", &bytes[..5], &["cut5.tkd", "truncated", "only 5 bytes", "a tinykd checkpoint"]),
+        ("tkd3.tkd", b"TKD", &["tkd3.tkd", "truncated", "only 3 bytes", "weight file or checkpoint"]),
+        ("empty.tkd", b"", &["empty.tkd", "empty (0 bytes)", "truncated"]),
+        ("xy.tkd", b"xy", &["xy.tkd", "only 2 bytes", "truncated"]),
+        ("junk.tkd", b"this is not a weight file", &["junk.tkd", "unknown magic bytes"]),
+    ];
+    for (name, content, words) in cases {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        let e = format!("{:#}", load(&p).err().expect("refused"));
+        for w in words {
+            assert!(e.contains(w), "{name}: lacks {w:?}: {e}");
+        }
+        assert_eq!(e.contains("unknown magic"), name == "junk.tkd", "{name}: {e}");
+    }
+}
+
+#[test]
+fn an_os_error_is_in_the_message_and_not_repeated_as_a_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Checkpoint::load(dir.path()).unwrap_err();
+    assert!(matches!(e, CkptError::Io { .. }), "{e:?}");
+    assert!(std::error::Error::source(&e).is_none());
+    let chain = format!("{:#}", anyhow::Error::new(e).context("resuming"));
+    assert_eq!(chain.matches("os error").count(), 1, "{chain}");
 }

@@ -41,6 +41,9 @@ fn data_synth_writes_a_dataset_the_reader_loads() {
     let o = tinykd(&["data", "synth", "--out", s(&out), "--train", "57", "--test", "13", "--seed", "5"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("wrote 57 training and 13 test images"), "{}", stdout(&o));
+    // Not a terminal: one line on stderr says what is generated and where.
+    let line = format!("generating 57 training and 13 test images (seed 5) in {}", out.display());
+    assert_eq!(stderr(&o).trim_end(), line);
     let (train, test) = load_cifar_dir(&out).unwrap();
     let (gt, ge) = synth::generate(57, 13, 5);
     assert_eq!(train, gt);
@@ -106,6 +109,26 @@ fn data_check_reports_reader_errors() {
         1,
         &["data_batch_2.bin has 6145 bytes", "not a whole number of 3073-byte records; truncated?"],
     );
+}
+
+#[test]
+fn os_errors_are_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let under_file = file.join("sub");
+    let o = tinykd(&["data", "synth", "--out", s(&under_file), "--train", "3", "--test", "1"]);
+    assert_fails(&o, 1, &["file/sub", "os error"]);
+    assert_eq!(stderr(&o).matches("os error").count(), 1, "{}", stderr(&o));
+
+    let out = dir.path().join("d");
+    synth::write_synth_dir(&out, 10, 3, 1).unwrap();
+    let batch = out.join("data_batch_2.bin");
+    std::fs::remove_file(&batch).unwrap();
+    std::fs::create_dir(&batch).unwrap();
+    let o = tinykd(&["data", "check", "--data", s(&out)]);
+    assert_fails(&o, 1, &["data_batch_2.bin", "os error"]);
+    assert_eq!(stderr(&o).matches("os error").count(), 1, "{}", stderr(&o));
 }
 
 #[test]

@@ -22,11 +22,11 @@ fn write_raw(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// A valid directory: data_batch_1 (3 records), data_batch_3 (1), data_batch_5 (7), test (5).
+/// A valid directory: data_batch_1 (3 records), data_batch_2 (1), data_batch_3 (7), test (5).
 fn valid_dir() -> (tempfile::TempDir, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let (mut tl, mut ti) = (Vec::new(), Vec::new());
-    for (name, n, salt) in [("data_batch_1.bin", 3, 1), ("data_batch_3.bin", 1, 3), ("data_batch_5.bin", 7, 5)] {
+    for (name, n, salt) in [("data_batch_1.bin", 3, 1), ("data_batch_2.bin", 1, 3), ("data_batch_3.bin", 7, 5)] {
         let (l, i) = records(n, salt);
         write_cifar_file(&dir.path().join(name), &l, &i).unwrap();
         tl.extend(l);
@@ -71,6 +71,57 @@ fn class_names_come_from_meta_file() {
     assert_eq!(test.class_names, names);
 }
 
+#[test]
+fn class_name_files_need_exactly_ten_names() {
+    let (dir, ..) = valid_dir();
+    let meta = dir.path().join("batches.meta.txt");
+    // Blank lines, surrounding spaces and CRLF do not count.
+    write_raw(&meta, b"\n a0 \r\nb1\nc2\n\nd3\ne4\nf5\ng6\nh7\ni8\nj9\r\n\n");
+    let (train, _) = load_cifar_dir(dir.path()).unwrap();
+    assert_eq!(train.class_names[0], "a0");
+    for (text, lines) in
+        [(&b"a\nb\nc\nd\ne\nf\ng\nh\ni\n"[..], 9), (b"a\nb\nc\nd\ne\nf\ng\nh\ni\nj\nk\n", 11), (b"", 0)]
+    {
+        write_raw(&meta, text);
+        let (e, s) = err_text(dir.path());
+        assert!(matches!(e, DataError::BadClassNames { lines: l, .. } if l == lines), "{e:?}");
+        assert!(s.contains("batches.meta.txt has") && s.contains(&format!("{lines} non-empty lines")), "{s}");
+        assert!(s.contains("exactly 10"), "{s}");
+    }
+}
+
+#[test]
+fn a_gap_in_the_training_files_is_an_error() {
+    let (dir, ..) = valid_dir();
+    std::fs::remove_file(dir.path().join("data_batch_2.bin")).unwrap();
+    let (e, s) = err_text(dir.path());
+    assert!(matches!(e, DataError::TrainGap { .. }), "{e:?}");
+    assert!(s.contains("data_batch_2.bin is missing but") && s.contains("data_batch_3.bin exists"), "{s}");
+    // Only data_batch_5.bin: data_batch_1.bin is the first one missing.
+    for f in ["data_batch_1.bin", "data_batch_3.bin"] {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let (l, i) = records(2, 5);
+    write_cifar_file(&dir.path().join("data_batch_5.bin"), &l, &i).unwrap();
+    let (e, s) = err_text(dir.path());
+    assert!(matches!(e, DataError::TrainGap { .. }), "{e:?}");
+    assert!(s.contains("data_batch_1.bin is missing but") && s.contains("data_batch_5.bin exists"), "{s}");
+}
+
+#[test]
+fn an_os_error_is_in_the_message_and_not_repeated_as_a_source() {
+    let (dir, ..) = valid_dir();
+    let p = dir.path().join("data_batch_2.bin");
+    std::fs::remove_file(&p).unwrap();
+    std::fs::create_dir(&p).unwrap();
+    let e = load_cifar_dir(dir.path()).unwrap_err();
+    assert!(matches!(e, DataError::Io { .. }), "{e:?}");
+    assert!(std::error::Error::source(&e).is_none());
+    let chain = format!("{:#}", anyhow::Error::new(e).context("loading"));
+    assert_eq!(chain.matches("os error").count(), 1, "{chain}");
+    assert!(chain.contains("data_batch_2.bin"), "{chain}");
+}
+
 fn err_text(dir: &Path) -> (DataError, String) {
     let e = load_cifar_dir(dir).unwrap_err();
     let s = e.to_string();
@@ -89,7 +140,7 @@ fn missing_directory() {
 #[test]
 fn no_train_files() {
     let (dir, ..) = valid_dir();
-    for f in ["data_batch_1.bin", "data_batch_3.bin", "data_batch_5.bin"] {
+    for f in ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin"] {
         std::fs::remove_file(dir.path().join(f)).unwrap();
     }
     let (e, s) = err_text(dir.path());
@@ -109,7 +160,7 @@ fn test_file_missing() {
 #[test]
 fn truncated_file() {
     let (dir, ..) = valid_dir();
-    let p = dir.path().join("data_batch_3.bin");
+    let p = dir.path().join("data_batch_2.bin");
     let mut raw = std::fs::read(&p).unwrap();
     raw.extend_from_slice(&[0u8; RECORD_BYTES]);
     raw.truncate(RECORD_BYTES + 1000);
@@ -117,7 +168,7 @@ fn truncated_file() {
     let (e, s) = err_text(dir.path());
     assert!(matches!(e, DataError::Truncated { len: 4073, .. }), "{e:?}");
     assert!(
-        s.contains("data_batch_3.bin has 4073 bytes, which is not a whole number of 3073-byte records; truncated?"),
+        s.contains("data_batch_2.bin has 4073 bytes, which is not a whole number of 3073-byte records; truncated?"),
         "{s}"
     );
 }
@@ -125,13 +176,13 @@ fn truncated_file() {
 #[test]
 fn bad_label_names_file_record_and_value() {
     let (dir, ..) = valid_dir();
-    let p = dir.path().join("data_batch_5.bin");
+    let p = dir.path().join("data_batch_3.bin");
     let mut raw = std::fs::read(&p).unwrap();
     raw[4 * RECORD_BYTES] = 10;
     write_raw(&p, &raw);
     let (e, s) = err_text(dir.path());
     assert!(matches!(e, DataError::BadLabel { record: 4, value: 10, .. }), "{e:?}");
-    assert!(s.contains("data_batch_5.bin") && s.contains("record 4") && s.contains("label 10"), "{s}");
+    assert!(s.contains("data_batch_3.bin") && s.contains("record 4") && s.contains("label 10"), "{s}");
 }
 
 #[test]
@@ -333,6 +384,15 @@ fn synth_dir_loads_with_the_reader() {
     let e = synth::write_synth_dir(&out, 3, 1, 99).unwrap_err();
     assert!(e.to_string().contains("data_batch_4.bin already exists"), "{e}");
     assert_eq!(std::fs::read(out.join("data_batch_1.bin")).unwrap(), before);
+    // The progress callback counts every image, and the bytes do not depend on it.
+    let counted = dir.path().join("counted");
+    let mut calls = Vec::new();
+    synth::write_synth_dir_with_progress(&counted, 13, 4, 21, &mut |n| calls.push(n)).unwrap();
+    assert_eq!(calls.iter().sum::<usize>(), 17, "{calls:?}");
+    assert_eq!(calls, [0, 2, 3, 2, 3, 3, 4], "0 once the directory exists, then one call per file");
+    for f in ["data_batch_1.bin", "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"] {
+        assert_eq!(std::fs::read(counted.join(f)).unwrap(), std::fs::read(out.join(f)).unwrap(), "{f}");
+    }
     // Zero images is refused before anything is written.
     let none = dir.path().join("none");
     assert!(synth::write_synth_dir(&none, 0, 5, 0).is_err());

@@ -319,6 +319,22 @@ fn tutorial_names_defaults_and_errors() {
 }
 
 #[test]
+fn closest_names_prefer_those_starting_with_or_containing_the_query() {
+    let m = tutorial(250);
+    // Names that start with the query, shortest first (then by name).
+    let c = m.closest("teacher_res5c", 3);
+    assert_eq!(c, ["teacher_res5c.add.relu", "teacher_res5c_branch2a", "teacher_res5c_branch2b"]);
+    // Then names that contain it: the teacher's copy of a name typed without the prefix.
+    let c = m.closest("res5c_branch2c", 2);
+    assert_eq!(c[0], "teacher_res5c_branch2c", "{c:?}");
+    // Otherwise edit distance, k results.
+    assert_eq!(m.closest("fc8", 1), ["fc7"]);
+    assert_eq!(m.closest("zzz", 5).len(), 5);
+    let e = Losses::new(&m, &[Loss::l2("teacher_res5c", "depthwise_conv2d_11")]).unwrap_err().to_string();
+    assert!(e.contains("closest names: `teacher_res5c.add.relu`, `teacher_res5c_branch2a`"), "{e}");
+}
+
+#[test]
 fn merge_rejects_bad_maps_and_stores() {
     let (tprog, tparams) = tiny(1);
     let (sprog, sparams) = tiny(2);

@@ -88,6 +88,9 @@ pub struct Checkpoint {
 }
 
 /// Why a checkpoint could not be read or written. Every variant names the file.
+///
+/// The message of [`CkptError::Io`] includes the OS error, so [`std::error::Error::source`] is
+/// `None`: a chain printer (anyhow's `{:#}`) would otherwise print that cause twice.
 #[derive(Debug)]
 pub enum CkptError {
     /// The file does not exist.
@@ -96,7 +99,8 @@ pub enum CkptError {
     Io { path: PathBuf, source: io::Error },
     /// The file ends early.
     Truncated { path: PathBuf, len: u64, expected: u64 },
-    /// The file does not start with [`MAGIC`].
+    /// The file does not start with [`MAGIC`] (a file that is a shorter prefix of it is
+    /// [`CkptError::Truncated`]).
     BadMagic { path: PathBuf },
     /// The file's format version is not [`VERSION`].
     Version { path: PathBuf, found: u32 },
@@ -132,14 +136,7 @@ impl fmt::Display for CkptError {
     }
 }
 
-impl std::error::Error for CkptError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            CkptError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+impl std::error::Error for CkptError {}
 
 impl Checkpoint {
     /// The tensor named `name` in any section.

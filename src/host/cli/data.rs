@@ -1,10 +1,13 @@
 //! `tinykd data synth` and `tinykd data check`.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{emit, UsageError};
 use crate::host::data::cifar::{self, NUM_CLASSES};
@@ -55,13 +58,18 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     }
 }
 
+/// `tinykd data synth`: generates the dataset, showing progress on stderr.
 fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
     if a.out.exists() && !a.out.is_dir() {
         return Err(UsageError(format!("--out {} exists and is not a directory", a.out.display())).into());
     }
     let start = std::time::Instant::now();
-    synth::write_synth_dir(&a.out, a.train as usize, a.test as usize, a.seed)
-        .with_context(|| format!("cannot write the synthetic dataset to {}", a.out.display()))?;
+    let mut progress = SynthProgress::new(&a, std::io::stderr().is_terminal());
+    synth::write_synth_dir_with_progress(&a.out, a.train as usize, a.test as usize, a.seed, &mut |n| {
+        progress.advance(n)
+    })
+    .with_context(|| format!("cannot write the synthetic dataset to {}", a.out.display()))?;
+    drop(progress);
     emit(&format!(
         "wrote {} training and {} test images (seed {}) to {} in {:.2} s\n",
         a.train,
@@ -72,6 +80,72 @@ fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
     ))
 }
 
+/// Progress of `data synth` on stderr, shown from the generator's first report (so a run
+/// refused before it starts prints only its error): a bar of images generated when stderr is a
+/// terminal, else one line saying what is generated and where. The bar is cleared when dropped.
+struct SynthProgress {
+    /// What is generated and where.
+    what: String,
+    /// Images in all.
+    total: u64,
+    /// Draw a bar (else print one line).
+    live: bool,
+    /// Whether the run was announced.
+    started: bool,
+    /// The bar, once drawn.
+    bar: Option<ProgressBar>,
+}
+
+impl SynthProgress {
+    /// A display for the run `a`, with a bar when `live`.
+    fn new(a: &SynthArgs, live: bool) -> Self {
+        let what = format!(
+            "generating {} training and {} test images (seed {}) in {}",
+            a.train,
+            a.test,
+            a.seed,
+            a.out.display()
+        );
+        SynthProgress { what, total: a.train + a.test, live, started: false, bar: None }
+    }
+
+    /// Counts `n` more images generated, announcing the run on the first call.
+    fn advance(&mut self, n: usize) {
+        if !self.started {
+            self.started = true;
+            self.announce();
+        }
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+        }
+    }
+
+    /// Draws the bar (`live`) or prints the line.
+    fn announce(&mut self) {
+        if !self.live {
+            eprintln!("{}", self.what);
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(self.total), ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template("{msg} [{bar:30.cyan/blue}] {pos}/{len} eta {eta}")
+            .expect("static progress template is valid")
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(self.what.clone());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        self.bar = Some(bar);
+    }
+}
+
+impl Drop for SynthProgress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `tinykd data check`: loads the directory and prints its counts per class.
 fn run_check(a: CheckArgs) -> anyhow::Result<()> {
     let (train, test) = cifar::load_cifar_dir(&a.data)?;
     let (tc, ec) = (train.class_counts(), test.class_counts());

@@ -43,7 +43,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         return Ok(Loaded::Params(store_from_checkpoint(&ckpt, path)?));
     }
     if !bytes.starts_with(&weights::MAGIC) {
-        bail!("{} is neither a tinykd weight file nor a checkpoint (unknown magic bytes)", path.display());
+        bail!("{}", unknown_magic(path, &bytes));
     }
     let buf = AlignedBuf::from_bytes(&bytes);
     let file = WeightFile::parse(&buf).with_context(|| format!("invalid weight file {}", path.display()))?;
@@ -76,6 +76,38 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             Ok(Loaded::Params(store))
         }
     }
+}
+
+/// Why `bytes` (read from `path`) start with neither magic: a file shorter than a magic whose
+/// bytes begin one (an empty file included) or shorter than every magic is truncated, anything
+/// else is not a tinykd file.
+fn unknown_magic(path: &Path, bytes: &[u8]) -> String {
+    let kinds: Vec<&str> = [(&weights::MAGIC[..], "weight file"), (&checkpoint::MAGIC[..], "checkpoint")]
+        .into_iter()
+        .filter(|(magic, _)| bytes.len() < magic.len() && magic.starts_with(bytes))
+        .map(|(_, kind)| kind)
+        .collect();
+    let len = bytes.len();
+    if len == 0 {
+        return format!(
+            "{} is empty (0 bytes): truncated, or never written; expected a tinykd weight file or checkpoint",
+            path.display()
+        );
+    }
+    if !kinds.is_empty() {
+        let what = kinds.join(" or ");
+        return format!(
+            "{} is truncated: it has only {len} bytes, the start of a tinykd {what}; write or copy it again",
+            path.display()
+        );
+    }
+    if len < weights::MAGIC.len().min(checkpoint::MAGIC.len()) {
+        return format!(
+            "{} has only {len} bytes, too short for a tinykd weight file or checkpoint; it is truncated or not one",
+            path.display()
+        );
+    }
+    format!("{} is neither a tinykd weight file nor a checkpoint (unknown magic bytes)", path.display())
 }
 
 /// Reads `path` as parameters (a Params file or a checkpoint); an inference file is refused

@@ -2,9 +2,10 @@
 //!
 //! A CIFAR-10 binary file is a sequence of 3073-byte records: one label byte (0..=9) and
 //! 3072 pixel bytes in CHW order (1024 red, 1024 green, 1024 blue, each a row-major 32x32
-//! plane). A dataset directory holds `data_batch_1.bin` .. `data_batch_5.bin` (training; any
-//! of them, read in that order) and `test_batch.bin` (test), and optionally
-//! `batches.meta.txt` with one class name per line.
+//! plane). A dataset directory holds `data_batch_1.bin` .. `data_batch_k.bin` (training,
+//! `1 <= k <= 5`, read in that order; a gap such as a missing `data_batch_2.bin` beside a
+//! `data_batch_3.bin` is an error, not fewer images) and `test_batch.bin` (test), and optionally
+//! `batches.meta.txt` with exactly one class name on each of its 10 non-empty lines.
 
 use std::fmt;
 use std::io;
@@ -30,19 +31,26 @@ pub const TRAIN_FILES: [&str; 5] =
     ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 /// The test file.
 pub const TEST_FILE: &str = "test_batch.bin";
-/// The optional class-name file (one name per line).
+/// The optional class-name file (one name per non-empty line, exactly [`NUM_CLASSES`] of them).
 pub const META_FILE: &str = "batches.meta.txt";
 /// CIFAR-10's class names, used when a directory has no `batches.meta.txt`.
 pub const CIFAR10_CLASSES: [&str; NUM_CLASSES] =
     ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 /// What went wrong reading or writing a CIFAR-format dataset. Every variant names the file.
+///
+/// The message of [`DataError::Io`] includes the OS error, so [`std::error::Error::source`] is
+/// `None`: a chain printer (anyhow's `{:#}`) would otherwise print that cause twice.
 #[derive(Debug)]
 pub enum DataError {
     /// The dataset directory does not exist or is not a directory.
     DirMissing { dir: PathBuf },
     /// None of `data_batch_1.bin` .. `data_batch_5.bin` exists.
     NoTrainFiles { dir: PathBuf },
+    /// A training file is missing while a later one exists (the files must be `1..=k`).
+    TrainGap { missing: PathBuf, present: PathBuf },
+    /// `batches.meta.txt` does not have exactly [`NUM_CLASSES`] non-empty lines.
+    BadClassNames { path: PathBuf, lines: usize },
     /// `test_batch.bin` does not exist.
     TestMissing { path: PathBuf },
     /// A file has no bytes.
@@ -68,6 +76,19 @@ impl fmt::Display for DataError {
                 "dataset directory {} has no training file (expected at least one of data_batch_1.bin .. data_batch_5.bin)",
                 dir.display()
             ),
+            DataError::TrainGap { missing, present } => write!(
+                f,
+                "training file {} is missing but {} exists; the training files must be data_batch_1.bin .. \
+                 data_batch_k.bin without a gap (restore the missing file or remove the later ones)",
+                missing.display(),
+                present.display()
+            ),
+            DataError::BadClassNames { path, lines } => write!(
+                f,
+                "class-name file {} has {lines} non-empty lines, but needs exactly {NUM_CLASSES} (one class name \
+                 per line); fix it, or delete it to use the CIFAR-10 names",
+                path.display()
+            ),
             DataError::TestMissing { path } => write!(f, "test file {} is missing", path.display()),
             DataError::Empty { path } => write!(f, "file {} is empty (0 bytes)", path.display()),
             DataError::Truncated { path, len } => write!(
@@ -87,14 +108,7 @@ impl fmt::Display for DataError {
     }
 }
 
-impl std::error::Error for DataError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            DataError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+impl std::error::Error for DataError {}
 
 /// Labelled 32x32 RGB images, stored as read: CHW `u8` per record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -304,17 +318,15 @@ pub fn write_cifar_file(path: &Path, labels: &[u8], images: &[u8]) -> Result<(),
     write_atomic(path, &bytes).map_err(|source| DataError::Io { path: path.to_path_buf(), source })
 }
 
-/// Loads a CIFAR-10 binary directory: (train, test). Training images are the existing
-/// `data_batch_N.bin` files (N = 1..=5, at least one) concatenated in order; class names come
-/// from `batches.meta.txt` when it has [`NUM_CLASSES`] non-empty lines, else CIFAR-10's.
+/// Loads a CIFAR-10 binary directory: (train, test). Training images are the files
+/// `data_batch_1.bin` .. `data_batch_k.bin` (`1 <= k <= 5`, no gap) concatenated in order; class
+/// names come from `batches.meta.txt` (exactly [`NUM_CLASSES`] non-empty lines) when it exists,
+/// else they are CIFAR-10's.
 pub fn load_cifar_dir(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
     if !dir.is_dir() {
         return Err(DataError::DirMissing { dir: dir.to_path_buf() });
     }
-    let train_paths: Vec<PathBuf> = TRAIN_FILES.iter().map(|f| dir.join(f)).filter(|p| p.exists()).collect();
-    if train_paths.is_empty() {
-        return Err(DataError::NoTrainFiles { dir: dir.to_path_buf() });
-    }
+    let train_paths = train_files(dir)?;
     let test_path = dir.join(TEST_FILE);
     if !test_path.exists() {
         return Err(DataError::TestMissing { path: test_path });
@@ -331,15 +343,32 @@ pub fn load_cifar_dir(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
     Ok((train, test))
 }
 
+/// The training files of `dir`: `data_batch_1.bin` up to the last one present. Fails when there
+/// is none, or when one is missing below a present one (its images would silently be left out).
+fn train_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let paths: Vec<PathBuf> = TRAIN_FILES.iter().map(|f| dir.join(f)).collect();
+    let Some(last) = paths.iter().rposition(|p| p.exists()) else {
+        return Err(DataError::NoTrainFiles { dir: dir.to_path_buf() });
+    };
+    if let Some(missing) = paths[..last].iter().find(|p| !p.exists()) {
+        return Err(DataError::TrainGap { missing: missing.clone(), present: paths[last].clone() });
+    }
+    Ok(paths[..=last].to_vec())
+}
+
+/// The class names of `dir`: those of `batches.meta.txt` (trimmed non-empty lines, exactly
+/// [`NUM_CLASSES`]) when it exists, else CIFAR-10's.
 fn read_class_names(dir: &Path) -> Result<Vec<String>, DataError> {
     let path = dir.join(META_FILE);
-    let default = || CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
     if !path.exists() {
-        return Ok(default());
+        return Ok(CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect());
     }
     let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
     let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-    Ok(if names.len() == NUM_CLASSES { names } else { default() })
+    if names.len() != NUM_CLASSES {
+        return Err(DataError::BadClassNames { path, lines: names.len() });
+    }
+    Ok(names)
 }
 
 /// Writes class names as `batches.meta.txt` (one per line), atomically.

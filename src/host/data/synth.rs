@@ -60,8 +60,22 @@ pub fn generate(train: usize, test: usize, seed: u64) -> (Dataset, Dataset) {
 /// format: the training images split evenly over up to five `data_batch_N.bin` files (one per
 /// image below five images), `test_batch.bin` and `batches.meta.txt` with the class names. Both
 /// counts must be at least 1, and `dir` must not hold a training file this run would not
-/// overwrite (it would be read as part of the dataset).
+/// overwrite (it would be read as part of the dataset). The bytes are those of [`generate`].
 pub fn write_synth_dir(dir: &Path, train: usize, test: usize, seed: u64) -> Result<(), DataError> {
+    write_synth_dir_with_progress(dir, train, test, seed, &mut |_| {})
+}
+
+/// [`write_synth_dir`], calling `progress(0)` once `dir` exists (nothing is reported for
+/// arguments refused before), then `progress(n)` each time `n` more images (training, then
+/// test) have been generated; the calls add up to `train + test`. One file's images are held
+/// in memory at a time.
+pub fn write_synth_dir_with_progress(
+    dir: &Path,
+    train: usize,
+    test: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(), DataError> {
     if train == 0 || test == 0 {
         return Err(DataError::Invalid {
             what: format!("the synthetic dataset needs at least 1 training and 1 test image (got {train} and {test})"),
@@ -78,28 +92,66 @@ pub fn write_synth_dir(dir: &Path, train: usize, test: usize, seed: u64) -> Resu
             ),
         });
     }
-    let (tr, te) = generate(train, test, seed);
     std::fs::create_dir_all(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    progress(0);
+    let labels = split_labels(train, seed, TRAIN_STREAM);
     let mut start = 0;
     for (k, name) in TRAIN_FILES.iter().take(files).enumerate() {
         let end = train * (k + 1) / files;
-        write_cifar_file(&dir.join(name), &tr.labels[start..end], &tr.images[start * IMAGE_BYTES..end * IMAGE_BYTES])?;
+        write_range(&dir.join(name), &labels, start..end, seed, TRAIN_STREAM, progress)?;
         start = end;
     }
-    write_cifar_file(&dir.join(TEST_FILE), &te.labels, &te.images)?;
+    let labels = split_labels(test, seed, TEST_STREAM);
+    write_range(&dir.join(TEST_FILE), &labels, 0..test, seed, TEST_STREAM, progress)?;
     write_class_names(dir, &CLASS_NAMES)
 }
 
-fn generate_split(n: usize, seed: u64, split: u64) -> Dataset {
+/// Images reported to the progress callback at a time.
+const PROGRESS_CHUNK: usize = 1024;
+
+/// Renders images `range` of a split (whose labels are `labels`) and writes them as one CIFAR
+/// file at `path`, reporting progress every [`PROGRESS_CHUNK`] images.
+fn write_range(
+    path: &Path,
+    labels: &[u8],
+    range: std::ops::Range<usize>,
+    seed: u64,
+    split: u64,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(), DataError> {
+    let mut images = vec![0u8; range.len() * IMAGE_BYTES];
+    let mut canvas = Canvas::new();
+    for (c, chunk) in images.chunks_mut(PROGRESS_CHUNK * IMAGE_BYTES).enumerate() {
+        let first = range.start + c * PROGRESS_CHUNK;
+        render_range(&labels[first..], first, seed, split, &mut canvas, chunk);
+        progress(chunk.len() / IMAGE_BYTES);
+    }
+    write_cifar_file(path, &labels[range], &images)
+}
+
+/// The balanced, shuffled labels of a split of `n` images.
+fn split_labels(n: usize, seed: u64, split: u64) -> Vec<u8> {
     let mut labels: Vec<u8> = (0..n).map(|i| (i % NUM_CLASSES) as u8).collect();
     Rng::stream(seed, split).shuffle(&mut labels);
-    let mut images = vec![0u8; n * IMAGE_BYTES];
-    let mut canvas = Canvas::new();
-    for (i, (&label, img)) in labels.iter().zip(images.chunks_exact_mut(IMAGE_BYTES)).enumerate() {
-        let mut rng = Rng::stream(seed, (split << 40) | (i as u64 + 1));
-        render(label, &mut rng, &mut canvas);
+    labels
+}
+
+/// Renders consecutive images of a split into `out` (CHW, `IMAGE_BYTES` each), the first being
+/// image `first` with label `labels[0]`. Each image has its own RNG stream, so any range gives
+/// the same bytes as the whole split.
+fn render_range(labels: &[u8], first: usize, seed: u64, split: u64, canvas: &mut Canvas, out: &mut [u8]) {
+    for (i, (&label, img)) in labels.iter().zip(out.chunks_exact_mut(IMAGE_BYTES)).enumerate() {
+        let mut rng = Rng::stream(seed, (split << 40) | ((first + i) as u64 + 1));
+        render(label, &mut rng, canvas);
         canvas.to_chw(&mut rng, img);
     }
+}
+
+/// A whole split of `n` images.
+fn generate_split(n: usize, seed: u64, split: u64) -> Dataset {
+    let labels = split_labels(n, seed, split);
+    let mut images = vec![0u8; n * IMAGE_BYTES];
+    render_range(&labels, 0, seed, split, &mut Canvas::new(), &mut images);
     Dataset { images, labels, class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect() }
 }
 
