@@ -116,7 +116,7 @@ fn train_writes_weights_checkpoint_metrics_and_the_loss_falls() {
 #[test]
 fn resume_after_the_first_epoch_gives_bitwise_the_same_weights() {
     let (dir, data) = dataset();
-    let opts = ["--lr", "0.05", "--schedule", "piecewise:2:0.05,0.01", "--seed", "7"];
+    let opts = ["--schedule", "piecewise:2:0.05,0.01", "--seed", "7"];
     let whole = dir.path().join("whole.tkd");
     ok(train(&data, &whole, "3", &opts));
 
@@ -136,7 +136,7 @@ fn resume_after_the_first_epoch_gives_bitwise_the_same_weights() {
     }
 
     // A resume with other trajectory options is refused.
-    let o = train(&data, &parts, "3", &["--lr", "0.05", "--schedule", "constant", "--seed", "7", "--resume"]);
+    let o = train(&data, &parts, "3", &["--schedule", "constant", "--seed", "7", "--resume"]);
     assert_fails(&o, 2, &["schedule", "--resume"]);
 }
 

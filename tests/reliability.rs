@@ -258,6 +258,66 @@ fn invalid_training_command_lines_fail_cleanly_and_write_nothing() {
         &["steps"],
         &out_dir,
     );
+    // Values that parse but make no run, and a negative number (not taken for an option).
+    let no_run: [(&[&str], &[&str]); 5] = [
+        (&["--epochs", "2", "--warmup-epochs", "2"], &["--warmup-epochs 2", "--epochs 2"]),
+        (&["--epochs", "1", "--momentum", "1.5"], &["--momentum 1.5"]),
+        (&["--epochs", "2", "--schedule", "piecewise:1:0.1,0.01", "--lr", "0.5"], &["--lr", "piecewise"]),
+        (&["--epochs", "1", "--lr", "-1"], &["-1", "--lr"]),
+        (&["--epochs", "1", "--wd", "-0.1"], &["-0.1", "--wd"]),
+    ];
+    for (opts, words) in no_run {
+        let mut args = opts.to_vec();
+        args.extend(["--data", d, "--out", o]);
+        assert_clean_failure(&train(&args), 2, words, &out_dir);
+    }
+}
+
+/// An output that would replace an input (the teacher, a dataset file, the weights being
+/// exported), or that names a directory, is refused before any work, and the input is intact.
+#[test]
+fn outputs_that_would_replace_an_input_or_are_directories_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 32);
+    let teacher = teacher_file(dir.path());
+    let teacher_bytes = std::fs::read(&teacher).unwrap();
+    let test_bytes = std::fs::read(data.join("test_batch.bin")).unwrap();
+    let distill = |out: &str| {
+        let mut args = vec!["distill", "--teacher", s(&teacher)];
+        args.extend(["--student", "mobilenet_v1", "--scale", "0.25", "--stem", "cifar"]);
+        args.extend(["--epochs", "1", "--batch", "16", "--data", s(&data), "--out", out]);
+        tinykd(&args)
+    };
+    let empty = dir.path().join("empty");
+    // The teacher, spelled through another path; the test split; `<out>.ckpt` over the teacher.
+    let via = dir.path().join("data").join("..").join("teacher.tkd");
+    assert_clean_failure(&distill(s(&via)), 2, &["--teacher", "replace an input"], &empty);
+    let test_split = data.join("test_batch.bin");
+    let o = train(&["--epochs", "1", "--data", s(&data), "--out", s(&test_split)]);
+    assert_clean_failure(&o, 2, &["--data", "test_batch.bin", "replace an input"], &empty);
+    let stem = dir.path().join("teacher");
+    std::fs::rename(&teacher, dir.path().join("teacher.ckpt")).unwrap();
+    let ckpt_teacher = dir.path().join("teacher.ckpt");
+    let o = {
+        let mut args = vec!["distill", "--teacher", s(&ckpt_teacher)];
+        args.extend(["--student", "mobilenet_v1", "--scale", "0.25", "--stem", "cifar"]);
+        args.extend(["--epochs", "1", "--batch", "16", "--data", s(&data), "--out", s(&stem)]);
+        tinykd(&args)
+    };
+    assert_clean_failure(&o, 2, &["written beside --out", "replace an input"], &empty);
+    std::fs::rename(&ckpt_teacher, &teacher).unwrap();
+    // Directories.
+    let o = train(&["--epochs", "1", "--data", s(&data), "--out", s(dir.path())]);
+    assert_clean_failure(&o, 2, &["--out", "is a directory"], &empty);
+    let slash = format!("{}/", dir.path().join("new").display());
+    let o = train(&["--epochs", "1", "--data", s(&data), "--out", &slash]);
+    assert_clean_failure(&o, 2, &["--out", "is a directory"], &empty);
+    assert!(!dir.path().join("new").exists());
+    // Export over its own input.
+    let o = tinykd(&["export", "--weights", s(&teacher), "--out", s(&teacher)]);
+    assert_clean_failure(&o, 2, &["--weights", "replace an input"], &empty);
+    assert_eq!(std::fs::read(&teacher).unwrap(), teacher_bytes, "the teacher was modified");
+    assert_eq!(std::fs::read(data.join("test_batch.bin")).unwrap(), test_bytes, "the test split was modified");
 }
 
 #[test]
@@ -300,6 +360,20 @@ fn invalid_distillation_inputs_fail_cleanly_and_write_nothing() {
     assert_clean_failure(&distill(&teacher, "l3:teacher_fc7,fc7"), 2, &["l3"], &out_dir);
     assert_clean_failure(&distill(&teacher, "soft:teacher_fc7,fc7,T=0"), 2, &["positive"], &out_dir);
     assert_clean_failure(&distill(&teacher, "l2:teacher_fc7,fc7*-1"), 2, &["weight"], &out_dir);
+
+    // Specs that would train nothing: sides swapped, a teacher-only pair, the same tensor on
+    // both sides, the input image as the trained side, every weight zero.
+    let nothing: [(&str, &[&str]); 6] = [
+        ("soft:fc7,teacher_fc7", &["teacher_fc7", "trained side", "teacher first"]),
+        ("l2:teacher_fc7,teacher_fc7", &["teacher_fc7", "no gradient"]),
+        ("l2:fc7,fc7", &["both sides", "fc7"]),
+        ("fsp:teacher_conv1,teacher_conv2_1_sep,image,conv2_1_sep", &["image", "input image"]),
+        ("ce*0", &["every --loss weight is 0"]),
+        ("ce*0;soft:teacher_fc7,fc7*0", &["every --loss weight is 0"]),
+    ];
+    for (spec, words) in nothing {
+        assert_clean_failure(&distill(&teacher, spec), 2, words, &out_dir);
+    }
 }
 
 #[test]

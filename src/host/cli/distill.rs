@@ -7,7 +7,7 @@ use super::fit::{fit, Job, TrainOpts};
 use super::model_args::describe;
 use super::weights_io::load_params;
 use super::{emit, ModelArgs, UsageError};
-use crate::dist::{default_losses, merge, parse_losses, Loss};
+use crate::dist::{default_losses, merge, parse_losses, Loss, LossKind, Merged, Side, TensorRef};
 use crate::models;
 
 /// The prefix of the teacher's tensor names in the merged name space.
@@ -70,12 +70,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if losses.is_empty() {
         return Err(UsageError("--loss gave no loss".into()).into());
     }
-    let labels: Vec<String> = losses.iter().map(|l| l.kind.label()).collect();
+    check_trains_student(&merged, &losses)?;
+    let labels: Vec<String> = losses.iter().map(weighted_label).collect();
     let job = Job {
         merged,
         losses,
         opts: &a.opts,
         command: format!("distill {} from {} ({})", describe(&scfg), a.teacher.display(), describe(&tcfg)),
+        inputs: vec![("--teacher".into(), a.teacher.clone())],
     };
     let out = fit(job)?;
     emit(&format!(
@@ -87,4 +89,70 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         out.test.top5 * 100.0,
         out.seconds
     ))
+}
+
+/// A loss's label with its weight when it is not 1 (`ce*0.5`).
+fn weighted_label(l: &Loss) -> String {
+    if l.weight == 1.0 {
+        l.kind.label()
+    } else {
+        format!("{}*{}", l.kind.label(), l.weight)
+    }
+}
+
+/// Refuses losses under which the student would learn nothing, each named with the reason: a
+/// term whose trained side (`S` of `l2:T,S` and `soft:T,S`, `S1`/`S2` of `fsp`) is a teacher
+/// tensor or the input image (no student weight before it: no gradient), an `l2` or `soft` term
+/// whose two sides are the same tensor (its value and gradient are always zero), a custom term
+/// reading no student tensor, or weights that are all zero. (Spelled `l2:S,T`, with the
+/// sides swapped, such a run trained nothing for all its epochs.)
+fn check_trains_student(merged: &Merged, losses: &[Loss]) -> Result<(), UsageError> {
+    let student = |name: &str, item: &str| -> Result<TensorRef, UsageError> {
+        let r = merged.resolve(name, item).map_err(|e| UsageError(e.to_string()))?;
+        let why = match r.side {
+            Side::Teacher => "a teacher tensor (frozen)",
+            Side::Student if r.id == merged.student().input() => "the input image",
+            Side::Student => return Ok(r),
+        };
+        Err(UsageError(format!(
+            "--loss {item}: `{name}` is on the trained side but is {why}, so the student gets no gradient; \
+             the order is teacher first, then student (e.g. l2:teacher_<name>,<name>)"
+        )))
+    };
+    let mut weighted = false;
+    for l in losses {
+        let item = l.kind.label();
+        let same = |t: &str, s: &TensorRef| -> Result<(), UsageError> {
+            let t = merged.resolve(t, &item).map_err(|e| UsageError(e.to_string()))?;
+            if t.side == s.side && t.id == s.id {
+                return Err(UsageError(format!(
+                    "--loss {item}: both sides are `{}`, so the loss and its gradient are always zero",
+                    s.name
+                )));
+            }
+            Ok(())
+        };
+        match &l.kind {
+            LossKind::Ce => {}
+            LossKind::L2 { teacher, student: s } | LossKind::SoftLabel { teacher, student: s, .. } => {
+                same(teacher, &student(s, &item)?)?
+            }
+            LossKind::Fsp { s1, s2, .. } => {
+                student(s1, &item)?;
+                student(s2, &item)?;
+            }
+            LossKind::Custom { names, .. } => {
+                let reads_student =
+                    names.iter().any(|n| merged.resolve(n, &item).is_ok_and(|r| r.side == Side::Student));
+                if !reads_student {
+                    return Err(UsageError(format!("--loss {item}: it reads no student tensor, so it trains nothing")));
+                }
+            }
+        }
+        weighted |= l.weight != 0.0;
+    }
+    if !weighted {
+        return Err(UsageError("every --loss weight is 0: the student would not learn".into()));
+    }
+    Ok(())
 }

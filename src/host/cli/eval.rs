@@ -2,9 +2,11 @@
 //! `no_std` inference [`Engine`] — exactly what the device runs. A Params file or checkpoint is
 //! BN-folded (f32) in memory first.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tinykd_kernels::shape::Logits;
 use tinykd_kernels::{loss, DType, Isa};
 
@@ -93,16 +95,20 @@ pub fn evaluate(file: &WeightFile<'_>, set: &Dataset, batch: usize, threads: usi
     let engine = Engine::new(&cfg, batch, file).context("cannot prepare the inference engine")?;
     let isa = Isa::detect();
     let parts: Vec<std::ops::Range<usize>> = (0..threads).map(|k| n * k / threads..n * (k + 1) / threads).collect();
+    let bar = progress_bar(n);
     let results: Vec<anyhow::Result<Hits>> = std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .into_iter()
             .map(|range| {
-                let engine = &engine;
-                s.spawn(move || run_part(engine, file, isa, set, range, batch))
+                let (engine, bar) = (&engine, bar.as_ref());
+                s.spawn(move || run_part(engine, file, isa, set, range, batch, bar))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("eval worker panicked")).collect()
     });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     let mut hits = Hits::default();
     for r in results {
         let h = r?;
@@ -112,8 +118,25 @@ pub fn evaluate(file: &WeightFile<'_>, set: &Dataset, batch: usize, threads: usi
     Ok(hits.accuracy(n))
 }
 
+/// A bar over `n` images on stderr when it is a terminal and the evaluation is long enough to
+/// wait for (a ResNet50 evaluates ~100 images/s per core: 10,000 test images take minutes).
+fn progress_bar(n: usize) -> Option<ProgressBar> {
+    if n < EVAL_BAR_MIN_IMAGES || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("evaluating [{bar:30.cyan/blue}] {pos}/{len} images, eta {eta}")
+        .expect("static progress template is valid")
+        .progress_chars("=> ");
+    bar.set_style(style);
+    Some(bar)
+}
+
+/// Fewest test images for which [`evaluate`] draws a progress bar.
+const EVAL_BAR_MIN_IMAGES: usize = 1000;
+
 /// Runs the images `range` of `set` through `engine` (batches of `batch`; the tail through an
-/// engine built for its size).
+/// engine built for its size), advancing `bar` by each batch.
 fn run_part(
     engine: &Engine<'_>,
     file: &WeightFile<'_>,
@@ -121,6 +144,7 @@ fn run_part(
     set: &Dataset,
     range: std::ops::Range<usize>,
     batch: usize,
+    bar: Option<&ProgressBar>,
 ) -> anyhow::Result<Hits> {
     let cfg = file.config();
     let classes = cfg.classes as usize;
@@ -143,6 +167,9 @@ fn run_part(
         eng.run(isa, &input, &mut arena, out).context("inference failed")?;
         let labels: Vec<u32> = chunk.iter().map(|&i| set.label(i) as u32).collect();
         hits.add(out, &labels)?;
+        if let Some(bar) = bar {
+            bar.inc(chunk.len() as u64);
+        }
     }
     Ok(hits)
 }

@@ -38,11 +38,13 @@ use tinykd_kernels::DType;
 
 use super::eval::{check_fits_cifar, evaluate, fold_f32, Accuracy, Hits};
 use super::model_args::describe;
+use super::paths::{check_outputs, check_writable};
 use super::weights_io::{all_finite, named_tensors, non_finite, store_from_checkpoint};
 use super::{default_threads, UsageError};
 use crate::dist::{Loss, LossValues, Losses, Merged};
 use crate::graph::VarKind;
 use crate::host::checkpoint::{Checkpoint, CkptError, NamedTensor, TrainState};
+use crate::host::data::cifar::{META_FILE, TEST_FILE, TRAIN_FILES};
 use crate::host::data::{load_cifar_dir, Augment, Dataset, Rng};
 use crate::host::metrics::{EpochMetrics, MetricsLog};
 use crate::host::progress::Progress;
@@ -135,14 +137,14 @@ pub struct TrainOpts {
     /// Images per step.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096), value_name = "B")]
     pub batch: u64,
-    /// Base learning rate.
-    #[arg(long, default_value = "0.1", value_parser = parse_rate, value_name = "LR")]
-    pub lr: f64,
+    /// Base learning rate [default: 0.1] (not with a piecewise schedule, whose rates set it).
+    #[arg(long, value_parser = parse_rate, value_name = "LR", allow_negative_numbers = true)]
+    pub lr: Option<f64>,
     /// Momentum μ.
-    #[arg(long, default_value = "0.9", value_parser = parse_rate, value_name = "MU")]
+    #[arg(long, default_value = "0.9", value_parser = parse_rate, value_name = "MU", allow_negative_numbers = true)]
     pub momentum: f64,
     /// L2 weight decay.
-    #[arg(long, default_value = "5e-4", value_parser = parse_rate, value_name = "WD")]
+    #[arg(long, default_value = "5e-4", value_parser = parse_rate, value_name = "WD", allow_negative_numbers = true)]
     pub wd: f64,
     /// Learning-rate schedule: constant, cosine, or piecewise:B1,B2:V0,V1,V2 (boundaries in epochs).
     #[arg(long, default_value = "cosine", value_name = "S")]
@@ -179,7 +181,7 @@ impl TrainOpts {
             epochs,
             out,
             batch: 64,
-            lr: 0.1,
+            lr: None,
             momentum: 0.9,
             wd: 5e-4,
             schedule: ScheduleSpec::Cosine,
@@ -191,6 +193,11 @@ impl TrainOpts {
             resume: false,
             eval_every: 1,
         }
+    }
+
+    /// The base learning rate: `--lr`, or its default 0.1.
+    pub fn base_lr(&self) -> f64 {
+        self.lr.unwrap_or(0.1)
     }
 
     /// Whether training images are augmented.
@@ -215,12 +222,45 @@ impl TrainOpts {
         self.out.with_extension("metrics.csv")
     }
 
+    /// Every file a run writes: `--out`, its checkpoint and its metrics CSV and SVG.
+    pub fn outputs(&self) -> Vec<PathBuf> {
+        let csv = self.metrics_path();
+        vec![self.out.clone(), self.ckpt_path(), csv.with_extension("svg"), csv]
+    }
+
+    /// Refuses option values that parse but make no run: a warmup as long as the run (the
+    /// schedule would never start; at `--warmup-epochs` ≥ `--epochs` the rate never reaches
+    /// `--lr`), a momentum of 1 or more (the velocity never decays), and `--lr` given with a
+    /// piecewise schedule, whose rates replace it.
+    pub fn check(&self) -> Result<(), UsageError> {
+        if self.warmup_epochs > 0 && self.warmup_epochs >= self.epochs {
+            return Err(UsageError(format!(
+                "--warmup-epochs {} is not fewer than --epochs {}: the learning rate would never reach its \
+                 schedule",
+                self.warmup_epochs, self.epochs
+            )));
+        }
+        if self.momentum >= 1.0 {
+            return Err(UsageError(format!(
+                "--momentum {} must be below 1 (at 1 or more the velocity never decays)",
+                short(self.momentum)
+            )));
+        }
+        if self.lr.is_some() && matches!(self.schedule, ScheduleSpec::Piecewise { .. }) {
+            return Err(UsageError(format!(
+                "--lr does not apply to --schedule {}: its rates set the learning rate",
+                self.schedule
+            )));
+        }
+        Ok(())
+    }
+
     /// The per-step schedule for `steps_per_epoch` steps per epoch.
     fn lr_schedule(&self, steps_per_epoch: usize) -> Result<Schedule, UsageError> {
         let spe = steps_per_epoch;
         let warm = self.warmup_epochs as usize * spe;
         let total = self.epochs as usize * spe;
-        let lr = self.lr as f32;
+        let lr = self.base_lr() as f32;
         let inner = match &self.schedule {
             ScheduleSpec::Constant => Schedule::constant(lr),
             ScheduleSpec::Cosine => Schedule::cosine(lr, total.saturating_sub(warm).max(1)),
@@ -248,7 +288,7 @@ impl TrainOpts {
     /// schedule (whose horizon it sets): a constant or piecewise run may be extended.
     fn fingerprint(&self, losses: &[String], threads: usize) -> serde_json::Value {
         let mut v = serde_json::json!({
-            "batch": self.batch, "lr": self.lr, "momentum": self.momentum, "wd": self.wd,
+            "batch": self.batch, "lr": self.base_lr(), "momentum": self.momentum, "wd": self.wd,
             "schedule": self.schedule.to_string(), "warmup_epochs": self.warmup_epochs,
             "augment": self.augmenting(), "seed": self.seed, "losses": losses,
             "threads": threads,
@@ -263,7 +303,7 @@ impl TrainOpts {
     fn lr_advice(&self) -> String {
         match &self.schedule {
             ScheduleSpec::Constant | ScheduleSpec::Cosine => {
-                format!("try a lower learning rate than --lr {}", short(self.lr))
+                format!("try a lower learning rate than --lr {}", short(self.base_lr()))
             }
             ScheduleSpec::Piecewise { epochs, values } => {
                 let e: Vec<String> = epochs.iter().map(u64::to_string).collect();
@@ -307,6 +347,9 @@ pub struct Job<'a> {
     pub opts: &'a TrainOpts,
     /// A description of the command, stored in the checkpoint's metadata.
     pub command: String,
+    /// The files the run reads besides `--data` (`(option, path)`, e.g. the teacher), which its
+    /// outputs must not overwrite.
+    pub inputs: Vec<(String, PathBuf)>,
 }
 
 /// What a finished run produced.
@@ -327,9 +370,15 @@ fn column_name(label: &str) -> String {
 /// Runs `job` to completion (see the [module docs](self)); returns the final parameters.
 pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
     let o = job.opts;
+    o.check()?;
     let cfg = job.merged.student().config;
-    check_fits_cifar(&cfg, "the student model")?;
+    let role = if job.merged.teacher().is_some() { "the student model" } else { "the model" };
+    check_fits_cifar(&cfg, role)?;
     let labels = Losses::new(&job.merged, &job.losses).map_err(|e| UsageError(e.to_string()))?.labels();
+    // The outputs are checked before any work: not over an input, not a directory.
+    let data_files = TRAIN_FILES.iter().chain(&[TEST_FILE, META_FILE]).map(|f| ("--data".to_string(), o.data.join(f)));
+    let inputs: Vec<(String, PathBuf)> = job.inputs.iter().cloned().chain(data_files).collect();
+    check_outputs("--out", &o.outputs(), &inputs)?;
     let (train, test) = load_cifar_dir(&o.data)?;
     let bs = o.batch as usize;
     if train.len() < bs {
@@ -351,6 +400,12 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
             Err(e) => return Err(e.into()),
         }
     } else {
+        if ckpt_path.exists() {
+            eprintln!(
+                "note: {} exists and will be replaced at the end of epoch 1 (--resume continues it instead)",
+                ckpt_path.display()
+            );
+        }
         None
     };
     // Without --threads a resumed run takes the checkpoint's count (another machine's default
@@ -377,9 +432,8 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
         schedule: o.lr_schedule(spe)?,
     };
     let mut trainer = Trainer::new(job.merged, params, &job.losses, tc).map_err(|e| UsageError(e.to_string()))?;
-    if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    // Last of the checks before the first step (so a refused run leaves no directory behind).
+    check_writable("--out", &o.out)?;
 
     let (mut epoch, mut best) = (0u64, None::<f64>);
     if let Some(ck) = resume_from {

@@ -13,6 +13,7 @@ pub mod export;
 pub mod fit;
 pub mod list_vars;
 pub mod model_args;
+pub mod paths;
 pub mod pipeline;
 pub mod summary;
 pub mod train;

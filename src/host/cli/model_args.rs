@@ -79,7 +79,7 @@ pub struct ModelArgs {
     #[arg(long, value_enum)]
     pub model: ModelKind,
     /// MobileNetV1 width multiplier: 0.25, 0.5, 0.75 or 1.0 (default 1.0; ResNet50 takes only 1.0).
-    #[arg(long, value_parser = parse_scale, value_name = "S")]
+    #[arg(long, value_parser = parse_scale, value_name = "S", allow_negative_numbers = true)]
     pub scale: Option<u16>,
     /// Number of classes of the final fc.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..), value_name = "C")]

@@ -150,7 +150,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // By default the test split is evaluated once, after the last epoch (a teacher
         // evaluation costs as much as ~15% of one of its training epochs).
         eval_every: a.eval_every,
-        lr,
+        lr: Some(lr),
         warmup_epochs,
         schedule: ScheduleSpec::Cosine,
         threads: Some(threads as u64),
@@ -165,6 +165,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         losses: vec![Loss::ce()],
         opts: &t_opts,
         command: "pipeline teacher".into(),
+        inputs: Vec::new(),
     })?;
 
     let kd_opts = opts("student_kd.tkd", plan.student_epochs, plan.student_lr, plan.student_warmup);
@@ -177,7 +178,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         plan.student_epochs,
         loss_text.join(" + ")
     ));
-    let kd = fit(Job { merged, losses, opts: &kd_opts, command: "pipeline distilled student".into() })?;
+    let kd =
+        fit(Job { merged, losses, opts: &kd_opts, command: "pipeline distilled student".into(), inputs: Vec::new() })?;
 
     let base_opts = opts("student_base.tkd", plan.student_epochs, plan.student_lr, plan.student_warmup);
     stage(&format!("baseline student: {} for {} epochs, ce only", describe(&scfg), plan.student_epochs));
@@ -186,6 +188,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         losses: vec![Loss::ce()],
         opts: &base_opts,
         command: "pipeline baseline student".into(),
+        inputs: Vec::new(),
     })?;
 
     stage("evaluating with the no_std engine and exporting the distilled student");

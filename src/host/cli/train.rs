@@ -27,6 +27,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         losses: vec![Loss::ce()],
         opts: &a.opts,
         command: format!("train {}", describe(&cfg)),
+        inputs: Vec::new(),
     };
     let out = fit(job)?;
     emit(&format!(
