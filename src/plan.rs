@@ -23,7 +23,7 @@
 //! This works for ResNet50 as well. [`arena_bytes`] includes [`ALIGN`] bytes of slack so the arena may start at any
 //! address; [`Plan::peak`] is the size of an arena that starts [`ALIGN`]-aligned.
 
-use tinykd_kernels::shape::{Conv2d, DwConv3x3, Linear, Pool};
+use tinykd_kernels::shape::{prod, Conv2d, DwConv3x3, Linear, Pool};
 
 use crate::config::ModelConfig;
 use crate::graph::{Name, OpKind, Program, Shape, MAX_TENSORS};
@@ -298,15 +298,38 @@ pub struct Schedule {
     n_bufs: u16,
 }
 
+/// Bytes any one tensor of a plan may take: a [`MAX_BUFFERS`]-th of `isize::MAX`, so that the
+/// offsets and lengths the plan, the engine and the fine-tuner add and multiply never overflow
+/// (a batch of 2⁶² used to wrap them to a 64-byte arena that empty slices passed).
+pub const MAX_BUFFER_BYTES: usize = isize::MAX as usize / MAX_BUFFERS;
+
+/// Whether every tensor of `prog` (input and logits included), f32 at batch `batch`, fits
+/// [`MAX_BUFFER_BYTES`].
+const fn batch_fits(prog: &Program, batch: usize) -> bool {
+    let tensors = prog.tensors();
+    let mut i = 0;
+    while i < tensors.len() {
+        if prod(&[4, batch, tensors[i].shape.numel()]) > MAX_BUFFER_BYTES {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 impl Schedule {
     /// Lowers `prog` for batch `batch` (see the [module docs](self)).
     ///
-    /// Errors: [`ModelError::Batch`] for batch 0; [`ModelError::Capacity`] if the schedule
+    /// Errors: [`ModelError::Batch`] for batch 0; [`ModelError::BatchTooLarge`] if a tensor at
+    /// this batch would exceed [`MAX_BUFFER_BYTES`]; [`ModelError::Capacity`] if the schedule
     /// does not fit. Panics if `prog` breaks the invariants of the model builders (every conv
     /// followed by its batch norm; a residual add's first operand used only by the add).
     pub const fn new(prog: &Program, batch: usize) -> Result<Schedule, ModelError> {
         if batch == 0 {
             return Err(ModelError::Batch);
+        }
+        if !batch_fits(prog, batch) {
+            return Err(ModelError::BatchTooLarge { batch });
         }
         let mut sc = Schedule {
             config: prog.config,

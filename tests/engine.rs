@@ -537,3 +537,28 @@ fn packed_panels_match_the_file_layout_on_every_isa() {
         }
     }
 }
+
+/// A batch whose tensors do not fit memory is refused by the plan (and so by the engine, the
+/// const plan and the fine-tuner's layout). A batch of 2⁶² used to wrap the arena size to 64
+/// bytes and the input and logits lengths to 0, so empty slices passed and the engine wrote out
+/// of bounds.
+#[test]
+fn a_batch_whose_tensors_do_not_fit_memory_is_refused() {
+    let cfg = ModelConfig::mobilenet_v1(250).with_classes(16);
+    let bytes = export(&cfg, &random_params(&cfg, 3), DType::F32);
+    let file = WeightFile::parse(&bytes).unwrap();
+    for batch in [1usize << 62, usize::MAX, tinykd::plan::MAX_BUFFER_BYTES] {
+        let want = models::ModelError::BatchTooLarge { batch };
+        assert_eq!(EnginePlan::new(&cfg, batch).err(), Some(want), "batch {batch}");
+        match Engine::new(&cfg, batch, &file) {
+            Err(EngineError::Model(e)) => assert_eq!(e, want),
+            Err(e) => panic!("batch {batch}: {e}"),
+            Ok(_) => panic!("batch {batch}: accepted"),
+        }
+        let e = tinykd::finetune::Layout::new(&cfg, tinykd::finetune::Tail::Fc, batch).unwrap_err();
+        assert_eq!(e, tinykd::finetune::FinetuneError::Model(want));
+        assert!(want.to_string().contains(&batch.to_string()));
+    }
+    // A large batch that fits is planned (a plan is sizes only: nothing is allocated).
+    assert!(EnginePlan::new(&cfg, 1 << 20).is_ok());
+}

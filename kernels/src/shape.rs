@@ -14,6 +14,20 @@ use crate::error::{ensure, Result};
 /// Rows of the im2col tile used by the KxK conv kernels; bounds their scratch.
 pub const IM2COL_ROWS: usize = 64;
 
+/// The product of `factors`, saturating at `usize::MAX`: every length and count below is one,
+/// so a shape whose true length does not fit a `usize` asks for more than any slice holds and
+/// fails its length check, instead of wrapping to a small length that a slice could pass (and
+/// that the SIMD paths would then index past).
+pub const fn prod(factors: &[usize]) -> usize {
+    let mut p = 1usize;
+    let mut i = 0;
+    while i < factors.len() {
+        p = p.saturating_mul(factors[i]);
+        i += 1;
+    }
+    p
+}
+
 /// A KxK convolution with zero padding `pad` on all four sides, no dilation, no groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2d {
@@ -54,39 +68,39 @@ impl Conv2d {
     }
     /// Output height `(h + 2·pad − kh) / stride + 1` (0 if the shape is invalid).
     pub const fn out_h(&self) -> usize {
-        if self.stride == 0 || self.h + 2 * self.pad < self.kh {
+        if self.stride == 0 || self.h.saturating_add(self.pad.saturating_mul(2)) < self.kh {
             0
         } else {
-            (self.h + 2 * self.pad - self.kh) / self.stride + 1
+            ((self.h.saturating_add(self.pad.saturating_mul(2)) - self.kh) / self.stride).saturating_add(1)
         }
     }
     /// Output width `(w + 2·pad − kw) / stride + 1` (0 if the shape is invalid).
     pub const fn out_w(&self) -> usize {
-        if self.stride == 0 || self.w + 2 * self.pad < self.kw {
+        if self.stride == 0 || self.w.saturating_add(self.pad.saturating_mul(2)) < self.kw {
             0
         } else {
-            (self.w + 2 * self.pad - self.kw) / self.stride + 1
+            ((self.w.saturating_add(self.pad.saturating_mul(2)) - self.kw) / self.stride).saturating_add(1)
         }
     }
     /// Length of `x`: `n·h·w·c_in`.
     pub const fn x_len(&self) -> usize {
-        self.n * self.h * self.w * self.c_in
+        prod(&[self.n, self.h, self.w, self.c_in])
     }
     /// Length of `w`: `kh·kw·c_in·c_out`.
     pub const fn w_len(&self) -> usize {
-        self.kh * self.kw * self.c_in * self.c_out
+        prod(&[self.kh, self.kw, self.c_in, self.c_out])
     }
     /// Length of `y`: `n·out_h·out_w·c_out`.
     pub const fn y_len(&self) -> usize {
-        self.n * self.out_h() * self.out_w() * self.c_out
+        prod(&[self.n, self.out_h(), self.out_w(), self.c_out])
     }
     /// GEMM depth `K = kh·kw·c_in`.
     pub const fn k(&self) -> usize {
-        self.kh * self.kw * self.c_in
+        prod(&[self.kh, self.kw, self.c_in])
     }
     /// Multiply-accumulates of one forward pass.
     pub const fn macs(&self) -> usize {
-        self.n * self.out_h() * self.out_w() * self.c_out * self.k()
+        prod(&[self.n, self.out_h(), self.out_w(), self.c_out, self.k()])
     }
     /// True when the conv is a plain GEMM over the input (1x1, stride 1, no padding).
     pub const fn is_pointwise(&self) -> bool {
@@ -114,13 +128,13 @@ impl Conv2d {
     /// f32 scratch length needed by the forward, grad-input and grad-weight kernels:
     /// one im2col tile of `min(IM2COL_ROWS, n·out_h·out_w)` rows of `K`; 0 for a pointwise conv.
     pub const fn scratch_len(&self) -> usize {
-        let rows = self.n * self.out_h() * self.out_w();
+        let rows = prod(&[self.n, self.out_h(), self.out_w()]);
         if self.is_pointwise() {
             0
         } else if rows < IM2COL_ROWS {
-            rows * self.k()
+            prod(&[rows, self.k()])
         } else {
-            IM2COL_ROWS * self.k()
+            prod(&[IM2COL_ROWS, self.k()])
         }
     }
     /// Checks the shape describes a real convolution.
@@ -135,8 +149,8 @@ impl Conv2d {
             && self.stride > 0
             && self.pad < self.kh
             && self.pad < self.kw
-            && self.h + 2 * self.pad >= self.kh
-            && self.w + 2 * self.pad >= self.kw;
+            && self.h.saturating_add(self.pad.saturating_mul(2)) >= self.kh
+            && self.w.saturating_add(self.pad.saturating_mul(2)) >= self.kw;
         ensure(ok, "conv2d: zero dimension, stride 0, pad >= kernel, or kernel larger than padded input")
     }
 }
@@ -179,19 +193,19 @@ impl DwConv3x3 {
     }
     /// Length of `x`: `n·h·w·c`.
     pub const fn x_len(&self) -> usize {
-        self.n * self.h * self.w * self.c
+        prod(&[self.n, self.h, self.w, self.c])
     }
     /// Length of `w`: `9·c`.
     pub const fn w_len(&self) -> usize {
-        9 * self.c
+        prod(&[9, self.c])
     }
     /// Length of `y`: `n·out_h·out_w·c`.
     pub const fn y_len(&self) -> usize {
-        self.n * self.out_h() * self.out_w() * self.c
+        prod(&[self.n, self.out_h(), self.out_w(), self.c])
     }
     /// Multiply-accumulates of one forward pass.
     pub const fn macs(&self) -> usize {
-        self.y_len() * 9
+        prod(&[self.y_len(), 9])
     }
     /// Checks the shape.
     pub const fn validate(&self) -> Result<()> {
@@ -221,19 +235,19 @@ impl Linear {
     }
     /// Length of `x`.
     pub const fn x_len(&self) -> usize {
-        self.rows * self.c_in
+        prod(&[self.rows, self.c_in])
     }
     /// Length of `w`.
     pub const fn w_len(&self) -> usize {
-        self.c_in * self.c_out
+        prod(&[self.c_in, self.c_out])
     }
     /// Length of `y`.
     pub const fn y_len(&self) -> usize {
-        self.rows * self.c_out
+        prod(&[self.rows, self.c_out])
     }
     /// Multiply-accumulates of one forward pass.
     pub const fn macs(&self) -> usize {
-        self.rows * self.c_in * self.c_out
+        prod(&[self.rows, self.c_in, self.c_out])
     }
     /// Checks the shape.
     pub const fn validate(&self) -> Result<()> {
@@ -258,7 +272,7 @@ impl Channels {
     }
     /// Length of the activation: `rows·c`.
     pub const fn len(&self) -> usize {
-        self.rows * self.c
+        prod(&[self.rows, self.c])
     }
     /// True if there are no elements.
     pub const fn is_empty(&self) -> bool {
@@ -290,7 +304,7 @@ impl Pool {
     }
     /// Length of `x`.
     pub const fn x_len(&self) -> usize {
-        self.n * self.h * self.w * self.c
+        prod(&[self.n, self.h, self.w, self.c])
     }
     /// Max pool 3x3/s2/p1 output height `(h − 1) / 2 + 1`.
     pub const fn max_out_h(&self) -> usize {
@@ -310,11 +324,11 @@ impl Pool {
     }
     /// Max pool output length.
     pub const fn max_y_len(&self) -> usize {
-        self.n * self.max_out_h() * self.max_out_w() * self.c
+        prod(&[self.n, self.max_out_h(), self.max_out_w(), self.c])
     }
     /// Global average pool output length `n·c`.
     pub const fn avg_y_len(&self) -> usize {
-        self.n * self.c
+        prod(&[self.n, self.c])
     }
     /// Checks the shape.
     pub const fn validate(&self) -> Result<()> {
@@ -338,7 +352,7 @@ impl Logits {
     }
     /// Length of the logits: `n·classes`.
     pub const fn len(&self) -> usize {
-        self.n * self.classes
+        prod(&[self.n, self.classes])
     }
     /// True if there are no elements.
     pub const fn is_empty(&self) -> bool {
@@ -371,19 +385,19 @@ impl Fsp {
     }
     /// Length of the first map.
     pub const fn x_len(&self) -> usize {
-        self.n * self.hw * self.c1
+        prod(&[self.n, self.hw, self.c1])
     }
     /// Length of the second map.
     pub const fn y_len(&self) -> usize {
-        self.n * self.hw * self.c2
+        prod(&[self.n, self.hw, self.c2])
     }
     /// Length of one Gram matrix batch `n·c1·c2`.
     pub const fn gram_len(&self) -> usize {
-        self.n * self.c1 * self.c2
+        prod(&[self.n, self.c1, self.c2])
     }
     /// f32 scratch the loss needs: two Gram batches (student and teacher).
     pub const fn scratch_len(&self) -> usize {
-        2 * self.gram_len()
+        prod(&[2, self.gram_len()])
     }
     /// Checks the shape.
     pub const fn validate(&self) -> Result<()> {

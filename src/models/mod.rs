@@ -36,6 +36,11 @@ pub enum ModelError {
     },
     /// A batch size of 0.
     Batch,
+    /// A batch so large that a tensor would exceed [`crate::plan::MAX_BUFFER_BYTES`].
+    BatchTooLarge {
+        /// The batch size.
+        batch: usize,
+    },
     /// A fixed-capacity table is too small (a bug in this crate, not in the config).
     Capacity {
         /// Which table.
@@ -62,6 +67,9 @@ impl fmt::Display for ModelError {
                 "input size {h}x{w} does not divide through the network: height and width must be positive multiples of {multiple}"
             ),
             ModelError::Batch => f.write_str("the batch size must be at least 1"),
+            ModelError::BatchTooLarge { batch } => {
+                write!(f, "batch {batch} is too large: a tensor of the model would not fit in memory")
+            }
             ModelError::Capacity { what, cap } => write!(f, "internal capacity of {what} ({cap}) exceeded"),
         }
     }

@@ -32,7 +32,7 @@ use crate::elem::Elem;
 use crate::error::{check_len, check_scratch, Result};
 use crate::isa::{Isa, IsaKind};
 use crate::linear::panels::panels_len;
-use crate::shape::Conv2d;
+use crate::shape::{prod, Conv2d};
 
 /// `y = act(conv(x, w) + b)`: `x[n][h][w][c_in]` → `y[n][out_h][out_w][c_out]`, weights HWIO
 /// `w[kh][kw][c_in][c_out]` and optional `bias[c_out]` stored as f32 or f16, f32 accumulation.
@@ -107,7 +107,7 @@ pub fn conv2d_fwd_panels<W: Elem>(
 ) -> Result<()> {
     s.validate()?;
     check_len("x", x.len(), s.x_len())?;
-    check_len("wp", wp.len(), panels_len(s.kh * s.kw, s.c_in, s.c_out))?;
+    check_len("wp", wp.len(), panels_len(prod(&[s.kh, s.kw]), s.c_in, s.c_out))?;
     if let Some(b) = bias {
         check_len("bias", b.len(), s.c_out)?;
     }
@@ -155,7 +155,7 @@ pub fn conv2d_bwd_input(
 pub fn conv2d_bwd_input_panels<W: Elem>(isa: Isa, s: &Conv2d, dy: &[f32], wtp: &[W], dx: &mut [f32]) -> Result<()> {
     s.validate()?;
     check_len("dy", dy.len(), s.y_len())?;
-    check_len("wtp", wtp.len(), panels_len(s.kh * s.kw, s.c_out, s.c_in))?;
+    check_len("wtp", wtp.len(), panels_len(prod(&[s.kh, s.kw]), s.c_out, s.c_in))?;
     check_len("dx", dx.len(), s.x_len())?;
     tiled::bwd_input_panels(isa, s, dy, wtp, dx);
     Ok(())

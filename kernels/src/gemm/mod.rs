@@ -56,6 +56,7 @@ mod neon;
 use crate::elem::Elem;
 use crate::error::{ensure, KernelError, Result};
 use crate::isa::{Isa, IsaKind};
+use crate::shape::prod;
 
 /// Whether an operand is used as stored (`N`) or transposed (`T`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -114,17 +115,19 @@ impl GemmShape {
             Trans::T => (self.n, self.k),
         }
     }
-    /// Minimum slice length of a stored `rows×cols` matrix with row stride `ld`.
+    /// Minimum slice length of a stored `rows×cols` matrix with row stride `ld`, saturating at
+    /// `usize::MAX` (a stride or size that does not fit fails the length check, see
+    /// [`crate::shape::prod`]).
     const fn min_len(rows: usize, cols: usize, ld: usize) -> usize {
         if rows == 0 || cols == 0 {
             0
         } else {
-            (rows - 1) * ld + cols
+            prod(&[rows - 1, ld]).saturating_add(cols)
         }
     }
-    /// Floating-point operations of one call (`2·m·n·k`).
+    /// Floating-point operations of one call (`2·m·n·k`, saturating).
     pub const fn flops(&self) -> usize {
-        2 * self.m * self.n * self.k
+        prod(&[2, self.m, self.n, self.k])
     }
 }
 

@@ -25,6 +25,7 @@ use crate::act::Act;
 use crate::elem::{as_f16, as_f32, f16, Elem};
 use crate::error::{check_len, Result};
 use crate::isa::Isa;
+use crate::shape::prod;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -64,16 +65,17 @@ pub const fn deep_enough(taps: usize, c_in: usize) -> bool {
     taps == 1 || c_in >= 8
 }
 
-/// Elements of `taps` stacked `k×n` matrices packed into panels: `taps·k·⌈n/16⌉·16`.
+/// Elements of `taps` stacked `k×n` matrices packed into panels: `taps·k·⌈n/16⌉·16`
+/// (saturating, see [`crate::shape::prod`]).
 pub const fn panels_len(taps: usize, k: usize, n: usize) -> usize {
-    taps * k * n.div_ceil(PANEL) * PANEL
+    prod(&[taps, k, n.div_ceil(PANEL), PANEL])
 }
 
 /// Packs `w[t][p][j]` (`taps` stacked `k×n`, row-major) into `wp[t][j/16][p][j%16]`, padding
 /// columns set to 0. Errors: `w` not exactly `taps·k·n` or `wp` not exactly
 /// [`panels_len`]`(taps, k, n)` elements ([`crate::KernelError::Len`]).
 pub fn pack_panels<W: Elem>(taps: usize, k: usize, n: usize, w: &[W], wp: &mut [W]) -> Result<()> {
-    check_len("w", w.len(), taps * k * n)?;
+    check_len("w", w.len(), prod(&[taps, k, n]))?;
     check_len("wp", wp.len(), panels_len(taps, k, n))?;
     if taps == 0 || k == 0 || n == 0 {
         return Ok(());
@@ -99,7 +101,7 @@ pub fn pack_panels<W: Elem>(taps: usize, k: usize, n: usize, w: &[W], wp: &mut [
 /// not exactly `n·k` or `wp` not exactly [`panels_len`]`(1, k, n)` elements
 /// ([`crate::KernelError::Len`]).
 pub fn pack_panels_transposed<W: Elem>(k: usize, n: usize, wt: &[W], wp: &mut [W]) -> Result<()> {
-    check_len("wt", wt.len(), n * k)?;
+    check_len("wt", wt.len(), prod(&[n, k]))?;
     check_len("wp", wp.len(), panels_len(1, k, n))?;
     if k == 0 || n == 0 {
         return Ok(());
@@ -136,7 +138,7 @@ pub fn pack_panels_both_ways(
     fwd: &mut [f32],
     bwd: &mut [f32],
 ) -> Result<()> {
-    check_len("w", w.len(), taps * k * n)?;
+    check_len("w", w.len(), prod(&[taps, k, n]))?;
     check_len("fwd", fwd.len(), panels_len(taps, k, n))?;
     check_len("bwd", bwd.len(), panels_len(taps, n, k))?;
     if taps == 0 || k == 0 || n == 0 {
