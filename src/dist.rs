@@ -575,10 +575,17 @@ pub struct Losses {
 
 impl Losses {
     /// Resolves every tensor name of `losses` in `merged` and checks shapes (see
-    /// [`DistError`]).
+    /// [`DistError`]) and weights (finite and `>= 0`, as the spec parser requires:
+    /// [`DistError::Spec`] naming the loss and the weight).
     pub fn new(merged: &Merged, losses: &[Loss]) -> Result<Losses, DistError> {
         let mut items = Vec::with_capacity(losses.len());
         for l in losses {
+            if !(l.weight.is_finite() && l.weight >= 0.0) {
+                return Err(DistError::Spec {
+                    item: l.kind.label(),
+                    why: format!("the weight is {}; it must be finite and >= 0", l.weight),
+                });
+            }
             let ctx = format!("{} loss", l.kind.label());
             let get = |n: &str| -> Result<TensorRef, DistError> {
                 let r = merged.resolve(n, &ctx)?;

@@ -152,8 +152,8 @@ pub(crate) fn check_input(cfg: &ModelConfig, batch: usize, input: &[f32]) -> Res
 /// Whether every value of `x` is finite, by a sufficient test: a finite `Σ v` (8 independent
 /// sums, so it vectorises on the host and costs a load and an add per value on a Cortex-M4F)
 /// means no value is NaN or ±Inf; only a non-finite sum (such a value, or an overflow of huge
-/// ones) looks at each value.
-fn all_finite(x: &[f32]) -> bool {
+/// ones) looks at each value. Also the host executor's input check.
+pub(crate) fn all_finite(x: &[f32]) -> bool {
     let mut acc = [0.0f32; 8];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {

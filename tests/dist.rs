@@ -319,6 +319,24 @@ fn tutorial_names_defaults_and_errors() {
 }
 
 #[test]
+fn loss_weights_must_be_finite_and_non_negative() {
+    // `Loss::weighted` sets any weight; the spec parser refused these, `Losses::new` did not.
+    let (prog, params) = tiny(3);
+    let student = Merged::student_only(&prog);
+    for (w, shown) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf"), (-1.0, "-1")] {
+        let e = Losses::new(&student, &[Loss::ce(), Loss::ce().weighted(w)]).unwrap_err();
+        assert!(matches!(&e, DistError::Spec { item, .. } if item == "ce"), "{e:?}");
+        assert_eq!(e.to_string(), format!("loss spec `ce`: the weight is {shown}; it must be finite and >= 0"));
+        let cfg = TrainConfig { batch_size: 2, ..Default::default() };
+        let e = Trainer::new(student.clone(), params.clone(), &[Loss::ce().weighted(w)], cfg).unwrap_err();
+        assert!(e.to_string().contains(&format!("the weight is {shown}")), "{e}");
+    }
+    let e = Losses::new(&student, &[Loss::l2("conv1", "conv1").weighted(f32::NAN)]).unwrap_err();
+    assert!(e.to_string().contains("`l2:conv1,conv1`"), "{e}");
+    assert_eq!(Losses::new(&student, &[Loss::ce().weighted(0.0)]).unwrap().labels(), ["ce"]);
+}
+
+#[test]
 fn closest_names_prefer_those_starting_with_or_containing_the_query() {
     let m = tutorial(250);
     // Names that start with the query, shortest first (then by name).
@@ -414,7 +432,7 @@ fn eval_targets_skip_what_no_target_needs() {
     ex.forward_eval(&params, &input).unwrap();
     let (logits, hint) = (ex.logits().to_vec(), prog.find("conv5_6_sep_bn").unwrap());
     let plain_hint = ex.tensor(hint).to_vec();
-    ex.set_eval_targets(Some(&[hint]));
+    ex.set_eval_targets(Some(&[hint])).unwrap();
     ex.forward_eval(&params, &input).unwrap();
     // The same ops up to the hint: the same bits; what comes after it is not computed.
     assert_eq!(ex.tensor(hint), &plain_hint[..]);
@@ -428,7 +446,7 @@ fn eval_targets_skip_what_no_target_needs() {
     let mut train = params.clone();
     ex.forward_train(&mut train, &input).unwrap();
     assert!(ex.activation("fc7").is_some());
-    ex.set_eval_targets(None);
+    ex.set_eval_targets(None).unwrap();
     ex.forward_eval(&params, &input).unwrap();
     assert_eq!(ex.logits(), &logits[..]);
 }

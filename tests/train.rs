@@ -13,7 +13,7 @@ use tinykd::kernels::shape::Logits;
 use tinykd::kernels::Isa;
 use tinykd::models;
 use tinykd::params::ParamStore;
-use tinykd::train::{Executor, MemoryData, Mode, Schedule, TrainConfig, TrainError, Trainer};
+use tinykd::train::{ExecError, Executor, MemoryData, Mode, Schedule, TrainConfig, TrainError, Trainer};
 use tinykd::{ModelConfig, Stem};
 
 /// MobileNetV1 at 0.25 width, CIFAR stem, 32x32 inputs (ends at 2x2), 10 classes.
@@ -595,7 +595,7 @@ fn folded_eval_forward_with_targets_recycles_buffers_and_changes_no_bit() {
     plain.fold_frozen(&params, &targets).unwrap();
     let mut recycled = Executor::new(&prog, 3, 2);
     recycled.fold_frozen(&params, &targets).unwrap();
-    recycled.set_eval_targets(Some(&targets));
+    recycled.set_eval_targets(Some(&targets)).unwrap();
     let others = ["bn2a_branch2a.relu", "bn3b_branch2b.relu", "bn5a_branch2a.relu"];
     for input in [&x, &y] {
         plain.forward_eval(&params, input).unwrap();
@@ -609,4 +609,139 @@ fn folded_eval_forward_with_targets_recycles_buffers_and_changes_no_bit() {
         }
         assert!(recycled.activation("image").is_some());
     }
+}
+
+#[test]
+fn non_finite_inputs_are_refused_naming_the_image_and_value() {
+    // A ReLU maps NaN to 0, so such an input used to give plausible logits, and a train
+    // forward wrote NaN into the batch-norm running statistics.
+    let (_, prog, params) = tiny16();
+    let per = 16 * 16 * 3;
+    let mut rng = Rng::new(5);
+    let x = rng.vec(2 * per);
+    let mut ex = Executor::new(&prog, 2, 2);
+    let mut p = params.clone();
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut poisoned = x.clone();
+        poisoned[per + 5] = bad;
+        for mode in [Mode::Train, Mode::Eval] {
+            let e = ex.forward(&mut p, &poisoned, mode).unwrap_err();
+            assert_eq!(e, ExecError::NonFiniteInput { index: per + 5, per_sample: per }, "{mode:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("input value {} (image 1, value 5 of it) is NaN or infinite", per + 5)),
+                "{msg}"
+            );
+        }
+        assert_eq!(p, params, "a refused train forward wrote the running statistics");
+    }
+    // Through the trainer too, before anything changes.
+    let cfg = TrainConfig { batch_size: 2, ..Default::default() };
+    let mut t = Trainer::new(Merged::student_only(&prog), params.clone(), &[Loss::ce()], cfg).unwrap();
+    let mut poisoned = x.clone();
+    poisoned[7] = f32::NAN;
+    let e = t.step(&poisoned, &[0, 1]).unwrap_err();
+    assert_eq!(e, TrainError::Exec(ExecError::NonFiniteInput { index: 7, per_sample: per }));
+    assert_eq!(t.params(), &params);
+    // Huge finite values whose sum overflows are accepted (the fast test is only sufficient).
+    ex.forward_eval(&params, &vec![3e38; 2 * per]).unwrap();
+}
+
+#[test]
+fn tensor_ids_not_of_the_program_are_refused() {
+    let (_, prog, params) = tiny16();
+    let tensors = prog.tensors().len();
+    let foreign = TensorId(60000);
+    let x = Rng::new(6).vec(2 * 16 * 16 * 3);
+    let mut ex = Executor::new(&prog, 2, 1);
+    let mut p = params.clone();
+    ex.forward_train(&mut p, &x).unwrap();
+    let e = ex.backward(&p, &[(foreign, &[1.0][..])]).unwrap_err();
+    assert_eq!(e, ExecError::UnknownTensor { id: foreign, tensors });
+    assert!(e.to_string().contains("tensor id 60000 is not a tensor of this program"), "{e}");
+    // A refused target list keeps the previous choice (the pool only: the logits are skipped).
+    ex.set_eval_targets(Some(&[prog.find("pool").unwrap()])).unwrap();
+    assert_eq!(
+        ex.set_eval_targets(Some(&[prog.output(), foreign])),
+        Err(ExecError::UnknownTensor { id: foreign, tensors })
+    );
+    ex.forward_eval(&p, &x).unwrap();
+    assert!(ex.activation("pool").is_some() && ex.activation("fc7").is_none());
+    // `tensor` returns a slice: it panics, with that message (documented under # Panics).
+    let err = std::panic::catch_unwind(|| ex.tensor(foreign).len()).unwrap_err();
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("tensor id 60000 is not a tensor of this program"), "{msg}");
+}
+
+#[test]
+fn a_batch_too_large_for_the_address_space_is_an_error() {
+    // The buffer sizes used to wrap or overflow: "capacity overflow" panics.
+    let (_, prog, params) = tiny16();
+    for huge in [1usize << 62, usize::MAX / 4096, usize::MAX] {
+        let e = Executor::try_new(&prog, huge, 1).unwrap_err();
+        assert_eq!(e, ExecError::BatchTooLarge { max_batch: huge });
+        assert!(e.to_string().contains(&format!("batch size {huge} is too large")), "{e}");
+        let cfg = TrainConfig { batch_size: huge, threads: 2, ..Default::default() };
+        let e = Trainer::new(Merged::student_only(&prog), params.clone(), &[Loss::ce()], cfg).unwrap_err();
+        assert_eq!(e, TrainError::Exec(ExecError::BatchTooLarge { max_batch: huge }));
+    }
+    let err = std::panic::catch_unwind(|| Executor::new(&prog, 1 << 62, 1).max_batch()).unwrap_err();
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("batch size 4611686018427387904 is too large"), "{msg}");
+    assert_eq!(Executor::try_new(&prog, 3, 2).unwrap().max_batch(), 3);
+}
+
+#[test]
+fn schedules_built_from_the_variants_are_validated() {
+    // The public fields bypass the constructors: `lr` indexed past `values` and divided by a
+    // zero `total`; the trainer now refuses such schedules like the constructors do.
+    let short = Schedule::Piecewise { boundaries: vec![0], values: vec![] };
+    assert_eq!([short.lr(0), short.lr(7)], [0.0, 0.0]);
+    let fewer = Schedule::Piecewise { boundaries: vec![5, 10], values: vec![1.0, 0.5] };
+    assert_eq!([fewer.lr(4), fewer.lr(5), fewer.lr(12)], [1.0, 0.5, 0.5]);
+    let cos0 = Schedule::Cosine { base: 0.1, total: 0 };
+    assert_eq!([cos0.lr(0), cos0.lr(3)], [0.0, 0.0]);
+    let bad_inner = Schedule::Warmup { steps: 2, inner: Box::new(cos0.clone()) };
+    let (_, prog, params) = tiny16();
+    for (s, why) in [
+        (short, "piecewise needs one more value than boundaries"),
+        (fewer, "piecewise needs one more value than boundaries"),
+        (Schedule::Piecewise { boundaries: vec![3, 3], values: vec![1.0; 3] }, "strictly increasing"),
+        (cos0, "cosine needs at least one step"),
+        (bad_inner, "cosine needs at least one step"),
+        (Schedule::Warmup { steps: 0, inner: Box::new(Schedule::Constant(0.1)) }, "warmup needs at least one step"),
+        (Schedule::Constant(f32::NAN), "rates must be finite and >= 0"),
+    ] {
+        assert!(s.validate().is_err(), "{s:?}");
+        let cfg = TrainConfig { batch_size: 2, schedule: s.clone(), ..Default::default() };
+        let e = Trainer::new(Merged::student_only(&prog), params.clone(), &[Loss::ce()], cfg).unwrap_err();
+        assert!(matches!(&e, TrainError::Config(m) if m.contains(why)), "{s:?}: {e}");
+    }
+    let good = Schedule::warmup(2, Schedule::piecewise(vec![5], vec![0.1, 0.01]).unwrap()).unwrap();
+    good.validate().unwrap();
+    assert_eq!(
+        good,
+        Schedule::Warmup {
+            steps: 2,
+            inner: Box::new(Schedule::Piecewise { boundaries: vec![5], values: vec![0.1, 0.01] })
+        }
+    );
+}
+
+#[test]
+fn a_parameter_with_other_values_than_its_dims_is_named_with_both_counts() {
+    // The message used to repeat the same dims twice ("has dims [3, 3, 3, 8] in the store,
+    // the program needs [3, 3, 3, 8]").
+    let (_, prog, params) = tiny16();
+    let mut ex = Executor::new(&prog, 1, 1);
+    let mut q = params.clone();
+    let w = q.get_mut("conv1_weights").unwrap();
+    let (dims, need) = (format!("{:?}", w.dims), w.dims.iter().product::<usize>());
+    w.data.truncate(3);
+    let e = ex.forward_train(&mut q, &vec![0.5; 16 * 16 * 3]).unwrap_err();
+    assert!(
+        matches!(&e, ExecError::ParamLen { name, expected, got: 3, .. } if name == "conv1_weights" && *expected == need)
+    );
+    let want = format!("parameter `conv1_weights` has 3 values in the store where its dims {dims} need {need}");
+    assert_eq!(e.to_string(), want);
 }

@@ -92,6 +92,17 @@ pub enum ExecError {
         /// The dims in the store.
         got: Vec<usize>,
     },
+    /// A parameter in the store has the dims the program needs but not as many values.
+    ParamLen {
+        /// Its name.
+        name: String,
+        /// Its dims.
+        dims: Dims,
+        /// Values the dims need.
+        expected: usize,
+        /// Values in the store.
+        got: usize,
+    },
     /// The input length is not a positive multiple (up to `max_batch`) of one sample's size.
     InputLen {
         /// Values in one sample (`h·w·c`).
@@ -100,6 +111,26 @@ pub enum ExecError {
         max_batch: usize,
         /// Values given.
         got: usize,
+    },
+    /// An input value is NaN or infinite (a ReLU would silently turn NaN into 0 and the
+    /// logits would look valid).
+    NonFiniteInput {
+        /// Index of the first such value in the input slice.
+        index: usize,
+        /// Values per image (`h·w·c`), to name the image.
+        per_sample: usize,
+    },
+    /// A tensor id is not one of the program's (`0..tensors`).
+    UnknownTensor {
+        /// The id.
+        id: TensorId,
+        /// The program's number of tensors.
+        tensors: usize,
+    },
+    /// The buffers for a batch of `max_batch` samples would not fit in the address space.
+    BatchTooLarge {
+        /// The batch size asked for.
+        max_batch: usize,
     },
     /// [`Executor::backward`] was called without a train-mode forward before it.
     NoTrainForward,
@@ -139,9 +170,27 @@ impl fmt::Display for ExecError {
             ExecError::ParamDims { name, expected, got } => {
                 write!(f, "parameter `{name}` has dims {got:?} in the store, the program needs {expected}")
             }
+            ExecError::ParamLen { name, dims, expected, got } => {
+                write!(f, "parameter `{name}` has {got} values in the store where its dims {dims} need {expected}")
+            }
             ExecError::InputLen { per_sample, max_batch, got } => write!(
                 f,
                 "input has {got} values: it must be n·{per_sample} values (NHWC) for a batch n in 1..={max_batch}"
+            ),
+            ExecError::NonFiniteInput { index, per_sample } => write!(
+                f,
+                "input value {index} (image {}, value {} of it) is NaN or infinite: the model needs finite inputs",
+                index / (*per_sample).max(1),
+                index % (*per_sample).max(1)
+            ),
+            ExecError::UnknownTensor { id, tensors } => write!(
+                f,
+                "tensor id {} is not a tensor of this program (it has {tensors}, ids 0..{tensors})",
+                id.index()
+            ),
+            ExecError::BatchTooLarge { max_batch } => write!(
+                f,
+                "batch size {max_batch} is too large: the executor's buffers for it would not fit in the address space"
             ),
             ExecError::NoTrainForward => f.write_str("backward needs a train-mode forward of the same batch first"),
             ExecError::SeedLen { tensor, expected, got } => {
@@ -583,6 +632,29 @@ fn small_map_panels(s: &Conv2d, w: &[f32], any_map: bool) -> Result<Option<LineB
     Ok(Some(p))
 }
 
+/// The f32 values of the buffers an executor of `max_batch` samples on `threads` threads sizes
+/// by the batch: every tensor's activations and gradients, and each thread's two chunk-sized
+/// temporaries. `None` if they overflow, or their bytes exceed `isize::MAX` (the most one
+/// allocation may hold).
+fn batch_buffer_values(numel: &[usize], max_batch: usize, threads: usize) -> Option<usize> {
+    let chunk = max_batch.div_ceil(threads);
+    let acts = numel.iter().try_fold(0usize, |sum, &e| sum.checked_add(e.checked_mul(max_batch)?))?;
+    let tmp = numel.iter().copied().max().unwrap_or(0).checked_mul(chunk)?.checked_mul(2)?.checked_mul(threads)?;
+    let values = acts.checked_mul(2)?.checked_add(tmp)?;
+    let bytes = values.checked_mul(std::mem::size_of::<f32>())?;
+    (bytes <= isize::MAX as usize).then_some(values)
+}
+
+/// [`ExecError::NonFiniteInput`] naming the first NaN or infinite value of `input`, if any
+/// (the `no_std` engine's sufficient test: a finite sum, each value looked at only if not).
+fn check_finite(input: &[f32], per_sample: usize) -> Result<(), ExecError> {
+    if crate::engine::all_finite(input) {
+        return Ok(());
+    }
+    let index = input.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(ExecError::NonFiniteInput { index, per_sample })
+}
+
 /// A frozen conv's weights packed into panels, and which parameter slice (address, length)
 /// they were made from (an eval forward uses them only for that same slice).
 #[derive(Clone, Debug)]
@@ -594,15 +666,38 @@ struct PackedConv {
 impl Executor {
     /// An executor for batches of up to `max_batch` samples of `prog` on `threads` threads
     /// (both at least 1; 0 is taken as 1), with the best kernel path of this CPU.
+    ///
+    /// # Panics
+    /// If the buffers of `max_batch` samples would not fit in the address space
+    /// ([`ExecError::BatchTooLarge`]); [`Executor::try_new`] returns that error instead.
     pub fn new(prog: &Program, max_batch: usize, threads: usize) -> Executor {
         Executor::with_isa(prog, max_batch, threads, Isa::detect())
     }
 
     /// Like [`Executor::new`] with an explicit kernel path.
+    ///
+    /// # Panics
+    /// As [`Executor::new`]; [`Executor::try_with_isa`] returns the error instead.
     pub fn with_isa(prog: &Program, max_batch: usize, threads: usize, isa: Isa) -> Executor {
+        Executor::try_with_isa(prog, max_batch, threads, isa).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Executor::new`], with [`ExecError::BatchTooLarge`] for a `max_batch` whose
+    /// buffers (activations, gradients and the threads' temporaries, sized with checked
+    /// arithmetic) would not fit in the address space. The buffers are allocated at once: a
+    /// batch that fits the address space but not the memory fails as any allocation does.
+    pub fn try_new(prog: &Program, max_batch: usize, threads: usize) -> Result<Executor, ExecError> {
+        Executor::try_with_isa(prog, max_batch, threads, Isa::detect())
+    }
+
+    /// Like [`Executor::try_new`] with an explicit kernel path.
+    pub fn try_with_isa(prog: &Program, max_batch: usize, threads: usize, isa: Isa) -> Result<Executor, ExecError> {
         let max_batch = max_batch.max(1);
         let threads = threads.clamp(1, max_batch);
         let numel: Vec<usize> = prog.tensors().iter().map(|t| t.shape.numel()).collect();
+        if batch_buffer_values(&numel, max_batch, threads).is_none() {
+            return Err(ExecError::BatchTooLarge { max_batch });
+        }
         let acts = numel.iter().map(|&e| LineBuf::zeros(e * max_batch)).collect();
         let mut bn_ord = Vec::with_capacity(prog.ops().len());
         let mut bn_channels = Vec::new();
@@ -655,7 +750,7 @@ impl Executor {
                 reduce_s: [0.0; 2],
             })
             .collect();
-        Executor {
+        Ok(Executor {
             prog: *prog,
             isa,
             max_batch,
@@ -701,7 +796,7 @@ impl Executor {
             relu_in_bn: vec![false; prog.ops().len()],
             bn_relu_skipped: vec![false; prog.tensors().len()],
             last_fused: false,
-        }
+        })
     }
 
     /// The program.
@@ -743,8 +838,13 @@ impl Executor {
     /// If the last forward ran convs folded by [`Executor::fold_frozen`] and `id` is one of the
     /// intermediate tensors they skip (keep it in `fold_frozen`'s list to read it), or if the
     /// last forward was an eval one that skipped the op writing `id`
-    /// ([`Executor::set_eval_targets`]).
+    /// ([`Executor::set_eval_targets`]). Also if `id` is not a tensor of this program (ids come
+    /// from [`Executor::program`]); [`Executor::activation`] looks a tensor up by name and
+    /// returns `None` instead of panicking.
     pub fn tensor(&self, id: TensorId) -> &[f32] {
+        if let Err(e) = self.check_id(id) {
+            panic!("{e}");
+        }
         assert!(
             !self.is_unwritten(id),
             "tensor {} was skipped by the last forward (folded away or written over by \
@@ -753,6 +853,16 @@ impl Executor {
             self.prog.tensor(id).name
         );
         &self.acts[id.index()][..self.batch() * self.numel[id.index()]]
+    }
+
+    /// [`ExecError::UnknownTensor`] if `id` is not a tensor of this program.
+    fn check_id(&self, id: TensorId) -> Result<(), ExecError> {
+        let tensors = self.numel.len();
+        if id.index() < tensors {
+            Ok(())
+        } else {
+            Err(ExecError::UnknownTensor { id, tensors })
+        }
     }
 
     /// Whether tensor `id` was skipped by the last forward: folded away, or written by an op
@@ -838,9 +948,12 @@ impl Executor {
         results.into_iter().collect()
     }
 
-    /// Train-mode forward: batch statistics, running statistics of `params` updated.
+    /// Train-mode forward: batch statistics, running statistics of `params` updated. An input
+    /// with a NaN or infinite value is refused ([`ExecError::NonFiniteInput`]) before anything
+    /// is written.
     pub fn forward_train(&mut self, params: &mut ParamStore, input: &[f32]) -> Result<(), ExecError> {
         let n = self.batch_of(input)?;
+        check_finite(input, self.numel[0])?;
         self.last = None;
         self.run_forward(params, input, n, Mode::Train)?;
         // Running statistics, once, from thread 0's copy of the merged moments (every thread
@@ -859,9 +972,23 @@ impl Executor {
     }
 
     /// Eval-mode forward: batch norm with the running statistics of `params`, which are
-    /// never changed. Reads `input` in place (no copy).
+    /// never changed. Reads `input` in place (no copy). An input with a NaN or infinite value
+    /// is refused ([`ExecError::NonFiniteInput`]).
     pub fn forward_eval(&mut self, params: &ParamStore, input: &[f32]) -> Result<(), ExecError> {
         let n = self.batch_of(input)?;
+        check_finite(input, self.numel[0])?;
+        self.eval_batch(params, input, n)
+    }
+
+    /// [`Executor::forward_eval`] of an input already checked finite (the teacher's forward
+    /// on the input the student's train forward checked).
+    pub(crate) fn forward_eval_of_finite(&mut self, params: &ParamStore, input: &[f32]) -> Result<(), ExecError> {
+        let n = self.batch_of(input)?;
+        self.eval_batch(params, input, n)
+    }
+
+    /// The eval forward of a batch of `n` checked samples.
+    fn eval_batch(&mut self, params: &ParamStore, input: &[f32], n: usize) -> Result<(), ExecError> {
         self.last = None;
         self.run_forward(params, input, n, Mode::Eval)?;
         self.last = Some((n, Mode::Eval));
@@ -1035,12 +1162,14 @@ impl Executor {
     /// With targets set, a forward running folded convs ([`Executor::fold_frozen`]) also writes
     /// each output into the buffer of a tensor no later op reads, most recently freed first,
     /// instead of its own buffer last touched a forward ago; then only the targets (and the
-    /// input) can be read after it.
-    pub fn set_eval_targets(&mut self, targets: Option<&[TensorId]>) {
+    /// input) can be read after it. A target that is not a tensor of this program is refused
+    /// ([`ExecError::UnknownTensor`]) and the previous choice kept.
+    pub fn set_eval_targets(&mut self, targets: Option<&[TensorId]>) -> Result<(), ExecError> {
+        targets.unwrap_or_default().iter().try_for_each(|&t| self.check_id(t))?;
         self.eval_unneeded.fill(false);
         self.eval_target.fill(false);
         self.eval_recycles = targets.is_some();
-        let Some(targets) = targets else { return };
+        let Some(targets) = targets else { return Ok(()) };
         let mut needed = vec![false; self.numel.len()];
         for t in targets {
             needed[t.index()] = true;
@@ -1055,6 +1184,7 @@ impl Executor {
                 self.eval_unneeded[op.output.index()] = true;
             }
         }
+        Ok(())
     }
 
     /// The [`RecyclePlan`] of a folded eval forward with the current targets.
@@ -1155,11 +1285,19 @@ impl Executor {
             for spec in self.prog.params(op).iter() {
                 let name = spec.name();
                 let got = store.get(name.as_str()).ok_or_else(|| ExecError::MissingParam { name: name.to_string() })?;
-                if got.dims != spec.dims.as_slice() || got.data.len() != spec.dims.numel() {
+                if got.dims != spec.dims.as_slice() {
                     return Err(ExecError::ParamDims {
                         name: name.to_string(),
                         expected: spec.dims,
                         got: got.dims.clone(),
+                    });
+                }
+                if got.data.len() != spec.dims.numel() {
+                    return Err(ExecError::ParamLen {
+                        name: name.to_string(),
+                        dims: spec.dims,
+                        expected: spec.dims.numel(),
+                        got: got.data.len(),
                     });
                 }
                 let data = got.data.as_slice();
@@ -1246,13 +1384,15 @@ impl Executor {
     /// down to every trainable parameter (and to the input if [`Executor::set_input_grad`]).
     /// `params` must be the store the forward ran with (its running statistics may have been
     /// updated since; only weights, γ and β are read; the few-pixel convs' input
-    /// gradients use the weights that forward packed, [`TRAIN_PANEL_MAX_PIXELS`]).
+    /// gradients use the weights that forward packed, [`TRAIN_PANEL_MAX_PIXELS`]). A seed at
+    /// an id that is not a tensor of this program is refused ([`ExecError::UnknownTensor`]).
     pub fn backward(&mut self, params: &ParamStore, seeds: &[(TensorId, &[f32])]) -> Result<(), ExecError> {
         let n = match self.last {
             Some((n, Mode::Train)) => n,
             _ => return Err(ExecError::NoTrainForward),
         };
         for &(id, g) in seeds {
+            self.check_id(id)?;
             if self.last_fused && self.bn_relu_skipped[id.index()] {
                 return Err(ExecError::NotKept { tensor: self.prog.tensor(id).name });
             }

@@ -260,7 +260,11 @@ impl Trainer {
         }
     }
 
-    /// A trainer of `merged`'s student, starting from `params`, on `losses`.
+    /// A trainer of `merged`'s student, starting from `params`, on `losses`. Refuses a batch
+    /// size of 0 or one whose buffers would not fit in the address space
+    /// ([`ExecError::BatchTooLarge`]), no losses, parameters of another model, a schedule the
+    /// [`Schedule`] constructors would refuse ([`Schedule::validate`]) and losses
+    /// [`Losses::new`] refuses.
     pub fn new(merged: Merged, params: ParamStore, losses: &[Loss], cfg: TrainConfig) -> Result<Trainer, TrainError> {
         if cfg.batch_size == 0 {
             return Err(TrainError::Config("the batch size must be at least 1".into()));
@@ -268,6 +272,7 @@ impl Trainer {
         if losses.is_empty() {
             return Err(TrainError::Config("at least one loss is needed".into()));
         }
+        cfg.schedule.validate().map_err(|e| TrainError::Config(e.to_string()))?;
         if *params.config() != merged.student().config {
             return Err(TrainError::Config(format!(
                 "the parameters are for {:?}, the student is {:?}",
@@ -277,18 +282,18 @@ impl Trainer {
         }
         let isa = Isa::detect();
         let resolved = Losses::new(&merged, losses)?;
-        let mut student = Executor::with_isa(merged.student(), cfg.batch_size, cfg.threads, isa);
+        let mut student = Executor::try_with_isa(merged.student(), cfg.batch_size, cfg.threads, isa)?;
         // Each batch norm and the ReLU after it in one pass (bit-identical), except where a
         // loss reads the batch norm's output.
         student.fuse_bn_relu(&resolved.student_tensors());
         let teacher = match merged.teacher() {
             Some(t) if resolved.needs_teacher() => {
-                let mut ex = Executor::with_isa(&t.program, cfg.batch_size, cfg.threads, isa);
+                let mut ex = Executor::try_with_isa(&t.program, cfg.batch_size, cfg.threads, isa)?;
                 // The teacher's parameters live in `merged`, which the trainer never changes:
                 // fold its batch norms (and ReLUs) into its convs, except what the losses read.
                 let read = resolved.teacher_tensors();
                 ex.fold_frozen(&t.params, &read)?;
-                ex.set_eval_targets(Some(&read));
+                ex.set_eval_targets(Some(&read))?;
                 Some(ex)
             }
             _ => None,
@@ -409,7 +414,7 @@ impl Trainer {
         lap(&mut phases.student_fwd);
         if let (Some(tex), Some(t)) = (self.teacher.as_mut(), self.merged.teacher()) {
             // The teacher reads the student's input buffer in place (`image` is mapped).
-            tex.forward_eval(&t.params, self.student.input())?;
+            tex.forward_eval_of_finite(&t.params, self.student.input())?;
             lap(&mut phases.teacher_fwd);
         }
         let (values, seeds) = self.losses.compute(self.isa, &self.student, self.teacher.as_ref(), labels)?;
