@@ -17,7 +17,9 @@ pub const IM2COL_ROWS: usize = 64;
 /// The product of `factors`, saturating at `usize::MAX`: every length and count below is one,
 /// so a shape whose true length does not fit a `usize` asks for more than any slice holds and
 /// fails its length check, instead of wrapping to a small length that a slice could pass (and
-/// that the SIMD paths would then index past).
+/// that the SIMD paths would then index past). Inlined: with a literal array the loop unrolls
+/// to one saturating multiply per factor.
+#[inline]
 pub const fn prod(factors: &[usize]) -> usize {
     let mut p = 1usize;
     let mut i = 0;
