@@ -67,6 +67,9 @@ unsafe fn load_b(b: *const u16, f16b: bool, b_len: usize, at: usize, len: usize)
 }
 
 /// Lanes `0..len` set.
+///
+/// # Safety
+/// The CPU supports AVX2.
 #[inline(always)]
 unsafe fn mask(len: usize) -> __m256i {
     // SAFETY: plain register arithmetic (AVX2 vouched for by the callers).
