@@ -121,6 +121,25 @@ fn usage_errors_exit_2() {
     assert_eq!(code, 2);
     let (code, _, _) = tinykd(&["bench", "infer", "--model", "resnet50", "--scale", "0.5"]);
     assert_eq!(code, 2);
+    // Buffers beyond any memory are refused before anything is allocated (they used to be
+    // allocated for tens of seconds, then abort), naming the options.
+    let huge: [&[&str]; 3] = [
+        &["bench", "infer", "--model", "mobilenet_v1", "--batch", "4294967295"],
+        &["bench", "train-step", "--batch", "4294967295", "--iters", "1", "--warmup", "0"],
+        &["bench", "distill-step", "--batch", "4294967295", "--iters", "1", "--warmup", "0"],
+    ];
+    for args in huge {
+        let (code, _, err) = tinykd(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("--batch") && err.contains("GB"), "{args:?}: {err}");
+    }
+}
+
+/// A step bench with more threads than samples runs (and reports) one thread per sample.
+#[test]
+fn step_threads_are_capped_at_the_batch() {
+    let v = report(&["bench", "train-step", "--batch", "2", "--threads", "8", "--iters", "1", "--warmup", "0"]);
+    assert_eq!(v["threads"], 2, "{v}");
 }
 
 #[test]

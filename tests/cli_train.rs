@@ -152,6 +152,12 @@ fn eval_and_export_agree_across_params_checkpoint_and_inference_files() {
     };
     let base = eval(&out);
     assert_eq!(base["n"], 64);
+    // Evaluation reads only the test split: a directory with nothing else serves.
+    let test_only = dir.path().join("test-only");
+    std::fs::create_dir_all(&test_only).unwrap();
+    std::fs::copy(data.join("test_batch.bin"), test_only.join("test_batch.bin")).unwrap();
+    let o = ok(tinykd(&["eval", "--weights", s(&out), "--data", s(&test_only), "--json", "--batch", "7"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap(), base);
     let top1 = base["top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1) && base["top5"].as_f64().unwrap() >= top1);
     assert_eq!(eval(&dir.path().join("m.tkd.ckpt")), base);

@@ -99,3 +99,31 @@ fn quick_pipeline_table_and_engine_eval_agree() {
         topk_correct(&Logits::new(test.len(), classes), ex.logits(), &labels, 1).unwrap() as f64 / test.len() as f64;
     assert!((exec_top1 - engine_top1).abs() <= 2.0 / test.len() as f64, "executor {exec_top1} vs engine {engine_top1}");
 }
+
+/// An output file the pipeline would write that is a directory stops it before any work (it
+/// used to train for minutes and then fail), and an earlier run's results, which would describe
+/// other files once this run writes new ones, are removed.
+#[test]
+fn pipeline_checks_its_outputs_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("main");
+    std::fs::create_dir_all(out.join("student_base.tkd")).unwrap();
+    std::fs::write(out.join("results.md"), "an earlier run's table").unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_tinykd")).args(["pipeline", "--quick", "--out", s(&out)]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("student_base.tkd") && err.contains("is a directory"), "{err}");
+    assert!(!out.join("data").exists() && !out.join("teacher.tkd").exists(), "work was done before the check");
+    assert!(out.join("results.md").exists(), "a refused run removed nothing");
+    // A run that starts and then fails (a corrupt teacher checkpoint on --resume) leaves no
+    // stale table behind.
+    std::fs::remove_dir(out.join("student_base.tkd")).unwrap();
+    std::fs::write(out.join("teacher.tkd.ckpt"), b"TKDCKPT\0 and nothing sensible").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tinykd"))
+        .args(["pipeline", "--quick", "--resume", "--out", s(&out)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.join("results.md").exists(), "the earlier run's table is still there");
+}

@@ -130,6 +130,39 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     emit(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON values always serialise")))
 }
 
+/// Bytes of every activation of `cfg` at batch `batch` (f32), without allocating anything.
+fn activation_bytes(cfg: &ModelConfig, batch: usize) -> anyhow::Result<u128> {
+    let vars = models::list_vars(cfg, 1).map_err(|e| UsageError(e.to_string()))?;
+    let per_sample: u128 =
+        vars.iter().filter(|v| v.kind == crate::graph::VarKind::Activation).map(|v| v.bytes as u128).sum();
+    Ok(per_sample * batch as u128)
+}
+
+/// Refuses (naming `options`) a benchmark whose buffers, `need` bytes estimated from the
+/// model's tensor sizes before anything is allocated, exceed the memory available
+/// (`MemAvailable` of /proc/meminfo; no check where that cannot be read). A batch of a million
+/// used to allocate for tens of seconds and then abort.
+fn check_memory(options: &str, need: u128) -> Result<(), UsageError> {
+    let Some(avail) = mem_available() else { return Ok(()) };
+    if need > avail as u128 {
+        return Err(UsageError(format!(
+            "{options}: the benchmark's buffers need ~{:.1} GB, more than the {:.1} GB of memory available; \
+             use a smaller --batch (or --input)",
+            need as f64 / 1e9,
+            avail as f64 / 1e9
+        )));
+    }
+    Ok(())
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (Linux).
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Milliseconds per iteration: median, 10th and 90th percentile (nearest rank).
 struct Stats {
     median: f64,
@@ -179,6 +212,9 @@ fn infer(a: InferArgs) -> anyhow::Result<serde_json::Value> {
     }
     let batch = a.batch as usize;
     let dtype = DType::from(a.dtype);
+    let plan = crate::engine::EnginePlan::new(&cfg, batch).map_err(|e| UsageError(format!("--batch {batch}: {e}")))?;
+    let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
+    check_memory("--batch/--input", plan.arena_bytes() as u128 + (batch as u128) * (per_image as u128) * 4)?;
     let params = ParamStore::init(&cfg, 0).map_err(|e| UsageError(e.to_string()))?;
     let bytes = AlignedBuf::from_bytes(&export_inference(&cfg, &params, dtype)?);
     let file = WeightFile::parse(&bytes)?;
@@ -188,7 +224,6 @@ fn infer(a: InferArgs) -> anyhow::Result<serde_json::Value> {
         panel_buf = vec![0u8; engine.panels_bytes()];
         engine.with_panels(&mut panel_buf)?;
     }
-    let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
     let input = random_input(batch * per_image, 1);
     let mut arena = vec![0u8; engine.arena_bytes()];
     let mut logits = vec![0.0f32; batch * cfg.classes as usize];
@@ -269,11 +304,18 @@ fn step_cost(step: &crate::plan::Step, n: usize) -> (usize, usize) {
 fn step(a: StepArgs, distill: bool) -> anyhow::Result<serde_json::Value> {
     let cfg = a.model.to_config()?;
     let batch = a.batch as usize;
-    let threads = a.threads.map_or_else(super::default_threads, |t| t as usize);
+    // A thread beyond the batch would have no sample: the executor runs min(threads, batch).
+    let threads = a.threads.map_or_else(super::default_threads, |t| t as usize).min(batch);
+    // Activations and their gradients of the student, activations of the teacher.
+    let tcfg = ModelConfig::resnet50().with_classes(cfg.classes).with_input(cfg.in_h, cfg.in_w);
+    let mut need = 2 * activation_bytes(&cfg, batch)?;
+    if distill {
+        need += activation_bytes(&tcfg, batch)?;
+    }
+    check_memory("--batch/--input", need)?;
     let student = models::program(&cfg).map_err(|e| UsageError(e.to_string()))?;
     let params = ParamStore::init(&cfg, 0).map_err(|e| UsageError(e.to_string()))?;
     let merged = if distill {
-        let tcfg = ModelConfig::resnet50().with_classes(cfg.classes).with_input(cfg.in_h, cfg.in_w);
         let tprog = models::program(&tcfg).map_err(|e| UsageError(format!("teacher: {e}")))?;
         let tparams = ParamStore::init(&tcfg, 1).map_err(|e| UsageError(format!("teacher: {e}")))?;
         merge((&tprog, &tparams), &student, &[("image", "image")], "teacher_")?

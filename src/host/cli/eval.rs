@@ -16,7 +16,7 @@ use crate::config::ModelConfig;
 use crate::engine::Engine;
 use crate::fold;
 use crate::host::data::cifar::{IMAGE_C, IMAGE_H, IMAGE_W, NUM_CLASSES};
-use crate::host::data::{load_cifar_dir, Dataset};
+use crate::host::data::{load_cifar_test, Dataset};
 use crate::params::ParamStore;
 use crate::weights::{AlignedBuf, WeightFile};
 
@@ -211,7 +211,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let w = weights_io::load(&a.weights)?;
     let cfg = w.config();
     check_fits_cifar(&cfg, &a.weights.display().to_string())?;
-    let (_, test) = load_cifar_dir(&a.data)?;
+    let test = load_cifar_test(&a.data)?;
     let threads = a.threads.map_or_else(default_threads, |t| t as usize);
     let start = std::time::Instant::now();
     let acc = evaluate_loaded(&w, &test, a.batch as usize, threads)?;

@@ -128,6 +128,37 @@ struct Row {
     path: PathBuf,
 }
 
+/// The files the pipeline writes in `out` (each stage's weights, checkpoint and metrics, the
+/// exported students, the results), checked before any work: none may be a directory (a run
+/// used to train for minutes and then fail on one). The results of an earlier run are removed
+/// first: until this run writes its own they would describe other files.
+fn check_outputs_up_front(out: &Path) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = ["results.json", "results.md", "student_kd.f32.tkd", "student_kd.f16.tkd"]
+        .iter()
+        .map(|f| out.join(f))
+        .collect();
+    for stage in ["teacher.tkd", "student_kd.tkd", "student_base.tkd"] {
+        files.extend(TrainOpts::new(PathBuf::new(), 1, out.join(stage)).outputs());
+    }
+    if let Some(dir) = files.iter().find(|f| f.is_dir()) {
+        return Err(UsageError(format!(
+            "--out {}: the pipeline writes the file {}, which is a directory; remove it or choose another --out",
+            out.display(),
+            dir.display()
+        ))
+        .into());
+    }
+    for stale in &files[..2] {
+        match std::fs::remove_file(stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::Error::new(e).context(format!("cannot remove the old {}", stale.display())))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Runs `pipeline`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     if a.out.exists() && !a.out.is_dir() {
@@ -135,6 +166,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let plan = if a.quick { QUICK } else { FULL };
     let threads = a.threads.map_or_else(default_threads, |t| t as usize);
+    check_outputs_up_front(&a.out)?;
     let started = Instant::now();
     let data = a.out.join("data");
     stage(&format!("synthetic dataset: {} training, {} test images → {}", plan.train, plan.test, data.display()));

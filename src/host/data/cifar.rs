@@ -343,6 +343,22 @@ pub fn load_cifar_dir(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
     Ok((train, test))
 }
 
+/// Loads only the test split of a CIFAR-10 binary directory (`test_batch.bin`, class names as
+/// [`load_cifar_dir`]): what evaluation reads, so a directory without training files serves.
+pub fn load_cifar_test(dir: &Path) -> Result<Dataset, DataError> {
+    if !dir.is_dir() {
+        return Err(DataError::DirMissing { dir: dir.to_path_buf() });
+    }
+    let test_path = dir.join(TEST_FILE);
+    if !test_path.exists() {
+        return Err(DataError::TestMissing { path: test_path });
+    }
+    let class_names = read_class_names(dir)?;
+    let (mut labels, mut images) = (Vec::new(), Vec::new());
+    read_cifar_file(&test_path, &mut labels, &mut images)?;
+    Ok(Dataset { images, labels, class_names })
+}
+
 /// The training files of `dir`: `data_batch_1.bin` up to the last one present. Fails when there
 /// is none, or when one is missing below a present one (its images would silently be left out).
 fn train_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {

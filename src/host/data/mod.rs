@@ -6,5 +6,5 @@ pub mod cifar;
 pub mod rng;
 pub mod synth;
 
-pub use cifar::{load_cifar_dir, write_cifar_file, AugDraw, Augment, DataError, Dataset};
+pub use cifar::{load_cifar_dir, load_cifar_test, write_cifar_file, AugDraw, Augment, DataError, Dataset};
 pub use rng::Rng;
