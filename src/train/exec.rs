@@ -634,15 +634,14 @@ fn small_map_panels(s: &Conv2d, w: &[f32], any_map: bool) -> Result<Option<LineB
 
 /// The f32 values of the buffers an executor of `max_batch` samples on `threads` threads sizes
 /// by the batch: every tensor's activations and gradients, and each thread's two chunk-sized
-/// temporaries. `None` if they overflow, or their bytes exceed `isize::MAX` (the most one
+/// temporaries, in bytes. `None` if they overflow, or exceed `isize::MAX` (the most one
 /// allocation may hold).
-fn batch_buffer_values(numel: &[usize], max_batch: usize, threads: usize) -> Option<usize> {
+fn batch_buffer_bytes(numel: &[usize], max_batch: usize, threads: usize) -> Option<usize> {
     let chunk = max_batch.div_ceil(threads);
     let acts = numel.iter().try_fold(0usize, |sum, &e| sum.checked_add(e.checked_mul(max_batch)?))?;
     let tmp = numel.iter().copied().max().unwrap_or(0).checked_mul(chunk)?.checked_mul(2)?.checked_mul(threads)?;
-    let values = acts.checked_mul(2)?.checked_add(tmp)?;
-    let bytes = values.checked_mul(std::mem::size_of::<f32>())?;
-    (bytes <= isize::MAX as usize).then_some(values)
+    let bytes = acts.checked_mul(2)?.checked_add(tmp)?.checked_mul(std::mem::size_of::<f32>())?;
+    (bytes <= isize::MAX as usize).then_some(bytes)
 }
 
 /// [`ExecError::NonFiniteInput`] naming the first NaN or infinite value of `input`, if any
@@ -690,12 +689,21 @@ impl Executor {
         Executor::try_with_isa(prog, max_batch, threads, Isa::detect())
     }
 
+    /// Bytes of the buffers an executor of `prog` for `max_batch` samples on `threads` threads
+    /// sizes by the batch (activations, their gradients, the threads' temporaries), computed
+    /// without allocating; `None` where [`Executor::try_new`] gives [`ExecError::BatchTooLarge`].
+    pub fn buffer_bytes(prog: &Program, max_batch: usize, threads: usize) -> Option<usize> {
+        let max_batch = max_batch.max(1);
+        let numel: Vec<usize> = prog.tensors().iter().map(|t| t.shape.numel()).collect();
+        batch_buffer_bytes(&numel, max_batch, threads.clamp(1, max_batch))
+    }
+
     /// Like [`Executor::try_new`] with an explicit kernel path.
     pub fn try_with_isa(prog: &Program, max_batch: usize, threads: usize, isa: Isa) -> Result<Executor, ExecError> {
         let max_batch = max_batch.max(1);
         let threads = threads.clamp(1, max_batch);
         let numel: Vec<usize> = prog.tensors().iter().map(|t| t.shape.numel()).collect();
-        if batch_buffer_values(&numel, max_batch, threads).is_none() {
+        if batch_buffer_bytes(&numel, max_batch, threads).is_none() {
             return Err(ExecError::BatchTooLarge { max_batch });
         }
         let acts = numel.iter().map(|&e| LineBuf::zeros(e * max_batch)).collect();

@@ -26,7 +26,7 @@ use crate::host::data::rng::Rng;
 use crate::kernels::{DType, Isa};
 use crate::models;
 use crate::params::ParamStore;
-use crate::train::{StepPhases, TrainConfig, Trainer};
+use crate::train::{Executor, StepPhases, TrainConfig, Trainer};
 use crate::weights::{AlignedBuf, WeightFile};
 
 /// `tinykd bench ...`.
@@ -128,14 +128,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Gemm(a) => super::bench_gemm::run(a)?,
     };
     emit(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON values always serialise")))
-}
-
-/// Bytes of every activation of `cfg` at batch `batch` (f32), without allocating anything.
-fn activation_bytes(cfg: &ModelConfig, batch: usize) -> anyhow::Result<u128> {
-    let vars = models::list_vars(cfg, 1).map_err(|e| UsageError(e.to_string()))?;
-    let per_sample: u128 =
-        vars.iter().filter(|v| v.kind == crate::graph::VarKind::Activation).map(|v| v.bytes as u128).sum();
-    Ok(per_sample * batch as u128)
 }
 
 /// Refuses (naming `options`) a benchmark whose buffers, `need` bytes estimated from the
@@ -306,19 +298,21 @@ fn step(a: StepArgs, distill: bool) -> anyhow::Result<serde_json::Value> {
     let batch = a.batch as usize;
     // A thread beyond the batch would have no sample: the executor runs min(threads, batch).
     let threads = a.threads.map_or_else(super::default_threads, |t| t as usize).min(batch);
-    // Activations and their gradients of the student, activations of the teacher.
-    let tcfg = ModelConfig::resnet50().with_classes(cfg.classes).with_input(cfg.in_h, cfg.in_w);
-    let mut need = 2 * activation_bytes(&cfg, batch)?;
-    if distill {
-        need += activation_bytes(&tcfg, batch)?;
-    }
-    check_memory("--batch/--input", need)?;
     let student = models::program(&cfg).map_err(|e| UsageError(e.to_string()))?;
+    let tcfg = ModelConfig::resnet50().with_classes(cfg.classes).with_input(cfg.in_h, cfg.in_w);
+    let tprog =
+        if distill { Some(models::program(&tcfg).map_err(|e| UsageError(format!("teacher: {e}")))?) } else { None };
+    // The executors' batch-sized buffers (the teacher's too for a distillation step).
+    let need: u128 = [Some(&student), tprog.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| Executor::buffer_bytes(p, batch, threads).map_or(u128::MAX, |b| b as u128))
+        .fold(0, u128::saturating_add);
+    check_memory("--batch/--input", need)?;
     let params = ParamStore::init(&cfg, 0).map_err(|e| UsageError(e.to_string()))?;
-    let merged = if distill {
-        let tprog = models::program(&tcfg).map_err(|e| UsageError(format!("teacher: {e}")))?;
+    let merged = if let Some(tprog) = &tprog {
         let tparams = ParamStore::init(&tcfg, 1).map_err(|e| UsageError(format!("teacher: {e}")))?;
-        merge((&tprog, &tparams), &student, &[("image", "image")], "teacher_")?
+        merge((tprog, &tparams), &student, &[("image", "image")], "teacher_")?
     } else {
         Merged::student_only(&student)
     };
