@@ -53,11 +53,16 @@ fn invalid(msg: String) -> io::Error {
 }
 
 impl MetricsLog {
-    /// An empty log writing to `csv_path` and, beside it, the same name with extension `svg`.
+    /// The plot written beside the CSV `csv_path`: the same name with extension `svg`.
+    pub fn svg_path_for(csv_path: &Path) -> PathBuf {
+        csv_path.with_extension("svg")
+    }
+
+    /// An empty log writing to `csv_path` and, beside it, [`MetricsLog::svg_path_for`] it.
     /// `parts` names the loss parts (may be empty).
     pub fn new(csv_path: impl Into<PathBuf>, parts: &[&str]) -> Self {
         let csv_path = csv_path.into();
-        let svg_path = csv_path.with_extension("svg");
+        let svg_path = MetricsLog::svg_path_for(&csv_path);
         MetricsLog { csv_path, svg_path, parts: parts.iter().map(|s| s.to_string()).collect(), rows: Vec::new() }
     }
 

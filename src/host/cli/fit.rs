@@ -225,7 +225,7 @@ impl TrainOpts {
     /// Every file a run writes: `--out`, its checkpoint and its metrics CSV and SVG.
     pub fn outputs(&self) -> Vec<PathBuf> {
         let csv = self.metrics_path();
-        vec![self.out.clone(), self.ckpt_path(), csv.with_extension("svg"), csv]
+        vec![self.out.clone(), self.ckpt_path(), MetricsLog::svg_path_for(&csv), csv]
     }
 
     /// Refuses option values that parse but make no run: a warmup as long as the run (the
