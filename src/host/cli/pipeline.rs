@@ -128,16 +128,28 @@ struct Row {
     path: PathBuf,
 }
 
+/// The stages' params files in `--out` (each with its checkpoint and metrics beside it).
+const TEACHER: &str = "teacher.tkd";
+/// The distilled student's params file.
+const KD: &str = "student_kd.tkd";
+/// The baseline student's params file.
+const BASE: &str = "student_base.tkd";
+/// The results table, as JSON and as Markdown.
+const RESULTS: [&str; 2] = ["results.json", "results.md"];
+
+/// The distilled student's inference file with `dtype` weights.
+fn export_name(dtype: DType) -> String {
+    format!("student_kd.{}.tkd", dtype.name())
+}
+
 /// The files the pipeline writes in `out` (each stage's weights, checkpoint and metrics, the
 /// exported students, the results), checked before any work: none may be a directory (a run
 /// used to train for minutes and then fail on one). The results of an earlier run are removed
 /// first: until this run writes its own they would describe other files.
 fn check_outputs_up_front(out: &Path) -> anyhow::Result<()> {
-    let mut files: Vec<PathBuf> = ["results.json", "results.md", "student_kd.f32.tkd", "student_kd.f16.tkd"]
-        .iter()
-        .map(|f| out.join(f))
-        .collect();
-    for stage in ["teacher.tkd", "student_kd.tkd", "student_base.tkd"] {
+    let mut files: Vec<PathBuf> = RESULTS.iter().map(|f| out.join(f)).collect();
+    files.extend([DType::F32, DType::F16].map(|d| out.join(export_name(d))));
+    for stage in [TEACHER, KD, BASE] {
         files.extend(TrainOpts::new(PathBuf::new(), 1, out.join(stage)).outputs());
     }
     if let Some(dir) = files.iter().find(|f| f.is_dir()) {
@@ -148,7 +160,7 @@ fn check_outputs_up_front(out: &Path) -> anyhow::Result<()> {
         ))
         .into());
     }
-    for stale in &files[..2] {
+    for stale in &files[..RESULTS.len()] {
         match std::fs::remove_file(stale) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(anyhow::Error::new(e).context(format!("cannot remove the old {}", stale.display())))
@@ -190,7 +202,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..TrainOpts::new(data.clone(), epochs, a.out.join(name))
     };
 
-    let t_opts = opts("teacher.tkd", plan.teacher_epochs, plan.teacher_lr, plan.teacher_warmup);
+    let t_opts = opts(TEACHER, plan.teacher_epochs, plan.teacher_lr, plan.teacher_warmup);
     stage(&format!("teacher: {} for {} epochs", describe(&tcfg), plan.teacher_epochs));
     let teacher = fit(Job {
         merged: Merged::student_only(&tprog),
@@ -200,7 +212,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         inputs: Vec::new(),
     })?;
 
-    let kd_opts = opts("student_kd.tkd", plan.student_epochs, plan.student_lr, plan.student_warmup);
+    let kd_opts = opts(KD, plan.student_epochs, plan.student_lr, plan.student_warmup);
     let merged = merge((&tprog, &teacher.params), &sprog, &[("image", "image")], TEACHER_PREFIX)?;
     let losses = default_losses(&merged);
     let loss_text: Vec<String> = losses.iter().map(|l| l.kind.label()).collect();
@@ -213,7 +225,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let kd =
         fit(Job { merged, losses, opts: &kd_opts, command: "pipeline distilled student".into(), inputs: Vec::new() })?;
 
-    let base_opts = opts("student_base.tkd", plan.student_epochs, plan.student_lr, plan.student_warmup);
+    let base_opts = opts(BASE, plan.student_epochs, plan.student_lr, plan.student_warmup);
     stage(&format!("baseline student: {} for {} epochs, ce only", describe(&scfg), plan.student_epochs));
     let base = fit(Job {
         merged: Merged::student_only(&sprog),
@@ -235,7 +247,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         rows.push(eval_row(&model, path, Some(secs), cfg, &test, threads)?);
     }
     for dtype in [DType::F32, DType::F16] {
-        let path = a.out.join(format!("student_kd.{}.tkd", dtype.name()));
+        let path = a.out.join(export_name(dtype));
         export_file(&kd.params, dtype, &path)?;
         let model = format!("{student} distilled, {} inference", dtype.name());
         rows.push(eval_row(&model, &path, None, &scfg, &test, threads)?);
@@ -257,8 +269,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let p = a.out.join(name);
         crate::host::atomic::write_atomic(&p, text.as_bytes()).with_context(|| format!("cannot write {}", p.display()))
     };
-    write("results.json", &format!("{}\n", serde_json::to_string_pretty(&json).expect("JSON values serialise")))?;
-    write("results.md", &md)?;
+    write(RESULTS[0], &format!("{}\n", serde_json::to_string_pretty(&json).expect("JSON values serialise")))?;
+    write(RESULTS[1], &md)?;
     emit(&md)
 }
 
