@@ -323,39 +323,46 @@ pub fn write_cifar_file(path: &Path, labels: &[u8], images: &[u8]) -> Result<(),
 /// names come from `batches.meta.txt` (exactly [`NUM_CLASSES`] non-empty lines) when it exists,
 /// else they are CIFAR-10's.
 pub fn load_cifar_dir(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::DirMissing { dir: dir.to_path_buf() });
-    }
+    existing_dir(dir)?;
     let train_paths = train_files(dir)?;
-    let test_path = dir.join(TEST_FILE);
-    if !test_path.exists() {
-        return Err(DataError::TestMissing { path: test_path });
-    }
-    let class_names = read_class_names(dir)?;
-    let (mut labels, mut images) = (Vec::new(), Vec::new());
-    for p in &train_paths {
-        read_cifar_file(p, &mut labels, &mut images)?;
-    }
-    let train = Dataset { images, labels, class_names: class_names.clone() };
-    let (mut labels, mut images) = (Vec::new(), Vec::new());
-    read_cifar_file(&test_path, &mut labels, &mut images)?;
-    let test = Dataset { images, labels, class_names };
+    let (test_path, class_names) = test_and_names(dir)?;
+    let train = read_split(&train_paths, class_names.clone())?;
+    let test = read_split(&[test_path], class_names)?;
     Ok((train, test))
 }
 
 /// Loads only the test split of a CIFAR-10 binary directory (`test_batch.bin`, class names as
 /// [`load_cifar_dir`]): what evaluation reads, so a directory without training files serves.
 pub fn load_cifar_test(dir: &Path) -> Result<Dataset, DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::DirMissing { dir: dir.to_path_buf() });
+    existing_dir(dir)?;
+    let (test_path, class_names) = test_and_names(dir)?;
+    read_split(&[test_path], class_names)
+}
+
+/// [`DataError::DirMissing`] unless `dir` is a directory.
+fn existing_dir(dir: &Path) -> Result<(), DataError> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(DataError::DirMissing { dir: dir.to_path_buf() })
     }
+}
+
+/// The test file of `dir` (which must exist) and the class names ([`read_class_names`]).
+fn test_and_names(dir: &Path) -> Result<(PathBuf, Vec<String>), DataError> {
     let test_path = dir.join(TEST_FILE);
     if !test_path.exists() {
         return Err(DataError::TestMissing { path: test_path });
     }
-    let class_names = read_class_names(dir)?;
+    Ok((test_path, read_class_names(dir)?))
+}
+
+/// The records of `paths`, concatenated in order, as one split.
+fn read_split(paths: &[PathBuf], class_names: Vec<String>) -> Result<Dataset, DataError> {
     let (mut labels, mut images) = (Vec::new(), Vec::new());
-    read_cifar_file(&test_path, &mut labels, &mut images)?;
+    for p in paths {
+        read_cifar_file(p, &mut labels, &mut images)?;
+    }
     Ok(Dataset { images, labels, class_names })
 }
 
