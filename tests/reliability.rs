@@ -149,8 +149,14 @@ fn s(p: &Path) -> &str {
 
 /// A synthetic dataset of `train` + 16 images in `dir/data`.
 fn dataset(dir: &Path, train: usize) -> PathBuf {
+    dataset_seeded(dir, train, 4)
+}
+
+/// [`dataset`] drawn with another `seed` (other images and labels of the same size).
+fn dataset_seeded(dir: &Path, train: usize, seed: u64) -> PathBuf {
     let data = dir.join("data");
-    let o = tinykd(&["data", "synth", "--out", s(&data), "--train", &train.to_string(), "--test", "16", "--seed", "4"]);
+    let (train, seed) = (train.to_string(), seed.to_string());
+    let o = tinykd(&["data", "synth", "--out", s(&data), "--train", &train, "--test", "16", "--seed", &seed]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     data
 }
@@ -558,6 +564,7 @@ fn a_resume_with_other_result_defining_options_is_refused_but_epochs_may_grow() 
 
     // Each option is named with both values.
     let other = dataset(&dir.path().join("other"), 48);
+    let same_size = dataset_seeded(&dir.path().join("same_size"), 32, 5);
     for (change, words) in [
         (("--batch", "8"), &["--batch", "16", "8"][..]),
         (("--lr", "0.02"), &["--lr", "0.05", "0.02"]),
@@ -567,6 +574,8 @@ fn a_resume_with_other_result_defining_options_is_refused_but_epochs_may_grow() 
         (("--no-augment", ""), &["--augment", "true", "false"]),
         // Another dataset: its step count does not match the checkpoint's.
         (("--data", s(&other)), &["--data", "steps"]),
+        // Another dataset of the same size: its images and labels differ.
+        (("--data", s(&same_size)), &["--data", "other images or labels", "CRC-32"]),
     ] {
         let o = train_with(&base, &[("--epochs", "2"), ("--resume", ""), change]);
         assert_refused(&o, words, &keep);

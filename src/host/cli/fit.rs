@@ -41,6 +41,7 @@ use super::model_args::describe;
 use super::paths::{check_outputs, check_writable};
 use super::weights_io::{all_finite, named_tensors, non_finite, store_from_checkpoint};
 use super::{default_threads, UsageError};
+use crate::crc32::Crc32;
 use crate::dist::{Loss, LossValues, Losses, Merged};
 use crate::graph::VarKind;
 use crate::host::checkpoint::{Checkpoint, CkptError, NamedTensor, TrainState};
@@ -165,7 +166,9 @@ pub struct TrainOpts {
     /// with). The count changes the rounding, so a resumed run must use the same one.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), value_name = "T")]
     pub threads: Option<u64>,
-    /// Continue from `<out>.ckpt` if it exists (same epoch, step, momentum, learning-rate position).
+    /// Continue from `<out>.ckpt` if it exists (same epoch, step, momentum, learning-rate
+    /// position); the model, the options that shape the result and the training images must
+    /// be those it was written with.
     #[arg(long)]
     pub resume: bool,
     /// Evaluate on the test split every N epochs (0: only after the last).
@@ -286,12 +289,12 @@ impl TrainOpts {
     /// changes the rounding of the executor's reductions, so a resume at another count would
     /// not repeat the uninterrupted run bit for bit. `--epochs` is included only for the cosine
     /// schedule (whose horizon it sets): a constant or piecewise run may be extended.
-    fn fingerprint(&self, losses: &[String], threads: usize) -> serde_json::Value {
+    fn fingerprint(&self, losses: &[String], threads: usize, train: &Dataset) -> serde_json::Value {
         let mut v = serde_json::json!({
             "batch": self.batch, "lr": self.base_lr(), "momentum": self.momentum, "wd": self.wd,
             "schedule": self.schedule.to_string(), "warmup_epochs": self.warmup_epochs,
             "augment": self.augmenting(), "seed": self.seed, "losses": losses,
-            "threads": threads,
+            "threads": threads, "data": data_fingerprint(train),
         });
         if self.schedule == ScheduleSpec::Cosine {
             v["epochs"] = self.epochs.into();
@@ -326,6 +329,12 @@ fn short<T: Copy + Into<f64> + std::fmt::Display + std::fmt::LowerExp>(v: T) -> 
     } else {
         format!("{v}")
     }
+}
+
+/// The training split's identity in a checkpoint: the CRC-32 of its labels, then its images,
+/// in file order (another dataset of the same size, or the same images relabelled, differ).
+fn data_fingerprint(train: &Dataset) -> String {
+    format!("{:08x}", Crc32::new().update(&train.labels).update(&train.images).finish())
 }
 
 /// The command-line spelling of a [`TrainOpts::fingerprint`] key.
@@ -420,7 +429,7 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
         }
         _ => o.thread_count(),
     };
-    let fingerprint = o.fingerprint(&labels, threads);
+    let fingerprint = o.fingerprint(&labels, threads, &train);
     let mut params = ParamStore::init(&cfg, o.seed).map_err(|e| UsageError(e.to_string()))?;
     zero_init_residuals(&mut params);
     let tc = TrainConfig {
@@ -658,8 +667,9 @@ fn recorded_threads(ck: &Checkpoint) -> Option<usize> {
 
 /// Refuses (with a [`UsageError`] naming the option and both values) a checkpoint of another
 /// model, of other result-defining options ([`TrainOpts::fingerprint`]; an option the
-/// checkpoint did not record, as older versions did not record threads, is not compared), past
-/// `--epochs`, or of a dataset with another number of steps per epoch.
+/// checkpoint did not record, as older versions did not record threads or the data, is not
+/// compared), past `--epochs`, or of a dataset with another number of steps per epoch or other
+/// training images or labels.
 fn check_resumable(
     ck: &Checkpoint,
     path: &Path,
@@ -680,7 +690,8 @@ fn check_resumable(
     }
     let meta: serde_json::Value = serde_json::from_str(&ck.meta).unwrap_or_default();
     if let (Some(old), Some(new)) = (meta["run"].as_object(), fingerprint.as_object()) {
-        for (k, v) in new {
+        // The data is compared last, after its step count (a message with the sizes is clearer).
+        for (k, v) in new.iter().filter(|(k, _)| *k != "data") {
             match old.get(k) {
                 Some(was) if was != v => {
                     let why = if k == "epochs" { " (the cosine schedule's horizon)" } else { "" };
@@ -704,6 +715,15 @@ fn check_resumable(
             o.data.display(),
             o.batch
         ));
+    }
+    if let (Some(was), Some(now)) = (meta["run"]["data"].as_str(), fingerprint["data"].as_str()) {
+        if was != now {
+            return refuse(format!(
+                "was trained on other images or labels than --data {} holds (CRC-32 of the training \
+                 split {was}, now {now})",
+                o.data.display()
+            ));
+        }
     }
     Ok(())
 }
