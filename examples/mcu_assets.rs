@@ -28,6 +28,7 @@ use clap::Parser;
 use tinykd::engine::Engine;
 use tinykd::fold;
 use tinykd::graph::OpKind;
+use tinykd::host::cli::model_args::describe;
 use tinykd::host::data::{synth, Rng};
 use tinykd::kernels::{DType, Isa};
 use tinykd::params::ParamStore;
@@ -126,8 +127,8 @@ fn run(args: &Args) -> Result<()> {
     let prog = models::program(&cfg)?;
     let summary = models::summary(&cfg)?;
     println!(
-        "student: MobileNetV1 scale {}/1000, {} MACs, {} parameters; arena {} B (lower bound {} B); f32 file {} B, f16 file {} B",
-        cfg.scale_permille,
+        "student: {}; {} MACs, {} parameters; arena {} B (lower bound {} B); f32 file {} B, f16 file {} B",
+        describe(&cfg),
         prog.total_macs(),
         summary.params,
         summary.arena_bytes,

@@ -37,7 +37,8 @@ pub enum BenchCommand {
     /// One training step of the model alone (cross-entropy), batch 64 by default.
     TrainStep(StepArgs),
     /// One distillation step: ResNet50 teacher forward + this student's training step with
-    /// the default losses (cross-entropy + the tutorial's L2 hint), batch 64 by default.
+    /// `distill`'s default losses (cross-entropy + the tutorial's L2 hint where the student's
+    /// width matches it, else + soft labels; the JSON names them), batch 64 by default.
     DistillStep(StepArgs),
     /// Single-thread GEMM GFLOP/s and fraction of the FMA peak, measured in the same run.
     Gemm(super::bench_gemm::GemmArgs),

@@ -87,7 +87,8 @@ pub struct ModelArgs {
     /// Stem variant.
     #[arg(long, value_enum, default_value_t = StemArg::Imagenet)]
     pub stem: StemArg,
-    /// Input height x width (3 channels).
+    /// Input height x width (3 channels): multiples of 32 with the imagenet stem, of 16 with
+    /// the cifar stem (the network halves them five or four times).
     #[arg(long, default_value = "32x32", value_name = "HxW")]
     pub input: InputSize,
 }
