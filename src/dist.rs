@@ -503,17 +503,28 @@ pub fn parse_loss(item: &str) -> Result<Loss, DistError> {
                 return Err(bad("`soft` takes the teacher and student logits, then optional Tt=, Ts= or T="));
             }
             let (mut tt, mut ts) = (1.0f32, 1.0f32);
+            let (mut tt_set, mut ts_set) = (false, false);
             for opt in &args[2..] {
                 let (k, v) = opt.split_once('=').ok_or_else(|| bad(&format!("`{opt}` is not Tt=, Ts= or T=")))?;
                 let v: f32 = v.trim().parse().map_err(|_| bad(&format!("`{opt}`: not a number")))?;
                 if !(v.is_finite() && v > 0.0) {
                     return Err(bad("temperatures must be positive"));
                 }
-                match k.trim() {
-                    "Tt" => tt = v,
-                    "Ts" => ts = v,
-                    "T" => (tt, ts) = (v, v),
+                let k = k.trim();
+                let (t, s) = match k {
+                    "Tt" => (true, false),
+                    "Ts" => (false, true),
+                    "T" => (true, true),
                     other => return Err(bad(&format!("unknown option `{other}` (use Tt, Ts or T)"))),
+                };
+                if (t && tt_set) || (s && ts_set) {
+                    return Err(bad(&format!("`{opt}` sets a temperature already set (T= sets both Tt and Ts)")));
+                }
+                if t {
+                    (tt, tt_set) = (v, true);
+                }
+                if s {
+                    (ts, ts_set) = (v, true);
                 }
             }
             Loss::soft_label(args[0], args[1], tt, ts)

@@ -387,6 +387,8 @@ fn loss_spec_parser() {
     assert!(matches!(l.kind, LossKind::SoftLabel { tt, ts, .. } if tt == 1.0 && ts == 1.0));
     let l = parse_loss("soft:teacher_fc,fc7,Tt=4,Ts=2*0.1").unwrap();
     assert!(matches!(l.kind, LossKind::SoftLabel { tt, ts, .. } if tt == 4.0 && ts == 2.0) && l.weight == 0.1);
+    let l = parse_loss("soft:teacher_fc,fc7,Ts=2,Tt=5").unwrap();
+    assert!(matches!(l.kind, LossKind::SoftLabel { tt, ts, .. } if tt == 5.0 && ts == 2.0));
     let l = parse_loss("soft:teacher_fc,fc7,T=3").unwrap();
     assert!(matches!(l.kind, LossKind::SoftLabel { tt, ts, .. } if tt == 3.0 && ts == 3.0));
     let all = parse_losses("ce; l2:a,b*0.5 ;soft:x,y,T=2;").unwrap();
@@ -404,6 +406,9 @@ fn loss_spec_parser() {
         "soft:a,b,Q=1",
         "soft:a,b,T=0",
         "soft:a,b,T=x",
+        "soft:a,b,T=4,T=5",
+        "soft:a,b,Tt=2,T=3",
+        "soft:a,b,Ts=2,Ts=2",
         "ce*",
         "ce*-1",
         "ce@nan",

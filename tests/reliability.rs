@@ -366,6 +366,15 @@ fn invalid_distillation_inputs_fail_cleanly_and_write_nothing() {
     assert_clean_failure(&distill(&teacher, "l3:teacher_fc7,fc7"), 2, &["l3"], &out_dir);
     assert_clean_failure(&distill(&teacher, "soft:teacher_fc7,fc7,T=0"), 2, &["positive"], &out_dir);
     assert_clean_failure(&distill(&teacher, "l2:teacher_fc7,fc7*-1"), 2, &["weight"], &out_dir);
+    assert_clean_failure(&distill(&teacher, "soft:teacher_fc7,fc7,T=4,T=5"), 2, &["already set"], &out_dir);
+    // A term given twice (it would count double, and name two metrics columns alike).
+    assert_clean_failure(&distill(&teacher, "ce;ce"), 2, &["ce", "twice", "ce*2"], &out_dir);
+    assert_clean_failure(
+        &distill(&teacher, "ce;l2:teacher_conv6_sep,conv6_sep*0.5;l2:teacher_conv6_sep,conv6_sep"),
+        2,
+        &["l2:teacher_conv6_sep,conv6_sep", "twice"],
+        &out_dir,
+    );
 
     // Specs that would train nothing: sides swapped, a teacher-only pair, the same tensor on
     // both sides, the input image as the trained side, every weight zero.
@@ -380,6 +389,31 @@ fn invalid_distillation_inputs_fail_cleanly_and_write_nothing() {
     for (spec, words) in nothing {
         assert_clean_failure(&distill(&teacher, spec), 2, words, &out_dir);
     }
+}
+
+#[test]
+fn an_output_whose_metrics_log_is_another_runs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 32);
+    let runs = dir.path().join("runs");
+    let o = train(&["--epochs", "1", "--data", s(&data), "--out", s(&runs.join("teacher.tkd"))]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (csv, svg) = (runs.join("teacher.metrics.csv"), runs.join("teacher.metrics.svg"));
+    let (csv_bytes, svg_bytes) = (std::fs::read(&csv).unwrap(), std::fs::read(&svg).unwrap());
+    // `--out runs/teacher` writes `runs/teacher.metrics.csv` too: refused, the log kept.
+    let o = train(&["--epochs", "1", "--data", s(&data), "--out", s(&runs.join("teacher"))]);
+    assert_refused(
+        &o,
+        &["teacher.metrics.csv", "teacher.tkd", "another --out"],
+        &[(&csv, &csv_bytes), (&svg, &svg_bytes)],
+    );
+    assert!(!runs.join("teacher").exists() && !runs.join("teacher.ckpt").exists());
+    // Its own output again is fine (it replaces its own log).
+    let o = train(&["--epochs", "1", "--data", s(&data), "--out", s(&runs.join("teacher.tkd"))]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A directory below a file is named as such.
+    let o = train(&["--epochs", "1", "--data", s(&data), "--out", s(&runs.join("teacher.tkd").join("x.tkd"))]);
+    assert_refused(&o, &["teacher.tkd is a file, not a directory"], &[]);
 }
 
 #[test]

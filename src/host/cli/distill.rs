@@ -26,7 +26,8 @@ pub struct Args {
     #[command(flatten)]
     pub student: ModelArgs,
     /// A loss spec, repeatable, items also `;`-separated: `ce`, `l2:T,S`, `fsp:T1,T2,S1,S2`,
-    /// `soft:T,S[,T=x]`, each with an optional `*weight`. Teacher tensors are `teacher_<name>`.
+    /// `soft:T,S[,Tt=x][,Ts=x][,T=x]` (teacher and student temperatures, `T=` both; default 1),
+    /// each with an optional `*weight`. Teacher tensors are `teacher_<name>`.
     /// Default: ce + l2:teacher_bn5c_branch2b,depthwise_conv2d_11 when their shapes match,
     /// else `ce + soft:teacher_<logits>,<logits>`.
     #[arg(long = "loss", value_name = "SPEC")]
@@ -69,6 +70,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     if losses.is_empty() {
         return Err(UsageError("--loss gave no loss".into()).into());
+    }
+    for (i, l) in losses.iter().enumerate() {
+        let label = l.kind.label();
+        if losses[..i].iter().any(|e| e.kind.label() == label) {
+            return Err(UsageError(format!(
+                "--loss {label} is given twice; give it once, with a weight for more of it (e.g. {label}*2)"
+            ))
+            .into());
+        }
     }
     check_trains_student(&merged, &losses)?;
     let labels: Vec<String> = losses.iter().map(weighted_label).collect();

@@ -225,6 +225,22 @@ impl TrainOpts {
         self.out.with_extension("metrics.csv")
     }
 
+    /// Another run's output beside `--out` whose metrics log is this run's too (the same name
+    /// up to the extension: `runs/teacher.tkd` for `--out runs/teacher`), found by its weights
+    /// file or its checkpoint.
+    fn metrics_owner(&self) -> Option<PathBuf> {
+        let dir = match self.out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let csv = self.metrics_path();
+        std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_file()).find_map(|p| {
+            let out = if p.extension().is_some_and(|e| e == "ckpt") { p.with_extension("") } else { p };
+            let shared = out.with_extension("metrics.csv").file_name() == csv.file_name();
+            (shared && out.file_name() != self.out.file_name()).then_some(out)
+        })
+    }
+
     /// Every file a run writes: `--out`, its checkpoint and its metrics CSV and SVG.
     pub fn outputs(&self) -> Vec<PathBuf> {
         let csv = self.metrics_path();
@@ -388,6 +404,16 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
     let data_files = TRAIN_FILES.iter().chain(&[TEST_FILE, META_FILE]).map(|f| ("--data".to_string(), o.data.join(f)));
     let inputs: Vec<(String, PathBuf)> = job.inputs.iter().cloned().chain(data_files).collect();
     check_outputs("--out", &o.outputs(), &inputs)?;
+    if let Some(owner) = o.metrics_owner() {
+        return Err(UsageError(format!(
+            "--out {} would write its metrics log over {}, the log of {} (the same name up to the \
+             extension); choose another --out",
+            o.out.display(),
+            o.metrics_path().display(),
+            owner.display()
+        ))
+        .into());
+    }
     let (train, test) = load_cifar_dir(&o.data)?;
     let bs = o.batch as usize;
     if train.len() < bs {

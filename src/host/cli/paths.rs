@@ -61,6 +61,12 @@ pub fn check_writable(option: &str, out: &Path) -> anyhow::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // The nearest existing ancestor must be a directory ("File exists" would not say which).
+    if let Some(file) = dir.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists()).filter(|a| !a.is_dir()) {
+        return Err(
+            UsageError(format!("{option} {}: {} is a file, not a directory", out.display(), file.display())).into()
+        );
+    }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{option} {}: cannot create {}", out.display(), dir.display()))?;
     let probe = dir.join(format!(".tinykd-write-probe-{}", std::process::id()));
@@ -109,5 +115,15 @@ mod tests {
     fn an_unwritable_directory_is_reported_before_work() {
         let e = check_writable("--out", Path::new("/proc/tinykd-no/x.tkd")).unwrap_err();
         assert!(format!("{e:#}").contains("--out /proc/tinykd-no/x.tkd"), "{e:#}");
+        // A directory below a file names the file.
+        let dir = std::env::temp_dir().join(format!("tinykd-paths-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("student.tkd");
+        std::fs::write(&file, b"x").unwrap();
+        let e = check_writable("--out", &file.join("sub").join("x.tkd")).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains(&format!("{} is a file, not a directory", file.display())), "{msg}");
+        assert!(e.downcast_ref::<UsageError>().is_some(), "not a usage error: {msg}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
