@@ -352,6 +352,8 @@ fn invalid_distillation_inputs_fail_cleanly_and_write_nothing() {
     let junk = dir.path().join("junk.tkd");
     std::fs::write(&junk, b"this is not a weight file").unwrap();
     assert_clean_failure(&distill(&junk, ""), 1, &["junk.tkd"], &out_dir);
+    // An endless device is refused before it is read (it filled the memory).
+    assert_clean_failure(&distill(Path::new("/dev/zero"), ""), 1, &["/dev/zero", "not a regular file"], &out_dir);
 
     // Loss specs: unknown tensor (with suggestions), shape-mismatched pair, bad syntax.
     assert_clean_failure(

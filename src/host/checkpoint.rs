@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{Arch, ModelConfig, Stem};
 use crate::crc32::Crc32;
 use crate::host::atomic::write_atomic;
+use crate::host::read::read_file;
 
 /// The first 8 bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"TKDCKPT\0";
@@ -243,7 +244,7 @@ impl Checkpoint {
 
     /// Reads and verifies the checkpoint at `path`.
     pub fn load(path: &Path) -> Result<Self, CkptError> {
-        let bytes = std::fs::read(path).map_err(|source| {
+        let bytes = read_file(path).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 CkptError::Missing { path: path.to_path_buf() }
             } else {

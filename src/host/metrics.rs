@@ -10,6 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::host::atomic::write_atomic;
+use crate::host::read::read_text;
 
 /// One epoch's numbers.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,7 +73,7 @@ impl MetricsLog {
     /// does not parse.
     pub fn resume(csv_path: impl Into<PathBuf>, parts: &[&str], through_epoch: u64) -> io::Result<Self> {
         let mut log = MetricsLog::new(csv_path, parts);
-        let text = match std::fs::read_to_string(&log.csv_path) {
+        let text = match read_text(&log.csv_path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(log),
             Err(e) => return Err(e),

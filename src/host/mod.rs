@@ -6,3 +6,4 @@ pub mod cli;
 pub mod data;
 pub mod metrics;
 pub mod progress;
+pub mod read;

@@ -37,7 +37,7 @@ impl AlignedBuf {
 
     /// Reads the file at `path` into aligned memory.
     pub fn read(path: &Path) -> io::Result<Self> {
-        Ok(Self::from_bytes(&std::fs::read(path)?))
+        Ok(Self::from_bytes(&crate::host::read::read_file(path)?))
     }
 
     /// The bytes.

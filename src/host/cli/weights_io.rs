@@ -12,6 +12,7 @@ use super::UsageError;
 use crate::config::ModelConfig;
 use crate::graph::VarKind;
 use crate::host::checkpoint::{self, Checkpoint, NamedTensor};
+use crate::host::read::read_file;
 use crate::params::ParamStore;
 use crate::weights::{self, AlignedBuf, FileKind, WeightFile};
 
@@ -37,7 +38,7 @@ impl Loaded {
 /// [`weights::MAGIC`]); Params files and checkpoints become a [`ParamStore`] (every parameter
 /// and statistic of the model must be present with the model's dims, and finite).
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
+    let bytes = read_file(path).with_context(|| format!("cannot read weights {}", path.display()))?;
     if bytes.starts_with(&checkpoint::MAGIC) {
         let ckpt = Checkpoint::from_bytes(&bytes, path)?;
         return Ok(Loaded::Params(store_from_checkpoint(&ckpt, path)?));

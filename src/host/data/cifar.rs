@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::rng::Rng;
 use crate::host::atomic::write_atomic;
+use crate::host::read::{read_file, read_text};
 
 /// Image height in pixels.
 pub const IMAGE_H: usize = 32;
@@ -287,7 +288,7 @@ fn check_records(labels: &[u8], images: &[u8]) -> Result<(), DataError> {
 
 /// Reads one CIFAR binary file, appending its records to `labels` and `images`.
 pub fn read_cifar_file(path: &Path, labels: &mut Vec<u8>, images: &mut Vec<u8>) -> Result<(), DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let bytes = read_file(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     if bytes.is_empty() {
         return Err(DataError::Empty { path: path.to_path_buf() });
     }
@@ -386,7 +387,7 @@ fn read_class_names(dir: &Path) -> Result<Vec<String>, DataError> {
     if !path.exists() {
         return Ok(CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect());
     }
-    let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+    let text = read_text(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
     let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if names.len() != NUM_CLASSES {
         return Err(DataError::BadClassNames { path, lines: names.len() });
