@@ -125,7 +125,8 @@ fn os_errors_are_printed_once() {
     synth::write_synth_dir(&out, 10, 3, 1).unwrap();
     let batch = out.join("data_batch_2.bin");
     std::fs::remove_file(&batch).unwrap();
-    std::fs::create_dir(&batch).unwrap();
+    // A symbolic link to itself: reading it is an OS error (ELOOP) whatever the user's rights.
+    std::os::unix::fs::symlink("data_batch_2.bin", &batch).unwrap();
     let o = tinykd(&["data", "check", "--data", s(&out)]);
     assert_fails(&o, 1, &["data_batch_2.bin", "os error"]);
     assert_eq!(stderr(&o).matches("os error").count(), 1, "{}", stderr(&o));
@@ -199,4 +200,112 @@ fn model_options_are_validated() {
     assert_fails(&tinykd(&["summary"]), 2, &["--model"]);
     assert_fails(&tinykd(&["frobnicate"]), 2, &["frobnicate"]);
     assert!(tinykd(&["--help"]).status.success());
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    n.sort();
+    n
+}
+
+/// Every file of `dir` by name, with its bytes.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    names(dir).into_iter().map(|n| (n.clone(), std::fs::read(dir.join(n)).unwrap())).collect()
+}
+
+#[test]
+fn a_killed_data_synth_leaves_the_old_dataset_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d");
+    assert!(tinykd(&["data", "synth", "--out", s(&out), "--train", "200", "--test", "20", "--seed", "1"])
+        .status
+        .success());
+    let before = snapshot(&out);
+    // A large run, killed once it has written into its new directory (it would take ~10 s).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tinykd"))
+        .args(["data", "synth", "--out", s(&out), "--train", "100000", "--seed", "2"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let fresh = dir.path().join(format!(".d.tinykd-new.{}.0.tmp", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(&fresh).map_or(true, |mut d| d.next().is_none()) {
+        assert!(std::time::Instant::now() < deadline, "no file in {}", fresh.display());
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it was killed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(snapshot(&out), before, "the old dataset is byte-identical");
+    let o = tinykd(&["data", "check", "--data", s(&out)]);
+    assert!(stdout(&o).contains("200 training images, 20 test images"), "{}", stderr(&o));
+    // The next run removes the dead run's directory.
+    assert!(fresh.exists());
+    assert!(tinykd(&["data", "synth", "--out", s(&out), "--train", "30", "--test", "10"]).status.success());
+    assert_eq!(names(dir.path()), ["d"]);
+    assert_eq!(load_cifar_dir(&out).unwrap().0.len(), 30);
+}
+
+#[test]
+fn data_synth_refuses_a_directory_with_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("thesis.tex"), b"mine").unwrap();
+    let o = tinykd(&["data", "synth", "--out", s(&out), "--train", "3", "--test", "1"]);
+    assert_fails(&o, 1, &["thesis.tex", "not a dataset file", "nothing was written"]);
+    assert_eq!(names(&out), ["thesis.tex"]);
+    assert_eq!(names(dir.path()), ["d"]);
+}
+
+#[test]
+fn data_check_refuses_a_sixth_training_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d");
+    synth::write_synth_dir(&out, 10, 3, 1).unwrap();
+    std::fs::copy(out.join("data_batch_1.bin"), out.join("data_batch_6.bin")).unwrap();
+    assert_fails(
+        &tinykd(&["data", "check", "--data", s(&out)]),
+        1,
+        &["data_batch_6.bin would not be read", "data_batch_1.bin .. data_batch_5.bin"],
+    );
+}
+
+/// `tinykd args` run as user `nobody` when this process is root (through `setpriv`), else as
+/// this user; `None` when root cannot switch (no `setpriv`, or `nobody` cannot run the binary).
+fn tinykd_unprivileged(args: &[&str]) -> Option<Output> {
+    let root = Command::new("id").arg("-u").output().ok().is_some_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root {
+        return Some(tinykd(args));
+    }
+    let run = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_tinykd")])
+            .args(args)
+            .output()
+            .ok()
+    };
+    run(&["--version"]).filter(|o| o.status.success())?;
+    run(args)
+}
+
+#[test]
+fn an_unreadable_dataset_directory_says_permission_denied() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.path().join("d");
+    synth::write_synth_dir(&out, 10, 3, 1).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let o = tinykd_unprivileged(&["data", "check", "--data", s(&out)]);
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(o) = o else {
+        eprintln!("skipped: running as root without a way to drop privileges (setpriv)");
+        return;
+    };
+    // It used to say the directory "has no training file".
+    assert_fails(&o, 1, &[s(&out), "Permission denied"]);
+    assert!(!stderr(&o).contains("no training file") && !stderr(&o).contains("missing"), "{}", stderr(&o));
 }

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use tinykd::host::data::cifar::{
-    augment_to_nhwc_f32, read_cifar_file, to_nhwc_f32, write_class_names, AugDraw, Augment, DataError, Dataset,
-    CIFAR10_CLASSES, IMAGE_BYTES, RECORD_BYTES,
+    augment_to_nhwc_f32, load_cifar_test, read_cifar_file, to_nhwc_f32, write_class_names, AugDraw, Augment, DataError,
+    Dataset, CIFAR10_CLASSES, IMAGE_BYTES, RECORD_BYTES,
 };
 use tinykd::host::data::synth::{self, CLASS_NAMES};
 use tinykd::host::data::{load_cifar_dir, write_cifar_file, Rng};
@@ -113,13 +113,20 @@ fn an_os_error_is_in_the_message_and_not_repeated_as_a_source() {
     let (dir, ..) = valid_dir();
     let p = dir.path().join("data_batch_2.bin");
     std::fs::remove_file(&p).unwrap();
-    std::fs::create_dir(&p).unwrap();
+    // A symbolic link to itself: opening it is an OS error (ELOOP) whatever the user's rights.
+    std::os::unix::fs::symlink("data_batch_2.bin", &p).unwrap();
     let e = load_cifar_dir(dir.path()).unwrap_err();
     assert!(matches!(e, DataError::Io { .. }), "{e:?}");
     assert!(std::error::Error::source(&e).is_none());
     let chain = format!("{:#}", anyhow::Error::new(e).context("loading"));
     assert_eq!(chain.matches("os error").count(), 1, "{chain}");
     assert!(chain.contains("data_batch_2.bin"), "{chain}");
+    // A directory in its place is named as such (by `host::read`, without an OS error).
+    std::fs::remove_file(&p).unwrap();
+    std::fs::create_dir(&p).unwrap();
+    let e = load_cifar_dir(dir.path()).unwrap_err();
+    assert!(matches!(e, DataError::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains("data_batch_2.bin: a directory"), "{e}");
 }
 
 fn err_text(dir: &Path) -> (DataError, String) {
@@ -379,17 +386,12 @@ fn synth_dir_loads_with_the_reader() {
     synth::write_synth_dir(&small, 2, 1, 0).unwrap();
     assert!(small.join("data_batch_2.bin").exists() && !small.join("data_batch_3.bin").exists());
     assert_eq!(load_cifar_dir(&small).unwrap().0.len(), 2);
-    // A stale training file that would not be overwritten is refused, leaving the directory as it was.
-    let before = std::fs::read(out.join("data_batch_1.bin")).unwrap();
-    let e = synth::write_synth_dir(&out, 3, 1, 99).unwrap_err();
-    assert!(e.to_string().contains("data_batch_4.bin already exists"), "{e}");
-    assert_eq!(std::fs::read(out.join("data_batch_1.bin")).unwrap(), before);
     // The progress callback counts every image, and the bytes do not depend on it.
     let counted = dir.path().join("counted");
     let mut calls = Vec::new();
     synth::write_synth_dir_with_progress(&counted, 13, 4, 21, &mut |n| calls.push(n)).unwrap();
     assert_eq!(calls.iter().sum::<usize>(), 17, "{calls:?}");
-    assert_eq!(calls, [0, 2, 3, 2, 3, 3, 4], "0 once the directory exists, then one call per file");
+    assert_eq!(calls, [0, 2, 3, 2, 3, 3, 4], "0 once the new directory exists, then one call per file");
     for f in ["data_batch_1.bin", "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"] {
         assert_eq!(std::fs::read(counted.join(f)).unwrap(), std::fs::read(out.join(f)).unwrap(), "{f}");
     }
@@ -407,4 +409,163 @@ fn synth_generation_is_fast() {
     assert_eq!(train.len(), 10_000);
     // The target is < 2 s; the bound leaves room for a loaded CI machine.
     assert!(secs < 6.0, "10k synthetic images took {secs:.2} s");
+}
+
+/// Every file of `dir` by name, with its bytes.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap_or_default()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn synth_replaces_a_dataset_as_a_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d");
+    synth::write_synth_dir(&out, 13, 4, 21).unwrap();
+    // Fewer training files than before: the old data_batch_4.bin and 5 do not stay behind.
+    synth::write_synth_dir(&out, 3, 2, 22).unwrap();
+    assert!(out.join("data_batch_3.bin").exists() && !out.join("data_batch_4.bin").exists());
+    let (train, test) = load_cifar_dir(&out).unwrap();
+    assert_eq!((train, test), synth::generate(3, 2, 22));
+    assert_eq!(names(dir.path()), ["d"], "no temp directory is left");
+    // An empty directory, and one holding leftover temp files of a killed file write, are replaced.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    synth::write_synth_dir(&empty, 2, 1, 0).unwrap();
+    write_raw(&empty.join(".data_batch_1.bin.4294967295.0.tmp"), b"partial");
+    synth::write_synth_dir(&empty, 2, 1, 0).unwrap();
+    assert_eq!(names(&empty), ["batches.meta.txt", "data_batch_1.bin", "data_batch_2.bin", "test_batch.bin"]);
+}
+
+#[test]
+fn a_synth_failing_part_way_leaves_the_old_dataset_and_no_temp_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d");
+    synth::write_synth_dir(&out, 13, 4, 21).unwrap();
+    let before = snapshot(&out);
+    // Once the new training files are written, a directory planted where the new test file
+    // goes makes its write fail (a file cannot be renamed over a directory, even by root).
+    let mut calls = 0;
+    let e = synth::write_synth_dir_with_progress(&out, 500, 40, 9, &mut |_| {
+        calls += 1;
+        if calls == 6 {
+            let fresh = names(dir.path()).into_iter().find(|n| n.starts_with(".d.tinykd-new.")).expect("new dir");
+            let fresh = dir.path().join(fresh);
+            assert!(fresh.join("data_batch_4.bin").exists(), "{:?}", names(&fresh));
+            std::fs::create_dir(fresh.join("test_batch.bin")).unwrap();
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(e, DataError::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains("test_batch.bin"), "{e}");
+    assert_eq!(snapshot(&out), before, "the old dataset is byte-identical");
+    assert_eq!(names(dir.path()), ["d"], "the new directory is removed");
+}
+
+#[test]
+fn synth_refuses_a_directory_with_foreign_files_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d");
+    synth::write_synth_dir(&out, 7, 2, 1).unwrap();
+    // (name, whether it is a directory)
+    for (name, is_dir) in
+        [("notes.txt", false), ("data_batch_6.bin", false), ("sub", true), ("test_batch.bin.orig", false)]
+    {
+        if is_dir {
+            std::fs::create_dir(out.join(name)).unwrap();
+        } else {
+            write_raw(&out.join(name), b"mine");
+        }
+        let before = snapshot(&out);
+        let e = synth::write_synth_dir(&out, 3, 1, 2).unwrap_err();
+        assert!(matches!(e, DataError::ForeignFile { .. }), "{name}: {e:?}");
+        let s = e.to_string();
+        assert!(s.contains(&format!("holds {}", out.join(name).display())) && s.contains("nothing was written"), "{s}");
+        assert_eq!(snapshot(&out), before, "{name}");
+        assert_eq!(names(dir.path()), ["d"], "{name}");
+        let p = out.join(name);
+        if is_dir { std::fs::remove_dir(p) } else { std::fs::remove_file(p) }.unwrap();
+    }
+    // A regular file is not replaced by a directory.
+    let file = dir.path().join("f");
+    write_raw(&file, b"keep");
+    let e = synth::write_synth_dir(&file, 3, 1, 2).unwrap_err();
+    assert!(matches!(e, DataError::NotADirectory { .. }), "{e:?}");
+    assert!(e.to_string().contains("exists and is not a directory"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    assert_eq!(names(dir.path()), ["d", "f"]);
+}
+
+#[test]
+fn synth_removes_only_the_temp_dirs_of_dead_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d");
+    let plant = |name: &str, file: &str| {
+        let p = dir.path().join(name);
+        std::fs::create_dir(&p).unwrap();
+        write_raw(&p.join(file), b"x");
+    };
+    // Pids above the kernel's 2^22 limit never run; pid 1 always does.
+    plant(".d.tinykd-new.4194305.0.tmp", "data_batch_1.bin");
+    plant(".d.tinykd-old.4194306.3.tmp", "test_batch.bin");
+    plant(".d.tinykd-new.4194307.0.tmp", "notes.txt");
+    plant(".d.tinykd-new.1.0.tmp", "data_batch_1.bin");
+    plant(".e.tinykd-new.4194305.0.tmp", "data_batch_1.bin");
+    synth::write_synth_dir(&out, 2, 1, 0).unwrap();
+    assert_eq!(
+        names(dir.path()),
+        [".d.tinykd-new.1.0.tmp", ".d.tinykd-new.4194307.0.tmp", ".e.tinykd-new.4194305.0.tmp", "d"]
+    );
+}
+
+#[test]
+fn training_files_beyond_the_fifth_are_an_error() {
+    let (dir, ..) = valid_dir();
+    for name in ["data_batch_6.bin", "data_batch_10.bin", "data_batch_1.bin.bak"] {
+        std::fs::copy(dir.path().join("data_batch_1.bin"), dir.path().join(name)).unwrap();
+        let (e, s) = err_text(dir.path());
+        assert!(matches!(e, DataError::UnreadTrainFile { .. }), "{name}: {e:?}");
+        assert!(s.contains(&format!("{name} would not be read")), "{s}");
+        assert!(s.contains("data_batch_1.bin .. data_batch_5.bin"), "{s}");
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    // Evaluation reads only the test file.
+    std::fs::copy(dir.path().join("data_batch_1.bin"), dir.path().join("data_batch_6.bin")).unwrap();
+    assert_eq!(load_cifar_test(dir.path()).unwrap().len(), 5);
+}
+
+#[test]
+fn a_file_that_cannot_be_looked_at_is_not_reported_missing() {
+    // Root passes permission checks, so these use OS errors that root gets too; the CLI test
+    // `an_unreadable_dataset_directory_says_permission_denied` checks EACCES without root.
+    let (dir, ..) = valid_dir();
+    // A symbolic link to itself: "too many levels of symbolic links", not a missing file.
+    let test = dir.path().join("test_batch.bin");
+    std::fs::remove_file(&test).unwrap();
+    std::os::unix::fs::symlink("test_batch.bin", &test).unwrap();
+    for e in [load_cifar_dir(dir.path()).unwrap_err(), load_cifar_test(dir.path()).unwrap_err()] {
+        assert!(matches!(e, DataError::Io { .. }), "{e:?}");
+        assert!(e.to_string().contains("test_batch.bin") && e.to_string().contains("os error"), "{e}");
+    }
+    let (dir, ..) = valid_dir();
+    std::os::unix::fs::symlink("batches.meta.txt", dir.path().join("batches.meta.txt")).unwrap();
+    let (e, s) = err_text(dir.path());
+    assert!(matches!(e, DataError::Io { .. }) && s.contains("batches.meta.txt"), "{s}");
+    // A dataset path below a regular file: "Not a directory", not "does not exist".
+    let below = dir.path().join("data_batch_1.bin").join("d");
+    let (e, s) = err_text(&below);
+    assert!(matches!(e, DataError::Io { .. }) && s.contains("Not a directory"), "{s}");
 }

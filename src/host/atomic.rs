@@ -72,7 +72,7 @@ fn temp_pid(name: &str, file_name: &str) -> Option<u32> {
 
 /// Whether process `pid` runs; `None` when that cannot be told.
 #[cfg(target_os = "linux")]
-fn process_running(pid: u32) -> Option<bool> {
+pub(crate) fn process_running(pid: u32) -> Option<bool> {
     let proc = Path::new("/proc");
     if !proc.join("self").exists() {
         return None;
@@ -82,7 +82,7 @@ fn process_running(pid: u32) -> Option<bool> {
 
 /// Whether process `pid` runs: not known on this platform.
 #[cfg(not(target_os = "linux"))]
-fn process_running(_pid: u32) -> Option<bool> {
+pub(crate) fn process_running(_pid: u32) -> Option<bool> {
     None
 }
 
@@ -94,14 +94,14 @@ fn fill_and_rename(mut file: File, temp: &Path, path: &Path, bytes: &[u8]) -> io
     fs::rename(temp, path)
 }
 
-/// Makes a rename inside `dir` durable.
+/// Makes a rename inside `dir` (and the names of its files) durable.
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Directories cannot be opened for syncing on this platform; the rename is left to the OS.
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }

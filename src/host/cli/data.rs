@@ -28,7 +28,8 @@ pub enum DataCommand {
 /// `tinykd data synth`.
 #[derive(clap::Args, Debug)]
 pub struct SynthArgs {
-    /// Output directory (created if needed); receives data_batch_1.bin.., test_batch.bin, batches.meta.txt.
+    /// Output directory, created or replaced as a whole (an existing one may hold only dataset
+    /// files): receives data_batch_1.bin.., test_batch.bin, batches.meta.txt.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Training images (1..=1000000).

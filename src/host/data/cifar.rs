@@ -4,8 +4,11 @@
 //! 3072 pixel bytes in CHW order (1024 red, 1024 green, 1024 blue, each a row-major 32x32
 //! plane). A dataset directory holds `data_batch_1.bin` .. `data_batch_k.bin` (training,
 //! `1 <= k <= 5`, read in that order; a gap such as a missing `data_batch_2.bin` beside a
-//! `data_batch_3.bin` is an error, not fewer images) and `test_batch.bin` (test), and optionally
-//! `batches.meta.txt` with exactly one class name on each of its 10 non-empty lines.
+//! `data_batch_3.bin` is an error, not fewer images; so is any other `data_batch_*` name, such
+//! as `data_batch_6.bin`, which would otherwise be silently left out) and `test_batch.bin`
+//! (test), and optionally `batches.meta.txt` with exactly one class name on each of its 10
+//! non-empty lines. A file that cannot be looked at (a directory without read or search
+//! permission) is reported with its OS error, never as missing.
 
 use std::fmt;
 use std::io;
@@ -50,6 +53,8 @@ pub enum DataError {
     NoTrainFiles { dir: PathBuf },
     /// A training file is missing while a later one exists (the files must be `1..=k`).
     TrainGap { missing: PathBuf, present: PathBuf },
+    /// A `data_batch_*` file that is not one of [`TRAIN_FILES`], so would not be read.
+    UnreadTrainFile { path: PathBuf },
     /// `batches.meta.txt` does not have exactly [`NUM_CLASSES`] non-empty lines.
     BadClassNames { path: PathBuf, lines: usize },
     /// `test_batch.bin` does not exist.
@@ -64,6 +69,11 @@ pub enum DataError {
     Io { path: PathBuf, source: io::Error },
     /// Inputs given to a writer or generator are inconsistent.
     Invalid { what: String },
+    /// A dataset writer's output directory exists and is not a directory.
+    NotADirectory { path: PathBuf },
+    /// A dataset writer's output directory holds a file that is not a dataset's (replacing the
+    /// directory would delete it).
+    ForeignFile { dir: PathBuf, path: PathBuf },
 }
 
 impl fmt::Display for DataError {
@@ -83,6 +93,13 @@ impl fmt::Display for DataError {
                  data_batch_k.bin without a gap (restore the missing file or remove the later ones)",
                 missing.display(),
                 present.display()
+            ),
+            DataError::UnreadTrainFile { path } => write!(
+                f,
+                "training file {} would not be read: the reader reads data_batch_1.bin .. data_batch_5.bin \
+                 (CIFAR-10's five training files) and no other data_batch_* name; merge its images into those \
+                 files, or rename or remove it",
+                path.display()
             ),
             DataError::BadClassNames { path, lines } => write!(
                 f,
@@ -105,6 +122,19 @@ impl fmt::Display for DataError {
             ),
             DataError::Io { path, source } => write!(f, "cannot access {}: {source}", path.display()),
             DataError::Invalid { what } => write!(f, "{what}"),
+            DataError::NotADirectory { path } => write!(
+                f,
+                "{} exists and is not a directory; give a new directory or one that holds a dataset",
+                path.display()
+            ),
+            DataError::ForeignFile { dir, path } => write!(
+                f,
+                "{} holds {}, which is not a dataset file (data_batch_1.bin .. data_batch_5.bin, test_batch.bin, \
+                 batches.meta.txt); the directory is replaced as a whole, which would delete it, so nothing was \
+                 written: move it away or choose another directory",
+                dir.display(),
+                path.display()
+            ),
         }
     }
 }
@@ -320,9 +350,9 @@ pub fn write_cifar_file(path: &Path, labels: &[u8], images: &[u8]) -> Result<(),
 }
 
 /// Loads a CIFAR-10 binary directory: (train, test). Training images are the files
-/// `data_batch_1.bin` .. `data_batch_k.bin` (`1 <= k <= 5`, no gap) concatenated in order; class
-/// names come from `batches.meta.txt` (exactly [`NUM_CLASSES`] non-empty lines) when it exists,
-/// else they are CIFAR-10's.
+/// `data_batch_1.bin` .. `data_batch_k.bin` (`1 <= k <= 5`, no gap, no other `data_batch_*`
+/// name) concatenated in order; class names come from `batches.meta.txt` (exactly
+/// [`NUM_CLASSES`] non-empty lines) when it exists, else they are CIFAR-10's.
 pub fn load_cifar_dir(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
     existing_dir(dir)?;
     let train_paths = train_files(dir)?;
@@ -340,19 +370,27 @@ pub fn load_cifar_test(dir: &Path) -> Result<Dataset, DataError> {
     read_split(&[test_path], class_names)
 }
 
-/// [`DataError::DirMissing`] unless `dir` is a directory.
+/// `Ok` when `dir` is a directory; [`DataError::DirMissing`] when it does not exist or is
+/// something else, [`DataError::Io`] when it cannot be looked at (e.g. permission denied).
 fn existing_dir(dir: &Path) -> Result<(), DataError> {
-    if dir.is_dir() {
-        Ok(())
-    } else {
-        Err(DataError::DirMissing { dir: dir.to_path_buf() })
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(DataError::DirMissing { dir: dir.to_path_buf() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DataError::DirMissing { dir: dir.to_path_buf() }),
+        Err(source) => Err(DataError::Io { path: dir.to_path_buf(), source }),
     }
+}
+
+/// Whether `path` exists; [`DataError::Io`] when that cannot be told (e.g. permission denied),
+/// so that such a file is not reported as missing.
+fn file_exists(path: &Path) -> Result<bool, DataError> {
+    path.try_exists().map_err(|source| DataError::Io { path: path.to_path_buf(), source })
 }
 
 /// The test file of `dir` (which must exist) and the class names ([`read_class_names`]).
 fn test_and_names(dir: &Path) -> Result<(PathBuf, Vec<String>), DataError> {
     let test_path = dir.join(TEST_FILE);
-    if !test_path.exists() {
+    if !file_exists(&test_path)? {
         return Err(DataError::TestMissing { path: test_path });
     }
     Ok((test_path, read_class_names(dir)?))
@@ -368,23 +406,44 @@ fn read_split(paths: &[PathBuf], class_names: Vec<String>) -> Result<Dataset, Da
 }
 
 /// The training files of `dir`: `data_batch_1.bin` up to the last one present. Fails when there
-/// is none, or when one is missing below a present one (its images would silently be left out).
+/// is none, when one is missing below a present one, or when another `data_batch_*` name exists
+/// (either way some images would silently be left out).
 fn train_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let paths: Vec<PathBuf> = TRAIN_FILES.iter().map(|f| dir.join(f)).collect();
-    let Some(last) = paths.iter().rposition(|p| p.exists()) else {
+    let names = train_names(dir)?;
+    if let Some(other) = names.iter().find(|n| !TRAIN_FILES.contains(&n.as_str())) {
+        return Err(DataError::UnreadTrainFile { path: dir.join(other) });
+    }
+    let present: Vec<bool> = TRAIN_FILES.iter().map(|f| names.iter().any(|n| n == f)).collect();
+    let Some(last) = present.iter().rposition(|&p| p) else {
         return Err(DataError::NoTrainFiles { dir: dir.to_path_buf() });
     };
-    if let Some(missing) = paths[..last].iter().find(|p| !p.exists()) {
-        return Err(DataError::TrainGap { missing: missing.clone(), present: paths[last].clone() });
+    let paths: Vec<PathBuf> = TRAIN_FILES[..=last].iter().map(|f| dir.join(f)).collect();
+    if let Some(missing) = present[..last].iter().position(|&p| !p) {
+        return Err(DataError::TrainGap { missing: paths[missing].clone(), present: paths[last].clone() });
     }
-    Ok(paths[..=last].to_vec())
+    Ok(paths)
+}
+
+/// The names in `dir` that start with `data_batch_`, sorted; [`DataError::Io`] when `dir`
+/// cannot be listed.
+fn train_names(dir: &Path) -> Result<Vec<String>, DataError> {
+    let io_err = |source| DataError::Io { path: dir.to_path_buf(), source };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let name = entry.map_err(io_err)?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("data_batch_") {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// The class names of `dir`: those of `batches.meta.txt` (trimmed non-empty lines, exactly
 /// [`NUM_CLASSES`]) when it exists, else CIFAR-10's.
 fn read_class_names(dir: &Path) -> Result<Vec<String>, DataError> {
     let path = dir.join(META_FILE);
-    if !path.exists() {
+    if !file_exists(&path)? {
         return Ok(CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect());
     }
     let text = read_text(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;

@@ -1,8 +1,9 @@
 //! Image data for training: the CIFAR-10 binary format (reader, writer, normalisation,
-//! augmentation), a built-in synthetic dataset in that format, and the seeded RNG used for
-//! shuffling, augmentation and synthesis.
+//! augmentation), a built-in synthetic dataset in that format, the replacement of a dataset
+//! directory as a whole, and the seeded RNG used for shuffling, augmentation and synthesis.
 
 pub mod cifar;
+pub mod replace;
 pub mod rng;
 pub mod synth;
 

@@ -30,6 +30,7 @@ use super::cifar::{
     write_cifar_file, write_class_names, DataError, Dataset, IMAGE_BYTES, IMAGE_H, IMAGE_W, NUM_CLASSES, TEST_FILE,
     TRAIN_FILES,
 };
+use super::replace::replace_dir;
 use super::rng::Rng;
 
 /// Class names of the synthetic dataset, indexed by label.
@@ -56,19 +57,21 @@ pub fn generate(train: usize, test: usize, seed: u64) -> (Dataset, Dataset) {
     (generate_split(train, seed, TRAIN_STREAM), generate_split(test, seed, TEST_STREAM))
 }
 
-/// Generates the synthetic dataset and writes it to `dir` (created if needed) in CIFAR binary
-/// format: the training images split evenly over up to five `data_batch_N.bin` files (one per
-/// image below five images), `test_batch.bin` and `batches.meta.txt` with the class names. Both
-/// counts must be at least 1, and `dir` must not hold a training file this run would not
-/// overwrite (it would be read as part of the dataset). The bytes are those of [`generate`].
+/// Generates the synthetic dataset and writes it to `dir` in CIFAR binary format: the training
+/// images split evenly over up to five `data_batch_N.bin` files (one per image below five
+/// images), `test_batch.bin` and `batches.meta.txt` with the class names. Both counts must be at
+/// least 1. `dir` is created, or replaced as a whole: a reader sees the old dataset or the new
+/// one, never a mix, and a failure leaves the old one untouched (see
+/// [`replace_dir`](super::replace::replace_dir)); an existing `dir` must hold only a dataset's
+/// files. The bytes are those of [`generate`].
 pub fn write_synth_dir(dir: &Path, train: usize, test: usize, seed: u64) -> Result<(), DataError> {
     write_synth_dir_with_progress(dir, train, test, seed, &mut |_| {})
 }
 
-/// [`write_synth_dir`], calling `progress(0)` once `dir` exists (nothing is reported for
-/// arguments refused before), then `progress(n)` each time `n` more images (training, then
-/// test) have been generated; the calls add up to `train + test`. One file's images are held
-/// in memory at a time.
+/// [`write_synth_dir`], calling `progress(0)` once the new directory exists (nothing is reported
+/// for arguments or a `dir` refused before), then `progress(n)` each time `n` more images
+/// (training, then test) have been generated; the calls add up to `train + test`. One file's
+/// images are held in memory at a time.
 pub fn write_synth_dir_with_progress(
     dir: &Path,
     train: usize,
@@ -81,19 +84,19 @@ pub fn write_synth_dir_with_progress(
             what: format!("the synthetic dataset needs at least 1 training and 1 test image (got {train} and {test})"),
         });
     }
-    let files = train.min(TRAIN_FILES.len());
-    // A training file this run would not overwrite would silently join the dataset.
-    if let Some(stale) = TRAIN_FILES[files..].iter().map(|f| dir.join(f)).find(|p| p.exists()) {
-        return Err(DataError::Invalid {
-            what: format!(
-                "{} already exists and would not be overwritten by a dataset of {train} training images; \
-                 use an empty directory",
-                stale.display()
-            ),
-        });
-    }
-    std::fs::create_dir_all(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    replace_dir(dir, &mut |fresh| write_synth_files(fresh, train, test, seed, progress))
+}
+
+/// Writes the files of [`write_synth_dir_with_progress`] into the existing directory `dir`.
+fn write_synth_files(
+    dir: &Path,
+    train: usize,
+    test: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(), DataError> {
     progress(0);
+    let files = train.min(TRAIN_FILES.len());
     let labels = split_labels(train, seed, TRAIN_STREAM);
     let mut start = 0;
     for (k, name) in TRAIN_FILES.iter().take(files).enumerate() {

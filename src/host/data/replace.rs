@@ -1,0 +1,216 @@
+//! Writing a dataset directory as a whole: readers of the directory see the old dataset or the
+//! complete new one, never a mix of their files.
+//!
+//! The new files go to a fresh directory `.<name>.tinykd-new.<pid>.<n>.tmp` beside the target
+//! (same parent, so the renames stay on one filesystem), which is `fsync`ed; then an existing
+//! target is renamed aside to `.<name>.tinykd-old.<pid>.<n>.tmp`, the new directory is renamed
+//! to the target, and the old one is removed. A failure before the swap removes the new
+//! directory and leaves the target untouched; a process killed before the swap leaves its temp
+//! directory behind, and the next replacement of the same target removes it (as
+//! [`crate::host::atomic`] does for temp files: only names of that pattern whose pid does not
+//! run, and only when they hold nothing but a dataset's files).
+//!
+//! An existing target must be a directory holding only a dataset's files (those of
+//! [`is_dataset_file`]), so that replacing it never deletes anything else.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::cifar::{DataError, META_FILE, TEST_FILE, TRAIN_FILES};
+use crate::host::atomic::{self, process_running};
+
+/// Distinguishes temp directories of concurrent replacements within one process.
+static NEXT_TEMP: AtomicU32 = AtomicU32::new(0);
+
+/// Replaces the directory `dir` (created, with its parents, if missing) by what `fill` writes
+/// into an empty directory it is given, as a whole (see the [module docs](self)). Refused,
+/// changing nothing, when `dir` exists and is not a directory or holds anything but a dataset's
+/// files. A symbolic link to a directory is followed: the directory it names is replaced.
+pub fn replace_dir(dir: &Path, fill: &mut dyn FnMut(&Path) -> Result<(), DataError>) -> Result<(), DataError> {
+    let (target, exists) = resolve_target(dir)?;
+    let (parent, name) = parent_and_name(&target)?;
+    fs::create_dir_all(&parent).map_err(|source| DataError::Io { path: parent.clone(), source })?;
+    remove_stale_temps(&parent, &name);
+    let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+    let fresh = temp_path(&parent, &name, "new", n);
+    fs::create_dir(&fresh).map_err(|source| DataError::Io { path: fresh.clone(), source })?;
+    let result = fill(&fresh).and_then(|()| sync_dir(&fresh)).and_then(|()| {
+        let aside = exists.then(|| temp_path(&parent, &name, "old", n));
+        swap_in(&fresh, &target, aside.as_deref())
+    });
+    if result.is_err() {
+        // Best effort: after a failed swap the directory may already be gone.
+        let _ = fs::remove_dir_all(&fresh);
+        return result;
+    }
+    sync_dir(&parent)
+}
+
+/// Whether `name` is a file the dataset writer makes: a training file, the test file, the
+/// class-name file, or a temp file `.<one of those>.<pid>.<n>.tmp` of
+/// [`crate::host::atomic::write_atomic`].
+pub fn is_dataset_file(name: &str) -> bool {
+    let is_final = |n: &str| TRAIN_FILES.contains(&n) || n == TEST_FILE || n == META_FILE;
+    if is_final(name) {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else { return false };
+    let mut parts = rest.rsplitn(3, '.');
+    let (n, pid, file) = (parts.next(), parts.next(), parts.next());
+    let decimal = |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    decimal(n) && decimal(pid) && file.is_some_and(is_final)
+}
+
+/// The directory to replace (`dir`, resolved to its real path when it exists, so that a
+/// symbolic link is followed) and whether it exists; refused when it exists but is not a
+/// directory holding only a dataset's files.
+fn resolve_target(dir: &Path) -> Result<(PathBuf, bool), DataError> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((dir.to_path_buf(), false)),
+        Err(source) => return Err(DataError::Io { path: dir.to_path_buf(), source }),
+        Ok(_) => {}
+    }
+    let target = fs::canonicalize(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    let meta = fs::metadata(&target).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    if !meta.is_dir() {
+        return Err(DataError::NotADirectory { path: dir.to_path_buf() });
+    }
+    check_only_dataset_files(&target, dir)?;
+    Ok((target, true))
+}
+
+/// [`DataError::ForeignFile`] (naming it under `shown`, the directory as the user gave it)
+/// unless every entry of `dir` is a regular file of [`is_dataset_file`].
+fn check_only_dataset_files(dir: &Path, shown: &Path) -> Result<(), DataError> {
+    let io_err = |source| DataError::Io { path: shown.to_path_buf(), source };
+    let mut foreign: Vec<PathBuf> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        let name = entry.file_name();
+        let is_file = entry.file_type().map_err(io_err)?.is_file();
+        if !(is_file && name.to_str().is_some_and(is_dataset_file)) {
+            foreign.push(shown.join(name));
+        }
+    }
+    // The first by name, so that the message does not depend on the directory's order.
+    match foreign.into_iter().min() {
+        Some(path) => Err(DataError::ForeignFile { dir: shown.to_path_buf(), path }),
+        None => Ok(()),
+    }
+}
+
+/// The parent of `target` (`.` when it has none) and its file name.
+fn parent_and_name(target: &Path) -> Result<(PathBuf, String), DataError> {
+    let name = target.file_name().ok_or_else(|| DataError::Invalid {
+        what: format!("{} does not name a directory that can be replaced; give a directory name", target.display()),
+    })?;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, name.to_string_lossy().into_owned()))
+}
+
+/// `<parent>/.<name>.tinykd-<role>.<pid>.<n>.tmp`.
+fn temp_path(parent: &Path, name: &str, role: &str, n: u32) -> PathBuf {
+    parent.join(format!(".{name}.tinykd-{role}.{}.{n}.tmp", std::process::id()))
+}
+
+/// The pid of `entry` if it is a temp directory name of `name`: `.<name>.tinykd-new.<pid>.<n>.tmp`
+/// or `.<name>.tinykd-old.<pid>.<n>.tmp`.
+fn temp_pid(entry: &str, name: &str) -> Option<u32> {
+    let rest = entry.strip_prefix('.')?.strip_prefix(name)?.strip_prefix(".tinykd-")?.strip_suffix(".tmp")?;
+    let rest = rest.strip_prefix("new.").or_else(|| rest.strip_prefix("old."))?;
+    let (pid, n) = rest.split_once('.')?;
+    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !(decimal(pid) && decimal(n)) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Removes the temp directories of dead replacements of `<parent>/<name>` (see the
+/// [module docs](self)); errors are ignored: a leftover only costs disk space.
+fn remove_stale_temps(parent: &Path, name: &str) {
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|e| temp_pid(e, name)) else { continue };
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if pid != me && process_running(pid) == Some(false) && is_dir && check_only_dataset_files(&path, &path).is_ok()
+        {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Puts the complete directory `fresh` at `target`. With `aside`, `target` exists: it is
+/// renamed to `aside`, `fresh` to `target`, then `aside` is removed (best effort: a leftover is
+/// removed by a later replacement). If the second rename fails, `target` is renamed back.
+fn swap_in(fresh: &Path, target: &Path, aside: Option<&Path>) -> Result<(), DataError> {
+    let rename =
+        |from: &Path, to: &Path| fs::rename(from, to).map_err(|source| DataError::Io { path: to.into(), source });
+    let Some(aside) = aside else { return rename(fresh, target) };
+    rename(target, aside)?;
+    if let Err(e) = rename(fresh, target) {
+        if let Err(source) = fs::rename(aside, target) {
+            return Err(DataError::Invalid {
+                what: format!(
+                    "{e}; moving the old dataset back from {} to {} failed too ({source}): move it back by hand",
+                    aside.display(),
+                    target.display()
+                ),
+            });
+        }
+        return Err(e);
+    }
+    let _ = fs::remove_dir_all(aside);
+    Ok(())
+}
+
+/// Makes the entries of `dir` durable ([`atomic::sync_dir`] with the error naming `dir`).
+fn sync_dir(dir: &Path) -> Result<(), DataError> {
+    atomic::sync_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_file_names() {
+        for ok in ["data_batch_1.bin", "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"] {
+            assert!(is_dataset_file(ok), "{ok}");
+        }
+        assert!(is_dataset_file(".data_batch_2.bin.123.0.tmp"));
+        assert!(is_dataset_file(".batches.meta.txt.9.17.tmp"));
+        for bad in [
+            "data_batch_6.bin",
+            "notes.txt",
+            ".data_batch_2.bin.123.tmp",
+            ".data_batch_2.bin.x.0.tmp",
+            ".notes.txt.1.2.tmp",
+            "readme.html",
+            "",
+        ] {
+            assert!(!is_dataset_file(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn temp_dir_names() {
+        assert_eq!(temp_pid(".d.tinykd-new.42.0.tmp", "d"), Some(42));
+        assert_eq!(temp_pid(".d.tinykd-old.7.3.tmp", "d"), Some(7));
+        assert_eq!(temp_pid(".d.tinykd-new.42.0.tmp", "e"), None);
+        assert_eq!(temp_pid(".dd.tinykd-new.42.0.tmp", "d"), None);
+        assert_eq!(temp_pid(".d.tinykd-xyz.42.0.tmp", "d"), None);
+        assert_eq!(temp_pid(".d.tinykd-new.42.tmp", "d"), None);
+        assert_eq!(temp_pid(".d.tinykd-new.4a.0.tmp", "d"), None);
+        let p = temp_path(Path::new("/x"), "d", "new", 5);
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(temp_pid(name, "d"), Some(std::process::id()));
+    }
+}
