@@ -209,9 +209,15 @@ fn a_file_shorter_than_its_magic_is_reported_truncated() {
 #[test]
 fn an_os_error_is_in_the_message_and_not_repeated_as_a_source() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Checkpoint::load(dir.path()).unwrap_err();
+    // A symbolic link to itself: an OS error (too many levels of links).
+    let looped = dir.path().join("loop.ckpt");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let e = Checkpoint::load(&looped).unwrap_err();
     assert!(matches!(e, CkptError::Io { .. }), "{e:?}");
     assert!(std::error::Error::source(&e).is_none());
     let chain = format!("{:#}", anyhow::Error::new(e).context("resuming"));
     assert_eq!(chain.matches("os error").count(), 1, "{chain}");
+    // A directory is named as one (it is refused before it is opened).
+    let e = Checkpoint::load(dir.path()).unwrap_err();
+    assert!(matches!(e, CkptError::Io { .. }) && e.to_string().ends_with("a directory"), "{e}");
 }

@@ -175,8 +175,14 @@ fn train(extra: &[&str]) -> Output {
 
 /// A params file of the tiny student's architecture, usable as a teacher.
 fn teacher_file(dir: &Path) -> PathBuf {
+    teacher_file_seeded(dir, 9)
+}
+
+/// [`teacher_file`] with other weights (drawn from `seed`).
+fn teacher_file_seeded(dir: &Path, seed: u64) -> PathBuf {
     let cfg = ModelConfig::mobilenet_v1(250).with_stem(Stem::Cifar);
-    let store = ParamStore::init(&cfg, 9).unwrap();
+    let store = ParamStore::init(&cfg, seed).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("teacher.tkd");
     weights::write_file(&path, &cfg, FileKind::Params, DType::F32, &store.to_tensors()).unwrap();
     path
@@ -352,6 +358,13 @@ fn invalid_distillation_inputs_fail_cleanly_and_write_nothing() {
     let junk = dir.path().join("junk.tkd");
     std::fs::write(&junk, b"this is not a weight file").unwrap();
     assert_clean_failure(&distill(&junk, ""), 1, &["junk.tkd"], &out_dir);
+    // Loss weights whose sum overflows: the advice is about them, not the learning rate.
+    assert_clean_failure(
+        &distill(&teacher, "ce*2e38;soft:teacher_fc7,fc7*2e38"),
+        1,
+        &["step 0", "weighted sum", "smaller --loss weights"],
+        &out_dir,
+    );
     // An endless device is refused before it is read (it filled the memory).
     assert_clean_failure(&distill(Path::new("/dev/zero"), ""), 1, &["/dev/zero", "not a regular file"], &out_dir);
 
@@ -498,6 +511,87 @@ fn diverging_run(dir: &Path) -> (Option<i32>, String, PathBuf) {
     let o = train(&["--epochs", "3", "--schedule", "piecewise:1:0.05,1e30", "--data", s(&data), "--out", s(&out)]);
     assert!(!out.exists(), "no weight file after a diverged run");
     (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned(), dir.join("out").join("w.tkd.ckpt"))
+}
+
+#[test]
+fn a_new_run_replaces_the_earlier_runs_weights_with_its_first_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 32);
+    let out = dir.path().join("out").join("w.tkd");
+    let o = train(&["--epochs", "1", "--seed", "1", "--data", s(&data), "--out", s(&out)]);
+    assert!(o.status.success() && out.exists(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A new run that diverges in epoch 2: its epoch-1 checkpoint is left, and no weight file
+    // (the earlier run's would pass for this run's).
+    let o = train(&["--epochs", "3", "--schedule", "piecewise:1:0.05,1e30", "--data", s(&data), "--out", s(&out)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("w.tkd and ") && err.contains("of an earlier run will be replaced"), "{err}");
+    assert!(!out.exists(), "the earlier run's weights were left beside this run's checkpoint: {err}");
+    let ck = Checkpoint::load(&dir.path().join("out").join("w.tkd.ckpt")).unwrap();
+    assert_eq!(ck.state.epoch, 1, "{err}");
+}
+
+#[test]
+fn a_resume_under_another_schedule_names_the_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 32);
+    let out = dir.path().join("pw").join("w.tkd");
+    let o = train(&["--epochs", "1", "--schedule", "piecewise:1:0.05,0.01", "--data", s(&data), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ckpt = dir.path().join("pw").join("w.tkd.ckpt");
+    let ck_bytes = std::fs::read(&ckpt).unwrap();
+    // A piecewise run records the default --lr it does not use: the schedule is named, not it.
+    let o = train(&[
+        "--epochs",
+        "2",
+        "--schedule",
+        "constant",
+        "--lr",
+        "0.05",
+        "--resume",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+    ]);
+    assert_refused(&o, &["--schedule", "piecewise:1:0.05,0.01", "constant"], &[(&ckpt, &ck_bytes)]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("--lr 0.1"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn an_export_makes_its_output_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = teacher_file(dir.path());
+    let out = dir.path().join("new").join("dir").join("s.f16.tkd");
+    let o = tinykd(&["export", "--weights", s(&teacher), "--dtype", "f16", "--out", s(&out)]);
+    assert!(o.status.success() && out.exists(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_distillation_resume_with_another_teacher_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 32);
+    let (t1, t2) = (teacher_file_seeded(&dir.path().join("t1"), 9), teacher_file_seeded(&dir.path().join("t2"), 10));
+    let out = dir.path().join("out").join("s.tkd");
+    let distill = |teacher: &Path, epochs: &str, resume: bool| {
+        let mut args = vec!["distill", "--teacher", s(teacher), "--student", "mobilenet_v1", "--scale", "0.25"];
+        args.extend(["--stem", "cifar", "--batch", "16", "--schedule", "constant", "--lr", "0.05", "--threads", "2"]);
+        args.extend(["--eval-every", "0", "--epochs", epochs, "--data", s(&data), "--out", s(&out)]);
+        if resume {
+            args.push("--resume");
+        }
+        tinykd(&args)
+    };
+    let o = distill(&t1, "1", false);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ckpt = dir.path().join("out").join("s.tkd.ckpt");
+    let ck_bytes = std::fs::read(&ckpt).unwrap();
+    assert_refused(&distill(&t2, "2", true), &["another --teacher", "CRC-32"], &[(&ckpt, &ck_bytes)]);
+    // A copy of the same teacher resumes.
+    let copy = dir.path().join("copy.tkd");
+    std::fs::copy(&t1, &copy).unwrap();
+    let o = distill(&copy, "2", true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use tinykd_kernels::DType;
 
 use super::emit;
-use super::paths::check_outputs;
+use super::paths::{check_outputs, check_writable};
 use super::weights_io;
 use crate::fold;
 use crate::host::atomic::write_atomic;
@@ -80,6 +80,8 @@ pub fn export_file(store: &ParamStore, dtype: DType, out: &Path) -> anyhow::Resu
 pub fn run(a: Args) -> anyhow::Result<()> {
     check_outputs("--out", std::slice::from_ref(&a.out), &[("--weights".into(), a.weights.clone())])?;
     let store = weights_io::load_params(&a.weights)?;
+    // As the training commands do: the output's directory is made if missing.
+    check_writable("--out", &a.out)?;
     let dtype = DType::from(a.dtype);
     let e = export_file(&store, dtype, &a.out)?;
     emit(&format!(

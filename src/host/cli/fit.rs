@@ -49,6 +49,7 @@ use crate::host::data::cifar::{META_FILE, TEST_FILE, TRAIN_FILES};
 use crate::host::data::{load_cifar_dir, Augment, Dataset, Rng};
 use crate::host::metrics::{EpochMetrics, MetricsLog};
 use crate::host::progress::Progress;
+use crate::host::read::read_file;
 use crate::params::ParamStore;
 use crate::train::{Schedule, TrainConfig, TrainError, Trainer};
 use crate::weights::{self, FileKind, WeightFile};
@@ -353,6 +354,17 @@ fn data_fingerprint(train: &Dataset) -> String {
     format!("{:08x}", Crc32::new().update(&train.labels).update(&train.images).finish())
 }
 
+/// The files a run reads besides `--data` (the teacher), each by the CRC-32 of its bytes:
+/// `{"--teacher": "1a2b3c4d"}`.
+fn input_fingerprints(inputs: &[(String, PathBuf)]) -> anyhow::Result<serde_json::Value> {
+    let mut map = serde_json::Map::new();
+    for (option, path) in inputs {
+        let bytes = read_file(path).with_context(|| format!("cannot read {option} {}", path.display()))?;
+        map.insert(option.clone(), format!("{:08x}", Crc32::of(&bytes)).into());
+    }
+    Ok(map.into())
+}
+
 /// The command-line spelling of a [`TrainOpts::fingerprint`] key.
 fn option_name(key: &str) -> String {
     match key {
@@ -435,14 +447,19 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
             Err(e) => return Err(e.into()),
         }
     } else {
-        if ckpt_path.exists() {
+        let old: Vec<String> =
+            [&o.out, &ckpt_path].iter().filter(|p| p.exists()).map(|p| p.display().to_string()).collect();
+        if !old.is_empty() {
             eprintln!(
-                "note: {} exists and will be replaced at the end of epoch 1 (--resume continues it instead)",
-                ckpt_path.display()
+                "note: {} of an earlier run will be replaced at the end of epoch 1 (--resume continues it instead)",
+                old.join(" and ")
             );
         }
         None
     };
+    // A new run's first checkpoint takes the place of the earlier run's, and its weights go
+    // with it: until this run writes its own, they would pass for this run's.
+    let mut old_weights = (resume_from.is_none() && o.out.exists()).then(|| o.out.clone());
     // Without --threads a resumed run takes the checkpoint's count (another machine's default
     // would change the rounding and be refused); an explicit other count is refused below.
     let recorded = resume_from.as_ref().and_then(recorded_threads);
@@ -455,7 +472,8 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
         }
         _ => o.thread_count(),
     };
-    let fingerprint = o.fingerprint(&labels, threads, &train);
+    let mut fingerprint = o.fingerprint(&labels, threads, &train);
+    fingerprint["inputs"] = input_fingerprints(&job.inputs)?;
     let mut params = ParamStore::init(&cfg, o.seed).map_err(|e| UsageError(e.to_string()))?;
     zero_init_residuals(&mut params);
     let tc = TrainConfig {
@@ -472,7 +490,7 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
 
     let (mut epoch, mut best) = (0u64, None::<f64>);
     if let Some(ck) = resume_from {
-        check_resumable(&ck, &ckpt_path, &cfg, &fingerprint, o, spe)?;
+        check_resumable(&ck, &ckpt_path, &cfg, &fingerprint, o, &job.inputs, spe)?;
         restore(&ck, &ckpt_path, &mut trainer)?;
         (epoch, best) = (ck.state.epoch, ck.state.best_metric);
         eprintln!("resuming from {} after epoch {epoch} (step {})", ckpt_path.display(), ck.state.step);
@@ -599,6 +617,14 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
             },
             meta: serde_json::json!({ "command": job.command, "run": fingerprint }).to_string(),
         };
+        if let Some(old) = old_weights.take() {
+            match std::fs::remove_file(&old) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(anyhow::Error::new(e).context(format!("cannot remove the earlier {}", old.display())));
+                }
+                _ => {}
+            }
+        }
         ck.save(&ckpt_path)?;
         progress.finish_epoch(&summary);
     }
@@ -661,8 +687,26 @@ impl Divergence {
             self.step,
             self.epoch + 1,
             short(trainer.config().schedule.lr(self.step)),
-            o.lr_advice()
+            self.advice(o)
         )
+    }
+
+    /// What to change: the loss weights when the parts are finite but their weighted sum is
+    /// not, or when the untrained model's loss is already not finite (no update came before
+    /// it, so the learning rate is not the cause); else the learning rate.
+    fn advice(&self, o: &TrainOpts) -> String {
+        if self.detail.is_none() && self.values.parts.iter().all(|p| p.2.is_finite()) {
+            return format!(
+                "each loss is finite but their weighted sum ({}) is not: try smaller --loss weights",
+                short(self.values.total)
+            );
+        }
+        if self.detail.is_none() && self.step == 0 {
+            return "the untrained model's loss is not finite, so the learning rate is not the cause: check the \
+                    --loss weights and temperatures"
+                .into();
+        }
+        o.lr_advice()
     }
 }
 
@@ -693,15 +737,16 @@ fn recorded_threads(ck: &Checkpoint) -> Option<usize> {
 
 /// Refuses (with a [`UsageError`] naming the option and both values) a checkpoint of another
 /// model, of other result-defining options ([`TrainOpts::fingerprint`]; an option the
-/// checkpoint did not record, as older versions did not record threads or the data, is not
-/// compared), past `--epochs`, or of a dataset with another number of steps per epoch or other
-/// training images or labels.
+/// checkpoint did not record, as older versions did not record threads, the data or the
+/// teacher, is not compared), past `--epochs`, of a dataset with another number of steps per
+/// epoch or other training images or labels, or of another teacher file.
 fn check_resumable(
     ck: &Checkpoint,
     path: &Path,
     cfg: &crate::config::ModelConfig,
     fingerprint: &serde_json::Value,
     o: &TrainOpts,
+    inputs: &[(String, PathBuf)],
     steps_per_epoch: usize,
 ) -> anyhow::Result<()> {
     let refuse = |msg: String| -> anyhow::Result<()> {
@@ -716,8 +761,12 @@ fn check_resumable(
     }
     let meta: serde_json::Value = serde_json::from_str(&ck.meta).unwrap_or_default();
     if let (Some(old), Some(new)) = (meta["run"].as_object(), fingerprint.as_object()) {
-        // The data is compared last, after its step count (a message with the sizes is clearer).
-        for (k, v) in new.iter().filter(|(k, _)| *k != "data") {
+        // The schedule first (a piecewise run records the default --lr it does not use, so
+        // another schedule would be reported as another --lr); the data and input files
+        // last, after the data's step count (a message with the sizes is clearer).
+        let mut keys: Vec<&String> = new.keys().filter(|k| *k != "data" && *k != "inputs").collect();
+        keys.sort_by_key(|k| *k != "schedule");
+        for (k, v) in keys.into_iter().map(|k| (k, &new[k])) {
             match old.get(k) {
                 Some(was) if was != v => {
                     let why = if k == "epochs" { " (the cosine schedule's horizon)" } else { "" };
@@ -741,6 +790,19 @@ fn check_resumable(
             o.data.display(),
             o.batch
         ));
+    }
+    if let (Some(old), Some(new)) = (meta["run"]["inputs"].as_object(), fingerprint["inputs"].as_object()) {
+        for (option, now) in new {
+            if let Some(was) = old.get(option).filter(|was| *was != now) {
+                let path =
+                    inputs.iter().find(|(o, _)| o == option).map_or(String::new(), |(_, p)| p.display().to_string());
+                return refuse(format!(
+                    "was trained with another {option} than {path} (CRC-32 of the file {}, now {})",
+                    was.as_str().unwrap_or("?"),
+                    now.as_str().unwrap_or("?")
+                ));
+            }
+        }
     }
     if let (Some(was), Some(now)) = (meta["run"]["data"].as_str(), fingerprint["data"].as_str()) {
         if was != now {

@@ -144,11 +144,18 @@ fn export_name(dtype: DType) -> String {
 
 /// The files the pipeline writes in `out` (each stage's weights, checkpoint and metrics, the
 /// exported students, the results), checked before any work: none may be a directory (a run
-/// used to train for minutes and then fail on one). The results of an earlier run are removed
-/// first: until this run writes its own they would describe other files.
-fn check_outputs_up_front(out: &Path) -> anyhow::Result<()> {
+/// used to train for minutes and then fail on one). The results and exported students of an
+/// earlier run are removed first: until this run writes its own they would describe other
+/// files; so are its stages' weights unless the run `resume`s (a new teacher beside the old
+/// students would pass for one run's output; each stage replaces its checkpoint when it writes
+/// its first).
+fn check_outputs_up_front(out: &Path, resume: bool) -> anyhow::Result<()> {
     let mut files: Vec<PathBuf> = RESULTS.iter().map(|f| out.join(f)).collect();
     files.extend([DType::F32, DType::F16].map(|d| out.join(export_name(d))));
+    if !resume {
+        files.extend([TEACHER, KD, BASE].map(|stage| out.join(stage)));
+    }
+    let stale = files.len();
     for stage in [TEACHER, KD, BASE] {
         files.extend(TrainOpts::new(PathBuf::new(), 1, out.join(stage)).outputs());
     }
@@ -160,7 +167,7 @@ fn check_outputs_up_front(out: &Path) -> anyhow::Result<()> {
         ))
         .into());
     }
-    for stale in &files[..RESULTS.len()] {
+    for stale in &files[..stale] {
         match std::fs::remove_file(stale) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(anyhow::Error::new(e).context(format!("cannot remove the old {}", stale.display())))
@@ -178,7 +185,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let plan = if a.quick { QUICK } else { FULL };
     let threads = a.threads.map_or_else(default_threads, |t| t as usize);
-    check_outputs_up_front(&a.out)?;
+    check_outputs_up_front(&a.out, a.resume)?;
     let started = Instant::now();
     let data = a.out.join("data");
     stage(&format!("synthetic dataset: {} training, {} test images → {}", plan.train, plan.test, data.display()));
