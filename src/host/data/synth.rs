@@ -61,9 +61,8 @@ pub fn generate(train: usize, test: usize, seed: u64) -> (Dataset, Dataset) {
 /// images split evenly over up to five `data_batch_N.bin` files (one per image below five
 /// images), `test_batch.bin` and `batches.meta.txt` with the class names. Both counts must be at
 /// least 1. `dir` is created, or replaced as a whole: a reader sees the old dataset or the new
-/// one, never a mix, and a failure leaves the old one untouched (see
-/// [`replace_dir`](super::replace::replace_dir)); an existing `dir` must hold only a dataset's
-/// files. The bytes are those of [`generate`].
+/// one, never a mix, and a failure leaves the old one untouched (see [`replace_dir`]); an
+/// existing `dir` must hold only a dataset's files. The bytes are those of [`generate`].
 pub fn write_synth_dir(dir: &Path, train: usize, test: usize, seed: u64) -> Result<(), DataError> {
     write_synth_dir_with_progress(dir, train, test, seed, &mut |_| {})
 }
