@@ -258,6 +258,17 @@ fn data_synth_refuses_a_directory_with_other_files() {
     assert_fails(&o, 1, &["thesis.tex", "not a dataset file", "nothing was written"]);
     assert_eq!(names(&out), ["thesis.tex"]);
     assert_eq!(names(dir.path()), ["d"]);
+    // The current directory (`--out .`) is refused too: replacing it would leave the caller
+    // in a deleted directory.
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tinykd"))
+        .args(["data", "synth", "--out", ".", "--train", "3", "--test", "1"])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert_fails(&o, 1, &["current directory"]);
+    assert!(names(&cwd).is_empty());
 }
 
 #[test]

@@ -126,19 +126,20 @@ fn pipeline_checks_its_outputs_before_training() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!out.join("results.md").exists(), "the earlier run's table is still there");
-    // A new run (no --resume) removes the earlier run's stage weights and exports too, first (a
-    // new teacher beside old students would pass for one run's output): here it then fails at
-    // once, as its dataset directory is a file.
-    let old = ["teacher.tkd", "student_kd.tkd", "student_base.tkd", "student_kd.f16.tkd"];
+    // A dataset directory the run may not replace (a file of the user's in it) is refused
+    // before the earlier run's weights are removed (which a new run does: the unit tests of
+    // `check_outputs_up_front`).
+    let old = ["teacher.tkd", "student_kd.tkd", "student_kd.f16.tkd"];
     for f in old {
         std::fs::write(out.join(f), b"an earlier run's weights").unwrap();
     }
-    let _ = std::fs::remove_dir_all(out.join("data"));
-    std::fs::write(out.join("data"), b"not a directory").unwrap();
+    std::fs::create_dir_all(out.join("data")).unwrap();
+    std::fs::write(out.join("data").join("README.txt"), b"keep").unwrap();
     let o =
         Command::new(env!("CARGO_BIN_EXE_tinykd")).args(["pipeline", "--quick", "--out", s(&out)]).output().unwrap();
-    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("README.txt"), "{err}");
     for f in old {
-        assert!(!out.join(f).exists(), "the earlier run's {f} is still there");
+        assert!(out.join(f).exists(), "{f} was removed by a refused run");
     }
 }

@@ -429,6 +429,15 @@ fn an_output_whose_metrics_log_is_another_runs_is_refused() {
     // A directory below a file is named as such.
     let o = train(&["--epochs", "1", "--data", s(&data), "--out", s(&runs.join("teacher.tkd").join("x.tkd"))]);
     assert_refused(&o, &["teacher.tkd is a file, not a directory"], &[]);
+    // Other files of the same stem are no run's output: a log beside it (as `2> runs/s.log`
+    // makes), and an --out named `.ckpt`, which its own re-run reads as weights.
+    std::fs::write(runs.join("student.log"), b"a log").unwrap();
+    let o = train(&["--epochs", "1", "--data", s(&data), "--out", s(&runs.join("student.tkd"))]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for _ in 0..2 {
+        let o = train(&["--epochs", "1", "--data", s(&data), "--out", s(&runs.join("m.ckpt"))]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
 }
 
 #[test]

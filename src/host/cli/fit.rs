@@ -168,8 +168,9 @@ pub struct TrainOpts {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), value_name = "T")]
     pub threads: Option<u64>,
     /// Continue from `<out>.ckpt` if it exists (same epoch, step, momentum, learning-rate
-    /// position); the model, the options that shape the result and the training images must
-    /// be those it was written with.
+    /// position); the model, the options that shape the result, the training images and the
+    /// teacher file (the same bytes: a params file and a checkpoint of the same weights differ)
+    /// must be those it was written with.
     #[arg(long)]
     pub resume: bool,
     /// Evaluate on the test split every N epochs (0: only after the last).
@@ -227,8 +228,9 @@ impl TrainOpts {
     }
 
     /// Another run's output beside `--out` whose metrics log is this run's too (the same name
-    /// up to the extension: `runs/teacher.tkd` for `--out runs/teacher`), found by its weights
-    /// file or its checkpoint.
+    /// up to the extension: `runs/teacher.tkd` for `--out runs/teacher`), found by its weight
+    /// file or its checkpoint (`<out>.ckpt`), each known by its magic bytes (a log or notes
+    /// file of the same stem is no run's output).
     fn metrics_owner(&self) -> Option<PathBuf> {
         let dir = match self.out.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -236,7 +238,10 @@ impl TrainOpts {
         };
         let csv = self.metrics_path();
         std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_file()).find_map(|p| {
-            let out = if p.extension().is_some_and(|e| e == "ckpt") { p.with_extension("") } else { p };
+            let out = match file_magic(&p)? {
+                Magic::Weights => p,
+                Magic::Checkpoint => p.to_str()?.strip_suffix(".ckpt").map(PathBuf::from)?,
+            };
             let shared = out.with_extension("metrics.csv").file_name() == csv.file_name();
             (shared && out.file_name() != self.out.file_name()).then_some(out)
         })
@@ -345,6 +350,28 @@ fn short<T: Copy + Into<f64> + std::fmt::Display + std::fmt::LowerExp>(v: T) -> 
         format!("{v:e}")
     } else {
         format!("{v}")
+    }
+}
+
+/// What a file written by tinykd is, by its first bytes.
+enum Magic {
+    /// A weight file ([`weights::MAGIC`]).
+    Weights,
+    /// A checkpoint ([`crate::host::checkpoint::MAGIC`]).
+    Checkpoint,
+}
+
+/// The kind of tinykd file at `path` (a regular file), if it is one.
+fn file_magic(path: &Path) -> Option<Magic> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    if head[..n].starts_with(&crate::host::checkpoint::MAGIC) {
+        Some(Magic::Checkpoint)
+    } else if head[..n].starts_with(&weights::MAGIC) {
+        Some(Magic::Weights)
+    } else {
+        None
     }
 }
 

@@ -134,6 +134,8 @@ const TEACHER: &str = "teacher.tkd";
 const KD: &str = "student_kd.tkd";
 /// The baseline student's params file.
 const BASE: &str = "student_base.tkd";
+/// The synthetic dataset's directory in `--out`.
+const DATA_DIR: &str = "data";
 /// The results table, as JSON and as Markdown.
 const RESULTS: [&str; 2] = ["results.json", "results.md"];
 
@@ -159,6 +161,8 @@ fn check_outputs_up_front(out: &Path, resume: bool) -> anyhow::Result<()> {
     for stage in [TEACHER, KD, BASE] {
         files.extend(TrainOpts::new(PathBuf::new(), 1, out.join(stage)).outputs());
     }
+    // The dataset directory is replaced as a whole: refused now, before anything is removed.
+    crate::host::data::replace::check_target(&out.join(DATA_DIR))?;
     if let Some(dir) = files.iter().find(|f| f.is_dir()) {
         return Err(UsageError(format!(
             "--out {}: the pipeline writes the file {}, which is a directory; remove it or choose another --out",
@@ -187,7 +191,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let threads = a.threads.map_or_else(default_threads, |t| t as usize);
     check_outputs_up_front(&a.out, a.resume)?;
     let started = Instant::now();
-    let data = a.out.join("data");
+    let data = a.out.join(DATA_DIR);
     stage(&format!("synthetic dataset: {} training, {} test images → {}", plan.train, plan.test, data.display()));
     write_synth_dir(&data, plan.train, plan.test, 0).context("cannot write the synthetic dataset")?;
     let (_, test) = load_cifar_dir(&data)?;
@@ -329,4 +333,41 @@ fn markdown(rows: &[Row], total: f64, losses: &[String]) -> String {
     let _ =
         writeln!(s, "\ndistillation losses: {}; {} test images; total {total:.1} s", losses.join(" + "), rows[0].acc.n);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_run_removes_the_earlier_runs_weights_exports_and_results_first() {
+        let out = std::env::temp_dir().join(format!("tinykd-pipeline-{}", std::process::id()));
+        let stages = [TEACHER, KD, BASE];
+        let derived = [RESULTS[0], RESULTS[1], "student_kd.f32.tkd", "student_kd.f16.tkd"];
+        let write_all = || {
+            std::fs::create_dir_all(&out).unwrap();
+            for f in stages.iter().chain(&derived).chain(&["teacher.tkd.ckpt"]) {
+                std::fs::write(out.join(f), b"earlier").unwrap();
+            }
+        };
+        // A new run: every earlier output goes but the checkpoints (each stage replaces its own).
+        write_all();
+        check_outputs_up_front(&out, false).unwrap();
+        for f in stages.iter().chain(&derived) {
+            assert!(!out.join(f).exists(), "{f} is still there");
+        }
+        assert!(out.join("teacher.tkd.ckpt").exists());
+        // A resumed run keeps the stages' weights (a finished stage is not trained again).
+        write_all();
+        check_outputs_up_front(&out, true).unwrap();
+        assert!(stages.iter().all(|f| out.join(f).exists()));
+        assert!(derived.iter().all(|f| !out.join(f).exists()));
+        // A dataset directory that may not be replaced is refused before anything is removed.
+        write_all();
+        std::fs::create_dir_all(out.join(DATA_DIR)).unwrap();
+        std::fs::write(out.join(DATA_DIR).join("notes.txt"), b"mine").unwrap();
+        assert!(check_outputs_up_front(&out, false).is_err());
+        assert!(stages.iter().chain(&derived).all(|f| out.join(f).exists()));
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }

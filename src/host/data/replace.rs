@@ -63,9 +63,16 @@ pub fn is_dataset_file(name: &str) -> bool {
     decimal(n) && decimal(pid) && file.is_some_and(is_final)
 }
 
+/// Whether [`replace_dir`] would take `dir` (the checks it makes before writing anything):
+/// for a caller that must know before it does other work, such as removing earlier outputs.
+pub fn check_target(dir: &Path) -> Result<(), DataError> {
+    resolve_target(dir).map(|_| ())
+}
+
 /// The directory to replace (`dir`, resolved to its real path when it exists, so that a
 /// symbolic link is followed) and whether it exists; refused when it exists but is not a
-/// directory holding only a dataset's files.
+/// directory holding only a dataset's files, or holds the current directory (the process, and
+/// the shell that started it, would be left in a deleted directory).
 fn resolve_target(dir: &Path) -> Result<(PathBuf, bool), DataError> {
     match fs::symlink_metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((dir.to_path_buf(), false)),
@@ -78,6 +85,16 @@ fn resolve_target(dir: &Path) -> Result<(PathBuf, bool), DataError> {
         return Err(DataError::NotADirectory { path: dir.to_path_buf() });
     }
     check_only_dataset_files(&target, dir)?;
+    if std::env::current_dir().and_then(fs::canonicalize).is_ok_and(|cwd| cwd.starts_with(&target)) {
+        return Err(DataError::Invalid {
+            what: format!(
+                "{} is (or holds) the current directory, which replacing it would delete under this shell; \
+                 give the dataset a directory of its own, e.g. {}",
+                dir.display(),
+                dir.join("data").display()
+            ),
+        });
+    }
     Ok((target, true))
 }
 
