@@ -237,13 +237,17 @@ impl TrainOpts {
             _ => Path::new("."),
         };
         let csv = self.metrics_path();
-        std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_file()).find_map(|p| {
+        let logs_here = |o: &Path| o.with_extension("metrics.csv").file_name() == csv.file_name();
+        // Names first: only a file that could be a same-stem output is opened.
+        let named = |p: &PathBuf| {
+            logs_here(p) || p.to_str().and_then(|s| s.strip_suffix(".ckpt")).is_some_and(|o| logs_here(Path::new(o)))
+        };
+        std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| named(p) && p.is_file()).find_map(|p| {
             let out = match file_magic(&p)? {
                 Magic::Weights => p,
                 Magic::Checkpoint => p.to_str()?.strip_suffix(".ckpt").map(PathBuf::from)?,
             };
-            let shared = out.with_extension("metrics.csv").file_name() == csv.file_name();
-            (shared && out.file_name() != self.out.file_name()).then_some(out)
+            (logs_here(&out) && out.file_name() != self.out.file_name()).then_some(out)
         })
     }
 
