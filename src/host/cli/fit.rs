@@ -49,7 +49,6 @@ use crate::host::data::cifar::{META_FILE, TEST_FILE, TRAIN_FILES};
 use crate::host::data::{load_cifar_dir, Augment, Dataset, Rng};
 use crate::host::metrics::{EpochMetrics, MetricsLog};
 use crate::host::progress::Progress;
-use crate::host::read::read_file;
 use crate::params::ParamStore;
 use crate::train::{Schedule, TrainConfig, TrainError, Trainer};
 use crate::weights::{self, FileKind, WeightFile};
@@ -169,8 +168,7 @@ pub struct TrainOpts {
     pub threads: Option<u64>,
     /// Continue from `<out>.ckpt` if it exists (same epoch, step, momentum, learning-rate
     /// position); the model, the options that shape the result, the training images and the
-    /// teacher file (the same bytes: a params file and a checkpoint of the same weights differ)
-    /// must be those it was written with.
+    /// teacher's weights must be those it was written with.
     #[arg(long)]
     pub resume: bool,
     /// Evaluate on the test split every N epochs (0: only after the last).
@@ -385,15 +383,18 @@ fn data_fingerprint(train: &Dataset) -> String {
     format!("{:08x}", Crc32::new().update(&train.labels).update(&train.images).finish())
 }
 
-/// The files a run reads besides `--data` (the teacher), each by the CRC-32 of its bytes:
-/// `{"--teacher": "1a2b3c4d"}`.
-fn input_fingerprints(inputs: &[(String, PathBuf)]) -> anyhow::Result<serde_json::Value> {
-    let mut map = serde_json::Map::new();
-    for (option, path) in inputs {
-        let bytes = read_file(path).with_context(|| format!("cannot read {option} {}", path.display()))?;
-        map.insert(option.clone(), format!("{:08x}", Crc32::of(&bytes)).into());
+/// The frozen teacher's identity in a checkpoint: the CRC-32 of its parameters and statistics
+/// (values in program order), the same whether they came from a params file or a checkpoint;
+/// `None` without a teacher.
+fn teacher_fingerprint(merged: &Merged) -> Option<String> {
+    let mut crc = Crc32::new();
+    let mut bytes = Vec::new();
+    for p in merged.teacher()?.params.params() {
+        bytes.clear();
+        bytes.extend(p.data.iter().flat_map(|v| v.to_le_bytes()));
+        crc.update(&bytes);
     }
-    Ok(map.into())
+    Some(format!("{:08x}", crc.finish()))
 }
 
 /// The command-line spelling of a [`TrainOpts::fingerprint`] key.
@@ -504,7 +505,9 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
         _ => o.thread_count(),
     };
     let mut fingerprint = o.fingerprint(&labels, threads, &train);
-    fingerprint["inputs"] = input_fingerprints(&job.inputs)?;
+    if let Some(t) = teacher_fingerprint(&job.merged) {
+        fingerprint["teacher"] = t.into();
+    }
     let mut params = ParamStore::init(&cfg, o.seed).map_err(|e| UsageError(e.to_string()))?;
     zero_init_residuals(&mut params);
     let tc = TrainConfig {
@@ -521,7 +524,7 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
 
     let (mut epoch, mut best) = (0u64, None::<f64>);
     if let Some(ck) = resume_from {
-        check_resumable(&ck, &ckpt_path, &cfg, &fingerprint, o, &job.inputs, spe)?;
+        check_resumable(&ck, &ckpt_path, &cfg, &fingerprint, o, spe)?;
         restore(&ck, &ckpt_path, &mut trainer)?;
         (epoch, best) = (ck.state.epoch, ck.state.best_metric);
         eprintln!("resuming from {} after epoch {epoch} (step {})", ckpt_path.display(), ck.state.step);
@@ -770,14 +773,13 @@ fn recorded_threads(ck: &Checkpoint) -> Option<usize> {
 /// model, of other result-defining options ([`TrainOpts::fingerprint`]; an option the
 /// checkpoint did not record, as older versions did not record threads, the data or the
 /// teacher, is not compared), past `--epochs`, of a dataset with another number of steps per
-/// epoch or other training images or labels, or of another teacher file.
+/// epoch or other training images or labels, or of other teacher weights.
 fn check_resumable(
     ck: &Checkpoint,
     path: &Path,
     cfg: &crate::config::ModelConfig,
     fingerprint: &serde_json::Value,
     o: &TrainOpts,
-    inputs: &[(String, PathBuf)],
     steps_per_epoch: usize,
 ) -> anyhow::Result<()> {
     let refuse = |msg: String| -> anyhow::Result<()> {
@@ -793,9 +795,9 @@ fn check_resumable(
     let meta: serde_json::Value = serde_json::from_str(&ck.meta).unwrap_or_default();
     if let (Some(old), Some(new)) = (meta["run"].as_object(), fingerprint.as_object()) {
         // The schedule first (a piecewise run records the default --lr it does not use, so
-        // another schedule would be reported as another --lr); the data and input files
-        // last, after the data's step count (a message with the sizes is clearer).
-        let mut keys: Vec<&String> = new.keys().filter(|k| *k != "data" && *k != "inputs").collect();
+        // another schedule would be reported as another --lr); the data and the teacher last,
+        // after the data's step count (a message with the sizes is clearer).
+        let mut keys: Vec<&String> = new.keys().filter(|k| *k != "data" && *k != "teacher").collect();
         keys.sort_by_key(|k| *k != "schedule");
         for (k, v) in keys.into_iter().map(|k| (k, &new[k])) {
             match old.get(k) {
@@ -822,26 +824,22 @@ fn check_resumable(
             o.batch
         ));
     }
-    if let (Some(old), Some(new)) = (meta["run"]["inputs"].as_object(), fingerprint["inputs"].as_object()) {
-        for (option, now) in new {
-            if let Some(was) = old.get(option).filter(|was| *was != now) {
-                let path =
-                    inputs.iter().find(|(o, _)| o == option).map_or(String::new(), |(_, p)| p.display().to_string());
-                return refuse(format!(
-                    "was trained with another {option} than {path} (CRC-32 of the file {}, now {})",
-                    was.as_str().unwrap_or("?"),
-                    now.as_str().unwrap_or("?")
-                ));
-            }
-        }
-    }
-    if let (Some(was), Some(now)) = (meta["run"]["data"].as_str(), fingerprint["data"].as_str()) {
-        if was != now {
-            return refuse(format!(
-                "was trained on other images or labels than --data {} holds (CRC-32 of the training \
-                 split {was}, now {now})",
+    // The identities of the inputs: the training split, and the teacher's weights.
+    let identities = [
+        (
+            "data",
+            format!(
+                "was trained on other images or labels than --data {} holds (CRC-32 of the training split",
                 o.data.display()
-            ));
+            ),
+        ),
+        ("teacher", "was distilled from another --teacher (CRC-32 of its weights".to_string()),
+    ];
+    for (key, what) in identities {
+        if let (Some(was), Some(now)) = (meta["run"][key].as_str(), fingerprint[key].as_str()) {
+            if was != now {
+                return refuse(format!("{what} {was}, now {now})"));
+            }
         }
     }
     Ok(())
