@@ -38,8 +38,8 @@ use tinykd_kernels::DType;
 
 use super::eval::{check_fits_cifar, evaluate, fold_f32, Accuracy, Hits};
 use super::model_args::describe;
-use super::paths::{check_outputs, check_writable};
-use super::weights_io::{all_finite, named_tensors, non_finite, store_from_checkpoint};
+use super::paths::{check_outputs, check_writable, dir_of};
+use super::weights_io::{all_finite, file_magic, named_tensors, non_finite, store_from_checkpoint, Magic};
 use super::{default_threads, UsageError};
 use crate::crc32::Crc32;
 use crate::dist::{Loss, LossValues, Losses, Merged};
@@ -230,10 +230,7 @@ impl TrainOpts {
     /// file or its checkpoint (`<out>.ckpt`), each known by its magic bytes (a log or notes
     /// file of the same stem is no run's output).
     fn metrics_owner(&self) -> Option<PathBuf> {
-        let dir = match self.out.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
+        let dir = dir_of(&self.out);
         let csv = self.metrics_path();
         let logs_here = |o: &Path| o.with_extension("metrics.csv").file_name() == csv.file_name();
         // Names first: only a file that could be a same-stem output is opened.
@@ -352,28 +349,6 @@ fn short<T: Copy + Into<f64> + std::fmt::Display + std::fmt::LowerExp>(v: T) -> 
         format!("{v:e}")
     } else {
         format!("{v}")
-    }
-}
-
-/// What a file written by tinykd is, by its first bytes.
-enum Magic {
-    /// A weight file ([`weights::MAGIC`]).
-    Weights,
-    /// A checkpoint ([`crate::host::checkpoint::MAGIC`]).
-    Checkpoint,
-}
-
-/// The kind of tinykd file at `path` (a regular file), if it is one.
-fn file_magic(path: &Path) -> Option<Magic> {
-    use std::io::Read;
-    let mut head = [0u8; 8];
-    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
-    if head[..n].starts_with(&crate::host::checkpoint::MAGIC) {
-        Some(Magic::Checkpoint)
-    } else if head[..n].starts_with(&weights::MAGIC) {
-        Some(Magic::Weights)
-    } else {
-        None
     }
 }
 

@@ -54,13 +54,18 @@ pub fn check_outputs(option: &str, outputs: &[PathBuf], inputs: &[(String, PathB
     Ok(())
 }
 
+/// The directory a file `path` lives in: its parent, or `.` for a bare file name.
+pub fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Creates the directory of `out` if needed and checks that a file can be created in it (by
 /// creating and removing a probe file), so that a long run does not end in "cannot write".
 pub fn check_writable(option: &str, out: &Path) -> anyhow::Result<()> {
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = dir_of(out);
     // The nearest existing ancestor must be a directory ("File exists" would not say which).
     if let Some(file) = dir.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists()).filter(|a| !a.is_dir()) {
         return Err(

@@ -34,17 +34,46 @@ impl Loaded {
     }
 }
 
+/// What a file written by tinykd is, by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Magic {
+    /// A weight file ([`weights::MAGIC`]).
+    Weights,
+    /// A checkpoint ([`checkpoint::MAGIC`]).
+    Checkpoint,
+}
+
+/// The kind of tinykd file `bytes` (its start at least) begin.
+pub fn magic_of(bytes: &[u8]) -> Option<Magic> {
+    if bytes.starts_with(&checkpoint::MAGIC) {
+        Some(Magic::Checkpoint)
+    } else if bytes.starts_with(&weights::MAGIC) {
+        Some(Magic::Weights)
+    } else {
+        None
+    }
+}
+
+/// [`magic_of`] the regular file at `path`, reading only its first bytes.
+pub fn file_magic(path: &Path) -> Option<Magic> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    magic_of(&head[..n])
+}
+
 /// Reads `path`: a checkpoint (by [`checkpoint::MAGIC`]) or a weight file (by
 /// [`weights::MAGIC`]); Params files and checkpoints become a [`ParamStore`] (every parameter
 /// and statistic of the model must be present with the model's dims, and finite).
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     let bytes = read_file(path).with_context(|| format!("cannot read weights {}", path.display()))?;
-    if bytes.starts_with(&checkpoint::MAGIC) {
-        let ckpt = Checkpoint::from_bytes(&bytes, path)?;
-        return Ok(Loaded::Params(store_from_checkpoint(&ckpt, path)?));
-    }
-    if !bytes.starts_with(&weights::MAGIC) {
-        bail!("{}", unknown_magic(path, &bytes));
+    match magic_of(&bytes) {
+        Some(Magic::Checkpoint) => {
+            let ckpt = Checkpoint::from_bytes(&bytes, path)?;
+            return Ok(Loaded::Params(store_from_checkpoint(&ckpt, path)?));
+        }
+        Some(Magic::Weights) => {}
+        None => bail!("{}", unknown_magic(path, &bytes)),
     }
     let buf = AlignedBuf::from_bytes(&bytes);
     let file = WeightFile::parse(&buf).with_context(|| format!("invalid weight file {}", path.display()))?;
