@@ -7,6 +7,16 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// A bar of `len` steps on stderr drawn with `template` (indicatif's syntax) and the project's
+/// bar characters: the one style of the training, evaluation and dataset bars.
+pub fn bar(len: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let style =
+        ProgressStyle::with_template(template).expect("static progress template is valid").progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
 /// How often a plain (non-terminal) display reports within an epoch.
 pub const PLAIN_EVERY: Duration = Duration::from_secs(30);
 
@@ -46,11 +56,7 @@ impl Progress {
         self.started = Instant::now();
         self.last_line = self.started;
         if self.live {
-            let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} eta {eta}")
-                .expect("static progress template is valid")
-                .progress_chars("=> ");
-            bar.set_style(style);
+            let bar = bar(steps, "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} eta {eta}");
             bar.set_prefix(format!("epoch {epoch}/{}", self.epochs));
             bar.enable_steady_tick(Duration::from_millis(200));
             self.bar = Some(bar);

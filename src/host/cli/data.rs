@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::{emit, UsageError};
 use crate::host::data::cifar::{self, NUM_CLASSES};
 use crate::host::data::synth;
+use crate::host::progress;
 
 /// Largest synthetic split accepted (3 GB of pixels).
 const MAX_SYNTH_IMAGES: u64 = 1_000_000;
@@ -127,11 +128,7 @@ impl SynthProgress {
             eprintln!("{}", self.what);
             return;
         }
-        let bar = ProgressBar::with_draw_target(Some(self.total), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{msg} [{bar:30.cyan/blue}] {pos}/{len} eta {eta}")
-            .expect("static progress template is valid")
-            .progress_chars("=> ");
-        bar.set_style(style);
+        let bar = progress::bar(self.total, "{msg} [{bar:30.cyan/blue}] {pos}/{len} eta {eta}");
         bar.set_message(self.what.clone());
         bar.enable_steady_tick(Duration::from_millis(200));
         self.bar = Some(bar);

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use tinykd_kernels::shape::Logits;
 use tinykd_kernels::{loss, DType, Isa};
 
@@ -17,6 +17,7 @@ use crate::engine::Engine;
 use crate::fold;
 use crate::host::data::cifar::{IMAGE_C, IMAGE_H, IMAGE_W, NUM_CLASSES};
 use crate::host::data::{load_cifar_test, Dataset};
+use crate::host::progress;
 use crate::params::ParamStore;
 use crate::weights::{AlignedBuf, WeightFile};
 
@@ -124,12 +125,7 @@ fn progress_bar(n: usize) -> Option<ProgressBar> {
     if n < EVAL_BAR_MIN_IMAGES || !std::io::stderr().is_terminal() {
         return None;
     }
-    let bar = ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("evaluating [{bar:30.cyan/blue}] {pos}/{len} images, eta {eta}")
-        .expect("static progress template is valid")
-        .progress_chars("=> ");
-    bar.set_style(style);
-    Some(bar)
+    Some(progress::bar(n as u64, "evaluating [{bar:30.cyan/blue}] {pos}/{len} images, eta {eta}"))
 }
 
 /// Fewest test images for which [`evaluate`] draws a progress bar.
