@@ -2,13 +2,17 @@
 //! complete new one, never a mix of their files.
 //!
 //! The new files go to a fresh directory `.<name>.tinykd-new.<pid>.<n>.tmp` beside the target
-//! (same parent, so the renames stay on one filesystem), which is `fsync`ed; then an existing
-//! target is renamed aside to `.<name>.tinykd-old.<pid>.<n>.tmp`, the new directory is renamed
-//! to the target, and the old one is removed. A failure before the swap removes the new
-//! directory and leaves the target untouched; a process killed before the swap leaves its temp
-//! directory behind, and the next replacement of the same target removes it (as
-//! [`crate::host::atomic`] does for temp files: only names of that pattern whose pid does not
-//! run, and only when they hold nothing but a dataset's files).
+//! (same parent, so the renames stay on one filesystem), which is `fsync`ed; then, on Linux,
+//! the two directories are exchanged in one step (`renameat2` with `RENAME_EXCHANGE`) and the
+//! temp name, now holding the old dataset, is removed. Where the exchange is not available
+//! (another OS, or a filesystem without it) an existing target is renamed aside to
+//! `.<name>.tinykd-old.<pid>.<n>.tmp` first, the new directory renamed to the target, and the
+//! old one removed: a process killed between those two renames leaves no dataset at the target
+//! (both under their temp names). A failure before the swap removes the new directory and
+//! leaves the target untouched; a process killed before the swap, or before it removed the old
+//! dataset, leaves its temp directory behind, and the next replacement of the same target
+//! removes it (as [`crate::host::atomic`] does for temp files: only names of that pattern whose
+//! pid does not run, and only when they hold nothing but a dataset's files).
 //!
 //! An existing target must be a directory holding only a dataset's files (those of
 //! [`is_dataset_file`]), so that replacing it never deletes anything else.
@@ -164,13 +168,36 @@ fn remove_stale_temps(parent: &Path, name: &str) {
     }
 }
 
-/// Puts the complete directory `fresh` at `target`. With `aside`, `target` exists: it is
-/// renamed to `aside`, `fresh` to `target`, then `aside` is removed (best effort: a leftover is
-/// removed by a later replacement). If the second rename fails, `target` is renamed back.
+/// Puts the complete directory `fresh` at `target`. With `aside`, `target` exists: the two are
+/// exchanged in one step where the OS can ([`exchange`]), else `target` is renamed to `aside`
+/// and `fresh` to `target`; then the old dataset (at `fresh` or `aside`) is removed (best
+/// effort: a leftover is removed by a later replacement). If the second rename fails, `target`
+/// is renamed back.
 fn swap_in(fresh: &Path, target: &Path, aside: Option<&Path>) -> Result<(), DataError> {
     let rename =
         |from: &Path, to: &Path| fs::rename(from, to).map_err(|source| DataError::Io { path: to.into(), source });
-    let Some(aside) = aside else { return rename(fresh, target) };
+    let Some(aside) = aside else {
+        // `target` did not exist when the replacement began; if it does now, another process
+        // made it meanwhile (a concurrent `data synth` of the same directory).
+        return fs::rename(fresh, target).map_err(|source| match source.kind() {
+            io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists if target.is_dir() => DataError::Invalid {
+                what: format!(
+                    "{} was created by another process while this dataset was written (another `data synth` of \
+                     the same directory?); nothing was changed: run again to replace it",
+                    target.display()
+                ),
+            },
+            _ => DataError::Io { path: target.into(), source },
+        });
+    };
+    match exchange(fresh, target) {
+        Ok(true) => {
+            let _ = fs::remove_dir_all(fresh);
+            return Ok(());
+        }
+        Ok(false) => {}
+        Err(source) => return Err(DataError::Io { path: target.into(), source }),
+    }
     rename(target, aside)?;
     if let Err(e) = rename(fresh, target) {
         if let Err(source) = fs::rename(aside, target) {
@@ -186,6 +213,46 @@ fn swap_in(fresh: &Path, target: &Path, aside: Option<&Path>) -> Result<(), Data
     }
     let _ = fs::remove_dir_all(aside);
     Ok(())
+}
+
+/// Exchanges the directories `a` and `b` (both exist, on one filesystem) in one step:
+/// `renameat2(a, b, RENAME_EXCHANGE)`. `Ok(false)`, changing nothing, where the kernel or the
+/// filesystem has no such exchange (`ENOSYS`, `EINVAL`; e.g. Linux before 3.15, some network
+/// filesystems).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call; renameat2 reads
+    // them and nothing else of this process's memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOSYS | libc::EINVAL) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// No single-step exchange on this OS: the caller renames twice.
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> io::Result<bool> {
+    Ok(false)
 }
 
 /// Makes the entries of `dir` durable ([`atomic::sync_dir`] with the error naming `dir`).
@@ -215,6 +282,32 @@ mod tests {
         ] {
             assert!(!is_dataset_file(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn swap_exchanges_an_existing_directory_and_removes_the_old_one() {
+        let root = std::env::temp_dir().join(format!("tinykd-swap-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (fresh, target, aside) = (root.join(".new"), root.join("d"), root.join(".old"));
+        for (dir, text) in [(&fresh, "new"), (&target, "old")] {
+            fs::create_dir_all(dir).unwrap();
+            fs::write(dir.join("test_batch.bin"), text).unwrap();
+        }
+        swap_in(&fresh, &target, Some(&aside)).unwrap();
+        assert_eq!(fs::read_to_string(target.join("test_batch.bin")).unwrap(), "new");
+        assert!(!fresh.exists() && !aside.exists(), "the old dataset is removed");
+        // The exchange itself, where the filesystem has it: both directories stay, swapped.
+        fs::create_dir_all(&fresh).unwrap();
+        fs::write(fresh.join("test_batch.bin"), "newer").unwrap();
+        let (at_target, at_fresh) =
+            if exchange(&fresh, &target).unwrap() { ("newer", "new") } else { ("new", "newer") };
+        assert_eq!(fs::read_to_string(target.join("test_batch.bin")).unwrap(), at_target);
+        assert_eq!(fs::read_to_string(fresh.join("test_batch.bin")).unwrap(), at_fresh);
+        // A target that appeared after the replacement began (another writer's) is kept.
+        let err = swap_in(&fresh, &target, None).unwrap_err().to_string();
+        assert!(err.contains("created by another process") && err.contains("run again"), "{err}");
+        assert_eq!(fs::read_to_string(target.join("test_batch.bin")).unwrap(), at_target);
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
