@@ -108,6 +108,14 @@ pub enum EngineError {
         /// Values per image (`h·w·c`), to name the image.
         per_image: usize,
     },
+    /// A weight or bias value in the file is NaN or infinite (a ReLU after it would turn NaN
+    /// into 0 and the logits would look valid).
+    NonFiniteWeight {
+        /// The tensor.
+        name: Name,
+        /// Index of its first such value.
+        index: usize,
+    },
     /// The logits slice is not `batch·classes` values.
     LogitsLen {
         /// Values needed.
@@ -191,6 +199,11 @@ impl fmt::Display for EngineError {
                 "input value {index} (image {}, value {} of it) is NaN or infinite: the model needs finite inputs",
                 index / (*per_image).max(1),
                 index % (*per_image).max(1)
+            ),
+            EngineError::NonFiniteWeight { name, index } => write!(
+                f,
+                "tensor `{name}` of the weight file has a NaN or infinite value (the first at index {index}): \
+                 the file cannot be run; export it again from finite parameters"
             ),
             EngineError::LogitsLen { expected, got } => {
                 write!(f, "logits slice has {got} values, the model writes {expected}")
@@ -307,7 +320,8 @@ pub struct Engine<'w, P: Borrow<EnginePlan> = EnginePlan> {
 
 impl<'w> Engine<'w> {
     /// Prepares inference of `cfg` for batches of `batch` with the weights of `file`, checking
-    /// the file's kind and config and every tensor's presence and dims. Builds the model's
+    /// the file's kind and config, every tensor's presence and dims, and that every weight is
+    /// finite (one pass over the weights: a NaN weight would pass a ReLU as 0). Builds the model's
     /// program and schedule at run time (~99 KB of stack on a Cortex-M4); a microcontroller uses
     /// [`Engine::from_plan`] with a compile-time [`EnginePlan`] instead.
     pub fn new(cfg: &ModelConfig, batch: usize, file: &WeightFile<'w>) -> Result<Engine<'w>, EngineError> {
@@ -738,12 +752,27 @@ fn bind(cursor: &mut TableCursor<'_, '_>, step: &Step) -> Result<[usize; 2], Eng
     let w = tensor(cursor, param_name(step.layer, ParamRole::Weights), wdims)?;
     let b = tensor(cursor, param_name(step.layer, bias_role), graph::Dims::new(&[step.y_shape.c as usize]))?;
     pair(w, b, step.layer)?;
+    for (t, role) in [(w, ParamRole::Weights), (b, bias_role)] {
+        if let Some(index) = first_non_finite(t) {
+            return Err(EngineError::NonFiniteWeight { name: param_name(step.layer, role), index });
+        }
+    }
     let start = cursor.file.bytes().as_ptr() as usize;
     let at = |t: TensorData<'_>| match t {
         TensorData::F32(v) => (v.as_ptr() as usize).wrapping_sub(start),
         TensorData::F16(v) => (v.as_ptr() as usize).wrapping_sub(start),
     };
     Ok([at(w), at(b)])
+}
+
+/// The index of the first NaN or infinite value of `t`, if any (f32 by [`all_finite`]'s
+/// sufficient sum first; f16 by its exponent bits, all ones only for NaN and ±Inf).
+fn first_non_finite(t: TensorData<'_>) -> Option<usize> {
+    match t {
+        TensorData::F32(v) if all_finite(v) => None,
+        TensorData::F32(v) => v.iter().position(|x| !x.is_finite()),
+        TensorData::F16(v) => v.iter().position(|h| h.to_bits() & 0x7C00 == 0x7C00),
+    }
 }
 
 /// The data of tensor `name`, which must have dims `dims`.

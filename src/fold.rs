@@ -51,6 +51,25 @@ pub enum FoldError {
         /// Dims in the store.
         got: Vec<usize>,
     },
+    /// A parameter holds NaN or infinite values (exported, a NaN weight would pass the ReLU
+    /// after it as 0 and the logits would look valid).
+    NonFinite {
+        /// The parameter.
+        name: String,
+        /// Its non-finite values.
+        count: usize,
+        /// Index of the first.
+        first: usize,
+    },
+    /// A parameter's data has another length than its dims (a store edited by hand).
+    Len {
+        /// The parameter.
+        name: String,
+        /// Values its dims hold.
+        expected: usize,
+        /// Values it has.
+        got: usize,
+    },
     /// The fold kernel refused its arguments.
     Kernel(KernelError),
     /// The weight-file writer refused the tensors.
@@ -68,6 +87,14 @@ impl fmt::Display for FoldError {
             FoldError::Dims { name, expected, got } => {
                 write!(f, "parameter `{name}` has dims {got:?}, the model needs {expected:?}")
             }
+            FoldError::NonFinite { name, count, first } => write!(
+                f,
+                "parameter `{name}` has {count} NaN or infinite values (the first at index {first}): \
+                 finite parameters are needed to export (a diverged run? resume from an earlier checkpoint)"
+            ),
+            FoldError::Len { name, expected, got } => {
+                write!(f, "parameter `{name}` has {got} values, its dims hold {expected}")
+            }
             FoldError::Kernel(e) => write!(f, "batch-norm fold: {e}"),
             FoldError::Weights(e) => write!(f, "writing the inference file: {e}"),
         }
@@ -82,16 +109,23 @@ impl From<ModelError> for FoldError {
     }
 }
 
-/// The data of parameter `spec`, checked against its dims.
+/// The data of parameter `spec`, checked against its dims and for finite values.
 fn fetch<'a>(params: &'a ParamStore, spec: &ParamSpec) -> Result<&'a [f32], FoldError> {
     let name = spec.name();
     let p = params.get(name.as_str()).ok_or_else(|| FoldError::Missing(name.to_string()))?;
-    if p.dims != spec.dims.as_slice() || p.data.len() != spec.dims.numel() {
+    if p.dims != spec.dims.as_slice() {
         return Err(FoldError::Dims {
             name: name.to_string(),
             expected: spec.dims.as_slice().to_vec(),
             got: p.dims.clone(),
         });
+    }
+    if p.data.len() != spec.dims.numel() {
+        return Err(FoldError::Len { name: name.to_string(), expected: spec.dims.numel(), got: p.data.len() });
+    }
+    if let Some(first) = p.data.iter().position(|v| !v.is_finite()) {
+        let count = p.data.iter().filter(|v| !v.is_finite()).count();
+        return Err(FoldError::NonFinite { name: name.to_string(), count, first });
     }
     Ok(&p.data)
 }

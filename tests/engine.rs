@@ -323,6 +323,36 @@ fn edited_file(cfg: &ModelConfig, edit: impl FnOnce(&mut Vec<tinykd::fold::Infer
     AlignedBuf::from_bytes(&to_bytes(cfg, FileKind::Inference, DType::F32, &outs).unwrap())
 }
 
+/// A NaN or infinite weight (f32 or f16) is refused when the engine binds the file, naming the
+/// tensor and the index: run, a NaN weight before a ReLU comes out as 0 and the logits look
+/// valid. The exporter refuses such parameters before they reach a file.
+#[test]
+fn engine_refuses_non_finite_weights_and_the_exporter_refuses_non_finite_parameters() {
+    let cfg = ModelConfig::mobilenet_v1(250);
+    for (dtype, bad) in [(DType::F32, f32::NAN), (DType::F16, f32::NEG_INFINITY), (DType::F32, f32::INFINITY)] {
+        let mut t = inference_tensors(&cfg, &random_params(&cfg, 3)).unwrap();
+        t.iter_mut().find(|t| t.name == "conv2_2_sep_weights").unwrap().data[17] = bad;
+        let outs: Vec<TensorOut> =
+            t.iter().map(|t| TensorOut { name: &t.name, dims: &t.dims, data: &t.data }).collect();
+        let buf = AlignedBuf::from_bytes(&to_bytes(&cfg, FileKind::Inference, dtype, &outs).unwrap());
+        let file = WeightFile::parse(&buf).unwrap();
+        let e = Engine::new(&cfg, 1, &file).unwrap_err();
+        assert!(matches!(e, EngineError::NonFiniteWeight { name, index: 17 } if name == "conv2_2_sep_weights"), "{e}");
+        assert!(e.to_string().contains("`conv2_2_sep_weights`") && e.to_string().contains("index 17"), "{e}");
+        let plan = EnginePlan::new(&cfg, 1).unwrap();
+        assert!(matches!(Engine::from_plan(&plan, &file), Err(EngineError::NonFiniteWeight { .. })));
+    }
+    let mut store = random_params(&cfg, 3);
+    store.get_mut("conv1_bn_variance").unwrap().data[2] = f32::NAN;
+    let e = export_inference(&cfg, &store, DType::F32).unwrap_err();
+    assert!(e.to_string().contains("`conv1_bn_variance` has 1 NaN or infinite values (the first at index 2)"), "{e}");
+    // A data length that does not match the dims is named as such (the dims alone agree).
+    let mut store = random_params(&cfg, 3);
+    store.get_mut("fc7_offset").unwrap().data.pop();
+    let e = export_inference(&cfg, &store, DType::F32).unwrap_err();
+    assert_eq!(e.to_string(), "parameter `fc7_offset` has 9 values, its dims hold 10");
+}
+
 #[test]
 fn engine_reports_clear_errors() {
     let cfg = ModelConfig::mobilenet_v1(250);

@@ -871,3 +871,47 @@ fn unchecked_crc_parse_skips_only_the_crc() {
         assert!(matches!(WeightFile::parse_unchecked_crc(&shifted[1..]), Err(WeightError::Misaligned { .. })));
     }
 }
+
+/// `ParamStore::save` and `ParamStore::from_weight_file` round-trip a store (f32 bit-exact,
+/// f16 to f16's precision) and refuse, naming the tensor, an inference file, a file lacking a
+/// tensor, other dims and non-finite values.
+#[test]
+fn a_param_store_round_trips_through_a_params_file_and_bad_files_are_named() {
+    use tinykd::params::{ParamStore, ParamsError};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig::mobilenet_v1(250);
+    let store = ParamStore::init(&cfg, 5).unwrap();
+    let load = |path: &Path| {
+        let buf = AlignedBuf::read(path).unwrap();
+        ParamStore::from_weight_file(&WeightFile::parse(&buf).unwrap())
+    };
+    let path = dir.path().join("s.tkd");
+    store.save(&path, DType::F32).unwrap();
+    assert_eq!(load(&path).unwrap(), store);
+    store.save(&path, DType::F16).unwrap();
+    let half = load(&path).unwrap();
+    for (a, b) in store.params().iter().zip(half.params()) {
+        assert!(a.data.iter().zip(&b.data).all(|(x, y)| f16::from_f32(*x).to_f32() == *y), "{}", a.name);
+    }
+    // A directory that is not there: the error names the path.
+    let e = store.save(&dir.path().join("no/such/dir/s.tkd"), DType::F32).unwrap_err();
+    assert!(e.to_string().contains("no/such/dir/s.tkd"), "{e}");
+
+    // A file of `kind` with the store's tensors after `edit`, without tensor `drop`.
+    let write = |kind: FileKind, drop: &str, edit: &dyn Fn(&mut ParamStore)| {
+        let mut s = store.clone();
+        edit(&mut s);
+        let tensors: Vec<TensorOut> = s.to_tensors().into_iter().filter(|t| t.name != drop).collect();
+        fs::write(&path, to_bytes(&cfg, kind, DType::F32, &tensors).unwrap()).unwrap();
+        load(&path)
+    };
+    assert_eq!(write(FileKind::Inference, "", &|_| {}), Err(ParamsError::Inference));
+    assert_eq!(write(FileKind::Params, "fc7_offset", &|_| {}), Err(ParamsError::Missing("fc7_offset".into())));
+    let e = write(FileKind::Params, "", &|s| s.get_mut("fc7_weights").unwrap().dims = vec![10, 256]).unwrap_err();
+    assert_eq!(e.to_string(), "tensor fc7_weights has dims [10, 256], the model needs [256, 10]");
+    let e = write(FileKind::Params, "", &|s| s.get_mut("conv1_bn_mean").unwrap().data[3] = f32::INFINITY).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "tensor conv1_bn_mean has 1 of 8 values not finite (1 +Inf; the first at index 3); it cannot be used"
+    );
+}

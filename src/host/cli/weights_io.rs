@@ -80,29 +80,8 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     match file.kind() {
         FileKind::Inference => Ok(Loaded::Inference(buf)),
         FileKind::Params => {
-            let cfg = file.config();
-            let mut store = ParamStore::init(&cfg, 0).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            for p in store.params_mut() {
-                let t = file
-                    .get(&p.name)
-                    .with_context(|| format!("weight file {} lacks tensor {}", path.display(), p.name))?;
-                let dims: Vec<usize> = t.dims.as_slice().iter().map(|&d| d as usize).collect();
-                if dims != p.dims {
-                    bail!(
-                        "weight file {}: tensor {} has dims {:?}, the model needs {:?}",
-                        path.display(),
-                        p.name,
-                        dims,
-                        p.dims
-                    );
-                }
-                for (i, v) in p.data.iter_mut().enumerate() {
-                    *v = t.data.get(i).expect("dims checked");
-                }
-                if let Some(bad) = non_finite(&p.data) {
-                    bail!("weight file {}: tensor {} {bad}; it cannot be used", path.display(), p.name);
-                }
-            }
+            let store = ParamStore::from_weight_file(&file)
+                .map_err(|e| anyhow::anyhow!("weight file {}: {e}", path.display()))?;
             Ok(Loaded::Params(store))
         }
     }
