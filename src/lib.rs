@@ -71,6 +71,7 @@
 //! # fn main() {}
 //! ```
 #![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
 
 pub mod config;
 

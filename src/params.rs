@@ -148,7 +148,7 @@ impl ParamStore {
     }
 
     /// Every tensor as a [`TensorOut`] for [`crate::weights::to_bytes`] (a
-    /// [`FileKind::Params`](crate::weights::FileKind::Params) file).
+    /// [`FileKind::Params`] file).
     pub fn to_tensors(&self) -> Vec<TensorOut<'_>> {
         self.params.iter().map(|p| TensorOut { name: &p.name, dims: &p.dims, data: &p.data }).collect()
     }

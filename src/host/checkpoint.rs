@@ -95,20 +95,55 @@ pub struct Checkpoint {
 #[derive(Debug)]
 pub enum CkptError {
     /// The file does not exist.
-    Missing { path: PathBuf },
+    Missing {
+        /// The path given.
+        path: PathBuf,
+    },
     /// Reading or writing failed.
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
     /// The file ends early.
-    Truncated { path: PathBuf, len: u64, expected: u64 },
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: u64,
+        /// The length its contents need.
+        expected: u64,
+    },
     /// The file does not start with [`MAGIC`] (a file that is a shorter prefix of it is
     /// [`CkptError::Truncated`]).
-    BadMagic { path: PathBuf },
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file's format version is not [`VERSION`].
-    Version { path: PathBuf, found: u32 },
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+    },
     /// The stored CRC-32 does not match the contents.
-    Checksum { path: PathBuf, stored: u32, computed: u32 },
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The CRC in the file.
+        stored: u32,
+        /// The CRC of its contents.
+        computed: u32,
+    },
     /// The contents are inconsistent (or, on save, the checkpoint is).
-    Malformed { path: PathBuf, what: String },
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is inconsistent.
+        what: String,
+    },
 }
 
 impl fmt::Display for CkptError {

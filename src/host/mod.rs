@@ -2,6 +2,8 @@
 
 pub mod atomic;
 pub mod checkpoint;
+// The command's implementation: not a library API (see its module docs).
+#[doc(hidden)]
 pub mod cli;
 pub mod data;
 pub mod metrics;

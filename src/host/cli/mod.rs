@@ -3,6 +3,11 @@
 //!
 //! Exit codes: 0 success; 2 invalid usage (clap's parse errors and [`UsageError`]); 1 any other
 //! failure. Every error is printed as one paragraph on stderr, prefixed with `error:`.
+//!
+//! Public for the binary, its tests and the MCU asset generator, hidden from the API docs: not
+//! a library API (its functions return `anyhow` errors and change with the command line).
+//! Library code takes [`crate::params`], [`crate::train`], [`crate::dist`], [`crate::fold`] and
+//! [`crate::engine`].
 
 pub mod bench;
 pub mod bench_gemm;

@@ -48,32 +48,85 @@ pub const CIFAR10_CLASSES: [&str; NUM_CLASSES] =
 #[derive(Debug)]
 pub enum DataError {
     /// The dataset directory does not exist or is not a directory.
-    DirMissing { dir: PathBuf },
+    DirMissing {
+        /// The directory given.
+        dir: PathBuf,
+    },
     /// None of `data_batch_1.bin` .. `data_batch_5.bin` exists.
-    NoTrainFiles { dir: PathBuf },
+    NoTrainFiles {
+        /// The dataset directory.
+        dir: PathBuf,
+    },
     /// A training file is missing while a later one exists (the files must be `1..=k`).
-    TrainGap { missing: PathBuf, present: PathBuf },
+    TrainGap {
+        /// The first missing training file.
+        missing: PathBuf,
+        /// A later training file that exists.
+        present: PathBuf,
+    },
     /// A `data_batch_*` file that is not one of [`TRAIN_FILES`], so would not be read.
-    UnreadTrainFile { path: PathBuf },
+    UnreadTrainFile {
+        /// The file.
+        path: PathBuf,
+    },
     /// `batches.meta.txt` does not have exactly [`NUM_CLASSES`] non-empty lines.
-    BadClassNames { path: PathBuf, lines: usize },
+    BadClassNames {
+        /// The class-name file.
+        path: PathBuf,
+        /// Its non-empty lines.
+        lines: usize,
+    },
     /// `test_batch.bin` does not exist.
-    TestMissing { path: PathBuf },
+    TestMissing {
+        /// Where the test file should be.
+        path: PathBuf,
+    },
     /// A file has no bytes.
-    Empty { path: PathBuf },
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
     /// A file's length is not a multiple of [`RECORD_BYTES`].
-    Truncated { path: PathBuf, len: u64 },
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: u64,
+    },
     /// A record's label byte is not in `0..=9`.
-    BadLabel { path: PathBuf, record: usize, value: u8 },
+    BadLabel {
+        /// The file.
+        path: PathBuf,
+        /// Index of the record in the file.
+        record: usize,
+        /// The label byte.
+        value: u8,
+    },
     /// Reading or writing failed.
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
     /// Inputs given to a writer or generator are inconsistent.
-    Invalid { what: String },
+    Invalid {
+        /// What is wrong, as a sentence.
+        what: String,
+    },
     /// A dataset writer's output directory exists and is not a directory.
-    NotADirectory { path: PathBuf },
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
     /// A dataset writer's output directory holds a file that is not a dataset's (replacing the
     /// directory would delete it).
-    ForeignFile { dir: PathBuf, path: PathBuf },
+    ForeignFile {
+        /// The directory to replace.
+        dir: PathBuf,
+        /// The other file in it (the first by name).
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for DataError {
