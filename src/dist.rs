@@ -11,12 +11,16 @@
 //! - the teacher's parameters are copied at merge time and frozen: the optimizer never sees
 //!   them, the teacher runs in eval mode (batch norm with its running statistics, which never
 //!   change) and never runs backward;
-//! - student tensors keep their names (aliases such as `depthwise_conv2d_11` included).
+//! - student tensors keep their names (aliases such as `depthwise_conv2d_11` included); the
+//!   prefix must not be empty, nor let a teacher name shadow a student one;
+//! - a teacher parameter or statistic with a NaN or infinite value is refused, naming it.
 //!
 //! # Losses
 //!
 //! Formulas (the kernels in [`tinykd_kernels::loss`]); in every distillation loss the FIRST
-//! (teacher-side) arguments are constant targets and only student tensors receive gradients:
+//! (teacher-side) arguments are constant targets and only student tensors receive gradients
+//! (the trained arguments — `s`, `s1`, `s2` below — must be student tensors, and a custom loss
+//! must read at least one):
 //! - `ce`: softmax cross-entropy of the student logits, mean over the batch;
 //! - `l2(t, s)` = mean over all N·H·W·C elements of `(s − t)²` (no ½);
 //! - `fsp(t1, t2, s1, s2)` = mean over N·C1·C2 of `(G(s1,s2) − G(t1,t2))²` with
@@ -81,8 +85,22 @@ pub enum DistError {
         /// The name.
         name: String,
     },
-    /// The teacher's parameter store was made for another model.
+    /// The teacher's parameter store was made for another model or holds a NaN or an infinity.
     TeacherParams {
+        /// Why.
+        why: String,
+    },
+    /// The teacher prefix is empty or lets a teacher name shadow a student name.
+    Prefix {
+        /// The prefix given.
+        prefix: String,
+        /// Why.
+        why: String,
+    },
+    /// A loss would give the student no gradient: its trained side is a teacher tensor.
+    NotTrained {
+        /// The loss.
+        loss: String,
         /// Why.
         why: String,
     },
@@ -131,8 +149,14 @@ impl fmt::Display for DistError {
             DistError::ShapeMismatch { context, a, b } => {
                 write!(f, "{context}: `{}` has shape {} but `{}` has shape {}", a.0, a.1, b.0, b.1)
             }
-            DistError::NoTeacher { name } => write!(f, "`{name}` is a teacher tensor but no teacher was merged"),
+            DistError::NoTeacher { name } => write!(
+                f,
+                "`{name}` names a teacher tensor, but no teacher was merged: merge one (`merge`, or `tinykd \
+                 distill --teacher`) or drop the losses that read the teacher"
+            ),
             DistError::TeacherParams { why } => write!(f, "teacher parameters: {why}"),
+            DistError::Prefix { prefix, why } => write!(f, "teacher prefix `{prefix}`: {why}"),
+            DistError::NotTrained { loss, why } => write!(f, "{loss} loss: {why}"),
             DistError::DataMap { why } => write!(f, "data name map: {why}"),
             DistError::Spec { item, why } => write!(f, "loss spec `{item}`: {why}"),
             DistError::Custom { label, why } => write!(f, "custom loss `{label}`: {why}"),
@@ -203,6 +227,9 @@ pub struct Merged {
 /// teacher tensors become `<prefix><name>`; each `(teacher_input, student_tensor)` of
 /// `data_name_map` makes the teacher read the student's tensor (only the teacher's input
 /// `image` can be mapped, to a student tensor of the same shape — normally `("image", "image")`).
+/// Refuses parameters of another model or with a NaN or infinite value
+/// ([`DistError::TeacherParams`] naming the tensor), and an empty prefix or one under which a
+/// teacher name would shadow a student name ([`DistError::Prefix`] naming both).
 pub fn merge(
     teacher: (&Program, &ParamStore),
     student: &Program,
@@ -215,6 +242,7 @@ pub fn merge(
             why: format!("the store is for {:?}, the teacher program is {:?}", tparams.config(), tprog.config),
         });
     }
+    check_prefix(tprog, student, prefix)?;
     if data_name_map.is_empty() {
         return Err(DistError::DataMap {
             why: "the teacher's input `image` must be mapped to a student tensor".into(),
@@ -239,8 +267,37 @@ pub fn merge(
             });
         }
     }
+    if let Some((name, bad)) = tparams.first_non_finite() {
+        return Err(DistError::TeacherParams {
+            why: format!(
+                "`{name}` {bad}; every teacher weight and statistic must be finite: load a finite parameter \
+                 file or checkpoint"
+            ),
+        });
+    }
     let teacher = Teacher { program: *tprog, params: tparams.clone(), prefix: prefix.to_string() };
     Ok(Merged { student: *student, teacher: Some(teacher) })
+}
+
+/// Refuses an empty `prefix`, and one under which a student name (tensor or depthwise alias)
+/// would resolve to a teacher tensor instead ([`Merged::resolve`] tries the teacher first).
+fn check_prefix(teacher: &Program, student: &Program, prefix: &str) -> Result<(), DistError> {
+    let err = |why: String| Err(DistError::Prefix { prefix: prefix.to_string(), why });
+    if prefix.is_empty() {
+        return err("it must not be empty: teacher names would shadow the student's (`conv1` would be the \
+                    teacher's); use e.g. `teacher_`"
+            .into());
+    }
+    for name in names_of(student, "") {
+        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        if teacher.find(rest).is_some_and(|id| id != teacher.input()) {
+            return err(format!(
+                "the student's `{name}` would name the teacher's `{rest}` instead; choose a prefix no student \
+                 tensor name starts with (e.g. `teacher_`)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Merged {
@@ -586,8 +643,12 @@ pub struct Losses {
 
 impl Losses {
     /// Resolves every tensor name of `losses` in `merged` and checks shapes (see
-    /// [`DistError`]) and weights (finite and `>= 0`, as the spec parser requires:
-    /// [`DistError::Spec`] naming the loss and the weight).
+    /// [`DistError`]), weights (finite and `>= 0`, as the spec parser requires:
+    /// [`DistError::Spec`] naming the loss and the weight) and that each loss can train the
+    /// student ([`DistError::NotTrained`] naming the tensor): the trained side — the second
+    /// argument of `l2` and `soft_label`, the third and fourth of `fsp` — must be a student
+    /// tensor (a frozen teacher tensor takes no gradient), and a custom loss must read at least
+    /// one student tensor.
     pub fn new(merged: &Merged, losses: &[Loss]) -> Result<Losses, DistError> {
         let mut items = Vec::with_capacity(losses.len());
         for l in losses {
@@ -598,12 +659,28 @@ impl Losses {
                 });
             }
             let ctx = format!("{} loss", l.kind.label());
+            // Without a teacher, a `teacher_` name is not a typo to suggest student names for.
             let get = |n: &str| -> Result<TensorRef, DistError> {
-                let r = merged.resolve(n, &ctx)?;
-                if r.side == Side::Teacher && merged.teacher().is_none() {
-                    return Err(DistError::NoTeacher { name: n.into() });
+                merged.resolve(n, &ctx).map_err(|e| match e {
+                    DistError::UnknownTensor { .. } if merged.teacher().is_none() && n.starts_with("teacher_") => {
+                        DistError::NoTeacher { name: n.into() }
+                    }
+                    e => e,
+                })
+            };
+            let trained = |r: TensorRef, which: &str| -> Result<TensorRef, DistError> {
+                if r.side == Side::Student {
+                    return Ok(r);
                 }
-                Ok(r)
+                Err(DistError::NotTrained {
+                    loss: l.kind.label(),
+                    why: format!(
+                        "`{}` is a teacher tensor (frozen, it takes no gradient), but the {which} must be a \
+                         student tensor: the teacher side comes first, then the student (e.g. \
+                         l2:teacher_<name>,<name>)",
+                        r.name
+                    ),
+                })
             };
             let mismatch = |rule: &str, a: &TensorRef, b: &TensorRef| DistError::ShapeMismatch {
                 context: format!("{ctx} ({rule})"),
@@ -622,14 +699,19 @@ impl Losses {
                     }]
                 }
                 LossKind::L2 { teacher, student } => {
-                    let (t, s) = (get(teacher)?, get(student)?);
+                    let (t, s) = (get(teacher)?, trained(get(student)?, "second argument")?);
                     if t.shape != s.shape {
                         return Err(mismatch("both tensors must have the same shape", &t, &s));
                     }
                     vec![t, s]
                 }
                 LossKind::Fsp { t1, t2, s1, s2 } => {
-                    let v = [get(t1)?, get(t2)?, get(s1)?, get(s2)?];
+                    let v = [
+                        get(t1)?,
+                        get(t2)?,
+                        trained(get(s1)?, "third argument")?,
+                        trained(get(s2)?, "fourth argument")?,
+                    ];
                     for r in &v[1..] {
                         if r.shape.layout != Layout::Nhwc || (r.shape.h, r.shape.w) != (v[0].shape.h, v[0].shape.w) {
                             return Err(mismatch(
@@ -648,7 +730,7 @@ impl Losses {
                     v.to_vec()
                 }
                 LossKind::SoftLabel { teacher, student, tt, ts } => {
-                    let (t, s) = (get(teacher)?, get(student)?);
+                    let (t, s) = (get(teacher)?, trained(get(student)?, "second argument")?);
                     if t.shape != s.shape || t.shape.layout != Layout::Nc {
                         return Err(mismatch("both must be NC logits with the same classes", &t, &s));
                     }
@@ -660,7 +742,20 @@ impl Losses {
                     }
                     vec![t, s]
                 }
-                LossKind::Custom { names, .. } => names.iter().map(|n| get(n)).collect::<Result<_, _>>()?,
+                LossKind::Custom { names, .. } => {
+                    let v: Vec<TensorRef> = names.iter().map(|n| get(n)).collect::<Result<_, _>>()?;
+                    if !v.iter().any(|r| r.side == Side::Student) {
+                        return Err(DistError::NotTrained {
+                            loss: l.kind.label(),
+                            why: format!(
+                                "it reads no student tensor ({}), so the student gets no gradient: add the \
+                                 student tensors it trains to its names",
+                                if names.is_empty() { "no names at all".to_string() } else { names.join(", ") }
+                            ),
+                        });
+                    }
+                    v
+                }
             };
             items.push(Resolved { kind: l.kind.clone(), weight: l.weight, tensors });
         }

@@ -893,12 +893,21 @@ impl Executor {
         Some((self.tensor(id), self.prog.tensor(id).shape.dims(self.batch())))
     }
 
-    /// The logits of the last forward (`batch · classes`).
+    /// The logits of the last forward (`batch · classes`; empty before any forward).
+    ///
+    /// # Panics
+    /// If the last forward was an eval one restricted by [`Executor::set_eval_targets`] to
+    /// targets that do not include the logits (as the trainer's teacher executor is, to the
+    /// tensors its losses read: [`Trainer::teacher`](super::Trainer::teacher)), so they were
+    /// not computed. `activation(<name of the output>)` returns `None` instead.
     pub fn logits(&self) -> &[f32] {
         self.tensor(self.prog.output())
     }
 
-    /// The input (`image`) of the last train-mode forward.
+    /// The input (`image`) of the last train-mode forward: `batch()` samples, empty before any
+    /// forward. An eval-mode forward reads its input in place and keeps no copy, so after one
+    /// this is the start of the last train-mode input (zeros if there was none), not the
+    /// eval input. Never panics.
     pub fn input(&self) -> &[f32] {
         self.tensor(self.prog.input())
     }

@@ -1,15 +1,21 @@
 //! The library training loop: Momentum SGD with L2 weight decay over the student's trainable
 //! parameters, on any weighted sum of [`Loss`]es over a [`Merged`] student (+ frozen teacher).
 //!
-//! One step: student forward in train mode; teacher forward in eval mode on the student's own
-//! input buffer (only when a loss reads a teacher tensor); losses and their gradients
-//! ([`Losses::compute`]); a check that every loss value is finite (otherwise the step stops
-//! with [`TrainError::NonFinite`] naming the step, before any trainable parameter or momentum
-//! buffer changes — the student's batch-norm running statistics have already absorbed that
-//! forward); student
-//! backward; `v = μ·v + g + wd·p; p −= lr·v` ([`optim::sgd_momentum`]) for every trainable
-//! parameter (batch-norm running statistics are updated by the forward, never by the optimizer;
-//! the teacher is never touched).
+//! One step: a check of the batch (one input per label, labels below the student's classes
+//! when a loss reads them; [`TrainError::Data`]); student forward in train mode; teacher
+//! forward in eval mode on the student's own input buffer (only when a loss reads a teacher
+//! tensor); losses and their gradients ([`Losses::compute`]); a check that every loss value is
+//! finite (otherwise the step stops with [`TrainError::NonFinite`] naming the step, before any
+//! trainable parameter or momentum buffer changes — the student's batch-norm running
+//! statistics have already absorbed that forward); student backward;
+//! `v = μ·v + g + wd·p; p −= lr·v` ([`optim::sgd_momentum`]) for every trainable parameter
+//! (batch-norm running statistics are updated by the forward, never by the optimizer; the
+//! teacher is never touched). An update that writes a NaN or an infinity does not fail the
+//! step: it reports [`StepReport::all_finite`] false (see [`Trainer::step`]).
+//!
+//! [`Trainer::new`] refuses what would only fail later: a momentum outside `[0, 1)`, a
+//! negative weight decay, non-finite student parameters (non-finite teacher ones are refused
+//! by [`merge`](crate::dist::merge)).
 //!
 //! Data comes from a [`DataSource`]: anything that fills a batch of normalised NHWC images and
 //! labels for given sample indices. Each epoch visits the samples in an order shuffled by a
@@ -89,13 +95,15 @@ impl DataSource for MemoryData {
 pub struct TrainConfig {
     /// Samples per step (also the evaluation batch).
     pub batch_size: usize,
-    /// Worker threads of the executors.
+    /// Worker threads of each executor: 0 is taken as 1, and more threads than `batch_size`
+    /// are capped at `batch_size` (the work is shared out by sample).
     pub threads: usize,
     /// Seed of the per-epoch shuffling.
     pub seed: u64,
-    /// Momentum `μ`.
+    /// Momentum `μ`, finite and in `[0, 1)` (0: plain SGD; at 1 or more the velocity never
+    /// decays). Paddle's `Momentum` does not check it; [`Trainer::new`] does.
     pub momentum: f32,
-    /// L2 weight decay (added to the gradient as `wd·p`).
+    /// L2 weight decay (added to the gradient as `wd·p`), finite and `>= 0`.
     pub weight_decay: f32,
     /// Learning rate per step.
     pub schedule: Schedule,
@@ -122,7 +130,9 @@ pub enum TrainError {
     Exec(ExecError),
     /// A loss failed (or did not resolve).
     Dist(DistError),
-    /// A loss value was NaN or infinite at `step` (trainable parameters were not updated).
+    /// A loss value was NaN or infinite at `step` (trainable parameters were not updated). Its
+    /// message advises smaller loss weights when every loss is finite but their weighted sum is
+    /// not, and a lower learning rate only after step 0 (at step 0 no update has run yet).
     NonFinite {
         /// The global step (0-based).
         step: usize,
@@ -147,7 +157,17 @@ impl fmt::Display for TrainError {
                 for (label, w, v) in &values.parts {
                     write!(f, "; {label} ×{w}: {v}")?;
                 }
-                f.write_str("); try a lower learning rate")
+                f.write_str(")")?;
+                if values.parts.iter().all(|p| p.2.is_finite()) {
+                    f.write_str("; each loss is finite but their weighted sum is not: use smaller loss weights")
+                } else if *step == 0 {
+                    f.write_str(
+                        "; no update has run yet, so the learning rate is not the cause: check the scale of the \
+                         inputs, the loss weights and the temperatures",
+                    )
+                } else {
+                    f.write_str("; try a lower learning rate")
+                }
             }
             TrainError::Data(e) => write!(f, "data: {e}"),
             TrainError::Config(e) => write!(f, "configuration: {e}"),
@@ -260,11 +280,13 @@ impl Trainer {
         }
     }
 
-    /// A trainer of `merged`'s student, starting from `params`, on `losses`. Refuses a batch
-    /// size of 0 or one whose buffers would not fit in the address space
-    /// ([`ExecError::BatchTooLarge`]), no losses, parameters of another model, a schedule the
-    /// [`Schedule`] constructors would refuse ([`Schedule::validate`]) and losses
-    /// [`Losses::new`] refuses.
+    /// A trainer of `merged`'s student, starting from `params`, on `losses`. Refuses
+    /// ([`TrainError::Config`]) a batch size of 0, no losses, a momentum outside `[0, 1)` or a
+    /// negative weight decay (or either not finite), a schedule the [`Schedule`] constructors
+    /// would refuse ([`Schedule::validate`]), parameters of another model and parameters or
+    /// statistics with a NaN or infinite value (naming the tensor, how many values and the
+    /// first index); also a batch whose buffers would not fit in the address space
+    /// ([`ExecError::BatchTooLarge`]) and losses [`Losses::new`] refuses.
     pub fn new(merged: Merged, params: ParamStore, losses: &[Loss], cfg: TrainConfig) -> Result<Trainer, TrainError> {
         if cfg.batch_size == 0 {
             return Err(TrainError::Config("the batch size must be at least 1".into()));
@@ -272,12 +294,31 @@ impl Trainer {
         if losses.is_empty() {
             return Err(TrainError::Config("at least one loss is needed".into()));
         }
+        if !(cfg.momentum.is_finite() && (0.0..1.0).contains(&cfg.momentum)) {
+            return Err(TrainError::Config(format!(
+                "the momentum is {}; it must be finite, >= 0 and below 1 (0 is plain SGD; at 1 or more the \
+                 velocity never decays)",
+                cfg.momentum
+            )));
+        }
+        if !(cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
+            return Err(TrainError::Config(format!(
+                "the weight decay is {}; it must be finite and >= 0 (0 for none)",
+                cfg.weight_decay
+            )));
+        }
         cfg.schedule.validate().map_err(|e| TrainError::Config(e.to_string()))?;
         if *params.config() != merged.student().config {
             return Err(TrainError::Config(format!(
                 "the parameters are for {:?}, the student is {:?}",
                 params.config(),
                 merged.student().config
+            )));
+        }
+        if let Some((name, bad)) = params.first_non_finite() {
+            return Err(TrainError::Config(format!(
+                "the student's `{name}` {bad}; start from finite weights (a checkpoint written before the run \
+                 diverged, or a fresh initialisation)"
             )));
         }
         let isa = Isa::detect();
@@ -383,19 +424,49 @@ impl Trainer {
         &self.student
     }
 
-    /// The teacher executor, if a loss reads teacher tensors.
+    /// The teacher executor, if a loss reads teacher tensors. Its forward computes only what
+    /// the tensors the losses read depend on ([`Executor::set_eval_targets`]), with its batch
+    /// norms folded into its convs ([`Executor::fold_frozen`]): only those tensors can be read
+    /// after a step — [`Executor::logits`] and [`Executor::tensor`] panic on the others (e.g.
+    /// the logits when the losses read only a hint tensor); [`Executor::activation`] returns
+    /// `None` for them.
     pub fn teacher(&self) -> Option<&Executor> {
         self.teacher.as_ref()
     }
 
     /// One step on a batch (`images` NHWC normalised, one label per sample; at most
-    /// `batch_size` samples).
+    /// `batch_size` samples). A batch whose images are not one input per label, or (when a
+    /// loss reads labels: cross-entropy) with a label not below the student's classes, is
+    /// refused before anything runs ([`TrainError::Data`] naming the sample's place in the
+    /// batch).
+    ///
+    /// A non-finite loss stops the step before any update ([`TrainError::NonFinite`]). But
+    /// the update itself can still write a NaN or an infinity (an exploding gradient, a too
+    /// high learning rate): the step then returns `Ok` with [`StepReport::all_finite`] false,
+    /// and the trainer's weights, statistics or momentum buffers hold non-finite values that
+    /// every later step propagates. A caller should then stop, restore the parameters and
+    /// momentum buffers from the last good checkpoint ([`Trainer::params_mut`],
+    /// [`Trainer::set_momentum_buffers`], [`Trainer::set_step_count`]) and retry with a
+    /// lower learning rate — as the command line's training does (it stops, names the first
+    /// non-finite tensor and keeps the last epoch's checkpoint).
     pub fn step(&mut self, images: &[f32], labels: &[u32]) -> Result<StepReport, TrainError> {
-        self.step_in_epoch(images, labels, 0)
+        self.step_in_epoch(images, labels, None, 0)
     }
 
-    fn step_in_epoch(&mut self, images: &[f32], labels: &[u32], epoch: usize) -> Result<StepReport, TrainError> {
-        let per = self.merged.student().tensor(self.merged.student().input()).shape.numel();
+    /// Refuses a batch whose `images` are not one student input per label, whose labels are
+    /// not one per index of `indices` (when the batch came from a data source), or, when
+    /// `labels_used`, with a label not below the student's classes. Samples are named by
+    /// their index in the data source when `indices` is known, else by their place in the
+    /// batch.
+    fn check_batch(
+        &self,
+        images: &[f32],
+        labels: &[u32],
+        indices: Option<&[usize]>,
+        labels_used: bool,
+    ) -> Result<(), TrainError> {
+        let student = self.merged.student();
+        let per = student.tensor(student.input()).shape.numel();
         if labels.len() * per != images.len() {
             return Err(TrainError::Data(format!(
                 "{} labels for {} image values ({per} per sample)",
@@ -403,6 +474,35 @@ impl Trainer {
                 images.len()
             )));
         }
+        if let Some(idx) = indices.filter(|idx| idx.len() != labels.len()) {
+            return Err(TrainError::Data(format!(
+                "the data source gave {} samples for the {} asked for",
+                labels.len(),
+                idx.len()
+            )));
+        }
+        let classes = student.tensor(student.output()).shape.c as usize;
+        if let Some(k) = labels.iter().position(|&l| l as usize >= classes).filter(|_| labels_used) {
+            let sample = match indices {
+                Some(idx) => format!("sample {}", idx[k]),
+                None => format!("sample {k} of the batch"),
+            };
+            return Err(TrainError::Data(format!(
+                "{sample} has label {}, but the student has {classes} classes: labels must be below {classes}",
+                labels[k]
+            )));
+        }
+        Ok(())
+    }
+
+    fn step_in_epoch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        indices: Option<&[usize]>,
+        epoch: usize,
+    ) -> Result<StepReport, TrainError> {
+        self.check_batch(images, labels, indices, self.losses.needs_labels())?;
         let mut phases = StepPhases::default();
         let mut clock = Instant::now();
         let mut lap = |slot: &mut f64| {
@@ -466,7 +566,18 @@ impl Trainer {
     }
 
     /// One epoch over `data` (shuffled by `(seed, epoch)`, last partial batch dropped), calling
-    /// `on_step` after every step. Returns the mean total loss over the epoch's steps.
+    /// `on_step` after every step. Returns the mean total loss over the epoch's steps. Each
+    /// batch is checked as [`Trainer::step`] does (a bad sample is named by its index in
+    /// `data`).
+    ///
+    /// As with [`Trainer::step`], a step whose update wrote a NaN or an infinity does not stop
+    /// the epoch: `on_step` sees [`StepReport::all_finite`] false and the epoch goes on (a
+    /// non-finite weight usually makes a later step's loss non-finite, which stops it with
+    /// [`TrainError::NonFinite`]; a non-finite momentum or running statistic may not show in
+    /// the losses at all, and on the last step the epoch returns `Ok`). Note `all_finite` in
+    /// `on_step` (which cannot stop the epoch; to stop at once, loop over [`Trainer::step`]):
+    /// once it is false the weights are unusable; restore the last good checkpoint and retry
+    /// with a lower learning rate, as the command line's training does.
     pub fn train_epoch(
         &mut self,
         data: &mut dyn DataSource,
@@ -486,7 +597,7 @@ impl Trainer {
         let result = (|| {
             for idx in order.chunks_exact(bs) {
                 data.fill(idx, &mut images, &mut labels).map_err(TrainError::Data)?;
-                let r = self.step_in_epoch(&images, &labels, epoch)?;
+                let r = self.step_in_epoch(&images, &labels, Some(idx), epoch)?;
                 sum += r.losses.total as f64;
                 steps += 1;
                 on_step(&r);
@@ -498,7 +609,10 @@ impl Trainer {
         result
     }
 
-    /// Evaluates the student in eval mode over all of `data` in batches of `batch_size`.
+    /// Evaluates the student in eval mode over all of `data` in batches of `batch_size`. Each
+    /// batch is checked as in training ([`TrainError::Data`]: images not one input per label,
+    /// not as many samples as asked for, or a label not below the student's classes, naming
+    /// the sample's index in `data`).
     pub fn evaluate(&mut self, data: &mut dyn DataSource) -> Result<EvalReport, TrainError> {
         let n = data.len();
         if n == 0 {
@@ -512,6 +626,7 @@ impl Trainer {
         let result = (|| {
             for idx in order.chunks(self.cfg.batch_size) {
                 data.fill(idx, &mut images, &mut labels).map_err(TrainError::Data)?;
+                self.check_batch(&images, &labels, Some(idx), true)?;
                 self.student.forward_eval(&self.params, &images)?;
                 let z = self.student.logits();
                 let sh = Logits::new(idx.len(), classes);
