@@ -17,8 +17,13 @@
 //!
 //! Without `--weights` the student is the deterministic random initialisation of `--seed`
 //! (He-uniform weights) with random, non-trivial batch-norm parameters and statistics, so the
-//! fold is exercised. `--weights` takes a Params or Inference weight file (as the trainer
-//! exports), whose config then wins over `--scale`.
+//! fold is exercised. `--weights` takes a MobileNetV1 Params or Inference weight file (as the
+//! trainer exports; f32 or f16), whose config then wins over `--scale`; with an f16 Inference
+//! file the f32 variant is its f16 weights widened.
+//!
+//! The firmware runs MobileNetV1 only, and both weight files must fit its flash (`FLASH` in
+//! `examples/mcu/memory.x`) with the images, the host logits and the code: another model, or a
+//! student too wide for that flash, is refused before anything is written.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,12 +38,13 @@ use tinykd::host::data::{synth, Rng};
 use tinykd::kernels::{DType, Isa};
 use tinykd::params::ParamStore;
 use tinykd::weights::{self, AlignedBuf, FileKind, TensorOut, WeightFile};
-use tinykd::{models, ModelConfig};
+use tinykd::{models, Arch, ModelConfig};
 
 /// Writes the firmware's weight files, test images and the host engine's logits.
 #[derive(Parser, Debug)]
 struct Args {
-    /// A Params or Inference weight file; default: the random initialisation of `--seed`.
+    /// A MobileNetV1 Params or Inference weight file (f32 or f16); default: the random
+    /// initialisation of `--seed`.
     #[arg(long)]
     weights: Option<PathBuf>,
     /// MobileNetV1 width multiplier (ignored with `--weights`, whose config is used).
@@ -58,6 +64,14 @@ struct Args {
 /// Largest accepted difference between the host's scalar and SIMD logits (different summation
 /// orders), a sanity check of the reference itself.
 const ISA_TOLERANCE: f32 = 1e-3;
+
+/// The firmware's linker memory map; its `FLASH` length bounds what the assets may hold.
+const MEMORY_X: &str = include_str!("mcu/memory.x");
+
+/// Flash the firmware needs besides the embedded files: its code (vector table + `.text`,
+/// 85.3 KB measured by `examples/mcu/check.sh`, docs/MCU.md) and the rest of `.rodata`, with
+/// room to grow.
+const CODE_RESERVE: usize = 128 * 1024;
 
 fn main() -> ExitCode {
     match run(&Args::parse()) {
@@ -91,6 +105,7 @@ fn run(args: &Args) -> Result<()> {
     if image_len != synth_image_len() {
         bail!("the synthetic test images are 32x32x3; the model takes {}x{}x{}", cfg.in_h, cfg.in_w, cfg.in_c);
     }
+    check_flash(&cfg, &f32_file, &f16_file, args.images)?;
     let (_, test) = synth::generate(0, args.images, args.seed);
     let indices: Vec<usize> = (0..args.images).collect();
     let mut images = Vec::new();
@@ -175,6 +190,13 @@ fn from_file(path: &Path) -> Result<(ModelConfig, Vec<u8>, Vec<u8>)> {
     let buf = AlignedBuf::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = WeightFile::parse(&buf).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let cfg = file.config();
+    if cfg.arch != Arch::MobileNetV1 {
+        bail!(
+            "{}: the weights of a {}; the firmware (examples/mcu) runs a MobileNetV1 student only",
+            path.display(),
+            describe(&cfg)
+        );
+    }
     match file.kind() {
         FileKind::Params => {
             let mut params = ParamStore::init(&cfg, 0)?;
@@ -214,6 +236,54 @@ fn from_file(path: &Path) -> Result<(ModelConfig, Vec<u8>, Vec<u8>)> {
             Ok((cfg, f32_file, f16_file))
         }
     }
+}
+
+/// Refuses assets that would not fit the firmware's flash: either weight file plus the
+/// images, the host logits and [`CODE_RESERVE`] against `FLASH` in `examples/mcu/memory.x`.
+fn check_flash(cfg: &ModelConfig, f32_file: &[u8], f16_file: &[u8], images: usize) -> Result<()> {
+    let flash = flash_length(MEMORY_X).context("examples/mcu/memory.x: cannot read the LENGTH of the FLASH region")?;
+    let image_bytes = 4 * images * cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
+    let logit_bytes = 4 * images * cfg.classes as usize;
+    for (dtype, file) in [("f32", f32_file), ("f16", f16_file)] {
+        let need = file.len() + image_bytes + logit_bytes + CODE_RESERVE;
+        if need > flash {
+            bail!(
+                "{}: the {dtype} weight file is {} B; with {} B of images and host logits and {} KiB \
+                 for the code the firmware needs {need} B of flash, more than the {flash} B of FLASH in \
+                 examples/mcu/memory.x (use a narrower student, fewer --images, or a part with more flash)",
+                describe(cfg),
+                file.len(),
+                image_bytes + logit_bytes,
+                CODE_RESERVE / 1024
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The `LENGTH` of the `FLASH` region of a linker `MEMORY` block, in bytes (decimal or `0x`
+/// hex, optionally with a `K` or `M` suffix); comments are skipped.
+fn flash_length(memory_x: &str) -> Option<usize> {
+    let mut text = String::new();
+    let mut rest = memory_x;
+    while let Some(start) = rest.find("/*") {
+        text.push_str(&rest[..start]);
+        rest = rest[start..].find("*/").map_or("", |end| &rest[start + end + 2..]);
+    }
+    text.push_str(rest);
+    let line = text.lines().find(|l| l.trim_start().starts_with("FLASH"))?;
+    let value = line.split("LENGTH").nth(1)?.trim_start().strip_prefix('=')?;
+    let value = value.trim().trim_end_matches(',').trim();
+    let (digits, unit) = match value.as_bytes().last()? {
+        b'K' | b'k' => (&value[..value.len() - 1], 1024),
+        b'M' | b'm' => (&value[..value.len() - 1], 1024 * 1024),
+        _ => (value, 1),
+    };
+    let n = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+        Some(hex) => usize::from_str_radix(hex, 16).ok()?,
+        None => digits.parse().ok()?,
+    };
+    n.checked_mul(unit)
 }
 
 /// The host engine's logits for every image: the scalar path (what the M4F runs), checked

@@ -8,8 +8,10 @@
 # path against naive loops on odd shapes, bit for bit) exits 0 and, for both weight dtypes: the
 # firmware exits 0, every image's top-1 equals the host engine's and every logit is within
 # F32_TOL / F16_TOL of the host engine's (scalar path, same weight file), and no allocator is
-# linked. Also prints the instructions per MAC of each layer kind. Installs what is missing: the thumbv7em target,
-# qemu-system-arm, binutils (readelf) and defmt-print (`cargo install defmt-print --locked`).
+# linked. Also prints the instructions per MAC of each layer kind. Installs what is missing (the
+# thumbv7em target, qemu-system-arm, binutils for readelf, defmt-print: examples/firmware_tools.sh)
+# and builds the firmware with its source paths remapped, so the flash figures do not depend on
+# where the checkout is.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 mcu="$root/examples/mcu"
@@ -24,23 +26,9 @@ F32_TOL=1e-3
 F16_TOL=1e-5
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-120}
 
-# --- tools -----------------------------------------------------------------------------------
-rustup target list --installed | grep -qx thumbv7em-none-eabihf || rustup target add thumbv7em-none-eabihf
-need=()
-command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
-command -v readelf >/dev/null || need+=(binutils)
-if [ ${#need[@]} -gt 0 ]; then
-  say "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}"
-fi
-export PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v defmt-print >/dev/null; then
-  t0=$(date +%s)
-  cargo install defmt-print --locked --quiet
-  say "installed defmt-print in $(( $(date +%s) - t0 ))s"
-fi
+# --- tools (examples/firmware_tools.sh, shared with examples/mcu_finetune/check.sh) ----------
+source "$root/examples/firmware_tools.sh"
+firmware_tools
 
 # --- assets and firmware ---------------------------------------------------------------------
 say "assets: cargo run --example mcu_assets -- --out examples/mcu/assets $*"
@@ -51,8 +39,8 @@ mkdir -p "$out"
 for dtype in f32 f16; do
   feat=()
   [ "$dtype" = f16 ] && feat=(--features f16)
-  say "firmware ($dtype): cargo build --release ${feat[*]}"
-  (cd "$mcu" && CARGO_TARGET_DIR="$mcu/target" cargo build --quiet --release "${feat[@]}")
+  say "firmware ($dtype): cargo build --release ${feat[*]} (source paths remapped, see firmware_tools.sh)"
+  (cd "$mcu" && CARGO_TARGET_DIR="$mcu/target" firmware_cargo build --quiet --release "${feat[@]}")
   cp "$mcu/target/thumbv7em-none-eabihf/release/tinykd-mcu" "$out/tinykd-mcu-$dtype.elf"
 done
 # The kernel check binary (src/bin/kernels.rs) does not depend on the feature.
@@ -126,12 +114,12 @@ for dtype in f32 f16; do
   ticks=$(grep ' image ' "$log" | grep -oE ' ticks=[0-9]+' | cut -d= -f2 | sort -n | tail -1)
   macs=$(val macs)
   insns=$(awk -v t="$ticks" -v r="$ipt" 'BEGIN { printf "%.0f", t * r }')
-  ipm=$(awk -v i="$insns" -v m="$macs" 'BEGIN { printf "%.2f", i / m }')
+  ipm=$(awk -v i="$insns" -v m="$macs" 'BEGIN { printf "%.3f", i / m }')
   setup=$(awk -v t="$(grep ' setup ' "$log" | grep -oE 'ticks=[0-9]+' | cut -d= -f2)" -v r="$ipt" 'BEGIN { printf "%.0f", t * r }')
   vt=$(size_of "$elf" .vector_table); text=$(size_of "$elf" .text); ro=$(size_of "$elf" .rodata)
   data=$(size_of "$elf" .data); bss=$(size_of "$elf" .bss); uninit=$(size_of "$elf" .uninit)
   wbytes=$(val weights_bytes)
-  summary+=("$(printf '%-4s %9d %9d %8d %9d %8d %6d %8d %8d %8d %10d %10d %6.2f %11d' "$dtype" \
+  summary+=("$(printf '%-4s %9d %9d %8d %9d %8d %6d %8d %8d %8d %10d %10d %6.3f %11d' "$dtype" \
     $((vt + text + ro + data)) "$wbytes" $((vt + text)) $((data + bss + uninit)) "$(val bytes)" "$(val lower_bound)" \
     "$(val stack_used)" "$(val inference_used)" "$(val engine_bytes)" "$insns" "$macs" "$ipm" "$setup")")
   say "calibration ($dtype): loops of $n1 and $n2 instructions took $t1 and $t2 SysTick ticks: $ipt instructions per tick"
@@ -142,8 +130,9 @@ echo "Cortex-M4F (QEMU mps2-an386, -icount shift=0), batch 1, scalar kernels; by
 printf '%-4s %9s %9s %8s %9s %8s %6s %8s %8s %8s %10s %10s %6s %11s\n' dtype flash weights code ram arena lower setup_stk infer_stk engine instr/inf MACs i/MAC setup_instr
 for line in "${summary[@]}"; do echo "$line"; done
 echo "(flash = vector table + .text + .rodata + .data; weights = the .tkd file inside .rodata; code = vector table + .text;"
-echo " ram = .data + .bss + .uninit (the arena is in .bss); setup_stk / infer_stk = stack high-water of WeightFile::parse +"
-echo " Engine::new / of the inference loop including its callers' frames; engine = size_of::<Engine>())"
+echo " ram = .data + .bss + .uninit (the arena is in .bss); setup_stk / infer_stk = stack high-water of"
+echo " WeightFile::parse_unchecked_crc + Engine::from_plan / of the inference loop including its callers' frames;"
+echo " engine = size_of::<StaticEngine>(); setup_instr = instructions of that parse + Engine::from_plan)"
 if [ -n "${layers:-}" ]; then
   echo
   echo "Per layer kind (src/bin/kernels.rs: each layer of the student through the public kernels, batch 1):"
