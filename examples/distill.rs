@@ -15,26 +15,11 @@ use std::error::Error;
 use std::time::Instant;
 
 use tinykd::dist::{merge, Loss};
-use tinykd::host::data::{synth, Dataset};
+use tinykd::host::data::synth;
 use tinykd::models;
 use tinykd::params::ParamStore;
-use tinykd::train::{DataSource, Schedule, TrainConfig, Trainer};
+use tinykd::train::{Schedule, TrainConfig, Trainer};
 use tinykd::ModelConfig;
-
-/// The synthetic dataset as a trainer data source (tutorial normalisation `(x − 127.5)/127.5`).
-struct Synth(Dataset);
-
-impl DataSource for Synth {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn fill(&mut self, indices: &[usize], images: &mut Vec<f32>, labels: &mut Vec<u32>) -> Result<(), String> {
-        self.0.batch_nhwc(indices, images);
-        labels.clear();
-        labels.extend(self.0.batch_labels(indices).into_iter().map(u32::from));
-        Ok(())
-    }
-}
 
 fn main() -> Result<(), Box<dyn Error>> {
     let arg = |i: usize, default: usize| std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default);
@@ -73,8 +58,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         schedule: Schedule::constant(0.01)?,
     };
     let mut trainer = Trainer::new(merged, sparams, &losses, cfg)?;
-    let (train, _test) = synth::generate(steps * batch, 1, 7);
-    let mut data = Synth(train);
+    // The built-in dataset; a `Dataset` is a trainer data source (images normalised as in the
+    // tutorial, `(x − 127.5)/127.5`).
+    let (mut data, _test) = synth::generate(steps * batch, 1, 7);
     let start = Instant::now();
     trainer.train_epoch(&mut data, 0, &mut |r| {
         let parts: Vec<String> = r.losses.parts.iter().map(|(label, _, v)| format!("{label} = {v:.4}")).collect();

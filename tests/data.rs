@@ -569,3 +569,20 @@ fn a_file_that_cannot_be_looked_at_is_not_reported_missing() {
     let (e, s) = err_text(&below);
     assert!(matches!(e, DataError::Io { .. }) && s.contains("Not a directory"), "{s}");
 }
+
+/// A `Dataset` is a trainer data source: normalised NHWC images and `u32` labels for the given
+/// indices (as `batch_nhwc` and `batch_labels`), and an index out of range is an error.
+#[test]
+fn a_dataset_is_a_trainer_data_source() {
+    use tinykd::train::DataSource;
+    let (mut train, _) = tinykd::host::data::synth::generate(6, 1, 3);
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    train.fill(&[4, 1], &mut images, &mut labels).unwrap();
+    let mut want = Vec::new();
+    train.batch_nhwc(&[4, 1], &mut want);
+    assert_eq!(images, want);
+    assert_eq!(labels, train.batch_labels(&[4, 1]).into_iter().map(u32::from).collect::<Vec<_>>());
+    assert_eq!(DataSource::len(&train), 6);
+    let e = train.fill(&[2, 6], &mut images, &mut labels).unwrap_err();
+    assert!(e.contains("sample 6") && e.contains("has 6"), "{e}");
+}

@@ -268,6 +268,25 @@ impl Dataset {
     }
 }
 
+/// A dataset feeds a [`Trainer`](crate::train::Trainer) as it is: normalised NHWC images
+/// ([`Dataset::batch_nhwc`], no augmentation) and `u32` labels. An index out of range is an
+/// error naming it, not a panic.
+impl crate::train::DataSource for Dataset {
+    fn len(&self) -> usize {
+        Dataset::len(self)
+    }
+
+    fn fill(&mut self, indices: &[usize], images: &mut Vec<f32>, labels: &mut Vec<u32>) -> Result<(), String> {
+        if let Some(&i) = indices.iter().find(|&&i| i >= Dataset::len(self)) {
+            return Err(format!("sample {i} asked for, the dataset has {}", Dataset::len(self)));
+        }
+        self.batch_nhwc(indices, images);
+        labels.clear();
+        labels.extend(indices.iter().map(|&i| u32::from(self.labels[i])));
+        Ok(())
+    }
+}
+
 /// The tutorial's input transform of one pixel: `(x − 127.5)/127.5`, into [-1, 1].
 #[inline]
 pub fn normalize_pixel(x: u8) -> f32 {
