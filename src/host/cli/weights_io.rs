@@ -165,28 +165,8 @@ pub fn all_finite(data: &[f32]) -> bool {
     data.iter().fold(true, |ok, v| ok & v.is_finite())
 }
 
-/// `None` if every value is finite, else what is wrong, e.g. `has 3 of 216 values not finite
-/// (2 NaN, 1 +Inf; the first at index 7)`.
-pub fn non_finite(data: &[f32]) -> Option<String> {
-    if all_finite(data) {
-        return None;
-    }
-    let first = data.iter().position(|v| !v.is_finite())?;
-    let nan = data.iter().filter(|v| v.is_nan()).count();
-    let pos = data.iter().filter(|&&v| v == f32::INFINITY).count();
-    let neg = data.iter().filter(|&&v| v == f32::NEG_INFINITY).count();
-    let kinds: Vec<String> = [(nan, "NaN"), (pos, "+Inf"), (neg, "-Inf")]
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, k)| format!("{n} {k}"))
-        .collect();
-    Some(format!(
-        "has {} of {} values not finite ({}; the first at index {first})",
-        nan + pos + neg,
-        data.len(),
-        kinds.join(", ")
-    ))
-}
+/// `None` if every value is finite, else what is wrong (the library's wording).
+pub use crate::params::non_finite;
 
 /// The tensors of `store` of `kind` as checkpoint tensors, in program order.
 pub fn named_tensors(store: &ParamStore, kind: VarKind) -> Vec<NamedTensor> {
