@@ -247,10 +247,16 @@ fn check_flash(cfg: &ModelConfig, f32_file: &[u8], f16_file: &[u8], images: usiz
     for (dtype, file) in [("f32", f32_file), ("f16", f16_file)] {
         let need = file.len() + image_bytes + logit_bytes + CODE_RESERVE;
         if need > flash {
+            // Fewer images help only when the weights and code alone fit.
+            let advice = if file.len() + CODE_RESERVE <= flash {
+                "fewer --images, a narrower student, or a part with more flash"
+            } else {
+                "a narrower student (--scale) or a part with more flash; the weights alone do not fit"
+            };
             bail!(
                 "{}: the {dtype} weight file is {} B; with {} B of images and host logits and {} KiB \
                  for the code the firmware needs {need} B of flash, more than the {flash} B of FLASH in \
-                 examples/mcu/memory.x (use a narrower student, fewer --images, or a part with more flash)",
+                 examples/mcu/memory.x (use {advice})",
                 describe(cfg),
                 file.len(),
                 image_bytes + logit_bytes,

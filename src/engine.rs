@@ -683,14 +683,17 @@ pub(crate) fn forward_step(
     }
 }
 
-/// Finds and checks the weights and bias of `step` in `file` (searching the table from its
-/// start; [`StepWeights::None`] for a step without weights).
+/// Finds and checks the weights and bias of `step` in `file` as [`bind`] does (dims, dtypes,
+/// finite values), searching the table from its start; [`StepWeights::None`] for a step
+/// without weights.
 pub(crate) fn step_weights<'w>(file: &WeightFile<'w>, step: &Step) -> Result<StepWeights<'w>, EngineError> {
     let Some((wdims, bias_role)) = weight_dims(step) else { return Ok(StepWeights::None) };
     let mut cursor = TableCursor::new(file);
     let w = tensor(&mut cursor, param_name(step.layer, ParamRole::Weights), wdims)?;
     let b = tensor(&mut cursor, param_name(step.layer, bias_role), graph::Dims::new(&[step.y_shape.c as usize]))?;
-    pair(w, b, step.layer)
+    let weights = pair(w, b, step.layer)?;
+    check_finite(w, b, step.layer, bias_role)?;
+    Ok(weights)
 }
 
 /// The fc into the logits.
@@ -752,17 +755,27 @@ fn bind(cursor: &mut TableCursor<'_, '_>, step: &Step) -> Result<[usize; 2], Eng
     let w = tensor(cursor, param_name(step.layer, ParamRole::Weights), wdims)?;
     let b = tensor(cursor, param_name(step.layer, bias_role), graph::Dims::new(&[step.y_shape.c as usize]))?;
     pair(w, b, step.layer)?;
-    for (t, role) in [(w, ParamRole::Weights), (b, bias_role)] {
-        if let Some(index) = first_non_finite(t) {
-            return Err(EngineError::NonFiniteWeight { name: param_name(step.layer, role), index });
-        }
-    }
+    check_finite(w, b, step.layer, bias_role)?;
     let start = cursor.file.bytes().as_ptr() as usize;
     let at = |t: TensorData<'_>| match t {
         TensorData::F32(v) => (v.as_ptr() as usize).wrapping_sub(start),
         TensorData::F16(v) => (v.as_ptr() as usize).wrapping_sub(start),
     };
     Ok([at(w), at(b)])
+}
+
+/// [`EngineError::NonFiniteWeight`] naming the first of `layer`'s weights `w` and bias `b`
+/// (of role `bias_role`) with a NaN or infinite value: a NaN weight before a ReLU would come
+/// out as 0 and the logits would look valid. Not inlined: its two callers (the engine's and the
+/// fine-tuner's binding) share one copy in a firmware.
+#[inline(never)]
+fn check_finite(w: TensorData<'_>, b: TensorData<'_>, layer: Name, bias_role: ParamRole) -> Result<(), EngineError> {
+    for (t, role) in [(w, ParamRole::Weights), (b, bias_role)] {
+        if let Some(index) = first_non_finite(t) {
+            return Err(EngineError::NonFiniteWeight { name: param_name(layer, role), index });
+        }
+    }
+    Ok(())
 }
 
 /// The index of the first NaN or infinite value of `t`, if any: f32 by [`all_finite`]'s

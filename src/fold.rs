@@ -61,6 +61,18 @@ pub enum FoldError {
         /// Index of the first.
         first: usize,
     },
+    /// Folding finite parameters gave NaN or infinite values: the batch norm's statistics
+    /// cannot be folded (a variance below −ε, or a scale that overflows f32).
+    Folded {
+        /// The folded tensor (`<conv>_weights` or `<conv>_bias`).
+        name: String,
+        /// The batch norm folded into it.
+        bn: String,
+        /// Its non-finite values.
+        count: usize,
+        /// Index of the first.
+        first: usize,
+    },
     /// A parameter's data has another length than its dims (a store edited by hand).
     Len {
         /// The parameter.
@@ -91,6 +103,11 @@ impl fmt::Display for FoldError {
                 f,
                 "parameter `{name}` has {count} NaN or infinite values (the first at index {first}): \
                  finite parameters are needed to export (a diverged run? resume from an earlier checkpoint)"
+            ),
+            FoldError::Folded { name, bn, count, first } => write!(
+                f,
+                "folding batch norm `{bn}` gives `{name}` {count} NaN or infinite values (the first at index \
+                 {first}): its statistics cannot be folded (a variance below -{BN_EPS}, or a scale that overflows)"
             ),
             FoldError::Len { name, expected, got } => {
                 write!(f, "parameter `{name}` has {got} values, its dims hold {expected}")
@@ -159,6 +176,18 @@ pub fn inference_tensors(cfg: &ModelConfig, params: &ParamStore) -> Result<Vec<I
                 let mut wf = vec![0.0; w.len()];
                 let mut bf = vec![0.0; c_out];
                 norm::bn_fold(c_out, BN_EPS, w, gamma, beta, mean, var, &mut wf, &mut bf).map_err(FoldError::Kernel)?;
+                // Finite statistics can still fold to non-finite values (a variance below −ε, an
+                // overflowing scale): named here, not by the engine that would refuse the file.
+                for (data, role) in [(&wf, ParamRole::Weights), (&bf, ParamRole::Bias)] {
+                    if let Some(first) = data.iter().position(|v| !v.is_finite()) {
+                        return Err(FoldError::Folded {
+                            name: named(op.name, role),
+                            bn: bn.name.to_string(),
+                            count: data.iter().filter(|v| !v.is_finite()).count(),
+                            first,
+                        });
+                    }
+                }
                 out.push(InferenceTensor {
                     name: named(op.name, ParamRole::Weights),
                     dims: wspec.dims.as_slice().to_vec(),

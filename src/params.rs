@@ -180,8 +180,16 @@ impl ParamStore {
     }
 
     /// Writes every tensor to `path` as a params file in `dtype` ([`weights::write_file`]:
-    /// `path` ends up holding its old contents or the whole new file). Errors name `path`.
+    /// `path` ends up holding its old contents or the whole new file). Errors name `path`; a
+    /// store with a NaN or infinite value is refused ([`io::ErrorKind::InvalidInput`], naming
+    /// the tensor), as [`ParamStore::from_weight_file`] would refuse the file.
     pub fn save(&self, path: &Path, dtype: DType) -> io::Result<()> {
+        if let Some((name, bad)) = self.first_non_finite() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not writing {}: tensor {name} {bad}", path.display()),
+            ));
+        }
         weights::write_file(path, &self.config, FileKind::Params, dtype, &self.to_tensors())
             .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
     }

@@ -346,6 +346,12 @@ fn engine_refuses_non_finite_weights_and_the_exporter_refuses_non_finite_paramet
     store.get_mut("conv1_bn_variance").unwrap().data[2] = f32::NAN;
     let e = export_inference(&cfg, &store, DType::F32).unwrap_err();
     assert!(e.to_string().contains("`conv1_bn_variance` has 1 NaN or infinite values (the first at index 2)"), "{e}");
+    // Finite statistics that fold to non-finite values (a variance below −ε) are named by the
+    // exporter, not left for the engine to refuse.
+    let mut store = random_params(&cfg, 3);
+    store.get_mut("conv1_bn_variance").unwrap().data[2] = -1.0;
+    let e = export_inference(&cfg, &store, DType::F32).unwrap_err();
+    assert!(e.to_string().contains("folding batch norm `conv1_bn` gives `conv1_weights` "), "{e}");
     // A data length that does not match the dims is named as such (the dims alone agree).
     let mut store = random_params(&cfg, 3);
     store.get_mut("fc7_offset").unwrap().data.pop();

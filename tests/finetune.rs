@@ -16,7 +16,7 @@ use tinykd::kernels::optim::Momentum;
 use tinykd::kernels::{DType, Isa};
 use tinykd::params::ParamStore;
 use tinykd::train::Executor;
-use tinykd::weights::{AlignedBuf, WeightFile};
+use tinykd::weights::{to_bytes, AlignedBuf, FileKind, TensorOut, WeightFile};
 use tinykd::{ModelConfig, Stem};
 
 /// The deployed student: He-initialised weights (γ = 1, β = 0) whose batch-norm running
@@ -319,4 +319,15 @@ fn bad_arguments_are_errors() {
         Err(FinetuneError::Engine(EngineError::ConfigMismatch { .. }))
     ));
     assert!(matches!(FineTuner::new(&CFG, Tail::Fc, 0, &file), Err(FinetuneError::Model(_))));
+    // A NaN weight in the frozen prefix is refused at bind time, as the engine does (the ReLU
+    // after it would turn it into 0 and the loss would look fine).
+    let mut t = tinykd::fold::inference_tensors(&CFG, &ParamStore::init(&CFG, 4).unwrap()).unwrap();
+    t.iter_mut().find(|t| t.name == "conv2_1_sep_weights").unwrap().data[5] = f32::NAN;
+    let outs: Vec<TensorOut> = t.iter().map(|t| TensorOut { name: &t.name, dims: &t.dims, data: &t.data }).collect();
+    let bad = AlignedBuf::from_bytes(&to_bytes(&CFG, FileKind::Inference, DType::F32, &outs).unwrap());
+    let e = FineTuner::new(&CFG, Tail::Fc, 2, &WeightFile::parse(&bad).unwrap()).unwrap_err();
+    assert!(
+        matches!(&e, FinetuneError::Engine(EngineError::NonFiniteWeight { name, index: 5 }) if name == "conv2_1_sep_weights"),
+        "{e:?}"
+    );
 }

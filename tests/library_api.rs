@@ -260,3 +260,15 @@ fn a_teacher_name_without_a_teacher_says_so() {
     let e = dist::Losses::new(&merged, &[Loss::l2("fc7", "fc8")]).unwrap_err();
     assert!(matches!(e, DistError::UnknownTensor { .. }), "{e:?}");
 }
+
+/// A prefix under which a student name would resolve to a teacher tensor is refused, naming
+/// both: ResNet50's `bn_conv1` under the prefix `bn_` would be the teacher's `conv1`.
+#[test]
+fn merge_refuses_a_prefix_that_shadows_a_student_name() {
+    let (tprog, tparams) = tiny(1);
+    let student = models::program(&ModelConfig::resnet50()).unwrap();
+    let e = merge((&tprog, &tparams), &student, &[("image", "image")], "bn_").unwrap_err();
+    assert!(matches!(&e, DistError::Prefix { prefix, .. } if prefix == "bn_"), "{e:?}");
+    assert!(e.to_string().contains("`bn_conv1`") && e.to_string().contains("`conv1`"), "{e}");
+    merge((&tprog, &tparams), &student, &[("image", "image")], "teacher_").unwrap();
+}

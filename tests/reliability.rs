@@ -271,9 +271,12 @@ fn invalid_training_command_lines_fail_cleanly_and_write_nothing() {
         &out_dir,
     );
     // Values that parse but make no run, and a negative number (not taken for an option).
-    let no_run: [(&[&str], &[&str]); 5] = [
+    let no_run: [(&[&str], &[&str]); 7] = [
         (&["--epochs", "2", "--warmup-epochs", "2"], &["--warmup-epochs 2", "--epochs 2"]),
         (&["--epochs", "1", "--momentum", "1.5"], &["--momentum 1.5"]),
+        // Below 1 as typed, 1 in f32 (training's precision); a weight decay beyond f32.
+        (&["--epochs", "1", "--momentum", "0.99999999"], &["--momentum 0.99999999", "f32"]),
+        (&["--epochs", "1", "--wd", "1e39"], &["--wd 1e39", "f32"]),
         (&["--epochs", "2", "--schedule", "piecewise:1:0.1,0.01", "--lr", "0.5"], &["--lr", "piecewise"]),
         (&["--epochs", "1", "--lr", "-1"], &["-1", "--lr"]),
         (&["--epochs", "1", "--wd", "-0.1"], &["-0.1", "--wd"]),

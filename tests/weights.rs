@@ -893,6 +893,11 @@ fn a_param_store_round_trips_through_a_params_file_and_bad_files_are_named() {
     for (a, b) in store.params().iter().zip(half.params()) {
         assert!(a.data.iter().zip(&b.data).all(|(x, y)| f16::from_f32(*x).to_f32() == *y), "{}", a.name);
     }
+    // A store with a NaN is not written (the loader would refuse the file).
+    let mut nan = store.clone();
+    nan.get_mut("fc7_weights").unwrap().data[1] = f32::NAN;
+    let e = nan.save(&dir.path().join("nan.tkd"), DType::F32).unwrap_err();
+    assert!(e.to_string().contains("fc7_weights") && !dir.path().join("nan.tkd").exists(), "{e}");
     // A directory that is not there: the error names the path.
     let e = store.save(&dir.path().join("no/such/dir/s.tkd"), DType::F32).unwrap_err();
     assert!(e.to_string().contains("no/such/dir/s.tkd"), "{e}");

@@ -264,11 +264,16 @@ impl TrainOpts {
                 self.warmup_epochs, self.epochs
             )));
         }
-        if self.momentum >= 1.0 {
+        // Training runs in f32: 0.99999999 rounds to 1.
+        if self.momentum >= 1.0 || self.momentum as f32 >= 1.0 {
             return Err(UsageError(format!(
-                "--momentum {} must be below 1 (at 1 or more the velocity never decays)",
+                "--momentum {} must be below 1 (at 1 or more the velocity never decays; training is in f32, where \
+                 the largest momentum below 1 is 0.99999994)",
                 short(self.momentum)
             )));
+        }
+        if !(self.wd as f32).is_finite() {
+            return Err(UsageError(format!("--wd {} is beyond f32's range (training is in f32)", short(self.wd))));
         }
         if self.lr.is_some() && matches!(self.schedule, ScheduleSpec::Piecewise { .. }) {
             return Err(UsageError(format!(
