@@ -140,11 +140,16 @@ fn fetch<'a>(params: &'a ParamStore, spec: &ParamSpec) -> Result<&'a [f32], Fold
     if p.data.len() != spec.dims.numel() {
         return Err(FoldError::Len { name: name.to_string(), expected: spec.dims.numel(), got: p.data.len() });
     }
-    if let Some(first) = p.data.iter().position(|v| !v.is_finite()) {
-        let count = p.data.iter().filter(|v| !v.is_finite()).count();
+    if let Some((first, count)) = non_finite(&p.data) {
         return Err(FoldError::NonFinite { name: name.to_string(), count, first });
     }
     Ok(&p.data)
+}
+
+/// The index of the first NaN or infinite value of `data` and how many there are, if any.
+fn non_finite(data: &[f32]) -> Option<(usize, usize)> {
+    let first = data.iter().position(|v| !v.is_finite())?;
+    Some((first, data[first..].iter().filter(|v| !v.is_finite()).count()))
 }
 
 /// The BN-folded inference tensors of `cfg` from `params` (see the [module docs](self)).
@@ -179,13 +184,9 @@ pub fn inference_tensors(cfg: &ModelConfig, params: &ParamStore) -> Result<Vec<I
                 // Finite statistics can still fold to non-finite values (a variance below −ε, an
                 // overflowing scale): named here, not by the engine that would refuse the file.
                 for (data, role) in [(&wf, ParamRole::Weights), (&bf, ParamRole::Bias)] {
-                    if let Some(first) = data.iter().position(|v| !v.is_finite()) {
-                        return Err(FoldError::Folded {
-                            name: named(op.name, role),
-                            bn: bn.name.to_string(),
-                            count: data.iter().filter(|v| !v.is_finite()).count(),
-                            first,
-                        });
+                    if let Some((first, count)) = non_finite(data) {
+                        let (name, bn) = (named(op.name, role), bn.name.to_string());
+                        return Err(FoldError::Folded { name, bn, count, first });
                     }
                 }
                 out.push(InferenceTensor {

@@ -204,8 +204,8 @@ impl ParamStore {
 /// `None` if every value is finite, else what is wrong, e.g. `has 3 of 216 values not finite
 /// (2 NaN, 1 +Inf; the first at index 7)`.
 pub fn non_finite(data: &[f32]) -> Option<String> {
-    // One pass without early exit first: it vectorises (a ResNet50 store is 25 M values).
-    if data.iter().fold(true, |ok, v| ok & v.is_finite()) {
+    // The engine's sufficient test first: one vectorised pass (a ResNet50 store is 25 M values).
+    if crate::engine::all_finite(data) {
         return None;
     }
     let first = data.iter().position(|v| !v.is_finite())?;
