@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""Re-computes in PyTorch what `cargo run --release --example crosscheck -- DIR` recorded in DIR,
+and fails if tinykd's figures are not those of the same math, computed as accurately as
+PyTorch computes them in float32.
+
+It rebuilds both programs op by op from the manifest (PyTorch's conv2d, grouped conv2d for the
+depthwise convs, batch norm by its formula, max pool, ...; tinykd's HWIO weights turned into
+OIHW) and re-runs each recorded distillation step from tinykd's own state before it (the
+previous step's parameters, running statistics and momentum buffers): teacher in eval mode,
+student in train mode, the manifest's losses, autograd gradients, Momentum with weight decay
+(v = mu*v + g + wd*p, p -= lr*v), running statistics updated with the biased batch variance.
+Compared per step: the loss values (cross-entropy, L2 hint, soft label, FSP), the teacher
+tensors they read, every student activation tinykd kept,
+every parameter gradient, every parameter, statistic and momentum buffer after the update;
+then the engine's logits (batch norm folded into the convs; f32 and f16 weight files) for the
+student after the last step and for the teacher.
+
+Each comparison is the relative error ||x - ref|| / ||ref|| of a whole tensor against the
+float64 result. The bound is what PyTorch itself reaches in float32 on the same computation,
+times 4, and at least 1e-4: some gradients are ill-conditioned sums (a batch norm's scale
+gradient at initialisation is a sum of terms that nearly cancel; PyTorch's float32 is 2e-2 off
+there too), which a fixed bound would either flag or hide everything behind. A ReLU whose input
+is within rounding of 0 may pass a value on one side and block it on the other; the float64
+reference takes tinykd's decision there (from its recorded ReLU outputs), and every such
+disagreement is listed with its distance from 0, which must be below 1e-4 of the tensor's RMS
+or 10x the relative error of tinykd's forward on that tensor, whichever is larger.
+
+Usage: python3 scripts/torch_crosscheck.py DIR   (needs torch and numpy)
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FACTOR = 4.0  # tinykd's error may be this many times PyTorch float32's ...
+FLOOR = 1e-4  # ... or this, whichever is larger
+F16_BOUND = 1e-2  # the engine with f16 weights (each folded weight rounded to 11 bits)
+FLIP_BOUND = 1e-4  # a ReLU decided otherwise may lie this far from 0 (in RMS of its input), or more: check_run
+
+
+def load(d, name):
+    return np.fromfile(os.path.join(d, name), dtype="<f4").astype(np.float64)
+
+
+def load_store(d, entry):
+    """{name: float64 tensor of its dims} from a blob and its layout."""
+    raw = load(d, entry["file"])
+    out = {}
+    for p in entry["params"]:
+        size = int(np.prod(p["dims"]))
+        out[p["name"]] = torch.tensor(raw[p["offset"] : p["offset"] + size].reshape(p["dims"]))
+    return out
+
+
+def nhwc(t):
+    return t.permute(0, 2, 3, 1) if t.dim() == 4 else t
+
+
+def nchw(t):
+    return t.permute(0, 3, 1, 2) if t.dim() == 4 else t
+
+
+def run(prog, params, x, train, bn, stats=None, gates=None, flips=None):
+    """The program's forward from NHWC images: every tensor by name (NCHW or NC). In train
+    mode the new running statistics go to `stats`. With `gates` (ReLU output name -> tinykd's
+    mask of that output > 0) a ReLU passes what tinykd's passed, and `flips` gets where the
+    masks disagree: (tensor, count, largest |input| there in RMS of the input)."""
+    vals = {prog["input"]: nchw(x)}
+    for op in prog["ops"]:
+        k, ins = op["kind"], [vals[i] for i in op["inputs"]]
+        p = [params[n] for n in op["params"]]
+        a = ins[0]
+        if k["op"] == "conv":
+            y = F.conv2d(a, p[0].permute(3, 2, 0, 1), stride=k["stride"], padding=k["pad"])
+        elif k["op"] == "dwconv":
+            w = p[0].permute(2, 0, 1).unsqueeze(1)
+            y = F.conv2d(a, w, stride=k["stride"], padding=1, groups=w.shape[0])
+        elif k["op"] == "bn":
+            scale, offset, mean, var = p
+            if train:
+                mu = a.mean(dim=(0, 2, 3))
+                sig2 = a.var(dim=(0, 2, 3), unbiased=False)
+                if stats is not None:
+                    mom = bn["momentum"]
+                    stats[op["params"][2]] = mom * mean + (1 - mom) * mu.detach()
+                    stats[op["params"][3]] = mom * var + (1 - mom) * sig2.detach()
+            else:
+                mu, sig2 = mean, var
+            inv = 1.0 / torch.sqrt(sig2 + bn["eps"])
+            y = (a - mu[None, :, None, None]) * (inv * scale)[None, :, None, None] + offset[None, :, None, None]
+        elif k["op"] in ("relu", "addrelu"):
+            if k["op"] == "addrelu":
+                a = ins[0] + ins[1]
+            if gates is not None and op["output"] in gates:
+                mask = gates[op["output"]]
+                differ = (a.detach() > 0) != mask
+                if differ.any() and flips is not None:
+                    rms = a.detach().pow(2).mean().sqrt().item()
+                    flips.append((op["output"], int(differ.sum()), a.detach()[differ].abs().max().item() / rms))
+                y = a * mask
+            else:
+                y = F.relu(a)
+        elif k["op"] == "maxpool":
+            y = F.max_pool2d(a, 3, 2, 1)
+        elif k["op"] == "gap":
+            y = a.mean(dim=(2, 3))
+        elif k["op"] == "fc":
+            y = a @ p[0] + p[1]
+        else:
+            raise ValueError(f"unknown op {k['op']}")
+        vals[op["output"]] = y
+    return vals
+
+
+def fsp(x, y):
+    """G[n, i, j] = (1/(H*W)) sum over h, w of x[n, i, h, w] * y[n, j, h, w] (NCHW)."""
+    return torch.einsum("nihw,njhw->nij", x, y) / (x.shape[2] * x.shape[3])
+
+
+def step_reference(m, d, teacher, step, dtype, flips=None):
+    """Step `step` (from 1) from tinykd's state before it, in `dtype`: {key: float64 result}."""
+    cast = lambda s: {k: v.to(dtype) for k, v in s.items()}
+    rec, files, bn, opt, n = m["steps"][step - 1], m["files"], m["bn"], m["optimizer"], m["batch"]
+    before = cast(load_store(d, files["student_before1"] if step == 1 else m["steps"][step - 2]["after"]))
+    trainable = [p["name"] for p in rec["grads"]["params"]]
+    if step == 1:
+        velocity = {k: torch.zeros_like(before[k]) for k in trainable}
+    else:
+        velocity = cast(load_store(d, m["steps"][step - 2]["velocity"]))
+    x = torch.tensor(load(d, rec["images"]).reshape(n, 32, 32, 3)).to(dtype)
+    labels = torch.tensor(rec["labels"])
+    acts = load_store(d, rec["activations"])
+    gated = {op["output"] for op in m["student"]["ops"] if op["kind"]["op"] in ("relu", "addrelu")}
+    gates = {k: nchw(v) > 0 for k, v in acts.items() if k in gated}
+    tv = {}
+    if m["teacher"] is not None:
+        with torch.no_grad():
+            tv = run(m["teacher"], teacher, x, False, bn)
+    leaves = {k: v.clone().requires_grad_(k in velocity) for k, v in before.items()}
+    stats = {}
+    sv = run(m["student"], leaves, x, True, bn, stats, gates, flips)
+    out, total = {}, 0
+    for loss, got in zip(m["losses"], rec["parts"]):
+        if loss["kind"] == "ce":
+            v = F.cross_entropy(sv[m["student"]["output"]], labels)
+        elif loss["kind"] == "l2":
+            v = ((sv[loss["student"]] - tv[loss["teacher"]]) ** 2).mean()
+        elif loss["kind"] == "soft_label":
+            t = F.softmax(tv[loss["teacher"]] / loss["tt"], dim=1)
+            v = -(t * F.log_softmax(sv[loss["student"]] / loss["ts"], dim=1)).sum(dim=1).mean()
+        elif loss["kind"] == "fsp":
+            v = ((fsp(*(sv[k] for k in loss["student"])) - fsp(*(tv[k] for k in loss["teacher"]))) ** 2).mean()
+        else:
+            raise ValueError(f"unknown loss {loss['kind']}")
+        out[f"loss {got['label']}"] = v.reshape(1)
+        total = total + loss["weight"] * v
+    out["loss total"] = total.reshape(1)
+    for k in load_store(d, rec["teacher"]) if "teacher" in rec else []:
+        out[f"teacher {k}"] = nhwc(tv[k])
+    for k in acts:
+        out[f"activation {k}"] = nhwc(sv[k])
+    grads = torch.autograd.grad(total, [leaves[k] for k in trainable])
+    with torch.no_grad():
+        for k, g in zip(trainable, grads):
+            out[f"grad {k}"] = g
+            velocity[k] = opt["momentum"] * velocity[k] + g + opt["weight_decay"] * before[k]
+            out[f"velocity {k}"] = velocity[k]
+            out[f"after {k}"] = before[k] - opt["lr"] * velocity[k]
+        for k, v in before.items():
+            if f"after {k}" not in out:
+                out[f"after {k}"] = stats.get(k, v)
+    return {k: v.detach().to(torch.float64) for k, v in out.items()}
+
+
+def recorded_step(m, d, step):
+    """tinykd's figures of step `step`, keyed as `step_reference`'s."""
+    rec = m["steps"][step - 1]
+    out = {f"loss {p['label']}": torch.tensor([p["value"]]) for p in rec["parts"]}
+    out["loss total"] = torch.tensor([rec["total"]])
+    for key, entry in [("teacher", "teacher"), ("activation", "activations"), ("grad", "grads"), ("velocity", "velocity"), ("after", "after")]:
+        for k, v in (load_store(d, rec[entry]) if entry in rec else {}).items():
+            out[f"{key} {k}"] = v
+    return out
+
+
+def rel(x, ref):
+    x = x.reshape(ref.shape)
+    if not bool(torch.isfinite(x).all()):
+        return float("inf")
+    den = ref.norm().item()
+    return (x - ref).norm().item() / (den if den > 0 else 1.0)
+
+
+GROUPS = [
+    ("loss", "loss values"),
+    ("teacher", "teacher tensors the losses read (eval, BN folded)"),
+    ("activation", "student activations (train mode)"),
+    ("grad", "student parameter gradients"),
+    ("velocity", "momentum buffers after the update"),
+    ("after", "parameters and statistics after the update"),
+    ("engine", "engine logits (batch norm folded)"),
+]
+
+
+def check_run(d):
+    """Checks the run recorded in `d`; prints its table and returns its failures."""
+    m = json.load(open(os.path.join(d, "manifest.json")))
+    files, bn, n = m["files"], m["bn"], m["batch"]
+    teacher64 = load_store(d, files["teacher"]) if m["teacher"] is not None else {}
+    teacher32 = {k: v.float() for k, v in teacher64.items()}
+    rows, failures, flips = [], [], []
+    print(f"{m['title']} ({d})")
+
+    def compare(step, key, ours, r64, r32, bound=None):
+        err, err32 = rel(ours, r64), rel(r32.to(torch.float64), r64)
+        limit = bound if bound is not None else max(FACTOR * err32, FLOOR)
+        rows.append((step, key, err, err32, limit))
+        if not err <= limit:
+            failures.append(f"step {step} {key}" if step else key)
+            print(f"  FAIL {'step %d ' % step if step else ''}{key}: relative error {err:.2e} > {limit:.1e} "
+                  f"(PyTorch float32: {err32:.2e})")
+
+    for step in range(1, len(m["steps"]) + 1):
+        found = []
+        r64 = step_reference(m, d, teacher64, step, torch.float64, found)
+        flips += [(step, *f) for f in found]
+        r32 = step_reference(m, d, teacher32, step, torch.float32)
+        ours = recorded_step(m, d, step)
+        missing = set(r64) ^ set(ours)
+        if missing:
+            sys.exit(f"step {step}: the recording and the reference differ in what they hold: {sorted(missing)}")
+        for key in r64:
+            compare(step, key, ours[key], r64[key], r32[key])
+
+    # The engine: the student after the last step (and the teacher), eval mode, first batch.
+    final64 = load_store(d, m["steps"][-1]["after"])
+    final32 = {k: v.float() for k, v in final64.items()}
+    x64 = torch.tensor(load(d, m["steps"][0]["images"]).reshape(n, 32, 32, 3))
+    engines = [("engine student f32", m["student"], final64, final32, None),
+               ("engine student f16", m["student"], final64, final32, F16_BOUND)]
+    if m["teacher"] is not None:
+        engines.append(("engine teacher f32", m["teacher"], teacher64, teacher32, None))
+    with torch.no_grad():
+        for key, prog, p64, p32, bound in engines:
+            r64 = run(prog, p64, x64, False, bn)[prog["output"]]
+            r32 = run(prog, p32, x64.float(), False, bn)[prog["output"]]
+            compare(0, key, torch.tensor(load(d, files[key.replace(" ", "_")])), r64, r32, bound)
+
+    # A ReLU decided otherwise: allowed within rounding of 0, i.e. FLIP_BOUND of the input's
+    # RMS, or 10x the relative error tinykd's forward reached on that tensor (deep in ResNet50
+    # both tinykd and PyTorch's float32 are ~2e-4 off the float64 activations).
+    err_of = {(r[0], r[1]): r[2] for r in rows}
+    for step, name, count, dist in flips:
+        limit = max(FLIP_BOUND, 10 * err_of.get((step, f"activation {name}"), 0.0))
+        ok = dist <= limit
+        print(f"  {'' if ok else 'FAIL '}step {step} ReLU {name}: {count} value(s) gated otherwise than "
+              f"PyTorch's float64 would, at most {dist:.1e} x RMS from 0 (bound {limit:.1e})")
+        if not ok:
+            failures.append(f"step {step} gates of {name}")
+
+    print(f"  {'compared (relative error to float64)':52} {'tensors':>7} {'tinykd':>8} {'PyTorch f32':>11}  "
+          "closest to its bound")
+    for prefix, title in GROUPS:
+        sel = [r for r in rows if r[1].startswith(prefix)]
+        if not sel:
+            continue
+        worst = max(sel, key=lambda r: r[2] / r[4])
+        where = f"step {worst[0]} {worst[1]}" if worst[0] else worst[1]
+        print(f"  {title:52} {len(sel):7} {max(r[2] for r in sel):8.1e} {max(r[3] for r in sel):11.1e}  {where}")
+    return len(rows), failures
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    runs = sorted(e.path for e in os.scandir(sys.argv[1]) if os.path.isfile(os.path.join(e.path, "manifest.json")))
+    if not runs:
+        sys.exit(f"no recorded run (a directory with manifest.json) in {sys.argv[1]}")
+    total, failures = 0, []
+    for d in runs:
+        count, failed = check_run(d)
+        total += count
+        failures += [f"{os.path.basename(d)}: {f}" for f in failed]
+    if failures:
+        sys.exit(f"FAILED: {len(failures)} comparisons beyond their bound: {', '.join(failures[:8])}")
+    print(f"tinykd matches PyTorch on all {total} compared tensors of {len(runs)} runs")
+
+
+if __name__ == "__main__":
+    main()
