@@ -33,7 +33,7 @@ use tinykd::kernels::{DType, Isa};
 use tinykd::params::ParamStore;
 use tinykd::train::{Schedule, TrainConfig, Trainer};
 use tinykd::weights::{AlignedBuf, WeightFile};
-use tinykd::{fold, models, ModelConfig};
+use tinykd::{fold, models, ModelConfig, Stem};
 
 const BATCH: usize = 8;
 const PER: usize = 32 * 32 * 3;
@@ -192,9 +192,8 @@ fn record(
 
 fn main() -> Result<(), Box<dyn Error>> {
     let root = PathBuf::from(std::env::args().nth(1).ok_or("usage: crosscheck OUT_DIR")?);
-    let (tcfg, scfg) = (ModelConfig::resnet50(), ModelConfig::mobilenet_v1(1000));
-    let (teacher, student) = (models::program(&tcfg)?, models::program(&scfg)?);
-    let sparams = ParamStore::init(&scfg, 12)?;
+    let tcfg = ModelConfig::resnet50();
+    let teacher = models::program(&tcfg)?;
 
     // Running statistics a third of the way to the batch statistics (four train-mode batches
     // at learning rate 0: only the statistics move).
@@ -214,65 +213,93 @@ fn main() -> Result<(), Box<dyn Error>> {
         schedule: Schedule::constant(LR)?,
     };
     let batches = [(images(BATCH, 1), [0u32, 1, 2, 3, 4, 5, 6, 7]), (images(BATCH, 2), [9, 8, 7, 6, 5, 4, 3, 2])];
-    let canon = |p: &Program, n: &str| p.find(n).map(|id| p.tensor(id).name.as_str().to_string());
     let optimizer = json!({ "lr": LR, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay });
 
     // 1. The tutorial's distillation with every built-in loss.
-    let dir = root.join("distill");
-    fs::create_dir_all(&dir)?;
-    let merged = merge((&teacher, &tparams), &student, &[("image", "image")], "teacher_")?;
     let t = |n: &str| format!("teacher_{n}");
-    let losses = [
-        Loss::ce(),
-        Loss::l2(&t(TEACHER_HINT), STUDENT_HINT).weighted(HINT_WEIGHT),
+    let student_run = |sub: &str, title: &str, scfg: ModelConfig, losses: &[(Loss, Value)], read: &[&str]| {
+        let dir = root.join(sub);
+        fs::create_dir_all(&dir)?;
+        let student = models::program(&scfg)?;
+        let sparams = ParamStore::init(&scfg, 12)?;
+        let merged = merge((&teacher, &tparams), &student, &[("image", "image")], "teacher_")?;
+        let only: Vec<Loss> = losses.iter().map(|l| l.0.clone()).collect();
+        let mut trainer = Trainer::new(merged, sparams.clone(), &only, cfg.clone())?;
+        let steps = record(&dir, &mut trainer, &student, Some((&teacher, read)), &batches)?;
+        let mut files = serde_json::Map::new();
+        files.insert("student_before1".into(), store_blob(&dir, "student_before1", &sparams)?);
+        files.insert("teacher".into(), store_blob(&dir, "teacher", &tparams)?);
+        for (key, cfg, params, dtype) in [
+            ("engine_student_f32", &scfg, trainer.params(), DType::F32),
+            ("engine_student_f16", &scfg, trainer.params(), DType::F16),
+            ("engine_teacher_f32", &tcfg, &tparams, DType::F32),
+        ] {
+            files.insert(key.into(), blob(&dir, key, &engine_logits(cfg, params, dtype, &batches[0].0)?)?.into());
+        }
+        let manifest = json!({
+            "title": title,
+            "batch": BATCH,
+            "teacher": program_json(&teacher),
+            "student": program_json(&student),
+            "bn": { "eps": BN_EPS, "momentum": 0.9 },
+            "optimizer": optimizer,
+            "losses": losses.iter().map(|l| l.1.clone()).collect::<Vec<_>>(),
+            "steps": steps,
+            "files": files,
+        });
+        fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
+        Ok::<_, Box<dyn Error>>(())
+    };
+    let ce = (Loss::ce(), json!({ "kind": "ce", "weight": 1.0 }));
+    let soft = (
         Loss::soft_label(&t("fc"), "fc7", SOFT.1, SOFT.2).weighted(SOFT.0),
-        Loss::fsp(&t(FSP.1[0]), &t(FSP.1[1]), FSP.2[0], FSP.2[1]).weighted(FSP.0),
-    ];
-    let mut trainer = Trainer::new(merged, sparams.clone(), &losses, cfg.clone())?;
-    let read = [TEACHER_HINT, "fc", FSP.1[0]];
-    let steps = record(&dir, &mut trainer, &student, Some((&teacher, &read)), &batches)?;
-    let mut files = serde_json::Map::new();
-    files.insert("student_before1".into(), store_blob(&dir, "student_before1", &sparams)?);
-    files.insert("teacher".into(), store_blob(&dir, "teacher", &tparams)?);
-    let x1 = &batches[0].0;
-    for (key, cfg, params, dtype) in [
-        ("engine_student_f32", &scfg, trainer.params(), DType::F32),
-        ("engine_student_f16", &scfg, trainer.params(), DType::F16),
-        ("engine_teacher_f32", &tcfg, &tparams, DType::F32),
-    ] {
-        files.insert(key.into(), blob(&dir, key, &engine_logits(cfg, params, dtype, x1)?)?.into());
-    }
-    let manifest = json!({
-        "title": "distillation: ResNet50 teacher, MobileNetV1 1.0 student",
-        "batch": BATCH,
-        "teacher": program_json(&teacher),
-        "student": program_json(&student),
-        "bn": { "eps": BN_EPS, "momentum": 0.9 },
-        "optimizer": optimizer,
-        "losses": [
-            { "kind": "ce", "weight": 1.0 },
-            { "kind": "l2", "weight": HINT_WEIGHT, "teacher": canon(&teacher, TEACHER_HINT), "student": canon(&student, STUDENT_HINT) },
-            { "kind": "soft_label", "weight": SOFT.0, "teacher": canon(&teacher, "fc"), "student": canon(&student, "fc7"), "tt": SOFT.1, "ts": SOFT.2 },
-            {
-                "kind": "fsp", "weight": FSP.0,
-                "teacher": FSP.1.map(|n| canon(&teacher, n)), "student": FSP.2.map(|n| canon(&student, n)),
-            },
+        json!({ "kind": "soft_label", "weight": SOFT.0, "teacher": "fc", "student": "fc7", "tt": SOFT.1, "ts": SOFT.2 }),
+    );
+    let student = models::program(&ModelConfig::mobilenet_v1(1000))?;
+    let canon = |p: &Program, n: &str| p.find(n).map(|id| p.tensor(id).name.as_str().to_string());
+    student_run(
+        "distill",
+        "distillation: ResNet50 teacher, MobileNetV1 1.0 student, every loss",
+        ModelConfig::mobilenet_v1(1000),
+        &[
+            ce.clone(),
+            (
+                Loss::l2(&t(TEACHER_HINT), STUDENT_HINT).weighted(HINT_WEIGHT),
+                json!({ "kind": "l2", "weight": HINT_WEIGHT,
+                        "teacher": canon(&teacher, TEACHER_HINT), "student": canon(&student, STUDENT_HINT) }),
+            ),
+            soft.clone(),
+            (
+                Loss::fsp(&t(FSP.1[0]), &t(FSP.1[1]), FSP.2[0], FSP.2[1]).weighted(FSP.0),
+                json!({ "kind": "fsp", "weight": FSP.0,
+                        "teacher": FSP.1.map(|n| canon(&teacher, n)), "student": FSP.2.map(|n| canon(&student, n)) }),
+            ),
         ],
-        "steps": steps,
-        "files": files,
-    });
-    fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
+        &[TEACHER_HINT, "fc", FSP.1[0]],
+    )?;
+    // The main job's losses (cross-entropy + soft labels) for a student of odd channel counts
+    // (11, 22, 44, 89, 179, 358: every SIMD tail) with the CIFAR stem (conv1 stride 1).
+    student_run(
+        "distill_odd",
+        "distillation: ResNet50 teacher, MobileNetV1 x0.35 CIFAR-stem student, CE + soft labels",
+        ModelConfig { stem: Stem::Cifar, ..ModelConfig::mobilenet_v1(350) },
+        &[ce, soft],
+        &["fc"],
+    )?;
 
     // 2. The main job's teacher phase: ResNet50 trained alone with cross-entropy (the stem's
     // 7x7 conv, max pool, strided and 3x3 convs, the residual adds: none is in the student).
     let dir = root.join("resnet50");
     fs::create_dir_all(&dir)?;
-    let mut trainer = Trainer::new(Merged::student_only(&teacher), tparams.clone(), &[Loss::ce()], cfg)?;
+    let mut trainer = Trainer::new(Merged::student_only(&teacher), tparams.clone(), &[Loss::ce()], cfg.clone())?;
     let steps = record(&dir, &mut trainer, &teacher, None, &batches)?;
     let mut files = serde_json::Map::new();
     files.insert("student_before1".into(), store_blob(&dir, "student_before1", &tparams)?);
     for (key, dtype) in [("engine_student_f32", DType::F32), ("engine_student_f16", DType::F16)] {
-        files.insert(key.into(), blob(&dir, key, &engine_logits(&tcfg, trainer.params(), dtype, x1)?)?.into());
+        files.insert(
+            key.into(),
+            blob(&dir, key, &engine_logits(&tcfg, trainer.params(), dtype, &batches[0].0)?)?.into(),
+        );
     }
     let manifest = json!({
         "title": "ResNet50 trained alone (the main job's teacher phase)",
@@ -286,6 +313,6 @@ fn main() -> Result<(), Box<dyn Error>> {
         "files": files,
     });
     fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
-    println!("wrote {} (distill/, resnet50/)", root.display());
+    println!("wrote {} (distill/, distill_odd/, resnet50/)", root.display());
     Ok(())
 }

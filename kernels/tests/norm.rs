@@ -507,9 +507,11 @@ fn train_pass(isa: Isa, s: &Channels, x: &[f32], g: &[f32], b: &[f32], dy: &[f32
 fn bn_train_simd_paths_equal_scalar_bit_for_bit() {
     // Moments, apply (+ ReLU), backward sums and apply (gated or not) on channel counts below,
     // at and above the 8-lane vector, with ±0 and values at the ReLU's edge.
+    // 300 rows: several blocks of the per-channel sums; 530 channels: two chunks of them.
     let mut rng = Rng::new(78);
-    for c in [1, 7, 8, 9, 16, 31, 33, 70] {
-        let s = Channels::new(6, c);
+    let more = [(300, 9), (300, 70), (300, 530), (100, 530)];
+    for (rows, c) in [1, 7, 8, 9, 16, 31, 33, 70].map(|c| (6, c)).into_iter().chain(more) {
+        let s = Channels::new(rows, c);
         let mut x: Vec<f32> = rng.vec(s.len()).iter().map(|v| 3.0 * v - 1.0).collect();
         x[s.len() / 2] = -0.0;
         let (g, b) = (rng.vec(c), rng.vec(c).iter().map(|v| v - 0.5).collect::<Vec<f32>>());
@@ -520,7 +522,7 @@ fn bn_train_simd_paths_equal_scalar_bit_for_bit() {
                 let Some(simd) = Isa::force(kind) else { continue };
                 let got = train_pass(simd, &s, &x, &g, &b, &dy, act);
                 for (k, name) in ["mean", "m2", "y", "sum_dy", "sum_dy_xhat", "dx"].iter().enumerate() {
-                    assert_eq!(bits(&got[k]), bits(&want[k]), "{kind:?} c {c} {act:?} {name}");
+                    assert_eq!(bits(&got[k]), bits(&want[k]), "{kind:?} rows {rows} c {c} {act:?} {name}");
                 }
             }
         }
@@ -571,5 +573,32 @@ fn bn_relu_in_one_pass_equals_the_two_passes_bit_for_bit() {
         let mut ungated = vec![0.0; s.len()];
         bn_bwd_apply(isa, &s, 40, &x, &dy, None, &g, &mean, &invstd, &s1, &q1, &mut ungated).unwrap();
         assert_ne!(bits(&d1), bits(&ungated), "{kind:?}: the gate must matter");
+    }
+}
+
+#[test]
+fn sums_over_many_rows_stay_accurate() {
+    // 65,536 rows (a batch of 64 at 32x32): one f32 running sum per channel drifts by ~n·ε;
+    // the blocked sums stay within a few roundings of the f64 values, on every path.
+    let mut rng = Rng::new(80);
+    let s = Channels::new(1 << 16, 3);
+    let x: Vec<f32> = rng.vec(s.len()).iter().map(|v| 1.0 + v).collect();
+    let dy: Vec<f32> = rng.vec(s.len()).iter().map(|v| 0.5 + v).collect();
+    let (mean64, var64) = naive_stats(&s, &x);
+    for kind in tinykd_kernels::IsaKind::ALL {
+        let Some(isa) = Isa::force(kind) else { continue };
+        let (mut mean, mut m2) = (vec![0.0; s.c], vec![0.0; s.c]);
+        bn_partial_moments(isa, &s, &x, &mut mean, &mut m2).unwrap();
+        let invstd: Vec<f32> = m2.iter().map(|q| 1.0 / (q / s.rows as f32 + 1e-5).sqrt()).collect();
+        let (mut sdy, mut sdx) = (vec![0.0; s.c], vec![0.0; s.c]);
+        bn_bwd_partial_sums(isa, &s, &x, &dy, None, &mean, &invstd, &mut sdy, &mut sdx).unwrap();
+        for ch in 0..s.c {
+            let rel = |got: f32, want: f64| (got as f64 - want).abs() / want.abs();
+            assert!(rel(mean[ch], mean64[ch]) < 1e-6, "{kind:?} mean {} vs {}", mean[ch], mean64[ch]);
+            let var = m2[ch] as f64 / s.rows as f64;
+            assert!(rel(m2[ch] / s.rows as f32, var64[ch]) < 1e-5, "{kind:?} variance {var} vs {}", var64[ch]);
+            let want_dy: f64 = (0..s.rows).map(|r| dy[r * s.c + ch] as f64).sum();
+            assert!(rel(sdy[ch], want_dy) < 1e-6, "{kind:?} sum_dy {} vs {want_dy}", sdy[ch]);
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! order, no fused multiply-add).
 
 use super::scalar::{
-    apply_row, bwd_apply_row, bwd_sums_row, infer_row, m2_row, sum_row, Block, BwdSums, Stored, BLOCK,
+    apply_row, blocked_sums, bwd_apply_row, bwd_sums_row, infer_row, m2_row, sum_row, Block, BwdSums, Stored, Tile,
+    BLOCK,
 };
 use super::ReluAfter;
 use crate::act::Act;
@@ -90,7 +91,7 @@ unsafe fn gate8(relu: Option<&ReluAfter<'_>>, dy: &[f32], x: &[f32], mean: &[f32
     }
 }
 
-/// [`super::scalar::moments`] 8 channels per instruction: per channel the same row-order sums
+/// [`super::scalar::moments`] 8 channels per instruction: per channel the same blocked sums
 /// (`mean` and `m2` are the accumulators), so the result is bit-identical.
 ///
 /// # Safety
@@ -98,30 +99,51 @@ unsafe fn gate8(relu: Option<&ReluAfter<'_>>, dy: &[f32], x: &[f32], mean: &[f32
 /// supports AVX2.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
-    let c = s.c;
-    let full = c / 8 * 8;
-    mean.fill(0.0);
-    for row in x.chunks_exact(c) {
-        for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 ≤ full ≤ c, the length of `row` and `mean`.
-            unsafe { st(mean, i, _mm256_add_ps(ld(mean, i), ld(row, i))) };
-        }
-        sum_row(full, row, mean);
-    }
+    // SAFETY (both closures): the tiles lie inside `x` (s.rows rows of s.c) and the vectors;
+    // AVX2 present (caller).
+    blocked_sums(s.c, s.rows, [&mut *mean], |t, [p]| unsafe { sum_tile(t, x, p) });
     let inv = 1.0 / s.rows as f32;
     for m in mean.iter_mut() {
         *m *= inv;
     }
-    m2.fill(0.0);
-    for row in x.chunks_exact(c) {
+    blocked_sums(s.c, s.rows, [&mut *m2], |t, [p]| unsafe { m2_tile(t, x, mean, p) });
+}
+
+/// One tile of [`moments`]' sums: `p[j] += x[r][c0 + j]`, rows `r0..r1` in order.
+///
+/// # Safety
+/// The tile lies inside `x`; the CPU supports AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn sum_tile(t: &Tile, x: &[f32], p: &mut [f32]) {
+    let full = t.cb / 8 * 8;
+    for r in t.r0..t.r1 {
+        let row = t.row(x, r);
         for i in (0..full).step_by(8) {
-            // SAFETY: as above.
+            // SAFETY: i + 8 ≤ full ≤ cb, the length of `row` and `p` (`blocked_sums`).
+            unsafe { st(p, i, _mm256_add_ps(ld(p, i), ld(row, i))) };
+        }
+        sum_row(full, row, p);
+    }
+}
+
+/// One tile of [`moments`]' squared deviations: `p[j] += (x[r][c0 + j] − mean[c0 + j])²`.
+///
+/// # Safety
+/// As [`sum_tile`], and `mean` covers the tile's channels.
+#[target_feature(enable = "avx2")]
+unsafe fn m2_tile(t: &Tile, x: &[f32], mean: &[f32], p: &mut [f32]) {
+    let full = t.cb / 8 * 8;
+    let mean = t.cols(mean);
+    for r in t.r0..t.r1 {
+        let row = t.row(x, r);
+        for i in (0..full).step_by(8) {
+            // SAFETY: as in `sum_tile`.
             unsafe {
                 let d = _mm256_sub_ps(ld(row, i), ld(mean, i));
-                st(m2, i, _mm256_add_ps(ld(m2, i), _mm256_mul_ps(d, d)));
+                st(p, i, _mm256_add_ps(ld(p, i), _mm256_mul_ps(d, d)));
             }
         }
-        m2_row(full, row, mean, m2);
+        m2_row(full, row, mean, p);
     }
 }
 
@@ -156,7 +178,7 @@ pub(super) unsafe fn apply(
     }
 }
 
-/// [`super::scalar::bwd_sums`] 8 channels per instruction, bit-identical (row-order sums).
+/// [`super::scalar::bwd_sums`] 8 channels per instruction, bit-identical (the same blocked sums).
 ///
 /// # Safety
 /// `x` and `dy` hold whole rows of `c` channels, the other slices (and the ReLU's) `c` each;
@@ -173,20 +195,44 @@ pub(super) unsafe fn bwd_sums(
     sum_dy: &mut [f32],
     sum_dy_xhat: &mut [f32],
 ) {
-    let full = c / 8 * 8;
-    sum_dy.fill(0.0);
-    sum_dy_xhat.fill(0.0);
-    for (xr, dyr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
+    // SAFETY: the tiles lie inside `x`, `dy` and the vectors; AVX2 present (caller).
+    blocked_sums(c, x.len() / c, [sum_dy, sum_dy_xhat], |t, [pd, px]| unsafe {
+        bwd_tile(t, x, dy, relu, mean, invstd, pd, px)
+    });
+}
+
+/// One tile of [`bwd_sums`]: `pd[j] += g`, `px[j] += g·x̂` over rows `r0..r1` in order.
+///
+/// # Safety
+/// The tile lies inside `x` and `dy`, the vectors (and the ReLU's) cover its channels; the
+/// CPU supports AVX2.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn bwd_tile(
+    t: &Tile,
+    x: &[f32],
+    dy: &[f32],
+    relu: Option<&ReluAfter<'_>>,
+    mean: &[f32],
+    invstd: &[f32],
+    pd: &mut [f32],
+    px: &mut [f32],
+) {
+    let full = t.cb / 8 * 8;
+    let relu = relu.map(|r| t.relu(r));
+    let (mean, invstd) = (t.cols(mean), t.cols(invstd));
+    for r in t.r0..t.r1 {
+        let (xr, dyr) = (t.row(x, r), t.row(dy, r));
         for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 ≤ full ≤ c, the length of every slice indexed.
+            // SAFETY: i + 8 ≤ full ≤ cb, the length of every slice indexed.
             unsafe {
-                let g = gate8(relu, dyr, xr, mean, invstd, i);
+                let g = gate8(relu.as_ref(), dyr, xr, mean, invstd, i);
                 let xhat = _mm256_mul_ps(_mm256_sub_ps(ld(xr, i), ld(mean, i)), ld(invstd, i));
-                st(sum_dy, i, _mm256_add_ps(ld(sum_dy, i), g));
-                st(sum_dy_xhat, i, _mm256_add_ps(ld(sum_dy_xhat, i), _mm256_mul_ps(g, xhat)));
+                st(pd, i, _mm256_add_ps(ld(pd, i), g));
+                st(px, i, _mm256_add_ps(ld(px, i), _mm256_mul_ps(g, xhat)));
             }
         }
-        bwd_sums_row(full, xr, dyr, relu, mean, invstd, sum_dy, sum_dy_xhat);
+        bwd_sums_row(full, xr, dyr, relu.as_ref(), mean, invstd, pd, px);
     }
 }
 

@@ -2,7 +2,8 @@
 //! the same order, no fused multiply-add), 4 channels per instruction; the twins of `avx2.rs`.
 
 use super::scalar::{
-    apply_row, bwd_apply_row, bwd_sums_row, infer_row, m2_row, sum_row, Block, BwdSums, Stored, BLOCK,
+    apply_row, blocked_sums, bwd_apply_row, bwd_sums_row, infer_row, m2_row, sum_row, Block, BwdSums, Stored, Tile,
+    BLOCK,
 };
 use super::ReluAfter;
 use crate::act::Act;
@@ -104,7 +105,7 @@ unsafe fn gate4(
     }
 }
 
-/// [`super::scalar::moments`] 4 channels per instruction: per channel the same row-order sums,
+/// [`super::scalar::moments`] 4 channels per instruction: per channel the same blocked sums,
 /// so the result is bit-identical.
 ///
 /// # Safety
@@ -112,30 +113,51 @@ unsafe fn gate4(
 /// supports NEON.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
-    let c = s.c;
-    let full = c / 4 * 4;
-    mean.fill(0.0);
-    for row in x.chunks_exact(c) {
-        for i in (0..full).step_by(4) {
-            // SAFETY: i + 4 ≤ full ≤ c, the length of `row` and `mean`.
-            unsafe { st(mean, i, vaddq_f32(ld(mean, i), ld(row, i))) };
-        }
-        sum_row(full, row, mean);
-    }
+    // SAFETY (both closures): the tiles lie inside `x` (s.rows rows of s.c) and the vectors;
+    // NEON present (caller).
+    blocked_sums(s.c, s.rows, [&mut *mean], |t, [p]| unsafe { sum_tile(t, x, p) });
     let inv = 1.0 / s.rows as f32;
     for m in mean.iter_mut() {
         *m *= inv;
     }
-    m2.fill(0.0);
-    for row in x.chunks_exact(c) {
+    blocked_sums(s.c, s.rows, [&mut *m2], |t, [p]| unsafe { m2_tile(t, x, mean, p) });
+}
+
+/// One tile of [`moments`]' sums: `p[j] += x[r][c0 + j]`, rows `r0..r1` in order.
+///
+/// # Safety
+/// The tile lies inside `x`; the CPU supports NEON.
+#[target_feature(enable = "neon")]
+unsafe fn sum_tile(t: &Tile, x: &[f32], p: &mut [f32]) {
+    let full = t.cb / 4 * 4;
+    for r in t.r0..t.r1 {
+        let row = t.row(x, r);
         for i in (0..full).step_by(4) {
-            // SAFETY: as above.
+            // SAFETY: i + 4 ≤ full ≤ cb, the length of `row` and `p` (`blocked_sums`).
+            unsafe { st(p, i, vaddq_f32(ld(p, i), ld(row, i))) };
+        }
+        sum_row(full, row, p);
+    }
+}
+
+/// One tile of [`moments`]' squared deviations: `p[j] += (x[r][c0 + j] − mean[c0 + j])²`.
+///
+/// # Safety
+/// As [`sum_tile`], and `mean` covers the tile's channels.
+#[target_feature(enable = "neon")]
+unsafe fn m2_tile(t: &Tile, x: &[f32], mean: &[f32], p: &mut [f32]) {
+    let full = t.cb / 4 * 4;
+    let mean = t.cols(mean);
+    for r in t.r0..t.r1 {
+        let row = t.row(x, r);
+        for i in (0..full).step_by(4) {
+            // SAFETY: as in `sum_tile`.
             unsafe {
                 let d = vsubq_f32(ld(row, i), ld(mean, i));
-                st(m2, i, vaddq_f32(ld(m2, i), vmulq_f32(d, d)));
+                st(p, i, vaddq_f32(ld(p, i), vmulq_f32(d, d)));
             }
         }
-        m2_row(full, row, mean, m2);
+        m2_row(full, row, mean, p);
     }
 }
 
@@ -170,7 +192,7 @@ pub(super) unsafe fn apply(
     }
 }
 
-/// [`super::scalar::bwd_sums`] 4 channels per instruction, bit-identical (row-order sums).
+/// [`super::scalar::bwd_sums`] 4 channels per instruction, bit-identical (the same blocked sums).
 ///
 /// # Safety
 /// `x` and `dy` hold whole rows of `c` channels, the other slices (and the ReLU's) `c` each;
@@ -187,20 +209,44 @@ pub(super) unsafe fn bwd_sums(
     sum_dy: &mut [f32],
     sum_dy_xhat: &mut [f32],
 ) {
-    let full = c / 4 * 4;
-    sum_dy.fill(0.0);
-    sum_dy_xhat.fill(0.0);
-    for (xr, dyr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
+    // SAFETY: the tiles lie inside `x`, `dy` and the vectors; NEON present (caller).
+    blocked_sums(c, x.len() / c, [sum_dy, sum_dy_xhat], |t, [pd, px]| unsafe {
+        bwd_tile(t, x, dy, relu, mean, invstd, pd, px)
+    });
+}
+
+/// One tile of [`bwd_sums`]: `pd[j] += g`, `px[j] += g·x̂` over rows `r0..r1` in order.
+///
+/// # Safety
+/// The tile lies inside `x` and `dy`, the vectors (and the ReLU's) cover its channels; the
+/// CPU supports NEON.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "neon")]
+unsafe fn bwd_tile(
+    t: &Tile,
+    x: &[f32],
+    dy: &[f32],
+    relu: Option<&ReluAfter<'_>>,
+    mean: &[f32],
+    invstd: &[f32],
+    pd: &mut [f32],
+    px: &mut [f32],
+) {
+    let full = t.cb / 4 * 4;
+    let relu = relu.map(|r| t.relu(r));
+    let (mean, invstd) = (t.cols(mean), t.cols(invstd));
+    for r in t.r0..t.r1 {
+        let (xr, dyr) = (t.row(x, r), t.row(dy, r));
         for i in (0..full).step_by(4) {
-            // SAFETY: i + 4 ≤ full ≤ c, the length of every slice indexed.
+            // SAFETY: i + 4 ≤ full ≤ cb, the length of every slice indexed.
             unsafe {
-                let g = gate4(relu, dyr, xr, mean, invstd, i);
+                let g = gate4(relu.as_ref(), dyr, xr, mean, invstd, i);
                 let xhat = vmulq_f32(vsubq_f32(ld(xr, i), ld(mean, i)), ld(invstd, i));
-                st(sum_dy, i, vaddq_f32(ld(sum_dy, i), g));
-                st(sum_dy_xhat, i, vaddq_f32(ld(sum_dy_xhat, i), vmulq_f32(g, xhat)));
+                st(pd, i, vaddq_f32(ld(pd, i), g));
+                st(px, i, vaddq_f32(ld(px, i), vmulq_f32(g, xhat)));
             }
         }
-        bwd_sums_row(full, xr, dyr, relu, mean, invstd, sum_dy, sum_dy_xhat);
+        bwd_sums_row(full, xr, dyr, relu.as_ref(), mean, invstd, pd, px);
     }
 }
 

@@ -1,5 +1,6 @@
 //! Portable batch-norm paths (the specification). Lengths are checked by the callers; every
-//! loop walks rows of `c` channels in memory order.
+//! loop walks rows of `c` channels in memory order (the per-channel sums over rows in blocks of
+//! rows: [`blocked_sums`]).
 
 use super::{BnParams, ReluAfter};
 use crate::act::Act;
@@ -9,19 +10,99 @@ use crate::shape::Channels;
 /// Channels per block of precomputed inference scales (stack arrays, no scratch).
 pub(super) const BLOCK: usize = 32;
 
-pub(super) fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
-    mean.fill(0.0);
-    for row in x.chunks_exact(s.c) {
-        sum_row(0, row, mean);
+/// Rows per block of the per-channel sums over rows ([`moments`], [`bwd_sums`]): each block is
+/// summed from zero on its own and the block sums are added to the total in order, so that
+/// the rounding error grows with `ROWS + rows/ROWS` instead of `rows`. (One running sum over
+/// the 4096 rows of a CIFAR-stem conv1 at 4 samples per thread put that batch norm's scale
+/// gradient 5× further from the float64 value than PyTorch's float32 is:
+/// `scripts/torch_crosscheck.py`.) Up to `ROWS` rows are one plain row-order sum.
+pub(super) const ROWS: usize = 128;
+/// Channels per chunk of those sums: a block's partial sums live in stack arrays this long
+/// (4 KiB for the backward's two). A chunk's rows are strided in memory; every layer of the
+/// models is one chunk wide where it has more than [`ROWS`] rows (at most one block, the sums
+/// go straight to the outputs, as plain row-order sums).
+pub(super) const COLS: usize = 512;
+
+/// Rows `r0..r1` and channels `c0..c0 + cb` of a `[rows][c]` tensor: one block of the
+/// per-channel sums ([`blocked_sums`]).
+pub(super) struct Tile {
+    pub c: usize,
+    pub c0: usize,
+    pub cb: usize,
+    pub r0: usize,
+    pub r1: usize,
+}
+
+impl Tile {
+    /// The tile's channels of row `r` of `x`.
+    #[inline(always)]
+    pub(super) fn row<'a>(&self, x: &'a [f32], r: usize) -> &'a [f32] {
+        &x[r * self.c + self.c0..][..self.cb]
     }
+    /// The tile's channels of a per-channel vector.
+    #[inline(always)]
+    pub(super) fn cols<'a>(&self, v: &'a [f32]) -> &'a [f32] {
+        &v[self.c0..][..self.cb]
+    }
+    /// The ReLU's per-channel vectors for the tile's channels.
+    #[inline(always)]
+    pub(super) fn relu<'a>(&self, r: &ReluAfter<'a>) -> ReluAfter<'a> {
+        ReluAfter { gamma: &r.gamma[self.c0..][..self.cb], beta: &r.beta[self.c0..][..self.cb] }
+    }
+}
+
+/// `K` per-channel sums over `rows` rows of `c` channels, in blocks of [`ROWS`] rows (and
+/// chunks of [`COLS`] channels): `block(tile, sums)` adds one tile's terms into `sums` (`cb`
+/// long each, `sums[k][j]` for channel `c0 + j`, zeroed before each block), which are then
+/// added to `out[k]` (zeroed first) — the order every path keeps, so that their sums are
+/// bit-identical. Up to [`ROWS`] rows, one tile of all channels adds straight into `out`.
+#[inline(always)]
+pub(super) fn blocked_sums<const K: usize>(
+    c: usize,
+    rows: usize,
+    mut out: [&mut [f32]; K],
+    mut block: impl FnMut(&Tile, [&mut [f32]; K]),
+) {
+    for o in out.iter_mut() {
+        o.fill(0.0);
+    }
+    if rows <= ROWS {
+        block(&Tile { c, c0: 0, cb: c, r0: 0, r1: rows }, out.each_mut().map(|o| &mut o[..c]));
+        return;
+    }
+    let mut parts = [[0.0f32; COLS]; K];
+    for r0 in (0..rows).step_by(ROWS) {
+        let r1 = rows.min(r0 + ROWS);
+        for c0 in (0..c).step_by(COLS) {
+            let tile = Tile { c, c0, cb: COLS.min(c - c0), r0, r1 };
+            for p in parts.iter_mut() {
+                p[..tile.cb].fill(0.0);
+            }
+            block(&tile, parts.each_mut().map(|p| &mut p[..tile.cb]));
+            for (o, p) in out.iter_mut().zip(&parts) {
+                for (t, &v) in o[c0..c0 + tile.cb].iter_mut().zip(&p[..tile.cb]) {
+                    *t += v;
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
+    blocked_sums(s.c, s.rows, [&mut *mean], |t, [p]| {
+        for r in t.r0..t.r1 {
+            sum_row(0, t.row(x, r), p);
+        }
+    });
     let inv = 1.0 / s.rows as f32;
     for m in mean.iter_mut() {
         *m *= inv;
     }
-    m2.fill(0.0);
-    for row in x.chunks_exact(s.c) {
-        m2_row(0, row, mean, m2);
-    }
+    blocked_sums(s.c, s.rows, [&mut *m2], |t, [p]| {
+        for r in t.r0..t.r1 {
+            m2_row(0, t.row(x, r), t.cols(mean), p);
+        }
+    });
 }
 
 // The per-row loops below are the specification of one row's channels `from..`; the SIMD
@@ -134,7 +215,8 @@ pub(super) fn gate(relu: Option<&ReluAfter<'_>>, dy: f32, x: f32, mean: f32, inv
     }
 }
 
-/// `relu`: a ReLU after the BN, whose gate applies to `dy` ([`gate`]).
+/// `relu`: a ReLU after the BN, whose gate applies to `dy` ([`gate`]). Sums in blocks of
+/// rows ([`blocked_sums`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn bwd_sums(
     c: usize,
@@ -146,11 +228,13 @@ pub(super) fn bwd_sums(
     sum_dy: &mut [f32],
     sum_dy_xhat: &mut [f32],
 ) {
-    sum_dy.fill(0.0);
-    sum_dy_xhat.fill(0.0);
-    for (xr, dyr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
-        bwd_sums_row(0, xr, dyr, relu, mean, invstd, sum_dy, sum_dy_xhat);
-    }
+    blocked_sums(c, x.len() / c, [sum_dy, sum_dy_xhat], |t, [pd, px]| {
+        let relu = relu.map(|r| t.relu(r));
+        for r in t.r0..t.r1 {
+            let (mean, invstd) = (t.cols(mean), t.cols(invstd));
+            bwd_sums_row(0, t.row(x, r), t.row(dy, r), relu.as_ref(), mean, invstd, pd, px);
+        }
+    });
 }
 
 /// One row of [`bwd_sums`], channels `from..`.
