@@ -2,15 +2,15 @@
 //! PyTorch (`scripts/torch_crosscheck.py`, which reads what this writes).
 //!
 //! ```text
-//! cargo run --release --example crosscheck -- OUT_DIR
+//! cargo run --release --example crosscheck -- OUT_DIR [BATCH]
 //! ```
 //!
 //! `OUT_DIR/distill`: a ResNet50 teacher (random weights; its running statistics moved a third
 //! of the way to the batch statistics by four train-mode batches at learning rate 0) merged
 //! with a MobileNetV1 1.0 student, two Momentum steps with cross-entropy, the tutorial's L2
 //! hint, a soft-label loss (temperatures 2 and 3) and an FSP loss. `OUT_DIR/resnet50`: that
-//! ResNet50 trained alone with cross-entropy (the main job's teacher phase). Both: batches of
-//! 8, two threads, weight decay on. Each directory holds `manifest.json` (the programs op by
+//! ResNet50 trained alone with cross-entropy (the main job's teacher phase). Each: batches of
+//! `BATCH` (default 8), two threads, weight decay on. Each directory holds `manifest.json` (the programs op by
 //! op, the layout of every blob, the optimizer, the losses with their tensors' canonical
 //! names, each step's loss values and labels) and little-endian f32 blobs: the starting
 //! parameters and statistics (and the teacher's); per step the batch, the teacher tensors
@@ -35,7 +35,6 @@ use tinykd::train::{Schedule, TrainConfig, Trainer};
 use tinykd::weights::{AlignedBuf, WeightFile};
 use tinykd::{fold, models, ModelConfig, Stem};
 
-const BATCH: usize = 8;
 const PER: usize = 32 * 32 * 3;
 const TEACHER_HINT: &str = "bn5c_branch2b.output.1.tmp_3";
 const STUDENT_HINT: &str = "depthwise_conv2d_11";
@@ -135,7 +134,7 @@ fn record(
     trainer: &mut Trainer,
     student: &Program,
     teacher: Option<(&Program, &[&str])>,
-    batches: &[(Vec<f32>, [u32; BATCH])],
+    batches: &[(Vec<f32>, Vec<u32>)],
 ) -> Result<Vec<Value>, Box<dyn Error>> {
     let mut steps = Vec::new();
     for (i, (x, y)) in batches.iter().enumerate() {
@@ -191,28 +190,34 @@ fn record(
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let root = PathBuf::from(std::env::args().nth(1).ok_or("usage: crosscheck OUT_DIR")?);
+    const USAGE: &str = "usage: crosscheck OUT_DIR [batch, default 8]";
+    let root = PathBuf::from(std::env::args().nth(1).ok_or(USAGE)?);
+    let batch: usize = match std::env::args().nth(2) {
+        None => 8,
+        Some(b) => b.parse().ok().filter(|&b| b >= 2).ok_or(USAGE)?,
+    };
     let tcfg = ModelConfig::resnet50();
     let teacher = models::program(&tcfg)?;
 
     // Running statistics a third of the way to the batch statistics (four train-mode batches
     // at learning rate 0: only the statistics move).
-    let still = TrainConfig { batch_size: BATCH, threads: 2, schedule: Schedule::constant(0.0)?, ..Default::default() };
+    let still = TrainConfig { batch_size: batch, threads: 2, schedule: Schedule::constant(0.0)?, ..Default::default() };
     let mut warm = Trainer::new(Merged::student_only(&teacher), ParamStore::init(&tcfg, 11)?, &[Loss::ce()], still)?;
     for i in 0..4 {
-        warm.step(&images(BATCH, 100 + i), &[0; BATCH])?;
+        warm.step(&images(batch, 100 + i), &vec![0; batch])?;
     }
     let tparams = warm.into_params();
 
     let cfg = TrainConfig {
-        batch_size: BATCH,
+        batch_size: batch,
         threads: 2,
         seed: 0,
         momentum: 0.9,
         weight_decay: 1e-3,
         schedule: Schedule::constant(LR)?,
     };
-    let batches = [(images(BATCH, 1), [0u32, 1, 2, 3, 4, 5, 6, 7]), (images(BATCH, 2), [9, 8, 7, 6, 5, 4, 3, 2])];
+    let labels = |k: u32| (0..batch as u32).map(|i| (i * k + k / 2) % 10).collect::<Vec<u32>>();
+    let batches = [(images(batch, 1), labels(1)), (images(batch, 2), labels(3))];
     let optimizer = json!({ "lr": LR, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay });
 
     // 1. The tutorial's distillation with every built-in loss.
@@ -238,7 +243,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         let manifest = json!({
             "title": title,
-            "batch": BATCH,
+            "batch": batch,
             "teacher": program_json(&teacher),
             "student": program_json(&student),
             "bn": { "eps": BN_EPS, "momentum": 0.9 },
@@ -303,7 +308,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let manifest = json!({
         "title": "ResNet50 trained alone (the main job's teacher phase)",
-        "batch": BATCH,
+        "batch": batch,
         "teacher": null,
         "student": program_json(&teacher),
         "bn": { "eps": BN_EPS, "momentum": 0.9 },

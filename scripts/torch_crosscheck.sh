@@ -7,7 +7,7 @@
 # (`scripts/torch_crosscheck.py`, which prints a table per run and fails on any tensor further
 # off than PyTorch's own float32, times 4).
 #
-# Usage: bash scripts/torch_crosscheck.sh
+# Usage: bash scripts/torch_crosscheck.sh [BATCH]   (default 8; 64 is the tutorial's, ~2 min)
 # PYTHON: an interpreter with torch and numpy (default python3). Not part of CI: PyPI's torch
 # is a ~5 GB CUDA install; a CPU-only build needs download.pytorch.org.
 set -euo pipefail
@@ -20,5 +20,5 @@ if ! "$py" -c "import torch, numpy" 2>/dev/null; then
 fi
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-cargo run -q --release --example crosscheck -- "$dir"
+cargo run -q --release --example crosscheck -- "$dir" ${1:+"$1"}
 "$py" scripts/torch_crosscheck.py "$dir"
