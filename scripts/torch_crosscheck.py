@@ -12,8 +12,9 @@ student in train mode, the manifest's losses, autograd gradients, Momentum with 
 Compared per step: the loss values (cross-entropy, L2 hint, soft label, FSP), the teacher
 tensors they read, every student activation tinykd kept,
 every parameter gradient, every parameter, statistic and momentum buffer after the update;
-then the engine's logits (batch norm folded into the convs; f32 and f16 weight files) for the
-student after the last step and for the teacher.
+then the engine's logits (f32 and f16 weight files) for the student after the last step and
+for the teacher, against the same model with its batch norms folded into the convs and its
+weights rounded as the exporter does (in float32, then to f16 for the f16 file).
 
 Each comparison is the relative error ||x - ref|| / ||ref|| of a whole tensor against the
 float64 result. The bound is what PyTorch itself reaches in float32 on the same computation,
@@ -37,7 +38,6 @@ import torch.nn.functional as F
 
 FACTOR = 4.0  # tinykd's error may be this many times PyTorch float32's ...
 FLOOR = 1e-4  # ... or this, whichever is larger
-F16_BOUND = 1e-2  # the engine with f16 weights (each folded weight rounded to 11 bits)
 FLIP_BOUND = 1e-4  # a ReLU decided otherwise may lie this far from 0 (in RMS of its input), or more: check_run
 
 
@@ -118,6 +118,30 @@ def run(prog, params, x, train, bn, stats=None, gates=None, flips=None):
 def fsp(x, y):
     """G[n, i, j] = (1/(H*W)) sum over h, w of x[n, i, h, w] * y[n, j, h, w] (NCHW)."""
     return torch.einsum("nihw,njhw->nij", x, y) / (x.shape[2] * x.shape[3])
+
+
+def folded(prog, params, bn, f16):
+    """Eval-mode parameters as tinykd's exporter writes them: each batch norm folded into the
+    conv before it in float32 (scale = gamma / sqrt(var + eps), bias = beta - mean * scale,
+    weights * scale, the operations of `kernels::norm::bn_fold`), every tensor rounded to f16
+    when `f16`; the batch norm then only adds the bias (scale 1, mean 0, variance 1 - eps)."""
+    p32 = {k: v.numpy().astype(np.float32) for k, v in params.items()}
+    rnd = (lambda a: a.astype(np.float16).astype(np.float64)) if f16 else (lambda a: a.astype(np.float64))
+    out = {k: torch.tensor(rnd(v)) for k, v in p32.items()}
+    producer = {op["output"]: op for op in prog["ops"]}
+    eps = np.float32(bn["eps"])
+    for op in prog["ops"]:
+        if op["kind"]["op"] != "bn":
+            continue
+        w = producer[op["inputs"][0]]["params"][0]
+        gamma, beta, mean, var = (p32[k] for k in op["params"])
+        scale = gamma / np.sqrt(var + eps)
+        out[w] = torch.tensor(rnd(p32[w] * scale))  # c_out is the last axis (HWIO, depthwise HWC)
+        out[op["params"][0]] = torch.ones(len(scale), dtype=torch.float64)
+        out[op["params"][1]] = torch.tensor(rnd(beta - mean * scale))
+        out[op["params"][2]] = torch.zeros(len(scale), dtype=torch.float64)
+        out[op["params"][3]] = torch.full((len(scale),), 1.0 - bn["eps"], dtype=torch.float64)
+    return out
 
 
 def step_reference(m, d, teacher, step, dtype, flips=None):
@@ -201,7 +225,7 @@ GROUPS = [
     ("grad", "student parameter gradients"),
     ("velocity", "momentum buffers after the update"),
     ("after", "parameters and statistics after the update"),
-    ("engine", "engine logits (batch norm folded)"),
+    ("engine", "engine logits (f32 and f16 files, BN folded)"),
 ]
 
 
@@ -235,19 +259,19 @@ def check_run(d):
         for key in r64:
             compare(step, key, ours[key], r64[key], r32[key])
 
-    # The engine: the student after the last step (and the teacher), eval mode, first batch.
+    # The engine: the student after the last step (and the teacher), eval mode, first batch,
+    # from the weights as the exporter folds (and for f16 rounds) them.
     final64 = load_store(d, m["steps"][-1]["after"])
-    final32 = {k: v.float() for k, v in final64.items()}
     x64 = torch.tensor(load(d, m["steps"][0]["images"]).reshape(n, 32, 32, 3))
-    engines = [("engine student f32", m["student"], final64, final32, None),
-               ("engine student f16", m["student"], final64, final32, F16_BOUND)]
+    engines = [("engine student f32", m["student"], final64, False), ("engine student f16", m["student"], final64, True)]
     if m["teacher"] is not None:
-        engines.append(("engine teacher f32", m["teacher"], teacher64, teacher32, None))
+        engines.append(("engine teacher f32", m["teacher"], teacher64, False))
     with torch.no_grad():
-        for key, prog, p64, p32, bound in engines:
+        for key, prog, params, f16 in engines:
+            p64 = folded(prog, params, bn, f16)
             r64 = run(prog, p64, x64, False, bn)[prog["output"]]
-            r32 = run(prog, p32, x64.float(), False, bn)[prog["output"]]
-            compare(0, key, torch.tensor(load(d, files[key.replace(" ", "_")])), r64, r32, bound)
+            r32 = run(prog, {k: v.float() for k, v in p64.items()}, x64.float(), False, bn)[prog["output"]]
+            compare(0, key, torch.tensor(load(d, files[key.replace(" ", "_")])), r64, r32)
 
     # A ReLU decided otherwise: allowed within rounding of 0, i.e. FLIP_BOUND of the input's
     # RMS, or 10x the relative error tinykd's forward reached on that tensor (deep in ResNet50
