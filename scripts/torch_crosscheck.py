@@ -297,6 +297,77 @@ def check_run(d):
     return len(rows), failures
 
 
+def check_finetune(d):
+    """Checks the fine-tuner's steps recorded in `d` (each tail, each step from its recorded
+    state): the loss, the momentum after the step and the parameters' change."""
+    m = json.load(open(os.path.join(d, "manifest.json")))
+    prog, bn, opt, n = m["student"], m["bn"], m["optimizer"], m["batch"]
+    print(f"{m['title']} ({d})")
+    # The last ops: the pointwise conv, its batch norm (folded: adds the bias), ReLU, pool, fc.
+    sep, sep_bn, relu, _, fc = prog["ops"][-5:]
+    assert (sep["kind"]["op"], sep_bn["kind"]["op"], fc["kind"]["op"]) == ("conv", "bn", "fc"), "not MobileNetV1"
+    p64 = folded(prog, load_store(d, m["params"]), bn, True)
+    c_in, c = p64[sep["params"][0]].shape[2:]
+    classes = p64[fc["params"][1]].shape[0]
+    rows, failures = [], []
+
+    def tail_step(tail, flat, x, labels, dtype):
+        """The tail's loss, then its parameters and momentum after one step, from `flat`."""
+        cast = {k: v.to(dtype) for k, v in p64.items()}
+        with torch.no_grad():
+            vals = run(prog, cast, x.to(dtype), False, bn)
+        k = flat.shape[0] // 2
+        p0, v0 = flat[:k].to(dtype), flat[k:].to(dtype)
+        sizes = [c * classes, classes] + ([] if tail == "fc" else [c_in * c if tail == "fc_sep" else c, c])
+        p = p0.clone().requires_grad_(True)
+        parts = list(torch.split(p, sizes))
+        if tail == "fc":
+            h = vals[relu["output"]]
+        elif tail == "fc_affine":
+            h = F.relu(vals[sep_bn["output"]] * parts[2][None, :, None, None] + parts[3][None, :, None, None])
+        else:
+            w = parts[2].reshape(c_in, c)
+            h = F.relu(torch.einsum("nihw,io->nohw", vals[sep["inputs"][0]], w) + parts[3][None, :, None, None])
+        logits = h.mean(dim=(2, 3)) @ parts[0].reshape(c, classes) + parts[1]
+        loss = F.cross_entropy(logits, labels)
+        (g,) = torch.autograd.grad(loss, [p])
+        with torch.no_grad():
+            v = opt["momentum"] * v0 + g + opt["weight_decay"] * p0
+            after = p0 - opt["lr"] * v
+        return loss.detach().reshape(1), torch.cat([after, v]).detach()
+
+    for t in m["tails"]:
+        for i, st in enumerate(t["steps"], start=1):
+            before = torch.tensor(load(d, t["state"] if i == 1 else t["steps"][i - 2]["state"]))
+            x = torch.tensor(load(d, st["images"]).reshape(n, 32, 32, 3))
+            labels = torch.tensor(st["labels"])
+            r64 = tail_step(t["tail"], before, x, labels, torch.float64)
+            r32 = tail_step(t["tail"], before, x, labels, torch.float32)
+            # The momentum (the gradient plus decay) as it is; the parameters by their change,
+            # which they dwarf (so that change is compared at the state's f32 rounding).
+            k = before.shape[0] // 2
+            after = torch.tensor(load(d, st["state"]))
+            r32 = (r32[0], r32[1].to(torch.float64))
+            for what, o, a, b in [
+                ("loss", torch.tensor([st["loss"]]), r64[0], r32[0]),
+                ("momentum after", after[k:], r64[1][k:], r32[1][k:]),
+                ("parameter change", after[:k] - before[:k], r64[1][:k] - before[:k], r32[1][:k] - before[:k]),
+            ]:
+                err, err32 = rel(o, a), rel(b.to(torch.float64), a)
+                limit = max(FACTOR * err32, FLOOR)
+                rows.append((t["tail"], what, err, err32))
+                if not err <= limit:
+                    failures.append(f"{t['tail']} step {i} {what}")
+                    print(f"  FAIL {t['tail']} step {i} {what}: relative error {err:.2e} > {limit:.1e} "
+                          f"(PyTorch float32: {err32:.2e})")
+    print(f"  {'compared (relative error to float64)':52} {'tensors':>7} {'tinykd':>8} {'PyTorch f32':>11}")
+    for tail in [t["tail"] for t in m["tails"]]:
+        for what in ["loss", "momentum after", "parameter change"]:
+            sel = [r for r in rows if r[0] == tail and r[1] == what]
+            print(f"  {tail + ': ' + what:52} {len(sel):7} {max(r[2] for r in sel):8.1e} {max(r[3] for r in sel):11.1e}")
+    return len(rows), failures
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -305,7 +376,8 @@ def main():
         sys.exit(f"no recorded run (a directory with manifest.json) in {sys.argv[1]}")
     total, failures = 0, []
     for d in runs:
-        count, failed = check_run(d)
+        kind = json.load(open(os.path.join(d, "manifest.json"))).get("kind")
+        count, failed = check_finetune(d) if kind == "finetune" else check_run(d)
         total += count
         failures += [f"{os.path.basename(d)}: {f}" for f in failed]
     if failures:
