@@ -17,10 +17,11 @@ pub(super) const BLOCK: usize = 32;
 /// gradient 5× further from the float64 value than PyTorch's float32 is:
 /// `scripts/torch_crosscheck.py`.) Up to `ROWS` rows are one plain row-order sum.
 pub(super) const ROWS: usize = 128;
-/// Channels per chunk of those sums: a block's partial sums live in stack arrays this long
-/// (4 KiB for the backward's two). A chunk's rows are strided in memory; every layer of the
-/// models is one chunk wide where it has more than [`ROWS`] rows (at most one block, the sums
-/// go straight to the outputs, as plain row-order sums).
+/// Channels per chunk of those sums when there is more than one block of rows: each block's
+/// partial sums live in stack arrays this long (4 KiB for the backward's two), and a chunk
+/// narrower than a row reads it strided. No layer of the models has both more than [`ROWS`]
+/// rows and more than `COLS` channels at batch 64 on two threads. Up to `ROWS` rows there is
+/// one block, summed straight into the outputs.
 pub(super) const COLS: usize = 512;
 
 /// Rows `r0..r1` and channels `c0..c0 + cb` of a `[rows][c]` tensor: one block of the
