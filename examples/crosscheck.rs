@@ -8,7 +8,7 @@
 //! `OUT_DIR/distill`: a ResNet50 teacher (random weights; its running statistics moved a third
 //! of the way to the batch statistics by four train-mode batches at learning rate 0) merged
 //! with a MobileNetV1 1.0 student, two Momentum steps with cross-entropy, the tutorial's L2
-//! hint, a soft-label loss (temperatures 2 and 3) and an FSP loss. `OUT_DIR/resnet50`: that
+//! hint, a second L2 hint and an FSP loss at 2x2, and a soft-label loss (temperatures 2 and 3). `OUT_DIR/resnet50`: that
 //! ResNet50 trained alone with cross-entropy (the main job's teacher phase). Each: batches of
 //! `BATCH` (default 8), two threads, weight decay on. Each directory holds `manifest.json` (the programs op by
 //! op, the layout of every blob, the optimizer, the losses with their tensors' canonical
@@ -47,9 +47,24 @@ const STUDENT_HINT: &str = "depthwise_conv2d_11";
 const HINT_WEIGHT: f32 = 0.5;
 /// The soft-label loss between the logits: weight, teacher and student temperatures.
 const SOFT: (f32, f32, f32) = (0.3, 2.0, 3.0);
-/// The FSP loss: weight; the teacher's and the student's pair of 1x1x512 tensors (the
-/// teacher's second is the hint).
-const FSP: (f32, [&str; 2], [&str; 2]) = (1e-3, ["bn5c_branch2a", "bn5c_branch2b"], ["conv5_6_dw", "conv5_6_dw_bn"]);
+/// The FSP loss: weight; the teacher's and the student's pair of 2x2x256 tensors (2x2, so that
+/// its 1/(H·W) and the spatial layout matter; the tutorial's hint pair is 1x1).
+const FSP: (f32, [&str; 2], [&str; 2]) = (1e-3, ["bn4b_branch2a", "bn4b_branch2b"], ["conv4_2_dw", "conv4_2_dw_bn"]);
+/// A second L2 hint at 2x2x256: weight, teacher tensor, student tensor.
+const HINT2: (f32, &str, &str) = (0.1, "bn4b_branch2b", "conv4_2_dw");
+/// Weight decay: large enough that a missing or misplaced decay term shows in every update.
+const WD: f32 = 0.05;
+
+/// Sets every offset (batch-norm β, fc bias) of `p` to a deterministic value in ±0.1, so that
+/// what acts on them (weight decay, folding) is not multiplied by zero.
+fn offsets(mut p: ParamStore) -> ParamStore {
+    for t in p.params_mut().iter_mut().filter(|t| t.name.ends_with("_offset")) {
+        for (i, v) in t.data.iter_mut().enumerate() {
+            *v = ((i * 37 + t.name.len() * 11) % 41) as f32 / 205.0 - 0.1;
+        }
+    }
+    p
+}
 /// Momentum's learning rate.
 const LR: f32 = 0.01;
 
@@ -195,7 +210,7 @@ fn record(
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    const USAGE: &str = "usage: crosscheck OUT_DIR [batch, default 8]";
+    const USAGE: &str = "usage: crosscheck OUT_DIR [BATCH: samples per step, at least 2; default 8]";
     let root = PathBuf::from(std::env::args().nth(1).ok_or(USAGE)?);
     let batch: usize = match std::env::args().nth(2) {
         None => 8,
@@ -208,7 +223,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     // at learning rate 0: only the statistics move).
     let still = TrainConfig { batch_size: batch, threads: 2, schedule: Schedule::constant(0.0)?, ..Default::default() };
     let mut warm =
-        Trainer::new(Merged::student_only(&teacher), ParamStore::init(&tcfg, 11)?, &[Loss::ce()], still.clone())?;
+        Trainer::new(Merged::student_only(&teacher), offsets(ParamStore::init(&tcfg, 11)?), &[Loss::ce()], still.clone())?;
     for i in 0..4 {
         warm.step(&images(batch, 100 + i), &vec![0; batch])?;
     }
@@ -219,7 +234,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         threads: 2,
         seed: 0,
         momentum: 0.9,
-        weight_decay: 1e-3,
+        weight_decay: WD,
         schedule: Schedule::constant(LR)?,
     };
     let labels = |k: u32| (0..batch as u32).map(|i| (i * k + k / 2) % 10).collect::<Vec<u32>>();
@@ -232,7 +247,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         let dir = root.join(sub);
         fs::create_dir_all(&dir)?;
         let student = models::program(&scfg)?;
-        let sparams = ParamStore::init(&scfg, 12)?;
+        let sparams = offsets(ParamStore::init(&scfg, 12)?);
         let merged = merge((&teacher, &tparams), &student, &[("image", "image")], "teacher_")?;
         let only: Vec<Loss> = losses.iter().map(|l| l.0.clone()).collect();
         let mut trainer = Trainer::new(merged, sparams.clone(), &only, cfg.clone())?;
@@ -281,12 +296,17 @@ fn main() -> Result<(), Box<dyn Error>> {
             ),
             soft.clone(),
             (
+                Loss::l2(&t(HINT2.1), HINT2.2).weighted(HINT2.0),
+                json!({ "kind": "l2", "weight": HINT2.0,
+                        "teacher": canon(&teacher, HINT2.1), "student": canon(&student, HINT2.2) }),
+            ),
+            (
                 Loss::fsp(&t(FSP.1[0]), &t(FSP.1[1]), FSP.2[0], FSP.2[1]).weighted(FSP.0),
                 json!({ "kind": "fsp", "weight": FSP.0,
                         "teacher": FSP.1.map(|n| canon(&teacher, n)), "student": FSP.2.map(|n| canon(&student, n)) }),
             ),
         ],
-        &[TEACHER_HINT, "fc", FSP.1[0]],
+        &[TEACHER_HINT, "fc", FSP.1[0], FSP.1[1]],
     )?;
     // The main job's losses (cross-entropy + soft labels) for a student of odd channel counts
     // (11, 22, 44, 89, 179, 358: every SIMD tail) with the CIFAR stem (conv1 stride 1).
@@ -331,7 +351,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     fs::create_dir_all(&dir)?;
     let fcfg = ModelConfig::mobilenet_v1(250);
     let fprog = models::program(&fcfg)?;
-    let mut warm = Trainer::new(Merged::student_only(&fprog), ParamStore::init(&fcfg, 13)?, &[Loss::ce()], still)?;
+    let mut warm = Trainer::new(Merged::student_only(&fprog), offsets(ParamStore::init(&fcfg, 13)?), &[Loss::ce()], still)?;
     for i in 0..4 {
         warm.step(&images(batch, 200 + i), &vec![0; batch])?;
     }
@@ -339,7 +359,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let bytes = fold::export_inference(&fcfg, &fparams, DType::F16)?;
     let buf = AlignedBuf::from_bytes(&bytes);
     let file = WeightFile::parse(buf.as_bytes())?;
-    let hp = Momentum { lr: 0.05, mu: 0.9, wd: 1e-3 };
+    let hp = Momentum { lr: 0.05, mu: 0.9, wd: WD };
     let mut tails = Vec::new();
     for (tail, name) in [(Tail::Fc, "fc"), (Tail::FcAffine, "fc_affine"), (Tail::FcSep, "fc_sep")] {
         let ft = FineTuner::new(&fcfg, tail, batch, &file)?;

@@ -32,9 +32,12 @@ import json
 import os
 import sys
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+try:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+except ImportError as e:
+    sys.exit(f"torch_crosscheck.py needs torch and numpy ({e}); see scripts/torch_crosscheck.sh")
 
 FACTOR = 4.0  # tinykd's error may be this many times PyTorch float32's ...
 FLOOR = 1e-4  # ... or this, whichever is larger
@@ -115,6 +118,43 @@ def run(prog, params, x, train, bn, stats=None, gates=None, flips=None):
     return vals
 
 
+# What DESIGN.md fixes, checked here rather than taken from tinykd's manifest: trainable
+# parameter counts, batch norm's eps and momentum, ResNet50 v1.5 (the stride on branch2b).
+PARAMS = {"mobilenet_v1 1.0": 3_217_226, "resnet50": 23_528_522}
+RUNS = {"distill", "distill_odd", "resnet50", "finetune"}
+
+
+def check_semantics(m, d):
+    """Refuses a manifest whose batch norm, architecture or trainable set is not DESIGN.md's."""
+    bn = m["bn"]
+    if np.float32(bn["eps"]) != np.float32(1e-5) or abs(bn["momentum"] - 0.9) > 1e-7:
+        sys.exit(f"{d}: batch norm eps {bn['eps']} / momentum {bn['momentum']}, not 1e-5 / 0.9")
+    for prog in [m["student"], m["teacher"]]:
+        if prog is None:
+            continue
+        names = {op["name"] for op in prog["ops"]}
+        if "res5a_branch2b" in names:
+            for op in prog["ops"]:
+                name = op["name"]
+                if op["kind"]["op"] == "conv" and name[:3] == "res" and name[3] in "345" and name[4] == "a":
+                    want = 2 if op["name"].endswith("branch2b") or op["name"].endswith("branch1") else 1
+                    if op["kind"]["stride"] != want:
+                        sys.exit(f"{d}: {op['name']} has stride {op['kind']['stride']}, not {want} (ResNet50 v1.5)")
+
+
+def check_trainable(m, d, store_entry, trainable):
+    """Every parameter (not statistic) of the starting store has a gradient; known totals."""
+    want = [p["name"] for p in store_entry["params"] if p["kind"] == "parameter"]
+    if want != trainable:
+        missing = sorted(set(want) - set(trainable))
+        sys.exit(f"{d}: parameters without a recorded gradient: {missing[:5]} (or another order)")
+    total = sum(int(np.prod(p["dims"])) for p in store_entry["params"] if p["kind"] == "parameter")
+    title = m["title"]
+    key = "resnet50" if title.startswith("ResNet50") else "mobilenet_v1 1.0" if "MobileNetV1 1.0" in title else None
+    if key and total != PARAMS[key]:
+        sys.exit(f"{d}: {total} trainable values, DESIGN.md has {PARAMS[key]} for {key}")
+
+
 def fsp(x, y):
     """G[n, i, j] = (1/(H*W)) sum over h, w of x[n, i, h, w] * y[n, j, h, w] (NCHW)."""
     return torch.einsum("nihw,njhw->nij", x, y) / (x.shape[2] * x.shape[3])
@@ -185,7 +225,8 @@ def step_reference(m, d, teacher, step, dtype, flips=None):
     for k in load_store(d, rec["teacher"]) if "teacher" in rec else []:
         out[f"teacher {k}"] = nhwc(tv[k])
     for k in acts:
-        out[f"activation {k}"] = nhwc(sv[k])
+        if k != m["student"]["input"]:
+            out[f"activation {k}"] = nhwc(sv[k])
     grads = torch.autograd.grad(total, [leaves[k] for k in trainable])
     with torch.no_grad():
         for k, g in zip(trainable, grads):
@@ -206,7 +247,8 @@ def recorded_step(m, d, step):
     out["loss total"] = torch.tensor([rec["total"]])
     for key, entry in [("teacher", "teacher"), ("activation", "activations"), ("grad", "grads"), ("velocity", "velocity"), ("after", "after")]:
         for k, v in (load_store(d, rec[entry]) if entry in rec else {}).items():
-            out[f"{key} {k}"] = v
+            if not (key == "activation" and k == m["student"]["input"]):
+                out[f"{key} {k}"] = v
     return out
 
 
@@ -224,7 +266,7 @@ GROUPS = [
     ("activation", "student activations (train mode)"),
     ("grad", "student parameter gradients"),
     ("velocity", "momentum buffers after the update"),
-    ("after", "parameters and statistics after the update"),
+    ("after", "change of parameters and statistics in the update"),
     ("engine", "engine logits (f32 and f16 files, BN folded)"),
 ]
 
@@ -237,6 +279,14 @@ def check_run(d):
     teacher32 = {k: v.float() for k, v in teacher64.items()}
     rows, failures, flips = [], [], []
     print(f"{m['title']} ({d})")
+    check_semantics(m, d)
+    check_trainable(m, d, files["student_before1"], [p["name"] for p in m["steps"][0]["grads"]["params"]])
+    for step in m["steps"]:
+        kinds = [p["label"].split(":")[0] for p in step["parts"]]
+        want = [{"soft_label": "soft"}.get(l["kind"], l["kind"]) for l in m["losses"]]
+        weights = [p["weight"] for p in step["parts"]]
+        if kinds != want or any(abs(w - l["weight"]) > 1e-6 * abs(l["weight"]) for w, l in zip(weights, m["losses"])):
+            sys.exit(f"{d}: recorded losses {list(zip(kinds, weights))} are not the manifest's {m['losses']}")
 
     def compare(step, key, ours, r64, r32, bound=None):
         err, err32 = rel(ours, r64), rel(r32.to(torch.float64), r64)
@@ -256,8 +306,15 @@ def check_run(d):
         missing = set(r64) ^ set(ours)
         if missing:
             sys.exit(f"step {step}: the recording and the reference differ in what they hold: {sorted(missing)}")
+        # Parameters and statistics by their change: they dwarf one step's update, which a
+        # comparison of the values would hide under the bound.
+        before = load_store(d, files["student_before1"] if step == 1 else m["steps"][step - 2]["after"])
         for key in r64:
-            compare(step, key, ours[key], r64[key], r32[key])
+            if key.startswith("after "):
+                b = before[key[len("after "):]]
+                compare(step, key, ours[key] - b, r64[key] - b, r32[key] - b)
+            else:
+                compare(step, key, ours[key], r64[key], r32[key])
 
     # The engine: the student after the last step (and the teacher), eval mode, first batch,
     # from the weights as the exporter folds (and for f16 rounds) them.
@@ -336,7 +393,26 @@ def check_finetune(d):
             after = p0 - opt["lr"] * v
         return loss.detach().reshape(1), torch.cat([after, v]).detach()
 
+    def split(tail, flat):
+        """The parameter half of a state by tensor: fc weights, fc bias, then the tail's two."""
+        sizes = [c * classes, classes] + ([] if tail == "fc" else [c_in * c if tail == "fc_sep" else c, c])
+        names = ["fc weights", "fc bias"] + ([] if tail == "fc" else ["tail weights", "tail bias"])
+        return list(zip(names, torch.split(flat[: sum(sizes)], sizes)))
+
     for t in m["tails"]:
+        # The starting state: the file's fc (and pointwise conv) widened from f16, the affine at
+        # identity, momentum 0 — rebuilt here from the folded, f16-rounded parameters.
+        state0 = torch.tensor(load(d, t["state"]))
+        k = state0.shape[0] // 2
+        want = [p64[fc["params"][0]].flatten(), p64[fc["params"][1]]]
+        if t["tail"] == "fc_affine":
+            want += [torch.ones(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)]
+        elif t["tail"] == "fc_sep":
+            want += [p64[sep["params"][0]].flatten(), p64[sep_bn["params"][1]]]
+        want = torch.cat(want + [torch.zeros(k, dtype=torch.float64)])
+        if want.shape != state0.shape or (state0 - want).abs().max().item() > 0:
+            failures.append(f"{t['tail']} starting state")
+            print(f"  FAIL {t['tail']} starting state: not the file's f16 values (+ identity affine, zero momentum)")
         for i, st in enumerate(t["steps"], start=1):
             before = torch.tensor(load(d, t["state"] if i == 1 else t["steps"][i - 2]["state"]))
             x = torch.tensor(load(d, st["images"]).reshape(n, 32, 32, 3))
@@ -348,11 +424,14 @@ def check_finetune(d):
             k = before.shape[0] // 2
             after = torch.tensor(load(d, st["state"]))
             r32 = (r32[0], r32[1].to(torch.float64))
-            for what, o, a, b in [
-                ("loss", torch.tensor([st["loss"]]), r64[0], r32[0]),
-                ("momentum after", after[k:], r64[1][k:], r32[1][k:]),
-                ("parameter change", after[:k] - before[:k], r64[1][:k] - before[:k], r32[1][:k] - before[:k]),
-            ]:
+            cmp = [("loss", torch.tensor([st["loss"]]), r64[0], r32[0])]
+            for (part, o), (_, a), (_, b) in zip(split(t["tail"], after[k:]), split(t["tail"], r64[1][k:]),
+                                                 split(t["tail"], r32[1][k:])):
+                cmp.append((f"momentum after, {part}", o, a, b))
+            change = [split(t["tail"], x[:k] - before[:k]) for x in (after, r64[1], r32[1])]
+            for (part, o), (_, a), (_, b) in zip(*change):
+                cmp.append((f"parameter change, {part}", o, a, b))
+            for what, o, a, b in cmp:
                 err, err32 = rel(o, a), rel(b.to(torch.float64), a)
                 limit = max(FACTOR * err32, FLOOR)
                 rows.append((t["tail"], what, err, err32))
@@ -363,7 +442,7 @@ def check_finetune(d):
     print(f"  {'compared (relative error to float64)':52} {'tensors':>7} {'tinykd':>8} {'PyTorch f32':>11}")
     for tail in [t["tail"] for t in m["tails"]]:
         for what in ["loss", "momentum after", "parameter change"]:
-            sel = [r for r in rows if r[0] == tail and r[1] == what]
+            sel = [r for r in rows if r[0] == tail and r[1].startswith(what)]
             print(f"  {tail + ': ' + what:52} {len(sel):7} {max(r[2] for r in sel):8.1e} {max(r[3] for r in sel):11.1e}")
     return len(rows), failures
 
@@ -371,9 +450,12 @@ def check_finetune(d):
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
+    if not os.path.isdir(sys.argv[1]):
+        sys.exit(f"{sys.argv[1]}: not a directory (write one with `cargo run --release --example crosscheck -- DIR`)")
     runs = sorted(e.path for e in os.scandir(sys.argv[1]) if os.path.isfile(os.path.join(e.path, "manifest.json")))
-    if not runs:
-        sys.exit(f"no recorded run (a directory with manifest.json) in {sys.argv[1]}")
+    missing = RUNS - {os.path.basename(r) for r in runs}
+    if missing:
+        sys.exit(f"{sys.argv[1]}: missing recorded runs {sorted(missing)} (the example writes {sorted(RUNS)})")
     total, failures = 0, []
     for d in runs:
         kind = json.load(open(os.path.join(d, "manifest.json"))).get("kind")
