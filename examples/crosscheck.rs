@@ -222,8 +222,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     // Running statistics a third of the way to the batch statistics (four train-mode batches
     // at learning rate 0: only the statistics move).
     let still = TrainConfig { batch_size: batch, threads: 2, schedule: Schedule::constant(0.0)?, ..Default::default() };
-    let mut warm =
-        Trainer::new(Merged::student_only(&teacher), offsets(ParamStore::init(&tcfg, 11)?), &[Loss::ce()], still.clone())?;
+    let mut warm = Trainer::new(
+        Merged::student_only(&teacher),
+        offsets(ParamStore::init(&tcfg, 11)?),
+        &[Loss::ce()],
+        still.clone(),
+    )?;
     for i in 0..4 {
         warm.step(&images(batch, 100 + i), &vec![0; batch])?;
     }
@@ -351,7 +355,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     fs::create_dir_all(&dir)?;
     let fcfg = ModelConfig::mobilenet_v1(250);
     let fprog = models::program(&fcfg)?;
-    let mut warm = Trainer::new(Merged::student_only(&fprog), offsets(ParamStore::init(&fcfg, 13)?), &[Loss::ce()], still)?;
+    let mut warm =
+        Trainer::new(Merged::student_only(&fprog), offsets(ParamStore::init(&fcfg, 13)?), &[Loss::ce()], still)?;
     for i in 0..4 {
         warm.step(&images(batch, 200 + i), &vec![0; batch])?;
     }
