@@ -1,30 +1,33 @@
 #!/usr/bin/env python3
-"""Re-computes in PyTorch what `cargo run --release --example crosscheck -- DIR` recorded in DIR,
-and fails if tinykd's figures are not those of the same math, computed as accurately as
-PyTorch computes them in float32.
+"""Re-computes in PyTorch what `cargo run --release --example crosscheck -- DIR` recorded in DIR
+(four runs: distillation with every loss, an odd-width CIFAR-stem student, ResNet50 alone, the
+on-device fine-tuner's tails), and fails if tinykd's figures are not those of the same math,
+computed as accurately as PyTorch computes them in float32.
 
-It rebuilds both programs op by op from the manifest (PyTorch's conv2d, grouped conv2d for the
+It rebuilds the programs op by op from the manifest (PyTorch's conv2d, grouped conv2d for the
 depthwise convs, batch norm by its formula, max pool, ...; tinykd's HWIO weights turned into
-OIHW) and re-runs each recorded distillation step from tinykd's own state before it (the
-previous step's parameters, running statistics and momentum buffers): teacher in eval mode,
-student in train mode, the manifest's losses, autograd gradients, Momentum with weight decay
+OIHW) and re-runs each recorded step from tinykd's own state before it (the previous step's
+parameters, running statistics and momentum buffers): teacher in eval mode, student in train
+mode, the manifest's losses, autograd gradients, Momentum with weight decay
 (v = mu*v + g + wd*p, p -= lr*v), running statistics updated with the biased batch variance.
-Compared per step: the loss values (cross-entropy, L2 hint, soft label, FSP), the teacher
-tensors they read, every student activation tinykd kept,
-every parameter gradient, every parameter, statistic and momentum buffer after the update;
-then the engine's logits (f32 and f16 weight files) for the student after the last step and
-for the teacher, against the same model with its batch norms folded into the convs and its
-weights rounded as the exporter does (in float32, then to f16 for the f16 file).
+Compared per step: the loss values, the teacher tensors they read, every student activation
+tinykd kept, every parameter gradient and momentum buffer, and the change of every parameter
+and statistic in the update; then the engine's logits (f32 and f16 weight files) against the
+model with its batch norms folded into the convs and its weights rounded as the exporter does
+(in float32, then to f16 for the f16 file). The fine-tuner's run: its starting state (exactly
+the file's values), then per tail and step the loss, the momentum and the parameters' change,
+tensor by tensor. What DESIGN.md fixes is asserted, not read from the manifest: batch norm's
+eps and momentum, ResNet50 v1.5's strides, the trainable parameter counts, a gradient for
+every parameter, the recorded losses against the configured ones.
 
 Each comparison is the relative error ||x - ref|| / ||ref|| of a whole tensor against the
 float64 result. The bound is what PyTorch itself reaches in float32 on the same computation,
-times 4, and at least 1e-4: some gradients are ill-conditioned sums (a batch norm's scale
-gradient at initialisation is a sum of terms that nearly cancel; PyTorch's float32 is 2e-2 off
-there too), which a fixed bound would either flag or hide everything behind. A ReLU whose input
-is within rounding of 0 may pass a value on one side and block it on the other; the float64
-reference takes tinykd's decision there (from its recorded ReLU outputs), and every such
-disagreement is listed with its distance from 0, which must be below 1e-4 of the tensor's RMS
-or 10x the relative error of tinykd's forward on that tensor, whichever is larger.
+times 4, and at least 1e-4: some quantities are ill-conditioned sums, which a fixed bound would
+either flag or hide everything behind. A ReLU whose input is within rounding of 0 may pass a
+value on one side and block it on the other; the float64 reference takes tinykd's decision
+there (from its recorded ReLU outputs), and every such disagreement is listed with its distance
+from 0, which must be below 1e-4 of the tensor's RMS or 10x the relative error of tinykd's
+forward on that tensor, whichever is larger.
 
 Usage: python3 scripts/torch_crosscheck.py DIR   (needs torch and numpy)
 """
