@@ -209,43 +209,41 @@ mod scalar {
     /// float64 value, where PyTorch's float32 is 1e-6 off: `scripts/torch_crosscheck.py`.)
     const BLOCK: usize = 256;
 
-    /// `mean((s − t)²)` summed in [`BLOCK`]s; `each(i, s_i − t_i)` sees every difference.
-    fn mean_sq_diff(s: &[f32], t: &[f32], mut each: impl FnMut(usize, f32)) -> f32 {
-        let mut total = 0.0f64;
-        for (b, (sb, tb)) in s.chunks(BLOCK).zip(t.chunks(BLOCK)).enumerate() {
+    /// The mean of `len` terms from their [`BLOCK`] sums (each in f32), added in f64.
+    fn block_mean(len: usize, blocks: impl Iterator<Item = f32>) -> f32 {
+        (blocks.map(f64::from).sum::<f64>() / len as f64) as f32
+    }
+
+    pub(super) fn l2(t: &[f32], s: &[f32], mut ds: Option<&mut [f32]>) -> f32 {
+        let inv = 1.0 / s.len() as f32;
+        let blocks = s.chunks(BLOCK).zip(t.chunks(BLOCK)).enumerate().map(|(b, (sb, tb))| {
             let mut part = 0.0f32;
             for (i, (&s, &t)) in sb.iter().zip(tb).enumerate() {
                 let d = s - t;
                 part += d * d;
-                each(b * BLOCK + i, d);
+                if let Some(ds) = ds.as_deref_mut() {
+                    ds[b * BLOCK + i] = 2.0 * d * inv;
+                }
             }
-            total += part as f64;
-        }
-        (total / s.len() as f64) as f32
-    }
-
-    pub(super) fn l2(t: &[f32], s: &[f32], ds: Option<&mut [f32]>) -> f32 {
-        let inv = 1.0 / s.len() as f32;
-        match ds {
-            Some(ds) => mean_sq_diff(s, t, |i, d| ds[i] = 2.0 * d * inv),
-            None => mean_sq_diff(s, t, |_, _| ()),
-        }
+            part
+        });
+        block_mean(s.len(), blocks)
     }
 
     /// Returns `mean((gs − gt)²)` and leaves `gs = 2(gs − gt)/len`.
     pub(super) fn fsp_diff(gs: &mut [f32], gt: &[f32]) -> f32 {
-        let inv = 1.0 / gs.len() as f32;
-        let mut total = 0.0f64;
-        for (sb, tb) in gs.chunks_mut(BLOCK).zip(gt.chunks(BLOCK)) {
+        let len = gs.len();
+        let inv = 1.0 / len as f32;
+        let blocks = gs.chunks_mut(BLOCK).zip(gt.chunks(BLOCK)).map(|(sb, tb)| {
             let mut part = 0.0f32;
             for (s, &t) in sb.iter_mut().zip(tb) {
                 let d = *s - t;
                 part += d * d;
                 *s = 2.0 * d * inv;
             }
-            total += part as f64;
-        }
-        (total / gs.len() as f64) as f32
+            part
+        });
+        block_mean(len, blocks)
     }
 
     pub(super) fn soft_label(s: &Logits, t: &[f32], z: &[f32], tt: f32, ts: f32, mut ds: Option<&mut [f32]>) -> f32 {
