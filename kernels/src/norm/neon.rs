@@ -2,8 +2,8 @@
 //! the same order, no fused multiply-add), 4 channels per instruction; the twins of `avx2.rs`.
 
 use super::scalar::{
-    apply_row, blocked_sums, bwd_apply_row, bwd_sums_row, infer_row, m2_row, sum_row, Block, BwdSums, Stored, Tile,
-    BLOCK,
+    apply_row, blocked_sums, bwd_apply_row, bwd_sums_row, infer_row, m2_row, moments_by, sum_row, Block, BwdSums,
+    Stored, Tile, BLOCK,
 };
 use super::ReluAfter;
 use crate::act::Act;
@@ -113,14 +113,9 @@ unsafe fn gate4(
 /// supports NEON.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
-    // SAFETY (both closures): the tiles lie inside `x` (s.rows rows of s.c) and the vectors;
-    // NEON present (caller).
-    blocked_sums(s.c, s.rows, [&mut *mean], |t, [p]| unsafe { sum_tile(t, x, p) });
-    let inv = 1.0 / s.rows as f32;
-    for m in mean.iter_mut() {
-        *m *= inv;
-    }
-    blocked_sums(s.c, s.rows, [&mut *m2], |t, [p]| unsafe { m2_tile(t, x, mean, p) });
+    // SAFETY (both closures): the tiles lie inside `x` (s.rows rows of s.c) and `mean` covers
+    // their channels; NEON present (caller).
+    moments_by(s, mean, m2, |t, p| unsafe { sum_tile(t, x, p) }, |t, mean, p| unsafe { m2_tile(t, x, mean, p) });
 }
 
 /// One tile of [`moments`]' sums: `p[j] += x[r][c0 + j]`, rows `r0..r1` in order.
@@ -143,11 +138,10 @@ unsafe fn sum_tile(t: &Tile, x: &[f32], p: &mut [f32]) {
 /// One tile of [`moments`]' squared deviations: `p[j] += (x[r][c0 + j] − mean[c0 + j])²`.
 ///
 /// # Safety
-/// As [`sum_tile`], and `mean` covers the tile's channels.
+/// As [`sum_tile`], and `mean` holds the tile's channels (`cb`).
 #[target_feature(enable = "neon")]
 unsafe fn m2_tile(t: &Tile, x: &[f32], mean: &[f32], p: &mut [f32]) {
     let full = t.cb / 4 * 4;
-    let mean = t.cols(mean);
     for r in t.r0..t.r1 {
         let row = t.row(x, r);
         for i in (0..full).step_by(4) {

@@ -90,20 +90,40 @@ pub(super) fn blocked_sums<const K: usize>(
 }
 
 pub(super) fn moments(s: &Channels, x: &[f32], mean: &mut [f32], m2: &mut [f32]) {
-    blocked_sums(s.c, s.rows, [&mut *mean], |t, [p]| {
-        for r in t.r0..t.r1 {
-            sum_row(0, t.row(x, r), p);
-        }
-    });
+    moments_by(
+        s,
+        mean,
+        m2,
+        |t, p| {
+            for r in t.r0..t.r1 {
+                sum_row(0, t.row(x, r), p);
+            }
+        },
+        |t, mean, p| {
+            for r in t.r0..t.r1 {
+                m2_row(0, t.row(x, r), mean, p);
+            }
+        },
+    );
+}
+
+/// The order of [`moments`] on every path, given its tiles' row loops: `sum(tile, p)` adds the
+/// tile's values into `p`, `dev(tile, mean, p)` their squared deviations from the tile's
+/// channels of `mean`; blocks of rows as [`blocked_sums`], then `mean = sum/rows`.
+#[inline(always)]
+pub(super) fn moments_by(
+    s: &Channels,
+    mean: &mut [f32],
+    m2: &mut [f32],
+    mut sum: impl FnMut(&Tile, &mut [f32]),
+    mut dev: impl FnMut(&Tile, &[f32], &mut [f32]),
+) {
+    blocked_sums(s.c, s.rows, [&mut *mean], |t, [p]| sum(t, p));
     let inv = 1.0 / s.rows as f32;
     for m in mean.iter_mut() {
         *m *= inv;
     }
-    blocked_sums(s.c, s.rows, [&mut *m2], |t, [p]| {
-        for r in t.r0..t.r1 {
-            m2_row(0, t.row(x, r), t.cols(mean), p);
-        }
-    });
+    blocked_sums(s.c, s.rows, [&mut *m2], |t, [p]| dev(t, t.cols(mean), p));
 }
 
 // The per-row loops below are the specification of one row's channels `from..`; the SIMD
@@ -230,9 +250,8 @@ pub(super) fn bwd_sums(
     sum_dy_xhat: &mut [f32],
 ) {
     blocked_sums(c, x.len() / c, [sum_dy, sum_dy_xhat], |t, [pd, px]| {
-        let relu = relu.map(|r| t.relu(r));
+        let (relu, mean, invstd) = (relu.map(|r| t.relu(r)), t.cols(mean), t.cols(invstd));
         for r in t.r0..t.r1 {
-            let (mean, invstd) = (t.cols(mean), t.cols(invstd));
             bwd_sums_row(0, t.row(x, r), t.row(dy, r), relu.as_ref(), mean, invstd, pd, px);
         }
     });
