@@ -76,6 +76,11 @@ fn blob(dir: &Path, name: &str, data: &[f32]) -> Result<String, Box<dyn Error>> 
     Ok(file)
 }
 
+/// The program's own name of the tensor `name` reaches (aliases resolved), if any.
+fn canon(p: &Program, name: &str) -> Option<String> {
+    p.find(name).map(|id| p.tensor(id).name.as_str().to_string())
+}
+
 /// Every parameter and statistic of `store` in one blob, with each one's name, dims, kind and
 /// offset (in f32) in the returned list.
 fn store_blob(dir: &Path, name: &str, store: &ParamStore) -> Result<Value, Box<dyn Error>> {
@@ -185,8 +190,7 @@ fn record(
                 let (mut all, mut layout) = (Vec::new(), Vec::new());
                 for name in names {
                     if let Some((a, dims)) = exec.activation(name) {
-                        let canon = prog.find(name).map(|id| prog.tensor(id).name.as_str());
-                        layout.push(json!({ "name": canon, "dims": dims.as_slice(), "offset": all.len() }));
+                        layout.push(json!({ "name": canon(prog, name), "dims": dims.as_slice(), "offset": all.len() }));
                         all.extend_from_slice(a);
                     }
                 }
@@ -286,7 +290,6 @@ fn main() -> Result<(), Box<dyn Error>> {
         json!({ "kind": "soft_label", "weight": SOFT.0, "teacher": "fc", "student": "fc7", "tt": SOFT.1, "ts": SOFT.2 }),
     );
     let student = models::program(&ModelConfig::mobilenet_v1(1000))?;
-    let canon = |p: &Program, n: &str| p.find(n).map(|id| p.tensor(id).name.as_str().to_string());
     student_run(
         "distill",
         "distillation: ResNet50 teacher, MobileNetV1 1.0 student, every loss",
