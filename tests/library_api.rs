@@ -1,16 +1,19 @@
 //! The public library API refuses bad input up front with errors that name it: non-finite
 //! teacher or student parameters, losses whose trained side is a teacher tensor, an empty
 //! teacher prefix, invalid optimizer settings, batches of the wrong size and out-of-range labels
-//! in training and evaluation; a non-finite loss at step 0 does not blame the learning rate; and
-//! the documented behaviour of a diverged update and of the teacher executor's accessors.
+//! in training and evaluation; a non-finite loss at step 0 does not blame the learning rate; a
+//! non-finite gradient or running statistic stops the step and leaves the trainer as it was, an
+//! overflowing update is named; and the documented behaviour of the teacher executor's
+//! accessors.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tinykd::dist::{self, merge, DistError, Loss, Merged};
 use tinykd::graph::Program;
 use tinykd::models;
 use tinykd::params::ParamStore;
-use tinykd::train::{MemoryData, Schedule, TrainConfig, TrainError, Trainer};
+use tinykd::train::{Diverged, MemoryData, Schedule, TrainConfig, TrainError, Trainer};
 use tinykd::ModelConfig;
 
 /// MobileNetV1 at 0.25 width, 32x32x3 inputs, 10 classes.
@@ -217,15 +220,105 @@ fn labels_out_of_range_are_named_before_running() {
     t.step(&images(2), &[3, 99]).unwrap();
 }
 
+/// A custom loss on `fc7` of value 1 whose gradient is the f32 in `seed` (its bits) at class 0
+/// of every sample, 0 elsewhere.
+fn seeding_loss(seed: Arc<AtomicU32>) -> Loss {
+    let f = Arc::new(move |args: &[dist::TensorArg<'_>]| {
+        let s = f32::from_bits(seed.load(Ordering::Relaxed));
+        Ok((1.0, vec![(0..args[0].data.len()).map(|i| if i % 10 == 0 { s } else { 0.0 }).collect()]))
+    });
+    Loss::custom("seeding", &["fc7"], f)
+}
+
+/// The bits of everything a step may change: parameters and statistics, momentum buffers, the
+/// step count.
+fn state(t: &Trainer) -> (Vec<Vec<u32>>, Vec<Vec<u32>>, usize) {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect();
+    let params = t.params().params().iter().map(|p| bits(&p.data)).collect();
+    (params, t.momentum_buffers().iter().map(|v| bits(v)).collect(), t.step_count())
+}
+
 #[test]
-fn a_diverged_update_returns_ok_with_all_finite_false() {
-    // Documented on `Trainer::step`: the update may write non-finite values; the caller checks.
-    // `lr · wd · p` overflows for every non-zero weight.
+fn a_non_finite_gradient_stops_the_step_and_changes_nothing() {
+    // A NaN seed reaches every gradient (the first in program order is conv1's, summed last);
+    // with the fc's weights zeroed, 3e38 at class 0 of both samples overflows only the fc's own
+    // gradients (summed first, after the last batch norm's backward): the backward's checks
+    // are right on both sides of the segment sums, on one thread and on two.
+    for threads in [1, 2] {
+        for (bad, zero_fc, first) in [(f32::NAN, false, "conv1_weights"), (3e38, true, "fc7_")] {
+            let (prog, params) = tiny(2);
+            let seed = Arc::new(AtomicU32::new(0.5f32.to_bits()));
+            let c = TrainConfig { threads, ..cfg() };
+            let mut t = Trainer::new(Merged::student_only(&prog), params, &[seeding_loss(seed.clone())], c).unwrap();
+            t.step(&images(2), &[0, 1]).unwrap();
+            if zero_fc {
+                t.params_mut().get_mut("fc7_weights").unwrap().data.fill(0.0);
+            }
+            let before = state(&t);
+            seed.store(bad.to_bits(), Ordering::Relaxed);
+            let e = t.step(&images(2), &[0, 1]).unwrap_err();
+            let TrainError::NonFiniteTensor { step: 1, at: Diverged::Gradient, name, .. } = &e else { panic!("{e:?}") };
+            assert!(name.starts_with(first), "{e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("the gradient of {name} is not finite at step 1: it has ")), "{msg}");
+            assert!(msg.ends_with("nothing was updated; try a lower learning rate"), "{msg}");
+            // The named gradient is the first that a scan finds, and (for the fc case) the others are finite.
+            let scan = t.student().param_grads().find(|(_, g)| g.iter().any(|v| !v.is_finite()));
+            assert_eq!(scan.map(|(n, _)| n), Some(name.as_str()));
+            if zero_fc {
+                let bad: Vec<&str> = t
+                    .student()
+                    .param_grads()
+                    .filter(|(_, g)| g.iter().any(|v| !v.is_finite()))
+                    .map(|(n, _)| n)
+                    .collect();
+                assert!(bad.iter().all(|n| n.starts_with("fc7_")), "{bad:?}");
+            }
+            assert_eq!(state(&t), before, "the failed step changed the trainer");
+            // The caller may go on from the same state.
+            seed.store(0.5f32.to_bits(), Ordering::Relaxed);
+            t.step(&images(2), &[0, 1]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn non_finite_running_statistics_stop_the_step_and_are_put_back() {
+    // Inputs of 1e20 give conv1 outputs whose batch variance overflows: the running variance
+    // becomes infinite while the batch norm's output (scaled by 1/√∞ = 0) and the loss stay
+    // finite.
+    let (prog, params) = tiny(2);
+    let mut t = Trainer::new(Merged::student_only(&prog), params, &[Loss::ce()], cfg()).unwrap();
+    t.step(&images(2), &[0, 1]).unwrap();
+    let before = state(&t);
+    let huge: Vec<f32> = images(2).iter().map(|v| v * 1e20).collect();
+    let e = t.step(&huge, &[0, 1]).unwrap_err();
+    let TrainError::NonFiniteTensor { step: 1, at: Diverged::Statistic, name, .. } = &e else { panic!("{e:?}") };
+    assert!(name.starts_with("conv1_bn_"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("the batch-norm statistic {name} after the forward is not finite at step 1")),
+        "{e}"
+    );
+    assert_eq!(state(&t), before, "the statistics were not put back");
+}
+
+#[test]
+fn an_overflowing_update_is_an_error_naming_the_parameter() {
+    // Documented on `Trainer::step`: an update that overflows from finite values fails after
+    // writing. `lr · wd · p` overflows for every non-zero weight.
     let (prog, params) = tiny(2);
     let c = TrainConfig { schedule: Schedule::constant(1e30).unwrap(), weight_decay: 1e30, ..cfg() };
     let mut t = Trainer::new(Merged::student_only(&prog), params, &[Loss::ce()], c).unwrap();
-    let r = t.step(&images(2), &[0, 1]).unwrap();
-    assert!(!r.all_finite);
+    let e = t.step(&images(2), &[0, 1]).unwrap_err();
+    let TrainError::NonFiniteTensor { step: 0, at: Diverged::Update, name, .. } = &e else { panic!("{e:?}") };
+    assert_eq!(name, "conv1_weights");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("the update of conv1_weights is not finite at step 0: it wrote a weight tensor that now has"),
+        "{msg}"
+    );
+    assert!(msg.contains("restore the parameters and momentum buffers from a checkpoint"), "{msg}");
     assert!(t.params().params().iter().any(|p| p.data.iter().any(|v| !v.is_finite())));
 }
 

@@ -622,16 +622,17 @@ fn divergence_stops_the_run_with_a_message() {
 
 /// Under lr 1e30 the weights and gradients turn Inf/NaN in epoch 2 while the batch-normalised
 /// loss stays finite (about 1e29). Checked only on the loss, the run wrote the epoch-2
-/// checkpoint with non-finite weights and stopped in epoch 3; the gradients and weights are
-/// checked after every step, so the run stops in epoch 2, naming the tensor, and the epoch-1
-/// checkpoint stays the last one.
+/// checkpoint with non-finite weights and stopped in epoch 3; the running statistics, the
+/// gradients and the weights are checked in every step, so the run stops in epoch 2, naming
+/// the tensor, and the epoch-1 checkpoint stays the last one.
 #[test]
 fn divergence_leaves_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (code, err, ckpt) = diverging_run(dir.path());
     assert_eq!(code, Some(1), "{err}");
     let ck = Checkpoint::load(&ckpt).expect("the last good checkpoint loads");
-    assert!(ck.params.iter().any(|t| err.contains(&format!(" {} ", t.name))), "the message names no tensor: {err}");
+    let mut names = ck.params.iter().chain(&ck.statistics);
+    assert!(names.any(|t| err.contains(&format!(" {} ", t.name))), "the message names no tensor: {err}");
     assert!(err.contains("(epoch 2,") && err.contains("of epoch 1 is intact"), "{err}");
     for t in ck.params.iter().chain(&ck.statistics).chain(&ck.momentum) {
         let bad = t.data.iter().filter(|v| !v.is_finite()).count();

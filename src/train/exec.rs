@@ -219,6 +219,8 @@ struct GradSlot {
     /// thread, taken from thread 0) rather than a per-chunk sum.
     bn: bool,
     grad: LineBuf,
+    /// Whether every value of `grad` is finite after the last backward ([`Executor::non_finite_grad`]).
+    finite: bool,
 }
 
 /// Whole-batch statistics of one train-mode batch norm, as merged by one thread.
@@ -245,6 +247,9 @@ struct Worker {
     /// Per batch-norm gradient slot (γ, β): this chunk's value (empty for other slots, whose
     /// chunk gradients go to the thread's [`GradArena`]).
     pgrads: Vec<LineBuf>,
+    /// Per gradient slot: whether the piece of it this thread summed in the last backward is
+    /// finite (checked while the piece is still in cache).
+    piece_finite: Vec<bool>,
     /// Two channel-sized buffers: throw-away running statistics for `bn_finish_moments`.
     dummy: [Vec<f32>; 2],
     /// Per op, seconds spent in its forward and backward since the last reset, while
@@ -437,7 +442,8 @@ fn whole_piece(
 
 /// Slot `s`'s `piece` (at `start` in the slot) at reduce time, from the threads' `arenas`: the
 /// sum of their partials in thread order, or for a [`Whole`] slot its rows of `dW` over the
-/// whole batch ([`whole_piece`]). While profiling, the seconds it took go to `clock[0]` (sums)
+/// whole batch ([`whole_piece`]). Returns whether every value of the piece is finite (read
+/// back while it is in cache). While profiling, the seconds it took go to `clock[0]` (sums)
 /// or `clock[1]` (whole-batch).
 #[allow(clippy::too_many_arguments)]
 fn reduce_slot(
@@ -451,7 +457,7 @@ fn reduce_slot(
     piece: &mut [f32],
     stage: &mut LineBuf,
     clock: Option<&mut [f64; 2]>,
-) -> Result<(), KernelError> {
+) -> Result<bool, KernelError> {
     let t0 = clock.is_some().then(std::time::Instant::now);
     let at = rp.at(s).1.start;
     if let Some(wh) = &rp.whole[s] {
@@ -469,10 +475,11 @@ fn reduce_slot(
             act::add_inplace(isa, piece, &a[r.clone()])?;
         }
     }
+    let finite = crate::engine::all_finite(piece);
     if let (Some(c), Some(t0)) = (clock, t0) {
         c[rp.whole[s].is_some() as usize] += t0.elapsed().as_secs_f64();
     }
-    Ok(())
+    Ok(finite)
 }
 
 impl ReducePlan {
@@ -727,6 +734,7 @@ impl Executor {
                     op: i,
                     bn: op.kind == OpKind::BatchNorm,
                     grad: LineBuf::zeros(spec.dims.numel()),
+                    finite: true,
                 });
             }
             op_slots.push(pair);
@@ -753,6 +761,7 @@ impl Executor {
                     .map(|&c| BnSaved { count: 0, mean: vec![0.0; c], m2: vec![0.0; c], invstd: vec![0.0; c] })
                     .collect(),
                 pgrads: Vec::new(),
+                piece_finite: Vec::new(),
                 dummy: [vec![0.0; max_c], vec![0.0; max_c]],
                 times: Vec::new(),
                 reduce_s: [0.0; 2],
@@ -931,6 +940,14 @@ impl Executor {
     /// Every trainable parameter's name and gradient, in program order.
     pub fn param_grads(&self) -> impl Iterator<Item = (&str, &[f32])> {
         self.slots.iter().map(|s| (s.name.as_str(), &s.grad[..]))
+    }
+
+    /// The first trainable parameter (in program order) whose gradient after the last
+    /// [`Executor::backward`] holds a NaN or an infinity, with that gradient; `None` when every
+    /// gradient is finite. Known without a scan: the backward checks each gradient as it sums
+    /// it, while it is in cache.
+    pub fn non_finite_grad(&self) -> Option<(&str, &[f32])> {
+        self.slots.iter().find(|s| !s.finite).map(|s| (s.name.as_str(), &s.grad[..]))
     }
 
     /// Runs the forward pass in `mode` on the NHWC batch `input` (`n · h·w·c` normalised
@@ -1440,6 +1457,8 @@ impl Executor {
             if w.pgrads.is_empty() {
                 w.pgrads = self.slots.iter().map(|s| LineBuf::zeros(if s.bn { s.grad.len() } else { 0 })).collect();
             }
+            w.piece_finite.clear();
+            w.piece_finite.resize(self.slots.len(), true);
         }
         let rp = self.reduce_plan(&plan, n);
         while self.arenas.len() < t {
@@ -1513,14 +1532,20 @@ impl Executor {
         let last = rp.segments.len() - 1;
         let arenas: Vec<_> =
             self.arenas[..t].iter().map(|a| a[last % 2].read().unwrap_or_else(PoisonError::into_inner)).collect();
+        // Every gradient's finiteness, from the pieces' checks (batch-norm γ/β are checked here).
         let done = self.slots.iter_mut().enumerate().try_for_each(|(s, slot)| {
+            slot.finite = true;
             if !plan.active[slot.op] {
                 slot.grad.fill(0.0);
             } else if slot.bn {
                 slot.grad.copy_from_slice(&workers[0].pgrads[s]);
+                slot.finite = crate::engine::all_finite(&slot.grad);
             } else if rp.place[s].as_ref().is_some_and(|(seg, _)| *seg == last) {
-                reduce_slot(isa, &rp, s, &chunks, acts, &arenas, 0, &mut slot.grad, &mut stage, clock.as_mut())
-                    .map_err(|err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err })?;
+                slot.finite =
+                    reduce_slot(isa, &rp, s, &chunks, acts, &arenas, 0, &mut slot.grad, &mut stage, clock.as_mut())
+                        .map_err(|err| ExecError::Kernel { layer: prog.ops()[slot.op].name, err })?;
+            } else {
+                slot.finite = workers.iter().all(|w| w.piece_finite[s]);
             }
             Ok(())
         });
@@ -1598,7 +1623,8 @@ impl Executor {
 /// Thread `k`'s share of segment `seg`'s slots (`mine[slot]`: the offset of its piece in the
 /// slot and the piece of the slot's gradient) summed over the threads' arenas in thread order.
 /// A [`Whole`] slot's piece is computed instead ([`reduce_slot`], with the whole batch's
-/// activations `acts` and the thread's `stage`).
+/// activations `acts` and the thread's `stage`). `finite[slot]` records whether the piece is.
+#[allow(clippy::too_many_arguments)]
 fn reduce_segment(
     ctx: &Ctx<'_>,
     rp: &ReducePlan,
@@ -1606,6 +1632,7 @@ fn reduce_segment(
     mine: &mut Pieces<'_>,
     acts: &[LineBuf],
     stage: &mut LineBuf,
+    finite: &mut [bool],
     mut clock: Option<&mut [f64; 2]>,
 ) -> Result<(), ExecError> {
     let t = ctx.chunks.len();
@@ -1614,7 +1641,7 @@ fn reduce_segment(
         ctx.arenas[..t].iter().map(|a| a[parity].read().unwrap_or_else(PoisonError::into_inner)).collect();
     for &s in &rp.segments[seg] {
         let Some((start, piece)) = mine[s].as_mut() else { continue };
-        reduce_slot(ctx.isa, rp, s, ctx.chunks, acts, &arenas, *start, piece, stage, clock.as_deref_mut())
+        finite[s] = reduce_slot(ctx.isa, rp, s, ctx.chunks, acts, &arenas, *start, piece, stage, clock.as_deref_mut())
             .map_err(|err| ExecError::Kernel { layer: ctx.prog.ops()[rp.op[s]].name, err })?;
     }
     Ok(())
@@ -2036,7 +2063,7 @@ fn backward_chunk(
             if let (Ok(()), Some(rp)) = (&r, ctx.reduce) {
                 if let Some(seg) = rp.ends[i] {
                     let clock = (!w.times.is_empty()).then_some(&mut w.reduce_s);
-                    r = reduce_segment(ctx, rp, seg, mine, acts, &mut w.stage, clock);
+                    r = reduce_segment(ctx, rp, seg, mine, acts, &mut w.stage, &mut w.piece_finite, clock);
                 }
             }
             if let Err(e) = r {

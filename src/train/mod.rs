@@ -10,4 +10,6 @@ pub mod trainer;
 
 pub use exec::{ExecError, Executor, Mode};
 pub use sched::{Schedule, ScheduleError};
-pub use trainer::{DataSource, EvalReport, MemoryData, StepPhases, StepReport, TrainConfig, TrainError, Trainer};
+pub use trainer::{
+    DataSource, Diverged, EvalReport, MemoryData, StepPhases, StepReport, TrainConfig, TrainError, Trainer,
+};

@@ -5,13 +5,17 @@
 //! when a loss reads them; [`TrainError::Data`]); student forward in train mode; teacher
 //! forward in eval mode on the student's own input buffer (only when a loss reads a teacher
 //! tensor); losses and their gradients ([`Losses::compute`]); a check that every loss value is
-//! finite (otherwise the step stops with [`TrainError::NonFinite`] naming the step, before any
-//! trainable parameter or momentum buffer changes — the student's batch-norm running
-//! statistics have already absorbed that forward); student backward;
+//! finite ([`TrainError::NonFinite`]); student backward, which checks every gradient as it
+//! sums it ([`TrainError::NonFiniteTensor`] names the first that holds a NaN or an infinity);
 //! `v = μ·v + g + wd·p; p −= lr·v` ([`optim::sgd_momentum`]) for every trainable parameter
 //! (batch-norm running statistics are updated by the forward, never by the optimizer; the
-//! teacher is never touched). An update that writes a NaN or an infinity does not fail the
-//! step: it reports [`StepReport::all_finite`] false (see [`Trainer::step`]).
+//! teacher is never touched).
+//!
+//! A step that fails leaves the trainer as it was: the forward's updates of the running
+//! statistics are put back (they are copied before it, a few thousand values), and nothing
+//! else changes before the update. The one exception is an update that overflows f32 from
+//! finite values (e.g. a learning rate of 1e30): it is reported
+//! ([`TrainError::NonFiniteTensor`] with [`Diverged::Update`]) after it wrote its results.
 //!
 //! [`Trainer::new`] refuses what would only fail later: a momentum outside `[0, 1)`, a
 //! negative weight decay, non-finite student parameters (non-finite teacher ones are refused
@@ -145,6 +149,50 @@ pub enum TrainError {
     Config(String),
     /// The optimizer or a metric kernel refused its arguments.
     Kernel(KernelError),
+    /// A tensor the step computed held a NaN or an infinity at `step`, though every loss was
+    /// finite. For [`Diverged::Statistic`] and [`Diverged::Gradient`] the step stopped before
+    /// the update and the trainer is as it was before the step; for [`Diverged::Update`] the
+    /// update has written its results (see [`Trainer::step`]).
+    NonFiniteTensor {
+        /// The global step (0-based).
+        step: usize,
+        /// Where the step found it.
+        at: Diverged,
+        /// The parameter or statistic (for [`Diverged::Update`], the parameter whose weights or
+        /// momentum the update made non-finite).
+        name: String,
+        /// What is wrong with it, e.g. `has 3 of 216 values not finite (3 NaN; the first at
+        /// index 7)`.
+        detail: String,
+        /// The losses of that step.
+        values: LossValues,
+    },
+}
+
+/// A trainable parameter as the update takes it: its index in the store, its values, its
+/// momentum buffer and its gradient.
+type Trainable<'a> = (usize, &'a mut [f32], &'a mut [f32], &'a [f32]);
+
+/// Why [`Trainer::update`] failed.
+enum UpdateError {
+    Kernel(KernelError),
+    /// It made the weights or momentum of parameter `name` non-finite.
+    NonFinite {
+        name: String,
+        detail: String,
+    },
+}
+
+/// Where a step whose losses were finite found a NaN or an infinity
+/// ([`TrainError::NonFiniteTensor`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Diverged {
+    /// A batch-norm running statistic, after the student's forward (restored since).
+    Statistic,
+    /// A trainable parameter's gradient, after the backward (nothing was updated).
+    Gradient,
+    /// A trainable parameter or its momentum buffer, as the update wrote it.
+    Update,
 }
 
 impl fmt::Display for TrainError {
@@ -172,6 +220,25 @@ impl fmt::Display for TrainError {
             TrainError::Data(e) => write!(f, "data: {e}"),
             TrainError::Config(e) => write!(f, "configuration: {e}"),
             TrainError::Kernel(e) => write!(f, "{e}"),
+            TrainError::NonFiniteTensor { step, at, name, detail, values } => {
+                let what = match at {
+                    Diverged::Statistic => format!("the batch-norm statistic {name} after the forward"),
+                    Diverged::Gradient => format!("the gradient of {name}"),
+                    Diverged::Update => format!("the update of {name}"),
+                };
+                write!(f, "{what} is not finite at step {step}: it {detail} (loss {})", values.total)?;
+                match at {
+                    Diverged::Update => f.write_str(
+                        "; the update has written its results, so restore the parameters and momentum buffers \
+                         from a checkpoint and use a lower learning rate or weight decay",
+                    ),
+                    _ if *step == 0 => f.write_str(
+                        "; nothing was updated; no update has run yet, so the learning rate is not the cause: check \
+                         the scale of the inputs and the loss weights",
+                    ),
+                    _ => f.write_str("; nothing was updated; try a lower learning rate"),
+                }
+            }
         }
     }
 }
@@ -205,10 +272,6 @@ pub struct StepReport {
     pub losses: LossValues,
     /// Where the step's wall-clock time went.
     pub phases: StepPhases,
-    /// Whether every gradient, weight, batch-norm statistic and momentum value is finite after
-    /// the step (checked as the update wrote them; when false, a caller finds which tensor by
-    /// scanning them).
-    pub all_finite: bool,
 }
 
 /// Wall-clock seconds of one step's phases, in the order they run (each phase uses all the
@@ -257,6 +320,9 @@ pub struct Trainer {
     step: usize,
     images: Vec<f32>,
     labels: Vec<u32>,
+    /// The running statistics as they were before the current step's forward (one entry per
+    /// statistic of `params`, in order), put back when the step fails.
+    saved_stats: Vec<Vec<f32>>,
 }
 
 impl Trainer {
@@ -360,6 +426,7 @@ impl Trainer {
             step: 0,
             images: Vec::new(),
             labels: Vec::new(),
+            saved_stats: Vec::new(),
         })
     }
 
@@ -440,15 +507,15 @@ impl Trainer {
     /// refused before anything runs ([`TrainError::Data`] naming the sample's place in the
     /// batch).
     ///
-    /// A non-finite loss stops the step before any update ([`TrainError::NonFinite`]). But
-    /// the update itself can still write a NaN or an infinity (an exploding gradient, a too
-    /// high learning rate): the step then returns `Ok` with [`StepReport::all_finite`] false,
-    /// and the trainer's weights, statistics or momentum buffers hold non-finite values that
-    /// every later step propagates. A caller should then stop, restore the parameters and
-    /// momentum buffers from the last good checkpoint ([`Trainer::params_mut`],
-    /// [`Trainer::set_momentum_buffers`], [`Trainer::set_step_count`]) and retry with a
-    /// lower learning rate — as the command line's training does (it stops, names the first
-    /// non-finite tensor and keeps the last epoch's checkpoint).
+    /// A NaN or an infinity stops the step: in a loss ([`TrainError::NonFinite`]), in a
+    /// running statistic after the forward or in a gradient ([`TrainError::NonFiniteTensor`],
+    /// naming the tensor). The step then leaves the trainer as it was (the statistics the
+    /// forward updated are put back; nothing else has changed), so a caller may lower the
+    /// learning rate and go on. Only an update that overflows f32 from finite gradients,
+    /// weights and momentum (far beyond any useful learning rate or weight decay) fails after
+    /// writing ([`Diverged::Update`]): the weights and momentum buffers then hold non-finite
+    /// values; restore them from the last good checkpoint ([`Trainer::params_mut`],
+    /// [`Trainer::set_momentum_buffers`], [`Trainer::set_step_count`]).
     pub fn step(&mut self, images: &[f32], labels: &[u32]) -> Result<StepReport, TrainError> {
         self.step_in_epoch(images, labels, None, 0)
     }
@@ -504,6 +571,40 @@ impl Trainer {
     ) -> Result<StepReport, TrainError> {
         self.check_batch(images, labels, indices, self.losses.needs_labels())?;
         let mut phases = StepPhases::default();
+        self.save_statistics();
+        let values = match self.forward_backward(images, labels, &mut phases) {
+            Ok(v) => v,
+            Err(e) => {
+                self.restore_statistics();
+                return Err(e);
+            }
+        };
+        let clock = Instant::now();
+        let lr = self.cfg.schedule.lr(self.step);
+        self.update(lr).map_err(|e| match e {
+            UpdateError::Kernel(e) => TrainError::Kernel(e),
+            UpdateError::NonFinite { name, detail } => TrainError::NonFiniteTensor {
+                step: self.step,
+                at: Diverged::Update,
+                name,
+                detail,
+                values: values.clone(),
+            },
+        })?;
+        phases.update = clock.elapsed().as_secs_f64();
+        let report = StepReport { step: self.step, epoch, lr, batch: labels.len(), losses: values, phases };
+        self.step += 1;
+        Ok(report)
+    }
+
+    /// The step up to the update: forwards, losses (refused when not finite), the check of the
+    /// running statistics, backward and the check of the gradients. Returns the losses.
+    fn forward_backward(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        phases: &mut StepPhases,
+    ) -> Result<LossValues, TrainError> {
         let mut clock = Instant::now();
         let mut lap = |slot: &mut f64| {
             let now = Instant::now();
@@ -519,50 +620,97 @@ impl Trainer {
         }
         let (values, seeds) = self.losses.compute(self.isa, &self.student, self.teacher.as_ref(), labels)?;
         lap(&mut phases.losses);
+        let step = self.step;
         if !values.total.is_finite() || values.parts.iter().any(|p| !p.2.is_finite()) {
-            return Err(TrainError::NonFinite { step: self.step, values });
+            return Err(TrainError::NonFinite { step, values });
+        }
+        let bad_stat = self.params.params().iter().filter(|p| p.kind == VarKind::Statistic).find_map(|p| {
+            let detail = crate::params::non_finite(&p.data)?;
+            Some((p.name.clone(), detail))
+        });
+        if let Some((name, detail)) = bad_stat {
+            return Err(TrainError::NonFiniteTensor { step, at: Diverged::Statistic, name, detail, values });
         }
         let seeds: Vec<_> = seeds.iter().map(|(id, g)| (*id, g.as_slice())).collect();
         self.student.backward(&self.params, &seeds)?;
         lap(&mut phases.backward);
-        let lr = self.cfg.schedule.lr(self.step);
+        if let Some((name, g)) = self.student.non_finite_grad() {
+            let detail = crate::params::non_finite(g).unwrap_or_else(|| "is not finite".into());
+            return Err(TrainError::NonFiniteTensor {
+                step,
+                at: Diverged::Gradient,
+                name: name.into(),
+                detail,
+                values,
+            });
+        }
+        Ok(values)
+    }
+
+    /// `v = μ·v + g + wd·p; p −= lr·v` for every trainable parameter, shared out over the
+    /// threads. Names the first parameter (in store order) whose weights or momentum it made
+    /// non-finite.
+    fn update(&mut self, lr: f32) -> Result<(), UpdateError> {
         let h = Momentum { lr, mu: self.cfg.momentum, wd: self.cfg.weight_decay };
         let grads: Vec<&[f32]> = self.student.param_grads().map(|(_, g)| g).collect();
-        // The trainable parameters (with velocity and gradient), shared out over the threads.
-        let trainable: Vec<(&mut [f32], &mut [f32], &[f32])> = self
+        // The trainable parameters (with store index, velocity and gradient).
+        let trainable: Vec<Trainable<'_>> = self
             .params
             .params_mut()
             .iter_mut()
             .zip(&mut self.velocity)
             .zip(&self.grad_of)
-            .filter_map(|((p, v), slot)| match (p.kind, slot) {
-                (VarKind::Parameter, Some(s)) => Some((&mut p.data[..], &mut v[..], grads[*s])),
+            .enumerate()
+            .filter_map(|(i, ((p, v), slot))| match (p.kind, slot) {
+                (VarKind::Parameter, Some(s)) => Some((i, &mut p.data[..], &mut v[..], grads[*s])),
                 _ => None,
             })
             .collect();
         let isa = self.isa;
-        let shares = share_out(trainable, self.student.threads(), |t| t.0.len());
+        let shares = share_out(trainable, self.student.threads(), |t| t.1.len());
         let results = run_threads(shares.into_iter().map(|share| {
             move || {
-                let mut finite = true;
-                for (p, v, g) in share {
-                    finite &= optim::sgd_momentum(isa, h, p, g, v).map_err(TrainError::Kernel)?;
+                let mut first_bad = None;
+                for (i, p, v, g) in share {
+                    if !optim::sgd_momentum(isa, h, p, g, v)? && first_bad.is_none() {
+                        first_bad = Some(i);
+                    }
                 }
-                Ok(finite)
+                Ok::<_, KernelError>(first_bad)
             }
         }));
-        let updated_finite = results.into_iter().collect::<Result<Vec<bool>, TrainError>>()?.into_iter().all(|f| f);
-        // What the update did not touch: the batch-norm statistics (the forward updated them)
-        // and any parameter without a gradient, with its momentum (a few thousand values).
-        let rest_finite = self.params.params().iter().zip(&self.velocity).zip(&self.grad_of).all(|((p, v), slot)| {
-            (p.kind == VarKind::Parameter && slot.is_some())
-                || (p.data.iter().all(|x| x.is_finite()) && v.iter().all(|x| x.is_finite()))
-        });
-        lap(&mut phases.update);
-        let all_finite = updated_finite && rest_finite;
-        let report = StepReport { step: self.step, epoch, lr, batch: labels.len(), losses: values, phases, all_finite };
-        self.step += 1;
-        Ok(report)
+        let mut first_bad = None;
+        for r in results {
+            first_bad = first_bad.or(r.map_err(UpdateError::Kernel)?);
+        }
+        let Some(i) = first_bad else { return Ok(()) };
+        let p = &self.params.params()[i];
+        let detail = match crate::params::non_finite(&p.data) {
+            Some(d) => format!("wrote a weight tensor that now {d}"),
+            None => match crate::params::non_finite(&self.velocity[i]) {
+                Some(d) => format!("wrote a momentum buffer that now {d}"),
+                None => "wrote a NaN or an infinity".into(),
+            },
+        };
+        Err(UpdateError::NonFinite { name: p.name.clone(), detail })
+    }
+
+    /// Copies the running statistics (before a forward that updates them).
+    fn save_statistics(&mut self) {
+        let stats = self.params.params().iter().filter(|p| p.kind == VarKind::Statistic);
+        self.saved_stats.resize_with(stats.clone().count(), Vec::new);
+        for (saved, p) in self.saved_stats.iter_mut().zip(stats) {
+            saved.clear();
+            saved.extend_from_slice(&p.data);
+        }
+    }
+
+    /// Puts back the running statistics [`Trainer::save_statistics`] copied.
+    fn restore_statistics(&mut self) {
+        let stats = self.params.params_mut().iter_mut().filter(|p| p.kind == VarKind::Statistic);
+        for (saved, p) in self.saved_stats.iter().zip(stats) {
+            p.data.copy_from_slice(saved);
+        }
     }
 
     /// One epoch over `data` (shuffled by `(seed, epoch)`, last partial batch dropped), calling
@@ -570,14 +718,8 @@ impl Trainer {
     /// batch is checked as [`Trainer::step`] does (a bad sample is named by its index in
     /// `data`).
     ///
-    /// As with [`Trainer::step`], a step whose update wrote a NaN or an infinity does not stop
-    /// the epoch: `on_step` sees [`StepReport::all_finite`] false and the epoch goes on (a
-    /// non-finite weight usually makes a later step's loss non-finite, which stops it with
-    /// [`TrainError::NonFinite`]; a non-finite momentum or running statistic may not show in
-    /// the losses at all, and on the last step the epoch returns `Ok`). Note `all_finite` in
-    /// `on_step` (which cannot stop the epoch; to stop at once, loop over [`Trainer::step`]):
-    /// once it is false the weights are unusable; restore the last good checkpoint and retry
-    /// with a lower learning rate, as the command line's training does.
+    /// A step that fails stops the epoch with its error (see [`Trainer::step`]: the trainer is
+    /// then as it was before that step, unless the update overflowed).
     pub fn train_epoch(
         &mut self,
         data: &mut dyn DataSource,

@@ -39,7 +39,7 @@ use tinykd_kernels::DType;
 use super::eval::{check_fits_cifar, evaluate, fold_f32, Accuracy, Hits};
 use super::model_args::describe;
 use super::paths::{check_outputs, check_writable, dir_of};
-use super::weights_io::{all_finite, file_magic, named_tensors, non_finite, store_from_checkpoint, Magic};
+use super::weights_io::{file_magic, named_tensors, non_finite, store_from_checkpoint, Magic};
 use super::{default_threads, UsageError};
 use crate::crc32::Crc32;
 use crate::dist::{Loss, LossValues, Losses, Merged};
@@ -50,7 +50,7 @@ use crate::host::data::{load_cifar_dir, Augment, Dataset, Rng};
 use crate::host::metrics::{EpochMetrics, MetricsLog};
 use crate::host::progress::Progress;
 use crate::params::ParamStore;
-use crate::train::{Schedule, TrainConfig, TrainError, Trainer};
+use crate::train::{Diverged, Schedule, TrainConfig, TrainError, Trainer};
 use crate::weights::{self, FileKind, WeightFile};
 
 /// Images per engine run when evaluating the test split after an epoch.
@@ -551,21 +551,21 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
             let report = match trainer.step(&images, &y) {
                 Ok(r) => r,
                 Err(TrainError::NonFinite { step, values }) => {
-                    let d = Divergence { what: "the loss".into(), detail: None, step, epoch, values };
+                    let d = Divergence { what: "the loss".into(), detail: None, step, epoch, values, updated: false };
+                    return Err(d.error(o, &trainer, &ckpt_path));
+                }
+                Err(TrainError::NonFiniteTensor { step, at, name, detail, values }) => {
+                    let what = match at {
+                        Diverged::Statistic => format!("the batch-norm statistic {name} after the forward"),
+                        Diverged::Gradient => format!("the gradient of {name}"),
+                        Diverged::Update => format!("the update of {name}"),
+                    };
+                    let updated = at == Diverged::Update;
+                    let d = Divergence { what, detail: Some(detail), step, epoch, values, updated };
                     return Err(d.error(o, &trainer, &ckpt_path));
                 }
                 Err(e) => return Err(anyhow::anyhow!("{e}")),
             };
-            // The update reports whether everything it wrote is finite; only then are the
-            // tensors scanned, to name the first bad one (a scan of every gradient, weight and
-            // momentum on every step was ~5 % of a ResNet50 step, on one thread).
-            if !report.all_finite {
-                let (what, detail) = first_non_finite(&trainer)
-                    .unwrap_or_else(|| ("a value the update wrote".into(), "is not finite".into()));
-                let (step, values) = (report.step, report.losses);
-                let d = Divergence { what, detail: Some(detail), step, epoch, values };
-                return Err(d.error(o, &trainer, &ckpt_path));
-            }
             hits.add(trainer.student().logits(), &y)?;
             lr = report.lr;
             seen += idx.len();
@@ -652,22 +652,6 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
     Ok(Outcome { params, test, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// The first tensor of the last step that holds a NaN or an infinity, in the order the step
-/// produced them: parameter gradients (backward), then parameters and batch-norm statistics,
-/// then momentum buffers (update). Returns what it is and what is wrong with it.
-fn first_non_finite(trainer: &Trainer) -> Option<(String, String)> {
-    if let Some((name, g)) = trainer.student().param_grads().find(|(_, g)| !all_finite(g)) {
-        return Some((format!("the gradient of {name}"), non_finite(g)?));
-    }
-    let store = trainer.params().params();
-    if let Some(p) = store.iter().find(|p| !all_finite(&p.data)) {
-        let kind = if p.kind == VarKind::Parameter { "weight" } else { "batch-norm statistic" };
-        return Some((format!("the {kind} {} after the update", p.name), non_finite(&p.data)?));
-    }
-    let (p, v) = store.iter().zip(trainer.momentum_buffers()).find(|(_, v)| !all_finite(v))?;
-    Some((format!("the momentum of {} after the update", p.name), non_finite(v)?))
-}
-
 /// A step that produced a NaN or an infinity.
 struct Divergence {
     /// What held it: `the loss`, `the gradient of conv1_weights`, ...
@@ -680,6 +664,9 @@ struct Divergence {
     epoch: u64,
     /// The losses of that step.
     values: LossValues,
+    /// Whether the update ran (and wrote the non-finite values), rather than the step
+    /// stopping before it.
+    updated: bool,
 }
 
 impl Divergence {
@@ -706,7 +693,7 @@ impl Divergence {
     }
 
     /// What to change: the loss weights when the parts are finite but their weighted sum is
-    /// not, or when the untrained model's loss is already not finite (no update came before
+    /// not, or when the untrained model's step is already not finite (no update came before
     /// it, so the learning rate is not the cause); else the learning rate.
     fn advice(&self, o: &TrainOpts) -> String {
         if self.detail.is_none() && self.values.parts.iter().all(|p| p.2.is_finite()) {
@@ -715,9 +702,9 @@ impl Divergence {
                 short(self.values.total)
             );
         }
-        if self.detail.is_none() && self.step == 0 {
-            return "the untrained model's loss is not finite, so the learning rate is not the cause: check the \
-                    --loss weights and temperatures"
+        if !self.updated && self.step == 0 {
+            return "no update has run yet, so the learning rate is not the cause: check the --loss weights and \
+                    temperatures"
                 .into();
         }
         o.lr_advice()

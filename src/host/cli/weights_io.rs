@@ -159,12 +159,6 @@ pub fn store_from_checkpoint(ckpt: &Checkpoint, path: &Path) -> anyhow::Result<P
     Ok(store)
 }
 
-/// Whether every value is finite: one pass without early exit, which the compiler vectorises
-/// (cheap enough to run over every parameter after every training step).
-pub fn all_finite(data: &[f32]) -> bool {
-    data.iter().fold(true, |ok, v| ok & v.is_finite())
-}
-
 /// `None` if every value is finite, else what is wrong (the library's wording).
 pub use crate::params::non_finite;
 
