@@ -22,7 +22,7 @@
 //! file: the student's parameters, and per tail the state (trainable parameters, then their
 //! momentum) before and after each step, with each step's loss.
 //!
-//! `bash scripts/torch_crosscheck.sh` runs this and the check.
+//! `bash scripts/crosscheck.sh torch|numpy` runs this and the check.
 
 use std::error::Error;
 use std::fs;

@@ -40,25 +40,16 @@ try:
     import torch
     import torch.nn.functional as F
 except ImportError as e:
-    sys.exit(f"torch_crosscheck.py needs torch and numpy ({e}); see scripts/torch_crosscheck.sh")
+    sys.exit(f"torch_crosscheck.py needs torch and numpy ({e}); see scripts/crosscheck.sh")
 
-FACTOR = 4.0  # tinykd's error may be this many times PyTorch float32's ...
-FLOOR = 1e-4  # ... or this, whichever is larger
-FLIP_BOUND = 1e-4  # a ReLU decided otherwise may lie this far from 0 (in RMS of its input), or more: check_run
-
-
-def load(d, name):
-    return np.fromfile(os.path.join(d, name), dtype="<f4").astype(np.float64)
+from crosscheck_common import Table, check_finetune, check_recorded_losses, check_semantics, check_trainable
+from crosscheck_common import folded as folded_np
+from crosscheck_common import load, load_store_np, main, rel_np
 
 
 def load_store(d, entry):
     """{name: float64 tensor of its dims} from a blob and its layout."""
-    raw = load(d, entry["file"])
-    out = {}
-    for p in entry["params"]:
-        size = int(np.prod(p["dims"]))
-        out[p["name"]] = torch.tensor(raw[p["offset"] : p["offset"] + size].reshape(p["dims"]))
-    return out
+    return {k: torch.tensor(v) for k, v in load_store_np(d, entry).items()}
 
 
 def nhwc(t):
@@ -121,70 +112,14 @@ def run(prog, params, x, train, bn, stats=None, gates=None, flips=None):
     return vals
 
 
-# What DESIGN.md fixes, checked here rather than taken from tinykd's manifest: trainable
-# parameter counts, batch norm's eps and momentum, ResNet50 v1.5 (the stride on branch2b).
-PARAMS = {"mobilenet_v1 1.0": 3_217_226, "resnet50": 23_528_522}
-RUNS = {"distill", "distill_odd", "resnet50", "finetune"}
-
-
-def check_semantics(m, d):
-    """Refuses a manifest whose batch norm, architecture or trainable set is not DESIGN.md's."""
-    bn = m["bn"]
-    if np.float32(bn["eps"]) != np.float32(1e-5) or abs(bn["momentum"] - 0.9) > 1e-7:
-        sys.exit(f"{d}: batch norm eps {bn['eps']} / momentum {bn['momentum']}, not 1e-5 / 0.9")
-    for prog in [m["student"], m["teacher"]]:
-        if prog is None:
-            continue
-        names = {op["name"] for op in prog["ops"]}
-        if "res5a_branch2b" in names:
-            for op in prog["ops"]:
-                name = op["name"]
-                if op["kind"]["op"] == "conv" and name[:3] == "res" and name[3] in "345" and name[4] == "a":
-                    want = 2 if op["name"].endswith("branch2b") or op["name"].endswith("branch1") else 1
-                    if op["kind"]["stride"] != want:
-                        sys.exit(f"{d}: {op['name']} has stride {op['kind']['stride']}, not {want} (ResNet50 v1.5)")
-
-
-def check_trainable(m, d, store_entry, trainable):
-    """Every parameter (not statistic) of the starting store has a gradient; known totals."""
-    want = [p["name"] for p in store_entry["params"] if p["kind"] == "parameter"]
-    if want != trainable:
-        missing = sorted(set(want) - set(trainable))
-        sys.exit(f"{d}: parameters without a recorded gradient: {missing[:5]} (or another order)")
-    total = sum(int(np.prod(p["dims"])) for p in store_entry["params"] if p["kind"] == "parameter")
-    title = m["title"]
-    key = "resnet50" if title.startswith("ResNet50") else "mobilenet_v1 1.0" if "MobileNetV1 1.0" in title else None
-    if key and total != PARAMS[key]:
-        sys.exit(f"{d}: {total} trainable values, DESIGN.md has {PARAMS[key]} for {key}")
-
-
 def fsp(x, y):
     """G[n, i, j] = (1/(H*W)) sum over h, w of x[n, i, h, w] * y[n, j, h, w] (NCHW)."""
     return torch.einsum("nihw,njhw->nij", x, y) / (x.shape[2] * x.shape[3])
 
 
 def folded(prog, params, bn, f16):
-    """Eval-mode parameters as tinykd's exporter writes them: each batch norm folded into the
-    conv before it in float32 (scale = gamma / sqrt(var + eps), bias = beta - mean * scale,
-    weights * scale, the operations of `kernels::norm::bn_fold`), every tensor rounded to f16
-    when `f16`; the batch norm then only adds the bias (scale 1, mean 0, variance 1 - eps)."""
-    p32 = {k: v.numpy().astype(np.float32) for k, v in params.items()}
-    rnd = (lambda a: a.astype(np.float16).astype(np.float64)) if f16 else (lambda a: a.astype(np.float64))
-    out = {k: torch.tensor(rnd(v)) for k, v in p32.items()}
-    producer = {op["output"]: op for op in prog["ops"]}
-    eps = np.float32(bn["eps"])
-    for op in prog["ops"]:
-        if op["kind"]["op"] != "bn":
-            continue
-        w = producer[op["inputs"][0]]["params"][0]
-        gamma, beta, mean, var = (p32[k] for k in op["params"])
-        scale = gamma / np.sqrt(var + eps)
-        out[w] = torch.tensor(rnd(p32[w] * scale))  # c_out is the last axis (HWIO, depthwise HWC)
-        out[op["params"][0]] = torch.ones(len(scale), dtype=torch.float64)
-        out[op["params"][1]] = torch.tensor(rnd(beta - mean * scale))
-        out[op["params"][2]] = torch.zeros(len(scale), dtype=torch.float64)
-        out[op["params"][3]] = torch.full((len(scale),), 1.0 - bn["eps"], dtype=torch.float64)
-    return out
+    """`crosscheck_common.folded` (the exporter's folding and rounding) as torch tensors."""
+    return {k: torch.tensor(v) for k, v in folded_np(prog, {k: v.numpy() for k, v in params.items()}, bn, f16).items()}
 
 
 def step_reference(m, d, teacher, step, dtype, flips=None):
@@ -256,22 +191,7 @@ def recorded_step(m, d, step):
 
 
 def rel(x, ref):
-    x = x.reshape(ref.shape)
-    if not bool(torch.isfinite(x).all()):
-        return float("inf")
-    den = ref.norm().item()
-    return (x - ref).norm().item() / (den if den > 0 else 1.0)
-
-
-GROUPS = [
-    ("loss", "loss values"),
-    ("teacher", "teacher tensors the losses read (eval, BN folded)"),
-    ("activation", "student activations (train mode)"),
-    ("grad", "student parameter gradients"),
-    ("velocity", "momentum buffers after the update"),
-    ("after", "change of parameters and statistics in the update"),
-    ("engine", "engine logits (f32 and f16 files, BN folded)"),
-]
+    return rel_np(x.numpy(), ref.numpy())
 
 
 def check_run(d):
@@ -280,25 +200,14 @@ def check_run(d):
     files, bn, n = m["files"], m["bn"], m["batch"]
     teacher64 = load_store(d, files["teacher"]) if m["teacher"] is not None else {}
     teacher32 = {k: v.float() for k, v in teacher64.items()}
-    rows, failures, flips = [], [], []
+    table, flips = Table("PyTorch"), []
     print(f"{m['title']} ({d})")
     check_semantics(m, d)
-    check_trainable(m, d, files["student_before1"], [p["name"] for p in m["steps"][0]["grads"]["params"]])
-    for step in m["steps"]:
-        kinds = [p["label"].split(":")[0] for p in step["parts"]]
-        want = [{"soft_label": "soft"}.get(l["kind"], l["kind"]) for l in m["losses"]]
-        weights = [p["weight"] for p in step["parts"]]
-        if kinds != want or any(abs(w - l["weight"]) > 1e-6 * abs(l["weight"]) for w, l in zip(weights, m["losses"])):
-            sys.exit(f"{d}: recorded losses {list(zip(kinds, weights))} are not the manifest's {m['losses']}")
+    check_trainable(m, d)
+    check_recorded_losses(m, d)
 
-    def compare(step, key, ours, r64, r32, bound=None):
-        err, err32 = rel(ours, r64), rel(r32.to(torch.float64), r64)
-        limit = bound if bound is not None else max(FACTOR * err32, FLOOR)
-        rows.append((step, key, err, err32, limit))
-        if not err <= limit:
-            failures.append(f"step {step} {key}" if step else key)
-            print(f"  FAIL {'step %d ' % step if step else ''}{key}: relative error {err:.2e} > {limit:.1e} "
-                  f"(PyTorch float32: {err32:.2e})")
+    def compare(step, key, ours, r64, r32):
+        table.compare(step, key, rel(ours, r64), rel(r32.to(torch.float64), r64))
 
     for step in range(1, len(m["steps"]) + 1):
         found = []
@@ -333,148 +242,47 @@ def check_run(d):
             r32 = run(prog, {k: v.float() for k, v in p64.items()}, x64.float(), False, bn)[prog["output"]]
             compare(0, key, torch.tensor(load(d, files[key.replace(" ", "_")])), r64, r32)
 
-    # A ReLU decided otherwise: allowed within rounding of 0, i.e. FLIP_BOUND of the input's
-    # RMS, or 10x the relative error tinykd's forward reached on that tensor (deep in ResNet50
-    # both tinykd and PyTorch's float32 are ~2e-4 off the float64 activations).
-    err_of = {(r[0], r[1]): r[2] for r in rows}
-    for step, name, count, dist in flips:
-        limit = max(FLIP_BOUND, 10 * err_of.get((step, f"activation {name}"), 0.0))
-        ok = dist <= limit
-        print(f"  {'' if ok else 'FAIL '}step {step} ReLU {name}: {count} value(s) gated otherwise than "
-              f"PyTorch's float64 would, at most {dist:.1e} x RMS from 0 (bound {limit:.1e})")
-        if not ok:
-            failures.append(f"step {step} gates of {name}")
-
-    print(f"  {'compared (relative error to float64)':52} {'tensors':>7} {'tinykd':>8} {'PyTorch f32':>11}  "
-          "closest to its bound")
-    for prefix, title in GROUPS:
-        sel = [r for r in rows if r[1].startswith(prefix)]
-        if not sel:
-            continue
-        worst = max(sel, key=lambda r: r[2] / r[4])
-        where = f"step {worst[0]} {worst[1]}" if worst[0] else worst[1]
-        print(f"  {title:52} {len(sel):7} {max(r[2] for r in sel):8.1e} {max(r[3] for r in sel):11.1e}  {where}")
-    return len(rows), failures
+    table.check_flips(flips)
+    table.print_groups()
+    return len(table.rows), table.failures
 
 
-def check_finetune(d):
-    """Checks the fine-tuner's steps recorded in `d` (each tail, each step from its recorded
-    state): the loss, the momentum after the step and the parameters' change."""
-    m = json.load(open(os.path.join(d, "manifest.json")))
+def finetune_step(m, p64, t):
+    """The fine-tuner's step (`crosscheck_common.check_finetune`) in PyTorch: eval forward of
+    the folded model, the tail, cross-entropy, autograd, Momentum with weight decay."""
     prog, bn, opt, n = m["student"], m["bn"], m["optimizer"], m["batch"]
-    print(f"{m['title']} ({d})")
-    # The last ops: the pointwise conv, its batch norm (folded: adds the bias), ReLU, pool, fc.
-    sep, sep_bn, relu, _, fc = prog["ops"][-5:]
-    assert (sep["kind"]["op"], sep_bn["kind"]["op"], fc["kind"]["op"]) == ("conv", "bn", "fc"), "not MobileNetV1"
-    p64 = folded(prog, load_store(d, m["params"]), bn, True)
-    c_in, c = p64[sep["params"][0]].shape[2:]
-    classes = p64[fc["params"][1]].shape[0]
-    rows, failures = [], []
+    p64 = {k: torch.tensor(v) for k, v in p64.items()}
+    c, c_in, classes = t.c, t.c_in, t.classes
+    tdtype = {np.float64: torch.float64, np.float32: torch.float32}
 
-    def tail_step(tail, flat, x, labels, dtype):
-        """The tail's loss, then its parameters and momentum after one step, from `flat`."""
+    def step(tail, flat, x, labels, dtype):
+        dtype = tdtype[dtype]
+        flat, x, labels = torch.tensor(flat), torch.tensor(x), torch.tensor(labels)
         cast = {k: v.to(dtype) for k, v in p64.items()}
         with torch.no_grad():
             vals = run(prog, cast, x.to(dtype), False, bn)
         k = flat.shape[0] // 2
         p0, v0 = flat[:k].to(dtype), flat[k:].to(dtype)
-        sizes = [c * classes, classes] + ([] if tail == "fc" else [c_in * c if tail == "fc_sep" else c, c])
         p = p0.clone().requires_grad_(True)
-        parts = list(torch.split(p, sizes))
+        parts = list(torch.split(p, t.sizes[tail]))
         if tail == "fc":
-            h = vals[relu["output"]]
+            h = vals[t.relu["output"]]
         elif tail == "fc_affine":
-            h = F.relu(vals[sep_bn["output"]] * parts[2][None, :, None, None] + parts[3][None, :, None, None])
+            h = F.relu(vals[t.sep_bn["output"]] * parts[2][None, :, None, None] + parts[3][None, :, None, None])
         else:
             w = parts[2].reshape(c_in, c)
-            h = F.relu(torch.einsum("nihw,io->nohw", vals[sep["inputs"][0]], w) + parts[3][None, :, None, None])
+            h = F.relu(torch.einsum("nihw,io->nohw", vals[t.sep["inputs"][0]], w) + parts[3][None, :, None, None])
         logits = h.mean(dim=(2, 3)) @ parts[0].reshape(c, classes) + parts[1]
         loss = F.cross_entropy(logits, labels)
         (g,) = torch.autograd.grad(loss, [p])
         with torch.no_grad():
             v = opt["momentum"] * v0 + g + opt["weight_decay"] * p0
             after = p0 - opt["lr"] * v
-        return loss.detach().reshape(1), torch.cat([after, v]).detach()
+        return loss.detach().reshape(1).double().numpy(), torch.cat([after, v]).detach().double().numpy()
 
-    def split(tail, flat):
-        """The parameter half of a state by tensor: fc weights, fc bias, then the tail's two."""
-        sizes = [c * classes, classes] + ([] if tail == "fc" else [c_in * c if tail == "fc_sep" else c, c])
-        names = ["fc weights", "fc bias"] + ([] if tail == "fc" else ["tail weights", "tail bias"])
-        return list(zip(names, torch.split(flat[: sum(sizes)], sizes)))
-
-    for t in m["tails"]:
-        # The starting state: the file's fc (and pointwise conv) widened from f16, the affine at
-        # identity, momentum 0 — rebuilt here from the folded, f16-rounded parameters.
-        state0 = torch.tensor(load(d, t["state"]))
-        k = state0.shape[0] // 2
-        want = [p64[fc["params"][0]].flatten(), p64[fc["params"][1]]]
-        if t["tail"] == "fc_affine":
-            want += [torch.ones(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)]
-        elif t["tail"] == "fc_sep":
-            want += [p64[sep["params"][0]].flatten(), p64[sep_bn["params"][1]]]
-        want = torch.cat(want + [torch.zeros(k, dtype=torch.float64)])
-        if want.shape != state0.shape or (state0 - want).abs().max().item() > 0:
-            failures.append(f"{t['tail']} starting state")
-            print(f"  FAIL {t['tail']} starting state: not the file's f16 values (+ identity affine, zero momentum)")
-        for i, st in enumerate(t["steps"], start=1):
-            before = torch.tensor(load(d, t["state"] if i == 1 else t["steps"][i - 2]["state"]))
-            x = torch.tensor(load(d, st["images"]).reshape(n, 32, 32, 3))
-            labels = torch.tensor(st["labels"])
-            r64 = tail_step(t["tail"], before, x, labels, torch.float64)
-            r32 = tail_step(t["tail"], before, x, labels, torch.float32)
-            # The momentum (the gradient plus decay) as it is; the parameters by their change,
-            # which they dwarf (so that change is compared at the state's f32 rounding).
-            k = before.shape[0] // 2
-            after = torch.tensor(load(d, st["state"]))
-            r32 = (r32[0], r32[1].to(torch.float64))
-            cmp = [("loss", torch.tensor([st["loss"]]), r64[0], r32[0])]
-            for (part, o), (_, a), (_, b) in zip(split(t["tail"], after[k:]), split(t["tail"], r64[1][k:]),
-                                                 split(t["tail"], r32[1][k:])):
-                cmp.append((f"momentum after, {part}", o, a, b))
-            change = [split(t["tail"], x[:k] - before[:k]) for x in (after, r64[1], r32[1])]
-            for (part, o), (_, a), (_, b) in zip(*change):
-                cmp.append((f"parameter change, {part}", o, a, b))
-            for what, o, a, b in cmp:
-                err, err32 = rel(o, a), rel(b.to(torch.float64), a)
-                limit = max(FACTOR * err32, FLOOR)
-                rows.append((t["tail"], what, err, err32))
-                if not err <= limit:
-                    failures.append(f"{t['tail']} step {i} {what}")
-                    print(f"  FAIL {t['tail']} step {i} {what}: relative error {err:.2e} > {limit:.1e} "
-                          f"(PyTorch float32: {err32:.2e})")
-    print(f"  {'compared (relative error to float64)':52} {'tensors':>7} {'tinykd':>8} {'PyTorch f32':>11}")
-    for tail in [t["tail"] for t in m["tails"]]:
-        for what in ["loss", "momentum after", "parameter change"]:
-            sel = [r for r in rows if r[0] == tail and r[1].startswith(what)]
-            print(f"  {tail + ': ' + what:52} {len(sel):7} {max(r[2] for r in sel):8.1e} {max(r[3] for r in sel):11.1e}")
-    return len(rows), failures
-
-
-def main():
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    if not os.path.isdir(sys.argv[1]):
-        sys.exit(f"{sys.argv[1]}: not a directory (write one with `cargo run --release --example crosscheck -- DIR`)")
-    runs = sorted(e.path for e in os.scandir(sys.argv[1]) if os.path.isfile(os.path.join(e.path, "manifest.json")))
-    missing = RUNS - {os.path.basename(r) for r in runs}
-    if missing:
-        sys.exit(f"{sys.argv[1]}: missing recorded runs {sorted(missing)} (the example writes {sorted(RUNS)})")
-    total, failures = 0, []
-    for d in runs:
-        kind = json.load(open(os.path.join(d, "manifest.json"))).get("kind")
-        try:
-            count, failed = check_finetune(d) if kind == "finetune" else check_run(d)
-        except (RuntimeError, KeyError, ValueError) as e:
-            # A reference that cannot even run on the recording (a shape that does not fit, a
-            # tensor the manifest does not name) is a failure of the run, not a crash.
-            print(f"  FAIL {os.path.basename(d)}: the reference cannot run on this recording: {type(e).__name__}: {e}")
-            count, failed = 0, ["the reference cannot run on the recording"]
-        total += count
-        failures += [f"{os.path.basename(d)}: {f}" for f in failed]
-    if failures:
-        sys.exit(f"FAILED: {len(failures)} checks: {', '.join(failures[:8])}")
-    print(f"tinykd matches PyTorch on all {total} compared tensors of {len(runs)} runs")
+    return step
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, check_run, lambda d: check_finetune(d, "PyTorch", finetune_step), "PyTorch",
+         (RuntimeError, KeyError, ValueError))
