@@ -16,7 +16,7 @@ use tinykd::ModelConfig;
 fn one(c: &mut Criterion, name: &str, cfg: ModelConfig, dtype: DType) {
     let isa = Isa::detect();
     let params = ParamStore::init(&cfg, 0).unwrap();
-    let bytes = AlignedBuf::from_bytes(&export_inference(&cfg, &params, dtype).unwrap());
+    let bytes = AlignedBuf::from_bytes(&export_inference(&params, dtype).unwrap());
     let file = WeightFile::parse(&bytes).unwrap();
     let engine = Engine::new(&cfg, 1, &file).unwrap();
     let input: Vec<f32> = (0..cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize)

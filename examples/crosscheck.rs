@@ -140,7 +140,7 @@ fn engine_logits(
     dtype: DType,
     images: &[f32],
 ) -> Result<Vec<f32>, Box<dyn Error>> {
-    let bytes = fold::export_inference(cfg, params, dtype)?;
+    let bytes = fold::export_inference(params, dtype)?;
     let buf = AlignedBuf::from_bytes(&bytes);
     let file = WeightFile::parse(buf.as_bytes())?;
     let engine = Engine::new(cfg, 1, &file)?;
@@ -361,7 +361,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         warm.step(&images(batch, 200 + i), &vec![0; batch])?;
     }
     let fparams = warm.into_params();
-    let bytes = fold::export_inference(&fcfg, &fparams, DType::F16)?;
+    let bytes = fold::export_inference(&fparams, DType::F16)?;
     let buf = AlignedBuf::from_bytes(&bytes);
     let file = WeightFile::parse(buf.as_bytes())?;
     let hp = Momentum { lr: 0.05, mu: 0.9, wd: WD };

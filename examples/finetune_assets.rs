@@ -110,7 +110,7 @@ fn calibrated_student(batches: usize) -> Result<Vec<u8>> {
         train.batch_nhwc(&idx, &mut x);
         exec.forward_train(&mut store, &x).map_err(|e| anyhow::anyhow!("calibration: {e:?}"))?;
     }
-    Ok(export_inference(&CFG, &store, DType::F16)?)
+    Ok(export_inference(&store, DType::F16)?)
 }
 
 /// The user's task: `n` synthetic test images (split `seed`) seen through a new sensor that

@@ -93,8 +93,8 @@ fn run(args: &Args) -> Result<()> {
             }
             let cfg = ModelConfig::mobilenet_v1(permille as u16);
             let params = random_student(&cfg, args.seed)?;
-            let f32_file = fold::export_inference(&cfg, &params, DType::F32)?;
-            let f16_file = fold::export_inference(&cfg, &params, DType::F16)?;
+            let f32_file = fold::export_inference(&params, DType::F32)?;
+            let f16_file = fold::export_inference(&params, DType::F16)?;
             (cfg, f32_file, f16_file)
         }
     };
@@ -215,11 +215,7 @@ fn from_file(path: &Path) -> Result<(ModelConfig, Vec<u8>, Vec<u8>)> {
                     *v = t.data.get(i).unwrap_or(0.0);
                 }
             }
-            Ok((
-                cfg,
-                fold::export_inference(&cfg, &params, DType::F32)?,
-                fold::export_inference(&cfg, &params, DType::F16)?,
-            ))
+            Ok((cfg, fold::export_inference(&params, DType::F32)?, fold::export_inference(&params, DType::F16)?))
         }
         FileKind::Inference => {
             let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = file

@@ -11,7 +11,6 @@ use std::vec::Vec;
 
 use tinykd_kernels::{norm, DType, KernelError};
 
-use crate::config::ModelConfig;
 use crate::graph::{param_name, Name, OpKind, ParamRole, ParamSpec, BN_EPS};
 use crate::models::{self, ModelError};
 use crate::params::ParamStore;
@@ -33,13 +32,6 @@ pub struct InferenceTensor {
 pub enum FoldError {
     /// The configuration is invalid.
     Model(ModelError),
-    /// The store was made for another configuration.
-    ConfigMismatch {
-        /// The configuration asked for.
-        wanted: ModelConfig,
-        /// The store's configuration.
-        store: ModelConfig,
-    },
     /// A parameter the program needs is not in the store.
     Missing(String),
     /// A parameter has other dims than the program says.
@@ -92,9 +84,6 @@ impl fmt::Display for FoldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FoldError::Model(e) => write!(f, "{e}"),
-            FoldError::ConfigMismatch { wanted, store } => {
-                write!(f, "the parameters belong to {store:?}, not {wanted:?}")
-            }
             FoldError::Missing(name) => write!(f, "parameter `{name}` is missing"),
             FoldError::Dims { name, expected, got } => {
                 write!(f, "parameter `{name}` has dims {got:?}, the model needs {expected:?}")
@@ -152,11 +141,9 @@ fn non_finite(data: &[f32]) -> Option<(usize, usize)> {
     Some((first, data[first..].iter().filter(|v| !v.is_finite()).count()))
 }
 
-/// The BN-folded inference tensors of `cfg` from `params` (see the [module docs](self)).
-pub fn inference_tensors(cfg: &ModelConfig, params: &ParamStore) -> Result<Vec<InferenceTensor>, FoldError> {
-    if params.config() != cfg {
-        return Err(FoldError::ConfigMismatch { wanted: *cfg, store: *params.config() });
-    }
+/// The BN-folded inference tensors of `params` (see the [module docs](self)).
+pub fn inference_tensors(params: &ParamStore) -> Result<Vec<InferenceTensor>, FoldError> {
+    let cfg = params.config();
     let prog = models::program(cfg)?;
     let ops = prog.ops();
     let mut out = Vec::new();
@@ -212,9 +199,11 @@ pub fn inference_tensors(cfg: &ModelConfig, params: &ParamStore) -> Result<Vec<I
     Ok(out)
 }
 
-/// An inference weight file ([`FileKind::Inference`], `dtype` storage) of `cfg` from `params`.
-pub fn export_inference(cfg: &ModelConfig, params: &ParamStore, dtype: DType) -> Result<Vec<u8>, FoldError> {
-    let tensors = inference_tensors(cfg, params)?;
+/// An inference weight file ([`FileKind::Inference`], `dtype` storage) from `params` (of the
+/// model they were made for, [`ParamStore::config`]).
+pub fn export_inference(params: &ParamStore, dtype: DType) -> Result<Vec<u8>, FoldError> {
+    let cfg = params.config();
+    let tensors = inference_tensors(params)?;
     let outs: Vec<TensorOut> =
         tensors.iter().map(|t| TensorOut { name: &t.name, dims: &t.dims, data: &t.data }).collect();
     weights::to_bytes(cfg, FileKind::Inference, dtype, &outs).map_err(FoldError::Weights)

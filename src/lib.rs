@@ -56,7 +56,7 @@
 //! println!("loss {:.3}", report.losses.total);
 //!
 //! // Batch norm folded, f16 weights; the engine takes the file's bytes in place.
-//! let bytes = fold::export_inference(&scfg, trainer.params(), DType::F16)?;
+//! let bytes = fold::export_inference(trainer.params(), DType::F16)?;
 //! let buf = AlignedBuf::from_bytes(&bytes);
 //! let file = WeightFile::parse(buf.as_bytes())?;
 //! let engine = Engine::new(&scfg, 1, &file)?;

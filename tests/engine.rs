@@ -180,8 +180,8 @@ fn reference_forward(prog: &Program, store: &ParamStore, n: usize, image: &[f32]
 }
 
 /// An inference file of `store` in `dtype`, in aligned memory.
-fn export(cfg: &ModelConfig, store: &ParamStore, dtype: DType) -> AlignedBuf {
-    AlignedBuf::from_bytes(&export_inference(cfg, store, dtype).unwrap())
+fn export(store: &ParamStore, dtype: DType) -> AlignedBuf {
+    AlignedBuf::from_bytes(&export_inference(store, dtype).unwrap())
 }
 
 /// Runs the engine on the inference file `bytes` for a batch of `n`.
@@ -223,7 +223,7 @@ fn assert_rel(what: &str, got: &[f32], want: &[f32], rel: f32) {
 
 fn check_model(cfg: ModelConfig, seed: u64) {
     let store = random_params(&cfg, seed);
-    let bytes = export(&cfg, &store, DType::F32);
+    let bytes = export(&store, DType::F32);
     let prog = models::program(&cfg).unwrap();
     let mut rng = Rng::new(seed + 100);
     for n in [1, 2] {
@@ -266,8 +266,8 @@ fn f16_weights_match_f32_within_tolerance() {
     for cfg in [ModelConfig::mobilenet_v1(1000), ModelConfig::resnet50().with_stem(Stem::Cifar).with_input(8, 8)] {
         let store = random_params(&cfg, 6);
         let image = Rng::new(9).vec(2 * cfg.in_h as usize * cfg.in_w as usize * 3);
-        let f32_logits = engine_forward(&cfg, &export(&cfg, &store, DType::F32), 2, &image);
-        let f16_logits = engine_forward(&cfg, &export(&cfg, &store, DType::F16), 2, &image);
+        let f32_logits = engine_forward(&cfg, &export(&store, DType::F32), 2, &image);
+        let f16_logits = engine_forward(&cfg, &export(&store, DType::F16), 2, &image);
         assert_rel(&format!("{cfg:?} f16"), &f16_logits, &f32_logits, 5e-3);
         assert!(f16_logits != f32_logits, "f16 rounding must show");
     }
@@ -277,7 +277,7 @@ fn f16_weights_match_f32_within_tolerance() {
 fn folded_tensors_are_named_and_shaped_for_the_engine() {
     let cfg = ModelConfig::mobilenet_v1(250);
     let store = random_params(&cfg, 8);
-    let t = inference_tensors(&cfg, &store).unwrap();
+    let t = inference_tensors(&store).unwrap();
     let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(&names[..4], ["conv1_weights", "conv1_bias", "conv2_1_dw_weights", "conv2_1_dw_bias"]);
     assert_eq!(&names[names.len() - 2..], ["fc7_weights", "fc7_offset"]);
@@ -317,7 +317,7 @@ fn param_store_init_is_deterministic() {
 
 /// Writes an inference file of `cfg` whose tensors went through `edit` first.
 fn edited_file(cfg: &ModelConfig, edit: impl FnOnce(&mut Vec<tinykd::fold::InferenceTensor>)) -> AlignedBuf {
-    let mut t = inference_tensors(cfg, &random_params(cfg, 3)).unwrap();
+    let mut t = inference_tensors(&random_params(cfg, 3)).unwrap();
     edit(&mut t);
     let outs: Vec<TensorOut> = t.iter().map(|t| TensorOut { name: &t.name, dims: &t.dims, data: &t.data }).collect();
     AlignedBuf::from_bytes(&to_bytes(cfg, FileKind::Inference, DType::F32, &outs).unwrap())
@@ -330,7 +330,7 @@ fn edited_file(cfg: &ModelConfig, edit: impl FnOnce(&mut Vec<tinykd::fold::Infer
 fn engine_refuses_non_finite_weights_and_the_exporter_refuses_non_finite_parameters() {
     let cfg = ModelConfig::mobilenet_v1(250);
     for (dtype, bad) in [(DType::F32, f32::NAN), (DType::F16, f32::NEG_INFINITY), (DType::F32, f32::INFINITY)] {
-        let mut t = inference_tensors(&cfg, &random_params(&cfg, 3)).unwrap();
+        let mut t = inference_tensors(&random_params(&cfg, 3)).unwrap();
         t.iter_mut().find(|t| t.name == "conv2_2_sep_weights").unwrap().data[17] = bad;
         let outs: Vec<TensorOut> =
             t.iter().map(|t| TensorOut { name: &t.name, dims: &t.dims, data: &t.data }).collect();
@@ -344,18 +344,18 @@ fn engine_refuses_non_finite_weights_and_the_exporter_refuses_non_finite_paramet
     }
     let mut store = random_params(&cfg, 3);
     store.get_mut("conv1_bn_variance").unwrap().data[2] = f32::NAN;
-    let e = export_inference(&cfg, &store, DType::F32).unwrap_err();
+    let e = export_inference(&store, DType::F32).unwrap_err();
     assert!(e.to_string().contains("`conv1_bn_variance` has 1 NaN or infinite values (the first at index 2)"), "{e}");
     // Finite statistics that fold to non-finite values (a variance below −ε) are named by the
     // exporter, not left for the engine to refuse.
     let mut store = random_params(&cfg, 3);
     store.get_mut("conv1_bn_variance").unwrap().data[2] = -1.0;
-    let e = export_inference(&cfg, &store, DType::F32).unwrap_err();
+    let e = export_inference(&store, DType::F32).unwrap_err();
     assert!(e.to_string().contains("folding batch norm `conv1_bn` gives `conv1_weights` "), "{e}");
     // A data length that does not match the dims is named as such (the dims alone agree).
     let mut store = random_params(&cfg, 3);
     store.get_mut("fc7_offset").unwrap().data.pop();
-    let e = export_inference(&cfg, &store, DType::F32).unwrap_err();
+    let e = export_inference(&store, DType::F32).unwrap_err();
     assert_eq!(e.to_string(), "parameter `fc7_offset` has 9 values, its dims hold 10");
 }
 
@@ -446,7 +446,7 @@ fn static_plan_engine_equals_engine_new() {
     let store = random_params(&STUDENT, 21);
     let image = Rng::new(22).vec(2 * 32 * 32 * 3);
     for dtype in [DType::F32, DType::F16] {
-        let bytes = export(&STUDENT, &store, dtype);
+        let bytes = export(&store, dtype);
         let file = WeightFile::parse(&bytes).unwrap();
         let host = Engine::new(&STUDENT, 2, &file).unwrap();
         let want = run_engine(&host, 2, &image);
@@ -548,7 +548,7 @@ fn packed_panels_match_the_file_layout_on_every_isa() {
         let store = random_params(&cfg, 31);
         let image = Rng::new(32).vec(n * 32 * 32 * 3);
         for dtype in [DType::F32, DType::F16] {
-            let bytes = export(&cfg, &store, dtype);
+            let bytes = export(&store, dtype);
             let file = WeightFile::parse(&bytes).unwrap();
             let plain = Engine::new(&cfg, n, &file).unwrap();
             let mut packed = plain.clone();
@@ -581,7 +581,7 @@ fn packed_panels_match_the_file_layout_on_every_isa() {
 #[test]
 fn a_batch_whose_tensors_do_not_fit_memory_is_refused() {
     let cfg = ModelConfig::mobilenet_v1(250).with_classes(16);
-    let bytes = export(&cfg, &random_params(&cfg, 3), DType::F32);
+    let bytes = export(&random_params(&cfg, 3), DType::F32);
     let file = WeightFile::parse(&bytes).unwrap();
     for batch in [1usize << 62, usize::MAX, tinykd::plan::MAX_BUFFER_BYTES] {
         let want = models::ModelError::BatchTooLarge { batch };

@@ -34,7 +34,7 @@ fn calibrated_student(cfg: &ModelConfig, seed: u64, batches: usize, dtype: DType
         train.batch_nhwc(&idx, &mut x);
         exec.forward_train(&mut store, &x).unwrap();
     }
-    AlignedBuf::from_bytes(&export_inference(cfg, &store, dtype).unwrap())
+    AlignedBuf::from_bytes(&export_inference(&store, dtype).unwrap())
 }
 
 /// Number of the user's new classes: the scene's colour cast (neutral, warm, cool, green).
@@ -321,7 +321,7 @@ fn bad_arguments_are_errors() {
     assert!(matches!(FineTuner::new(&CFG, Tail::Fc, 0, &file), Err(FinetuneError::Model(_))));
     // A NaN weight in the frozen prefix is refused at bind time, as the engine does (the ReLU
     // after it would turn it into 0 and the loss would look fine).
-    let mut t = tinykd::fold::inference_tensors(&CFG, &ParamStore::init(&CFG, 4).unwrap()).unwrap();
+    let mut t = tinykd::fold::inference_tensors(&ParamStore::init(&CFG, 4).unwrap()).unwrap();
     t.iter_mut().find(|t| t.name == "conv2_1_sep_weights").unwrap().data[5] = f32::NAN;
     let outs: Vec<TensorOut> = t.iter().map(|t| TensorOut { name: &t.name, dims: &t.dims, data: &t.data }).collect();
     let bad = AlignedBuf::from_bytes(&to_bytes(&CFG, FileKind::Inference, DType::F32, &outs).unwrap());

@@ -209,7 +209,7 @@ fn infer(a: InferArgs) -> anyhow::Result<serde_json::Value> {
     let per_image = cfg.in_h as usize * cfg.in_w as usize * cfg.in_c as usize;
     check_memory("--batch/--input", plan.arena_bytes() as u128 + (batch as u128) * (per_image as u128) * 4)?;
     let params = ParamStore::init(&cfg, 0).map_err(|e| UsageError(e.to_string()))?;
-    let bytes = AlignedBuf::from_bytes(&export_inference(&cfg, &params, dtype)?);
+    let bytes = AlignedBuf::from_bytes(&export_inference(&params, dtype)?);
     let file = WeightFile::parse(&bytes)?;
     let mut engine = Engine::new(&cfg, batch, &file)?;
     let mut panel_buf: Vec<u8>;

@@ -81,7 +81,7 @@ impl Hits {
 
 /// A BN-folded f32 inference file of `store`, in aligned memory.
 pub fn fold_f32(store: &ParamStore) -> anyhow::Result<AlignedBuf> {
-    let bytes = fold::export_inference(store.config(), store, DType::F32).context("cannot fold batch norm")?;
+    let bytes = fold::export_inference(store, DType::F32).context("cannot fold batch norm")?;
     Ok(AlignedBuf::from_bytes(&bytes))
 }
 

@@ -58,7 +58,7 @@ pub struct Exported {
 
 /// Folds `store` and writes the inference file `out` (atomically) with `dtype` storage.
 pub fn export_file(store: &ParamStore, dtype: DType, out: &Path) -> anyhow::Result<Exported> {
-    let tensors = fold::inference_tensors(store.config(), store).context("cannot fold batch norm")?;
+    let tensors = fold::inference_tensors(store).context("cannot fold batch norm")?;
     let outs: Vec<TensorOut> =
         tensors.iter().map(|t| TensorOut { name: &t.name, dims: &t.dims, data: &t.data }).collect();
     let bytes = weights::to_bytes(store.config(), FileKind::Inference, dtype, &outs).map_err(|e| match e {
