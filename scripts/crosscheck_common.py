@@ -159,11 +159,115 @@ class Table:
             print(f"  {title:52} {len(sel):7} {max(r[2] for r in sel):8.1e} {max(r[3] for r in sel):11.1e}  {where}")
 
 
-def main(doc, check_run, check_finetune, ref_name, errors):
+def step_state(m, d, step):
+    """What step `step` (from 1) starts from, as tinykd recorded it (float64 arrays): the
+    student's parameters and statistics, the momentum buffers (zeros before step 1), the
+    trainable parameters' names, the images (NHWC), the labels, the activations tinykd kept,
+    and the ReLU gates (output name -> tinykd's output > 0) of the ReLUs among them."""
+    rec, files, n = m["steps"][step - 1], m["files"], m["batch"]
+    before = load_store_np(d, files["student_before1"] if step == 1 else m["steps"][step - 2]["after"])
+    trainable = [p["name"] for p in rec["grads"]["params"]]
+    if step == 1:
+        velocity = {k: np.zeros_like(before[k]) for k in trainable}
+    else:
+        velocity = load_store_np(d, m["steps"][step - 2]["velocity"])
+    x = load(d, rec["images"]).reshape(n, 32, 32, 3)
+    acts = load_store_np(d, rec["activations"])
+    gated = {op["output"] for op in m["student"]["ops"] if op["kind"]["op"] in ("relu", "addrelu")}
+    gates = {k: v > 0 for k, v in acts.items() if k in gated}
+    return before, velocity, trainable, x, np.array(rec["labels"]), acts, gates
+
+
+def momentum_update(out, grads, before, velocity, stats, opt):
+    """The update into `out` (keyed as `recorded_step`): per trainable parameter, in the order
+    of `grads` ({name: gradient}), its gradient, v = mu*v + g + wd*p and p - lr*v; the other
+    entries of `before` (statistics) take their new value from `stats` (or keep theirs).
+    Arithmetic only, so numpy arrays and torch tensors alike."""
+    for k, g in grads.items():
+        out[f"grad {k}"] = g
+        velocity[k] = opt["momentum"] * velocity[k] + g + opt["weight_decay"] * before[k]
+        out[f"velocity {k}"] = velocity[k]
+        out[f"after {k}"] = before[k] - opt["lr"] * velocity[k]
+    for k, v in before.items():
+        if f"after {k}" not in out:
+            out[f"after {k}"] = stats.get(k, v)
+
+
+def recorded_step(m, d, step):
+    """tinykd's figures of step `step`: {"loss <label>", "loss total", "teacher <tensor>",
+    "activation <tensor>", "grad <param>", "velocity <param>", "after <param or statistic>":
+    float64 array}."""
+    rec = m["steps"][step - 1]
+    out = {f"loss {p['label']}": np.array([p["value"]]) for p in rec["parts"]}
+    out["loss total"] = np.array([rec["total"]])
+    for key, entry in [("teacher", "teacher"), ("activation", "activations"), ("grad", "grads"), ("velocity", "velocity"), ("after", "after")]:
+        for k, v in (load_store_np(d, rec[entry]) if entry in rec else {}).items():
+            if not (key == "activation" and k == m["student"]["input"]):
+                out[f"{key} {k}"] = v
+    return out
+
+
+def check_run(d, ref):
+    """Checks the training run recorded in `d` against the reference `ref`; prints its table
+    and returns (tensors compared, failures). `ref.step(m, d, teacher, step, dtype, flips,
+    table)` re-computes step `step` (from 1) from tinykd's state before it in `dtype`
+    (np.float64 or np.float32; `teacher`: the teacher's float64 parameters), keyed as
+    `recorded_step` (float64 arrays), listing disagreeing ReLU gates in `flips` when given;
+    `ref.logits(prog, params, images, dtype)` is the eval-mode output of `prog`."""
+    m = json.load(open(os.path.join(d, "manifest.json")))
+    files, bn, n = m["files"], m["bn"], m["batch"]
+    teacher64 = load_store_np(d, files["teacher"]) if m["teacher"] is not None else {}
+    table, flips = Table(ref.name), []
+    print(f"{m['title']} ({d})")
+    check_semantics(m, d)
+    check_trainable(m, d)
+    check_recorded_losses(m, d)
+
+    def compare(step, key, ours, r64, r32):
+        table.compare(step, key, rel_np(ours, r64), rel_np(r32, r64))
+
+    for step in range(1, len(m["steps"]) + 1):
+        found = []
+        r64 = ref.step(m, d, teacher64, step, np.float64, found, table)
+        flips += [(step, *f) for f in found]
+        r32 = ref.step(m, d, teacher64, step, np.float32, None, table)
+        ours = recorded_step(m, d, step)
+        missing = set(r64) ^ set(ours)
+        if missing:
+            sys.exit(f"step {step}: the recording and the reference differ in what they hold: {sorted(missing)}")
+        # Parameters and statistics by their change: they dwarf one step's update, which a
+        # comparison of the values would hide under the bound.
+        before = load_store_np(d, files["student_before1"] if step == 1 else m["steps"][step - 2]["after"])
+        for key in r64:
+            if key.startswith("after "):
+                b = before[key[len("after ") :]]
+                compare(step, key, ours[key] - b, r64[key] - b, r32[key] - b)
+            else:
+                compare(step, key, ours[key], r64[key], r32[key])
+
+    # The engine: the student after the last step (and the teacher), eval mode, first batch,
+    # from the weights as the exporter folds (and for f16 rounds) them.
+    final64 = load_store_np(d, m["steps"][-1]["after"])
+    x64 = load(d, m["steps"][0]["images"]).reshape(n, 32, 32, 3)
+    engines = [("engine student f32", m["student"], final64, False), ("engine student f16", m["student"], final64, True)]
+    if m["teacher"] is not None:
+        engines.append(("engine teacher f32", m["teacher"], teacher64, False))
+    for key, prog, params, f16 in engines:
+        p64 = folded(prog, params, bn, f16)
+        r64, r32 = (ref.logits(prog, p64, x64, bn, t) for t in (np.float64, np.float32))
+        compare(0, key, load(d, files[key.replace(" ", "_")]), r64, r32)
+
+    table.check_flips(flips)
+    table.print_groups()
+    return len(table.rows), table.failures
+
+
+def main(doc, ref, errors):
     """Checks every run recorded in the directory given on the command line (all of RUNS must
-    be there); exits non-zero on any failure. `errors`: the exceptions that mean the reference
-    cannot run on a recording (a shape that does not fit, a tensor the manifest does not name),
-    a failure of that run rather than a crash."""
+    be there) against the reference `ref` ([`check_run`]; `ref.finetune_step` for
+    [`check_finetune`]); exits non-zero on any failure. `errors`: the exceptions that mean the
+    reference cannot run on a recording (a shape that does not fit, a tensor the manifest does
+    not name), a failure of that run rather than a crash."""
     if len(sys.argv) != 2:
         sys.exit(doc)
     if not os.path.isdir(sys.argv[1]):
@@ -176,7 +280,7 @@ def main(doc, check_run, check_finetune, ref_name, errors):
     for d in runs:
         kind = json.load(open(os.path.join(d, "manifest.json"))).get("kind")
         try:
-            count, failed = check_finetune(d) if kind == "finetune" else check_run(d)
+            count, failed = check_finetune(d, ref.name, ref.finetune_step) if kind == "finetune" else check_run(d, ref)
         except errors as e:
             print(f"  FAIL {os.path.basename(d)}: the reference cannot run on this recording: {type(e).__name__}: {e}")
             count, failed = 0, ["the reference cannot run on the recording"]
@@ -184,7 +288,7 @@ def main(doc, check_run, check_finetune, ref_name, errors):
         failures += [f"{os.path.basename(d)}: {f}" for f in failed]
     if failures:
         sys.exit(f"FAILED: {len(failures)} checks: {', '.join(failures[:8])}")
-    print(f"tinykd matches {ref_name} on all {total} compared tensors of {len(runs)} runs")
+    print(f"tinykd matches {ref.name} on all {total} compared tensors of {len(runs)} runs")
 
 
 class Tail:

@@ -34,8 +34,7 @@ try:
 except ImportError as e:
     sys.exit(f"numpy_crosscheck.py needs numpy ({e}); on Debian: apt-get install python3-numpy")
 
-from crosscheck_common import Table, check_finetune, check_recorded_losses, check_semantics, check_trainable
-from crosscheck_common import folded, load, load_store_np, main, rel_np
+from crosscheck_common import load_store_np, main, momentum_update, step_state
 
 # ---------------------------------------------------------------------------------------------
 # Ops, NHWC. Each forward returns (y, cache); each backward takes the cache and dy.
@@ -289,19 +288,10 @@ def step_reference(m, d, teacher, step, dtype, flips=None):
     """Step `step` (from 1) from tinykd's state before it, in `dtype`: {key: float64 result},
     and a function giving the float64 loss at the parameters plus t times the gradients (for
     the check of the backward)."""
+    rec, bn, opt = m["steps"][step - 1], m["bn"], m["optimizer"]
+    before, velocity, trainable, x, labels, acts, gates = step_state(m, d, step)
     cast = lambda s: {k: v.astype(dtype) for k, v in s.items()}
-    rec, files, bn, opt, n = m["steps"][step - 1], m["files"], m["bn"], m["optimizer"], m["batch"]
-    before = cast(load_store_np(d, files["student_before1"] if step == 1 else m["steps"][step - 2]["after"]))
-    trainable = [p["name"] for p in rec["grads"]["params"]]
-    if step == 1:
-        velocity = {k: np.zeros_like(before[k]) for k in trainable}
-    else:
-        velocity = cast(load_store_np(d, m["steps"][step - 2]["velocity"]))
-    x = load(d, rec["images"]).reshape(n, 32, 32, 3).astype(dtype)
-    labels = np.array(rec["labels"])
-    acts = load_store_np(d, rec["activations"])
-    gated = {op["output"] for op in m["student"]["ops"] if op["kind"]["op"] in ("relu", "addrelu")}
-    gates = {k: v > 0 for k, v in acts.items() if k in gated}
+    before, velocity, x = cast(before), cast(velocity), x.astype(dtype)
     tv = forward(m["teacher"], teacher, x, False, bn)[0] if m["teacher"] is not None else {}
     stats = {}
     sv, caches = forward(m["student"], before, x, True, bn, stats, gates, flips)
@@ -313,16 +303,9 @@ def step_reference(m, d, teacher, step, dtype, flips=None):
     for k in acts:
         if k != m["student"]["input"]:
             out[f"activation {k}"] = sv[k]
-    grads = backward(m["student"], before, caches, seeds)
-    for k in trainable:
-        g = grads[k]
-        out[f"grad {k}"] = g
-        velocity[k] = opt["momentum"] * velocity[k] + g + opt["weight_decay"] * before[k]
-        out[f"velocity {k}"] = velocity[k]
-        out[f"after {k}"] = before[k] - opt["lr"] * velocity[k]
-    for k, v in before.items():
-        if f"after {k}" not in out:
-            out[f"after {k}"] = stats.get(k, v)
+    all_grads = backward(m["student"], before, caches, seeds)
+    grads = {k: all_grads[k] for k in trainable}
+    momentum_update(out, grads, before, velocity, stats, opt)
 
     def loss_along(t, key):
         """The total loss with parameter `key` moved by t times its gradient (every ReLU and
@@ -333,18 +316,6 @@ def step_reference(m, d, teacher, step, dtype, flips=None):
         return sum(w * v for _, w, v in losses(m, sv2, tv, labels)[0])
 
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}, grads, loss_along
-
-
-def recorded_step(m, d, step):
-    """tinykd's figures of step `step`, keyed as `step_reference`'s."""
-    rec = m["steps"][step - 1]
-    out = {f"loss {p['label']}": np.array([p["value"]]) for p in rec["parts"]}
-    out["loss total"] = np.array([rec["total"]])
-    for key, entry in [("teacher", "teacher"), ("activation", "activations"), ("grad", "grads"), ("velocity", "velocity"), ("after", "after")]:
-        for k, v in (load_store_np(d, rec[entry]) if entry in rec else {}).items():
-            if not (key == "activation" and k == m["student"]["input"]):
-                out[f"{key} {k}"] = v
-    return out
 
 
 def check_backward(grads, loss_along, failures):
@@ -368,61 +339,29 @@ def check_backward(grads, loss_along, failures):
     return worst
 
 
-def check_run(d):
-    """Checks the run recorded in `d`; prints its table and returns its failures."""
-    m = json.load(open(os.path.join(d, "manifest.json")))
-    files, bn, n = m["files"], m["bn"], m["batch"]
-    teacher64 = load_store_np(d, files["teacher"]) if m["teacher"] is not None else {}
-    teacher32 = {k: v.astype(np.float32) for k, v in teacher64.items()}
-    table, flips = Table("numpy"), []
-    print(f"{m['title']} ({d})")
-    check_semantics(m, d)
-    check_trainable(m, d)
-    check_recorded_losses(m, d)
+class Numpy:
+    """The numpy reference, as `crosscheck_common.check_run` and `check_finetune` take it."""
 
-    def compare(step, key, ours, r64, r32):
-        table.compare(step, key, rel_np(ours, r64), rel_np(r32, r64))
+    name = "numpy"
 
-    for step in range(1, len(m["steps"]) + 1):
-        found = []
-        r64, grads, loss_along = step_reference(m, d, teacher64, step, np.float64, found)
-        flips += [(step, *f) for f in found]
-        if step == 1:
+    @staticmethod
+    def step(m, d, teacher64, step, dtype, flips, table):
+        teacher = {k: v.astype(dtype) for k, v in teacher64.items()}
+        out, grads, loss_along = step_reference(m, d, teacher, step, dtype, flips)
+        if step == 1 and dtype == np.float64:
             worst = check_backward(grads, loss_along, table.failures)
             print(f"  the reference's backward against central differences of its forward: {len(grads)} "
                   f"parameters, worst relative error {worst:.1e}")
-        r32 = step_reference(m, d, teacher32, step, np.float32)[0]
-        ours = recorded_step(m, d, step)
-        missing = set(r64) ^ set(ours)
-        if missing:
-            sys.exit(f"step {step}: the recording and the reference differ in what they hold: {sorted(missing)}")
-        # Parameters and statistics by their change: they dwarf one step's update, which a
-        # comparison of the values would hide under the bound.
-        before = load_store_np(d, files["student_before1"] if step == 1 else m["steps"][step - 2]["after"])
-        for key in r64:
-            if key.startswith("after "):
-                b = before[key[len("after ") :]]
-                compare(step, key, ours[key] - b, r64[key] - b, r32[key] - b)
-            else:
-                compare(step, key, ours[key], r64[key], r32[key])
+        return out
 
-    # The engine: the student after the last step (and the teacher), eval mode, first batch,
-    # from the weights as the exporter folds (and for f16 rounds) them.
-    final64 = load_store_np(d, m["steps"][-1]["after"])
-    x64 = load(d, m["steps"][0]["images"]).reshape(n, 32, 32, 3)
-    engines = [("engine student f32", m["student"], final64, False), ("engine student f16", m["student"], final64, True)]
-    if m["teacher"] is not None:
-        engines.append(("engine teacher f32", m["teacher"], teacher64, False))
-    for key, prog, params, f16 in engines:
-        p64 = folded(prog, params, bn, f16)
-        r64 = forward(prog, p64, x64, False, bn)[0][prog["output"]]
-        p32 = {k: v.astype(np.float32) for k, v in p64.items()}
-        r32 = forward(prog, p32, x64.astype(np.float32), False, bn)[0][prog["output"]]
-        compare(0, key, load(d, files[key.replace(" ", "_")]), r64, r32)
+    @staticmethod
+    def logits(prog, params, x, bn, dtype):
+        cast = {k: v.astype(dtype) for k, v in params.items()}
+        return forward(prog, cast, x.astype(dtype), False, bn)[0][prog["output"]].astype(np.float64)
 
-    table.check_flips(flips)
-    table.print_groups()
-    return len(table.rows), table.failures
+    @staticmethod
+    def finetune_step(m, p64, t):
+        return finetune_step(m, p64, t)
 
 
 def finetune_step(m, p64, t):
@@ -469,4 +408,4 @@ def finetune_step(m, p64, t):
 
 
 if __name__ == "__main__":
-    main(__doc__, check_run, lambda d: check_finetune(d, "numpy", finetune_step), "numpy", (KeyError, ValueError, IndexError))
+    main(__doc__, Numpy, (KeyError, ValueError, IndexError))

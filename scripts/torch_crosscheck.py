@@ -42,14 +42,7 @@ try:
 except ImportError as e:
     sys.exit(f"torch_crosscheck.py needs torch and numpy ({e}); see scripts/crosscheck.sh")
 
-from crosscheck_common import Table, check_finetune, check_recorded_losses, check_semantics, check_trainable
-from crosscheck_common import folded as folded_np
-from crosscheck_common import load, load_store_np, main, rel_np
-
-
-def load_store(d, entry):
-    """{name: float64 tensor of its dims} from a blob and its layout."""
-    return {k: torch.tensor(v) for k, v in load_store_np(d, entry).items()}
+from crosscheck_common import load_store_np, main, momentum_update, step_state
 
 
 def nhwc(t):
@@ -117,26 +110,14 @@ def fsp(x, y):
     return torch.einsum("nihw,njhw->nij", x, y) / (x.shape[2] * x.shape[3])
 
 
-def folded(prog, params, bn, f16):
-    """`crosscheck_common.folded` (the exporter's folding and rounding) as torch tensors."""
-    return {k: torch.tensor(v) for k, v in folded_np(prog, {k: v.numpy() for k, v in params.items()}, bn, f16).items()}
-
-
 def step_reference(m, d, teacher, step, dtype, flips=None):
     """Step `step` (from 1) from tinykd's state before it, in `dtype`: {key: float64 result}."""
-    cast = lambda s: {k: v.to(dtype) for k, v in s.items()}
-    rec, files, bn, opt, n = m["steps"][step - 1], m["files"], m["bn"], m["optimizer"], m["batch"]
-    before = cast(load_store(d, files["student_before1"] if step == 1 else m["steps"][step - 2]["after"]))
-    trainable = [p["name"] for p in rec["grads"]["params"]]
-    if step == 1:
-        velocity = {k: torch.zeros_like(before[k]) for k in trainable}
-    else:
-        velocity = cast(load_store(d, m["steps"][step - 2]["velocity"]))
-    x = torch.tensor(load(d, rec["images"]).reshape(n, 32, 32, 3)).to(dtype)
-    labels = torch.tensor(rec["labels"])
-    acts = load_store(d, rec["activations"])
-    gated = {op["output"] for op in m["student"]["ops"] if op["kind"]["op"] in ("relu", "addrelu")}
-    gates = {k: nchw(v) > 0 for k, v in acts.items() if k in gated}
+    rec, bn, opt = m["steps"][step - 1], m["bn"], m["optimizer"]
+    before, velocity, trainable, x, labels, acts, gates = step_state(m, d, step)
+    cast = lambda s: {k: torch.tensor(v).to(dtype) for k, v in s.items()}
+    before, velocity, x, labels = cast(before), cast(velocity), torch.tensor(x).to(dtype), torch.tensor(labels)
+    acts = {k: torch.tensor(v) for k, v in acts.items()}
+    gates = {k: nchw(torch.tensor(v)) for k, v in gates.items()}
     tv = {}
     if m["teacher"] is not None:
         with torch.no_grad():
@@ -160,91 +141,39 @@ def step_reference(m, d, teacher, step, dtype, flips=None):
         out[f"loss {got['label']}"] = v.reshape(1)
         total = total + loss["weight"] * v
     out["loss total"] = total.reshape(1)
-    for k in load_store(d, rec["teacher"]) if "teacher" in rec else []:
+    for k in load_store_np(d, rec["teacher"]) if "teacher" in rec else []:
         out[f"teacher {k}"] = nhwc(tv[k])
     for k in acts:
         if k != m["student"]["input"]:
             out[f"activation {k}"] = nhwc(sv[k])
     grads = torch.autograd.grad(total, [leaves[k] for k in trainable])
     with torch.no_grad():
-        for k, g in zip(trainable, grads):
-            out[f"grad {k}"] = g
-            velocity[k] = opt["momentum"] * velocity[k] + g + opt["weight_decay"] * before[k]
-            out[f"velocity {k}"] = velocity[k]
-            out[f"after {k}"] = before[k] - opt["lr"] * velocity[k]
-        for k, v in before.items():
-            if f"after {k}" not in out:
-                out[f"after {k}"] = stats.get(k, v)
+        momentum_update(out, dict(zip(trainable, grads)), before, velocity, stats, opt)
     return {k: v.detach().to(torch.float64) for k, v in out.items()}
 
 
-def recorded_step(m, d, step):
-    """tinykd's figures of step `step`, keyed as `step_reference`'s."""
-    rec = m["steps"][step - 1]
-    out = {f"loss {p['label']}": torch.tensor([p["value"]]) for p in rec["parts"]}
-    out["loss total"] = torch.tensor([rec["total"]])
-    for key, entry in [("teacher", "teacher"), ("activation", "activations"), ("grad", "grads"), ("velocity", "velocity"), ("after", "after")]:
-        for k, v in (load_store(d, rec[entry]) if entry in rec else {}).items():
-            if not (key == "activation" and k == m["student"]["input"]):
-                out[f"{key} {k}"] = v
-    return out
+TORCH = {np.float64: torch.float64, np.float32: torch.float32}
 
 
-def rel(x, ref):
-    return rel_np(x.numpy(), ref.numpy())
+class Torch:
+    """The PyTorch reference, as `crosscheck_common.check_run` and `check_finetune` take it."""
 
+    name = "PyTorch"
 
-def check_run(d):
-    """Checks the run recorded in `d`; prints its table and returns its failures."""
-    m = json.load(open(os.path.join(d, "manifest.json")))
-    files, bn, n = m["files"], m["bn"], m["batch"]
-    teacher64 = load_store(d, files["teacher"]) if m["teacher"] is not None else {}
-    teacher32 = {k: v.float() for k, v in teacher64.items()}
-    table, flips = Table("PyTorch"), []
-    print(f"{m['title']} ({d})")
-    check_semantics(m, d)
-    check_trainable(m, d)
-    check_recorded_losses(m, d)
+    @staticmethod
+    def step(m, d, teacher64, step, dtype, flips, table):
+        teacher = {k: torch.tensor(v).to(TORCH[dtype]) for k, v in teacher64.items()}
+        return {k: v.numpy() for k, v in step_reference(m, d, teacher, step, TORCH[dtype], flips).items()}
 
-    def compare(step, key, ours, r64, r32):
-        table.compare(step, key, rel(ours, r64), rel(r32.to(torch.float64), r64))
+    @staticmethod
+    def logits(prog, params, x, bn, dtype):
+        cast = {k: torch.tensor(v).to(TORCH[dtype]) for k, v in params.items()}
+        with torch.no_grad():
+            return run(prog, cast, torch.tensor(x).to(TORCH[dtype]), False, bn)[prog["output"]].double().numpy()
 
-    for step in range(1, len(m["steps"]) + 1):
-        found = []
-        r64 = step_reference(m, d, teacher64, step, torch.float64, found)
-        flips += [(step, *f) for f in found]
-        r32 = step_reference(m, d, teacher32, step, torch.float32)
-        ours = recorded_step(m, d, step)
-        missing = set(r64) ^ set(ours)
-        if missing:
-            sys.exit(f"step {step}: the recording and the reference differ in what they hold: {sorted(missing)}")
-        # Parameters and statistics by their change: they dwarf one step's update, which a
-        # comparison of the values would hide under the bound.
-        before = load_store(d, files["student_before1"] if step == 1 else m["steps"][step - 2]["after"])
-        for key in r64:
-            if key.startswith("after "):
-                b = before[key[len("after "):]]
-                compare(step, key, ours[key] - b, r64[key] - b, r32[key] - b)
-            else:
-                compare(step, key, ours[key], r64[key], r32[key])
-
-    # The engine: the student after the last step (and the teacher), eval mode, first batch,
-    # from the weights as the exporter folds (and for f16 rounds) them.
-    final64 = load_store(d, m["steps"][-1]["after"])
-    x64 = torch.tensor(load(d, m["steps"][0]["images"]).reshape(n, 32, 32, 3))
-    engines = [("engine student f32", m["student"], final64, False), ("engine student f16", m["student"], final64, True)]
-    if m["teacher"] is not None:
-        engines.append(("engine teacher f32", m["teacher"], teacher64, False))
-    with torch.no_grad():
-        for key, prog, params, f16 in engines:
-            p64 = folded(prog, params, bn, f16)
-            r64 = run(prog, p64, x64, False, bn)[prog["output"]]
-            r32 = run(prog, {k: v.float() for k, v in p64.items()}, x64.float(), False, bn)[prog["output"]]
-            compare(0, key, torch.tensor(load(d, files[key.replace(" ", "_")])), r64, r32)
-
-    table.check_flips(flips)
-    table.print_groups()
-    return len(table.rows), table.failures
+    @staticmethod
+    def finetune_step(m, p64, t):
+        return finetune_step(m, p64, t)
 
 
 def finetune_step(m, p64, t):
@@ -253,10 +182,9 @@ def finetune_step(m, p64, t):
     prog, bn, opt, n = m["student"], m["bn"], m["optimizer"], m["batch"]
     p64 = {k: torch.tensor(v) for k, v in p64.items()}
     c, c_in, classes = t.c, t.c_in, t.classes
-    tdtype = {np.float64: torch.float64, np.float32: torch.float32}
 
     def step(tail, flat, x, labels, dtype):
-        dtype = tdtype[dtype]
+        dtype = TORCH[dtype]
         flat, x, labels = torch.tensor(flat), torch.tensor(x), torch.tensor(labels)
         cast = {k: v.to(dtype) for k, v in p64.items()}
         with torch.no_grad():
@@ -284,5 +212,4 @@ def finetune_step(m, p64, t):
 
 
 if __name__ == "__main__":
-    main(__doc__, check_run, lambda d: check_finetune(d, "PyTorch", finetune_step), "PyTorch",
-         (RuntimeError, KeyError, ValueError))
+    main(__doc__, Torch, (RuntimeError, KeyError, ValueError))
