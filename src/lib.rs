@@ -17,6 +17,7 @@
 //! | data: CIFAR-10 binary files, the built-in dataset | [`host::data`], or your own [`train::DataSource`] |
 //! | batch norm folded into the convs, f32 or f16 file | [`fold::export_inference`] |
 //! | inference without allocation (also in a firmware) | [`weights::WeightFile`], [`engine::Engine`], [`plan`] |
+//! | the exported file's accuracy on a dataset, by that engine | [`host::eval::evaluate`] |
 //! | fine-tuning the last layers on the device | [`finetune`] |
 //!
 //! The `tinykd` command runs the same steps (`tinykd pipeline`); `examples/distill.rs` is

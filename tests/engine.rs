@@ -598,3 +598,47 @@ fn a_batch_whose_tensors_do_not_fit_memory_is_refused() {
     // A large batch that fits is planned (a plan is sizes only: nothing is allocated).
     assert!(EnginePlan::new(&cfg, 1 << 20).is_ok());
 }
+
+#[test]
+fn library_evaluation_is_independent_of_batch_and_threads_and_matches_a_plain_loop() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tinykd::host::data::synth;
+    use tinykd::host::eval::{evaluate, EvalError, Hits};
+
+    let cfg = ModelConfig::mobilenet_v1(250);
+    let buf = export(&random_params(&cfg, 3), DType::F16);
+    let file = WeightFile::parse(buf.as_bytes()).unwrap();
+    let (_, test) = synth::generate(10, 37, 5);
+    // Image by image through one engine.
+    let engine = Engine::new(&cfg, 1, &file).unwrap();
+    let mut arena = vec![0u8; engine.arena_bytes()];
+    let (mut x, mut logits, mut hits) = (Vec::new(), [0.0f32; 10], Hits::default());
+    for i in 0..test.len() {
+        test.batch_nhwc(&[i], &mut x);
+        engine.run(Isa::detect(), &x, &mut arena, &mut logits).unwrap();
+        hits.add(&logits, &[test.label(i) as u32]).unwrap();
+    }
+    let want = hits.accuracy(test.len());
+    // 37 images in batches of 5 over 3 threads (tails everywhere), of 50 on one, of 1 on two.
+    for (batch, threads) in [(5, 3), (50, 1), (1, 2)] {
+        let done = AtomicUsize::new(0);
+        let count = |k: usize| {
+            done.fetch_add(k, Ordering::Relaxed);
+        };
+        let got = evaluate(&file, &test, batch, threads, Some(&count)).unwrap();
+        assert_eq!(got, want, "batch {batch}, {threads} threads");
+        assert_eq!(done.into_inner(), 37, "progress counts every image once");
+    }
+    // A model with fewer classes than the labels, or for other input sizes: typed errors.
+    for (other, labels) in
+        [(ModelConfig { classes: 3, ..cfg }, true), (ModelConfig { in_h: 64, in_w: 64, ..cfg }, false)]
+    {
+        let buf = export(&random_params(&other, 3), DType::F32);
+        let file = WeightFile::parse(buf.as_bytes()).unwrap();
+        let e = evaluate(&file, &test, 8, 2, None).unwrap_err();
+        match (e, labels) {
+            (EvalError::Labels(_), true) | (EvalError::Engine(EngineError::InputLen { .. }), false) => {}
+            (e, _) => panic!("{other:?}: {e:?}"),
+        }
+    }
+}

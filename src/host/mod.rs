@@ -6,6 +6,7 @@ pub mod checkpoint;
 #[doc(hidden)]
 pub mod cli;
 pub mod data;
+pub mod eval;
 pub mod metrics;
 pub mod progress;
 pub mod read;

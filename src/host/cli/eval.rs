@@ -1,5 +1,5 @@
 //! `tinykd eval`: top-1 / top-5 accuracy of weights on a dataset's test split, computed by the
-//! `no_std` inference [`Engine`] — exactly what the device runs. A Params file or checkpoint is
+//! `no_std` inference [`Engine`](crate::engine::Engine) — exactly what the device runs. A Params file or checkpoint is
 //! BN-folded (f32) in memory first.
 
 use std::io::IsTerminal;
@@ -7,16 +7,16 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::ProgressBar;
-use tinykd_kernels::shape::Logits;
-use tinykd_kernels::{loss, DType, Isa};
+use tinykd_kernels::DType;
 
 use super::weights_io::{self, Loaded};
 use super::{default_threads, emit, UsageError};
 use crate::config::ModelConfig;
-use crate::engine::Engine;
 use crate::fold;
 use crate::host::data::cifar::{IMAGE_C, IMAGE_H, IMAGE_W, NUM_CLASSES};
 use crate::host::data::{load_cifar_test, Dataset};
+use crate::host::eval;
+pub use crate::host::eval::{Accuracy, Hits};
 use crate::host::progress;
 use crate::params::ParamStore;
 use crate::weights::{AlignedBuf, WeightFile};
@@ -41,82 +41,25 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Accuracy over a set of images.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Accuracy {
-    /// Fraction whose label has the highest logit.
-    pub top1: f64,
-    /// Fraction whose label is among the five highest logits.
-    pub top5: f64,
-    /// Images evaluated.
-    pub n: usize,
-}
-
-/// Counts of correct predictions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Hits {
-    /// Label ranked first.
-    pub top1: usize,
-    /// Label ranked in the first five (all classes if fewer than five).
-    pub top5: usize,
-}
-
-impl Hits {
-    /// Scores a batch of `logits` (`labels.len()` rows) with the kernels' tie rule
-    /// ([`loss::topk_correct`]: a tie ranks the lower class index first).
-    pub fn add(&mut self, logits: &[f32], labels: &[u32]) -> anyhow::Result<()> {
-        let classes = logits.len() / labels.len().max(1);
-        let sh = Logits::new(labels.len(), classes);
-        self.top1 += loss::topk_correct(&sh, logits, labels, 1)?;
-        self.top5 += loss::topk_correct(&sh, logits, labels, 5.min(classes))?;
-        Ok(())
-    }
-
-    /// The fractions over `n` samples.
-    pub fn accuracy(self, n: usize) -> Accuracy {
-        let d = n.max(1) as f64;
-        Accuracy { top1: self.top1 as f64 / d, top5: self.top5 as f64 / d, n }
-    }
-}
-
 /// A BN-folded f32 inference file of `store`, in aligned memory.
 pub fn fold_f32(store: &ParamStore) -> anyhow::Result<AlignedBuf> {
     let bytes = fold::export_inference(store, DType::F32).context("cannot fold batch norm")?;
     Ok(AlignedBuf::from_bytes(&bytes))
 }
 
-/// Evaluates the inference file `file` on every image of `set` with the engine: the set is split
-/// into `threads` contiguous parts, each run in batches of `batch` (plus one smaller batch for
-/// its tail) on its own arena.
+/// [`host::eval::evaluate`](crate::host::eval::evaluate) with a progress bar on a terminal.
 pub fn evaluate(file: &WeightFile<'_>, set: &Dataset, batch: usize, threads: usize) -> anyhow::Result<Accuracy> {
-    let cfg = file.config();
-    let n = set.len();
-    let batch = batch.clamp(1, n.max(1));
-    let threads = threads.clamp(1, n.div_ceil(batch).max(1));
-    let engine = Engine::new(&cfg, batch, file).context("cannot prepare the inference engine")?;
-    let isa = Isa::detect();
-    let parts: Vec<std::ops::Range<usize>> = (0..threads).map(|k| n * k / threads..n * (k + 1) / threads).collect();
-    let bar = progress_bar(n);
-    let results: Vec<anyhow::Result<Hits>> = std::thread::scope(|s| {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .map(|range| {
-                let (engine, bar) = (&engine, bar.as_ref());
-                s.spawn(move || run_part(engine, file, isa, set, range, batch, bar))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("eval worker panicked")).collect()
-    });
+    let bar = progress_bar(set.len());
+    let inc = |k: usize| {
+        if let Some(bar) = &bar {
+            bar.inc(k as u64);
+        }
+    };
+    let acc = eval::evaluate(file, set, batch, threads, Some(&inc));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let mut hits = Hits::default();
-    for r in results {
-        let h = r?;
-        hits.top1 += h.top1;
-        hits.top5 += h.top5;
-    }
-    Ok(hits.accuracy(n))
+    Ok(acc?)
 }
 
 /// A bar over `n` images on stderr when it is a terminal and the evaluation is long enough to
@@ -130,45 +73,6 @@ fn progress_bar(n: usize) -> Option<ProgressBar> {
 
 /// Fewest test images for which [`evaluate`] draws a progress bar.
 const EVAL_BAR_MIN_IMAGES: usize = 1000;
-
-/// Runs the images `range` of `set` through `engine` (batches of `batch`; the tail through an
-/// engine built for its size), advancing `bar` by each batch.
-fn run_part(
-    engine: &Engine<'_>,
-    file: &WeightFile<'_>,
-    isa: Isa,
-    set: &Dataset,
-    range: std::ops::Range<usize>,
-    batch: usize,
-    bar: Option<&ProgressBar>,
-) -> anyhow::Result<Hits> {
-    let cfg = file.config();
-    let classes = cfg.classes as usize;
-    let tail = range.len() % batch;
-    let tail_engine = if tail > 0 {
-        Some(Engine::new(&cfg, tail, file).context("cannot prepare the inference engine")?)
-    } else {
-        None
-    };
-    let arena_len = engine.arena_bytes().max(tail_engine.as_ref().map_or(0, Engine::arena_bytes));
-    let mut arena = vec![0u8; arena_len];
-    let mut input = Vec::new();
-    let mut logits = vec![0.0f32; batch * classes];
-    let mut hits = Hits::default();
-    let indices: Vec<usize> = range.collect();
-    for chunk in indices.chunks(batch) {
-        let eng = if chunk.len() == batch { engine } else { tail_engine.as_ref().expect("tail engine exists") };
-        set.batch_nhwc(chunk, &mut input);
-        let out = &mut logits[..chunk.len() * classes];
-        eng.run(isa, &input, &mut arena, out).context("inference failed")?;
-        let labels: Vec<u32> = chunk.iter().map(|&i| set.label(i) as u32).collect();
-        hits.add(out, &labels)?;
-        if let Some(bar) = bar {
-            bar.inc(chunk.len() as u64);
-        }
-    }
-    Ok(hits)
-}
 
 /// Evaluates weights as loaded by [`weights_io::load`] (parameters are folded to f32 first).
 pub fn evaluate_loaded(w: &Loaded, set: &Dataset, batch: usize, threads: usize) -> anyhow::Result<Accuracy> {
