@@ -16,7 +16,7 @@ truth) and float32 (the bound: tinykd's relative error on a tensor may be 4x the
 reference's, and at least 1e-4); the engine's logits against the model folded and rounded as
 the exporter does; the fine-tuner's tails from the f16 file. A ReLU whose input is within
 rounding of 0 takes tinykd's decision, and each such disagreement must lie within 1e-4 of the
-tensor's RMS of 0 (or 10x tinykd's error on it). What DESIGN.md fixes is asserted, not read
+tensor's RMS of 0 (or 10x the float32 reference's error on it). What DESIGN.md fixes is asserted, not read
 from the manifest (crosscheck_common.py).
 
 Being independent of PyTorch, it also checks the hand-written backward against the forward:

@@ -26,8 +26,8 @@ times 4, and at least 1e-4: some quantities are ill-conditioned sums, which a fi
 either flag or hide everything behind. A ReLU whose input is within rounding of 0 may pass a
 value on one side and block it on the other; the float64 reference takes tinykd's decision
 there (from its recorded ReLU outputs), and every such disagreement is listed with its distance
-from 0, which must be below 1e-4 of the tensor's RMS or 10x the relative error of tinykd's
-forward on that tensor, whichever is larger.
+from 0, which must be below 1e-4 of the tensor's RMS or 10x the relative error of PyTorch's
+float32 forward on that tensor, whichever is larger.
 
 Usage: python3 scripts/torch_crosscheck.py DIR   (needs torch and numpy)
 """
