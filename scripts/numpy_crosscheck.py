@@ -25,8 +25,6 @@ along that gradient (a wrong backward here would make it fail, not pass).
 
 Usage: python3 scripts/numpy_crosscheck.py DIR   (needs numpy)
 """
-import json
-import os
 import sys
 
 try:

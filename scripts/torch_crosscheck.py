@@ -31,8 +31,6 @@ float32 forward on that tensor, whichever is larger.
 
 Usage: python3 scripts/torch_crosscheck.py DIR   (needs torch and numpy)
 """
-import json
-import os
 import sys
 
 try:
@@ -179,7 +177,7 @@ class Torch:
 def finetune_step(m, p64, t):
     """The fine-tuner's step (`crosscheck_common.check_finetune`) in PyTorch: eval forward of
     the folded model, the tail, cross-entropy, autograd, Momentum with weight decay."""
-    prog, bn, opt, n = m["student"], m["bn"], m["optimizer"], m["batch"]
+    prog, bn, opt = m["student"], m["bn"], m["optimizer"]
     p64 = {k: torch.tensor(v) for k, v in p64.items()}
     c, c_in, classes = t.c, t.c_in, t.classes
 

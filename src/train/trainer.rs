@@ -173,16 +173,6 @@ pub enum TrainError {
 /// momentum buffer and its gradient.
 type Trainable<'a> = (usize, &'a mut [f32], &'a mut [f32], &'a [f32]);
 
-/// Why [`Trainer::update`] failed.
-enum UpdateError {
-    Kernel(KernelError),
-    /// It made the weights or momentum of parameter `name` non-finite.
-    NonFinite {
-        name: String,
-        detail: String,
-    },
-}
-
 /// Where a step whose losses were finite found a NaN or an infinity
 /// ([`TrainError::NonFiniteTensor`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,6 +183,17 @@ pub enum Diverged {
     Gradient,
     /// A trainable parameter or its momentum buffer, as the update wrote it.
     Update,
+}
+
+impl Diverged {
+    /// What held the value, for tensor `name`: `the gradient of conv1_weights`, ...
+    pub fn what(self, name: &str) -> String {
+        match self {
+            Diverged::Statistic => format!("the batch-norm statistic {name} after the forward"),
+            Diverged::Gradient => format!("the gradient of {name}"),
+            Diverged::Update => format!("the update of {name}"),
+        }
+    }
 }
 
 impl fmt::Display for TrainError {
@@ -221,12 +222,7 @@ impl fmt::Display for TrainError {
             TrainError::Config(e) => write!(f, "configuration: {e}"),
             TrainError::Kernel(e) => write!(f, "{e}"),
             TrainError::NonFiniteTensor { step, at, name, detail, values } => {
-                let what = match at {
-                    Diverged::Statistic => format!("the batch-norm statistic {name} after the forward"),
-                    Diverged::Gradient => format!("the gradient of {name}"),
-                    Diverged::Update => format!("the update of {name}"),
-                };
-                write!(f, "{what} is not finite at step {step}: it {detail} (loss {})", values.total)?;
+                write!(f, "{} is not finite at step {step}: it {detail} (loss {})", at.what(name), values.total)?;
                 match at {
                     Diverged::Update => f.write_str(
                         "; the update has written its results, so restore the parameters and momentum buffers \
@@ -581,16 +577,7 @@ impl Trainer {
         };
         let clock = Instant::now();
         let lr = self.cfg.schedule.lr(self.step);
-        self.update(lr).map_err(|e| match e {
-            UpdateError::Kernel(e) => TrainError::Kernel(e),
-            UpdateError::NonFinite { name, detail } => TrainError::NonFiniteTensor {
-                step: self.step,
-                at: Diverged::Update,
-                name,
-                detail,
-                values: values.clone(),
-            },
-        })?;
+        self.update(lr, &values)?;
         phases.update = clock.elapsed().as_secs_f64();
         let report = StepReport { step: self.step, epoch, lr, batch: labels.len(), losses: values, phases };
         self.step += 1;
@@ -649,8 +636,8 @@ impl Trainer {
 
     /// `v = μ·v + g + wd·p; p −= lr·v` for every trainable parameter, shared out over the
     /// threads. Names the first parameter (in store order) whose weights or momentum it made
-    /// non-finite.
-    fn update(&mut self, lr: f32) -> Result<(), UpdateError> {
+    /// non-finite ([`Diverged::Update`], with the step's loss `values`).
+    fn update(&mut self, lr: f32, values: &LossValues) -> Result<(), TrainError> {
         let h = Momentum { lr, mu: self.cfg.momentum, wd: self.cfg.weight_decay };
         let grads: Vec<&[f32]> = self.student.param_grads().map(|(_, g)| g).collect();
         // The trainable parameters (with store index, velocity and gradient).
@@ -681,7 +668,7 @@ impl Trainer {
         }));
         let mut first_bad = None;
         for r in results {
-            first_bad = first_bad.or(r.map_err(UpdateError::Kernel)?);
+            first_bad = first_bad.or(r.map_err(TrainError::Kernel)?);
         }
         let Some(i) = first_bad else { return Ok(()) };
         let p = &self.params.params()[i];
@@ -692,7 +679,8 @@ impl Trainer {
                 None => "wrote a NaN or an infinity".into(),
             },
         };
-        Err(UpdateError::NonFinite { name: p.name.clone(), detail })
+        let (step, name, values) = (self.step, p.name.clone(), values.clone());
+        Err(TrainError::NonFiniteTensor { step, at: Diverged::Update, name, detail, values })
     }
 
     /// Copies the running statistics (before a forward that updates them).

@@ -1,6 +1,7 @@
 //! `tinykd eval`: top-1 / top-5 accuracy of weights on a dataset's test split, computed by the
-//! `no_std` inference [`Engine`](crate::engine::Engine) — exactly what the device runs. A Params file or checkpoint is
-//! BN-folded (f32) in memory first.
+//! `no_std` inference [`Engine`](crate::engine::Engine) — exactly what the device runs
+//! ([`host::eval`](crate::host::eval)). A Params file or checkpoint is BN-folded (f32) in
+//! memory first.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -555,12 +555,7 @@ pub fn fit(job: Job<'_>) -> anyhow::Result<Outcome> {
                     return Err(d.error(o, &trainer, &ckpt_path));
                 }
                 Err(TrainError::NonFiniteTensor { step, at, name, detail, values }) => {
-                    let what = match at {
-                        Diverged::Statistic => format!("the batch-norm statistic {name} after the forward"),
-                        Diverged::Gradient => format!("the gradient of {name}"),
-                        Diverged::Update => format!("the update of {name}"),
-                    };
-                    let updated = at == Diverged::Update;
+                    let (what, updated) = (at.what(&name), at == Diverged::Update);
                     let d = Divergence { what, detail: Some(detail), step, epoch, values, updated };
                     return Err(d.error(o, &trainer, &ckpt_path));
                 }
