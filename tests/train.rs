@@ -187,6 +187,40 @@ fn only_the_input_gradient_is_kept() {
     assert_eq!(again, grads, "the parameter gradients repeat bitwise");
 }
 
+/// The fc's forward runs over its weights packed once per forward (AVX2, more than 16 rows per
+/// thread): the logits are bitwise those of the fc kernel over the pool's output and the
+/// current weights, in train and eval mode, on 1 and 2 threads, and after the weights change
+/// between forwards (a stale pack would show).
+#[test]
+fn fc_over_weights_packed_per_forward_matches_its_kernel() {
+    use tinykd::kernels::act::Act;
+    use tinykd::kernels::linear::linear_fwd;
+    use tinykd::kernels::shape::Linear;
+    let (prog, mut params) = tiny_mobilenet(21);
+    let mut rng = Rng::new(8);
+    let n = 40;
+    let (x, _) = batch(&mut rng, &prog, n);
+    for threads in [1, 2] {
+        let mut ex = Executor::new(&prog, n, threads);
+        for (round, mode) in [Mode::Train, Mode::Eval, Mode::Train].into_iter().enumerate() {
+            if round > 0 {
+                let w = params.get_mut("fc7_weights").unwrap();
+                w.data.iter_mut().enumerate().for_each(|(i, v)| *v += ((i % 7) as f32 - 3.0) * 1e-3);
+            }
+            ex.forward(&mut params, &x, mode).unwrap();
+            let (pool, _) = ex.activation("pool").unwrap();
+            let (w, b) = (&params.get("fc7_weights").unwrap().data, &params.get("fc7_offset").unwrap().data);
+            let mut want = vec![f32::NAN; n * 10];
+            let s = Linear::new(n / threads, pool.len() / n, 10);
+            for (xc, yc) in pool.chunks(s.x_len()).zip(want.chunks_mut(s.y_len())) {
+                linear_fwd(ex.isa(), &s, xc, w, Some(b), Act::None, yc).unwrap();
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(ex.logits()), bits(&want), "{threads} threads, {mode:?}, round {round}");
+        }
+    }
+}
+
 #[test]
 fn threads_match_one_thread_and_repeat_bitwise() {
     let (prog, params) = tiny_mobilenet(7);

@@ -9,7 +9,7 @@
 mod common;
 
 use common::Rng;
-use tinykd_kernels::gemm::{gemm, GemmShape, Trans};
+use tinykd_kernels::gemm::{gemm, gemm_packed_b, pack_b, packed_b_len, GemmShape, Trans};
 use tinykd_kernels::{f16, Elem, Isa, IsaKind, KernelError};
 
 /// Every ISA this CPU can run (always including scalar), printed so the log shows which ran.
@@ -290,6 +290,90 @@ fn narrow_c_along_k() {
                 idx += 1;
             }
         }
+    }
+}
+
+/// op(B) packed once (`pack_b`) gives `gemm_packed_b` the bits of `gemm` over the unpacked B,
+/// on the narrow shapes of [`narrow_c_along_k`] (f32 and f16 B, both layouts, padding, α, β,
+/// a pack buffer off its 64-byte line and longer than needed); where an ISA has no packed
+/// path both calls are `Shape` errors that write nothing; short buffers are `Len` errors.
+#[test]
+fn packed_b_same_bits_as_gemm() {
+    fn run<EB: Elem>(isa: Isa, rng: &mut Rng, cs: &Case) -> bool {
+        let s = cs.shape();
+        let (ar, ac) = cs.a_dims();
+        let (br, bc) = cs.b_dims();
+        let a = stored(rng, ar, ac, cs.pad);
+        let b: Vec<EB> = stored(rng, br, bc, cs.pad).into_iter().map(EB::from_f32).collect();
+        let c0 = stored(rng, cs.m, cs.n, cs.pad);
+        let mut want = c0.clone();
+        gemm(isa, &s, cs.alpha, &a, &b, cs.beta, &mut want).unwrap();
+        let Some(len) = packed_b_len(isa, &s) else {
+            let mut bp = vec![0.0f32; 1 << 16];
+            assert!(matches!(pack_b(isa, &s, &b, &mut bp), Err(KernelError::Shape(_))), "{cs:?}");
+            assert!(bp.iter().all(|&v| v == 0.0));
+            let mut c = c0.clone();
+            let e = gemm_packed_b(isa, &s, cs.alpha, &a, &bp, cs.beta, &mut c);
+            assert!(matches!(e, Err(KernelError::Shape(_))), "{cs:?}");
+            assert_eq!(
+                c.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                c0.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            return false;
+        };
+        // One element past a line, 5 spare values after the pack.
+        let mut room = vec![f32::NAN; len + 32];
+        let off = room.as_ptr().align_offset(64) + 1;
+        let bp = &mut room[off..off + len + 5];
+        pack_b(isa, &s, &b, bp).unwrap();
+        let mut c = c0.clone();
+        gemm_packed_b(isa, &s, cs.alpha, &a, bp, cs.beta, &mut c).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&c), bits(&want), "{:?} {cs:?}", isa.kind());
+        // Short buffers.
+        let short = len - 1;
+        let e = pack_b(isa, &s, &b, &mut bp[..short]).unwrap_err();
+        assert_eq!(e, KernelError::Len { arg: "bp", expected: len, got: short });
+        let e = gemm_packed_b(isa, &s, cs.alpha, &a, &bp[..short], cs.beta, &mut c).unwrap_err();
+        assert_eq!(e, KernelError::Len { arg: "bp", expected: len, got: short });
+        let e = gemm_packed_b(isa, &s, cs.alpha, &a[..a.len() - 1], bp, cs.beta, &mut c).unwrap_err();
+        assert!(matches!(e, KernelError::Len { arg: "a", .. }));
+        true
+    }
+    let isas = isas();
+    let mut rng = Rng::new(9);
+    let mut packed = vec![0usize; isas.len()];
+    let mut idx = 0usize;
+    for n in 1..=11 {
+        for (m, k) in [(1, 64), (7, 65), (8, 203), (9, 384), (3, 385), (2, 391), (33, 1027), (131, 390), (4, 63)] {
+            for tb in [Trans::N, Trans::T] {
+                let cs = Case {
+                    m,
+                    n,
+                    k,
+                    ta: [Trans::N, Trans::T][usize::from(idx % 7 == 6)],
+                    tb,
+                    pad: [0, 3][idx % 2],
+                    alpha: ALPHAS[idx % 3],
+                    beta: BETAS[(idx / 3) % 3],
+                };
+                for (i, &isa) in isas.iter().enumerate() {
+                    let hit = if idx.is_multiple_of(2) {
+                        run::<f32>(isa, &mut rng, &cs)
+                    } else {
+                        run::<f16>(isa, &mut rng, &cs)
+                    };
+                    packed[i] += usize::from(hit);
+                    if isa.kind() == IsaKind::Avx2 {
+                        assert_eq!(hit, n <= 10 && k >= 64 && cs.ta == Trans::N, "{cs:?}");
+                    }
+                }
+                idx += 1;
+            }
+        }
+    }
+    for (isa, count) in isas.iter().zip(&packed) {
+        eprintln!("{}: {count} packed-B cases", isa.kind().name());
     }
 }
 

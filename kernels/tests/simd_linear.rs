@@ -10,9 +10,9 @@ mod common;
 use common::{assert_close, Rng};
 use tinykd_kernels::act::Act;
 use tinykd_kernels::conv::conv2d_fwd;
-use tinykd_kernels::linear::linear_fwd;
+use tinykd_kernels::linear::{linear_fwd, linear_fwd_narrow, narrow_packed_len, pack_narrow};
 use tinykd_kernels::shape::{Conv2d, Linear};
-use tinykd_kernels::{f16, Elem, Isa, IsaKind};
+use tinykd_kernels::{f16, Elem, Isa, IsaKind, KernelError};
 
 /// The SIMD paths this CPU can run (the scalar path is the reference).
 fn simd_isas() -> Vec<Isa> {
@@ -95,4 +95,71 @@ fn conv_forward_matches_scalar_f32_and_f16() {
     let mut rng = Rng::new(22);
     check_conv::<f32>(&mut rng);
     check_conv::<f16>(&mut rng);
+}
+
+/// An fc's weights packed once (`pack_narrow`) give `linear_fwd_narrow` the bits of
+/// `linear_fwd` on every ISA that packs them, at every row count (the few rows that stream
+/// `w` and the many that read the pack), with every column count up to 10, depths with every
+/// remainder mod 4 and across the 384-deep block, f32 and f16 weights and each epilogue;
+/// shapes or ISAs without the path, and short buffers, are errors that write nothing.
+fn check_narrow<W: Elem>(rng: &mut Rng) {
+    let isas: Vec<Isa> = IsaKind::ALL.iter().filter_map(|&k| Isa::force(k)).collect();
+    let mut packed = 0;
+    for rows in [1, 2, 16, 17, 33, 64] {
+        for c_in in [63, 64, 385, 1027] {
+            for c_out in [1, 5, 8, 10, 11] {
+                let s = Linear::new(rows, c_in, c_out);
+                let x = rng.vec(s.x_len());
+                let w: Vec<W> = rng.vec(s.w_len()).into_iter().map(W::from_f32).collect();
+                let b: Vec<W> = rng.vec(c_out).into_iter().map(W::from_f32).collect();
+                for isa in &isas {
+                    let isa = *isa;
+                    let Some(len) = narrow_packed_len(isa, &s) else {
+                        let mut wp = vec![0.0f32; 1 << 14];
+                        let e = pack_narrow(isa, &s, &w, &mut wp).unwrap_err();
+                        assert!(matches!(e, KernelError::Shape(_)), "{:?} {s:?}: {e}", isa.kind());
+                        let mut y = vec![f32::NAN; s.y_len()];
+                        let e = linear_fwd_narrow(isa, &s, &x, &w, &wp, None, Act::None, &mut y).unwrap_err();
+                        assert!(matches!(e, KernelError::Shape(_)), "{:?} {s:?}: {e}", isa.kind());
+                        assert!(y.iter().all(|v| v.is_nan()));
+                        continue;
+                    };
+                    packed += 1;
+                    let mut wp = vec![f32::NAN; len];
+                    pack_narrow(isa, &s, &w, &mut wp).unwrap();
+                    for (has_b, act) in EPILOGUES {
+                        let bias = has_b.then_some(&b[..]);
+                        let mut want = vec![f32::NAN; s.y_len()];
+                        linear_fwd(isa, &s, &x, &w, bias, act, &mut want).unwrap();
+                        let mut got = vec![f32::NAN; s.y_len()];
+                        linear_fwd_narrow(isa, &s, &x, &w, &wp, bias, act, &mut got).unwrap();
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{:?} {:?} {s:?} bias {has_b} {act:?}",
+                            isa.kind(),
+                            W::DTYPE
+                        );
+                    }
+                    let mut y = vec![f32::NAN; s.y_len()];
+                    let e = linear_fwd_narrow(isa, &s, &x, &w, &wp[..len - 1], None, Act::None, &mut y).unwrap_err();
+                    assert_eq!(e, KernelError::Len { arg: "wp", expected: len, got: len - 1 });
+                    let e = pack_narrow(isa, &s, &w[1..], &mut wp).unwrap_err();
+                    assert!(matches!(e, KernelError::Len { arg: "w", .. }), "{e}");
+                    assert!(y.iter().all(|v| v.is_nan()));
+                }
+            }
+        }
+    }
+    if isas.iter().any(|i| i.kind() == IsaKind::Avx2) {
+        assert!(packed > 0, "AVX2 packs an fc's weights");
+    }
+}
+
+#[test]
+fn narrow_packed_forward_has_the_bits_of_the_forward() {
+    let mut rng = Rng::new(12);
+    check_narrow::<f32>(&mut rng);
+    check_narrow::<f16>(&mut rng);
 }

@@ -537,6 +537,9 @@ pub struct Executor {
     /// Per op, the weights of a few-row pointwise conv packed by the last train forward
     /// ([`TRAIN_PANEL_MAX_PIXELS`]).
     train_panels: Vec<Option<TrainPanels>>,
+    /// Per op, an fc's weights packed for the GEMM's narrow path ([`linear::pack_narrow`]) at
+    /// the start of every forward, one pack the threads share where each would pack its own.
+    fc_packed: Vec<Option<LineBuf>>,
     /// Per batch-norm op, the ReLU op it runs with ([`Executor::fuse_bn_relu`]).
     bn_relu: Vec<Option<usize>>,
     /// Per op, whether it is a ReLU its batch norm runs.
@@ -809,6 +812,15 @@ impl Executor {
                     })
                 })
                 .collect(),
+            fc_packed: prog
+                .ops()
+                .iter()
+                .map(|op| {
+                    let len =
+                        matches!(op.kind, OpKind::Fc).then(|| linear::narrow_packed_len(isa, &prog.linear(op, 1)));
+                    len.flatten().map(LineBuf::zeros)
+                })
+                .collect(),
             bn_relu: vec![None; prog.ops().len()],
             relu_in_bn: vec![false; prog.ops().len()],
             bn_relu_skipped: vec![false; prog.tensors().len()],
@@ -980,6 +992,18 @@ impl Executor {
             }
         }));
         results.into_iter().collect()
+    }
+
+    /// Packs the fcs' weights for the GEMM's narrow path ([`Executor::fc_packed`]), on this
+    /// thread (10 K values per fc).
+    fn pack_fcs(&mut self, ops: &[OpParams<'_>]) -> Result<(), ExecError> {
+        for (i, wp) in self.fc_packed.iter_mut().enumerate() {
+            let Some(wp) = wp else { continue };
+            let op = &self.prog.ops()[i];
+            linear::pack_narrow(self.isa, &self.prog.linear(op, 1), ops[i].weights, wp)
+                .map_err(|err| ExecError::Kernel { layer: op.name, err })?;
+        }
+        Ok(())
     }
 
     /// Train-mode forward: batch statistics, running statistics of `params` updated. An input
@@ -1354,6 +1378,7 @@ impl Executor {
         if mode == Mode::Train {
             self.pack_train_panels(&ops)?;
         }
+        self.pack_fcs(&ops)?;
         let at = |x: &[f32]| (x.as_ptr() as usize, x.len());
         // The folded convs apply only to the parameter slices they were made from.
         let use_fold = mode == Mode::Eval
@@ -1397,6 +1422,7 @@ impl Executor {
             fused_away: &self.fused_away,
             skip: if mode == Mode::Eval { &self.eval_unneeded } else { &[] },
             train_panels: if mode == Mode::Train { &self.train_panels } else { &[] },
+            fc_packed: &self.fc_packed,
             bn_relu: if use_fold { &[] } else { &self.bn_relu },
             relu_in_bn: if use_fold { &[] } else { &self.relu_in_bn },
             recycle: recycle.as_ref(),
@@ -1510,6 +1536,7 @@ impl Executor {
             fused_away: &self.fused_away,
             skip: &[],
             train_panels: &self.train_panels,
+            fc_packed: &[],
             bn_relu: &self.bn_relu,
             relu_in_bn: &self.relu_in_bn,
             recycle: None,
@@ -1763,6 +1790,8 @@ struct Ctx<'a> {
     skip: &'a [bool],
     /// Per op, packed weights of a few-pixel conv (train forward and backward only).
     train_panels: &'a [Option<TrainPanels>],
+    /// Per op, an fc's weights packed for this forward (empty: none; forward only).
+    fc_packed: &'a [Option<LineBuf>],
     /// Per batch-norm op, the ReLU op it runs with (empty: none; [`Executor::fuse_bn_relu`]).
     bn_relu: &'a [Option<usize>],
     /// Per op, whether it is a ReLU its batch norm runs (empty: none).
@@ -2026,7 +2055,12 @@ fn forward_op(
         OpKind::AddRelu => act::add_relu(isa, x, read(op.inputs()[1]), y).map_err(kernel),
         OpKind::GlobalAvgPool => pool::global_avg_fwd(isa, &prog.pool(op, nc), x, y).map_err(kernel),
         OpKind::Fc => {
-            linear::linear_fwd(isa, &prog.linear(op, nc), x, p.weights, Some(p.offset), Act::None, y).map_err(kernel)
+            let s = prog.linear(op, nc);
+            match ctx.fc_packed.get(i).and_then(Option::as_ref) {
+                Some(wp) => linear::linear_fwd_narrow(isa, &s, x, p.weights, wp, Some(p.offset), Act::None, y),
+                None => linear::linear_fwd(isa, &s, x, p.weights, Some(p.offset), Act::None, y),
+            }
+            .map_err(kernel)
         }
     }
 }

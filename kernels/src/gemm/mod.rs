@@ -54,7 +54,7 @@ mod narrow512;
 mod neon;
 
 use crate::elem::Elem;
-use crate::error::{ensure, KernelError, Result};
+use crate::error::{check_scratch, ensure, KernelError, Result};
 use crate::isa::{Isa, IsaKind};
 use crate::shape::prod;
 
@@ -180,5 +180,77 @@ pub fn gemm<A: Elem, B: Elem>(
         // Kinds of another architecture: no `Isa` of them can exist on this target.
         _ => scalar::gemm(s, alpha, a, b, beta, c),
     }
+    Ok(())
+}
+
+/// Why [`pack_b`] and [`gemm_packed_b`] refuse a shape or ISA.
+const NO_PACKED_B: KernelError = KernelError::Shape("gemm: this ISA has no packed op(B) for this shape");
+
+/// f32 that op(B) takes packed by [`pack_b`] for [`gemm_packed_b`] on `isa` and shape `s` (its
+/// m ignored), or `None` when no path of `isa` reads a packed op(B) for that shape ([`gemm`]
+/// then packs per call). Packed: the AVX2 path's narrow C (n ≤ 10, k ≥ 64, A untransposed) —
+/// an fc's forward at 32–64 rows, where packing per call is 5–10 % of its time and several
+/// threads would each pack the same weights.
+pub fn packed_b_len(isa: Isa, s: &GemmShape) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if isa.kind() == IsaKind::Avx2 && narrow::applies(s) {
+        return Some(narrow::packed_len(s));
+    }
+    let _ = (isa, s); // no other path reads a packed op(B)
+    None
+}
+
+/// Packs op(B) (f32 or f16, widened) into `bp` (at least [`packed_b_len`] f32; 32-byte aligned
+/// runs fastest) for [`gemm_packed_b`] calls with the same k, n, op(B) and any m.
+///
+/// Errors: `Shape` when [`packed_b_len`] is `None`; `Len` for a short `b` or `bp`.
+pub fn pack_b<B: Elem>(isa: Isa, s: &GemmShape, b: &[B], bp: &mut [f32]) -> Result<()> {
+    let len = packed_b_len(isa, s).ok_or(NO_PACKED_B)?;
+    let (br, bc) = s.b_dims();
+    check_matrix("b", b.len(), br, bc, s.ldb)?;
+    check_scratch("bp", bp.len(), len)?;
+    if s.n == 0 {
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `bp` holds packed_len(s) f32 and `b` passed the length check (above); n ≥ 1;
+    // packed_b_len is Some only for an `Isa` of kind Avx2 (which exists only when the CPU has
+    // AVX2+FMA+F16C, isa.rs) and a shape narrow::applies to.
+    unsafe {
+        narrow::pack_whole(s, b, bp.as_mut_ptr())
+    };
+    Ok(())
+}
+
+/// [`gemm`] with op(B) packed by [`pack_b`] (for the same k, n, op(B) and `isa`): the same
+/// bits as [`gemm`] with the unpacked B, without its per-call packing.
+///
+/// Errors: `Shape` when [`packed_b_len`] is `None`; `Len` for a short `a`, `bp` or `c`.
+pub fn gemm_packed_b(
+    isa: Isa,
+    s: &GemmShape,
+    alpha: f32,
+    a: &[f32],
+    bp: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) -> Result<()> {
+    let len = packed_b_len(isa, s).ok_or(NO_PACKED_B)?;
+    let (ar, ac) = s.a_dims();
+    check_matrix("a", a.len(), ar, ac, s.lda)?;
+    check_scratch("bp", bp.len(), len)?;
+    check_matrix("c", c.len(), s.m, s.n, s.ldc)?;
+    if s.m == 0 || s.n == 0 {
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: lengths checked above, m, n ≥ 1; `bp` holds packed_len(s) f32 (any values: the
+    // kernel reads only those); packed_b_len is Some only for an `Isa` of kind Avx2 (which
+    // exists only when the CPU has AVX2+FMA+F16C, isa.rs) and a shape narrow::applies to.
+    unsafe {
+        narrow::gemm_packed(s, alpha, a, bp.as_ptr(), beta, c)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (alpha, a, bp, beta, c); // unreachable: packed_b_len is None here
     Ok(())
 }

@@ -11,9 +11,12 @@
 //! 4×4 one in each 128-bit lane, 8 shuffles per 4 rows of B). Loop order: chunk of `MC` rows →
 //! k block → row pairs (A streams from L2, the packed block, 15 KiB, stays in L1); a pair's
 //! accumulators are held in a buffer between k blocks and reduced once, after the last, by
-//! three `hadd`s per 8 outputs, which leave each column's sum in order. Each output is summed
-//! in 4 lane-wise partial sums over all of k, reduced at the end: another order than the
-//! blocked path's, inside the same error bound (see the module docs of `gemm`).
+//! three `hadd`s per 8 outputs, which leave each column's sum in order. [`pack_whole`] packs
+//! all of op(B) once in the same layout (blocks start at group `p0 / 4`) for [`gemm_packed`]:
+//! the same loop and bits without the per-call pack (the trainer's fc, its weights packed once
+//! per forward and shared by the threads). Each output is summed in 4 lane-wise partial sums
+//! over all of k, reduced at the end: another order than the blocked path's, inside the same
+//! error bound (see the module docs of `gemm`).
 //!
 //! `tinykd bench gemm --shape 64x10x1024` (fraction of the FMA peak timed in the same rounds):
 //! 40 % on the 6×16 kernel; 73–77 % as 8-k dot products over two 5-column tiles with full 8×8
@@ -75,21 +78,90 @@ pub(super) unsafe fn gemm<B: Elem>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B]
     // SAFETY: forwarded contract.
     unsafe {
         if s.n > 8 {
-            run::<B, 5>(s, alpha, a, b, beta, c)
+            run::<B, 5>(s, alpha, a, Src::Pack(b), beta, c)
         } else {
-            run::<B, 4>(s, alpha, a, b, beta, c)
+            run::<B, 4>(s, alpha, a, Src::Pack(b), beta, c)
         }
     }
+}
+
+/// Vectors per packed group of 4 k for a C of `n ≤ 10` columns: 5 (columns 0–9) or 4 (0–7).
+const fn vectors(n: usize) -> usize {
+    if n > 8 {
+        5
+    } else {
+        4
+    }
+}
+
+/// f32 of op(B) packed whole by [`pack_whole`] for [`gemm_packed`]: k rounded up to 4, in
+/// groups of 4 k (the layout of [`pack`] with one block of depth k; blocks of depth [`KB`]
+/// start at group `p0 / 4`).
+pub(super) const fn packed_len(s: &GemmShape) -> usize {
+    s.k.div_ceil(4) * group(vectors(s.n))
+}
+
+/// Packs all of op(B) for a shape that [`applies`] (any m) into `bp`, once for many
+/// [`gemm_packed`] calls (an fc's weights, packed once per step and shared by the threads).
+///
+/// # Safety
+/// `bp` is valid for [`packed_len`]`(s)` writes; `b` satisfies [`super::gemm`]'s length check
+/// for `s`; n ≥ 1, [`applies`]`(s)`; the CPU supports AVX2 and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn pack_whole<B: Elem>(s: &GemmShape, b: &[B], bp: *mut f32) {
+    // SAFETY: forwarded contract (a block of depth k at p0 = 0 holds packed_len(s) f32).
+    unsafe {
+        if s.n > 8 {
+            pack::<B, 5>(s, b, 0, s.k, bp)
+        } else {
+            pack::<B, 4>(s, b, 0, s.k, bp)
+        }
+    }
+}
+
+/// [`gemm`] over op(B) packed by [`pack_whole`]: the same loop and the same bits, without the
+/// per-call packing (5–10 % of the fc's time at 32–64 rows).
+///
+/// # Safety
+/// `a`, `c` satisfy [`super::gemm`]'s length checks for `s`; `bp` holds [`packed_len`]`(s)`
+/// f32 written by [`pack_whole`] for the same k, n, op(B); m, n ≥ 1, [`applies`]`(s)`; the
+/// CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemm_packed(s: &GemmShape, alpha: f32, a: &[f32], bp: *const f32, beta: f32, c: &mut [f32]) {
+    debug_assert!(applies(s));
+    // SAFETY: forwarded contract; B is never read (`Src::Packed`).
+    unsafe {
+        if s.n > 8 {
+            run::<f32, 5>(s, alpha, a, Src::Packed(bp), beta, c)
+        } else {
+            run::<f32, 4>(s, alpha, a, Src::Packed(bp), beta, c)
+        }
+    }
+}
+
+/// Where [`run`] gets its packed op(B) blocks: packed from B per chunk and block, or read from
+/// a whole packed op(B).
+#[derive(Clone, Copy)]
+enum Src<'a, B> {
+    Pack(&'a [B]),
+    Packed(*const f32),
 }
 
 /// [`gemm`] with `V` vectors per group: 5 (columns 0–9) or 4 (columns 0–7, for n ≤ 8).
 ///
 /// # Safety
-/// As [`gemm`], and n ≤ 2·V.
+/// As [`gemm`] (with `Src::Packed`, as [`gemm_packed`]), and V = [`vectors`]`(n)`.
 #[inline(always)]
-unsafe fn run<B: Elem, const V: usize>(s: &GemmShape, alpha: f32, a: &[f32], b: &[B], beta: f32, c: &mut [f32]) {
-    let mut bp = Buf::<{ KB / 4 * group(5) }>::new();
-    let bp = bp.as_mut_ptr();
+unsafe fn run<B: Elem, const V: usize>(
+    s: &GemmShape,
+    alpha: f32,
+    a: &[f32],
+    src: Src<'_, B>,
+    beta: f32,
+    c: &mut [f32],
+) {
+    let mut buf = Buf::<{ KB / 4 * group(5) }>::new();
+    let buf = buf.as_mut_ptr();
     // Each row pair's 10 accumulators between k blocks.
     let mut held = Buf::<{ MC / 2 * 10 * 8 }>::new();
     let held = held.as_mut_ptr() as *mut [[__m256; 5]; 2] as *mut [[__m256; V]; 2];
@@ -98,9 +170,17 @@ unsafe fn run<B: Elem, const V: usize>(s: &GemmShape, alpha: f32, a: &[f32], b: 
         let mut p0 = 0;
         while p0 < s.k {
             let kb = KB.min(s.k - p0);
-            // SAFETY: `bp` holds KB / 4 groups, 64-byte aligned; kb ≤ KB; `b` passed the length
-            // check; AVX2 and F16C present.
-            unsafe { pack::<B, V>(s, b, p0, kb, bp) };
+            let bp = match src {
+                Src::Pack(b) => {
+                    // SAFETY: `buf` holds KB / 4 groups, 64-byte aligned; kb ≤ KB; `b` passed the
+                    // length check; AVX2 and F16C present.
+                    unsafe { pack::<B, V>(s, b, p0, kb, buf) };
+                    buf as *const f32
+                }
+                // SAFETY: p0 is a multiple of KB (of 4): group p0 / 4 of the whole pack starts
+                // this block, and kb rounded up to 4 more rows follow (caller).
+                Src::Packed(whole) => unsafe { whole.add(p0 / 4 * group(V)) },
+            };
             let last = p0 + kb == s.k;
             for pair in 0..mc.div_ceil(2) {
                 let i0 = m0 + 2 * pair;
@@ -156,7 +236,7 @@ unsafe fn update(v: &[f32; MAX_N], n: usize, alpha: f32, beta: f32, d: *mut f32)
 /// `[col v at the 4 k | col v+4 at the 4 k]` and, when V = 5, vector 4 = `[col 8 | col 9]`.
 ///
 /// # Safety
-/// `bp` is valid for `kb.div_ceil(4)·8V` writes, 32-byte aligned; n ≤ 2V; `b` satisfies the length
+/// `bp` is valid for `kb.div_ceil(4)·8V` writes (32-byte aligned for speed, not required); n ≤ 2V; `b` satisfies the length
 /// check for `s`; the CPU supports AVX2 and F16C.
 #[inline(always)]
 pub(super) unsafe fn pack<B: Elem, const V: usize>(s: &GemmShape, b: &[B], p0: usize, kb: usize, bp: *mut f32) {
@@ -211,7 +291,7 @@ unsafe fn group_any<B: Elem, const V: usize>(s: &GemmShape, b: &[B], p0: usize, 
 /// per vector, k = p..p+4.
 ///
 /// # Safety
-/// `o` is valid for 8V writes, 32-byte aligned; `b` satisfies the length check for `s` and
+/// `o` is valid for 8V writes; `b` satisfies the length check for `s` and
 /// p + 4 ≤ k; the CPU supports AVX and F16C.
 #[inline(always)]
 unsafe fn group_cols<B: Elem, const V: usize>(s: &GemmShape, b: &[B], p: usize, o: *mut f32) {
@@ -226,7 +306,7 @@ unsafe fn group_cols<B: Elem, const V: usize>(s: &GemmShape, b: &[B], p: usize, 
                     *h = load4(&b[j * s.ldb + p..][..4]);
                 }
             }
-            _mm256_store_ps(o.add(v * 8), _mm256_set_m128(half[1], half[0]));
+            _mm256_storeu_ps(o.add(v * 8), _mm256_set_m128(half[1], half[0]));
         }
     }
 }
@@ -249,7 +329,7 @@ unsafe fn broadcast4(x: *const f32) -> __m256 {
 /// each 128-bit lane of the rows' first 8 columns, and columns 8, 9 (zeros past n).
 ///
 /// # Safety
-/// `o` is valid for 8V writes, 32-byte aligned; each row has n ≤ 2V elements; the CPU
+/// `o` is valid for 8V writes; each row has n ≤ 2V elements; the CPU
 /// supports AVX2 and F16C.
 #[inline(always)]
 unsafe fn group_rows<B: Elem, const V: usize>(rows: &[&[B]; 4], o: *mut f32) {
@@ -260,10 +340,10 @@ unsafe fn group_rows<B: Elem, const V: usize>(rows: &[&[B]; 4], o: *mut f32) {
         let (l01, h01) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
         let (l23, h23) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
         // l01 = r0c0 r1c0 r0c1 r1c1 | r0c4 r1c4 r0c5 r1c5, h01 the same for columns 2, 3 | 6, 7.
-        _mm256_store_ps(o, _mm256_shuffle_ps::<0x44>(l01, l23));
-        _mm256_store_ps(o.add(8), _mm256_shuffle_ps::<0xEE>(l01, l23));
-        _mm256_store_ps(o.add(16), _mm256_shuffle_ps::<0x44>(h01, h23));
-        _mm256_store_ps(o.add(24), _mm256_shuffle_ps::<0xEE>(h01, h23));
+        _mm256_storeu_ps(o, _mm256_shuffle_ps::<0x44>(l01, l23));
+        _mm256_storeu_ps(o.add(8), _mm256_shuffle_ps::<0xEE>(l01, l23));
+        _mm256_storeu_ps(o.add(16), _mm256_shuffle_ps::<0x44>(h01, h23));
+        _mm256_storeu_ps(o.add(24), _mm256_shuffle_ps::<0xEE>(h01, h23));
         if V < 5 {
             return;
         }
@@ -294,7 +374,7 @@ unsafe fn group_rows<B: Elem, const V: usize>(rows: &[&[B]; 4], o: *mut f32) {
             }
             _mm256_loadu_ps(v.as_ptr())
         };
-        _mm256_store_ps(o.add(32), tail);
+        _mm256_storeu_ps(o.add(32), tail);
     }
 }
 
@@ -356,8 +436,8 @@ unsafe fn load8<E: Elem>(x: &[E]) -> __m256 {
 /// block `bp`.
 ///
 /// # Safety
-/// `a0`, `a1` are readable for `kb` f32; `bp` holds kb rounded up to 4 (zero beyond kb),
-/// 32-byte aligned; the CPU supports AVX2 and FMA.
+/// `a0`, `a1` are readable for `kb` f32; `bp` holds kb rounded up to 4 (zero beyond kb); the
+/// CPU supports AVX2 and FMA.
 #[inline(always)]
 unsafe fn tile<const V: usize>(
     kb: usize,
@@ -399,14 +479,14 @@ unsafe fn tile<const V: usize>(
 /// One group of 4 k: `acc[r][v] += av[r]·bp[v·8..]` for the 2 rows and 5 vectors.
 ///
 /// # Safety
-/// `o` is readable for 8V f32, 32-byte aligned; the CPU supports AVX2 and FMA.
+/// `o` is readable for 8V f32; the CPU supports AVX2 and FMA.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // `v` picks both rows' accumulators and the packed vector.
 unsafe fn step<const V: usize>(acc: &mut [[__m256; V]; 2], av: [__m256; 2], o: *const f32) {
     for v in 0..V {
         // SAFETY: v·8 + 8 ≤ 8V (caller); FMA present (caller).
         unsafe {
-            let bv = _mm256_load_ps(o.add(v * 8));
+            let bv = _mm256_loadu_ps(o.add(v * 8));
             acc[0][v] = _mm256_fmadd_ps(av[0], bv, acc[0][v]);
             acc[1][v] = _mm256_fmadd_ps(av[1], bv, acc[1][v]);
         }

@@ -13,8 +13,8 @@ pub(crate) mod stream;
 
 use crate::act::Act;
 use crate::elem::Elem;
-use crate::error::{check_len, Result};
-use crate::gemm::{gemm, GemmShape};
+use crate::error::{check_len, check_scratch, KernelError, Result};
+use crate::gemm::{gemm, gemm_packed_b, pack_b, packed_b_len, GemmShape};
 use crate::isa::{Isa, IsaKind};
 use crate::shape::Linear;
 
@@ -61,6 +61,60 @@ pub(crate) fn dense_fwd<W: Elem>(
         return Ok(());
     }
     epilogue::gemm_bias_act(isa, &GemmShape::nn(rows, c_out, c_in), x, w, bias, act, y)
+}
+
+/// f32 that `w` takes packed by [`pack_narrow`] for [`linear_fwd_narrow`] on `isa` (any number
+/// of rows), or `None` where `isa` has no such path for `s` — then [`linear_fwd`] packs the
+/// weights on each call. On AVX2: at most 10 outputs from at least 64 inputs (an fc), whose
+/// forward over many rows packs `w` for the GEMM's narrow path on every call.
+pub fn narrow_packed_len(isa: Isa, s: &Linear) -> Option<usize> {
+    packed_b_len(isa, &GemmShape::nn(s.rows, s.c_out, s.c_in))
+}
+
+/// Packs `w[c_in][c_out]` (f32 or f16, widened) into `wp` (at least [`narrow_packed_len`]
+/// f32) for [`linear_fwd_narrow`] calls with the same `c_in`, `c_out` and any rows.
+///
+/// Errors: `Shape` when [`narrow_packed_len`] is `None`; `Len` for a `w` of another length or
+/// a short `wp`.
+pub fn pack_narrow<W: Elem>(isa: Isa, s: &Linear, w: &[W], wp: &mut [f32]) -> Result<()> {
+    s.validate()?;
+    check_len("w", w.len(), s.w_len())?;
+    pack_b(isa, &GemmShape::nn(s.rows, s.c_out, s.c_in), w, wp)
+}
+
+/// [`linear_fwd`] with `wp` = `w` packed by [`pack_narrow`]: the same bits, where the GEMM
+/// reads `wp` instead of packing `w` (the few rows that stream the weights read `w`). The
+/// trainer packs an fc's weights once per forward and shares them between its threads.
+///
+/// Errors: as [`linear_fwd`], and `Shape` when [`narrow_packed_len`] is `None`, `Len` for a
+/// short `wp`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_fwd_narrow<W: Elem>(
+    isa: Isa,
+    s: &Linear,
+    x: &[f32],
+    w: &[W],
+    wp: &[f32],
+    bias: Option<&[W]>,
+    act: Act,
+    y: &mut [f32],
+) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("w", w.len(), s.w_len())?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), s.c_out)?;
+    }
+    check_len("y", y.len(), s.y_len())?;
+    let g = GemmShape::nn(s.rows, s.c_out, s.c_in);
+    let len = packed_b_len(isa, &g).ok_or(KernelError::Shape("linear: this ISA has no packed narrow weights"))?;
+    check_scratch("wp", wp.len(), len)?;
+    let product = stream::Product { m: s.rows, n: s.c_out, k: s.c_in, a: x, lda: s.c_in, b: w };
+    if !stream::overwrite(isa, &product, y) {
+        gemm_packed_b(isa, &g, 1.0, x, wp, 0.0, y)?;
+    }
+    epilogue::bias_act(isa, s.c_out, bias, act, y);
+    Ok(())
 }
 
 /// [`linear_fwd`] with the weights packed by [`panels::pack_panels`]`(1, c_in, c_out, ..)`:

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::export::DTypeArg;
 use super::UsageError;
-use crate::kernels::gemm::{gemm, GemmShape};
+use crate::kernels::gemm::{gemm, gemm_packed_b, pack_b, packed_b_len, GemmShape};
 use crate::kernels::{calib, f16, DType, Elem, Isa, IsaKind};
 use crate::train::lines::LineBuf;
 
@@ -49,6 +49,10 @@ pub struct GemmArgs {
     /// A stored transposed (k×m, read as op(A) = Aᵀ), as in a weight gradient `Xᵀ·dY`.
     #[arg(long)]
     pub trans_a: bool,
+    /// op(B) packed once before the timing (`gemm_packed_b`), as the trainer packs an fc's
+    /// weights once per step; only shapes the ISA has such a path for (AVX2: n ≤ 10, k ≥ 64).
+    #[arg(long, conflicts_with = "trans_a")]
+    pub packed_b: bool,
     /// Storage of B (the weights); A and C are f32.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
@@ -98,13 +102,16 @@ struct Case<B: Elem> {
     /// B's `k·n` values from `b[b_start]`, the first on a cache line.
     b: Vec<B>,
     b_start: usize,
+    /// op(B) packed once (`--packed-b`).
+    bp: Option<LineBuf>,
     c: LineBuf,
     calls: usize,
 }
 
 impl<B: Elem> Case<B> {
-    fn new(isa: Isa, (m, n, k): (usize, usize, usize), trans_a: bool, sample_s: f64) -> Self {
-        let s = if trans_a { GemmShape::tn(m, n, k) } else { GemmShape::nn(m, n, k) };
+    fn new(isa: Isa, (m, n, k): (usize, usize, usize), a: &GemmArgs, sample_s: f64) -> Result<Self, UsageError> {
+        let s = if a.trans_a { GemmShape::tn(m, n, k) } else { GemmShape::nn(m, n, k) };
+        let packed = a.packed_b;
         let mut a = LineBuf::zeros(m * k);
         for (i, v) in a.iter_mut().enumerate() {
             *v = ((i * 7919 % 1000) as f32 - 500.0) * 1e-3;
@@ -113,14 +120,32 @@ impl<B: Elem> Case<B> {
         let pad = 64 / core::mem::size_of::<B>();
         let b: Vec<B> = (0..k * n + pad).map(|i| B::from_f32(((i * 104_729 % 1000) as f32 - 500.0) * 1e-3)).collect();
         let b_start = b.as_ptr().align_offset(64);
-        let mut case = Case { s, a, b, b_start, c: LineBuf::zeros(m * n), calls: 1 };
+        let bp = if packed {
+            let len = packed_b_len(isa, &s).ok_or_else(|| {
+                UsageError(format!(
+                    "--packed-b: the {} path has no packed op(B) for {m}x{n}x{k} (AVX2: n ≤ 10, k ≥ 64)",
+                    isa.kind().name()
+                ))
+            })?;
+            let mut bp = LineBuf::zeros(len);
+            pack_b(isa, &s, &b[b_start..b_start + k * n], &mut bp).expect("B and its pack are sized for the shape");
+            Some(bp)
+        } else {
+            None
+        };
+        let mut case = Case { s, a, b, b_start, bp, c: LineBuf::zeros(m * n), calls: 1 };
         // Warm the caches and size the sample from one timed call.
         case.run(isa);
         let t = case.sample(isa);
         case.calls = ((sample_s / t.max(1e-9)).ceil() as usize).clamp(1, 1 << 20);
-        case
+        Ok(case)
     }
     fn run(&mut self, isa: Isa) {
+        if let Some(bp) = &self.bp {
+            gemm_packed_b(isa, &self.s, 1.0, black_box(&self.a), black_box(bp), 0.0, black_box(&mut self.c))
+                .expect("operands are sized for the shape");
+            return;
+        }
         gemm(
             isa,
             &self.s,
@@ -175,7 +200,7 @@ fn measure<B: Elem>(isa: Isa, a: &GemmArgs) -> anyhow::Result<serde_json::Value>
     let probe = 10_000;
     let probe_s = peak_flop(probe) / peak_sample(probe);
     let peak_rounds = ((probe as f64 * sample_s / probe_s) as usize).max(probe);
-    let mut cases: Vec<Case<B>> = shapes.iter().map(|&sh| Case::new(isa, sh, a.trans_a, sample_s)).collect();
+    let mut cases: Vec<Case<B>> = shapes.iter().map(|&sh| Case::new(isa, sh, a, sample_s)).collect::<Result<_, _>>()?;
     let mut peak = Vec::new();
     let mut gflops = vec![Vec::new(); cases.len()];
     let mut ratio = vec![Vec::new(); cases.len()];
@@ -210,6 +235,7 @@ fn measure<B: Elem>(isa: Isa, a: &GemmArgs) -> anyhow::Result<serde_json::Value>
         "isa": isa.kind().name(),
         "dtype_b": B::DTYPE.name(),
         "trans_a": a.trans_a,
+        "packed_b": a.packed_b,
         "threads": 1,
         "rounds": a.rounds,
         "peak_gflops_median": median(&mut peak),
