@@ -1,13 +1,15 @@
 //! GEMM throughput per ISA path on 256³ and model layer shapes. Ids are
 //! `gemm/<weight dtype>/<isa>/<m>x<n>x<k>`; the throughput unit is FLOP (2·m·n·k), so
 //! criterion's "elem/s" reads as FLOP/s. `f16` means B (the weights) is stored as f16 and
-//! A (activations) as f32, the deployment case.
+//! A (activations) as f32, the deployment case. `gemm/packed-b/<isa>/<m>x<n>x<k>`: the fc's
+//! shapes (batch 64, its 32-row thread share, the teacher's 2048-deep fc) over op(B) packed
+//! once (`gemm_packed_b`), as the trainer runs them, where the ISA has that path.
 //!
 //! `cargo bench -p tinykd-kernels --bench gemm -- --warm-up-time 1 --measurement-time 2`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
-use tinykd_kernels::gemm::{gemm, GemmShape};
+use tinykd_kernels::gemm::{gemm, gemm_packed_b, pack_b, packed_b_len, GemmShape};
 use tinykd_kernels::{f16, Elem, Isa, IsaKind};
 
 #[path = "support/lined.rs"]
@@ -36,6 +38,26 @@ fn bench_one<B: Elem>(c: &mut Criterion, isa: Isa, m: usize, n: usize, k: usize)
     g.finish();
 }
 
+/// The fc's shapes benched over a B packed once.
+const FC_SHAPES: [(usize, usize, usize); 3] = [(64, 10, 1024), (32, 10, 1024), (64, 10, 2048)];
+
+fn bench_packed(c: &mut Criterion, isa: Isa, m: usize, n: usize, k: usize) {
+    let s = GemmShape::nn(m, n, k);
+    let Some(len) = packed_b_len(isa, &s) else { return };
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+    let a = Lined::from_slice(&a);
+    let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 1000) as f32 - 500.0) * 1e-3).collect();
+    let mut bp = Lined::filled(len, 0.0f32);
+    pack_b(isa, &s, &b, &mut bp).unwrap();
+    let mut out = Lined::filled(m * n, 0.0f32);
+    let mut g = c.benchmark_group(format!("gemm/packed-b/{}", isa.kind().name()));
+    g.throughput(Throughput::Elements(s.flops() as u64));
+    g.bench_function(format!("{m}x{n}x{k}"), |bench| {
+        bench.iter(|| gemm_packed_b(isa, &s, 1.0, black_box(&a), black_box(&bp), 0.0, black_box(&mut out)).unwrap())
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     for kind in IsaKind::ALL {
         let Some(isa) = Isa::force(kind) else { continue };
@@ -46,6 +68,9 @@ fn benches(c: &mut Criterion) {
         }
         for &(m, n, k) in &shapes[..shapes.len().min(2)] {
             bench_one::<f16>(c, isa, m, n, k);
+        }
+        for (m, n, k) in FC_SHAPES {
+            bench_packed(c, isa, m, n, k);
         }
     }
 }
