@@ -28,7 +28,11 @@
 //! (~10 % at m = 32) and A's stream from L2 ~3 % (A's rows held in L1: +3 %; not a matter of
 //! L1 sets — a padded row stride is no faster — nor of prefetching); on the AMD EPYC VM, with
 //! packing skipped (wrong results, timing only) 64×10×1024 ran at 87–90 % against 79–82 %, and
-//! a standalone pack loop took ~9.6 cycles per group of 4 rows. Measured and not kept:
+//! a standalone pack loop took ~9.6 cycles per group of 4 rows; over a whole pack
+//! ([`gemm_packed`], `tinykd bench gemm --packed-b`, three alternating rounds) 64×10×1024
+//! 88.5–89.2 % against 83.3–86.0 % per call, 64×10×2048 85.2–87.9 against 81.3–83.8, 32×10×1024
+//! 90.0–92.2 against 80.0–81.9 (a whole pack with 16-, 32- or 64-row chunks, or KB 192, 256
+//! or 512, no faster). Measured and not kept:
 //! columns 0–7 as an outer product with A broadcast per k (one broadcast per FMA: 62 %);
 //! unrolling the k loop 4× (2× is kept: +3 % on Zen 2, no gain measured on the Xeon); software
 //! prefetch of A (the next pair's rows at the tile start or through the tile, into L1 or L2;
