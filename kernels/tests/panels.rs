@@ -176,6 +176,9 @@ fn check_conv<W: Elem>(rng: &mut Rng) {
         // Tall and deep enough for several row blocks of the AVX2 path (36 rows at k = 2048),
         // the last one short.
         Conv2d::new(20, 2, 2, 2048, 20, 1, 1, 0),
+        // 2x2 maps at batch 1 over several full panels and a partial one (4-row passes).
+        Conv2d::new(1, 2, 2, 40, 96, 1, 1, 0),
+        Conv2d::new(1, 2, 2, 16, 71, 3, 1, 1),
     ];
     for s in shapes {
         let x = rng.vec(s.x_len());
@@ -443,14 +446,23 @@ fn strided_pointwise_panel_conv_is_the_product_over_the_subsampled_input() {
 /// and then adds the bias (`bias + Σ a·b`, `a.mul_add(b, acc)` per term): checked bit for bit
 /// against that sum on each path this CPU has, so the x86 paths and NEON (under qemu in CI)
 /// give the same bits. Shapes hit 1–13 rows (every pass size, several passes), column tails,
-/// 2-panel one-row passes and depths not a multiple of 4.
+/// 2-panel one-row passes, 4-row passes over many panels, and depths not a multiple of 4.
 #[test]
 fn f32_panel_products_are_one_fused_chain_per_value_on_every_simd_path() {
     let mut rng = Rng::new(34);
     let simd: Vec<Isa> = isas().into_iter().filter(|i| i.kind() != IsaKind::Scalar).collect();
-    for (rows, c_in, c_out) in
-        [(1, 301, 70), (2, 64, 33), (3, 5, 16), (4, 33, 17), (5, 96, 40), (13, 7, 200), (1, 2048, 20)]
-    {
+    for (rows, c_in, c_out) in [
+        (1, 301, 70),
+        (2, 64, 33),
+        (3, 5, 16),
+        (4, 33, 17),
+        (5, 96, 40),
+        (13, 7, 200),
+        (1, 2048, 20),
+        (4, 301, 200),
+        (4, 64, 48),
+        (4, 1027, 100),
+    ] {
         let s = Linear::new(rows, c_in, c_out);
         let x = rng.vec(s.x_len());
         let w = rng.vec(s.w_len());

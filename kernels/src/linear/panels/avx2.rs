@@ -19,7 +19,12 @@
 //! AMD EPYC VM ResNet50's res4 gains ~20 %, see there). Such a pass skips the
 //! per-row L2 prefetch (its panel is in L2 already) and runs two panel rows per loop trip:
 //! 4x512→512 with the weights in L3 70 → 79 GFLOP/s (a standalone loop, alternating builds),
-//! MobileNetV1 1.0's five conv5 layers ~30 → ~29 µs each inside the model.
+//! MobileNetV1 1.0's five conv5 layers ~30 → ~29 µs each inside the model. Measured and not
+//! kept: 4-row passes over three panels as two 4×24 tiles (12 accumulators, 12 FMA chains
+//! instead of 8; the same bits): on the AMD EPYC VM (`--layers`, two alternating rounds) the
+//! f16 conv5 layers 22.8–25.3 → 22.5–23.8 µs — they already run at 83–92 GFLOP/s, not FMA-latency
+//! bound — and the f32 ones 27.7–29.2 → 30.7–34.2 µs (a tile reads one and a half f32 panels,
+//! 48 KiB of lines, through the 32 KiB L1).
 
 use super::{relu_if, Base, Finish, PanelProduct, PANEL};
 use crate::elem::{f16, Elem};
