@@ -55,7 +55,8 @@ def main():
     p.add_argument("--pairs", type=int, default=10)
     p.add_argument("--model", choices=sorted(MODELS), default="mobilenet_v1")
     p.add_argument("--dtype", choices=["f32", "f16"], default="f32")
-    p.add_argument("--tinykd", default=os.path.join(here, "..", "target", "release", "tinykd"))
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(here, "..", "target")
+    p.add_argument("--tinykd", default=os.path.join(target, "release", "tinykd"))
     p.add_argument("--peers", default=os.environ.get("PEERS", os.path.join(here, "..", "..", "shared", "peers")))
     a = p.parse_args()
     if a.pairs < 1:
