@@ -190,6 +190,19 @@ fn gemm_rates_each_shape_against_the_peak_of_the_same_run() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!((v["isa"].as_str(), v["dtype_b"].as_str()), (Some("scalar"), Some("f16")), "{v}");
+    // `--packed-b`: a shape the path has no packed B for is a usage error naming it (the scalar
+    // path has none); on AVX2 the fc's shape runs over B packed once and says so.
+    let (code, _, err) = tinykd(&["bench", "gemm", "--isa", "scalar", "--packed-b", "--shape", "64x10x1024"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--packed-b") && err.contains("64x10x1024"), "{err}");
+    if tinykd::kernels::Isa::force(tinykd::kernels::IsaKind::Avx2).is_some() {
+        let args = ["bench", "gemm", "--isa", "avx2", "--packed-b", "--shape", "40x10x100", "--rounds", "1"];
+        let (code, out, err) = tinykd(&args);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!((v["packed_b"].as_bool(), v["shapes"][0]["m"].as_u64()), (Some(true), Some(40)), "{v}");
+        assert!(v["shapes"][0]["gflops_median"].as_f64().unwrap() > 0.0, "{v}");
+    }
     // Bad shapes and rounds are usage errors that say what is wrong.
     for (bad, says) in [("--shape=8x8", "MxNxK"), ("--shape=8x0x8", "positive"), ("--rounds=0", "rounds")] {
         let (code, _, err) = tinykd(&["bench", "gemm", bad]);

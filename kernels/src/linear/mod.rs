@@ -30,13 +30,7 @@ pub fn linear_fwd<W: Elem>(
     act: Act,
     y: &mut [f32],
 ) -> Result<()> {
-    s.validate()?;
-    check_len("x", x.len(), s.x_len())?;
-    check_len("w", w.len(), s.w_len())?;
-    if let Some(b) = bias {
-        check_len("bias", b.len(), s.c_out)?;
-    }
-    check_len("y", y.len(), s.y_len())?;
+    check_fwd(s, x, w, bias, y)?;
     dense_fwd(isa, s.rows, s.c_in, s.c_out, x, w, bias, act, y)
 }
 
@@ -99,13 +93,7 @@ pub fn linear_fwd_narrow<W: Elem>(
     act: Act,
     y: &mut [f32],
 ) -> Result<()> {
-    s.validate()?;
-    check_len("x", x.len(), s.x_len())?;
-    check_len("w", w.len(), s.w_len())?;
-    if let Some(b) = bias {
-        check_len("bias", b.len(), s.c_out)?;
-    }
-    check_len("y", y.len(), s.y_len())?;
+    check_fwd(s, x, w, bias, y)?;
     let g = GemmShape::nn(s.rows, s.c_out, s.c_in);
     let len = packed_b_len(isa, &g).ok_or(KernelError::Shape("linear: this ISA has no packed narrow weights"))?;
     check_scratch("wp", wp.len(), len)?;
@@ -160,6 +148,18 @@ pub fn linear_fwd_panels_residual<W: Elem>(
     check_panels(s, x, wp, bias, y)?;
     panels::forward(isa, s.rows, s.c_out, s.c_in, x, s.c_in, wp, bias, true, act, y);
     Ok(())
+}
+
+/// The argument checks of a forward over the stored weights: `s` valid, `x`, `w`, `bias` and
+/// `y` of exactly the lengths it needs.
+fn check_fwd<W: Elem>(s: &Linear, x: &[f32], w: &[W], bias: Option<&[W]>, y: &[f32]) -> Result<()> {
+    s.validate()?;
+    check_len("x", x.len(), s.x_len())?;
+    check_len("w", w.len(), s.w_len())?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), s.c_out)?;
+    }
+    check_len("y", y.len(), s.y_len())
 }
 
 /// The argument checks of the products over packed weights: `s` valid, `x`, `wp`, `bias`

@@ -50,7 +50,7 @@ pub struct GemmArgs {
     #[arg(long)]
     pub trans_a: bool,
     /// op(B) packed once before the timing (`gemm_packed_b`), as the trainer packs an fc's
-    /// weights once per step; only shapes the ISA has such a path for (AVX2: n ≤ 10, k ≥ 64).
+    /// weights once per forward; only shapes the ISA has such a path for (AVX2: n ≤ 10, k ≥ 64).
     #[arg(long, conflicts_with = "trans_a")]
     pub packed_b: bool,
     /// Storage of B (the weights); A and C are f32.
