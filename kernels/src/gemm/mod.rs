@@ -18,6 +18,10 @@
 //! - NEON (`neon.rs`): 8×8 micro-kernel, KC ≤ 256, MC·KC = 128·256, 136 KiB of packing buffers;
 //! - the SIMD paths share the loop nest and the f16→f32-widening packers (`blocked.rs`).
 //!
+//! [`pack_b`] / [`gemm_packed_b`]: op(B) packed once for many calls, where a path reads such a
+//! pack ([`packed_b_len`]: the AVX2 narrow path) — the trainer packs an fc's weights once per
+//! forward instead of each thread packing them on every call; the same bits as [`gemm`].
+//!
 //! Accuracy contract: the SIMD paths sum in k order within each KC block (the narrow paths in
 //! 4 (AVX2) or 8 (AVX-512) interleaved partial sums over all of k, reduced at the end), fuse multiply-adds and add the KC blocks
 //! into C one after another, so they do not match the scalar path bit for bit. Every path satisfies the standard dot-product bound

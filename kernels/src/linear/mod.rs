@@ -5,7 +5,9 @@
 //! forward's bias + activation epilogue (`epilogue`) and the bias gradient are computed here.
 //! A forward of at most `stream::MAX_ROWS` rows (batch-1 fc, late pointwise convs) instead
 //! streams the weights once in their stored order (`stream`), which is what bounds its speed;
-//! weights packed once into panels ([`panels`], as the engine does) stream faster still.
+//! weights packed once into panels ([`panels`], as the engine does) stream faster still. An
+//! fc's weights packed once for the GEMM's narrow path ([`pack_narrow`], [`linear_fwd_narrow`])
+//! save the trainer's threads packing them on every call.
 
 pub(crate) mod epilogue;
 pub mod panels;
