@@ -21,14 +21,18 @@ use lined::Lined;
 const SHAPES: [(usize, usize, usize); 6] =
     [(256, 256, 256), (4096, 128, 64), (1024, 256, 128), (256, 512, 512), (64, 10, 1024), (64, 64, 9 * 32)];
 
+/// A (`m×k`, f32) and B (`k×n`) of fixed values in [-0.5, 0.5), each on a cache line.
+fn operands<B: Elem>(m: usize, n: usize, k: usize) -> (Lined<f32>, Lined<B>) {
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+    let b: Vec<B> = (0..k * n).map(|i| B::from_f32(((i * 104_729 % 1000) as f32 - 500.0) * 1e-3)).collect();
+    (Lined::from_slice(&a), Lined::from_slice(&b))
+}
+
 fn bench_one<B: Elem>(c: &mut Criterion, isa: Isa, m: usize, n: usize, k: usize) {
     let s = GemmShape::nn(m, n, k);
     // A and C on lines, as the trainer's activations are, and B too, as the executor's folded
     // weights are (an f32 B one micro-kernel panel wide is then read in place, not packed).
-    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
-    let a = Lined::from_slice(&a);
-    let b: Vec<B> = (0..k * n).map(|i| B::from_f32(((i * 104_729 % 1000) as f32 - 500.0) * 1e-3)).collect();
-    let b = Lined::from_slice(&b);
+    let (a, b) = operands::<B>(m, n, k);
     let mut out = Lined::filled(m * n, 0.0f32);
     let mut g = c.benchmark_group(format!("gemm/{}/{}", B::DTYPE.name(), isa.kind().name()));
     g.throughput(Throughput::Elements(s.flops() as u64));
@@ -44,9 +48,7 @@ const FC_SHAPES: [(usize, usize, usize); 3] = [(64, 10, 1024), (32, 10, 1024), (
 fn bench_packed(c: &mut Criterion, isa: Isa, m: usize, n: usize, k: usize) {
     let s = GemmShape::nn(m, n, k);
     let Some(len) = packed_b_len(isa, &s) else { return };
-    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
-    let a = Lined::from_slice(&a);
-    let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 1000) as f32 - 500.0) * 1e-3).collect();
+    let (a, b) = operands::<f32>(m, n, k);
     let mut bp = Lined::filled(len, 0.0f32);
     pack_b(isa, &s, &b, &mut bp).unwrap();
     let mut out = Lined::filled(m * n, 0.0f32);

@@ -106,7 +106,7 @@ pub(super) const fn packed_len(s: &GemmShape) -> usize {
 }
 
 /// Packs all of op(B) for a shape that [`applies`] (any m) into `bp`, once for many
-/// [`gemm_packed`] calls (an fc's weights, packed once per step and shared by the threads).
+/// [`gemm_packed`] calls (an fc's weights, packed once per forward and shared by the threads).
 ///
 /// # Safety
 /// `bp` is valid for [`packed_len`]`(s)` writes; `b` satisfies [`super::gemm`]'s length check
